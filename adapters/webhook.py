@@ -1,0 +1,179 @@
+"""Generic webhook channel: POST the rendered story as JSON to a receiver the newsroom controls.
+
+Every request carries ``Idempotency-Key: <story>:<version>:<channel>:<action>`` and an HMAC signature
+(``X-Syndicate-Signature``), so receivers can both deduplicate and authenticate. Receivers are not assumed to
+honour the key, so the channel does not declare itself idempotent: after a timeout it asks ``lookup_url`` whether
+the key landed, and without one it parks the delivery for an operator instead of risking a duplicate.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import time
+from typing import Any, ClassVar
+
+import aiohttp
+from pydantic import Field, HttpUrl
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    AuthRevoked,
+    DeliveryContext,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    Receipt,
+    Retryable,
+)
+from syndicate.signing import SIGNATURE_HEADER, sign
+from syndicate.story import Story
+
+DEFAULT_RATE_LIMIT_PAUSE = 60.0
+
+
+class WebhookOptions(AdapterOptions):
+    url: HttpUrl
+    #: HMAC-SHA256 key for X-Syndicate-Signature; usually "${ENV_VAR}".
+    secret: str = Field(min_length=1)
+    #: GET <lookup_url>?key=<idempotency key> answers 200 with the receipt or 404; enables reconciliation.
+    lookup_url: HttpUrl | None = None
+    #: Static extra headers (e.g. an Authorization the receiver expects).
+    headers: dict[str, str] = Field(default_factory=dict)
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """Retry-After as seconds: either delta-seconds or an HTTP date (RFC 9110 section 10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(when.timestamp() - now, 0.0)
+
+
+class WebhookAdapter(Adapter):
+    kind: ClassVar[str] = "webhook"
+    options_model = WebhookOptions
+    idempotent: ClassVar[bool] = False
+    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    options: WebhookOptions
+
+    def __init__(self, name: str, options: WebhookOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        self.supports_lookup = options.lookup_url is not None
+        self._session: aiohttp.ClientSession | None = None
+
+    def render(self, story: Story, action: Action) -> Payload:
+        return Payload(data={"event": action.value, "story": story.to_dict()})
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"channel {self.name!r} was not started")
+        return self._session
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._post(payload, ctx)
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._post(payload, ctx)
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._post(payload, ctx)
+
+    async def _post(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        body = json.dumps(payload.data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+        headers = {
+            **self.options.headers,
+            "Content-Type": "application/json; charset=utf-8",
+            "Idempotency-Key": ctx.idempotency_key,
+            SIGNATURE_HEADER: sign(self.options.secret, body),
+        }
+        try:
+            async with self.session.post(str(self.options.url), data=body, headers=headers) as resp:
+                raw = await resp.read()
+                return self._receipt(resp, raw)
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise Retryable(f"could not connect to {self.options.url.host}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            # The request was (at least partly) sent: the receiver may have processed it.
+            raise OutcomeUnknown(f"no answer after sending ({type(exc).__name__}: {exc})") from exc
+
+    def _receipt(self, resp: aiohttp.ClientResponse, raw: bytes) -> Receipt:
+        status = resp.status
+        answer = _json_object(raw)
+        if 200 <= status < 300:
+            remote_id = answer.get("id")
+            return Receipt(
+                remote_id=None if remote_id is None else str(remote_id),
+                url=answer.get("url") if isinstance(answer.get("url"), str) else None,
+                raw=answer,
+            )
+        detail = _detail(answer, raw)
+        now = time.time()
+        if status == 429:
+            wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now) or DEFAULT_RATE_LIMIT_PAUSE
+            until = dt.datetime.fromtimestamp(now + wait, tz=dt.UTC)
+            raise RateLimited(f"HTTP 429 from the receiver{detail}", until=until, platform_code=status)
+        if status >= 500:
+            raise Retryable(
+                f"HTTP {status} from the receiver{detail}",
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After"), now=now),
+                platform_code=status,
+            )
+        if status in (401, 403):
+            # Every delivery would fail the same way: pause the channel rather than fail them all.
+            raise AuthRevoked(
+                f"HTTP {status}: the receiver rejected our credentials (check secret/headers){detail}",
+                platform_code=status,
+            )
+        raise Permanent(f"HTTP {status}: the receiver refused the story{detail}", platform_code=status)
+
+    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+        assert self.options.lookup_url is not None
+        try:
+            async with self.session.get(str(self.options.lookup_url), params={"key": ctx.idempotency_key}) as resp:
+                raw = await resp.read()
+                if resp.status == 404:
+                    return None
+                if 200 <= resp.status < 300 or resp.status == 429:
+                    return self._receipt(resp, raw)
+                raise Retryable(f"lookup answered HTTP {resp.status}{_detail(_json_object(raw), raw)}")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(f"lookup failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _detail(answer: dict[str, Any], raw: bytes) -> str:
+    message = answer.get("error") or answer.get("message")
+    if message:
+        return f": {str(message)[:300]}"
+    text = raw[:200].decode("utf-8", "replace").strip()
+    return f": {text}" if text else ""

@@ -1,0 +1,285 @@
+"""The adapter protocol, the payload and receipt types, the error taxonomy and the adapter registry.
+
+An adapter is two halves (Superdesk's formatter/transmitter split):
+
+* ``render(story, action) -> Payload`` is pure and deterministic. The engine runs it once, at enqueue time, and
+  stores the payload on the delivery, so every retry sends the same bytes.
+* ``publish / update / retract(payload, ctx) -> Receipt`` talk to the platform; ``lookup(payload, ctx)`` (optional)
+  asks the platform whether an earlier attempt already landed.
+
+Adapters map every platform failure onto one of the ``DeliveryError`` subclasses below; the engine decides what to
+do from the class alone and never knows a platform by name.
+"""
+
+from __future__ import annotations
+
+import abc
+import datetime as dt
+import enum
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+from syndicate.story import Story
+
+
+class Action(enum.StrEnum):
+    PUBLISH = "publish"
+    UPDATE = "update"
+    RETRACT = "retract"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a channel will send, rendered once at enqueue time and stored on the delivery.
+
+    ``data`` must be JSON-serialisable. ``text_length`` is the length in the channel's own counting (None when the
+    channel has no text limit); ``warnings`` say what rendering trimmed or dropped.
+    """
+
+    data: dict[str, Any]
+    text_length: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "text_length": self.text_length, "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Payload:
+        return cls(
+            data=dict(raw["data"]),
+            text_length=raw.get("text_length"),
+            warnings=tuple(raw.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The platform's acknowledgement: its id for the post, the public URL, and the raw answer."""
+
+    remote_id: str | None = None
+    url: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote_id": self.remote_id, "url": self.url, "raw": self.raw}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Receipt:
+        return cls(remote_id=raw.get("remote_id"), url=raw.get("url"), raw=dict(raw.get("raw") or {}))
+
+
+# --- error taxonomy --------------------------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """Base of every error an adapter raises. ``platform_code`` is the platform's own code (errcode, HTTP status)."""
+
+    def __init__(self, reason: str, *, platform_code: str | int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.platform_code = None if platform_code is None else str(platform_code)
+
+
+class Retryable(DeliveryError):
+    """The platform did not take it (network error before sending, 5xx, busy). Retry on the channel's schedule."""
+
+    def __init__(
+        self, reason: str, *, retry_after: float | None = None, platform_code: str | int | None = None
+    ) -> None:
+        super().__init__(reason, platform_code=platform_code)
+        self.retry_after = retry_after
+
+
+class RateLimited(DeliveryError):
+    """429 or a quota: the whole channel pauses until ``until`` (shared by every worker)."""
+
+    def __init__(self, reason: str, *, until: dt.datetime, platform_code: str | int | None = None) -> None:
+        super().__init__(reason, platform_code=platform_code)
+        if until.tzinfo is None:
+            raise ValueError("RateLimited.until must be timezone-aware")
+        self.until = until
+
+
+class AuthExpired(DeliveryError):
+    """The access token expired: the engine calls ``refresh_auth`` once and retries at once."""
+
+
+class AuthRevoked(DeliveryError):
+    """Credentials are wrong or revoked: the channel pauses until an operator resumes it; nothing is lost."""
+
+
+class Permanent(DeliveryError):
+    """The platform refused this content (duplicate, too long, banned): the delivery fails at once."""
+
+
+class OutcomeUnknown(DeliveryError):
+    """It may have landed (e.g. a timeout after the request was sent): reconcile with ``lookup`` or park."""
+
+
+ERROR_CLASSES: dict[str, type[DeliveryError]] = {
+    cls.__name__: cls for cls in (Retryable, RateLimited, AuthExpired, AuthRevoked, Permanent, OutcomeUnknown)
+}
+
+
+class RenderError(ValueError):
+    """The story cannot be rendered for this channel (raised at enqueue time, before any request)."""
+
+
+# --- what an adapter sees while it delivers --------------------------------------------------------------------
+
+
+class DeliveryContext:
+    """Per-attempt context handed to ``publish/update/retract/lookup``.
+
+    ``checkpoint(data)`` durably merges progress of a multi-step delivery; ``state`` holds what earlier attempts
+    checkpointed, so a retry resumes at the step it reached. ``receipt`` is the receipt of the story's live post on
+    this channel (for update and retract). ``kv_get``/``kv_set`` reach the store's shared key/value (access tokens).
+    """
+
+    def __init__(
+        self,
+        *,
+        delivery_id: int,
+        story_id: str,
+        version: int,
+        channel: str,
+        action: Action,
+        attempt: int,
+        state: dict[str, Any],
+        receipt: Receipt | None,
+        save_checkpoint: Callable[[dict[str, Any]], Awaitable[None]],
+        kv_get: Callable[[str], Awaitable[str | None]],
+        kv_set: Callable[[str, str, float | None], Awaitable[None]],
+    ) -> None:
+        self.delivery_id = delivery_id
+        self.story_id = story_id
+        self.version = version
+        self.channel = channel
+        self.action = action
+        self.attempt = attempt
+        self.state = dict(state)
+        self.receipt = receipt
+        self._save_checkpoint = save_checkpoint
+        self.kv_get = kv_get
+        self.kv_set = kv_set
+
+    @property
+    def idempotency_key(self) -> str:
+        return idempotency_key(self.story_id, self.version, self.channel, self.action)
+
+    async def checkpoint(self, data: Mapping[str, Any]) -> None:
+        """Merge ``data`` into the delivery's stored progress and persist it before returning."""
+        self.state.update(data)
+        await self._save_checkpoint(dict(self.state))
+
+
+def idempotency_key(story_id: str, version: int, channel: str, action: Action | str) -> str:
+    return f"{story_id}:{version}:{channel}:{Action(action).value}"
+
+
+# --- the adapter contract --------------------------------------------------------------------------------------
+
+
+class AdapterOptions(BaseModel):
+    """Base of each adapter's kind-specific config keys; unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Adapter(abc.ABC):
+    """One channel kind. Subclasses set the class attributes and implement ``render`` and ``publish``."""
+
+    kind: ClassVar[str]
+    options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
+    #: Re-sending cannot duplicate (file outputs, PUT-by-id partners, receivers that honour Idempotency-Key).
+    idempotent: ClassVar[bool] = False
+    actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
+    #: Adapters that can ask the platform whether an attempt landed set this (per class or per instance, e.g.
+    #: only when a lookup URL is configured) and implement ``lookup``.
+    supports_lookup: bool = False
+
+    def __init__(self, name: str, options: AdapterOptions, *, timeout: float) -> None:
+        self.name = name
+        self.options = options
+        self.timeout = timeout
+
+    def unsupported_reason(self, action: Action) -> str:
+        """Why this channel cannot do ``action`` (recorded on the skipped delivery)."""
+        return f"channel kind {self.kind!r} does not support {action.value}"
+
+    @abc.abstractmethod
+    def render(self, story: Story, action: Action) -> Payload:
+        """Pure and deterministic: the exact payload for ``story`` and ``action``. Raise RenderError if impossible."""
+
+    @abc.abstractmethod
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt: ...
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        raise Permanent(self.unsupported_reason(Action.UPDATE))
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        raise Permanent(self.unsupported_reason(Action.RETRACT))
+
+    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+        """Did an earlier attempt land? A Receipt if yes, None if it certainly did not; raise if it cannot tell."""
+        raise OutcomeUnknown(f"channel kind {self.kind!r} cannot look up earlier attempts")
+
+    async def refresh_auth(self, ctx: DeliveryContext) -> None:
+        """Renew an expired token (called once after AuthExpired). Adapters without tokens keep the default."""
+        raise AuthRevoked(f"channel kind {self.kind!r} cannot refresh its credentials")
+
+    async def start(self) -> None:
+        """Open long-lived resources (one HTTP session per channel)."""
+
+    async def close(self) -> None:
+        """Release what ``start`` opened."""
+
+    async def send(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        """Dispatch to the method for ``ctx.action``."""
+        if ctx.action is Action.PUBLISH:
+            return await self.publish(payload, ctx)
+        if ctx.action is Action.UPDATE:
+            return await self.update(payload, ctx)
+        return await self.retract(payload, ctx)
+
+
+# --- registry --------------------------------------------------------------------------------------------------
+
+ENTRY_POINT_GROUP = "syndicate.adapters"
+_registry: dict[str, type[Adapter]] = {}
+
+
+def register(adapter_cls: type[Adapter]) -> type[Adapter]:
+    """Register an adapter class under its ``kind`` (usable as a decorator; tests register their own)."""
+    existing = _registry.get(adapter_cls.kind)
+    if existing is not None and existing is not adapter_cls:
+        raise ValueError(f"adapter kind {adapter_cls.kind!r} is already registered by {existing.__qualname__}")
+    _registry[adapter_cls.kind] = adapter_cls
+    return adapter_cls
+
+
+def _load_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name not in _registry:
+            cls = ep.load()
+            if getattr(cls, "kind", None) != ep.name:
+                raise ValueError(f"entry point {ep.name!r} loads {cls!r} whose kind is {getattr(cls, 'kind', None)!r}")
+            register(cls)
+
+
+def adapter_kinds() -> dict[str, type[Adapter]]:
+    """Every known adapter kind: installed entry points plus anything registered at run time."""
+    _load_entry_points()
+    return dict(_registry)
+
+
+def get_adapter_class(kind: str) -> type[Adapter]:
+    kinds = adapter_kinds()
+    try:
+        return kinds[kind]
+    except KeyError:
+        raise KeyError(f"unknown channel kind {kind!r} (known: {', '.join(sorted(kinds)) or 'none'})") from None

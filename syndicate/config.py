@@ -1,0 +1,246 @@
+"""config/*.toml + ${ENV} secrets -> typed settings.
+
+Every mistake names the file, the table and the key: an operator editing TOML at 2 a.m. must not have to guess.
+Unknown keys, unknown channel kinds and missing environment variables are errors, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from syndicate.channel import Adapter, AdapterOptions, adapter_kinds
+from syndicate.media import MediaSettings
+
+M = TypeVar("M", bound=BaseModel)
+
+DEFAULT_CONFIG_PATH = Path("config/syndicate.toml")
+CONFIG_ENV = "SYNDICATE_CONFIG"
+DEFAULT_STORE_URL = "sqlite:///var/syndicate.db"
+#: Svix's schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; the first entry is the first attempt.
+DEFAULT_RETRY: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+
+_ENV_REF = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A config mistake, located by file, table and key."""
+
+    def __init__(self, file: str, table: str | None, key: str | None, problem: str) -> None:
+        where = file
+        if table:
+            where += f": [{table}]"
+        if key:
+            where += f" {key}"
+        super().__init__(f"{where}: {problem}")
+        self.file, self.table, self.key, self.problem = file, table, key, problem
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Table):
+    url: str = DEFAULT_STORE_URL
+
+
+class MediaTable(_Table):
+    allow_private: bool = False
+    max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    allowed_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")
+    cache_dir: str | None = "var/media-cache"
+    timeout: float = Field(default=30.0, gt=0)
+
+
+class EngineSettings(_Table):
+    #: How long a claimed delivery stays ours without a heartbeat before any worker may reclaim it.
+    lease_seconds: float = Field(default=60.0, gt=0)
+    #: Safety-net poll for work enqueued by other processes (in-process work wakes workers at once).
+    poll_interval: float = Field(default=1.0, gt=0)
+    #: Most deliveries claimed in one transaction.
+    claim_batch: int = Field(default=64, gt=0)
+    #: Jitter added to each retry delay, as a fraction of it (0.1 = up to +10 %).
+    retry_jitter: float = Field(default=0.1, ge=0, le=1)
+
+
+class _ChannelCommon(_Table):
+    kind: str
+    enabled: bool = True
+    concurrency: int = Field(default=4, gt=0)
+    timeout: float = Field(default=30.0, gt=0)
+    retry: tuple[float, ...] = DEFAULT_RETRY
+
+    @field_validator("retry")
+    @classmethod
+    def _retry_not_empty(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if not value:
+            raise ValueError("must list at least one delay (the first attempt)")
+        if any(d < 0 for d in value):
+            raise ValueError("delays must be >= 0 seconds")
+        return value
+
+
+_COMMON_KEYS = frozenset(_ChannelCommon.model_fields)
+
+
+@dataclass(frozen=True)
+class ChannelSettings:
+    """One `[channels.NAME]` table: the keys every channel has plus its kind's own options."""
+
+    name: str
+    kind: str
+    enabled: bool
+    concurrency: int
+    timeout: float
+    retry: tuple[float, ...]
+    options: AdapterOptions
+    adapter_cls: type[Adapter]
+
+    def create_adapter(self) -> Adapter:
+        return self.adapter_cls(self.name, self.options, timeout=self.timeout)
+
+
+@dataclass(frozen=True)
+class Settings:
+    source: str
+    store: StoreSettings = field(default_factory=StoreSettings)
+    media: MediaSettings = field(default_factory=MediaSettings)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    channels: dict[str, ChannelSettings] = field(default_factory=dict)
+
+    @property
+    def enabled_channels(self) -> dict[str, ChannelSettings]:
+        return {name: ch for name, ch in self.channels.items() if ch.enabled}
+
+
+def resolve_config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """--config, else $SYNDICATE_CONFIG, else ./config/syndicate.toml when present, else None (built-in defaults)."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.exists() else None
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str, str] | None = None) -> Settings:
+    """Load and validate the config file found by ``resolve_config_path``."""
+    resolved = resolve_config_path(path)
+    if resolved is None:
+        return Settings(source="(built-in defaults)")
+    name = str(resolved)
+    try:
+        raw = tomllib.loads(resolved.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(name, None, None, "file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, None, None, f"not valid TOML: {exc}") from None
+    return parse_config(raw, source=name, env=os.environ if env is None else env)
+
+
+def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
+    known = {"store", "media", "engine", "channels"}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(source, None, key, f"unknown table or key (expected one of: {', '.join(sorted(known))})")
+    store = _model(StoreSettings, raw.get("store", {}), source, "store", env)
+    media_table = _model(MediaTable, raw.get("media", {}), source, "media", env)
+    engine = _model(EngineSettings, raw.get("engine", {}), source, "engine", env)
+    media = MediaSettings(
+        allow_private=media_table.allow_private,
+        max_bytes=media_table.max_bytes,
+        allowed_types=media_table.allowed_types,
+        cache_dir=Path(media_table.cache_dir) if media_table.cache_dir else None,
+        timeout=media_table.timeout,
+    )
+    channels_raw = raw.get("channels", {})
+    if not isinstance(channels_raw, dict):
+        raise ConfigError(source, None, "channels", "must be a table of [channels.NAME] tables")
+    channels = {name: _channel(name, table, source, env) for name, table in channels_raw.items()}
+    return Settings(source=source, store=store, media=media, engine=engine, channels=channels)
+
+
+def _channel(name: str, table: Any, source: str, env: Mapping[str, str]) -> ChannelSettings:
+    where = f"channels.{name}"
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+        raise ConfigError(source, where, None, "channel names are lower-case letters, digits, '-' and '_'")
+    if not isinstance(table, dict):
+        raise ConfigError(source, where, None, "must be a table")
+    if "kind" not in table:
+        raise ConfigError(source, where, "kind", "missing (every channel needs a kind)")
+    kinds = adapter_kinds()
+    kind = table["kind"]
+    if kind not in kinds:
+        raise ConfigError(
+            source,
+            where,
+            "kind",
+            f"unknown channel kind {kind!r} (known: {', '.join(sorted(kinds)) or 'none'})",
+        )
+    adapter_cls = kinds[kind]
+    common = _model(_ChannelCommon, {k: v for k, v in table.items() if k in _COMMON_KEYS}, source, where, env)
+    options = _model(
+        adapter_cls.options_model,
+        {k: v for k, v in table.items() if k not in _COMMON_KEYS},
+        source,
+        where,
+        env,
+    )
+    return ChannelSettings(
+        name=name,
+        kind=kind,
+        enabled=common.enabled,
+        concurrency=common.concurrency,
+        timeout=common.timeout,
+        retry=common.retry,
+        options=options,
+        adapter_cls=adapter_cls,
+    )
+
+
+def _model(model: type[M], table: Any, source: str, where: str, env: Mapping[str, str]) -> M:
+    if not isinstance(table, dict):
+        raise ConfigError(source, where, None, "must be a table")
+    values = {key: _substitute(value, source, where, key, env) for key, value in table.items()}
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or None
+        if err["type"] == "extra_forbidden":
+            allowed = ", ".join(sorted(model.model_fields))
+            problem = f"unknown key (allowed here: {allowed})"
+        elif err["type"] == "missing":
+            problem = "missing (required)"
+        else:
+            problem = err["msg"]
+        raise ConfigError(source, where, key, problem) from None
+
+
+def _substitute(value: Any, source: str, where: str, key: str, env: Mapping[str, str]) -> Any:
+    """Replace ${VAR} and ${VAR:-default} in strings (recursively); $$ is a literal $."""
+    if isinstance(value, list):
+        return [_substitute(v, source, where, key, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _substitute(v, source, where, f"{key}.{k}", env) for k, v in value.items()}
+    if not isinstance(value, str):
+        return value
+
+    def repl(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        var, default = match.group(1), match.group(2)
+        if var in env:
+            return env[var]
+        if default is not None:
+            return default
+        raise ConfigError(source, where, key, f"environment variable {var} is not set")
+
+    return _ENV_REF.sub(repl, value)

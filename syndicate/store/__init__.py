@@ -1,0 +1,14 @@
+"""The durable outbox: one contract (base.py), interchangeable backends chosen by URL."""
+
+from __future__ import annotations
+
+from syndicate.store.base import Store
+
+
+def open_store(url: str) -> Store:
+    """The backend for a store URL (``sqlite:///path.db``)."""
+    if url.startswith("sqlite:///"):
+        from syndicate.store.sqlite import SQLiteStore
+
+        return SQLiteStore.from_url(url)
+    raise ValueError(f"unsupported store URL {url!r}: expected sqlite:///path/to/file.db")

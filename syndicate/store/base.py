@@ -1,0 +1,324 @@
+"""The durable outbox contract every store backend implements (SQLite now, PostgreSQL later).
+
+The contract speaks in records and unix timestamps (float seconds, UTC); the caller passes ``now`` so tests can run
+on a fake clock. Backends own transactions; the core owns decisions: fan-out planning is a callable the engine
+passes in and the backend runs inside its transaction, so the story version and all its deliveries commit together.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from syndicate.channel import Action, Payload, Receipt
+from syndicate.story import Story
+
+
+class State(enum.StrEnum):
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    DELIVERED = "delivered"
+    RETRY_WAIT = "retry_wait"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    CANCELED = "canceled"
+    SUPERSEDED = "superseded"
+    SKIPPED = "skipped"
+
+
+#: Waiting to be claimed.
+PENDING_STATES = frozenset({State.QUEUED, State.RETRY_WAIT})
+#: Not settled: a later action on the same story × channel waits for these.
+OPEN_STATES = frozenset({State.QUEUED, State.IN_FLIGHT, State.RETRY_WAIT, State.UNKNOWN})
+#: What an operator may re-queue (delivered too, with force). Superseded and canceled ones stay put: replaying
+#: them would send stale content.
+REPLAYABLE_STATES = frozenset({State.FAILED, State.UNKNOWN})
+
+#: A pause with no end: revoked credentials wait for an operator's resume.
+PAUSED_INDEFINITELY = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
+class StoreError(Exception):
+    """Base of store errors callers are expected to handle."""
+
+
+class StaleVersion(StoreError):
+    """A version older than the newest one accepted for the story."""
+
+    def __init__(self, story_id: str, version: int, latest: int) -> None:
+        super().__init__(f"story {story_id!r}: version {version} is older than the accepted version {latest}")
+        self.story_id, self.version, self.latest = story_id, version, latest
+
+
+class VersionConflict(StoreError):
+    """The same version was accepted before with different content."""
+
+    def __init__(self, story_id: str, version: int) -> None:
+        super().__init__(
+            f"story {story_id!r}: version {version} was already accepted with different content; "
+            "send the change as a new version"
+        )
+        self.story_id, self.version = story_id, version
+
+
+class NotFound(StoreError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoryRecord:
+    story: Story
+    content_hash: str
+    received_at: float
+
+    @property
+    def story_id(self) -> str:
+        return self.story.id
+
+    @property
+    def version(self) -> int:
+        return self.story.version
+
+
+@dataclass(frozen=True)
+class DeliveryRecord:
+    id: int
+    story_id: str
+    version: int
+    channel: str
+    action: Action
+    state: State
+    payload: Payload | None
+    checkpoint: dict[str, Any]
+    receipt: Receipt | None
+    attempts: int
+    retry_count: int
+    due_at: float | None
+    reconcile: bool
+    lease_owner: str | None
+    lease_expires: float | None
+    note: str | None
+    last_error: str | None
+    last_error_class: str | None
+    last_platform_code: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    id: int
+    delivery_id: int
+    number: int
+    worker: str
+    started_at: float
+    finished_at: float | None
+    outcome: str | None
+    error_class: str | None
+    message: str | None
+    platform_code: str | None
+    duration_ms: float | None
+
+
+@dataclass(frozen=True)
+class NewDelivery:
+    """A delivery the fan-out plan creates: queued with a rendered payload, or settled at once (skipped)."""
+
+    channel: str
+    action: Action
+    state: State
+    payload: Payload | None
+    due_at: float | None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A state change the fan-out plan makes to an earlier, not-yet-started delivery (supersede, cancel)."""
+
+    delivery_id: int
+    state: State
+    note: str
+
+
+@dataclass(frozen=True)
+class FanOutPlan:
+    new: list[NewDelivery] = field(default_factory=list)
+    transitions: list[Transition] = field(default_factory=list)
+
+
+#: Called by the backend inside the fan-out transaction with the story's existing deliveries.
+Planner = Callable[[Sequence[DeliveryRecord]], FanOutPlan]
+
+
+@dataclass(frozen=True)
+class FanOutResult:
+    story_id: str
+    version: int
+    #: False when the same version with the same content was already accepted (nothing new was queued).
+    created: bool
+    deliveries: list[DeliveryRecord]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A delivery this worker now holds a lease on, with the attempt row written before any byte is sent."""
+
+    delivery: DeliveryRecord
+    attempt_id: int
+    attempt_number: int
+    #: Receipt of the story's live post on this channel (latest delivered publish/update, not since retracted).
+    live_receipt: Receipt | None
+
+
+@dataclass(frozen=True)
+class Completion:
+    """The end of one attempt: the delivery's next state and the attempt's outcome, written in one batch."""
+
+    delivery_id: int
+    attempt_id: int
+    worker: str
+    state: State
+    outcome: str
+    finished_at: float
+    duration_ms: float
+    due_at: float | None = None
+    receipt: Receipt | None = None
+    error_class: str | None = None
+    message: str | None = None
+    platform_code: str | None = None
+    #: This attempt used one step of the retry schedule.
+    count_retry: bool = False
+    #: The next attempt must first ask the platform whether this one landed.
+    reconcile: bool = False
+    note: str | None = None
+    #: Set when the engine re-rendered the delivery (an update whose publish never landed goes out as publish).
+    action: Action | None = None
+    payload: Payload | None = None
+
+
+@dataclass(frozen=True)
+class ChannelState:
+    channel: str
+    paused_until: float | None
+    reason: str | None
+    updated_at: float
+
+    def paused_at(self, now: float) -> bool:
+        return self.paused_until is not None and self.paused_until > now
+
+
+@dataclass(frozen=True)
+class DeliveryFilter:
+    ids: Sequence[int] | None = None
+    states: Sequence[State] | None = None
+    channels: Sequence[str] | None = None
+    story_id: str | None = None
+    since: float | None = None
+    until: float | None = None
+    error_classes: Sequence[str] | None = None
+    #: Keyset paging: only deliveries with id greater than this.
+    after_id: int | None = None
+    limit: int | None = None
+
+
+class Store(abc.ABC):
+    """The outbox. Every method is one transaction; batch methods take many rows in one."""
+
+    #: The schema version this code expects; ``migrate`` brings the database there.
+    SCHEMA_VERSION: int
+
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in place."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    # stories and fan-out
+    @abc.abstractmethod
+    async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
+        """Record ``story`` and the deliveries ``planner`` returns, atomically.
+
+        The same version with the same content returns the existing deliveries with ``created=False``; an older
+        version raises StaleVersion; the same version with other content raises VersionConflict.
+        """
+
+    @abc.abstractmethod
+    async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
+        """A stored version (the newest when ``version`` is None); NotFound when absent."""
+
+    # claiming and finishing
+    @abc.abstractmethod
+    async def claim(self, worker: str, *, now: float, lease_seconds: float, limits: dict[str, int]) -> list[Claim]:
+        """Lease due deliveries, at most ``limits[channel]`` in flight per channel across all workers.
+
+        Skips paused channels and deliveries whose earlier story × channel deliveries are still open.
+        """
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> int:
+        """Extend this worker's leases; returns how many it still holds."""
+
+    @abc.abstractmethod
+    async def save_checkpoint(self, delivery_id: int, worker: str, checkpoint: dict[str, Any]) -> None:
+        """Persist a multi-step delivery's progress (only while ``worker`` holds the lease)."""
+
+    @abc.abstractmethod
+    async def complete(self, completions: Sequence[Completion]) -> list[int]:
+        """Apply many attempt outcomes in one transaction; returns ids whose lease had been lost (not applied)."""
+
+    @abc.abstractmethod
+    async def reclaim_expired(self, *, now: float) -> int:
+        """Expired in-flight leases go back to the queue marked for reconciliation (they may have landed)."""
+
+    @abc.abstractmethod
+    async def next_due_at(self, channels: Sequence[str], *, now: float) -> float | None:
+        """When the earliest pending delivery of these channels becomes due (paused channels: when they resume)."""
+
+    @abc.abstractmethod
+    async def count_claimable(self, channels: Sequence[str], *, now: float) -> int:
+        """Deliveries a worker could claim right now (due, channel not paused, not blocked by earlier ones)."""
+
+    @abc.abstractmethod
+    async def count_in_flight(self, channels: Sequence[str] | None = None) -> int: ...
+
+    # channel state and shared key/value
+    @abc.abstractmethod
+    async def pause_channel(self, channel: str, *, until: float, reason: str, now: float) -> None:
+        """Pause until ``until``; an existing longer pause is kept (two workers hitting a limit agree)."""
+
+    @abc.abstractmethod
+    async def resume_channel(self, channel: str, *, now: float) -> None: ...
+
+    @abc.abstractmethod
+    async def channel_states(self) -> dict[str, ChannelState]: ...
+
+    @abc.abstractmethod
+    async def kv_get(self, key: str, *, now: float) -> str | None:
+        """A value not yet expired, else None."""
+
+    @abc.abstractmethod
+    async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None: ...
+
+    # reading and repair
+    @abc.abstractmethod
+    async def get_delivery(self, delivery_id: int) -> DeliveryRecord: ...
+
+    @abc.abstractmethod
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        """Deliveries matching ``flt`` in id order (``since``/``until`` on updated_at)."""
+
+    @abc.abstractmethod
+    async def attempts(self, delivery_id: int) -> list[AttemptRecord]: ...
+
+    @abc.abstractmethod
+    async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:
+        """Operator replay: back to queued with the retry budget reset and history kept. Returns the ids re-queued
+        (only replayable states; delivered too when ``force``)."""

@@ -1,0 +1,181 @@
+"""Shared fixtures: stories, a scripted adapter, settings builders, stores (every backend) and the sandbox."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    DeliveryContext,
+    DeliveryError,
+    Payload,
+    Receipt,
+    register,
+)
+from syndicate.config import Settings, parse_config
+from syndicate.sandbox import RunningSandbox, running_sandbox
+from syndicate.store import open_store
+from syndicate.store.base import Store
+from syndicate.story import Story
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shared_path(*parts: str) -> Path:
+    """A file under ../shared; skip (outside CI only) when that folder is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        if os.environ.get("CI") == "true":
+            raise FileNotFoundError(f"{path} is required in CI")
+        pytest.skip(f"{path} not found: the shared standards folder sits beside the repository")
+    return path
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_700_000_000.0) -> None:
+        self.t = start
+
+    def now(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class ScriptedOptions(AdapterOptions):
+    idempotent: bool = False
+    lookup: bool = False
+
+
+class ScriptedAdapter(Adapter):
+    """A test channel whose outcomes a test scripts per channel name: each call pops the next outcome.
+
+    An outcome is a DeliveryError instance (raised) or None (success). Every call is logged in ``calls``; the
+    ``landed`` set models the platform's state so ``lookup`` answers truthfully.
+    """
+
+    kind: ClassVar[str] = "scripted"
+    options_model = ScriptedOptions
+    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    scripts: ClassVar[dict[str, list[DeliveryError | None]]] = {}
+    calls: ClassVar[list[tuple[str, str, str]]] = []
+    landed: ClassVar[dict[str, Receipt]] = {}
+    refreshes: ClassVar[list[str]] = []
+
+    def __init__(self, name: str, options: ScriptedOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        self.idempotent = options.idempotent  # type: ignore[misc]
+        self.supports_lookup = options.lookup
+
+    @classmethod
+    def reset(cls) -> None:
+        cls.scripts.clear()
+        cls.calls.clear()
+        cls.landed.clear()
+        cls.refreshes.clear()
+
+    def render(self, story: Story, action: Action) -> Payload:
+        return Payload(data={"headline": story.headline, "action": action.value, "version": story.version})
+
+    async def _call(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        self.calls.append((self.name, ctx.action.value, ctx.idempotency_key))
+        script = self.scripts.get(self.name, [])
+        outcome = script.pop(0) if script else None
+        if outcome is not None:
+            raise outcome
+        receipt = Receipt(remote_id=f"{self.name}-{len(self.calls)}", url=None, raw={"key": ctx.idempotency_key})
+        self.landed[ctx.idempotency_key] = receipt
+        return receipt
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._call(payload, ctx)
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._call(payload, ctx)
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._call(payload, ctx)
+
+    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+        self.calls.append((self.name, "lookup", ctx.idempotency_key))
+        return self.landed.get(ctx.idempotency_key)
+
+    async def refresh_auth(self, ctx: DeliveryContext) -> None:
+        self.refreshes.append(self.name)
+
+
+register(ScriptedAdapter)
+
+
+@pytest.fixture(autouse=True)
+def _reset_scripted() -> None:
+    ScriptedAdapter.reset()
+
+
+def make_story(**overrides: Any) -> Story:
+    base: dict[str, Any] = {
+        "id": "story-1",
+        "version": 1,
+        "headline": "上海16区融媒体中心全部建成并挂牌",
+        "summary": "上海分两批、共16个区级融媒体中心已全部建成并挂牌。",
+        "body_html": "<p>宝山、闵行两个区级融媒体中心正式挂牌。</p>",
+        "url": "https://news.example.cn/shanghai/story-1.html",
+    }
+    base.update(overrides)
+    return Story.from_dict(base)
+
+
+def make_settings(
+    tmp_path: Path,
+    channels: dict[str, dict[str, Any]],
+    *,
+    engine: dict[str, Any] | None = None,
+    store_url: str | None = None,
+) -> Settings:
+    raw: dict[str, Any] = {
+        "store": {"url": store_url or f"sqlite:///{tmp_path / 'syndicate.db'}"},
+        "media": {"allow_private": True, "cache_dir": str(tmp_path / "media")},
+        "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0, **(engine or {})},
+        "channels": channels,
+    }
+    return parse_config(raw, source="test.toml", env={})
+
+
+def scripted(**kw: Any) -> dict[str, Any]:
+    return {"kind": "scripted", "retry": [0, 5, 300, 1800], "timeout": 5, **kw}
+
+
+STORE_BACKENDS = ["sqlite"]
+
+
+@pytest.fixture(params=STORE_BACKENDS)
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """One URL per backend; the store contract suite runs against each."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'contract.db'}"
+    raise AssertionError(request.param)
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[Store]:
+    s = open_store(store_url)
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[RunningSandbox]:
+    async with running_sandbox(port=0, seed=7, hold_seconds=3.0) as running:
+        yield running
+
+
+StoryFactory = Callable[..., Story]
