@@ -1,0 +1,289 @@
+"""The store contract: every backend must pass this suite unchanged (the `store` fixture runs it per backend)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pytest
+
+from syndicate.channel import Action, Payload, Receipt
+from syndicate.store.base import (
+    PAUSED_INDEFINITELY,
+    Completion,
+    DeliveryFilter,
+    DeliveryRecord,
+    FanOutPlan,
+    NewDelivery,
+    NotFound,
+    StaleVersion,
+    State,
+    Store,
+    Transition,
+    VersionConflict,
+)
+from tests.conftest import make_story
+
+NOW = 1_700_000_000.0
+LIMITS = {"a": 4, "b": 4}
+
+
+def plan_for(*channels: str, action: Action = Action.PUBLISH, due: float = NOW):
+    def planner(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+        return FanOutPlan(
+            new=[NewDelivery(ch, action, State.QUEUED, Payload({"ch": ch, "n": len(existing)}), due) for ch in channels]
+        )
+
+    return planner
+
+
+def done(claim, state: State = State.DELIVERED, **kw) -> Completion:
+    return Completion(
+        delivery_id=claim.delivery.id,
+        attempt_id=claim.attempt_id,
+        worker=kw.pop("worker", "w1"),
+        state=state,
+        outcome=kw.pop("outcome", state.value),
+        finished_at=kw.pop("finished_at", NOW + 1),
+        duration_ms=5.0,
+        **kw,
+    )
+
+
+async def test_migrate_is_idempotent(store: Store) -> None:
+    assert await store.migrate() == store.SCHEMA_VERSION
+    assert await store.schema_version() == store.SCHEMA_VERSION
+
+
+async def test_fan_out_records_story_and_deliveries(store: Store) -> None:
+    story = make_story()
+    result = await store.fan_out(story, plan_for("a", "b"), now=NOW)
+    assert result.created
+    assert [(d.channel, d.action, d.state) for d in result.deliveries] == [
+        ("a", Action.PUBLISH, State.QUEUED),
+        ("b", Action.PUBLISH, State.QUEUED),
+    ]
+    assert result.deliveries[0].payload == Payload({"ch": "a", "n": 0})
+    record = await store.get_story(story.id)
+    assert record.story == story
+    assert record.content_hash == story.content_hash
+
+
+async def test_fan_out_is_atomic(store: Store) -> None:
+    def broken(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+        raise RuntimeError("planner failed")
+
+    with pytest.raises(RuntimeError):
+        await store.fan_out(make_story(), broken, now=NOW)
+    with pytest.raises(NotFound):
+        await store.get_story("story-1")
+    assert await store.list_deliveries(DeliveryFilter()) == []
+
+
+async def test_same_version_again_creates_nothing(store: Store) -> None:
+    first = await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    again = await store.fan_out(make_story(), plan_for("a", "b"), now=NOW + 5)
+    assert not again.created
+    assert [d.id for d in again.deliveries] == [d.id for d in first.deliveries]
+    assert len(await store.list_deliveries(DeliveryFilter())) == 1
+
+
+async def test_same_version_other_content_conflicts_and_older_is_stale(store: Store) -> None:
+    await store.fan_out(make_story(version=2), plan_for("a"), now=NOW)
+    with pytest.raises(VersionConflict):
+        await store.fan_out(make_story(version=2, headline="另一个标题"), plan_for("a"), now=NOW)
+    with pytest.raises(StaleVersion) as info:
+        await store.fan_out(make_story(version=1), plan_for("a"), now=NOW)
+    assert info.value.latest == 2
+
+
+async def test_transitions_only_touch_pending_deliveries(store: Store) -> None:
+    first = await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    [claim] = [c for c in await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1}) if c]
+    assert claim.delivery.channel == "a"
+
+    def supersede(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+        return FanOutPlan(transitions=[Transition(d.id, State.SUPERSEDED, "superseded by version 2") for d in existing])
+
+    await store.fan_out(make_story(version=2, headline="新标题"), supersede, now=NOW + 1)
+    a, b = [await store.get_delivery(d.id) for d in first.deliveries]
+    assert a.state is State.IN_FLIGHT  # already started: left alone
+    assert b.state is State.SUPERSEDED and b.note == "superseded by version 2"
+
+
+async def test_claim_leases_due_work_and_writes_the_attempt_first(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    await store.fan_out(make_story(id="later"), plan_for("a", due=NOW + 60), now=NOW)
+    claims = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert sorted(c.delivery.channel for c in claims) == ["a", "b"]
+    for c in claims:
+        assert c.delivery.state is State.IN_FLIGHT
+        assert c.delivery.lease_owner == "w1" and c.delivery.lease_expires == NOW + 30
+        assert c.attempt_number == 1 and c.delivery.attempts == 1
+        [attempt] = await store.attempts(c.delivery.id)
+        assert attempt.started_at == NOW and attempt.finished_at is None and attempt.worker == "w1"
+    # Nothing else is due yet; the embargoed/later one becomes claimable at its time.
+    assert await store.claim("w2", now=NOW, lease_seconds=30, limits=LIMITS) == []
+    assert await store.next_due_at(["a"], now=NOW) == NOW + 60
+    later = await store.claim("w2", now=NOW + 60, lease_seconds=30, limits=LIMITS)
+    assert [c.delivery.story_id for c in later] == ["later"]
+
+
+async def test_claim_respects_channel_limits_across_workers(store: Store) -> None:
+    for i in range(5):
+        await store.fan_out(make_story(id=f"s{i}"), plan_for("a"), now=NOW)
+    first = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    second = await store.claim("w2", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(first) == 2 and second == []
+    assert await store.count_in_flight(["a"]) == 2
+    await store.complete([done(first[0])])
+    third = await store.claim("w2", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(third) == 1
+
+
+async def test_claim_orders_story_channel_actions(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    await store.fan_out(make_story(version=2, headline="更新"), plan_for("a", action=Action.UPDATE), now=NOW)
+    [publish] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert publish.delivery.action is Action.PUBLISH
+    # The update waits while the publish is open, even with free slots.
+    assert await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS) == []
+    assert await store.count_claimable(["a"], now=NOW) == 0
+    await store.complete([done(publish, receipt=Receipt("remote-1", "https://p/1"))])
+    [update] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert update.delivery.action is Action.UPDATE
+    assert update.live_receipt == Receipt("remote-1", "https://p/1")
+
+
+async def test_live_receipt_is_gone_after_a_retract(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [c1] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    await store.complete([done(c1, receipt=Receipt("r1"))])
+    await store.fan_out(make_story(version=2, pubstatus="canceled"), plan_for("a", action=Action.RETRACT), now=NOW)
+    [c2] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert c2.live_receipt == Receipt("r1")
+    await store.complete([done(c2, receipt=Receipt("r1"))])
+    await store.fan_out(make_story(version=3), plan_for("a"), now=NOW)
+    [c3] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert c3.live_receipt is None
+
+
+async def test_paused_channel_is_not_claimed_and_longer_pause_wins(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    await store.pause_channel("a", until=NOW + 100, reason="rate limited", now=NOW)
+    await store.pause_channel("a", until=NOW + 10, reason="shorter", now=NOW)
+    state = (await store.channel_states())["a"]
+    assert state.paused_until == NOW + 100 and state.reason == "rate limited"
+    claims = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert [c.delivery.channel for c in claims] == ["b"]
+    assert await store.next_due_at(["a"], now=NOW) == NOW + 100
+    assert [c.delivery.channel for c in await store.claim("w1", now=NOW + 100, lease_seconds=30, limits=LIMITS)] == [
+        "a"
+    ]
+
+
+async def test_resume_clears_an_indefinite_pause(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    await store.pause_channel("a", until=PAUSED_INDEFINITELY, reason="credentials rejected", now=NOW)
+    assert await store.claim("w1", now=NOW + 86400, lease_seconds=30, limits=LIMITS) == []
+    await store.resume_channel("a", now=NOW)
+    assert len(await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)) == 1
+    assert (await store.channel_states())["a"].paused_until is None
+
+
+async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    ca, cb = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    lost = await store.complete(
+        [
+            done(ca, receipt=Receipt("r-a", "https://a/1", {"ok": True})),
+            done(
+                cb,
+                State.RETRY_WAIT,
+                outcome="retry",
+                due_at=NOW + 5,
+                error_class="Retryable",
+                message="HTTP 503",
+                platform_code="503",
+                count_retry=True,
+            ),
+            done(cb, worker="intruder"),
+        ]
+    )
+    assert lost == [cb.delivery.id]  # the third completion: the intruder holds no lease
+    a = await store.get_delivery(ca.delivery.id)
+    b = await store.get_delivery(cb.delivery.id)
+    assert a.state is State.DELIVERED and a.receipt == Receipt("r-a", "https://a/1", {"ok": True})
+    assert a.lease_owner is None
+    assert b.state is State.RETRY_WAIT and b.due_at == NOW + 5 and b.retry_count == 1
+    assert (b.last_error, b.last_error_class, b.last_platform_code) == ("HTTP 503", "Retryable", "503")
+    [attempt] = await store.attempts(b.id)
+    assert attempt.outcome == "retry" and attempt.platform_code == "503" and attempt.duration_ms == 5.0
+
+
+async def test_heartbeat_extends_only_own_leases(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert await store.heartbeat("w2", [c.delivery.id], lease_until=NOW + 999) == 0
+    assert await store.heartbeat("w1", [c.delivery.id], lease_until=NOW + 90) == 1
+    assert (await store.get_delivery(c.delivery.id)).lease_expires == NOW + 90
+    assert await store.reclaim_expired(now=NOW + 60) == 0
+
+
+async def test_expired_lease_is_reclaimed_for_reconciliation(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert await store.reclaim_expired(now=NOW + 29) == 0
+    assert await store.reclaim_expired(now=NOW + 31) == 1
+    d = await store.get_delivery(c.delivery.id)
+    assert d.state is State.QUEUED and d.reconcile and d.lease_owner is None
+    [attempt] = await store.attempts(d.id)
+    assert attempt.outcome == "lease_expired"
+    # The dead worker's late result is refused; the new claimant sees the reconcile flag.
+    assert await store.complete([done(c)]) == [d.id]
+    [again] = await store.claim("w2", now=NOW + 31, lease_seconds=30, limits=LIMITS)
+    assert again.delivery.reconcile and again.attempt_number == 2
+
+
+async def test_checkpoint_needs_the_lease(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    await store.save_checkpoint(c.delivery.id, "w1", {"step": "draft", "media_id": "m-1"})
+    with pytest.raises(NotFound):
+        await store.save_checkpoint(c.delivery.id, "w2", {"step": "stolen"})
+    await store.complete([done(c, State.RETRY_WAIT, due_at=NOW, count_retry=True)])
+    [again] = await store.claim("w1", now=NOW + 1, lease_seconds=30, limits=LIMITS)
+    assert again.delivery.checkpoint == {"step": "draft", "media_id": "m-1"}
+
+
+async def test_kv_with_expiry(store: Store) -> None:
+    assert await store.kv_get("wechat:token:app", now=NOW) is None
+    await store.kv_set("wechat:token:app", "T1", expires_at=NOW + 7200, now=NOW)
+    assert await store.kv_get("wechat:token:app", now=NOW + 7199) == "T1"
+    assert await store.kv_get("wechat:token:app", now=NOW + 7200) is None
+    await store.kv_set("wechat:token:app", "T2", expires_at=None, now=NOW)
+    assert await store.kv_get("wechat:token:app", now=NOW + 10**6) == "T2"
+
+
+async def test_list_filters_and_requeue(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    ca, cb = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    await store.complete(
+        [
+            done(ca, State.FAILED, error_class="Permanent", message="banned", finished_at=NOW + 10),
+            done(cb, receipt=Receipt("r"), finished_at=NOW + 20),
+        ]
+    )
+    failed = await store.list_deliveries(DeliveryFilter(states=[State.FAILED]))
+    assert [d.id for d in failed] == [ca.delivery.id]
+    assert [d.id for d in await store.list_deliveries(DeliveryFilter(channels=["b"]))] == [cb.delivery.id]
+    assert [d.id for d in await store.list_deliveries(DeliveryFilter(since=NOW + 15))] == [cb.delivery.id]
+    assert [d.id for d in await store.list_deliveries(DeliveryFilter(error_classes=["Permanent"]))] == [ca.delivery.id]
+    page = await store.list_deliveries(DeliveryFilter(after_id=ca.delivery.id, limit=1))
+    assert [d.id for d in page] == [cb.delivery.id]
+
+    # Delivered ones are only replayed with force; history is kept, the budget reset.
+    assert await store.requeue([ca.delivery.id, cb.delivery.id], now=NOW + 30) == [ca.delivery.id]
+    a = await store.get_delivery(ca.delivery.id)
+    assert a.state is State.QUEUED and a.retry_count == 0 and a.due_at == NOW + 30
+    assert len(await store.attempts(a.id)) == 1
+    assert await store.requeue([cb.delivery.id], now=NOW + 30, force=True) == [cb.delivery.id]
