@@ -57,6 +57,8 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # the asctime form carries no zone; every HTTP date is GMT
+        when = when.replace(tzinfo=dt.UTC)
     return max(when.timestamp() - now, 0.0)
 
 
@@ -132,7 +134,9 @@ class WebhookAdapter(Adapter):
         detail = _detail(answer, raw)
         now = time.time()
         if status == 429:
-            wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now) or DEFAULT_RATE_LIMIT_PAUSE
+            wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now)
+            if wait is None:
+                wait = DEFAULT_RATE_LIMIT_PAUSE
             until = dt.datetime.fromtimestamp(now + wait, tz=dt.UTC)
             raise RateLimited(f"HTTP 429 from the receiver{detail}", until=until, platform_code=status)
         if status >= 500:
@@ -156,7 +160,7 @@ class WebhookAdapter(Adapter):
                 raw = await resp.read()
                 if resp.status == 404:
                     return None
-                if 200 <= resp.status < 300 or resp.status == 429:
+                if 200 <= resp.status < 300 or resp.status in (401, 403, 429):
                     return self._receipt(resp, raw)
                 raise Retryable(f"lookup answered HTTP {resp.status}{_detail(_json_object(raw), raw)}")
         except (TimeoutError, aiohttp.ClientError) as exc:
@@ -172,7 +176,10 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _detail(answer: dict[str, Any], raw: bytes) -> str:
-    message = answer.get("error") or answer.get("message")
+    error = answer.get("error")
+    if isinstance(error, dict):  # {"error": {"code", "message"}} style
+        error = error.get("message") or error.get("code")
+    message = answer.get("message") or error
     if message:
         return f": {str(message)[:300]}"
     text = raw[:200].decode("utf-8", "replace").strip()

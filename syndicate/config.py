@@ -140,6 +140,10 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
         raw = tomllib.loads(resolved.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(name, None, None, "file not found") from None
+    except OSError as exc:  # a directory, no permission...
+        raise ConfigError(name, None, None, f"cannot read the file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, None, None, f"not valid UTF-8 (TOML files must be UTF-8): {exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, None, None, f"not valid TOML: {exc}") from None
     return parse_config(raw, source=name, env=os.environ if env is None else env)
@@ -177,7 +181,7 @@ def _channel(name: str, table: Any, source: str, env: Mapping[str, str]) -> Chan
         raise ConfigError(source, where, "kind", "missing (every channel needs a kind)")
     kinds = adapter_kinds()
     kind = table["kind"]
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise ConfigError(
             source,
             where,
@@ -185,6 +189,10 @@ def _channel(name: str, table: Any, source: str, env: Mapping[str, str]) -> Chan
             f"unknown channel kind {kind!r} (known: {', '.join(sorted(kinds)) or 'none'})",
         )
     adapter_cls = kinds[kind]
+    allowed = _COMMON_KEYS | set(adapter_cls.options_model.model_fields)
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(source, where, key, f"unknown key (allowed here: {', '.join(sorted(allowed))})")
     common = _model(_ChannelCommon, {k: v for k, v in table.items() if k in _COMMON_KEYS}, source, where, env)
     options = _model(
         adapter_cls.options_model,
@@ -237,7 +245,8 @@ def _substitute(value: Any, source: str, where: str, key: str, env: Mapping[str,
         if match.group(0) == "$$":
             return "$"
         var, default = match.group(1), match.group(2)
-        if var in env:
+        # As in the shell, ${VAR:-default} also takes the default when VAR is set but empty.
+        if var in env and (env[var] or default is None):
             return env[var]
         if default is not None:
             return default

@@ -347,10 +347,13 @@ class Engine:
                     continue
                 if until_idle and await self._idle(names, idle_horizon):
                     break
+                # Work due now but not claimed is waiting for a free slot or an earlier action: a completion
+                # wakes us. Otherwise sleep until the next retry, re-checking at the poll interval for work
+                # other processes enqueue.
                 timeout = engine_cfg.poll_interval
                 next_due = await self.store.next_due_at(names, now=now)
-                if next_due is not None:
-                    timeout = min(timeout, max(next_due - self.clock.now(), 0.0))
+                if next_due is not None and next_due > now:
+                    timeout = min(timeout, next_due - self.clock.now())
                 waiter = asyncio.create_task(self._wake.wait())
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -508,7 +511,10 @@ class Engine:
                 )
             # The publish this update was meant to follow never landed: the channel still needs the story.
             record = await self.store.get_story(d.story_id, d.version)
-            payload = adapter.render(record.story, Action.PUBLISH)
+            try:
+                payload = adapter.render(record.story, Action.PUBLISH)
+            except RenderError as exc:
+                raise Permanent(f"cannot render for this channel: {exc}") from exc
             converted = ctx.action = Action.PUBLISH
         assert payload is not None
         guard = runtime.settings.timeout * 10

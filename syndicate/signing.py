@@ -53,6 +53,7 @@ def verify(
     if abs(current - t) > tolerance:
         raise SignatureError(f"signature timestamp is outside the {int(tolerance)} s tolerance (stale or replayed)")
     expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    if not any(hmac.compare_digest(expected, c) for c in candidates):
+    # Compare bytes: compare_digest raises TypeError on non-ASCII str, and the header is attacker-controlled.
+    if not any(hmac.compare_digest(expected.encode(), c.encode("utf-8", "replace")) for c in candidates):
         raise SignatureError("signature does not match the body")
     return t

@@ -1,0 +1,501 @@
+"""The webhook adapter against the real sandbox (and a raw-bytes capture server), then through the engine."""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.utils
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from adapters.webhook import DEFAULT_RATE_LIMIT_PAUSE, WebhookAdapter, WebhookOptions, retry_after_seconds
+from syndicate.channel import (
+    Action,
+    AuthRevoked,
+    DeliveryContext,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    Receipt,
+    Retryable,
+)
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
+from syndicate.signing import SIGNATURE_HEADER, verify
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
+from syndicate.story import Story
+from tests.conftest import make_settings, make_story
+
+SECRET = "s3cret"
+#: Short enough that the sandbox's 3 s hold always trips it.
+SHORT_TIMEOUT = 0.3
+
+AdapterFactory = Callable[..., WebhookAdapter]
+
+
+def ctx_for(
+    story_id: str = "story-1", version: int = 1, channel: str = "x", action: Action = Action.PUBLISH
+) -> DeliveryContext:
+    saved: list[dict[str, Any]] = []
+    kv: dict[str, str] = {}
+
+    async def save_checkpoint(data: dict[str, Any]) -> None:
+        saved.append(data)
+
+    async def kv_get(key: str) -> str | None:
+        return kv.get(key)
+
+    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
+        kv[key] = value
+
+    return DeliveryContext(
+        delivery_id=1,
+        story_id=story_id,
+        version=version,
+        channel=channel,
+        action=action,
+        attempt=1,
+        state={},
+        receipt=None,
+        save_checkpoint=save_checkpoint,
+        kv_get=kv_get,
+        kv_set=kv_set,
+    )
+
+
+def wire_body(recorded: Any) -> bytes:
+    """The bytes the adapter sends for a (sandbox-parsed) body: canonical compact JSON, sorted keys, UTF-8."""
+    return json.dumps(recorded, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def closed_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def make_adapter(sandbox: RunningSandbox) -> AsyncIterator[AdapterFactory]:
+    started: list[WebhookAdapter] = []
+
+    def factory(
+        *,
+        url: str | None = None,
+        lookup: bool = True,
+        timeout: float = 2.0,
+        headers: dict[str, str] | None = None,
+    ) -> WebhookAdapter:
+        target = url or f"{sandbox.url}/webhook/x"
+        options = WebhookOptions(
+            url=target, secret=SECRET, lookup_url=target if lookup else None, headers=headers or {}
+        )
+        adapter = WebhookAdapter("x", options, timeout=timeout)
+        started.append(adapter)
+        return adapter
+
+    yield factory
+    for adapter in started:
+        await adapter.close()
+
+
+async def started(adapter: WebhookAdapter) -> WebhookAdapter:
+    await adapter.start()
+    return adapter
+
+
+def publish_payload(adapter: WebhookAdapter, **story: Any) -> Payload:
+    return adapter.render(make_story(**story), Action.PUBLISH)
+
+
+# ------------------------------------------------------------------------------------------ render
+
+
+def test_render_is_deterministic_and_json_ready() -> None:
+    adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    a = adapter.render(make_story(), Action.PUBLISH)
+    b = adapter.render(make_story(), Action.PUBLISH)
+    assert a == b
+    assert wire_body(a.data) == wire_body(b.data)
+    assert a.data["event"] == "publish"
+    assert a.data["story"]["id"] == "story-1" and a.data["story"]["headline"] == make_story().headline
+    assert adapter.render(make_story(), Action.RETRACT).data["event"] == "retract"
+    assert adapter.render(make_story(headline="Another"), Action.PUBLISH) != a
+    # The payload survives the store's JSON round trip unchanged, so every retry sends the same bytes.
+    stored = Payload.from_json(json.loads(json.dumps(a.to_json())))
+    assert wire_body(stored.data) == wire_body(a.data)
+
+
+def test_adapter_capabilities() -> None:
+    with_lookup = WebhookAdapter(
+        "x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET, lookup_url="http://127.0.0.1:9/x"), timeout=1
+    )
+    without = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    assert with_lookup.supports_lookup is True and without.supports_lookup is False
+    assert WebhookAdapter.idempotent is False  # receivers are not assumed to honour Idempotency-Key
+    assert WebhookAdapter.actions == frozenset(Action)
+
+
+# ------------------------------------------------------------------------------------------ success
+
+
+async def test_2xx_gives_a_receipt_with_the_remote_id(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter(headers={"X-Newsroom": "baoshan"}))
+    payload = publish_payload(adapter)
+    receipt = await adapter.publish(payload, ctx_for())
+    assert isinstance(receipt, Receipt)
+    assert receipt.remote_id is not None and receipt.remote_id.startswith("wh-")
+    assert receipt.raw == {"id": receipt.remote_id}
+
+    [rec] = sandbox.sandbox.received("webhook", "x")
+    assert rec.method == "POST" and rec.path == "/webhook/x"
+    assert rec.idempotency_key == "story-1:1:x:publish"
+    assert rec.header("Idempotency-Key") == "story-1:1:x:publish"
+    assert rec.header("Content-Type") == "application/json; charset=utf-8"
+    assert rec.header("X-Newsroom") == "baoshan"
+    assert rec.body == payload.data
+    # The signature covers exactly the bytes sent, with the shared secret, and is fresh.
+    t = verify(SECRET, wire_body(rec.body), rec.header(SIGNATURE_HEADER))
+    assert abs(t - time.time()) < 5
+    with pytest.raises(ValueError):
+        verify("wrong", wire_body(rec.body), rec.header(SIGNATURE_HEADER))
+
+
+@pytest.mark.parametrize("action", list(Action))
+async def test_every_action_posts_with_its_own_idempotency_key(
+    sandbox: RunningSandbox, make_adapter: AdapterFactory, action: Action
+) -> None:
+    adapter = await started(make_adapter())
+    payload = adapter.render(make_story(id="s-42", version=3), action)
+    ctx = ctx_for(story_id="s-42", version=3, channel="x", action=action)
+    receipt = await adapter.send(payload, ctx)
+    assert receipt.remote_id
+    [rec] = sandbox.sandbox.received("webhook")
+    assert rec.idempotency_key == f"s-42:3:x:{action.value}"
+    assert rec.body["event"] == action.value
+
+
+async def test_same_payload_twice_sends_identical_bytes(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    payload = publish_payload(adapter)
+    first = await adapter.publish(payload, ctx_for())
+    second = await adapter.publish(payload, ctx_for())
+    assert first.remote_id == second.remote_id  # the sandbox honours the key and answers with the original id
+    a, b = sandbox.sandbox.received("webhook")
+    assert wire_body(a.body) == wire_body(b.body)
+    assert a.idempotency_key == b.idempotency_key
+
+
+async def test_raw_bytes_are_signed_and_deterministic(make_adapter: AdapterFactory) -> None:
+    """An independent receiver that keeps the raw request bytes, so nothing depends on re-serialising."""
+    seen: list[tuple[bytes, dict[str, str]]] = []
+
+    async def capture(request: web.Request) -> web.Response:
+        seen.append((await request.read(), dict(request.headers)))
+        return web.json_response({"id": f"raw-{len(seen)}", "url": "https://mirror.example/p/1"})
+
+    app = web.Application()
+    app.router.add_post("/hook", capture)
+    async with TestServer(app, host="127.0.0.1") as server:
+        adapter = await started(make_adapter(url=str(server.make_url("/hook"))))
+        payload = publish_payload(adapter)
+        receipt = await adapter.publish(payload, ctx_for())
+        await adapter.publish(payload, ctx_for())
+        # A payload re-read from the store (as a retry would) sends the same bytes too.
+        await adapter.publish(Payload.from_json(json.loads(json.dumps(payload.to_json()))), ctx_for())
+
+    assert receipt == Receipt(
+        remote_id="raw-1", url="https://mirror.example/p/1", raw={"id": "raw-1", "url": "https://mirror.example/p/1"}
+    )
+    assert len(seen) == 3
+    bodies = {raw for raw, _ in seen}
+    assert len(bodies) == 1
+    raw = seen[0][0]
+    assert json.loads(raw) == payload.data
+    assert make_story().headline.encode() in raw  # UTF-8, not \\u escapes
+    for body, headers in seen:
+        verify(SECRET, body, headers[SIGNATURE_HEADER])
+        assert headers["Idempotency-Key"] == "story-1:1:x:publish"
+
+
+# ------------------------------------------------------------------------------------------ error mapping
+
+
+async def test_503_is_retryable(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:503"}])
+    with pytest.raises(Retryable) as info:
+        await adapter.publish(publish_payload(adapter), ctx_for())
+    assert info.value.platform_code == "503"
+    assert info.value.reason.startswith("HTTP 503 from the receiver: ")
+    assert info.value.retry_after is None
+    assert sandbox.sandbox.received("webhook") == []
+
+
+async def test_429_rate_limits_until_retry_after(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "rate_limit:7"}])
+    before = time.time()
+    with pytest.raises(RateLimited) as info:
+        await adapter.publish(publish_payload(adapter), ctx_for())
+    after = time.time()
+    err = info.value
+    assert err.platform_code == "429"
+    assert err.until.tzinfo is not None
+    assert before + 7 - 0.01 <= err.until.timestamp() <= after + 7 + 0.01
+
+
+async def test_400_is_permanent(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:400"}])
+    with pytest.raises(Permanent) as info:
+        await adapter.publish(publish_payload(adapter), ctx_for())
+    assert info.value.platform_code == "400" and "HTTP 400" in info.value.reason
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_and_403_revoke_auth(sandbox: RunningSandbox, make_adapter: AdapterFactory, status: int) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": f"status:{status}"}])
+    with pytest.raises(AuthRevoked) as info:
+        await adapter.publish(publish_payload(adapter), ctx_for())
+    assert info.value.platform_code == str(status) and "credentials" in info.value.reason
+
+
+async def test_connection_refused_is_retryable(make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter(url=f"http://127.0.0.1:{closed_port()}/webhook/x"))
+    with pytest.raises(Retryable) as info:
+        await adapter.publish(publish_payload(adapter), ctx_for())
+    assert "could not connect" in info.value.reason
+
+
+async def test_not_started_is_a_clear_error(make_adapter: AdapterFactory) -> None:
+    adapter = make_adapter()
+    with pytest.raises(RuntimeError, match="not started"):
+        await adapter.publish(publish_payload(adapter), ctx_for())
+
+
+# ------------------------------------------------------------------------------------------ unknown outcomes
+
+
+async def test_timeout_after_is_unknown_and_lookup_finds_it(
+    sandbox: RunningSandbox, make_adapter: AdapterFactory
+) -> None:
+    adapter = await started(make_adapter(timeout=SHORT_TIMEOUT))
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
+    payload = publish_payload(adapter)
+    started_at = time.monotonic()
+    with pytest.raises(OutcomeUnknown):
+        await adapter.publish(payload, ctx_for())
+    assert time.monotonic() - started_at < 2  # the adapter's timeout, not the sandbox's 3 s hold
+    assert len(sandbox.sandbox.received("webhook")) == 1  # it was processed
+
+    receipt = await adapter.lookup(payload, ctx_for())
+    assert receipt is not None and receipt.remote_id is not None and receipt.remote_id.startswith("wh-")
+    assert receipt.raw["idempotency_key"] == "story-1:1:x:publish"
+    # Another key (or another channel's keyspace) is not found.
+    assert await adapter.lookup(payload, ctx_for(action=Action.UPDATE)) is None
+
+
+async def test_timeout_before_is_unknown_and_lookup_finds_nothing(
+    sandbox: RunningSandbox, make_adapter: AdapterFactory
+) -> None:
+    adapter = await started(make_adapter(timeout=SHORT_TIMEOUT))
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_before", "methods": ["POST"]}])
+    payload = publish_payload(adapter)
+    with pytest.raises(OutcomeUnknown):
+        await adapter.publish(payload, ctx_for())
+    assert sandbox.sandbox.received("webhook") == []
+    assert await adapter.lookup(payload, ctx_for()) is None
+
+
+async def test_reset_is_unknown_and_lookup_finds_nothing(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    """A reset after the request went out is OutcomeUnknown (not Retryable): the adapter cannot know that the
+    receiver dropped it before processing, so it must reconcile rather than resend blindly."""
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "reset", "methods": ["POST"]}])
+    payload = publish_payload(adapter)
+    with pytest.raises(OutcomeUnknown) as info:
+        await adapter.publish(payload, ctx_for())
+    assert "no answer after sending" in info.value.reason
+    assert sandbox.sandbox.received("webhook") == []
+    assert await adapter.lookup(payload, ctx_for()) is None
+
+
+async def test_lookup_on_503_is_retryable(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:503", "methods": ["GET"]}])
+    with pytest.raises(Retryable, match="lookup answered HTTP 503"):
+        await adapter.lookup(publish_payload(adapter), ctx_for())
+
+
+async def test_lookup_that_times_out_is_retryable(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter(timeout=SHORT_TIMEOUT))
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_before", "methods": ["GET"]}])
+    with pytest.raises(Retryable, match="lookup failed"):
+        await adapter.lookup(publish_payload(adapter), ctx_for())
+
+
+async def test_lookup_rate_limited(sandbox: RunningSandbox, make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("webhook", [{"fault": "rate_limit:3", "methods": ["GET"]}])
+    with pytest.raises(RateLimited):
+        await adapter.lookup(publish_payload(adapter), ctx_for())
+
+
+# ------------------------------------------------------------------------------------------ Retry-After
+
+
+NOW = 1_445_412_480.0  # 2015-10-21 07:28:00 UTC
+
+
+@pytest.fixture
+def non_utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run with a local zone 8 h east of UTC, so any date read as local time is visibly off."""
+    monkeypatch.setenv("TZ", "CST-8")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, None),
+        ("", None),
+        ("   ", None),
+        ("7", 7.0),
+        (" 120 ", 120.0),
+        ("0", 0.0),
+        ("-5", None),
+        ("1.5", None),
+        ("soon", None),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),  # IMF-fixdate
+        ("Wednesday, 21-Oct-15 07:29:00 GMT", 60.0),  # obsolete RFC 850 form
+        ("Wed Oct 21 07:30:00 2015", 120.0),  # obsolete asctime form: no zone, but GMT by definition
+        ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # in the past: at once
+    ],
+)
+def test_retry_after_seconds(non_utc_local_time: None, value: str | None, expected: float | None) -> None:
+    assert retry_after_seconds(value, now=NOW) == expected
+
+
+def test_fixdate_matches_email_utils() -> None:
+    when = dt.datetime(2030, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    header = email.utils.format_datetime(when, usegmt=True)
+    assert retry_after_seconds(header, now=when.timestamp() - 90) == 90.0
+
+
+class _Resp:
+    """Just enough of an aiohttp response for ``_receipt``."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status = status
+        self.headers = headers
+
+
+def test_503_with_retry_after_carries_it() -> None:
+    adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    with pytest.raises(Retryable) as info:
+        adapter._receipt(_Resp(503, {"Retry-After": "42"}), b'{"error": "busy"}')  # type: ignore[arg-type]
+    assert info.value.retry_after == 42.0 and info.value.reason.endswith(": busy")
+
+
+def test_429_without_retry_after_pauses_for_the_default() -> None:
+    adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    before = time.time()
+    with pytest.raises(RateLimited) as info:
+        adapter._receipt(_Resp(429, {}), b"slow down")  # type: ignore[arg-type]
+    assert (
+        before + DEFAULT_RATE_LIMIT_PAUSE - 1
+        <= info.value.until.timestamp()
+        <= time.time() + DEFAULT_RATE_LIMIT_PAUSE + 1
+    )
+    assert info.value.reason.endswith(": slow down")
+
+
+# ------------------------------------------------------------------------------------------ through the engine
+
+
+def webhook_channel(sandbox: RunningSandbox, *, lookup: bool) -> dict[str, Any]:
+    url = f"{sandbox.url}/webhook/mirror"
+    channel: dict[str, Any] = {
+        "kind": "webhook",
+        "url": url,
+        "secret": SECRET,
+        "retry": [0, 0.05, 0.05, 0.05],
+        "timeout": SHORT_TIMEOUT,
+    }
+    if lookup:
+        channel["lookup_url"] = url
+    return channel
+
+
+async def run_engine(
+    tmp_path: Path, sandbox: RunningSandbox, stories: list[Story], *, lookup: bool
+) -> tuple[list[DeliveryRecord], dict[int, list[str | None]]]:
+    """Accept ``stories``, deliver until idle; the deliveries and each one's attempt outcomes."""
+    settings = make_settings(tmp_path, {"mirror": webhook_channel(sandbox, lookup=lookup)})
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            for story in stories:
+                await engine.accept(story)
+            await engine.run(until_idle=True, idle_horizon=5)
+        deliveries = await store.list_deliveries(DeliveryFilter(channels=["mirror"]))
+        outcomes = {d.id: [a.outcome for a in await store.attempts(d.id)] for d in deliveries}
+        return deliveries, outcomes
+    finally:
+        await store.close()
+
+
+def recorded_keys(sandbox: RunningSandbox) -> list[str | None]:
+    return sorted(r.idempotency_key for r in sandbox.sandbox.received("webhook", "mirror"))
+
+
+async def test_engine_reconciles_every_timeout_after_without_resending(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    # Every POST is processed but its answer withheld; lookups answer normally.
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
+    stories = [make_story(id=f"story-{i}") for i in range(6)]
+    deliveries, outcomes = await run_engine(tmp_path, sandbox, stories, lookup=True)
+    assert len(deliveries) == 6
+    assert {d.state for d in deliveries} == {State.DELIVERED}
+    # First attempt timed out (one step of the schedule), the second asked the receiver instead of resending.
+    assert all(outcomes[d.id] == ["retry", "reconciled"] for d in deliveries), outcomes
+    assert all(d.receipt is not None and d.receipt.remote_id for d in deliveries)
+    assert recorded_keys(sandbox) == sorted(f"story-{i}:1:mirror:publish" for i in range(6))
+    assert sandbox.sandbox.stats("webhook")["mirror"].faults == {"timeout_after": 6}
+
+
+async def test_engine_with_random_timeouts_delivers_each_key_once(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "probability": 0.5, "methods": ["POST"]}])
+    stories = [make_story(id=f"story-{i}") for i in range(12)]
+    deliveries, outcomes = await run_engine(tmp_path, sandbox, stories, lookup=True)
+    assert len(deliveries) == 12
+    assert {d.state for d in deliveries} == {State.DELIVERED}
+    assert {tuple(o) for o in outcomes.values()} <= {("delivered",), ("retry", "reconciled")}
+    keys = recorded_keys(sandbox)
+    assert keys == sorted(f"story-{i}:1:mirror:publish" for i in range(12))  # each exactly once
+    fired = sandbox.sandbox.stats("webhook")["mirror"].faults.get("timeout_after", 0)
+    assert 0 < fired < 12  # both paths ran: straight delivery and reconciliation
+
+
+async def test_engine_without_lookup_parks_timeout_after_as_unknown(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
+    [delivery], outcomes = await run_engine(tmp_path, sandbox, [make_story()], lookup=False)
+    assert outcomes[delivery.id] == ["unknown"]
+    assert delivery.state is State.UNKNOWN
+    assert delivery.note is not None and "may have landed" in delivery.note
+    assert delivery.last_error_class == "OutcomeUnknown"
+    assert delivery.attempts == 1
+    assert recorded_keys(sandbox) == ["story-1:1:mirror:publish"]  # no blind resend
