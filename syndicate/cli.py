@@ -18,6 +18,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from syndicate.config import ConfigError, Settings, load_config
@@ -43,7 +44,8 @@ STATE_STYLES = {
 
 # Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Messages on stderr are one line each, however long (file paths), so they are never wrapped.
+err = Console(stderr=True, soft_wrap=True)
 
 
 class RuntimeFailure(click.ClickException):
@@ -116,7 +118,7 @@ def read_documents(name: str, text: str) -> Iterator[Document]:
         whole = json.loads(text)
     except json.JSONDecodeError as exc:
         lines = [ln for ln in text.splitlines() if ln.strip()]
-        if len(lines) <= 1:
+        if len(lines) <= 1 or not _looks_like_json_lines(lines):
             yield Document(f"{name}:{exc.lineno}", None, f"malformed JSON: {exc.msg} (column {exc.colno})")
             return
         for number, line in enumerate(text.splitlines(), start=1):
@@ -132,6 +134,21 @@ def read_documents(name: str, text: str) -> Iterator[Document]:
             yield Document(f"{name}[{index}]", obj)
     else:
         yield Document(name, whole)
+
+
+def _looks_like_json_lines(lines: list[str]) -> bool:
+    """After the whole text failed to parse: JSON Lines if its first or second line is an object on its own.
+
+    Otherwise it is one (e.g. pretty-printed) document with a syntax error, reported once where it is, rather
+    than as one bogus error per line.
+    """
+    for line in lines[:2]:
+        try:
+            if isinstance(json.loads(line), dict):
+                return True
+        except json.JSONDecodeError:
+            continue
+    return False
 
 
 @cli.command()
@@ -206,10 +223,13 @@ def publish(ctx: click.Context, files: tuple[str, ...], config_path: Path | None
             if r["ok"]:
                 what = "queued" if r["new"] else "already accepted (no new work)"
                 chans = ", ".join(f"{d['channel']}:{d['action']}" for d in r["deliveries"]) or "no channel"
-                out.print(f"[green]ok[/]   {r['source']}: {r['story_id']} v{r['version']} {what} -> {chans}")
+                out.print(
+                    f"[green]ok[/]   {escape(r['source'])}: {escape(r['story_id'])} v{r['version']} {what} -> {chans}",
+                    soft_wrap=True,
+                )
             else:
                 for problem in r["errors"]:
-                    err.print(f"[red]bad[/]  {r['source']}: {problem}", highlight=False)
+                    err.print(f"[red]bad[/]  {escape(r['source'])}: {escape(problem)}", highlight=False)
         out.print(f"{len(results) - len(bad)} accepted, {len(bad)} rejected")
     if bad:
         sys.exit(1)
@@ -308,7 +328,7 @@ def status(
     if as_json:
         click.echo(json.dumps({"deliveries": [delivery_summary(d) for d in rows]}, ensure_ascii=False, indent=2))
         return
-    table = Table(title="deliveries" + (f" of {story_id}" if story_id else ""), show_lines=False)
+    table = Table(title="deliveries" + (f" of {escape(story_id)}" if story_id else ""), show_lines=False)
     for col in ("id", "story", "v", "channel", "action", "state", "tries", "detail"):
         table.add_column(col, overflow="fold")
     for d in rows:
@@ -320,13 +340,13 @@ def status(
             detail = f"{d.note or d.last_error or ''}{code}"
         table.add_row(
             str(d.id),
-            d.story_id,
+            escape(d.story_id),
             str(d.version),
             d.channel,
             d.action.value,
             f"[{STATE_STYLES[d.state]}]{d.state.value}[/]",
             str(d.attempts),
-            detail,
+            escape(detail),
         )
     out.print(table)
     counts: dict[str, dict[str, int]] = {}
@@ -339,7 +359,7 @@ def status(
     summary.add_column("paused")
     for name in sorted(counts):
         st = channel_states.get(name)
-        paused = f"until {_ts(st.paused_until)}: {st.reason}" if st and st.paused_until else ""
+        paused = f"until {_ts(st.paused_until)}: {escape(st.reason or '')}" if st and st.paused_until else ""
         summary.add_row(name, ", ".join(f"{k} {v}" for k, v in sorted(counts[name].items())), paused)
     out.print(summary)
 
@@ -365,7 +385,7 @@ def main() -> None:
         err.print("aborted")
         sys.exit(1)
     except click.ClickException as exc:
-        err.print(f"syndicate: error: {exc.format_message()}", highlight=False)
+        err.print(f"syndicate: error: {exc.format_message()}", highlight=False, markup=False)
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
