@@ -287,6 +287,10 @@ class _Model(BaseModel):
         except ValidationError as exc:
             raise StoryValidationError.from_pydantic(exc) from None
 
+    # Tell pydantic this __init__ only wraps errors: without the marker it would call it for every nested model
+    # and turn the StoryValidationError (a ValueError) into a flattened "value error" at the parent's path.
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
         """pydantic's validator, raising StoryValidationError so callers handle one error type."""
@@ -624,7 +628,7 @@ class _Text:
 
 
 def _parent(path: str) -> str:
-    return re.sub(r"(?:\.[^.\[]+|\[[^\]]*\])$", "", path)
+    return re.sub(r"(?:\.[^.\[\]\"]+|\[[^\]]*\])$", "", path)
 
 
 def _whole(value: Any) -> Any:
@@ -678,11 +682,13 @@ class _NinjsImport:
 
     def locate(self, path: str) -> str:
         probe = path
-        while probe:
+        while True:
             if probe in self.source:
                 return self.source[probe] + path[len(probe) :]
-            probe = _parent(probe)
-        return path
+            parent = _parent(probe)
+            if parent == probe:
+                return path
+            probe = parent
 
     # ---- shape readers that report instead of raising
 
