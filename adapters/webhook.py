@@ -153,6 +153,26 @@ class WebhookAdapter(Adapter):
             )
         raise Permanent(f"HTTP {status}: the receiver refused the story{detail}", platform_code=status)
 
+    async def check(self) -> str:
+        """Reach the receiver without publishing: the lookup endpoint for a key that cannot exist, else HEAD."""
+        target = self.options.lookup_url or self.options.url
+        try:
+            if self.options.lookup_url is not None:
+                request = self.session.get(str(target), params={"key": "syndicate-check:0:check:publish"})
+            else:
+                request = self.session.head(str(target))
+            async with request as resp:
+                raw = await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(f"cannot reach {target}: {type(exc).__name__}: {exc}") from exc
+        if resp.status in (401, 403):
+            raise AuthRevoked(
+                f"HTTP {resp.status} from {target}: credentials rejected{_detail(_json_object(raw), raw)}"
+            )
+        if resp.status >= 500:
+            raise Retryable(f"HTTP {resp.status} from {target}{_detail(_json_object(raw), raw)}")
+        return f"reachable: {target} answered HTTP {resp.status}"
+
     async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
         assert self.options.lookup_url is not None
         try:

@@ -232,6 +232,11 @@ class Adapter(abc.ABC):
         """Renew an expired token (called once after AuthExpired). Adapters without tokens keep the default."""
         raise AuthRevoked(f"channel kind {self.kind!r} cannot refresh its credentials")
 
+    async def check(self) -> str:
+        """A live credential/connectivity check (``syndicate channels --check``): a short description of what was
+        verified, or a DeliveryError saying what is wrong. Sends nothing that publishes."""
+        return "no live check for this channel kind"
+
     async def start(self) -> None:
         """Open long-lived resources (one HTTP session per channel)."""
 

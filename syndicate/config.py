@@ -70,6 +70,18 @@ class EngineSettings(_Table):
     retry_jitter: float = Field(default=0.1, ge=0, le=1)
 
 
+class ServerSettings(_Table):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    #: Shared with the CMS: signs X-Syndicate-Signature on the publish hook. Usually "${ENV_VAR}".
+    hook_secret: str | None = Field(default=None, min_length=16)
+    #: Bearer token for the status and replay API. Usually "${ENV_VAR}".
+    api_token: str | None = Field(default=None, min_length=16)
+    max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
+    #: How old a hook signature may be (seconds).
+    signature_tolerance: float = Field(default=300.0, gt=0)
+
+
 class _ChannelCommon(_Table):
     kind: str
     enabled: bool = True
@@ -113,6 +125,7 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     media: MediaSettings = field(default_factory=MediaSettings)
     engine: EngineSettings = field(default_factory=EngineSettings)
+    server: ServerSettings = field(default_factory=ServerSettings)
     channels: dict[str, ChannelSettings] = field(default_factory=dict)
 
     @property
@@ -150,13 +163,14 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
 
 
 def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
-    known = {"store", "media", "engine", "channels"}
+    known = {"store", "media", "engine", "server", "channels"}
     for key in raw:
         if key not in known:
             raise ConfigError(source, None, key, f"unknown table or key (expected one of: {', '.join(sorted(known))})")
     store = _model(StoreSettings, raw.get("store", {}), source, "store", env)
     media_table = _model(MediaTable, raw.get("media", {}), source, "media", env)
     engine = _model(EngineSettings, raw.get("engine", {}), source, "engine", env)
+    server = _model(ServerSettings, raw.get("server", {}), source, "server", env)
     media = MediaSettings(
         allow_private=media_table.allow_private,
         max_bytes=media_table.max_bytes,
@@ -168,7 +182,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
     if not isinstance(channels_raw, dict):
         raise ConfigError(source, None, "channels", "must be a table of [channels.NAME] tables")
     channels = {name: _channel(name, table, source, env) for name, table in channels_raw.items()}
-    return Settings(source=source, store=store, media=media, engine=engine, channels=channels)
+    return Settings(source=source, store=store, media=media, engine=engine, server=server, channels=channels)
 
 
 def _channel(name: str, table: Any, source: str, env: Mapping[str, str]) -> ChannelSettings:

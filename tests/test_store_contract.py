@@ -287,3 +287,26 @@ async def test_list_filters_and_requeue(store: Store) -> None:
     assert a.state is State.QUEUED and a.retry_count == 0 and a.due_at == NOW + 30
     assert len(await store.attempts(a.id)) == 1
     assert await store.requeue([cb.delivery.id], now=NOW + 30, force=True) == [cb.delivery.id]
+
+
+async def test_kv_add_is_set_once_until_expiry(store: Store) -> None:
+    assert await store.kv_add("hook-sig:abc", "1", expires_at=NOW + 300, now=NOW)
+    assert not await store.kv_add("hook-sig:abc", "2", expires_at=NOW + 300, now=NOW + 299)
+    assert await store.kv_get("hook-sig:abc", now=NOW + 1) == "1"
+    assert await store.kv_add("hook-sig:abc", "3", expires_at=NOW + 900, now=NOW + 300)
+    assert await store.kv_get("hook-sig:abc", now=NOW + 301) == "3"
+    await store.kv_set("lock", "x", expires_at=None, now=NOW)
+    assert not await store.kv_add("lock", "y", expires_at=None, now=NOW + 10**9)
+
+
+async def test_queue_depth_and_counts(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
+    await store.fan_out(make_story(id="s2"), plan_for("a", due=NOW - 50), now=NOW)
+    [first] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1})
+    await store.complete([done(first)])
+    depth = await store.queue_depth()
+    assert depth == {("a", State.DELIVERED): 1, ("a", State.QUEUED): 1, ("b", State.QUEUED): 1}
+    counts = await store.counts()
+    assert (counts.stories, counts.story_versions, counts.deliveries, counts.attempts) == (2, 2, 3, 1)
+    assert counts.by_state == {State.DELIVERED: 1, State.QUEUED: 2}
+    assert counts.oldest_pending_due == NOW

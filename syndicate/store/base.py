@@ -225,6 +225,16 @@ class DeliveryFilter:
     limit: int | None = None
 
 
+@dataclass(frozen=True)
+class StoreCounts:
+    stories: int
+    story_versions: int
+    deliveries: int
+    attempts: int
+    by_state: dict[State, int]
+    oldest_pending_due: float | None
+
+
 class Store(abc.ABC):
     """The outbox. Every method is one transaction; batch methods take many rows in one."""
 
@@ -307,6 +317,13 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None: ...
 
+    @abc.abstractmethod
+    async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
+        """Set ``key`` only if it is absent or expired (atomically); True if this call set it.
+
+        The building block for once-only markers (a hook signature seen) and cross-process locks (token refresh).
+        """
+
     # reading and repair
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: int) -> DeliveryRecord: ...
@@ -317,6 +334,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def attempts(self, delivery_id: int) -> list[AttemptRecord]: ...
+
+    @abc.abstractmethod
+    async def queue_depth(self) -> dict[tuple[str, State], int]:
+        """How many deliveries each channel has in each state."""
+
+    @abc.abstractmethod
+    async def counts(self) -> StoreCounts: ...
 
     @abc.abstractmethod
     async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:

@@ -35,6 +35,7 @@ from syndicate.store.base import (
     StaleVersion,
     State,
     Store,
+    StoreCounts,
     StoryRecord,
     VersionConflict,
 )
@@ -617,7 +618,45 @@ class SQLiteStore(Store):
 
         await self._run(_set)
 
+    async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
+        def _add(conn: sqlite3.Connection) -> bool:
+            with self._tx(conn):
+                cur = conn.execute(
+                    "INSERT INTO kv (key, value, expires_at, updated_at) VALUES (?, ?, ?, ?)"
+                    " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,"
+                    " updated_at = excluded.updated_at WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= ?",
+                    (key, value, expires_at, now, now),
+                )
+                return cur.rowcount == 1
+
+        return await self._run(_add)
+
     # --- reading and repair ---------------------------------------------------------------------------------
+
+    async def queue_depth(self) -> dict[tuple[str, State], int]:
+        def _depth(conn: sqlite3.Connection) -> dict[tuple[str, State], int]:
+            rows = conn.execute("SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")
+            return {(r[0], State(r[1])): r[2] for r in rows}
+
+        return await self._run(_depth)
+
+    async def counts(self) -> StoreCounts:
+        def _counts(conn: sqlite3.Connection) -> StoreCounts:
+            by_state = {
+                State(r[0]): r[1] for r in conn.execute("SELECT state, count(*) FROM deliveries GROUP BY state")
+            }
+            return StoreCounts(
+                stories=conn.execute("SELECT count(DISTINCT story_id) FROM stories").fetchone()[0],
+                story_versions=conn.execute("SELECT count(*) FROM stories").fetchone()[0],
+                deliveries=sum(by_state.values()),
+                attempts=conn.execute("SELECT count(*) FROM attempts").fetchone()[0],
+                by_state=by_state,
+                oldest_pending_due=conn.execute(
+                    f"SELECT min(due_at) FROM deliveries WHERE state IN {_PENDING_SQL}"
+                ).fetchone()[0],
+            )
+
+        return await self._run(_counts)
 
     async def get_delivery(self, delivery_id: int) -> DeliveryRecord:
         def _get(conn: sqlite3.Connection) -> DeliveryRecord:
