@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
 from tenacity.wait import wait_base
@@ -49,6 +49,9 @@ from syndicate.store.base import (
     Transition,
 )
 from syndicate.story import FieldError, Story, StoryValidationError
+
+if TYPE_CHECKING:
+    from syndicate.metrics import Metrics
 
 log = logging.getLogger("syndicate.engine")
 
@@ -235,8 +238,10 @@ class Engine:
         clock: Clock | None = None,
         worker_id: str | None = None,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.metrics = metrics
         self.store = store
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
@@ -251,6 +256,8 @@ class Engine:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._completions: asyncio.Queue[Completion] = asyncio.Queue()
         self._started = False
+        if metrics is not None:
+            metrics.register_channels(self.channels)
 
     # lifecycle ------------------------------------------------------------------------------------------------
 
@@ -467,7 +474,11 @@ class Engine:
                 "delivery attempt failed: %s: %s",
                 type(outcome.error).__name__,
                 outcome.error.reason,
-                extra=extra,
+                extra={
+                    **extra,
+                    "error_class": type(outcome.error).__name__,
+                    "platform_code": outcome.error.platform_code,
+                },
             )
         self._finish(claim, outcome, started)
 
@@ -496,6 +507,24 @@ class Engine:
             )
         )
         self._tasks.pop(claim.delivery.id, None)
+        if self.metrics is not None:
+            self.metrics.observe_attempt(claim.delivery.channel, outcome.outcome, finished - started)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "attempt finished: %s -> %s",
+                outcome.outcome,
+                outcome.state.value,
+                extra={
+                    "delivery_id": claim.delivery.id,
+                    "story_id": claim.delivery.story_id,
+                    "channel": claim.delivery.channel,
+                    "action": (outcome.action or claim.delivery.action).value,
+                    "worker": self.worker_id,
+                    "duration_ms": round((finished - started) * 1000, 3),
+                    "error_class": type(err).__name__ if err else None,
+                    "platform_code": err.platform_code if err else None,
+                },
+            )
 
     async def _attempt(self, claim: Claim, runtime: ChannelRuntime, ctx: DeliveryContext) -> _Outcome:
         d = claim.delivery
@@ -570,7 +599,12 @@ class Engine:
                 reason=f"credentials rejected: {exc.reason} (fix the config, then resume the channel)",
                 now=now,
             )
-            log.error("channel %s paused: credentials rejected: %s", d.channel, exc.reason)
+            log.error(
+                "channel %s paused: credentials rejected: %s",
+                d.channel,
+                exc.reason,
+                extra={"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value},
+            )
             return _Outcome(State.RETRY_WAIT, "auth_revoked", error=exc, due_at=now, reconcile=reconcile)
         if isinstance(exc, Permanent):
             return _Outcome(State.FAILED, "failed", error=exc, note=exc.reason)

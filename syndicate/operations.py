@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syndicate.engine import Engine
+from syndicate.logs import redact
 from syndicate.store.base import (
     REPLAYABLE_STATES,
     AttemptRecord,
@@ -189,6 +190,11 @@ def iso(ts: float | None) -> str | None:
     return dt.datetime.fromtimestamp(ts, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
+def _masked(text: str | None) -> str | None:
+    """Platform error text can echo what we sent (a token, a signature): never hand it out unmasked."""
+    return None if text is None else redact(text)
+
+
 def delivery_json(d: DeliveryRecord, *, payload: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": d.id,
@@ -198,10 +204,10 @@ def delivery_json(d: DeliveryRecord, *, payload: bool = False) -> dict[str, Any]
         "action": d.action.value,
         "state": d.state.value,
         "attempts": d.attempts,
-        "last_error": d.last_error,
+        "last_error": _masked(d.last_error),
         "error_class": d.last_error_class,
         "platform_code": d.last_platform_code,
-        "note": d.note,
+        "note": _masked(d.note),
         "due_at": iso(d.due_at) if d.state in (State.QUEUED, State.RETRY_WAIT) else None,
         "needs_reconcile": d.reconcile,
         "receipt": d.receipt.to_json() if d.receipt else None,
@@ -221,7 +227,7 @@ def attempt_json(a: AttemptRecord) -> dict[str, Any]:
         "finished_at": iso(a.finished_at),
         "outcome": a.outcome,
         "error_class": a.error_class,
-        "message": a.message,
+        "message": _masked(a.message),
         "platform_code": a.platform_code,
         "duration_ms": None if a.duration_ms is None else round(a.duration_ms, 1),
     }

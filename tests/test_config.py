@@ -375,9 +375,18 @@ def test_shipped_default_config_loads() -> None:
     assert settings.channels["archive"].options.secret == "other"
 
 
+#: Every secret channels.example.toml references.
+EXAMPLE_ENV = {
+    "MIRROR_WEBHOOK_SECRET": "m1rror",
+    "SYNDICATE_HOOK_SECRET": "hook-secret-0123456789",
+    "SYNDICATE_API_TOKEN": "api-token-0123456789",
+}
+
+
 def test_shipped_example_config_loads_with_its_secret() -> None:
     path = REPO / "config" / "channels.example.toml"
-    settings = load_config(path, env={"MIRROR_WEBHOOK_SECRET": "m1rror"})
+    settings = load_config(path, env=EXAMPLE_ENV)
+    assert settings.server.hook_secret == "hook-secret-0123456789"
     ch = settings.channels["cms-mirror"]
     assert ch.options.secret == "m1rror"
     assert ch.options.headers == {"X-Newsroom": "baoshan"}
@@ -387,6 +396,6 @@ def test_shipped_example_config_loads_with_its_secret() -> None:
 
 def test_shipped_example_config_names_its_missing_secret() -> None:
     path = REPO / "config" / "channels.example.toml"
-    err = config_error(path, env={})
+    err = config_error(path, env={k: v for k, v in EXAMPLE_ENV.items() if k != "MIRROR_WEBHOOK_SECRET"})
     assert "MIRROR_WEBHOOK_SECRET" in str(err)
     assert (err.file, err.table, err.key) == (str(path), "channels.cms-mirror", "secret")

@@ -1,0 +1,336 @@
+"""The OpenAPI 3.1 description of every endpoint `syndicate serve` offers (served at /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from syndicate.store.base import State
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return _json_body(_ref("Error"), description)
+
+
+_ERRORS_401 = {"401": _error("Missing or wrong bearer token")}
+_SIGNED = [{"signature": []}]
+_BEARER = [{"bearer": []}]
+
+_FANOUT_RESPONSES = {
+    "202": _json_body(_ref("FanOut"), "Accepted: the story version and all its deliveries are committed"),
+    "200": _json_body(_ref("FanOut"), "This version was already accepted with the same content: no new work"),
+    "400": _error("Malformed JSON"),
+    "401": _error("Signature missing, wrong, stale (over 300 s) or replayed"),
+    "409": _error("An older version than the one accepted, or the same version with other content"),
+    "413": _error("Body over [server] max_body_bytes"),
+    "415": _error("Content-Type is not application/json or application/ninjs+json"),
+    "422": _json_body(_ref("ValidationError"), "The story is not valid; each field path and problem listed"),
+}
+
+
+def document() -> dict[str, Any]:
+    states = [s.value for s in State]
+    list_param = {"type": "string", "description": "comma-separated, or repeat the parameter"}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "syndicate",
+            "version": "1",
+            "description": "Publish hook for the CMS, status and replay API for operators, health and metrics.",
+        },
+        "components": {
+            "securitySchemes": {
+                "signature": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-Syndicate-Signature",
+                    "description": 't=<unix>,v1=<hex HMAC-SHA256([server] hook_secret, "<t>.<raw body>")>; 300 s '
+                    "tolerance; each signature is accepted once",
+                },
+                "bearer": {"type": "http", "scheme": "bearer", "description": "[server] api_token"},
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "message"],
+                    "properties": {"error": {"type": "string"}, "message": {"type": "string"}},
+                },
+                "ValidationError": {
+                    "type": "object",
+                    "required": ["error", "message", "errors"],
+                    "properties": {
+                        "error": {"type": "string"},
+                        "message": {"type": "string"},
+                        "errors": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["path", "problem"],
+                                "properties": {"path": {"type": "string"}, "problem": {"type": "string"}},
+                            },
+                        },
+                    },
+                },
+                "Receipt": {
+                    "type": ["object", "null"],
+                    "properties": {
+                        "remote_id": {"type": ["string", "null"]},
+                        "url": {"type": ["string", "null"]},
+                        "raw": {"type": "object"},
+                    },
+                },
+                "Delivery": {
+                    "type": "object",
+                    "required": ["id", "story_id", "version", "channel", "action", "state", "attempts"],
+                    "properties": {
+                        "id": {"type": "integer"},
+                        "story_id": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "channel": {"type": "string"},
+                        "action": {"enum": ["publish", "update", "retract"]},
+                        "state": {"enum": states},
+                        "attempts": {"type": "integer"},
+                        "last_error": {"type": ["string", "null"]},
+                        "error_class": {"type": ["string", "null"]},
+                        "platform_code": {"type": ["string", "null"]},
+                        "note": {"type": ["string", "null"]},
+                        "due_at": {"type": ["string", "null"], "format": "date-time"},
+                        "needs_reconcile": {"type": "boolean"},
+                        "receipt": _ref("Receipt"),
+                        "created_at": {"type": "string", "format": "date-time"},
+                        "updated_at": {"type": "string", "format": "date-time"},
+                    },
+                },
+                "FanOut": {
+                    "type": "object",
+                    "required": ["story_id", "version", "deliveries"],
+                    "properties": {
+                        "story_id": {"type": "string"},
+                        "version": {"type": "integer"},
+                        "new": {"type": "boolean"},
+                        "deliveries": {"type": "array", "items": _ref("Delivery")},
+                    },
+                },
+                "ChannelState": {
+                    "type": "object",
+                    "properties": {
+                        "channel": {"type": "string"},
+                        "paused": {"type": "boolean"},
+                        "paused_until": {"type": ["string", "null"], "format": "date-time"},
+                        "reason": {"type": ["string", "null"]},
+                    },
+                },
+                "Story": {
+                    "type": "object",
+                    "description": "The canonical story (id, version, pubstatus, headline, ...) or an IPTC ninjs 2.x "
+                    "document (uri, headlines, bodies, ...).",
+                },
+            },
+        },
+        "paths": {
+            "/v1/stories": {
+                "post": {
+                    "summary": "Publish hook: accept a story version and fan it out to every channel",
+                    "security": _SIGNED,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {"schema": _ref("Story")},
+                            "application/ninjs+json": {"schema": _ref("Story")},
+                        },
+                    },
+                    "responses": _FANOUT_RESPONSES,
+                }
+            },
+            "/v1/stories/{story_id}": {
+                "parameters": [{"name": "story_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "The story and, per channel, deliveries with payloads, receipts and attempt history",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json_body({"type": "object"}, "Story status"),
+                        **_ERRORS_401,
+                        "404": _error("No such story"),
+                    },
+                },
+                "delete": {
+                    "summary": "Retract the story from every channel that has it (signed like the publish hook)",
+                    "security": _SIGNED,
+                    "responses": {
+                        "202": _FANOUT_RESPONSES["202"],
+                        "200": _FANOUT_RESPONSES["200"],
+                        "401": _FANOUT_RESPONSES["401"],
+                        "404": _error("No such story"),
+                        "413": _FANOUT_RESPONSES["413"],
+                    },
+                },
+            },
+            "/v1/deliveries": {
+                "get": {
+                    "summary": "Deliveries, filtered, in id order with a cursor",
+                    "security": _BEARER,
+                    "parameters": [
+                        {"name": "state", "in": "query", "schema": list_param},
+                        {"name": "channel", "in": "query", "schema": list_param},
+                        {"name": "story", "in": "query", "schema": {"type": "string"}},
+                        {"name": "error_class", "in": "query", "schema": list_param},
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "schema": {"type": "string", "description": "2h, 30m, 1d, ISO 8601 or unix seconds"},
+                        },
+                        {"name": "until", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                        },
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": _json_body(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "deliveries": {"type": "array", "items": _ref("Delivery")},
+                                    "next_cursor": {"type": ["string", "null"]},
+                                },
+                            },
+                            "A page of deliveries",
+                        ),
+                        "400": _error("A query parameter is not valid (the message names it)"),
+                        **_ERRORS_401,
+                    },
+                }
+            },
+            "/v1/deliveries/{delivery_id}/replay": {
+                "post": {
+                    "summary": "Re-queue one failed or unknown delivery (delivered ones need force)",
+                    "security": _BEARER,
+                    "parameters": [
+                        {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                    ],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {"type": "object", "properties": {"force": {"type": "boolean"}}}
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_body({"type": "object"}, "Re-queued"),
+                        **_ERRORS_401,
+                        "404": _error("No such delivery"),
+                        "409": _error("Not replayable in its state (the message says why)"),
+                        "422": _json_body(_ref("ValidationError"), "The body is not valid"),
+                    },
+                }
+            },
+            "/v1/replay": {
+                "post": {
+                    "summary": "Re-queue every delivery matching the filters (same selection as `syndicate replay`)",
+                    "security": _BEARER,
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "ids": {"type": "array", "items": {"type": "integer"}},
+                                        "channel": {"type": ["string", "array"]},
+                                        "story": {"type": "string"},
+                                        "since": {"type": "string"},
+                                        "until": {"type": "string"},
+                                        "state": {"type": ["string", "array"]},
+                                        "error_class": {"type": ["string", "array"]},
+                                        "force": {"type": "boolean"},
+                                        "dry_run": {"type": "boolean"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_body(
+                            {
+                                "type": "object",
+                                "properties": {
+                                    "selected": {"type": "integer"},
+                                    "requeued": {"type": "integer"},
+                                    "ids": {"type": "array", "items": {"type": "integer"}},
+                                    "refused": {"type": "array", "items": {"type": "object"}},
+                                },
+                            },
+                            "How many were selected and re-queued",
+                        ),
+                        **_ERRORS_401,
+                        "422": _json_body(_ref("ValidationError"), "The body is not valid"),
+                    },
+                }
+            },
+            "/v1/channels/{channel}/pause": {
+                "post": {
+                    "summary": "Pause a channel for every worker (until a time, for a duration, or until resumed)",
+                    "security": _BEARER,
+                    "parameters": [{"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "requestBody": {
+                        "required": False,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {
+                                        "until": {"type": "string"},
+                                        "for": {"type": "string"},
+                                        "reason": {"type": "string"},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json_body(_ref("ChannelState"), "Paused"),
+                        **_ERRORS_401,
+                        "404": _error("No such channel"),
+                        "422": _json_body(_ref("ValidationError"), "The body is not valid"),
+                    },
+                }
+            },
+            "/v1/channels/{channel}/resume": {
+                "post": {
+                    "summary": "Resume a paused channel",
+                    "security": _BEARER,
+                    "parameters": [{"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": _json_body(_ref("ChannelState"), "Resumed"),
+                        **_ERRORS_401,
+                        "404": _error("No such channel"),
+                    },
+                }
+            },
+            "/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+            "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "up"}}}},
+            "/readyz": {
+                "get": {
+                    "summary": "The store is reachable and migrations are current",
+                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready (reason given)"}},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics",
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
+        },
+    }
