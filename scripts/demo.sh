@@ -1,41 +1,98 @@
 #!/usr/bin/env bash
-# make demo: start the sandbox, publish the example stories (Chinese text, with images) to the channels in
-# config/syndicate.toml, inject a few faults, work until idle, print the per-channel table. Exits 0 only when
-# every demo delivery is `delivered`.
+# make demo: the two everyday paths, end to end, on the embedded SQLite default and the sandbox platforms.
+#   1. automatic push on publish: `syndicate serve` runs; the example stories (Chinese text, with images) arrive
+#      through the signed publish hook, as a CMS would send them; a flaky and a broken receiver are injected.
+#   2. CLI replay of failed posts: the operator lists what failed, the receiver is fixed, `syndicate replay --yes`.
+# Exits 0 only when every demo delivery is `delivered`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var
-PORT="${SYNDICATE_SANDBOX_PORT:-8765}"
-export SYNDICATE_SANDBOX_URL="http://127.0.0.1:${PORT}"
+SANDBOX_PORT="${SYNDICATE_SANDBOX_PORT:-8765}"
+SERVE_PORT="${SYNDICATE_SERVE_PORT:-8780}"
+export SYNDICATE_SANDBOX_URL="http://127.0.0.1:${SANDBOX_PORT}"
 export SYNDICATE_CONFIG="${SYNDICATE_CONFIG:-config/syndicate.toml}"
+SERVER="http://127.0.0.1:${SERVE_PORT}"
 
-syndicate sandbox --port "$PORT" >var/sandbox.log 2>&1 &
-SANDBOX_PID=$!
-trap 'kill "$SANDBOX_PID" 2>/dev/null || true; wait "$SANDBOX_PID" 2>/dev/null || true' EXIT
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
 
-python - "$SYNDICATE_SANDBOX_URL" <<'PY'
-import json, sys, time, urllib.request
-base = sys.argv[1]
-for _ in range(100):
+sandbox_call() {  # METHOD PATH [JSON]
+  python - "$SYNDICATE_SANDBOX_URL" "$@" <<'PY'
+import sys, urllib.request
+base, method, path, *body = sys.argv[1:]
+req = urllib.request.Request(base + path, method=method, data=body[0].encode() if body else None,
+                             headers={"Content-Type": "application/json"})
+urllib.request.urlopen(req, timeout=5)
+PY
+}
+
+wait_for() {  # URL NAME LOG
+  python - "$1" "$2" "$3" <<'PY'
+import sys, time, urllib.request
+url, name, logfile = sys.argv[1:]
+for _ in range(150):
     try:
-        urllib.request.urlopen(base + "/_sandbox/health", timeout=1)
-        break
+        urllib.request.urlopen(url, timeout=1)
+        sys.exit(0)
     except OSError:
         time.sleep(0.1)
-else:
-    sys.exit(f"the sandbox did not start on {base}: see var/sandbox.log")
-# A flaky receiver: a third of the first tries fail with 503, so the demo shows retries converging.
-rules = {"platform": "webhook", "rules": [{"fault": "status:503", "probability": 0.33}]}
-req = urllib.request.Request(base + "/_sandbox/faults", data=json.dumps(rules).encode(),
-                             headers={"Content-Type": "application/json"}, method="POST")
-urllib.request.urlopen(req, timeout=5)
-print(f"sandbox up at {base} (webhook receivers answer 503 a third of the time)")
+sys.exit(f"{name} did not start: see {logfile}")
 PY
+}
 
-echo "== publish the example stories"
-syndicate publish examples/*.json
-echo "== deliver until idle"
-syndicate work --until-idle --wait-for-retries 30
+settle() {  # wait until nothing is queued, in flight or waiting for a retry; print progress as deliveries land
+  python - <<'PY'
+import json, subprocess, sys, time
+last = None
+for _ in range(600):
+    rows = json.loads(subprocess.run(["syndicate", "status", "--json"], check=True, capture_output=True,
+                                     text=True).stdout)["deliveries"]
+    counts = {}
+    for r in rows:
+        counts[r["state"]] = counts.get(r["state"], 0) + 1
+    line = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    if line != last:
+        print(f"   {line}")
+        last = line
+    if rows and not {"queued", "in_flight", "retry_wait"} & set(counts):
+        sys.exit(0)
+    time.sleep(0.2)
+sys.exit("deliveries did not settle in 2 minutes")
+PY
+}
+
+echo "== start the sandbox platforms on ${SYNDICATE_SANDBOX_URL}"
+syndicate sandbox --port "$SANDBOX_PORT" >var/sandbox.log 2>&1 &
+pids+=($!)
+wait_for "${SYNDICATE_SANDBOX_URL}/_sandbox/health" sandbox var/sandbox.log
+# A flaky receiver everywhere (a third of the requests answer 503) and a broken one: newswire refuses with 400.
+sandbox_call POST /_sandbox/faults '{"platform": "webhook", "rules": [
+  {"fault": "status:400", "probability": 1.0, "name": "newswire"},
+  {"fault": "status:503", "probability": 0.33}]}'
+
+echo "== start syndicate serve on ${SERVER} (API + workers; logs in var/serve.log)"
+syndicate --log-format json -v serve --port "$SERVE_PORT" >var/serve.log 2>&1 &
+SERVE_PID=$!
+pids+=($SERVE_PID)
+wait_for "${SERVER}/readyz" "syndicate serve" var/serve.log
+
+echo "== the CMS publishes the example stories through the signed hook"
+syndicate publish --url "$SERVER" examples/*.json
+echo "== deliveries arriving"
+settle
+syndicate status
+
+echo "== what failed, and why"
+syndicate failed || true
+echo "== the newswire desk fixes its endpoint; replay the failed posts"
+sandbox_call DELETE /_sandbox/faults
+syndicate replay --yes
+settle
+
 echo "== result"
 syndicate status
 syndicate status --json | python -c '
@@ -46,3 +103,6 @@ if not rows or bad:
     sys.exit(f"demo: {len(bad)} of {len(rows)} deliveries are not delivered")
 print(f"demo: all {len(rows)} deliveries delivered")
 '
+kill -TERM "$SERVE_PID"
+wait "$SERVE_PID"
+echo "demo: syndicate serve stopped cleanly (SIGTERM, exit 0)"
