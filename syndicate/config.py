@@ -23,6 +23,7 @@ M = TypeVar("M", bound=BaseModel)
 
 DEFAULT_CONFIG_PATH = Path("config/syndicate.toml")
 CONFIG_ENV = "SYNDICATE_CONFIG"
+DATABASE_URL_ENV = "SYNDICATE_DATABASE_URL"
 DEFAULT_STORE_URL = "sqlite:///var/syndicate.db"
 #: Svix's schedule: at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; the first entry is the first attempt.
 DEFAULT_RETRY: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
@@ -168,6 +169,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
         if key not in known:
             raise ConfigError(source, None, key, f"unknown table or key (expected one of: {', '.join(sorted(known))})")
     store = _model(StoreSettings, raw.get("store", {}), source, "store", env)
+    if env.get(DATABASE_URL_ENV):
+        # The deployment's environment wins over the file, so one config serves every host.
+        store = StoreSettings(url=env[DATABASE_URL_ENV])
     media_table = _model(MediaTable, raw.get("media", {}), source, "media", env)
     engine = _model(EngineSettings, raw.get("engine", {}), source, "engine", env)
     server = _model(ServerSettings, raw.get("server", {}), source, "server", env)

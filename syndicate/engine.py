@@ -265,6 +265,8 @@ class Engine:
         if not self._started:
             for runtime in self.channels.values():
                 await runtime.adapter.start()
+            # Work enqueued or freed by other processes wakes this one at once where the store can push it.
+            await self.store.subscribe(self.wake)
             self._started = True
 
     async def close(self) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -166,15 +168,51 @@ def scripted(**kw: Any) -> dict[str, Any]:
     return {"kind": "scripted", "retry": [0, 5, 300, 1800], "timeout": 5, **kw}
 
 
-STORE_BACKENDS = ["sqlite"]
+STORE_BACKENDS = ["sqlite", "postgres"]
+PG_DSN = os.environ.get("SYNDICATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+async def _pg_reachable() -> str | None:
+    import asyncpg
+
+    try:
+        conn = await asyncpg.connect(PG_DSN, timeout=5)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await conn.close()
+    return None
+
+
+@contextlib.asynccontextmanager
+async def pg_schema_url() -> AsyncIterator[str]:
+    """A PostgreSQL store URL in a schema of its own, dropped afterwards (each test run isolated)."""
+    import asyncpg
+
+    problem = await _pg_reachable()
+    if problem is not None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {PG_DSN} is required in CI: {problem}")
+        pytest.skip(f"PostgreSQL at {PG_DSN} is unreachable ({problem}); set SYNDICATE_TEST_PG_DSN")
+    schema = f"syn_test_{uuid.uuid4().hex[:12]}"
+    sep = "&" if "?" in PG_DSN else "?"
+    try:
+        yield f"{PG_DSN}{sep}schema={schema}"
+    finally:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
 
 
 @pytest.fixture(params=STORE_BACKENDS)
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
     """One URL per backend; the store contract suite runs against each."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'contract.db'}"
-    raise AssertionError(request.param)
+        yield f"sqlite:///{tmp_path / 'contract.db'}"
+        return
+    async with pg_schema_url() as url:
+        yield url
 
 
 @pytest.fixture

@@ -251,6 +251,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None: ...
 
+    async def subscribe(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` when another process enqueues or frees work. Backends without a push channel keep
+        this no-op and workers fall back to the poll interval."""
+
     # stories and fan-out
     @abc.abstractmethod
     async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
