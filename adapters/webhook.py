@@ -112,7 +112,10 @@ class WebhookAdapter(Adapter):
             SIGNATURE_HEADER: sign(self.options.secret, body),
         }
         try:
-            async with self.session.post(str(self.options.url), data=body, headers=headers) as resp:
+            # Never follow redirects: aiohttp would turn the POST into a body-less GET and a 200 would look delivered.
+            async with self.session.post(
+                str(self.options.url), data=body, headers=headers, allow_redirects=False
+            ) as resp:
                 raw = await resp.read()
                 return self._receipt(resp, raw)
         except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
@@ -133,6 +136,14 @@ class WebhookAdapter(Adapter):
             )
         detail = _detail(answer, raw)
         now = time.time()
+        if 300 <= status < 400:
+            location = resp.headers.get("Location", "(no Location header)")
+            raise Permanent(
+                f"HTTP {status}: the receiver redirects to {location}; set the channel's url to the final address",
+                platform_code=status,
+            )
+        if status in (408, 425):  # request timeout / too early: the receiver did not process it
+            raise Retryable(f"HTTP {status} from the receiver{detail}", platform_code=status)
         if status == 429:
             wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now)
             if wait is None:
@@ -176,7 +187,9 @@ class WebhookAdapter(Adapter):
     async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
         assert self.options.lookup_url is not None
         try:
-            async with self.session.get(str(self.options.lookup_url), params={"key": ctx.idempotency_key}) as resp:
+            async with self.session.get(
+                str(self.options.lookup_url), params={"key": ctx.idempotency_key}, allow_redirects=False
+            ) as resp:
                 raw = await resp.read()
                 if resp.status == 404:
                     return None

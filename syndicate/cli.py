@@ -41,6 +41,7 @@ from syndicate.operations import (
     channel_state_json,
     delivery_json,
     iso,
+    parse_duration,
     parse_states,
     parse_time,
     plan_replay,
@@ -600,6 +601,72 @@ def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_fo
             await store.close()
 
     _run(_work())
+
+
+# --- pause / resume --------------------------------------------------------------------------------------------
+
+
+def _configured_channel(settings: Settings, name: str) -> str:
+    if name not in settings.channels:
+        configured = ", ".join(sorted(settings.channels)) or "none"
+        raise click.UsageError(f"unknown channel {name!r} (configured: {configured})")
+    return name
+
+
+@cli.command()
+@click.argument("channel")
+@_config_option
+@click.option("--for", "duration", metavar="DURATION", help="How long: 30m, 2h, 1d (default: until resumed).")
+@click.option("--reason", default="paused by an operator", show_default=True, help="Shown wherever the pause is.")
+@_json_option
+@click.pass_context
+def pause(
+    ctx: click.Context, channel: str, config_path: Path | None, duration: str | None, reason: str, as_json: bool
+) -> None:
+    """Pause a channel for every worker: nothing is sent on it until it is resumed (or the time is up)."""
+    settings = _settings(ctx, config_path)
+    name = _configured_channel(settings, channel)
+    now = time.time()
+    until = PAUSED_INDEFINITELY
+    if duration:
+        try:
+            until = now + parse_duration(duration)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--for") from None
+
+    async def _pause() -> ChannelState | None:
+        async with _store(settings) as store:
+            await store.pause_channel(name, until=until, reason=reason, now=now)
+            return (await store.channel_states()).get(name)
+
+    state = _run(_pause())
+    if as_json:
+        _print_json(channel_state_json(name, state, now=now))
+        return
+    out.print(f"{escape(name)} paused {_paused(state, now)}", highlight=False)
+
+
+@cli.command()
+@click.argument("channel")
+@_config_option
+@_json_option
+@click.pass_context
+def resume(ctx: click.Context, channel: str, config_path: Path | None, as_json: bool) -> None:
+    """Resume a paused channel (after a rate limit, fixed credentials, or an operator's pause)."""
+    settings = _settings(ctx, config_path)
+    name = _configured_channel(settings, channel)
+    now = time.time()
+
+    async def _resume() -> ChannelState | None:
+        async with _store(settings) as store:
+            await store.resume_channel(name, now=now)
+            return (await store.channel_states()).get(name)
+
+    state = _run(_resume())
+    if as_json:
+        _print_json(channel_state_json(name, state, now=now))
+        return
+    out.print(f"{escape(name)} resumed: workers deliver its queue again", highlight=False)
 
 
 # --- serve -----------------------------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ class EngineSettings(_Table):
     claim_batch: int = Field(default=64, gt=0)
     #: Jitter added to each retry delay, as a fraction of it (0.1 = up to +10 %).
     retry_jitter: float = Field(default=0.1, ge=0, le=1)
+    #: On SIGTERM, how long in-flight attempts may finish before they are interrupted and released.
+    shutdown_grace: float = Field(default=30.0, ge=0)
 
 
 class ServerSettings(_Table):

@@ -15,7 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import tenacity
@@ -33,6 +33,7 @@ from syndicate.channel import (
     RateLimited,
     Receipt,
     RenderError,
+    Retryable,
 )
 from syndicate.config import ChannelSettings, Settings
 from syndicate.store.base import (
@@ -40,6 +41,7 @@ from syndicate.store.base import (
     PENDING_STATES,
     Claim,
     Completion,
+    DeliveryFilter,
     DeliveryRecord,
     FanOutPlan,
     FanOutResult,
@@ -119,13 +121,19 @@ class ChannelRuntime:
         return self.settings.name
 
 
+def _may_land(d: DeliveryRecord) -> bool:
+    """An attempt of ``d`` may have reached the platform and nobody knows yet whether it did."""
+    return d.state in (State.IN_FLIGHT, State.UNKNOWN) or (d.state in PENDING_STATES and d.reconcile)
+
+
 def _may_have_story(deliveries: Sequence[DeliveryRecord]) -> bool:
-    """The channel shows the story, or may: its latest settled action left it live, or one is still in the air."""
+    """The channel shows the story, or may: its latest settled action left it live, or one is still in the air
+    (in flight, unknown, or waiting to check whether a timed-out attempt landed)."""
     live = False
     for d in deliveries:
         if d.state is State.DELIVERED:
             live = d.action is not Action.RETRACT
-    in_air = any(d.state in (State.IN_FLIGHT, State.UNKNOWN) and d.action is not Action.RETRACT for d in deliveries)
+    in_air = any(_may_land(d) and d.action is not Action.RETRACT for d in deliveries)
     return live or in_air
 
 
@@ -134,7 +142,9 @@ def plan_fan_out(
 ) -> FanOutPlan:
     """Which deliveries a new story version creates, and which earlier not-yet-started ones it replaces.
 
-    Pure: the store runs it inside the fan-out transaction over the story's existing deliveries.
+    Pure: the store runs it inside the fan-out transaction over the story's existing deliveries. A pending
+    delivery whose earlier attempt may have landed is never replaced: it first finds out (lookup), and the new
+    version follows it as an update or a retract.
     """
     by_channel: dict[str, list[DeliveryRecord]] = {}
     for d in existing:
@@ -143,27 +153,31 @@ def plan_fan_out(
     if story.embargo_until is not None:
         due = max(now, story.embargo_until.timestamp())
 
-    if story.is_retraction:
-        wanted = [name for name in channels if name in by_channel]
-    else:
-        targets = story.targets if story.targets is not None else list(channels)
-        # Updates reach every channel that already has the story, even if the targets changed since.
-        wanted = [n for n in channels if n in targets or _may_have_story(by_channel.get(n, []))]
-
+    targets = set(channels) if story.targets is None else set(story.targets)
     plan = FanOutPlan()
-    for name in wanted:
-        runtime = channels[name]
+    for name, runtime in channels.items():
         history = by_channel.get(name, [])
-        for d in history:
-            if d.state in PENDING_STATES:
-                note = (
-                    f"canceled: version {story.version} retracts the story before this went out"
-                    if story.is_retraction
-                    else f"superseded by version {story.version}"
-                )
-                state = State.CANCELED if story.is_retraction else State.SUPERSEDED
-                plan.transitions.append(Transition(d.id, state, note))
         has_it = _may_have_story(history)
+        if story.is_retraction:
+            wanted = bool(history)
+        else:
+            # Updates reach every channel that already has the story, even if the targets changed since.
+            wanted = name in targets or has_it
+        for d in history:
+            if d.state not in PENDING_STATES or d.reconcile:
+                continue
+            if story.is_retraction:
+                plan.transitions.append(
+                    Transition(d.id, State.CANCELED, f"canceled: version {story.version} retracts the story")
+                )
+            elif wanted:
+                plan.transitions.append(Transition(d.id, State.SUPERSEDED, f"superseded by version {story.version}"))
+            else:
+                plan.transitions.append(
+                    Transition(d.id, State.SUPERSEDED, f"version {story.version} no longer targets this channel")
+                )
+        if not wanted:
+            continue
         if story.is_retraction:
             if not has_it:
                 plan.new.append(
@@ -180,7 +194,7 @@ def plan_fan_out(
             action = Action.RETRACT
         else:
             action = Action.UPDATE if has_it else Action.PUBLISH
-        plan.new.append(_render(runtime, story, action, due))
+        plan.new.append(_render(runtime, story, action, due + runtime.policy.delays[0]))
     return plan
 
 
@@ -254,7 +268,9 @@ class Engine:
         }
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._completions: asyncio.Queue[Completion] = asyncio.Queue()
+        self._completions: asyncio.Queue[Completion | None] = asyncio.Queue()
+        #: Outcomes handed to the flusher and not yet written (the loop is not idle while any remain).
+        self._unwritten = 0
         self._started = False
         if metrics is not None:
             metrics.register_channels(self.channels)
@@ -321,13 +337,14 @@ class Engine:
         stop: asyncio.Event | None = None,
         until_idle: bool = False,
         idle_horizon: float = 0.0,
-        grace: float = 10.0,
+        grace: float | None = None,
     ) -> None:
         """Deliver until ``stop`` is set (or, with ``until_idle``, until nothing is due or in flight and no retry
         is due within ``idle_horizon`` seconds).
 
-        On stop, in-flight attempts get ``grace`` seconds to finish; those still running are interrupted and go
-        back to the queue marked for reconciliation, since they may already have reached the platform.
+        On stop, in-flight attempts get ``grace`` seconds (default ``[engine] shutdown_grace``) to finish; those
+        still running are interrupted and go back to the queue, marked for reconciliation when they had begun
+        sending. A store error never kills the loop: it is logged and retried after the poll interval.
         """
         stop = stop or asyncio.Event()
         await self.start()
@@ -338,50 +355,65 @@ class Engine:
         last_reclaim = -1e18
         try:
             while not stop.is_set():
-                now = self.clock.now()
-                if now - last_reclaim >= engine_cfg.lease_seconds / 2:
-                    if await self.store.reclaim_expired(now=now):
-                        log.warning("reclaimed expired leases", extra={"worker": self.worker_id})
-                    last_reclaim = now
-                self._wake.clear()
-                limits = {n: min(rt.settings.concurrency, engine_cfg.claim_batch) for n, rt in self.channels.items()}
-                claims = await self.store.claim(
-                    self.worker_id, now=now, lease_seconds=engine_cfg.lease_seconds, limits=limits
-                )
-                for claim in claims:
-                    self._tasks[claim.delivery.id] = asyncio.create_task(
-                        self._deliver(claim), name=f"delivery-{claim.delivery.id}"
+                try:
+                    now = self.clock.now()
+                    if now - last_reclaim >= engine_cfg.lease_seconds / 2:
+                        if await self.store.reclaim_expired(now=now):
+                            log.warning("reclaimed expired leases", extra={"worker": self.worker_id})
+                        last_reclaim = now
+                    self._wake.clear()
+                    limits = {
+                        n: min(rt.settings.concurrency, engine_cfg.claim_batch) for n, rt in self.channels.items()
+                    }
+                    claims = await self.store.claim(
+                        self.worker_id, now=now, lease_seconds=engine_cfg.lease_seconds, limits=limits
                     )
-                if claims:
-                    continue
-                if until_idle and await self._idle(names, idle_horizon):
-                    break
-                # Work due now but not claimed is waiting for a free slot or an earlier action: a completion
-                # wakes us. Otherwise sleep until the next retry, re-checking at the poll interval for work
-                # other processes enqueue.
-                timeout = engine_cfg.poll_interval
-                next_due = await self.store.next_due_at(names, now=now)
-                if next_due is not None and next_due > now:
-                    timeout = min(timeout, next_due - self.clock.now())
+                    for claim in claims:
+                        self._spawn(claim)
+                    if claims:
+                        continue
+                    if until_idle and await self._idle(names, idle_horizon):
+                        break
+                    # Work due now but not claimed is waiting for a free slot or an earlier action: a completion
+                    # wakes us. Otherwise sleep until the next retry, re-checking at the poll interval for work
+                    # other processes enqueue.
+                    timeout = engine_cfg.poll_interval
+                    next_due = await self.store.next_due_at(names, now=now)
+                    if next_due is not None and next_due > now:
+                        timeout = min(timeout, next_due - self.clock.now())
+                except Exception:
+                    log.exception("store error in the dispatcher; retrying", extra={"worker": self.worker_id})
+                    timeout = engine_cfg.poll_interval
                 waiter = asyncio.create_task(self._wake.wait())
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 waiter.cancel()
                 stopper.cancel()
         finally:
-            await self._drain(grace)
+            await self._drain(engine_cfg.shutdown_grace if grace is None else grace)
             heart.cancel()
-            await self._completions.join()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
+            self._completions.put_nowait(None)  # ask the flusher to write what is queued and stop
+            try:
+                await asyncio.wait_for(asyncio.shield(flusher), timeout=30)
+            except (TimeoutError, asyncio.CancelledError):
+                flusher.cancel()
+            await self._flush_remaining()
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
 
+    def _spawn(self, claim: Claim) -> None:
+        previous = self._tasks.get(claim.delivery.id)
+        if previous is not None and not previous.done():
+            # Our own earlier attempt outlived its lease (a stalled loop, a clock jump) and the delivery came back
+            # to us: stop the old attempt before the new one, which starts by checking whether it landed.
+            previous.cancel()
+        self._tasks[claim.delivery.id] = asyncio.create_task(
+            self._deliver(claim, previous), name=f"delivery-{claim.delivery.id}"
+        )
+
     async def _idle(self, names: list[str], horizon: float) -> bool:
-        if self._tasks or not self._completions.empty():
+        if self._tasks or self._unwritten:
             return False
-        await self._completions.join()
         now = self.clock.now()
         await self.store.reclaim_expired(now=now)
         if await self.store.count_in_flight(names) or await self.store.count_claimable(names, now=now):
@@ -402,38 +434,79 @@ class Engine:
         if pending:
             await asyncio.wait(pending)
 
-    async def _flush_loop(self) -> None:
-        while True:
-            batch = [await self._completions.get()]
-            while not self._completions.empty():
-                batch.append(self._completions.get_nowait())
+    async def _write(self, batch: list[Completion]) -> None:
+        """Write outcomes, retrying a failing store with backoff: a receipt we hold must not be thrown away."""
+        for delay in (0.1, 0.5, 1, 2, 5, 10):
             try:
                 lost = await self.store.complete(batch)
-                for delivery_id in lost:
-                    log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
             except Exception:
-                log.exception("could not write %d delivery outcomes; their leases will expire", len(batch))
+                log.exception("could not write %d delivery outcomes; retrying in %s s", len(batch), delay)
+                await asyncio.sleep(delay)
+                continue
+            for delivery_id in lost:
+                log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
+            return
+        log.error("gave up writing %d outcomes; their leases expire and they are reconciled", len(batch))
+
+    async def _flush_loop(self) -> None:
+        while True:
+            item = await self._completions.get()
+            if item is None:
+                return
+            batch = [item]
+            while not self._completions.empty():
+                more = self._completions.get_nowait()
+                if more is None:
+                    self._completions.put_nowait(None)
+                    break
+                batch.append(more)
+            try:
+                await self._write(batch)
             finally:
-                for _ in batch:
-                    self._completions.task_done()
+                self._unwritten -= len(batch)
             self.wake()
+
+    async def _flush_remaining(self) -> None:
+        batch = []
+        while not self._completions.empty():
+            item = self._completions.get_nowait()
+            if item is not None:
+                batch.append(item)
+        if batch:
+            try:
+                await self._write(batch)
+            finally:
+                self._unwritten -= len(batch)
 
     async def _heartbeat_loop(self) -> None:
         lease = self.settings.engine.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
-            if self._tasks:
-                try:
-                    await self.store.heartbeat(self.worker_id, list(self._tasks), lease_until=self.clock.now() + lease)
-                except Exception:
-                    log.exception("heartbeat failed")
+            running = {i: t for i, t in self._tasks.items() if not t.done()}
+            if not running:
+                continue
+            try:
+                held = set(
+                    await self.store.heartbeat(self.worker_id, list(running), lease_until=self.clock.now() + lease)
+                )
+            except Exception:
+                log.exception("heartbeat failed")
+                continue
+            for delivery_id, task in running.items():
+                if delivery_id not in held and not task.done():
+                    # Another worker owns it now (our lease expired): stop, it will check whether we landed.
+                    log.warning("lease lost; stopping the attempt", extra={"delivery_id": delivery_id})
+                    task.cancel()
 
     # one delivery ---------------------------------------------------------------------------------------------
 
-    async def _deliver(self, claim: Claim) -> None:
+    async def _deliver(self, claim: Claim, previous: asyncio.Task[None] | None = None) -> None:
         d = claim.delivery
+        if previous is not None:
+            await asyncio.wait([previous])
         runtime = self.channels[d.channel]
         started = self.clock.now()
+        progress = _Progress()
         ctx = DeliveryContext(
             delivery_id=d.id,
             story_id=d.story_id,
@@ -450,43 +523,86 @@ class Engine:
             ),
         )
         extra = {"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value}
+        outcome: _Outcome | None = None
         try:
-            outcome = await self._attempt(claim, runtime, ctx)
+            try:
+                outcome = await self._attempt(claim, runtime, ctx, progress)
+            except asyncio.CancelledError:
+                outcome = _Outcome(
+                    State.QUEUED,
+                    "interrupted",
+                    due_at=self.clock.now(),
+                    reconcile=d.reconcile or progress.sending,
+                    note="interrupted; it will check whether it landed before resending"
+                    if d.reconcile or progress.sending
+                    else "interrupted before sending",
+                )
+                raise
+            except DeliveryError as exc:
+                outcome = await self._decide(claim, runtime, exc, sent=progress.sending)
+            except _Park as exc:
+                outcome = _Outcome(State.UNKNOWN, "unknown", note=str(exc))
+            except Exception as exc:  # an adapter bug: once it began sending, it may have landed
+                log.exception("adapter raised an unexpected error", extra=extra)
+                reason = f"adapter error {type(exc).__name__}: {exc}"
+                error = OutcomeUnknown(reason) if progress.sending else Retryable(reason)
+                outcome = await self._decide(claim, runtime, error, sent=progress.sending)
+            outcome = await self._yield_to_later(claim, outcome)
         except asyncio.CancelledError:
-            outcome = _Outcome(
-                State.QUEUED,
-                "interrupted",
-                due_at=self.clock.now(),
-                reconcile=True,
-                note="interrupted by shutdown; checking whether it landed before resending",
-            )
-            self._finish(claim, outcome, started)
             raise
-        except DeliveryError as exc:
-            outcome = await self._decide(claim, runtime, exc, sent=not isinstance(exc, _LookupFailed))
-        except _Park as exc:
-            outcome = _Outcome(State.UNKNOWN, "unknown", note=str(exc))
-        except Exception as exc:  # an adapter bug: it may have sent, so treat it as an unknown outcome
-            log.exception("adapter raised an unexpected error", extra=extra)
-            outcome = await self._decide(
-                claim, runtime, OutcomeUnknown(f"adapter error {type(exc).__name__}: {exc}"), sent=True
-            )
-        if outcome.error is not None:
-            log.warning(
-                "delivery attempt failed: %s: %s",
-                type(outcome.error).__name__,
-                outcome.error.reason,
-                extra={
-                    **extra,
-                    "error_class": type(outcome.error).__name__,
-                    "platform_code": outcome.error.platform_code,
-                },
-            )
-        self._finish(claim, outcome, started)
+        except Exception:
+            log.exception("could not settle the attempt; releasing the delivery", extra=extra)
+            outcome = None
+        finally:
+            if outcome is None:
+                outcome = _Outcome(
+                    State.QUEUED,
+                    "released",
+                    due_at=self.clock.now() + self.settings.engine.poll_interval,
+                    reconcile=d.reconcile or progress.sending,
+                    note="released after an internal error",
+                )
+            if outcome.error is not None:
+                log.warning(
+                    "delivery attempt failed: %s: %s",
+                    type(outcome.error).__name__,
+                    outcome.error.reason,
+                    extra={
+                        **extra,
+                        "error_class": type(outcome.error).__name__,
+                        "platform_code": outcome.error.platform_code,
+                    },
+                )
+            self._finish(claim, outcome, started)
+
+    async def _yield_to_later(self, claim: Claim, outcome: _Outcome) -> _Outcome:
+        """A publish or update that must wait again gives way when a later version or a retraction is queued
+        behind it: sending it after that would post stale content, or post what was withdrawn."""
+        if outcome.state not in PENDING_STATES or outcome.reconcile:
+            return outcome
+        replaced = await self._replaced_by_later(claim.delivery)
+        if replaced is None:
+            return outcome
+        state, note = replaced
+        return replace(outcome, state=state, due_at=None, note=note)
+
+    async def _replaced_by_later(self, d: DeliveryRecord) -> tuple[State, str] | None:
+        if d.action is Action.RETRACT:
+            return None
+        for later in await self.store.list_deliveries(
+            DeliveryFilter(story_id=d.story_id, channels=[d.channel], after_id=d.id, limit=5)
+        ):
+            if later.state is State.SKIPPED:
+                continue
+            if later.action is Action.RETRACT:
+                return State.CANCELED, f"canceled: version {later.version} retracts the story before this went out"
+            return State.SUPERSEDED, f"superseded by version {later.version}"
+        return None
 
     def _finish(self, claim: Claim, outcome: _Outcome, started: float) -> None:
         finished = self.clock.now()
         err = outcome.error
+        self._unwritten += 1
         self._completions.put_nowait(
             Completion(
                 delivery_id=claim.delivery.id,
@@ -506,9 +622,12 @@ class Engine:
                 note=outcome.note,
                 action=outcome.action,
                 payload=outcome.payload,
+                attempt_number=claim.attempt_number,
             )
         )
-        self._tasks.pop(claim.delivery.id, None)
+        current = asyncio.current_task()
+        if self._tasks.get(claim.delivery.id) is current:
+            del self._tasks[claim.delivery.id]
         if self.metrics is not None:
             self.metrics.observe_attempt(claim.delivery.channel, outcome.outcome, finished - started)
         if log.isEnabledFor(logging.DEBUG):
@@ -520,25 +639,35 @@ class Engine:
                     "delivery_id": claim.delivery.id,
                     "story_id": claim.delivery.story_id,
                     "channel": claim.delivery.channel,
-                    "action": (outcome.action or claim.delivery.action).value,
+                    "action": claim.delivery.action.value,
                     "worker": self.worker_id,
-                    "duration_ms": round((finished - started) * 1000, 3),
+                    "duration_ms": round((finished - started) * 1000, 2),
                     "error_class": type(err).__name__ if err else None,
                     "platform_code": err.platform_code if err else None,
                 },
             )
 
-    async def _attempt(self, claim: Claim, runtime: ChannelRuntime, ctx: DeliveryContext) -> _Outcome:
+    async def _attempt(
+        self, claim: Claim, runtime: ChannelRuntime, ctx: DeliveryContext, progress: _Progress
+    ) -> _Outcome:
         d = claim.delivery
         adapter = runtime.adapter
         payload = d.payload
         converted: Action | None = None
+        if d.reconcile and d.retry_count >= runtime.policy.max_attempts:
+            raise _Park(
+                f"{d.retry_count} attempts ended without an answer (timeouts, or a worker that stopped while "
+                "sending); check the platform, then `syndicate replay --force` to resend"
+            )
+        if d.attempts > 1 and not d.reconcile:
+            # A retry of something that never landed: a version or retraction queued since replaces it.
+            replaced = await self._replaced_by_later(d)
+            if replaced is not None:
+                return _Outcome(replaced[0], replaced[0].value, note=replaced[1])
         if d.action is not Action.PUBLISH and claim.live_receipt is None:
             if d.action is Action.RETRACT:
                 return _Outcome(
-                    State.SKIPPED,
-                    "skipped",
-                    note="nothing to retract: the story never landed on this channel",
+                    State.SKIPPED, "skipped", note="nothing to retract: the story never landed on this channel"
                 )
             # The publish this update was meant to follow never landed: the channel still needs the story.
             record = await self.store.get_story(d.story_id, d.version)
@@ -554,23 +683,40 @@ class Engine:
             if adapter.supports_lookup:
                 try:
                     async with asyncio.timeout(guard):
-                        found = await adapter.lookup(payload, ctx)
+                        try:
+                            found = await adapter.lookup(payload, ctx)
+                        except AuthExpired:
+                            await adapter.refresh_auth(ctx)
+                            found = await adapter.lookup(payload, ctx)
                 except DeliveryError as exc:
                     raise _LookupFailed(exc) from exc
+                except TimeoutError as exc:
+                    raise _LookupFailed(Retryable("lookup timed out")) from exc
                 if found is not None:
-                    return _Outcome(State.DELIVERED, "reconciled", receipt=found, note="an earlier attempt landed")
+                    return _Outcome(
+                        State.DELIVERED,
+                        "reconciled",
+                        receipt=found,
+                        action=converted,
+                        payload=payload if converted else None,
+                        note="an earlier attempt landed",
+                    )
             elif not adapter.idempotent:
                 raise _Park(
                     "an earlier attempt may have landed and this channel can neither look it up nor resend safely;"
-                    " check the platform, then replay or mark it"
+                    " check the platform, then `syndicate replay --force` to resend"
                 )
 
-        async with asyncio.timeout(guard):
-            try:
-                receipt = await adapter.send(payload, ctx)
-            except AuthExpired:
-                await adapter.refresh_auth(ctx)
-                receipt = await adapter.send(payload, ctx)
+        progress.sending = True
+        try:
+            async with asyncio.timeout(guard):
+                try:
+                    receipt = await adapter.send(payload, ctx)
+                except AuthExpired:
+                    await adapter.refresh_auth(ctx)
+                    receipt = await adapter.send(payload, ctx)
+        except TimeoutError as exc:
+            raise OutcomeUnknown(f"no answer within {guard:g} s") from exc
         return _Outcome(
             State.DELIVERED,
             "delivered",
@@ -584,6 +730,7 @@ class Engine:
         d = claim.delivery
         now = self.clock.now()
         adapter = runtime.adapter
+        from_lookup = isinstance(exc, _LookupFailed)
         if isinstance(exc, _LookupFailed):
             exc = exc.inner
             sent = False
@@ -598,7 +745,7 @@ class Engine:
             await self.store.pause_channel(
                 d.channel,
                 until=PAUSED_INDEFINITELY,
-                reason=f"credentials rejected: {exc.reason} (fix the config, then resume the channel)",
+                reason=f"credentials rejected: {exc.reason} (fix the config, then `syndicate resume {d.channel}`)",
                 now=now,
             )
             log.error(
@@ -608,9 +755,9 @@ class Engine:
                 extra={"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value},
             )
             return _Outcome(State.RETRY_WAIT, "auth_revoked", error=exc, due_at=now, reconcile=reconcile)
-        if isinstance(exc, Permanent):
+        if isinstance(exc, Permanent) and not from_lookup:
             return _Outcome(State.FAILED, "failed", error=exc, note=exc.reason)
-        if isinstance(exc, OutcomeUnknown):
+        if isinstance(exc, OutcomeUnknown) and not from_lookup:
             if adapter.idempotent:
                 reconcile = adapter.supports_lookup
             elif adapter.supports_lookup:
@@ -620,9 +767,11 @@ class Engine:
                     State.UNKNOWN,
                     "unknown",
                     error=exc,
-                    note="may have landed; this channel cannot look it up: check the platform, then replay or mark it",
+                    note="may have landed; this channel cannot look it up: check the platform, then "
+                    "`syndicate replay --force` to resend",
                 )
-        # Retryable, AuthExpired after a refresh, OutcomeUnknown we can reconcile: spend one step of the schedule.
+        # Retryable, AuthExpired after a refresh, an unknown outcome we can reconcile, a lookup that could not
+        # tell: spend one step of the schedule.
         failures = d.retry_count + 1
         delay = runtime.policy.next_delay(failures)
         retry_after = getattr(exc, "retry_after", None)
@@ -645,6 +794,13 @@ class Engine:
             count_retry=True,
             reconcile=reconcile,
         )
+
+
+@dataclass
+class _Progress:
+    """How far an attempt got: once it began sending, an interruption may have left the post on the platform."""
+
+    sending: bool = False
 
 
 class _LookupFailed(DeliveryError):

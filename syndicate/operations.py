@@ -31,13 +31,20 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNO
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
+def parse_duration(text: str) -> float:
+    """Seconds in ``90s`` / ``30m`` / ``2h`` / ``1d`` / ``1w``; ValueError saying what is accepted."""
+    match = _DURATION.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a duration: use 90s, 30m, 2h, 1d or 1w")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+
+
 def parse_time(text: str, *, now: float) -> float:
     """A point in time from ``2h`` / ``30m`` / ``1d`` (that long ago), an ISO 8601 timestamp (naive = local
     time) or unix seconds. Raises ValueError saying what is accepted."""
     value = text.strip()
-    match = _DURATION.match(value)
-    if match:
-        return now - float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+    if _DURATION.match(value):
+        return now - parse_duration(value)
     try:
         return float(value)
     except ValueError:
@@ -112,12 +119,15 @@ class ReplayPlan:
     missing_ids: list[int] = field(default_factory=list)
 
 
+DELIVERED_REFUSAL = "already delivered: replaying it would post again (use force)"
+
+
 async def plan_replay(store: Store, selection: ReplaySelection) -> ReplayPlan:
     plan = ReplayPlan()
     flt = selection.to_filter()
     if selection.ids:
-        # Name every id the operator typed: a delivered one without --force, or one that does not exist.
-        everything = await store.list_deliveries(
+        # Name every id the operator typed: a delivered one without force, or one that does not exist.
+        candidates = await store.list_deliveries(
             DeliveryFilter(
                 ids=list(selection.ids),
                 channels=flt.channels,
@@ -127,25 +137,39 @@ async def plan_replay(store: Store, selection: ReplaySelection) -> ReplayPlan:
                 error_classes=flt.error_classes,
             )
         )
-        found = {d.id for d in everything}
+        found = {d.id for d in candidates}
         plan.missing_ids = [i for i in selection.ids if i not in found]
         allowed = set(flt.states or ())
-        for d in everything:
-            if d.state in allowed:
-                plan.replayable.append(d)
-            elif d.state is State.DELIVERED:
-                plan.refused.append((d, "already delivered: replaying it would post again (use force)"))
-            else:
-                plan.refused.append((d, f"state {d.state.value} is not replayable"))
-        return plan
-    for d in await store.list_deliveries(flt):
-        if d.state is State.DELIVERED and not selection.force:
-            plan.refused.append((d, "already delivered: replaying it would post again (use force)"))
-        elif d.state in REPLAYABLE_STATES or (selection.force and d.state is State.DELIVERED):
-            plan.replayable.append(d)
-        else:
-            plan.refused.append((d, f"state {d.state.value} is not replayable"))
+    else:
+        candidates = await store.list_deliveries(flt)
+        allowed = set(REPLAYABLE_STATES) | ({State.DELIVERED} if selection.force else set())
+    for d in candidates:
+        if d.state not in allowed:
+            reason = DELIVERED_REFUSAL if d.state is State.DELIVERED else f"state {d.state.value} is not replayable"
+            plan.refused.append((d, reason))
+            continue
+        later = await _later_delivery(store, d)
+        if later is not None:
+            plan.refused.append(
+                (
+                    d,
+                    f"version {later.version} ({later.action.value}, delivery {later.id}) came after it: replaying "
+                    "this would post stale content",
+                )
+            )
+            continue
+        plan.replayable.append(d)
     return plan
+
+
+async def _later_delivery(store: Store, d: DeliveryRecord) -> DeliveryRecord | None:
+    """The next delivery of the same story on the same channel that replaced this one, if any."""
+    for later in await store.list_deliveries(
+        DeliveryFilter(story_id=d.story_id, channels=[d.channel], after_id=d.id, limit=5)
+    ):
+        if later.state is not State.SKIPPED:
+            return later
+    return None
 
 
 async def requeue(

@@ -27,6 +27,7 @@ from syndicate.operations import (
     ReplaySelection,
     channel_state_json,
     delivery_json,
+    parse_duration,
     parse_states,
     parse_time,
     plan_replay,
@@ -451,7 +452,7 @@ async def pause_channel(request: web.Request) -> web.StreamResponse:
         if body.until:
             until = parse_time(body.until, now=now)
         elif body.for_:
-            until = 2 * now - parse_time(body.for_, now=now)  # "30m" parses as 30 min ago; mirror it forward
+            until = now + parse_duration(body.for_)
         else:
             until = PAUSED_INDEFINITELY
     except ValueError as exc:

@@ -418,3 +418,21 @@ async def test_publish_url_posts_signed_documents_to_the_server(tmp_path: Path) 
     bad_url = await cli("publish", "--url", "127.0.0.1:8080", EXAMPLES[0])
     assert_one_line_error(bad_url, 2, "--url")
     assert not (tmp_path / "s.db").exists()  # --url never touches the local store
+
+
+async def test_pause_and_resume_a_channel(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    cli = make_cli(tmp_path, sandbox.url)
+    paused = await cli("pause", "alpha", "--for", "2h", "--reason", "desk says wait", "--json")
+    assert paused.code == 0, paused.err
+    state = json.loads(paused.out)
+    assert state["paused"] is True and state["reason"] == "desk says wait" and state["paused_until"]
+    assert (await cli("publish", EXAMPLES[0])).code == 0
+    assert (await cli("work", "--until-idle")).code == 0
+    by_state = {(d["channel"], d["state"]) for d in await cli.deliveries()}
+    assert by_state == {("alpha", "queued"), ("beta", "delivered")}  # nothing went out on the paused channel
+    resumed = await cli("resume", "alpha")
+    assert resumed.code == 0 and "resumed" in resumed.out
+    assert (await cli("work", "--until-idle")).code == 0
+    assert {d["state"] for d in await cli.deliveries()} == {"delivered"}
+    assert_one_line_error(await cli("pause", "nope"), 2, "unknown channel 'nope'")
+    assert_one_line_error(await cli("pause", "alpha", "--for", "soon"), 2, "--for")

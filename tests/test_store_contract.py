@@ -223,8 +223,8 @@ async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store) 
 async def test_heartbeat_extends_only_own_leases(store: Store) -> None:
     await store.fan_out(make_story(), plan_for("a"), now=NOW)
     [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
-    assert await store.heartbeat("w2", [c.delivery.id], lease_until=NOW + 999) == 0
-    assert await store.heartbeat("w1", [c.delivery.id], lease_until=NOW + 90) == 1
+    assert await store.heartbeat("w2", [c.delivery.id], lease_until=NOW + 999) == []
+    assert await store.heartbeat("w1", [c.delivery.id], lease_until=NOW + 90) == [c.delivery.id]
     assert (await store.get_delivery(c.delivery.id)).lease_expires == NOW + 90
     assert await store.reclaim_expired(now=NOW + 60) == 0
 
@@ -310,3 +310,17 @@ async def test_queue_depth_and_counts(store: Store) -> None:
     assert (counts.stories, counts.story_versions, counts.deliveries, counts.attempts) == (2, 2, 3, 1)
     assert counts.by_state == {State.DELIVERED: 1, State.QUEUED: 2}
     assert counts.oldest_pending_due == NOW
+
+
+async def test_a_newer_schema_is_refused(store: Store) -> None:
+    from syndicate.store.base import SchemaTooNew
+
+    # Simulate a database migrated by a future syndicate.
+    newer = store.SCHEMA_VERSION + 1
+    if hasattr(store, "_run"):
+        await store._run(lambda conn: conn.execute("INSERT INTO schema_migrations (version) VALUES (?)", (newer,)))
+    else:
+        pool = await store._get_pool()  # type: ignore[attr-defined]
+        await pool.execute("INSERT INTO schema_migrations (version) VALUES ($1)", newer)
+    with pytest.raises(SchemaTooNew, match="upgrade syndicate"):
+        await store.migrate()

@@ -499,3 +499,36 @@ async def test_engine_without_lookup_parks_timeout_after_as_unknown(tmp_path: Pa
     assert delivery.last_error_class == "OutcomeUnknown"
     assert delivery.attempts == 1
     assert recorded_keys(sandbox) == ["story-1:1:mirror:publish"]  # no blind resend
+
+
+async def test_a_redirect_is_never_followed_and_says_what_to_fix(tmp_path: Path) -> None:
+    """aiohttp would follow a 301 on POST with a body-less GET; a 200 there must not read as delivered."""
+    seen: list[tuple[str, str]] = []
+
+    async def moved(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        raise web.HTTPMovedPermanently("/new-home")
+
+    async def new_home(request: web.Request) -> web.Response:
+        seen.append((request.method, request.path))
+        return web.json_response({"id": "page"})
+
+    app = web.Application()
+    app.router.add_post("/hook", moved)
+    app.router.add_route("*", "/new-home", new_home)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    adapter = WebhookAdapter("r", WebhookOptions(url=f"http://127.0.0.1:{port}/hook", secret="s3cret"), timeout=5)
+    await adapter.start()
+    try:
+        with pytest.raises(Permanent) as info:
+            await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for(channel="r"))
+    finally:
+        await adapter.close()
+        await runner.cleanup()
+    assert "/new-home" in info.value.reason and "url" in info.value.reason
+    assert info.value.platform_code == "301"
+    assert seen == [("POST", "/hook")]

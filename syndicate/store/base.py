@@ -68,6 +68,18 @@ class NotFound(StoreError):
     pass
 
 
+class SchemaTooNew(StoreError):
+    """The database was migrated by a newer syndicate: running older code against it could corrupt it."""
+
+
+def refuse_newer_schema(applied: set[int], known: int) -> None:
+    newest = max(applied, default=0)
+    if newest > known:
+        raise SchemaTooNew(
+            f"the database schema is version {newest}, newer than this syndicate knows ({known}): upgrade syndicate"
+        )
+
+
 @dataclass(frozen=True)
 class StoryRecord:
     story: Story
@@ -198,6 +210,9 @@ class Completion:
     #: Set when the engine re-rendered the delivery (an update whose publish never landed goes out as publish).
     action: Action | None = None
     payload: Payload | None = None
+    #: The claim's attempt number: fences the write, so an attempt that outlived its lease (the delivery was
+    #: reclaimed and claimed again, even by the same worker) cannot overwrite the newer attempt's state.
+    attempt_number: int | None = None
 
 
 @dataclass(frozen=True)
@@ -277,8 +292,8 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> int:
-        """Extend this worker's leases; returns how many it still holds."""
+    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
+        """Extend this worker's leases; returns the ids it still holds (the others were reclaimed: stop them)."""
 
     @abc.abstractmethod
     async def save_checkpoint(self, delivery_id: int, worker: str, checkpoint: dict[str, Any]) -> None:
@@ -290,7 +305,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def reclaim_expired(self, *, now: float) -> int:
-        """Expired in-flight leases go back to the queue marked for reconciliation (they may have landed)."""
+        """Expired in-flight leases go back to the queue marked for reconciliation (they may have landed). Each
+        counts as a spent retry, so a delivery that keeps killing its worker ends up parked, not looping."""
 
     @abc.abstractmethod
     async def next_due_at(self, channels: Sequence[str], *, now: float) -> float | None:
@@ -349,4 +365,5 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:
         """Operator replay: back to queued with the retry budget reset and history kept. Returns the ids re-queued
-        (only replayable states; delivered too when ``force``)."""
+        (only replayable states; delivered too when ``force``). An ``unknown`` one first checks whether it landed
+        (where the channel can look it up) unless ``force`` says to resend regardless."""

@@ -40,6 +40,7 @@ from syndicate.store.base import (
     StoreCounts,
     StoryRecord,
     VersionConflict,
+    refuse_newer_schema,
 )
 from syndicate.story import Story
 
@@ -226,6 +227,7 @@ class PostgresStore(Store):
                 "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)"
             )
             done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
+            refuse_newer_schema(done, MIGRATIONS[-1][0])
             for version, sql in MIGRATIONS:
                 if version in done:
                     continue
@@ -285,7 +287,7 @@ class PostgresStore(Store):
             for tr in plan.transitions:
                 await conn.execute(
                     "UPDATE deliveries SET state = $1, note = $2, due_at = NULL, updated_at = $3"
-                    " WHERE id = $4 AND state = ANY($5::text[])",
+                    " WHERE id = $4 AND state = ANY($5::text[]) AND NOT reconcile",
                     tr.state.value,
                     tr.note,
                     now,
@@ -401,19 +403,19 @@ class PostgresStore(Store):
             return None
         return Receipt.from_json(json.loads(row["receipt"]))
 
-    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> int:
+    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
         if not delivery_ids:
-            return 0
+            return []
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            status = await conn.execute(
+            rows = await conn.fetch(
                 "UPDATE deliveries SET lease_expires = $1 WHERE state = 'in_flight' AND lease_owner = $2"
-                " AND id = ANY($3::bigint[])",
+                " AND id = ANY($3::bigint[]) RETURNING id",
                 lease_until,
                 worker,
                 list(delivery_ids),
             )
-        return int(status.split()[-1])
+        return sorted(r["id"] for r in rows)
 
     async def save_checkpoint(self, delivery_id: int, worker: str, checkpoint: dict[str, Any]) -> None:
         pool = await self._get_pool()
@@ -439,7 +441,8 @@ class PostgresStore(Store):
                     " retry_count = retry_count + $4, reconcile = $5, lease_owner = NULL, lease_expires = NULL,"
                     " note = $6, last_error = $7, last_error_class = $8, last_platform_code = $9, updated_at = $10,"
                     " action = coalesce($11, action), payload = coalesce($12, payload)"
-                    " WHERE id = $13 AND state = 'in_flight' AND lease_owner = $14",
+                    " WHERE id = $13 AND state = 'in_flight' AND lease_owner = $14"
+                    " AND attempts = coalesce($15, attempts)",
                     c.state.value,
                     c.due_at,
                     _dumps(c.receipt.to_json()) if c.receipt else None,
@@ -454,6 +457,7 @@ class PostgresStore(Store):
                     _dumps(c.payload.to_json()) if c.payload else None,
                     c.delivery_id,
                     c.worker,
+                    c.attempt_number,
                 )
                 applied = status == "UPDATE 1"
                 if not applied:
@@ -493,6 +497,7 @@ class PostgresStore(Store):
             )
             await conn.execute(
                 "UPDATE deliveries SET state = 'queued', reconcile = TRUE, due_at = $1, lease_owner = NULL,"
+                " retry_count = retry_count + 1,"
                 " lease_expires = NULL, updated_at = $1, note = 'lease expired; checking whether it landed'"
                 " WHERE id = ANY($2::bigint[])",
                 now,
@@ -712,12 +717,14 @@ class PostgresStore(Store):
         pool = await self._get_pool()
         async with pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                "UPDATE deliveries SET state = 'queued', retry_count = 0, due_at = $1, reconcile = FALSE,"
+                "UPDATE deliveries SET state = 'queued', retry_count = 0, due_at = $1,"
+                " reconcile = (state = 'unknown' AND NOT $4::boolean),"
                 " lease_owner = NULL, lease_expires = NULL, note = 'replayed by an operator', updated_at = $1"
                 " WHERE id = ANY($2::bigint[]) AND state = ANY($3::text[]) RETURNING id",
                 now,
                 list(delivery_ids),
                 states,
+                force,
             )
             if rows:
                 await self._notify(conn)

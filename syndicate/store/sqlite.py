@@ -38,6 +38,7 @@ from syndicate.store.base import (
     StoreCounts,
     StoryRecord,
     VersionConflict,
+    refuse_newer_schema,
 )
 from syndicate.story import Story
 
@@ -222,6 +223,7 @@ class SQLiteStore(Store):
                     "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL)"
                 )
                 done = {r[0] for r in conn.execute("SELECT version FROM schema_migrations")}
+                refuse_newer_schema(done, MIGRATIONS[-1][0])
                 for version, sql in MIGRATIONS:
                     if version in done:
                         continue
@@ -286,7 +288,7 @@ class SQLiteStore(Store):
                 for tr in plan.transitions:
                     conn.execute(
                         f"UPDATE deliveries SET state = ?, note = ?, due_at = NULL, updated_at = ?"
-                        f" WHERE id = ? AND state IN {_PENDING_SQL}",
+                        f" WHERE id = ? AND state IN {_PENDING_SQL} AND reconcile = 0",
                         (tr.state.value, tr.note, now, tr.delivery_id),
                     )
                 ids = []
@@ -393,19 +395,26 @@ class SQLiteStore(Store):
             return None
         return Receipt.from_json(json.loads(row["receipt"]))
 
-    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> int:
+    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
         ids = list(delivery_ids)
         if not ids:
-            return 0
+            return []
 
-        def _beat(conn: sqlite3.Connection) -> int:
+        def _beat(conn: sqlite3.Connection) -> list[int]:
             with self._tx(conn):
-                cur = conn.execute(
+                marks = _placeholders(len(ids))
+                conn.execute(
                     f"UPDATE deliveries SET lease_expires = ? WHERE state = 'in_flight' AND lease_owner = ?"
-                    f" AND id IN ({_placeholders(len(ids))})",
+                    f" AND id IN ({marks})",
                     [lease_until, worker, *ids],
                 )
-                return cur.rowcount
+                return [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_owner = ? AND id IN ({marks})",
+                        [worker, *ids],
+                    )
+                ]
 
         return await self._run(_beat)
 
@@ -437,7 +446,8 @@ class SQLiteStore(Store):
                         " retry_count = retry_count + ?, reconcile = ?, lease_owner = NULL, lease_expires = NULL,"
                         " note = ?, last_error = ?, last_error_class = ?, last_platform_code = ?, updated_at = ?,"
                         " action = coalesce(?, action), payload = coalesce(?, payload)"
-                        " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
+                        " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?"
+                        " AND attempts = coalesce(?, attempts)",
                         (
                             c.state.value,
                             c.due_at,
@@ -453,6 +463,7 @@ class SQLiteStore(Store):
                             _dumps(c.payload.to_json()) if c.payload else None,
                             c.delivery_id,
                             c.worker,
+                            c.attempt_number,
                         ),
                     )
                     if cur.rowcount != 1:
@@ -494,6 +505,7 @@ class SQLiteStore(Store):
                 )
                 conn.execute(
                     "UPDATE deliveries SET state = 'queued', reconcile = 1, due_at = ?, lease_owner = NULL,"
+                    " retry_count = retry_count + 1,"
                     " lease_expires = NULL, updated_at = ?, note = 'lease expired; checking whether it landed'"
                     f" WHERE id IN ({marks})",
                     [now, now, *ids],
@@ -747,10 +759,11 @@ class SQLiteStore(Store):
                 ]
                 if chosen:
                     conn.execute(
-                        "UPDATE deliveries SET state = 'queued', retry_count = 0, due_at = ?, reconcile = 0,"
+                        "UPDATE deliveries SET state = 'queued', retry_count = 0, due_at = ?,"
+                        " reconcile = CASE WHEN state = 'unknown' AND ? = 0 THEN 1 ELSE 0 END,"
                         " lease_owner = NULL, lease_expires = NULL, note = 'replayed by an operator', updated_at = ?"
                         f" WHERE id IN ({_placeholders(len(chosen))})",
-                        [now, now, *chosen],
+                        [now, 1 if force else 0, now, *chosen],
                     )
                 return chosen
 
