@@ -19,11 +19,16 @@ import enum
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
 from syndicate.story import Story
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from syndicate.store.base import Store
 
 
 class Action(enum.StrEnum):
@@ -236,6 +241,11 @@ class Adapter(abc.ABC):
         """A live credential/connectivity check (``syndicate channels --check``): a short description of what was
         verified, or a DeliveryError saying what is wrong. Sends nothing that publishes."""
         return "no live check for this channel kind"
+
+    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+        """Routes this channel serves from `syndicate serve` (the app's content API, the feeds, the website
+        preview). The core mounts them without knowing what they are."""
+        return []
 
     async def start(self) -> None:
         """Open long-lived resources (one HTTP session per channel)."""

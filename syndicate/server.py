@@ -542,6 +542,8 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    for runtime in engine.channels.values():
+        app.router.add_routes(runtime.adapter.web_routes(engine.store))
     return app
 
 

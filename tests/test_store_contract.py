@@ -324,3 +324,21 @@ async def test_a_newer_schema_is_refused(store: Store) -> None:
         await pool.execute("INSERT INTO schema_migrations (version) VALUES ($1)", newer)
     with pytest.raises(SchemaTooNew, match="upgrade syndicate"):
         await store.migrate()
+
+
+async def test_latest_delivered_per_story(store: Store) -> None:
+    for sid in ("a1", "a2"):
+        await store.fan_out(make_story(id=sid), plan_for("a"), now=NOW)
+    for c in await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 4}):
+        await store.complete([done(c, receipt=Receipt(c.delivery.story_id))])
+    await store.fan_out(
+        make_story(id="a1", version=2, pubstatus="canceled"), plan_for("a", action=Action.RETRACT), now=NOW
+    )
+    [retract] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 4})
+    await store.complete([done(retract)])
+    await store.fan_out(make_story(id="a3"), plan_for("a"), now=NOW)  # queued, not delivered: not shown
+    rows = await store.latest_delivered("a")
+    assert [(d.story_id, d.action) for d in rows] == [("a1", Action.RETRACT), ("a2", Action.PUBLISH)]
+    assert [d.story_id for d in await store.latest_delivered("a", before_id=rows[0].id)] == ["a2"]
+    assert [d.version for d in await store.latest_delivered("a", story_id="a1")] == [2]
+    assert await store.latest_delivered("b") == []

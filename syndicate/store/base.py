@@ -356,6 +356,13 @@ class Store(abc.ABC):
     async def attempts(self, delivery_id: int) -> list[AttemptRecord]: ...
 
     @abc.abstractmethod
+    async def latest_delivered(
+        self, channel: str, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        """Per story, the newest delivered delivery on ``channel`` (a retract when the story was withdrawn),
+        newest first; ``before_id`` pages on. What a channel serving its own content (the app API) shows."""
+
+    @abc.abstractmethod
     async def queue_depth(self) -> dict[tuple[str, State], int]:
         """How many deliveries each channel has in each state."""
 

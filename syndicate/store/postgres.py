@@ -686,6 +686,24 @@ class PostgresStore(Store):
             for r in rows
         ]
 
+    async def latest_delivered(
+        self, channel: str, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT * FROM deliveries d WHERE d.channel = $1 AND d.state = 'delivered'"
+                " AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id"
+                "   AND l.channel = d.channel AND l.state = 'delivered')"
+                " AND ($2::text IS NULL OR d.story_id = $2) AND ($3::bigint IS NULL OR d.id < $3)"
+                " ORDER BY d.id DESC LIMIT $4",
+                channel,
+                story_id,
+                before_id,
+                limit,
+            )
+        return [_delivery(r) for r in rows]
+
     async def queue_depth(self) -> dict[tuple[str, State], int]:
         pool = await self._get_pool()
         async with pool.acquire() as conn:

@@ -645,6 +645,29 @@ class SQLiteStore(Store):
 
     # --- reading and repair ---------------------------------------------------------------------------------
 
+    async def latest_delivered(
+        self, channel: str, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        sql = (
+            "SELECT * FROM deliveries d WHERE d.channel = ? AND d.state = 'delivered'"
+            " AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel"
+            " AND l.state = 'delivered')"
+        )
+        args: list[Any] = [channel]
+        if story_id is not None:
+            sql += " AND d.story_id = ?"
+            args.append(story_id)
+        if before_id is not None:
+            sql += " AND d.id < ?"
+            args.append(before_id)
+        sql += " ORDER BY d.id DESC LIMIT ?"
+        args.append(limit)
+
+        def _latest(conn: sqlite3.Connection) -> list[DeliveryRecord]:
+            return [_delivery(r) for r in conn.execute(sql, args)]
+
+        return await self._run(_latest)
+
     async def queue_depth(self) -> dict[tuple[str, State], int]:
         def _depth(conn: sqlite3.Connection) -> dict[tuple[str, State], int]:
             rows = conn.execute("SELECT channel, state, count(*) FROM deliveries GROUP BY channel, state")
