@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -248,6 +249,61 @@ class StoreCounts:
     attempts: int
     by_state: dict[State, int]
     oldest_pending_due: float | None
+
+
+def dumps_json(value: Any) -> str:
+    """JSON as the stores keep it: compact, UTF-8 text (Chinese stays readable in the database)."""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
+    """A deliveries row (sqlite3.Row or asyncpg.Record) as a record; JSON columns decoded."""
+    return DeliveryRecord(
+        id=row["id"],
+        story_id=row["story_id"],
+        version=row["version"],
+        channel=row["channel"],
+        action=Action(row["action"]),
+        state=State(row["state"]),
+        payload=Payload.from_json(json.loads(row["payload"])) if row["payload"] else None,
+        checkpoint=json.loads(row["checkpoint"]),
+        receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
+        attempts=row["attempts"],
+        retry_count=row["retry_count"],
+        due_at=row["due_at"],
+        reconcile=bool(row["reconcile"]),
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+        note=row["note"],
+        last_error=row["last_error"],
+        last_error_class=row["last_error_class"],
+        last_platform_code=row["last_platform_code"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
+    return AttemptRecord(
+        id=row["id"],
+        delivery_id=row["delivery_id"],
+        number=row["number"],
+        worker=row["worker"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        outcome=row["outcome"],
+        error_class=row["error_class"],
+        message=row["message"],
+        platform_code=row["platform_code"],
+        duration_ms=row["duration_ms"],
+    )
+
+
+def live_receipt_from(row: Mapping[str, Any] | None) -> Receipt | None:
+    """The receipt of the story's live post from its newest delivered delivery (none once retracted)."""
+    if row is None or row["action"] == Action.RETRACT.value or not row["receipt"]:
+        return None
+    return Receipt.from_json(json.loads(row["receipt"]))
 
 
 class Store(abc.ABC):

@@ -12,7 +12,6 @@ Concurrency rules, all enforced in the database so they hold across processes an
 
 from __future__ import annotations
 
-import json
 import logging
 import urllib.parse
 from collections.abc import Callable, Sequence
@@ -20,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from syndicate.channel import Action, Payload, Receipt
+from syndicate.channel import Receipt
 from syndicate.store.base import (
     OPEN_STATES,
     PENDING_STATES,
@@ -40,6 +39,10 @@ from syndicate.store.base import (
     StoreCounts,
     StoryRecord,
     VersionConflict,
+    attempt_from_row,
+    delivery_from_row,
+    dumps_json,
+    live_receipt_from,
     refuse_newer_schema,
 )
 from syndicate.story import Story
@@ -122,36 +125,6 @@ MIGRATIONS: list[tuple[int, str]] = [
 
 _PENDING = [s.value for s in PENDING_STATES]
 _OPEN = [s.value for s in OPEN_STATES]
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _delivery(row: asyncpg.Record) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        story_id=row["story_id"],
-        version=row["version"],
-        channel=row["channel"],
-        action=Action(row["action"]),
-        state=State(row["state"]),
-        payload=Payload.from_json(json.loads(row["payload"])) if row["payload"] else None,
-        checkpoint=json.loads(row["checkpoint"]),
-        receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
-        attempts=row["attempts"],
-        retry_count=row["retry_count"],
-        due_at=row["due_at"],
-        reconcile=row["reconcile"],
-        lease_owner=row["lease_owner"],
-        lease_expires=row["lease_expires"],
-        note=row["note"],
-        last_error=row["last_error"],
-        last_error_class=row["last_error_class"],
-        last_platform_code=row["last_platform_code"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 def split_url(url: str) -> tuple[str, str | None]:
@@ -266,7 +239,7 @@ class PostgresStore(Store):
                 rows = await conn.fetch(
                     "SELECT * FROM deliveries WHERE story_id = $1 AND version = $2 ORDER BY id", story.id, story.version
                 )
-                return FanOutResult(story.id, story.version, False, [_delivery(r) for r in rows])
+                return FanOutResult(story.id, story.version, False, [delivery_from_row(r) for r in rows])
             await conn.execute(
                 "INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)"
                 " VALUES ($1, $2, $3, $4, $5, $6)",
@@ -278,7 +251,7 @@ class PostgresStore(Store):
                 now,
             )
             existing = [
-                _delivery(r)
+                delivery_from_row(r)
                 for r in await conn.fetch(
                     "SELECT * FROM deliveries WHERE story_id = $1 ORDER BY id FOR UPDATE", story.id
                 )
@@ -305,7 +278,7 @@ class PostgresStore(Store):
                         nd.channel,
                         nd.action.value,
                         nd.state.value,
-                        _dumps(nd.payload.to_json()) if nd.payload is not None else None,
+                        dumps_json(nd.payload.to_json()) if nd.payload is not None else None,
                         nd.due_at,
                         nd.note,
                         now,
@@ -313,7 +286,7 @@ class PostgresStore(Store):
                 )
             if plan.new:
                 await self._notify(conn)
-            return FanOutResult(story.id, story.version, True, [_delivery(r) for r in rows])
+            return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows])
 
     async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
         pool = await self._get_pool()
@@ -378,7 +351,7 @@ class PostgresStore(Store):
                     )
                     rows = sorted(rows, key=lambda r: (r["due_at"] or 0, r["id"]))
                     for row in rows:
-                        d = _delivery(row)
+                        d = delivery_from_row(row)
                         attempt_id = await conn.fetchval(
                             "INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES ($1, $2, $3, $4)"
                             " RETURNING id",
@@ -399,9 +372,7 @@ class PostgresStore(Store):
             d.channel,
             d.id,
         )
-        if row is None or row["action"] == Action.RETRACT.value or not row["receipt"]:
-            return None
-        return Receipt.from_json(json.loads(row["receipt"]))
+        return live_receipt_from(row)
 
     async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
         if not delivery_ids:
@@ -422,7 +393,7 @@ class PostgresStore(Store):
         async with pool.acquire() as conn:
             status = await conn.execute(
                 "UPDATE deliveries SET checkpoint = $1 WHERE id = $2 AND state = 'in_flight' AND lease_owner = $3",
-                _dumps(checkpoint),
+                dumps_json(checkpoint),
                 delivery_id,
                 worker,
             )
@@ -445,7 +416,7 @@ class PostgresStore(Store):
                     " AND attempts = coalesce($15, attempts)",
                     c.state.value,
                     c.due_at,
-                    _dumps(c.receipt.to_json()) if c.receipt else None,
+                    dumps_json(c.receipt.to_json()) if c.receipt else None,
                     1 if c.count_retry else 0,
                     c.reconcile,
                     c.note,
@@ -454,7 +425,7 @@ class PostgresStore(Store):
                     c.platform_code,
                     c.finished_at,
                     c.action.value if c.action else None,
-                    _dumps(c.payload.to_json()) if c.payload else None,
+                    dumps_json(c.payload.to_json()) if c.payload else None,
                     c.delivery_id,
                     c.worker,
                     c.attempt_number,
@@ -629,7 +600,7 @@ class PostgresStore(Store):
             row = await conn.fetchrow("SELECT * FROM deliveries WHERE id = $1", delivery_id)
         if row is None:
             raise NotFound(f"delivery {delivery_id} not found")
-        return _delivery(row)
+        return delivery_from_row(row)
 
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
         where: list[str] = []
@@ -663,28 +634,13 @@ class PostgresStore(Store):
             sql += f" LIMIT {arg(flt.limit)}"
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            return [_delivery(r) for r in await conn.fetch(sql, *args)]
+            return [delivery_from_row(r) for r in await conn.fetch(sql, *args)]
 
     async def attempts(self, delivery_id: int) -> list[AttemptRecord]:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             rows = await conn.fetch("SELECT * FROM attempts WHERE delivery_id = $1 ORDER BY number", delivery_id)
-        return [
-            AttemptRecord(
-                id=r["id"],
-                delivery_id=r["delivery_id"],
-                number=r["number"],
-                worker=r["worker"],
-                started_at=r["started_at"],
-                finished_at=r["finished_at"],
-                outcome=r["outcome"],
-                error_class=r["error_class"],
-                message=r["message"],
-                platform_code=r["platform_code"],
-                duration_ms=r["duration_ms"],
-            )
-            for r in rows
-        ]
+        return [attempt_from_row(r) for r in rows]
 
     async def latest_delivered(
         self, channel: str, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
@@ -702,7 +658,7 @@ class PostgresStore(Store):
                 before_id,
                 limit,
             )
-        return [_delivery(r) for r in rows]
+        return [delivery_from_row(r) for r in rows]
 
     async def queue_depth(self) -> dict[tuple[str, State], int]:
         pool = await self._get_pool()

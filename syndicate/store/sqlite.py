@@ -9,7 +9,6 @@ a second worker) read while we write; ``BEGIN IMMEDIATE`` plus a busy timeout se
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -18,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syndicate.channel import Action, Payload, Receipt
+from syndicate.channel import Receipt
 from syndicate.store.base import (
     OPEN_STATES,
     PENDING_STATES,
@@ -38,6 +37,10 @@ from syndicate.store.base import (
     StoreCounts,
     StoryRecord,
     VersionConflict,
+    attempt_from_row,
+    delivery_from_row,
+    dumps_json,
+    live_receipt_from,
     refuse_newer_schema,
 )
 from syndicate.story import Story
@@ -120,36 +123,6 @@ MIGRATIONS: list[tuple[int, str]] = [
 _PENDING_SQL = "('queued', 'retry_wait')"
 _OPEN_SQL = "(" + ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES)) + ")"
 assert {State.QUEUED, State.RETRY_WAIT} == PENDING_STATES
-
-
-def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-def _delivery(row: sqlite3.Row) -> DeliveryRecord:
-    return DeliveryRecord(
-        id=row["id"],
-        story_id=row["story_id"],
-        version=row["version"],
-        channel=row["channel"],
-        action=Action(row["action"]),
-        state=State(row["state"]),
-        payload=Payload.from_json(json.loads(row["payload"])) if row["payload"] else None,
-        checkpoint=json.loads(row["checkpoint"]),
-        receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
-        attempts=row["attempts"],
-        retry_count=row["retry_count"],
-        due_at=row["due_at"],
-        reconcile=bool(row["reconcile"]),
-        lease_owner=row["lease_owner"],
-        lease_expires=row["lease_expires"],
-        note=row["note"],
-        last_error=row["last_error"],
-        last_error_class=row["last_error_class"],
-        last_platform_code=row["last_platform_code"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-    )
 
 
 def _placeholders(n: int) -> str:
@@ -274,14 +247,14 @@ class SQLiteStore(Store):
                         "SELECT * FROM deliveries WHERE story_id = ? AND version = ? ORDER BY id",
                         (story.id, story.version),
                     ).fetchall()
-                    return FanOutResult(story.id, story.version, False, [_delivery(r) for r in rows])
+                    return FanOutResult(story.id, story.version, False, [delivery_from_row(r) for r in rows])
                 conn.execute(
                     "INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
                     (story.id, story.version, content_hash, story.pubstatus, body, now),
                 )
                 existing = [
-                    _delivery(r)
+                    delivery_from_row(r)
                     for r in conn.execute("SELECT * FROM deliveries WHERE story_id = ? ORDER BY id", (story.id,))
                 ]
                 plan = planner(existing)
@@ -302,7 +275,7 @@ class SQLiteStore(Store):
                             nd.channel,
                             nd.action.value,
                             nd.state.value,
-                            _dumps(nd.payload.to_json()) if nd.payload is not None else None,
+                            dumps_json(nd.payload.to_json()) if nd.payload is not None else None,
                             nd.due_at,
                             nd.note,
                             now,
@@ -313,7 +286,7 @@ class SQLiteStore(Store):
                 rows = conn.execute(
                     f"SELECT * FROM deliveries WHERE id IN ({_placeholders(len(ids))}) ORDER BY id", ids
                 ).fetchall()
-                return FanOutResult(story.id, story.version, True, [_delivery(r) for r in rows])
+                return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows])
 
         return await self._run(_fan_out)
 
@@ -374,7 +347,7 @@ class SQLiteStore(Store):
                 ).fetchall()
                 claims = []
                 for row in rows:
-                    d = _delivery(row)
+                    d = delivery_from_row(row)
                     cur = conn.execute(
                         "INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
                         (d.id, d.attempts, worker, now),
@@ -391,9 +364,7 @@ class SQLiteStore(Store):
             " AND state = 'delivered' ORDER BY id DESC LIMIT 1",
             (d.story_id, d.channel, d.id),
         ).fetchone()
-        if row is None or row["action"] == Action.RETRACT.value or not row["receipt"]:
-            return None
-        return Receipt.from_json(json.loads(row["receipt"]))
+        return live_receipt_from(row)
 
     async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
         ids = list(delivery_ids)
@@ -419,7 +390,7 @@ class SQLiteStore(Store):
         return await self._run(_beat)
 
     async def save_checkpoint(self, delivery_id: int, worker: str, checkpoint: dict[str, Any]) -> None:
-        data = _dumps(checkpoint)
+        data = dumps_json(checkpoint)
 
         def _save(conn: sqlite3.Connection) -> None:
             with self._tx(conn):
@@ -451,7 +422,7 @@ class SQLiteStore(Store):
                         (
                             c.state.value,
                             c.due_at,
-                            _dumps(c.receipt.to_json()) if c.receipt else None,
+                            dumps_json(c.receipt.to_json()) if c.receipt else None,
                             1 if c.count_retry else 0,
                             1 if c.reconcile else 0,
                             c.note,
@@ -460,7 +431,7 @@ class SQLiteStore(Store):
                             c.platform_code,
                             c.finished_at,
                             c.action.value if c.action else None,
-                            _dumps(c.payload.to_json()) if c.payload else None,
+                            dumps_json(c.payload.to_json()) if c.payload else None,
                             c.delivery_id,
                             c.worker,
                             c.attempt_number,
@@ -664,7 +635,7 @@ class SQLiteStore(Store):
         args.append(limit)
 
         def _latest(conn: sqlite3.Connection) -> list[DeliveryRecord]:
-            return [_delivery(r) for r in conn.execute(sql, args)]
+            return [delivery_from_row(r) for r in conn.execute(sql, args)]
 
         return await self._run(_latest)
 
@@ -698,7 +669,7 @@ class SQLiteStore(Store):
             row = conn.execute("SELECT * FROM deliveries WHERE id = ?", (delivery_id,)).fetchone()
             if row is None:
                 raise NotFound(f"delivery {delivery_id} not found")
-            return _delivery(row)
+            return delivery_from_row(row)
 
         return await self._run(_get)
 
@@ -739,26 +710,14 @@ class SQLiteStore(Store):
             args.append(flt.limit)
 
         def _list(conn: sqlite3.Connection) -> list[DeliveryRecord]:
-            return [_delivery(r) for r in conn.execute(sql, args)]
+            return [delivery_from_row(r) for r in conn.execute(sql, args)]
 
         return await self._run(_list)
 
     async def attempts(self, delivery_id: int) -> list[AttemptRecord]:
         def _attempts(conn: sqlite3.Connection) -> list[AttemptRecord]:
             return [
-                AttemptRecord(
-                    id=r["id"],
-                    delivery_id=r["delivery_id"],
-                    number=r["number"],
-                    worker=r["worker"],
-                    started_at=r["started_at"],
-                    finished_at=r["finished_at"],
-                    outcome=r["outcome"],
-                    error_class=r["error_class"],
-                    message=r["message"],
-                    platform_code=r["platform_code"],
-                    duration_ms=r["duration_ms"],
-                )
+                attempt_from_row(r)
                 for r in conn.execute("SELECT * FROM attempts WHERE delivery_id = ? ORDER BY number", (delivery_id,))
             ]
 
