@@ -14,9 +14,9 @@ import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
     from syndicate.metrics import Metrics
 
 log = logging.getLogger("syndicate.engine")
+T = TypeVar("T")
 
 
 class Clock(Protocol):
@@ -683,11 +684,7 @@ class Engine:
             if adapter.supports_lookup:
                 try:
                     async with asyncio.timeout(guard):
-                        try:
-                            found = await adapter.lookup(payload, ctx)
-                        except AuthExpired:
-                            await adapter.refresh_auth(ctx)
-                            found = await adapter.lookup(payload, ctx)
+                        found = await _refreshing_auth(adapter, ctx, lambda: adapter.lookup(payload, ctx))
                 except DeliveryError as exc:
                     raise _LookupFailed(exc) from exc
                 except TimeoutError as exc:
@@ -710,11 +707,7 @@ class Engine:
         progress.sending = True
         try:
             async with asyncio.timeout(guard):
-                try:
-                    receipt = await adapter.send(payload, ctx)
-                except AuthExpired:
-                    await adapter.refresh_auth(ctx)
-                    receipt = await adapter.send(payload, ctx)
+                receipt = await _refreshing_auth(adapter, ctx, lambda: adapter.send(payload, ctx))
         except TimeoutError as exc:
             raise OutcomeUnknown(f"no answer within {guard:g} s") from exc
         return _Outcome(
@@ -794,6 +787,15 @@ class Engine:
             count_retry=True,
             reconcile=reconcile,
         )
+
+
+async def _refreshing_auth(adapter: Adapter, ctx: DeliveryContext, call: Callable[[], Awaitable[T]]) -> T:
+    """Run a platform call; when the token expired, refresh it once and run the call again."""
+    try:
+        return await call()
+    except AuthExpired:
+        await adapter.refresh_auth(ctx)
+        return await call()
 
 
 @dataclass
