@@ -9,7 +9,6 @@ the key landed, and without one it parks the delivery for an operator instead of
 from __future__ import annotations
 
 import datetime as dt
-import email.utils
 import json
 import time
 from typing import Any, ClassVar
@@ -30,10 +29,9 @@ from syndicate.channel import (
     Receipt,
     Retryable,
 )
+from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.story import Story
-
-DEFAULT_RATE_LIMIT_PAUSE = 60.0
 
 
 class WebhookOptions(AdapterOptions):
@@ -44,22 +42,6 @@ class WebhookOptions(AdapterOptions):
     lookup_url: HttpUrl | None = None
     #: Static extra headers (e.g. an Authorization the receiver expects).
     headers: dict[str, str] = Field(default_factory=dict)
-
-
-def retry_after_seconds(value: str | None, *, now: float) -> float | None:
-    """Retry-After as seconds: either delta-seconds or an HTTP date (RFC 9110 section 10.2.3)."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:  # the asctime form carries no zone; every HTTP date is GMT
-        when = when.replace(tzinfo=dt.UTC)
-    return max(when.timestamp() - now, 0.0)
 
 
 class WebhookAdapter(Adapter):

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.webhook import DEFAULT_RATE_LIMIT_PAUSE, WebhookAdapter, WebhookOptions, retry_after_seconds
+from adapters.webhook import WebhookAdapter, WebhookOptions
 from syndicate.channel import (
     Action,
     AuthRevoked,
@@ -28,6 +28,7 @@ from syndicate.channel import (
     Retryable,
 )
 from syndicate.engine import Engine
+from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, verify
 from syndicate.store import open_store

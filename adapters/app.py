@@ -1,0 +1,807 @@
+"""The app channel: the newsroom's own app reads stories from ``syndicate serve``, and JPush announces them.
+
+Two halves share one delivery per story version:
+
+* **Content.** ``render`` builds the structured document the app shows (headline, byline, cover and images with
+  renditions, the body as sanitised blocks, share URL). A delivered delivery *is* the published content: the
+  content API (``web_routes``) serves the newest delivered payload per story, and a delivered retraction makes the
+  story answer 410 Gone. Nothing is sent anywhere for the content itself.
+* **Push.** A first publish sends a notification through JPush REST API v3 (``POST /v3/push``, HTTP Basic
+  ``app_key:master_secret``, extras carrying the story id); an update pushes only when the story is urgent
+  (ninjs urgency 1 or 2); a retraction never pushes.
+
+Quiet hours defer the push, not the story: inside them the attempt records that the content is live (the content
+API shows it at once), sends nothing and raises ``Retryable`` with ``retry_after`` = the time left until the quiet
+hours end, so the engine pushes then and the status shows ``retry_wait`` with the reason.
+
+Why the channel is idempotent: every push carries a JPush ``cid`` (from ``GET /v3/push/cid``) that is checkpointed
+before the request. JPush answers a repeated cid with the first push's result and pushes nothing, so a retry after
+a timeout, or after a worker died mid-request, re-sends safely. JPush keeps a cid for one day; an attempt whose cid
+is older than ``CID_REUSE_SECONDS`` and may have landed is not re-sent (the push is reported as not resent rather
+than risk a duplicate notification on every phone). ``options.sendno`` is derived from the idempotency key, so an
+operator can match a push in the JPush console to the delivery.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import re
+import time
+import zoneinfo
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from urllib.parse import quote
+
+import aiohttp
+from aiohttp import web
+from pydantic import BeforeValidator, Field, HttpUrl, field_validator
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    AuthRevoked,
+    DeliveryContext,
+    DeliveryError,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    Receipt,
+    RenderError,
+    Retryable,
+    idempotency_key,
+)
+from syndicate.httputil import retry_after_seconds
+from syndicate.sanitize import Block, html_blocks, plain_text
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
+from syndicate.story import Image, Story
+
+if TYPE_CHECKING:
+    from syndicate.store.base import Store
+
+log = logging.getLogger("syndicate.adapters.app")
+
+JPUSH_API_BASE = "https://api.jpush.cn"
+#: ninjs urgency runs from 1 (most urgent) to 9; an update pushes again only at 1 or 2.
+URGENT_AT_MOST = 2
+#: Longest notification title / text (characters); longer ones are cut with an ellipsis and a warning.
+ALERT_MAX_CHARS = 120
+#: JPush refuses an iOS notification object (extras included) over this many bytes (error 1005).
+IOS_NOTIFICATION_MAX_BYTES = 2000
+#: How long JPush keeps a push for offline devices (its own default: one day).
+PUSH_TIME_TO_LIVE = 86400
+#: JPush deduplicates a cid for one day; reuse one only well inside that.
+CID_REUSE_SECONDS = 20 * 3600
+#: Pause when a 429 names no reset time.
+DEFAULT_RATE_LIMIT_PAUSE = 60.0
+#: JPush 2005 ("sending volume beyond a reasonable range") gets a longer pause than a per-minute limit.
+VOLUME_LIMIT_PAUSE = 3600.0
+#: X-Rate-Limit-Reset values above this are unix times rather than seconds to wait.
+_EPOCH_THRESHOLD = 1_000_000_000
+
+# JPush's own error codes (Push API v3, "调用返回").
+JPUSH_AUTH_FAILED = 1004
+JPUSH_APP_KEY_INVALID = 1008
+JPUSH_NO_TARGET = 1011
+JPUSH_RATE_LIMITED = 2002
+JPUSH_VOLUME_LIMITED = 2005
+#: 1000 internal error, 1030 internal timeout: JPush did not push.
+JPUSH_RETRYABLE = frozenset({1000, 1030})
+#: 2003 app key barred from the API, 2004 caller IP not whitelisted, 2006/2007 no permission: every push would fail
+#: the same way until someone fixes the account, so the channel pauses.
+JPUSH_ACCOUNT_BLOCKED = frozenset({2003, 2004, 2006, 2007})
+
+# The content API.
+API_PREFIX = "/app/v1"
+LIST_MAX_AGE = 60
+ITEM_MAX_AGE = 300
+DEFAULT_LIMIT = 20
+MAX_LIMIT = 100
+_PAGE = 100
+#: States in which a delivery whose push waits for the end of quiet hours still shows its content.
+_DEFERRED_STATES = (State.RETRY_WAIT, State.IN_FLIGHT, State.UNKNOWN)
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+_QUIET_HOURS = re.compile(r"\s*([01]\d|2[0-3]):([0-5]\d)\s*-\s*([01]\d|2[0-3]):([0-5]\d)\s*")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuietHours:
+    """A daily window (local wall-clock time, may run past midnight) in which pushes wait."""
+
+    start: dt.time
+    end: dt.time
+
+    @classmethod
+    def parse(cls, text: str) -> QuietHours:
+        match = _QUIET_HOURS.fullmatch(text)
+        if match is None:
+            raise ValueError(f'{text!r} is not a window like "22:00-07:00" (24-hour HH:MM-HH:MM)')
+        h1, m1, h2, m2 = (int(g) for g in match.groups())
+        window = cls(dt.time(h1, m1), dt.time(h2, m2))
+        if window.start == window.end:
+            raise ValueError(f"{text!r} starts and ends at the same minute; leave quiet_hours out for no quiet hours")
+        return window
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M}"
+
+    def contains(self, moment: dt.time) -> bool:
+        if self.start < self.end:
+            return self.start <= moment < self.end
+        return moment >= self.start or moment < self.end
+
+    def seconds_left(self, now: dt.datetime) -> float | None:
+        """Seconds from ``now`` (aware, in the newsroom's zone) to the end of the window, None if outside it."""
+        if not self.contains(now.time()):
+            return None
+        end = dt.datetime.combine(now.date(), self.end, tzinfo=now.tzinfo)
+        if end <= now:
+            end += dt.timedelta(days=1)
+        # Subtract in UTC: aware datetimes sharing a tzinfo subtract as wall-clock times, wrong across DST changes.
+        return max((end.astimezone(dt.UTC) - now.astimezone(dt.UTC)).total_seconds(), 0.0)
+
+
+def _quiet_hours(value: Any) -> Any:
+    if isinstance(value, str):
+        return QuietHours.parse(value)
+    if value is None or isinstance(value, QuietHours):
+        return value
+    raise ValueError('must be a string like "22:00-07:00"')
+
+
+class AppOptions(AdapterOptions):
+    #: JPush's base URL (https://api.jpush.cn; the sandbox root in tests and the demo).
+    api_base: HttpUrl = HttpUrl(JPUSH_API_BASE)
+    app_key: str = Field(min_length=1)
+    #: Usually "${ENV_VAR}".
+    master_secret: str = Field(min_length=1)
+    #: "22:00-07:00": pushes that fall in this window wait for its end (in ``timezone``).
+    quiet_hours: Annotated[QuietHours | None, BeforeValidator(_quiet_hours)] = None
+    #: IANA zone the quiet hours are read in.
+    timezone: str = "Asia/Shanghai"
+    #: Share links for stories without a url: <share_base_url>/<story id>.
+    share_base_url: HttpUrl | None = None
+    #: JPush "platform": "all" or a list of "android" / "ios".
+    platform: Literal["all"] | list[Literal["android", "ios"]] = "all"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+        return value
+
+    @field_validator("platform")
+    @classmethod
+    def _platforms(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError('list at least one of "android", "ios" (or use "all")')
+            if len(set(value)) != len(value):
+                raise ValueError("names a platform twice")
+        return value
+
+    @property
+    def zone(self) -> zoneinfo.ZoneInfo:
+        return zoneinfo.ZoneInfo(self.timezone)
+
+    @property
+    def platforms(self) -> tuple[str, ...]:
+        return ("android", "ios") if self.platform == "all" else tuple(self.platform)
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+def is_urgent(story: Story) -> bool:
+    """Urgent enough for an update to push again: ninjs urgency 1 or 2 (1 is most urgent, 9 least)."""
+    return story.urgency is not None and story.urgency <= URGENT_AT_MOST
+
+
+def _trim(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def _image_json(image: Image) -> dict[str, Any]:
+    """A story image with its renditions (only the original exists: syndicate does not resize)."""
+    return {
+        "href": image.href,
+        "width": image.width,
+        "height": image.height,
+        "alt": image.alt,
+        "caption": image.caption,
+        "role": image.role,
+        "renditions": [{"name": "original", "href": image.href, "width": image.width, "height": image.height}],
+    }
+
+
+def _block_json(block: Block, images: dict[str, Image]) -> dict[str, Any]:
+    if block.kind != "image":
+        return {"type": block.kind, "text": block.text}
+    known = images.get(block.src or "")
+    return {
+        "type": "image",
+        "src": block.src,
+        "alt": block.alt,
+        "caption": block.caption,
+        "width": known.width if known else None,
+        "height": known.height if known else None,
+    }
+
+
+def _sendno(key: str) -> int:
+    """A stable JPush sendno (0..2^31-1) for an idempotency key, so the console's push matches a delivery."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def _collapse_id(story_id: str) -> str:
+    """apns_collapse_id (at most 64 bytes): an urgent update replaces the story's earlier notification on iOS."""
+    return story_id if len(story_id.encode()) <= 64 else hashlib.sha256(story_id.encode()).hexdigest()[:32]
+
+
+# --- the adapter -----------------------------------------------------------------------------------------------
+
+
+class AppAdapter(Adapter):
+    kind: ClassVar[str] = "app"
+    options_model = AppOptions
+    #: JPush's cid makes a re-sent push a no-op (see the module docstring).
+    idempotent: ClassVar[bool] = True
+    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    options: AppOptions
+
+    def __init__(self, name: str, options: AppOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        #: Where "now" comes from for quiet hours, cid age and rate-limit ends (tests inject a fake clock).
+        self.clock: Callable[[], float] = time.time
+        self._session: aiohttp.ClientSession | None = None
+        api = str(options.api_base).rstrip("/")
+        self._push_url = f"{api}/v3/push"
+        self._cid_url = f"{api}/v3/push/cid"
+        token = base64.b64encode(f"{options.app_key}:{options.master_secret}".encode()).decode("ascii")
+        self._auth = f"Basic {token}"
+
+    # ---- rendering
+
+    def share_url(self, story: Story) -> str | None:
+        if story.url:
+            return story.url
+        if self.options.share_base_url is not None:
+            return f"{str(self.options.share_base_url).rstrip('/')}/{quote(story.id, safe='')}"
+        return None
+
+    def render(self, story: Story, action: Action) -> Payload:
+        if action is Action.RETRACT:
+            return Payload(
+                data={
+                    "action": action.value,
+                    "story": {"id": story.id, "version": story.version},
+                    "push": None,
+                    "push_note": "a retraction never pushes",
+                }
+            )
+        override = story.overrides.get(self.name)
+        headline = plain_text((override.headline if override and override.headline else None) or story.headline)
+        if not headline:
+            raise RenderError("headline: empty once markup is removed; the app needs a headline")
+        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        document = self._document(story, headline, summary or None)
+        if action is Action.PUBLISH:
+            note = "first publish: push"
+        elif is_urgent(story):
+            note = f"urgent update (urgency {story.urgency}): push"
+        else:
+            shown = "none" if story.urgency is None else story.urgency
+            return Payload(
+                data={
+                    "action": action.value,
+                    "story": document,
+                    "push": None,
+                    "push_note": f"update without urgency (urgency {shown}; only 1-{URGENT_AT_MOST} push again)",
+                }
+            )
+        push_text = plain_text(override.text) if override and override.text else summary
+        push, text_length, warnings = self._push(story, action, headline, push_text or headline, document)
+        return Payload(
+            data={"action": action.value, "story": document, "push": push, "push_note": note},
+            text_length=text_length,
+            warnings=tuple(warnings),
+        )
+
+    def _document(self, story: Story, headline: str, summary: str | None) -> dict[str, Any]:
+        """The structured story the content API serves; plain text everywhere, body as sanitised blocks."""
+        times = story.to_dict()
+        images = {image.href: image for image in story.images}
+        cover = story.cover
+        return {
+            "id": story.id,
+            "version": story.version,
+            "headline": headline,
+            "subheadline": plain_text(story.subheadline or "") or None,
+            "summary": summary,
+            "byline": story.by,
+            "section": story.section,
+            "tags": list(story.tags),
+            "language": story.language,
+            "urgency": story.urgency,
+            "published_at": times["published_at"],
+            "updated_at": times["updated_at"],
+            "share_url": self.share_url(story),
+            "cover": _image_json(cover) if cover else None,
+            "images": [_image_json(image) for image in story.images],
+            "blocks": [_block_json(block, images) for block in html_blocks(story.body_html)],
+        }
+
+    def _push(
+        self, story: Story, action: Action, headline: str, text: str, document: dict[str, Any]
+    ) -> tuple[dict[str, Any], int, list[str]]:
+        """The JPush push object for this story, its text length and what was trimmed."""
+        warnings: list[str] = []
+        title, body = _trim(headline, ALERT_MAX_CHARS), _trim(text, ALERT_MAX_CHARS)
+        if title != headline:
+            warnings.append(f"push title cut to {ALERT_MAX_CHARS} characters")
+        if body != text:
+            warnings.append(f"push text cut to {ALERT_MAX_CHARS} characters")
+        extras: dict[str, Any] = {"story_id": story.id}
+        if document["share_url"]:
+            extras["url"] = document["share_url"]
+        notification: dict[str, Any] = {"alert": title}
+
+        def sections() -> None:
+            if "android" in self.options.platforms:
+                notification["android"] = {"alert": body, "title": title, "extras": extras}
+            if "ios" in self.options.platforms:
+                alert: str | dict[str, str] = title if body == title else {"title": title, "body": body}
+                notification["ios"] = {"alert": alert, "sound": "default", "extras": extras}
+
+        sections()
+        if "ios" in notification and _json_size(notification["ios"]) > IOS_NOTIFICATION_MAX_BYTES:
+            extras.pop("url", None)
+            warnings.append("share url left out of the push extras: the iOS notification would be too large")
+            sections()
+            if _json_size(notification["ios"]) > IOS_NOTIFICATION_MAX_BYTES:
+                raise RenderError(
+                    f"id: the story id makes the iOS notification larger than {IOS_NOTIFICATION_MAX_BYTES} bytes"
+                )
+        key = idempotency_key(story.id, story.version, self.name, action)
+        push = {
+            "platform": self.options.platform,
+            "audience": "all",
+            "notification": notification,
+            "options": {
+                "sendno": _sendno(key),
+                "time_to_live": PUSH_TIME_TO_LIVE,
+                "apns_production": True,
+                "apns_collapse_id": _collapse_id(story.id),
+            },
+        }
+        return push, len(body), warnings
+
+    # ---- delivering
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
+                headers={"Authorization": self._auth},
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"channel {self.name!r} was not started")
+        return self._session
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._deliver(payload, ctx)
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._deliver(payload, ctx)
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        # Delivered is all it takes: the content API answers 410 Gone for the story from now on.
+        return Receipt(remote_id=None, url=None, raw={"retracted": ctx.story_id, "push": None})
+
+    def quiet_seconds_left(self) -> float | None:
+        """Seconds until the quiet hours end, or None when a push may go out now."""
+        window = self.options.quiet_hours
+        if window is None:
+            return None
+        now = dt.datetime.fromtimestamp(self.clock(), tz=self.options.zone)
+        return window.seconds_left(now)
+
+    async def _deliver(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        push = payload.data.get("push")
+        url = (payload.data.get("story") or {}).get("share_url")
+        if push is None:
+            return Receipt(remote_id=None, url=url, raw={"push": None, "note": payload.data.get("push_note")})
+        state = ctx.state
+        if state.get("msg_id"):  # an earlier attempt pushed and checkpointed it: never push twice
+            return _push_receipt(state, url)
+        wait = self.quiet_seconds_left()
+        if wait is not None:
+            if not state.get("content_live"):
+                await ctx.checkpoint({"content_live": True})
+            window = self.options.quiet_hours
+            assert window is not None
+            raise Retryable(
+                f"quiet hours {window} ({self.options.timezone}): the story is live in the app, "
+                f"its push waits until {window.end:%H:%M}",
+                retry_after=wait,
+            )
+        cid = await self._cid(ctx)
+        if cid is None:
+            reason = (
+                f"push not resent: an attempt at {_utc(state.get('cid_at'))} (cid {state.get('cid')}) got no answer"
+                " and JPush only recognises a repeated cid for one day; check the JPush console for sendno "
+                f"{push.get('options', {}).get('sendno')}"
+            )
+            log.warning(reason, extra={"story_id": ctx.story_id, "channel": ctx.channel})
+            return Receipt(remote_id=None, url=url, raw={"push": "not_resent", "note": reason})
+        if not state.get("cid_unanswered"):
+            await ctx.checkpoint({"cid_unanswered": True})
+        return await self._send_push({**push, "cid": cid}, ctx, url)
+
+    async def _cid(self, ctx: DeliveryContext) -> str | None:
+        """The cid for this delivery's push: the checkpointed one while JPush still recognises it, else a new one
+        (None when the old one may have landed and can no longer protect a resend)."""
+        state, now = ctx.state, self.clock()
+        cid = state.get("cid")
+        if cid and now - float(state.get("cid_at") or 0) < CID_REUSE_SECONDS:
+            return str(cid)
+        if cid and state.get("cid_unanswered"):
+            return None
+        new = await self._new_cid()
+        await ctx.checkpoint({"cid": new, "cid_at": now, "cid_unanswered": True})
+        return new
+
+    async def _new_cid(self) -> str:
+        """One cid from ``GET /v3/push/cid``. Pushes nothing, so every failure here is at most Retryable."""
+        try:
+            async with self.session.get(
+                self._cid_url, params={"count": "1", "type": "push"}, allow_redirects=False
+            ) as resp:
+                raw = await resp.read()
+                answer = _json_object(raw)
+                if 200 <= resp.status < 300:
+                    cids = answer.get("cidlist")
+                    if isinstance(cids, list) and cids and isinstance(cids[0], str):
+                        return cids[0]
+                    raise Retryable(f"JPush answered the cid request without a cidlist: {raw[:200]!r}")
+                error = self._error(resp, answer, raw, what="the cid request")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(f"could not get a push cid from JPush: {type(exc).__name__}: {exc}") from exc
+        raise error
+
+    async def _send_push(self, body: dict[str, Any], ctx: DeliveryContext, url: str | None) -> Receipt:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            # Never follow redirects: aiohttp would turn the POST into a GET and a 200 would look like a push.
+            async with self.session.post(
+                self._push_url,
+                data=data,
+                headers={"Content-Type": "application/json; charset=utf-8"},
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            await ctx.checkpoint({"cid_unanswered": False})
+            raise Retryable(f"could not connect to JPush at {self._push_url}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise OutcomeUnknown(
+                f"no answer from JPush after sending the push ({type(exc).__name__}: {exc}); "
+                "the retry re-sends the same cid, which JPush does not push twice"
+            ) from exc
+        answer = _json_object(raw)
+        if 200 <= resp.status < 300:
+            msg_id = answer.get("msg_id")
+            if msg_id in (None, ""):
+                raise OutcomeUnknown(f"JPush answered HTTP {resp.status} without a msg_id: {raw[:200]!r}")
+            progress = {"msg_id": str(msg_id), "sendno": str(answer.get("sendno", "")), "cid_unanswered": False}
+            await ctx.checkpoint(progress)
+            return _push_receipt(ctx.state, url)
+        await ctx.checkpoint({"cid_unanswered": False})  # JPush answered: this cid did not push
+        code = _jpush_code(answer)
+        if code == JPUSH_NO_TARGET:
+            # No device matches audience "all" (no app installed yet): the story is in the app, nobody to tell.
+            note = f"JPush {code}: {_jpush_message(answer, raw)}"
+            log.warning("push reached nobody: %s", note, extra={"story_id": ctx.story_id, "channel": ctx.channel})
+            return Receipt(remote_id=None, url=url, raw={"push": "no_target", "note": note, "cid": body["cid"]})
+        raise self._error(resp, answer, raw, what="the push")
+
+    def _error(self, resp: aiohttp.ClientResponse, answer: dict[str, Any], raw: bytes, *, what: str) -> DeliveryError:
+        """JPush's answer mapped onto the taxonomy (by JPush code first, HTTP status second)."""
+        status, code = resp.status, _jpush_code(answer)
+        detail = f"JPush {code}: {_jpush_message(answer, raw)}" if code else f"HTTP {status}{_detail(answer, raw)}"
+        platform_code = code if code is not None else status
+        now = self.clock()
+        if 300 <= status < 400:
+            location = resp.headers.get("Location", "(no Location header)")
+            return Permanent(
+                f"HTTP {status}: JPush redirects {what} to {location}; set the channel's api_base to the final address",
+                platform_code=status,
+            )
+        if code in (JPUSH_AUTH_FAILED, JPUSH_APP_KEY_INVALID) or status == 401:
+            return AuthRevoked(
+                f"{detail} (check app_key and master_secret of channel {self.name!r})", platform_code=platform_code
+            )
+        if code == JPUSH_RATE_LIMITED or status == 429 or code == JPUSH_VOLUME_LIMITED:
+            default = VOLUME_LIMIT_PAUSE if code == JPUSH_VOLUME_LIMITED else DEFAULT_RATE_LIMIT_PAUSE
+            wait = _reset_seconds(resp.headers.get("X-Rate-Limit-Reset"), now=now)
+            if wait is None:
+                wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now)
+            until = dt.datetime.fromtimestamp(now + (default if wait is None else wait), tz=dt.UTC)
+            return RateLimited(f"{detail} on {what}", until=until, platform_code=platform_code)
+        if code in JPUSH_ACCOUNT_BLOCKED or status == 403:
+            return AuthRevoked(
+                f"{detail}: JPush refuses this app key's {what} (account, permission or IP whitelist in the "
+                "JPush console)",
+                platform_code=platform_code,
+            )
+        if code in JPUSH_RETRYABLE or status >= 500 or status in (408, 425):
+            return Retryable(
+                f"{detail} on {what}",
+                retry_after=retry_after_seconds(resp.headers.get("Retry-After"), now=now),
+                platform_code=platform_code,
+            )
+        return Permanent(f"{detail}: JPush refused {what}", platform_code=platform_code)
+
+    async def check(self) -> str:
+        """Ask JPush for a cid: proves the URL and the credentials without pushing anything."""
+        await self._new_cid()
+        return f"JPush at {self.options.api_base} accepted the credentials (a push cid was issued; nothing pushed)"
+
+    # ---- the content API
+
+    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+        return ContentApi(self.name, store).routes()
+
+
+def _push_receipt(state: dict[str, Any], url: str | None) -> Receipt:
+    return Receipt(
+        remote_id=str(state["msg_id"]),
+        url=url,
+        raw={"msg_id": state["msg_id"], "sendno": state.get("sendno"), "cid": state.get("cid")},
+    )
+
+
+def _utc(when: Any) -> str:
+    try:
+        return dt.datetime.fromtimestamp(float(when), tz=dt.UTC).isoformat(timespec="seconds")
+    except (TypeError, ValueError):
+        return "an unknown time"
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+def _jpush_code(answer: dict[str, Any]) -> int | None:
+    error = answer.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, int) and not isinstance(code, bool):
+        return code
+    if isinstance(code, str) and code.isdigit():
+        return int(code)
+    return None
+
+
+def _jpush_message(answer: dict[str, Any], raw: bytes) -> str:
+    error = answer.get("error")
+    message = error.get("message") if isinstance(error, dict) else None
+    return str(message)[:300] if message else raw[:200].decode("utf-8", "replace").strip()
+
+
+def _detail(answer: dict[str, Any], raw: bytes) -> str:
+    message = answer.get("message") or answer.get("error")
+    if message:
+        return f": {str(message)[:300]}"
+    text = raw[:200].decode("utf-8", "replace").strip()
+    return f": {text}" if text else ""
+
+
+def _reset_seconds(value: str | None, *, now: float) -> float | None:
+    """X-Rate-Limit-Reset as seconds to wait: JPush sends the seconds left in the window; a unix time is accepted."""
+    if not value or not value.strip().isdigit():
+        return None
+    number = float(value.strip())
+    return max(number - now, 0.0) if number > _EPOCH_THRESHOLD else number
+
+
+# --- the content API -------------------------------------------------------------------------------------------
+
+
+class ContentApi:
+    """``GET /app/v1/stories`` and ``GET /app/v1/stories/{id}``: what the app shows, from the store.
+
+    A story is live when its newest delivered delivery on the channel is a publish or update, or when a newer one
+    is waiting only for quiet hours to end (checkpointed ``content_live``). Lists run newest first by delivery
+    (a story moves up when it is updated); the cursor is the last delivery id shown. Text in the JSON has ``<``,
+    ``>`` and ``&`` escaped (``\\u003c``...), so the bytes never carry markup even where a story's text does.
+    """
+
+    def __init__(self, channel: str, store: Store) -> None:
+        self.channel = channel
+        self.store = store
+
+    def routes(self) -> list[web.AbstractRouteDef]:
+        return [
+            web.get(f"{API_PREFIX}/stories", self.list_stories),
+            web.get(f"{API_PREFIX}/stories/{{story_id}}", self.get_story),
+        ]
+
+    async def _deferred(self, story_id: str | None = None) -> dict[str, DeliveryRecord]:
+        """Per story, the newest not-yet-delivered delivery whose content is already live (quiet hours)."""
+        rows = await self.store.list_deliveries(
+            DeliveryFilter(channels=[self.channel], states=list(_DEFERRED_STATES), story_id=story_id)
+        )
+        newest: dict[str, DeliveryRecord] = {}
+        for row in rows:
+            if row.payload is not None and row.checkpoint.get("content_live") and row.action is not Action.RETRACT:
+                if row.story_id not in newest or row.id > newest[row.story_id].id:
+                    newest[row.story_id] = row
+        return newest
+
+    async def _newest_first(self, before: int | None) -> AsyncIterator[DeliveryRecord]:
+        """Each story's current delivery, newest first, starting below ``before`` (retractions included)."""
+        deferred = await self._deferred()
+        waiting = sorted(
+            (d for d in deferred.values() if before is None or d.id < before), key=lambda d: d.id, reverse=True
+        )
+        cursor = before
+        while True:
+            page = await self.store.latest_delivered(self.channel, before_id=cursor, limit=_PAGE)
+            for record in page:
+                while waiting and waiting[0].id > record.id:
+                    yield waiting.pop(0)
+                newer = deferred.get(record.story_id)
+                if newer is not None and newer.id > record.id:
+                    continue  # shown at the newer delivery's place
+                yield record
+            if len(page) < _PAGE:
+                break
+            cursor = page[-1].id
+        for record in waiting:
+            yield record
+
+    async def _current(self, story_id: str) -> DeliveryRecord | None:
+        delivered = await self.store.latest_delivered(self.channel, story_id=story_id, limit=1)
+        deferred = (await self._deferred(story_id)).get(story_id)
+        candidates = [*delivered, *([deferred] if deferred else [])]
+        return max(candidates, key=lambda d: d.id) if candidates else None
+
+    async def list_stories(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        raw_limit = query.get("limit", str(DEFAULT_LIMIT))
+        try:
+            limit = int(raw_limit)
+        except ValueError:
+            limit = 0
+        if not 1 <= limit <= MAX_LIMIT:
+            return _bad_parameter("limit", f"limit must be an integer from 1 to {MAX_LIMIT} (got {raw_limit!r})")
+        before: int | None = None
+        raw_cursor = query.get("cursor")
+        if raw_cursor:
+            if not raw_cursor.isdigit() or int(raw_cursor) < 1:
+                return _bad_parameter(
+                    "cursor", "cursor must be the next_cursor of an earlier page (leave it out for the first page)"
+                )
+            before = int(raw_cursor)
+        section = query.get("section") or None
+        items: list[DeliveryRecord] = []
+        async for record in self._newest_first(before):
+            if record.action is Action.RETRACT or record.payload is None:
+                continue
+            if section is not None and record.payload.data["story"].get("section") != section:
+                continue
+            items.append(record)
+            if len(items) > limit:
+                break
+        more = len(items) > limit
+        shown = items[:limit]
+        body = {
+            "stories": [_teaser(record.payload.data["story"]) for record in shown if record.payload is not None],
+            "next_cursor": str(shown[-1].id) if more else None,
+        }
+        return _cached_json(request, body, max_age=LIST_MAX_AGE)
+
+    async def get_story(self, request: web.Request) -> web.StreamResponse:
+        story_id = request.match_info["story_id"]
+        record = await self._current(story_id)
+        if record is None or record.payload is None:
+            return _json_response(
+                {"error": "not_found", "message": f"no story {story_id!r} in the app"}, status=404, headers={}
+            )
+        if record.action is Action.RETRACT:
+            return _json_response(
+                {
+                    "error": "gone",
+                    "message": f"story {story_id!r} was retracted",
+                    "story_id": story_id,
+                    "version": record.version,
+                },
+                status=410,
+                headers={"Cache-Control": f"public, max-age={ITEM_MAX_AGE}"},
+            )
+        return _cached_json(request, record.payload.data["story"], max_age=ITEM_MAX_AGE)
+
+
+_TEASER_FIELDS = (
+    "id",
+    "version",
+    "headline",
+    "subheadline",
+    "summary",
+    "byline",
+    "section",
+    "tags",
+    "language",
+    "urgency",
+    "published_at",
+    "updated_at",
+    "share_url",
+    "cover",
+)
+
+
+def _teaser(document: dict[str, Any]) -> dict[str, Any]:
+    """The list form of a story: everything but the body and the image list."""
+    return {field: document.get(field) for field in _TEASER_FIELDS}
+
+
+def _json_bytes(value: Any) -> bytes:
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # < > & occur only inside JSON strings, where \uXXXX means the same character: the bytes carry no markup.
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode("utf-8")
+
+
+def _json_response(value: Any, *, status: int, headers: dict[str, str]) -> web.Response:
+    return web.Response(
+        body=_json_bytes(value), status=status, headers=headers, content_type="application/json", charset="utf-8"
+    )
+
+
+def _bad_parameter(parameter: str, message: str) -> web.Response:
+    return _json_response(
+        {"error": "invalid_parameter", "parameter": parameter, "message": message}, status=400, headers={}
+    )
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if not header:
+        return False
+    candidates = [tag.strip() for tag in header.split(",")]
+    return "*" in candidates or any(tag.removeprefix("W/") == etag for tag in candidates)
+
+
+def _cached_json(request: web.Request, value: Any, *, max_age: int) -> web.StreamResponse:
+    body = _json_bytes(value)
+    etag = f'"{hashlib.sha256(body).hexdigest()[:32]}"'
+    headers = {"ETag": etag, "Cache-Control": f"public, max-age={max_age}"}
+    if _etag_matches(request.headers.get("If-None-Match"), etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=body, headers=headers, content_type="application/json", charset="utf-8")

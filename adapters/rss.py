@@ -1,0 +1,687 @@
+"""RSS 2.0 and Atom 1.0 feeds of the newest stories: files under the channel's ``root``, served by `syndicate serve`.
+
+Why files: a feed is a document, not a post. Every publish, update and retraction edits one JSON manifest of
+entries (``<root>/.syndicate/rss-manifest.json``) and regenerates ``rss.xml`` and ``atom.xml`` from its newest
+``items`` entries, all under a lock and with atomic replaces, so readers (and a web server pointed at ``root``)
+never see a half-written feed, and rewriting is harmless: the channel is idempotent.
+
+Rules a feed reader relies on:
+
+* The GUID (RSS ``guid isPermaLink="false"``, Atom ``id``) is ``urn:syndicate:story:<id>`` (the story's ninjs
+  URI form): it depends on nothing but the story id, so an update never looks like a new story, even when the
+  story's URL changes.
+* ``updated`` moves forward on every new version: the story's ``updated_at`` when the CMS advanced it, otherwise
+  the moment the update reached the feed. RSS 2.0 items have no modification date; RSS readers see the same GUID
+  with new content, and the channel's ``lastBuildDate``.
+* The body is the sanitised HTML (``syndicate.sanitize.clean_html``) in ``content:encoded`` / Atom
+  ``content type="html"``; titles and summaries are plain text, so no markup from the CMS reaches either feed.
+* The cover image is the enclosure. Its type comes from the file extension (``image/jpeg`` when there is none
+  we know); its byte size is unknown (a story carries none and ``render`` fetches nothing), so RSS carries
+  ``length="0"`` (RSS 2.0 makes the attribute mandatory and the RSS Advisory Board's profile says to write 0 when
+  the size cannot be determined) and Atom, where ``length`` is optional and advisory, leaves it out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.utils
+import errno
+import fcntl
+import hashlib
+import html
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
+from urllib.parse import quote, urlsplit
+
+from aiohttp import web
+from feedgen.feed import FeedGenerator
+from lxml import etree
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    AuthRevoked,
+    DeliveryContext,
+    DeliveryError,
+    Payload,
+    Permanent,
+    Receipt,
+    RenderError,
+    Retryable,
+)
+from syndicate.sanitize import clean_html, plain_text
+from syndicate.story import NINJS_URI_PREFIX, Story
+
+if TYPE_CHECKING:
+    from syndicate.store.base import Store
+
+RSS_FILE = "rss.xml"
+ATOM_FILE = "atom.xml"
+STATE_DIR = ".syndicate"
+MANIFEST_FILE = "rss-manifest.json"
+LOCK_FILE = "rss.lock"
+RSS_CONTENT_TYPE = "application/rss+xml; charset=utf-8"
+ATOM_CONTENT_TYPE = "application/atom+xml; charset=utf-8"
+RSS_ROUTE = "/feeds/rss.xml"
+ATOM_ROUTE = "/feeds/atom.xml"
+
+#: Characters of body text a summary-less story shows as its summary.
+SUMMARY_EXCERPT_CHARS = 200
+#: The manifest keeps this many times ``items`` entries, so a retraction lets an older story move back into the
+#: feed instead of shortening it, while the manifest stays bounded.
+MANIFEST_RESERVE_FACTOR = 2
+#: Enclosure type for an image URL whose extension says nothing (CDN URLs often have none; most are JPEG).
+DEFAULT_IMAGE_TYPE = "image/jpeg"
+IMAGE_TYPES: dict[str, str] = {
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".png": "image/png",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+    ".avif": "image/avif",
+    ".svg": "image/svg+xml",
+    ".bmp": "image/bmp",
+}
+
+_ATOM_NS = "http://www.w3.org/2005/Atom"
+_URI_SAFE = "-._~!$&'()*+,;=:@/"
+
+
+# --- config ----------------------------------------------------------------------------------------------------
+
+
+class RssOptions(AdapterOptions):
+    #: Folder the feeds are written to (relative paths are relative to the working directory).
+    root: Path
+    #: The feeds' title.
+    title: str = Field(min_length=1)
+    #: The site the feeds describe (RSS channel link, Atom feed id and alternate link).
+    link: HttpUrl
+    #: How many of the newest stories the feeds hold.
+    items: int = Field(default=50, ge=1, le=1000)
+    #: RSS channel description / Atom subtitle; defaults to the title.
+    description: str | None = None
+    #: Language of the feeds (RSS ``language``, Atom ``xml:lang``).
+    language: str = Field(default="zh-CN", pattern=r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
+    #: The feed's author (Atom requires one at feed level); defaults to the title.
+    author: str | None = None
+
+    @field_validator("title")
+    @classmethod
+    def _title_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be blank")
+        return value.strip()
+
+
+# --- what the feeds hold ---------------------------------------------------------------------------------------
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Enclosure(_Model):
+    """The cover image as an enclosure; ``length`` in bytes, None when unknown."""
+
+    href: str
+    type: str
+    length: int | None = Field(default=None, ge=0)
+
+
+class FeedEntry(_Model):
+    """One story as the feeds show it, as ``render`` produces it (dates exactly as the story gave them)."""
+
+    guid: str
+    story_id: str
+    version: int
+    title: str
+    link: str | None = None
+    #: Plain text, HTML-escaped (RSS descriptions are HTML by convention; Atom summary type="html").
+    summary_html: str
+    #: The sanitised body.
+    content_html: str
+    author: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    published: dt.datetime | None = None
+    updated: dt.datetime | None = None
+    enclosure: Enclosure | None = None
+
+
+class StoredEntry(FeedEntry):
+    """An entry in the manifest: dates resolved (a story without them gets the time it reached the feed)."""
+
+    published: dt.datetime
+    updated: dt.datetime
+
+
+class Retraction(_Model):
+    guid: str
+    story_id: str
+
+
+class Manifest(_Model):
+    """Every entry the feeds are generated from, newest first; ``changed_at`` is the feeds' own updated time."""
+
+    format: Literal[1] = 1
+    changed_at: dt.datetime | None = None
+    entries: list[StoredEntry] = Field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FeedMeta:
+    """The feed-level fields, from the channel's config."""
+
+    title: str
+    link: str
+    description: str
+    language: str
+    author: str
+
+    @classmethod
+    def from_options(cls, options: RssOptions) -> FeedMeta:
+        return cls(
+            title=options.title,
+            link=str(options.link),
+            description=options.description or options.title,
+            language=options.language,
+            author=options.author or options.title,
+        )
+
+
+def story_guid(story_id: str) -> str:
+    """The stable GUID of a story: its ninjs URI form, so every channel and export names it the same way."""
+    return NINJS_URI_PREFIX + quote(story_id, safe=_URI_SAFE)
+
+
+def image_type(href: str) -> str:
+    """The MIME type an image URL's extension implies (a fixed table, so rendering is the same on every host)."""
+    path = urlsplit(href).path.lower()
+    suffix = path[path.rfind(".") :] if "." in path.rsplit("/", 1)[-1] else ""
+    return IMAGE_TYPES.get(suffix, DEFAULT_IMAGE_TYPE)
+
+
+def _excerpt(text: str, limit: int = SUMMARY_EXCERPT_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+# --- manifest changes (pure) -----------------------------------------------------------------------------------
+
+
+def _newest_first(entries: Sequence[StoredEntry]) -> list[StoredEntry]:
+    return sorted(entries, key=lambda e: (e.published, e.guid), reverse=True)
+
+
+def merge_entry(existing: StoredEntry | None, incoming: FeedEntry, now: dt.datetime) -> StoredEntry | None:
+    """The stored entry after ``incoming`` arrives, or None when it changes nothing.
+
+    The same version again (a retry, a replay) and an older version (a forced replay of a stale delivery) leave
+    the entry as it is. A new version keeps the GUID and moves ``updated`` forward.
+    """
+    if existing is not None and existing.version >= incoming.version:
+        return None
+    published = incoming.published or (existing.published if existing else now)
+    if existing is None:
+        updated = incoming.updated or published
+    elif incoming.updated is not None and incoming.updated > existing.updated:
+        updated = incoming.updated
+    else:
+        # The CMS did not advance updated_at: the update is dated when it reached the feed, always later.
+        updated = max(now, existing.updated + dt.timedelta(seconds=1))
+    return StoredEntry(**{**incoming.model_dump(), "published": published, "updated": updated})
+
+
+def upsert(manifest: Manifest, incoming: FeedEntry, *, items: int, now: dt.datetime) -> tuple[Manifest, StoredEntry]:
+    """The manifest with ``incoming`` applied, and the entry the feeds now show for the story."""
+    existing = next((e for e in manifest.entries if e.story_id == incoming.story_id), None)
+    merged = merge_entry(existing, incoming, now)
+    if merged is None:
+        assert existing is not None
+        return manifest, existing
+    others = [e for e in manifest.entries if e.story_id != incoming.story_id]
+    kept = _newest_first([*others, merged])[: items * MANIFEST_RESERVE_FACTOR]
+    return Manifest(changed_at=now, entries=kept), merged
+
+
+def remove(manifest: Manifest, story_id: str, *, now: dt.datetime) -> tuple[Manifest, bool]:
+    """The manifest without the story, and whether it was there."""
+    kept = [e for e in manifest.entries if e.story_id != story_id]
+    if len(kept) == len(manifest.entries):
+        return manifest, False
+    return Manifest(changed_at=now, entries=kept), True
+
+
+# --- feed generation (pure) ------------------------------------------------------------------------------------
+
+
+def build_feeds(meta: FeedMeta, entries: Sequence[StoredEntry], updated: dt.datetime) -> tuple[bytes, bytes]:
+    """(rss.xml, atom.xml) for ``entries`` in the given order. Deterministic: the same input gives the same bytes,
+    so a rewrite changes neither the file nor its ETag."""
+    fg = FeedGenerator()
+    fg.load_extension("dc", atom=False, rss=True)  # dc:creator: RSS <author> must be an e-mail address
+    fg.id(meta.link)
+    fg.title(meta.title)
+    fg.link(href=meta.link, rel="alternate")
+    fg.description(meta.description)
+    fg.language(meta.language)
+    fg.author(name=meta.author)
+    fg.generator("syndicate")
+    fg.updated(updated)
+    fg.lastBuildDate(updated)
+    for entry in entries:
+        fe = fg.add_entry(order="append")
+        fe.id(entry.guid)  # also the RSS guid, isPermaLink="false"
+        fe.title(entry.title)
+        if entry.link:
+            fe.link(href=entry.link, rel="alternate", type="text/html")
+        fe.summary(entry.summary_html, type="html")  # also the RSS description
+        fe.content(entry.content_html, type="html")  # RSS content:encoded, Atom content type="html"
+        if entry.author:
+            fe.author(name=entry.author)
+            fe.dc.dc_creator(entry.author)
+        for term in entry.categories:
+            fe.category(term=term)
+        fe.published(entry.published)
+        fe.updated(entry.updated)
+        if entry.enclosure is not None:
+            enclosure = entry.enclosure
+            fe.enclosure(enclosure.href, str(enclosure.length or 0), enclosure.type)
+    rss = fg.rss_str(pretty=True)
+    atom = repair_atom_entry_links(fg.atom_str(pretty=True), entries)
+    return rss, atom
+
+
+def _atom_links(entry: StoredEntry) -> list[dict[str, str]]:
+    links: list[dict[str, str]] = []
+    if entry.link:
+        links.append({"href": entry.link, "rel": "alternate", "type": "text/html"})
+    if entry.enclosure is not None:
+        enclosure = {"href": entry.enclosure.href, "rel": "enclosure", "type": entry.enclosure.type}
+        if entry.enclosure.length:
+            enclosure["length"] = str(entry.enclosure.length)
+        links.append(enclosure)
+    return links
+
+
+def repair_atom_entry_links(atom: bytes, entries: Sequence[StoredEntry]) -> bytes:
+    """Rewrite every entry's ``<link>`` elements from our own data.
+
+    feedgen 1.0.0 writes entry links with ``href`` only (lkiesow/python-feedgen#135: the loop variable is
+    overwritten by the new element, so rel, type and length are read from the element instead of the data;
+    #143 reports the result for enclosures). An enclosure then comes out as ``<link href="cover.png"/>``,
+    which Atom reads as rel="alternate": readers lose the enclosure and may take the image for the article's
+    link. Replacing the links wholesale is right whether or not a later feedgen fixes it.
+    """
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    feed = etree.fromstring(atom, parser)
+    by_guid = {entry.guid: entry for entry in entries}
+    for element in feed.iterfind(f"{{{_ATOM_NS}}}entry"):
+        entry = by_guid[element.findtext(f"{{{_ATOM_NS}}}id")]
+        old = element.findall(f"{{{_ATOM_NS}}}link")
+        if old:
+            position = element.index(old[0])
+        else:
+            updated_element = element.find(f"{{{_ATOM_NS}}}updated")
+            position = element.index(updated_element) + 1 if updated_element is not None else len(element)
+        for link in old:
+            element.remove(link)
+        for offset, attributes in enumerate(_atom_links(entry)):
+            link = etree.Element(f"{{{_ATOM_NS}}}link")
+            for name, value in attributes.items():
+                link.set(name, value)
+            element.insert(position + offset, link)
+    return etree.tostring(feed, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+# --- files: atomic writes under a lock -------------------------------------------------------------------------
+
+
+class FeedStateError(Exception):
+    """The feed folder cannot be used as it is (no permission, read-only, a corrupt manifest): an operator must
+    act, every delivery would fail the same way."""
+
+
+class LockTimeout(Exception):
+    """Another writer held the feed lock for the whole wait."""
+
+
+def write_atomic(path: Path, data: bytes) -> bool:
+    """Replace ``path`` with ``data`` (temp file in the same folder, fsync, os.replace, fsync of the folder), so a
+    reader sees the old file or the new one, never a mix. Returns False when the file already held ``data``."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # feeds are public; mkstemp would leave 0600
+            os.fsync(handle.fileno())
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+    return True
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, timeout: float) -> Iterator[None]:
+    """flock on ``path``: one writer at a time across processes (and across adapter instances in one)."""
+    with open(path, "a+b") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{path} stayed locked by another writer for {timeout:g} s") from None
+                time.sleep(0.01)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+T = TypeVar("T")
+
+
+class FeedFolder:
+    """The channel's ``root``: the manifest, the lock and the two feeds. Blocking; call from a thread."""
+
+    def __init__(self, root: Path, meta: FeedMeta, items: int, lock_timeout: float) -> None:
+        self.root = root
+        self.meta = meta
+        self.items = items
+        self.lock_timeout = lock_timeout
+        self.state_dir = root / STATE_DIR
+        self.manifest_path = self.state_dir / MANIFEST_FILE
+
+    def load_manifest(self) -> Manifest:
+        try:
+            raw = self.manifest_path.read_bytes()
+        except FileNotFoundError:
+            return Manifest()
+        try:
+            return Manifest.model_validate_json(raw)
+        except ValidationError as exc:
+            raise FeedStateError(
+                f"{self.manifest_path} is not a valid feed manifest ({exc.error_count()} problems, first: "
+                f"{exc.errors()[0]['msg']}); restore it from a backup, or delete it to start the feeds afresh "
+                "(they then hold only stories delivered from now on)"
+            ) from exc
+
+    def transaction(self, change: Callable[[Manifest], tuple[Manifest, T]], now: dt.datetime) -> T:
+        """Apply ``change`` to the manifest and regenerate both feeds, under the lock."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.state_dir / LOCK_FILE, self.lock_timeout):
+            before = self.load_manifest()
+            after, result = change(before)
+            if after.changed_at is None:  # the first write of all: date the (empty) feeds once, not per rewrite
+                after = after.model_copy(update={"changed_at": now})
+            if after is not before:
+                payload = after.model_dump_json(indent=1).encode()
+                write_atomic(self.manifest_path, payload)
+            # Always (re)generate: a crash between the manifest and the feeds is repaired by the next delivery,
+            # and identical bytes are not rewritten.
+            self.write_feeds(after)
+            return result
+
+    def write_feeds(self, manifest: Manifest) -> None:
+        assert manifest.changed_at is not None
+        rss, atom = build_feeds(self.meta, _newest_first(manifest.entries)[: self.items], manifest.changed_at)
+        write_atomic(self.root / RSS_FILE, rss)
+        write_atomic(self.root / ATOM_FILE, atom)
+
+    def probe(self) -> int:
+        """Prove the folder is writable (create, fsync and remove a file in it); the manifest's entry count."""
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        for folder in (self.root, self.state_dir):
+            fd, name = tempfile.mkstemp(dir=folder, prefix=".syndicate-check.", suffix=".tmp")
+            try:
+                os.write(fd, b"check")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        return len(self.load_manifest().entries)
+
+
+_OPERATOR_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR})
+
+
+def _delivery_error(exc: Exception, root: Path) -> DeliveryError:
+    """Map what went wrong with the folder onto the taxonomy.
+
+    A folder we may not write (or a corrupt manifest) fails every delivery the same way until an operator acts:
+    AuthRevoked is the engine's signal for exactly that (pause the channel, lose nothing), even though no
+    credential is involved. A lock held too long and other I/O errors (disk full) are retried.
+    """
+    if isinstance(exc, FeedStateError):
+        return AuthRevoked(f"{exc}; then `syndicate resume` the channel")
+    if isinstance(exc, LockTimeout):
+        return Retryable(str(exc))
+    if isinstance(exc, OSError) and exc.errno in _OPERATOR_ERRNOS:
+        return AuthRevoked(
+            f"cannot write the feeds under the channel's root {root} ({exc.strerror or exc}: {exc.filename}); "
+            "make it a folder syndicate may write, then `syndicate resume` the channel",
+            platform_code=errno.errorcode.get(exc.errno or 0),
+        )
+    return Retryable(f"writing the feeds under {root} failed: {type(exc).__name__}: {exc}")
+
+
+# --- serving ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FeedSnapshot:
+    body: bytes
+    etag: str
+    last_modified: dt.datetime
+    key: tuple[int, int, int]
+
+    @property
+    def last_modified_http(self) -> str:
+        return email.utils.format_datetime(self.last_modified, usegmt=True)
+
+
+class FeedCache:
+    """The served bytes of each feed file, re-read only when the file was replaced (inode, size or mtime)."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[Path, FeedSnapshot] = {}
+
+    def load(self, path: Path) -> FeedSnapshot:
+        with open(path, "rb") as handle:  # one descriptor: the stat and the bytes belong to the same file
+            stat = os.fstat(handle.fileno())
+            key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+            cached = self._snapshots.get(path)
+            if cached is not None and cached.key == key:
+                return cached
+            body = handle.read()
+        snapshot = FeedSnapshot(
+            body=body,
+            etag=f'"{hashlib.sha256(body).hexdigest()[:32]}"',
+            last_modified=dt.datetime.fromtimestamp(int(stat.st_mtime), dt.UTC),
+            key=key,
+        )
+        self._snapshots[path] = snapshot
+        return snapshot
+
+
+def _opaque_tag(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
+
+
+def is_not_modified(request: web.Request, snapshot: FeedSnapshot) -> bool:
+    """RFC 9110 §13.2.2: If-None-Match (weak comparison) decides when present, else If-Modified-Since."""
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        ours = _opaque_tag(snapshot.etag)
+        return any(tag.strip() == "*" or _opaque_tag(tag) == ours for tag in if_none_match.split(","))
+    if_modified_since = request.headers.get("If-Modified-Since")
+    if if_modified_since:
+        try:
+            since = email.utils.parsedate_to_datetime(if_modified_since)
+        except (TypeError, ValueError):
+            return False  # an unparseable date is ignored, as the RFC says
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=dt.UTC)
+        return snapshot.last_modified <= since
+    return False
+
+
+# --- the adapter -----------------------------------------------------------------------------------------------
+
+
+class RssAdapter(Adapter):
+    """Keeps ``rss.xml`` and ``atom.xml`` under ``root`` in step with the stories delivered to the channel."""
+
+    kind: ClassVar[str] = "rss"
+    options_model = RssOptions
+    idempotent: ClassVar[bool] = True
+    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    options: RssOptions
+
+    def __init__(self, name: str, options: RssOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        self.folder = FeedFolder(options.root, FeedMeta.from_options(options), options.items, lock_timeout=timeout)
+        self._lock = asyncio.Lock()  # one writer per process; the flock covers other processes
+        self._cache = FeedCache()
+
+    # rendering ------------------------------------------------------------------------------------------------
+
+    def render(self, story: Story, action: Action) -> Payload:
+        guid = story_guid(story.id)
+        if action is Action.RETRACT:
+            return Payload(data={"retraction": Retraction(guid=guid, story_id=story.id).model_dump(mode="json")})
+        override = story.overrides.get(self.name)
+        title = plain_text((override.headline if override and override.headline else None) or story.headline)
+        if not title:
+            raise RenderError("headline: no text is left once markup is removed; give the story a text headline")
+        warnings: list[str] = []
+        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        if not summary:
+            summary = _excerpt(plain_text(story.body_html)) or title
+            warnings.append("summary: the story has none; the feeds show the start of the body instead")
+        content = clean_html(story.body_html).strip()
+        if not content:
+            content = f"<p>{html.escape(summary, quote=False)}</p>"
+            warnings.append("body_html: empty after sanitising; the feeds' content is the summary")
+        if story.url is None:
+            warnings.append("url: the story has none, so its feed items link nowhere")
+        cover = story.cover
+        entry = FeedEntry(
+            guid=guid,
+            story_id=story.id,
+            version=story.version,
+            title=title,
+            link=story.url,
+            summary_html=html.escape(summary, quote=False),
+            content_html=content,
+            author=(story.by or "").strip() or None,
+            categories=list(dict.fromkeys(tag.strip() for tag in story.tags)),
+            published=story.published_at,
+            updated=story.updated_at,
+            enclosure=None if cover is None else Enclosure(href=cover.href, type=image_type(cover.href)),
+        )
+        return Payload(data={"entry": entry.model_dump(mode="json")}, warnings=tuple(warnings))
+
+    # delivering -----------------------------------------------------------------------------------------------
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._upsert(payload)
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._upsert(payload)
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        try:
+            retraction = Retraction.model_validate(payload.data["retraction"])
+        except (KeyError, ValidationError) as exc:
+            raise Permanent(f"the payload is not an rss retraction ({exc}); re-render it with this channel") from exc
+        now = _now()
+        removed = await self._transaction(lambda m: remove(m, retraction.story_id, now=now), now)
+        return Receipt(remote_id=retraction.guid, url=None, raw={"removed": removed})
+
+    async def _upsert(self, payload: Payload) -> Receipt:
+        try:
+            entry = FeedEntry.model_validate(payload.data["entry"])
+        except (KeyError, ValidationError) as exc:
+            raise Permanent(f"the payload is not an rss entry ({exc}); re-render it with this channel") from exc
+        now = _now()
+        stored = await self._transaction(lambda m: upsert(m, entry, items=self.options.items, now=now), now)
+        return Receipt(
+            remote_id=stored.guid,
+            url=stored.link,
+            raw={"version": stored.version, "updated": stored.updated.isoformat(), "feeds": [RSS_FILE, ATOM_FILE]},
+        )
+
+    async def _transaction(self, change: Callable[[Manifest], tuple[Manifest, T]], now: dt.datetime) -> T:
+        async with self._lock:
+            try:
+                return await asyncio.to_thread(self.folder.transaction, change, now)
+            except (OSError, FeedStateError, LockTimeout) as exc:
+                raise _delivery_error(exc, self.options.root) from exc
+
+    async def check(self) -> str:
+        """The root is a folder we can create files in, and the manifest (if any) is readable."""
+        try:
+            count = await asyncio.to_thread(self.folder.probe)
+        except (OSError, FeedStateError) as exc:
+            raise _delivery_error(exc, self.options.root) from exc
+        return f"writable: {self.options.root} ({count} stories in the manifest; feeds {RSS_FILE}, {ATOM_FILE})"
+
+    # serving --------------------------------------------------------------------------------------------------
+
+    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+        """``GET /feeds/rss.xml`` and ``/feeds/atom.xml`` (and HEAD), from the files, with ETag/Last-Modified."""
+
+        async def rss(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, RSS_FILE, RSS_CONTENT_TYPE)
+
+        async def atom(request: web.Request) -> web.StreamResponse:
+            return await self._serve(request, ATOM_FILE, ATOM_CONTENT_TYPE)
+
+        return [web.get(RSS_ROUTE, rss), web.get(ATOM_ROUTE, atom)]
+
+    async def _serve(self, request: web.Request, filename: str, content_type: str) -> web.StreamResponse:
+        try:
+            snapshot = await asyncio.to_thread(self._cache.load, self.options.root / filename)
+        except FileNotFoundError:
+            return web.json_response(
+                {
+                    "error": "not_found",
+                    "message": f"{filename} has not been written yet: channel {self.name!r} writes it when its "
+                    "first story is delivered",
+                },
+                status=404,
+            )
+        # no-cache: readers revalidate every time (cheap with the 304), so a retraction disappears at once.
+        headers = {"ETag": snapshot.etag, "Last-Modified": snapshot.last_modified_http, "Cache-Control": "no-cache"}
+        if is_not_modified(request, snapshot):
+            return web.Response(status=304, headers=headers)
+        return web.Response(body=snapshot.body, headers={**headers, "Content-Type": content_type})
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0)

@@ -1,0 +1,743 @@
+"""The app channel: rendering, JPush pushes against the sandbox stand-in, quiet hours on a fake clock, and the
+content API served through `syndicate serve`'s app with an Engine delivering to the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+import adapters.app as app_module
+from adapters.app import (
+    ALERT_MAX_CHARS,
+    CID_REUSE_SECONDS,
+    AppAdapter,
+    AppOptions,
+    QuietHours,
+    is_urgent,
+)
+from syndicate.channel import (
+    Action,
+    AuthRevoked,
+    DeliveryContext,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    RenderError,
+    Retryable,
+    register,
+)
+from syndicate.config import ConfigError, Settings
+from syndicate.engine import Engine
+from syndicate.sandbox import ReceiverStats, RunningSandbox
+from syndicate.sandbox.jpush import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app
+from syndicate.server import create_app
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, State, Store
+from syndicate.story import Story
+from tests.conftest import REPO, FakeClock, make_settings, make_story
+
+register(AppAdapter)
+
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))
+FAST_RETRY = [0, 0.05, 0.1, 0.2, 0.5]
+#: Short enough that the sandbox's 3 s hold always trips it.
+SHORT_TIMEOUT = 0.3
+
+
+def at_shanghai(hour: int, minute: int = 0) -> float:
+    return dt.datetime(2019, 9, 18, hour, minute, tzinfo=SHANGHAI).timestamp()
+
+
+def app_channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "kind": "app",
+        "api_base": sandbox_url,
+        "app_key": DEFAULT_APP_KEY,
+        "master_secret": DEFAULT_MASTER_SECRET,
+        "timeout": 2,
+        "retry": FAST_RETRY,
+        **kw,
+    }
+
+
+def example_stories() -> list[Story]:
+    return [Story.from_document(json.loads(p.read_text())) for p in sorted((REPO / "examples").glob("*.json"))]
+
+
+def ctx_for(
+    story_id: str = "story-1",
+    version: int = 1,
+    action: Action = Action.PUBLISH,
+    state: dict[str, Any] | None = None,
+) -> DeliveryContext:
+    saved: list[dict[str, Any]] = []
+
+    async def save_checkpoint(data: dict[str, Any]) -> None:
+        saved.append(data)
+
+    async def kv_get(key: str) -> str | None:
+        return None
+
+    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
+        return None
+
+    return DeliveryContext(
+        delivery_id=1,
+        story_id=story_id,
+        version=version,
+        channel="app",
+        action=action,
+        attempt=1,
+        state=state or {},
+        receipt=None,
+        save_checkpoint=save_checkpoint,
+        kv_get=kv_get,
+        kv_set=kv_set,
+    )
+
+
+AdapterFactory = Callable[..., AppAdapter]
+
+
+@pytest.fixture
+async def make_adapter(sandbox: RunningSandbox) -> AsyncIterator[AdapterFactory]:
+    made: list[AppAdapter] = []
+
+    def factory(timeout: float = 2.0, **options: Any) -> AppAdapter:
+        raw = {"api_base": sandbox.url, "app_key": DEFAULT_APP_KEY, "master_secret": DEFAULT_MASTER_SECRET}
+        adapter = AppAdapter("app", AppOptions.model_validate({**raw, **options}), timeout=timeout)
+        made.append(adapter)
+        return adapter
+
+    yield factory
+    for adapter in made:
+        await adapter.close()
+
+
+async def started(adapter: AppAdapter) -> AppAdapter:
+    await adapter.start()
+    return adapter
+
+
+def push_requests(sandbox: RunningSandbox) -> list[Any]:
+    return [r for r in sandbox.sandbox.received("jpush") if r.path == "/v3/push"]
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+def test_quiet_hours_windows() -> None:
+    night = QuietHours.parse("22:00-07:00")
+    noon = QuietHours.parse(" 12:00 - 14:30 ")
+    assert str(night) == "22:00-07:00" and str(noon) == "12:00-14:30"
+    assert night.contains(dt.time(23, 59)) and night.contains(dt.time(0, 0)) and night.contains(dt.time(6, 59))
+    assert not night.contains(dt.time(7, 0)) and not night.contains(dt.time(21, 59))
+    assert noon.contains(dt.time(12, 0)) and not noon.contains(dt.time(14, 30))
+    local = dt.datetime(2019, 9, 18, 23, 0, tzinfo=SHANGHAI)
+    assert night.seconds_left(local) == 8 * 3600
+    assert night.seconds_left(local.replace(hour=6, minute=30)) == 1800
+    assert night.seconds_left(local.replace(hour=12)) is None
+    assert noon.seconds_left(local.replace(hour=13, minute=30)) == 3600
+    for bad in ("22-07", "24:00-07:00", "22:00-22:00", "22:00 to 07:00"):
+        with pytest.raises(ValueError):
+            QuietHours.parse(bad)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("quiet_hours", "10pm-7am", "quiet_hours"),
+        ("quiet_hours", 22, "quiet_hours"),
+        ("timezone", "Mars/Olympus_Mons", "timezone"),
+        ("platform", ["android", "symbian"], "platform"),
+        ("platform", [], "platform"),
+        ("master_secret", "", "master_secret"),
+        ("apns", True, "apns"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, key: str, value: Any, named: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make_settings(tmp_path, {"app": app_channel("http://127.0.0.1:9", **{key: value})})
+    assert caught.value.key is not None and caught.value.key.startswith(named)
+    assert "[channels.app]" in str(caught.value)
+
+
+def test_config_defaults(tmp_path: Path) -> None:
+    raw = app_channel("http://127.0.0.1:9")
+    del raw["api_base"]
+    options = make_settings(tmp_path, {"app": raw}).channels["app"].options
+    assert isinstance(options, AppOptions)
+    assert str(options.api_base) == "https://api.jpush.cn/"
+    assert options.quiet_hours is None and options.timezone == "Asia/Shanghai" and options.platform == "all"
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+def test_publish_renders_the_app_document_and_the_push(make_adapter: AdapterFactory) -> None:
+    adapter = make_adapter()
+    story = example_stories()[0]
+    payload = adapter.render(story, Action.PUBLISH)
+    assert payload == adapter.render(story, Action.PUBLISH)  # deterministic
+    json.dumps(payload.data)  # storable
+    doc = payload.data["story"]
+    assert doc["id"] == story.id and doc["version"] == 1
+    assert doc["headline"] == story.headline and doc["byline"] == "轩召强 葛俊俊"
+    assert doc["section"] == "shanghai" and doc["tags"] == ["融媒体", "宝山汇", "上海"]
+    assert doc["published_at"] == "2019-09-18T18:30:00+08:00"
+    assert doc["share_url"] == story.url
+    assert doc["cover"]["href"].endswith("story-amber-1200x675.png") and doc["cover"]["role"] == "cover"
+    assert doc["cover"]["renditions"] == [
+        {"name": "original", "href": doc["cover"]["href"], "width": 1200, "height": 675}
+    ]
+    assert [image["width"] for image in doc["images"]] == [640, 1200, 800]
+    kinds = [block["type"] for block in doc["blocks"]]
+    assert kinds[:3] == ["paragraph", "paragraph", "image"] and "heading" in kinds
+    first_image = next(block for block in doc["blocks"] if block["type"] == "image")
+    assert first_image["caption"] == "上海16区融媒体客户端入驻人民号 (主办方供图)"
+    assert (first_image["width"], first_image["height"]) == (640, 360)
+    assert not any("<" in block.get("text", "") for block in doc["blocks"])
+
+    push = payload.data["push"]
+    assert push["platform"] == "all" and push["audience"] == "all"
+    notification = push["notification"]
+    assert notification["alert"] == story.headline
+    assert notification["android"]["title"] == story.headline
+    assert notification["android"]["alert"] == story.summary
+    assert notification["android"]["extras"] == {"story_id": story.id, "url": story.url}
+    assert notification["ios"]["extras"] == {"story_id": story.id, "url": story.url}
+    assert notification["ios"]["alert"]["title"] == story.headline
+    assert push["options"]["apns_production"] is True and push["options"]["time_to_live"] == 86400
+    assert 0 <= push["options"]["sendno"] < 2**31
+    assert payload.warnings == () and payload.text_length == len(story.summary or "")
+
+
+def test_long_push_texts_are_cut_with_a_warning(make_adapter: AdapterFactory) -> None:
+    payload = make_adapter().render(make_story(headline="快" * 200, summary="讯" * 300), Action.PUBLISH)
+    android = payload.data["push"]["notification"]["android"]
+    assert android["title"] == "快" * (ALERT_MAX_CHARS - 1) + "…"
+    assert android["alert"] == "讯" * (ALERT_MAX_CHARS - 1) + "…"
+    assert payload.data["story"]["headline"] == "快" * 200  # the app itself shows the whole headline
+    assert payload.warnings == (
+        f"push title cut to {ALERT_MAX_CHARS} characters",
+        f"push text cut to {ALERT_MAX_CHARS} characters",
+    )
+    assert payload.text_length == ALERT_MAX_CHARS
+
+
+@pytest.mark.parametrize(
+    ("urgency", "pushes_again"),
+    [(None, False), (1, True), (2, True), (3, False), (9, False)],
+)
+def test_updates_push_only_when_urgent(make_adapter: AdapterFactory, urgency: int | None, pushes_again: bool) -> None:
+    story = make_story(version=2, urgency=urgency)
+    payload = make_adapter().render(story, Action.UPDATE)
+    assert is_urgent(story) is pushes_again
+    assert (payload.data["push"] is not None) is pushes_again
+    assert payload.data["story"]["version"] == 2  # the content updates either way
+    if not pushes_again:
+        assert "update without urgency" in payload.data["push_note"]
+
+
+def test_retract_never_pushes(make_adapter: AdapterFactory) -> None:
+    payload = make_adapter().render(make_story(version=3, pubstatus="canceled", urgency=1), Action.RETRACT)
+    assert payload.data == {
+        "action": "retract",
+        "story": {"id": "story-1", "version": 3},
+        "push": None,
+        "push_note": "a retraction never pushes",
+    }
+
+
+def test_overrides_share_base_url_and_platform(make_adapter: AdapterFactory) -> None:
+    adapter = make_adapter(share_base_url="https://app.example.cn/s/", platform=["android"])
+    story = make_story(
+        id="沪/2019-001",
+        url=None,
+        overrides={"app": {"headline": "App 标题", "text": "推送正文"}, "web": {"headline": "Web only"}},
+    )
+    payload = adapter.render(story, Action.PUBLISH)
+    doc, push = payload.data["story"], payload.data["push"]
+    assert doc["headline"] == "App 标题"
+    assert doc["share_url"] == "https://app.example.cn/s/%E6%B2%AA%2F2019-001"
+    assert push["platform"] == ["android"] and "ios" not in push["notification"]
+    assert push["notification"]["android"] == {
+        "alert": "推送正文",
+        "title": "App 标题",
+        "extras": {"story_id": "沪/2019-001", "url": doc["share_url"]},
+    }
+
+
+def test_a_headline_that_is_only_markup_cannot_be_rendered(make_adapter: AdapterFactory) -> None:
+    with pytest.raises(RenderError, match="headline"):
+        make_adapter().render(make_story(headline="<script>alert(1)</script>"), Action.PUBLISH)
+
+
+def test_an_oversized_ios_push_drops_the_url_then_refuses(make_adapter: AdapterFactory) -> None:
+    long_url = "https://news.example.cn/" + "a" * 1900
+    payload = make_adapter().render(make_story(url=long_url), Action.PUBLISH)
+    assert payload.data["push"]["notification"]["ios"]["extras"] == {"story_id": "story-1"}
+    assert any("share url left out" in w for w in payload.warnings)
+    assert payload.data["story"]["share_url"] == long_url
+
+
+# --- pushing against the stand-in ------------------------------------------------------------------------------
+
+
+async def test_publish_pushes_once_with_basic_auth_and_a_cid(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    adapter = await started(make_adapter())
+    story = make_story()
+    payload = adapter.render(story, Action.PUBLISH)
+    ctx = ctx_for()
+    receipt = await adapter.publish(payload, ctx)
+    [made] = pushes(sandbox.sandbox)
+    assert receipt.remote_id == made["msg_id"] and receipt.url == story.url
+    assert receipt.raw["sendno"] == str(payload.data["push"]["options"]["sendno"])
+    [request] = push_requests(sandbox)
+    token = base64.b64encode(f"{DEFAULT_APP_KEY}:{DEFAULT_MASTER_SECRET}".encode()).decode()
+    assert request.header("Authorization") == f"Basic {token}"
+    assert request.body == {**payload.data["push"], "cid": ctx.state["cid"]}
+    assert ctx.state["msg_id"] == made["msg_id"] and ctx.state["cid_unanswered"] is False
+
+    # A retry of a delivery whose push was checkpointed sends nothing at all.
+    again = await adapter.publish(payload, ctx_for(state=dict(ctx.state)))
+    assert again.remote_id == receipt.remote_id
+    assert len(sandbox.sandbox.received("jpush")) == 2  # the cid request and the push
+
+
+async def test_update_without_urgency_and_retract_send_nothing(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    adapter = await started(make_adapter())
+    update = adapter.render(make_story(version=2), Action.UPDATE)
+    receipt = await adapter.update(update, ctx_for(version=2, action=Action.UPDATE))
+    assert receipt.remote_id is None and receipt.raw["push"] is None
+    retract = adapter.render(make_story(version=3, pubstatus="canceled"), Action.RETRACT)
+    await adapter.retract(retract, ctx_for(version=3, action=Action.RETRACT))
+    assert sandbox.sandbox.received("jpush") == []
+
+
+async def test_a_timeout_after_sending_is_unknown_and_the_retry_reuses_the_cid(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    adapter = await started(make_adapter(timeout=SHORT_TIMEOUT))
+    payload = adapter.render(make_story(), Action.PUBLISH)
+    sandbox.sandbox.set_faults("jpush", [{"fault": "timeout_after", "methods": ["POST"]}])
+    ctx = ctx_for()
+    with pytest.raises(OutcomeUnknown, match="same cid"):
+        await adapter.publish(payload, ctx)
+    assert len(pushes(sandbox.sandbox)) == 1  # it did land; only the answer was lost
+    assert ctx.state["cid_unanswered"] is True
+    sandbox.sandbox.clear_faults()
+    receipt = await adapter.publish(payload, ctx_for(state=dict(ctx.state)))
+    [made] = pushes(sandbox.sandbox)
+    assert receipt.remote_id == made["msg_id"]
+    assert [r.idempotency_key for r in push_requests(sandbox)] == [ctx.state["cid"]] * 2
+
+
+async def test_an_expired_cid_that_may_have_landed_is_not_resent(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    clock = FakeClock()
+    adapter = await started(make_adapter())
+    adapter.clock = clock.now
+    payload = adapter.render(make_story(), Action.PUBLISH)
+    old = {"cid": f"{DEFAULT_APP_KEY}-old", "cid_at": clock.now() - CID_REUSE_SECONDS - 1}
+    receipt = await adapter.publish(payload, ctx_for(state={**old, "cid_unanswered": True}))
+    assert receipt.remote_id is None and receipt.raw["push"] == "not_resent"
+    assert "sendno" in receipt.raw["note"] and sandbox.sandbox.received("jpush") == []
+
+    # The same old cid whose attempt JPush answered (it did not push) is simply replaced by a new one.
+    ctx = ctx_for(state={**old, "cid_unanswered": False})
+    receipt = await adapter.publish(payload, ctx)
+    assert receipt.remote_id == pushes(sandbox.sandbox)[0]["msg_id"] and ctx.state["cid"] != old["cid"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "code"),
+    [
+        ("status:401", AuthRevoked, "401"),
+        ("status:403", AuthRevoked, "403"),
+        ("status:400", Permanent, "400"),
+        ("status:500", Retryable, "500"),
+        ("status:503", Retryable, "503"),
+        ("reset", OutcomeUnknown, None),
+    ],
+)
+async def test_http_failures_of_the_push_map_onto_the_taxonomy(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox, fault: str, error: type[Exception], code: str | None
+) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("jpush", [{"fault": fault, "methods": ["POST"]}])
+    with pytest.raises(error) as caught:
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+    assert getattr(caught.value, "platform_code", None) == code
+    assert pushes(sandbox.sandbox) == []
+
+
+async def test_a_429_pauses_until_retry_after(make_adapter: AdapterFactory, sandbox: RunningSandbox) -> None:
+    adapter = await started(make_adapter())
+    sandbox.sandbox.set_faults("jpush", [{"fault": "rate_limit:30", "methods": ["POST"]}])
+    before = time.time()
+    with pytest.raises(RateLimited) as caught:
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+    assert before + 29 <= caught.value.until.timestamp() <= time.time() + 31
+
+
+async def test_jpush_2002_pauses_until_the_rate_window_resets(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    register_app(sandbox.sandbox, SandboxApp("tiny-app", "tiny-secret", rate_limit=1))
+    adapter = await started(make_adapter(app_key="tiny-app", master_secret="tiny-secret"))
+    before = time.time()
+    with pytest.raises(RateLimited) as caught:  # the cid request used the window's one call
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+    assert caught.value.platform_code == "2002"
+    assert before + 1 <= caught.value.until.timestamp() <= time.time() + 61
+
+
+@pytest.mark.parametrize(
+    ("app_key", "secret", "code"),
+    [(DEFAULT_APP_KEY, "wrong-secret", "1004"), ("no-such-app", "whatever", "1008")],
+)
+async def test_wrong_credentials_pause_the_channel(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox, app_key: str, secret: str, code: str
+) -> None:
+    adapter = await started(make_adapter(app_key=app_key, master_secret=secret))
+    with pytest.raises(AuthRevoked, match="check app_key and master_secret") as caught:
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+    assert caught.value.platform_code == code
+    with pytest.raises(AuthRevoked):
+        await adapter.check()
+    assert pushes(sandbox.sandbox) == []
+
+
+async def test_a_refused_push_is_permanent_with_jpush_code_and_message(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    adapter = await started(make_adapter())
+    good = adapter.render(make_story(), Action.PUBLISH)
+    broken = json.loads(json.dumps(good.data))
+    del broken["push"]["notification"]["android"]["extras"]
+    ctx = ctx_for()
+    with pytest.raises(Permanent, match=r"JPush 1003: notification\.android\.extras is missing") as caught:
+        await adapter.publish(Payload(data=broken), ctx)
+    assert caught.value.platform_code == "1003"
+    assert ctx.state["cid_unanswered"] is False  # JPush answered: nothing went out with that cid
+
+
+async def test_no_device_to_push_to_still_delivers_the_story(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    register_app(sandbox.sandbox, SandboxApp("fresh-app", "fresh-secret", devices=False))
+    adapter = await started(make_adapter(app_key="fresh-app", master_secret="fresh-secret"))
+    receipt = await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+    assert receipt.remote_id is None and receipt.raw["push"] == "no_target" and "1011" in receipt.raw["note"]
+
+
+async def test_check_proves_credentials_without_pushing(make_adapter: AdapterFactory, sandbox: RunningSandbox) -> None:
+    adapter = await started(make_adapter())
+    assert "accepted the credentials" in await adapter.check()
+    assert pushes(sandbox.sandbox) == []
+
+
+async def test_connection_refused_is_retryable(make_adapter: AdapterFactory) -> None:
+    adapter = await started(make_adapter(api_base="http://127.0.0.1:9"))
+    with pytest.raises(Retryable, match="cid"):
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+
+
+# --- through the engine ----------------------------------------------------------------------------------------
+
+
+async def open_migrated(settings: Settings) -> Store:
+    store = open_store(settings.store.url)
+    await store.migrate()
+    return store
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], deadline: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + deadline
+    while loop.time() < end:
+        if await check():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{check.__name__} did not happen within {deadline} s")
+
+
+async def get_json(client: TestClient, path: str, **headers: str) -> tuple[int, Any, Any]:
+    resp = await client.get(path, headers=headers)
+    raw = await resp.read()
+    return resp.status, (json.loads(raw) if raw else None), resp
+
+
+async def test_push_on_first_publish_only_then_urgent_updates_and_no_push_on_retract(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    settings = make_settings(tmp_path, {"app": app_channel(sandbox.url)})
+    store = await open_migrated(settings)
+    stories = example_stories()
+    try:
+        async with Engine(settings, store) as engine:
+            for story in stories:
+                await engine.accept(story)
+            await engine.run(until_idle=True, idle_horizon=2)
+            made = pushes(sandbox.sandbox)
+            assert sorted(p["body"]["notification"]["android"]["extras"]["story_id"] for p in made) == sorted(
+                s.id for s in stories
+            )
+
+            first = stories[0]
+            await engine.accept(first.model_copy(update={"version": 2, "headline": "更正:上海16区融媒体中心"}))
+            await engine.run(until_idle=True, idle_horizon=2)
+            assert len(pushes(sandbox.sandbox)) == 3  # a plain update does not push
+
+            await engine.accept(first.model_copy(update={"version": 3, "urgency": 1}))
+            await engine.run(until_idle=True, idle_horizon=2)
+            urgent = pushes(sandbox.sandbox)[3:]
+            assert [p["body"]["notification"]["ios"]["extras"]["story_id"] for p in urgent] == [first.id]
+
+            await engine.accept(Story.from_dict({"id": first.id, "version": 4, "pubstatus": "canceled"}))
+            await engine.run(until_idle=True, idle_horizon=2)
+            assert len(pushes(sandbox.sandbox)) == 4  # a retraction never pushes
+
+            rows = await store.list_deliveries(DeliveryFilter(channels=["app"]))
+            assert {d.state for d in rows} == {State.DELIVERED}
+            assert [d.action for d in rows if d.story_id == first.id] == [
+                Action.PUBLISH,
+                Action.UPDATE,
+                Action.UPDATE,
+                Action.RETRACT,
+            ]
+
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                status, body, resp = await get_json(client, f"/app/v1/stories/{first.id}")
+                assert status == 410 and body["error"] == "gone" and body["version"] == 4
+                assert resp.headers["Cache-Control"] == "public, max-age=300"
+                status, body, _ = await get_json(client, "/app/v1/stories")
+                assert [s["id"] for s in body["stories"]] == [s.id for s in reversed(stories[1:])]
+    finally:
+        await store.close()
+
+
+async def test_a_push_whose_answer_was_lost_is_retried_by_the_engine_and_lands_once(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    """The channel is idempotent through JPush's cid: the engine re-sends instead of parking it as unknown."""
+    settings = make_settings(tmp_path, {"app": app_channel(sandbox.url, timeout=SHORT_TIMEOUT)})
+    store = await open_migrated(settings)
+    sandbox.sandbox.set_faults("jpush", [{"fault": "timeout_after", "methods": ["POST"]}])
+    stop = asyncio.Event()
+    try:
+        async with Engine(settings, store) as engine:
+            await engine.accept(make_story())
+            runner = asyncio.create_task(engine.run(stop=stop))
+
+            async def fault_fired() -> bool:
+                return bool(sandbox.sandbox.stats("jpush").get(DEFAULT_APP_KEY, ReceiverStats()).faults)
+
+            async def delivered() -> bool:
+                return (await store.list_deliveries(DeliveryFilter()))[0].state is State.DELIVERED
+
+            await wait_until(fault_fired)
+            sandbox.sandbox.clear_faults()
+            await wait_until(delivered)
+            stop.set()
+            await runner
+        [delivery] = await store.list_deliveries(DeliveryFilter())
+        [made] = pushes(sandbox.sandbox)
+        assert delivery.receipt is not None and delivery.receipt.remote_id == made["msg_id"]
+        first_attempt, *_ = await store.attempts(delivery.id)
+        assert first_attempt.error_class == "OutcomeUnknown"
+        assert len(push_requests(sandbox)) >= 2  # re-sent with the same cid, pushed once
+        assert {r.idempotency_key for r in push_requests(sandbox)} == {made["cid"]}
+    finally:
+        await store.close()
+
+
+async def test_quiet_hours_defer_the_push_but_not_the_story(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    clock = FakeClock(start=at_shanghai(21, 0))
+    settings = make_settings(tmp_path, {"app": app_channel(sandbox.url, quiet_hours="22:00-07:00")})
+    store = await open_migrated(settings)
+    early, late = make_story(id="early"), make_story(id="late", headline="深夜快讯")
+    try:
+        async with Engine(settings, store, clock=clock) as engine:
+            engine.channels["app"].adapter.clock = clock.now  # type: ignore[attr-defined]
+            await engine.accept(early)
+            await engine.run(until_idle=True, idle_horizon=0)
+            assert len(pushes(sandbox.sandbox)) == 1  # 21:00: outside the quiet hours
+
+            clock.t = at_shanghai(23, 0)
+            await engine.accept(late)
+            await engine.accept(early.model_copy(update={"version": 2, "urgency": 1, "headline": "更新:早间快讯"}))
+            await engine.run(until_idle=True, idle_horizon=0)
+            assert len(pushes(sandbox.sandbox)) == 1
+            waiting = await store.list_deliveries(DeliveryFilter(states=[State.RETRY_WAIT]))
+            assert sorted(d.story_id for d in waiting) == ["early", "late"]
+            for d in waiting:
+                assert d.last_error_class == "Retryable"
+                assert d.last_error is not None and "quiet hours 22:00-07:00 (Asia/Shanghai)" in d.last_error
+                assert d.due_at == at_shanghai(23, 0) + 8 * 3600
+
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                _, listing, _ = await get_json(client, "/app/v1/stories")
+                assert [(s["id"], s["version"]) for s in listing["stories"]] == [("early", 2), ("late", 1)]
+                status, doc, _ = await get_json(client, "/app/v1/stories/late")
+                assert status == 200 and doc["headline"] == "深夜快讯"
+
+                clock.t = at_shanghai(7, 0) + 86400
+                await engine.run(until_idle=True, idle_horizon=0)
+                made = pushes(sandbox.sandbox)
+                assert sorted(p["body"]["notification"]["android"]["extras"]["story_id"] for p in made[1:]) == [
+                    "early",
+                    "late",
+                ]
+                rows = await store.list_deliveries(DeliveryFilter())
+                assert {d.state for d in rows} == {State.DELIVERED}
+                _, after, _ = await get_json(client, "/app/v1/stories")
+                assert after == listing
+    finally:
+        await store.close()
+
+
+# --- the content API -------------------------------------------------------------------------------------------
+
+XSS_STORY = {
+    "id": "xss-1",
+    "headline": "Breaking <script>alert(1)</script>news",
+    "summary": "<img src=x onerror=alert(2)>summary",
+    "body_html": (
+        '<p onclick="steal()">hi<script>alert(3)</script></p>'
+        '<img src="https://evil.example/x.png" onerror="alert(4)">'
+        "<p>&lt;script&gt;alert(5)&lt;/script&gt;</p>"
+        '<iframe src="https://evil.example/"></iframe><a href="javascript:alert(6)">link</a>'
+    ),
+    "section": "shanghai",
+}
+
+
+@pytest.fixture
+async def content_api(tmp_path: Path, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Any]:
+    monkeypatch.setattr(app_module, "_PAGE", 2)  # make paging fetch several store pages
+    settings = make_settings(tmp_path, {"app": app_channel(sandbox.url)})
+    store = await open_migrated(settings)
+    try:
+        async with Engine(settings, store) as engine:
+            for story in [*example_stories(), make_story(**XSS_STORY)]:
+                await engine.accept(story)
+            await engine.run(until_idle=True, idle_horizon=2)
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                yield client
+    finally:
+        await store.close()
+
+
+NEWEST_FIRST = ["xss-1", "sh-rmt-20190918-003", "sh-rmt-20190918-002", "sh-rmt-20190918-001"]
+
+
+async def test_list_is_newest_first_cached_and_etagged(content_api: TestClient) -> None:
+    status, body, resp = await get_json(content_api, "/app/v1/stories")
+    assert status == 200
+    assert [s["id"] for s in body["stories"]] == NEWEST_FIRST and body["next_cursor"] is None
+    assert resp.headers["Cache-Control"] == "public, max-age=60"
+    assert resp.headers["Content-Type"] == "application/json; charset=utf-8"
+    teaser = body["stories"][3]
+    assert teaser["headline"].startswith("上海16区融媒体中心全部建成") and "blocks" not in teaser
+    assert teaser["cover"]["width"] == 1200
+    etag = resp.headers["ETag"]
+    status, body, resp = await get_json(content_api, "/app/v1/stories", **{"If-None-Match": etag})
+    assert status == 304 and body is None and resp.headers["ETag"] == etag
+    status, _, _ = await get_json(content_api, "/app/v1/stories", **{"If-None-Match": '"something-else"'})
+    assert status == 200
+    status, _, resp = await get_json(content_api, "/app/v1/stories?limit=2", **{"If-None-Match": etag})
+    assert status == 200 and resp.headers["ETag"] != etag
+
+
+async def test_cursor_paging_visits_every_story_once(content_api: TestClient) -> None:
+    seen: list[str] = []
+    path = "/app/v1/stories?limit=1"
+    while True:
+        _, body, _ = await get_json(content_api, path)
+        seen += [s["id"] for s in body["stories"]]
+        if body["next_cursor"] is None:
+            break
+        path = f"/app/v1/stories?limit=1&cursor={body['next_cursor']}"
+    assert seen == NEWEST_FIRST
+
+
+async def test_section_filter_keeps_paging_right(content_api: TestClient) -> None:
+    _, body, _ = await get_json(content_api, "/app/v1/stories?section=shanghai")
+    assert [s["id"] for s in body["stories"]] == ["xss-1", "sh-rmt-20190918-003", "sh-rmt-20190918-001"]
+    _, first, _ = await get_json(content_api, "/app/v1/stories?section=shanghai&limit=2")
+    assert [s["id"] for s in first["stories"]] == ["xss-1", "sh-rmt-20190918-003"]
+    _, second, _ = await get_json(
+        content_api, f"/app/v1/stories?section=shanghai&limit=2&cursor={first['next_cursor']}"
+    )
+    assert [s["id"] for s in second["stories"]] == ["sh-rmt-20190918-001"] and second["next_cursor"] is None
+    _, none, _ = await get_json(content_api, "/app/v1/stories?section=sports")
+    assert none == {"stories": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize(
+    ("query", "parameter"),
+    [("limit=0", "limit"), ("limit=101", "limit"), ("limit=ten", "limit"), ("cursor=abc", "cursor")],
+)
+async def test_bad_list_parameters_are_named(content_api: TestClient, query: str, parameter: str) -> None:
+    status, body, _ = await get_json(content_api, f"/app/v1/stories?{query}")
+    assert status == 400
+    assert body["error"] == "invalid_parameter" and body["parameter"] == parameter and parameter in body["message"]
+
+
+async def test_item_is_the_structured_story(content_api: TestClient) -> None:
+    status, doc, resp = await get_json(content_api, "/app/v1/stories/sh-rmt-20190918-002")
+    assert status == 200 and resp.headers["Cache-Control"] == "public, max-age=300"
+    assert doc["headline"] == "“宝山汇”APP已正式上线" and doc["byline"] == "轩召强 葛俊俊"
+    assert doc["share_url"] == "https://news.example.cn/baoshan/2019/09/sh-rmt-20190918-002.html"
+    assert [b["type"] for b in doc["blocks"]] == ["paragraph", "image", "paragraph"]
+    assert doc["blocks"][1]["caption"] == "“宝山汇”APP已正式上线" and doc["blocks"][1]["width"] == 800
+    assert "“宝山汇”".encode() in await resp.read()  # UTF-8, not \\u escapes
+    status, _, again = await get_json(content_api, "/app/v1/stories/sh-rmt-20190918-002", **{"If-None-Match": "*"})
+    assert status == 304 and again.headers["ETag"] == resp.headers["ETag"]
+    weak = f"W/{resp.headers['ETag']}"
+    assert (await get_json(content_api, "/app/v1/stories/sh-rmt-20190918-002", **{"If-None-Match": weak}))[0] == 304
+    status, body, _ = await get_json(content_api, "/app/v1/stories/no-such-story")
+    assert status == 404 and body["error"] == "not_found"
+
+
+async def test_an_xss_story_reaches_the_app_without_markup(content_api: TestClient, sandbox: RunningSandbox) -> None:
+    resp = await content_api.get("/app/v1/stories/xss-1")
+    raw = await resp.read()
+    for needle in (b"<script", b"<img", b"<", b"onclick", b"onerror", b"javascript:", b"alert(3)", b"iframe"):
+        assert needle not in raw
+    doc = json.loads(raw)
+    assert doc["headline"] == "Breaking news" and doc["summary"] == "summary"
+    assert doc["blocks"] == [
+        {"type": "paragraph", "text": "hi"},
+        {
+            "type": "image",
+            "src": "https://evil.example/x.png",
+            "alt": None,
+            "caption": None,
+            "width": None,
+            "height": None,
+        },
+        {"type": "paragraph", "text": "<script>alert(5)</script>"},  # the author's text, shown as text
+        {"type": "paragraph", "text": "link"},
+    ]
+    [push] = [
+        p for p in pushes(sandbox.sandbox) if p["body"]["notification"]["android"]["extras"]["story_id"] == "xss-1"
+    ]
+    assert "<" not in json.dumps(push["body"], ensure_ascii=False)

@@ -1,0 +1,538 @@
+"""The rss channel: both feeds parsed back with feedparser after publish/update/retract through the Engine, the
+feedgen 1.0 Atom enclosure repair, atomic writes under the lock, and the served feeds' ETag/Last-Modified/304."""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import contextlib
+import datetime as dt
+import email.utils
+import hashlib
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import feedparser
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from adapters.rss import (
+    ATOM_FILE,
+    LOCK_FILE,
+    MANIFEST_FILE,
+    RSS_FILE,
+    STATE_DIR,
+    Enclosure,
+    FeedMeta,
+    Manifest,
+    RssAdapter,
+    RssOptions,
+    StoredEntry,
+    build_feeds,
+    image_type,
+    story_guid,
+)
+from syndicate.channel import Action, AuthRevoked, Payload, Retryable, register
+from syndicate.config import ConfigError, Settings
+from syndicate.engine import Engine
+from syndicate.sanitize import clean_html
+from syndicate.server import create_app
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.story import Story
+from tests.conftest import REPO, make_settings, make_story
+from tests.test_webhook import ctx_for
+
+register(RssAdapter)
+
+SITE = "https://news.example.cn/"
+FEED_TITLE = "上海新闻 · 区级融媒体"
+CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def example(name: str, **changes: Any) -> Story:
+    raw = json.loads((REPO / "examples" / name).read_text(encoding="utf-8"))
+    raw.update(changes)
+    return Story.from_document(raw)
+
+
+STORY_1 = "01-district-media-centres.json"
+STORY_2 = "02-baoshan-app.json"
+
+
+def rss_channel(root: Path, **options: Any) -> dict[str, Any]:
+    return {"kind": "rss", "root": str(root), "title": FEED_TITLE, "link": SITE, "retry": [0, 0.05], **options}
+
+
+def parse(root: Path, filename: str) -> feedparser.FeedParserDict:
+    """The feed as it is on disk: feedparser's own sanitising and URI rewriting off, so what we check is ours."""
+    parsed = feedparser.parse((root / filename).read_bytes(), sanitize_html=False, resolve_relative_uris=False)
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    return parsed
+
+
+def both(root: Path) -> dict[str, feedparser.FeedParserDict]:
+    return {"rss": parse(root, RSS_FILE), "atom": parse(root, ATOM_FILE)}
+
+
+def entry_for(feed: feedparser.FeedParserDict, story_id: str) -> feedparser.FeedParserDict:
+    matches = [e for e in feed.entries if e.id == story_guid(story_id)]
+    assert len(matches) == 1, [e.id for e in feed.entries]
+    return matches[0]
+
+
+def epoch(parsed: Any) -> int:
+    return calendar.timegm(parsed)
+
+
+class Newsroom:
+    """An Engine with one rss channel; ``send`` accepts stories and delivers until idle."""
+
+    def __init__(self, settings: Settings, store: Store, engine: Engine) -> None:
+        self.settings, self.store, self.engine = settings, store, engine
+
+    async def send(self, *stories: Story) -> None:
+        for story in stories:
+            await self.engine.accept(story)
+            await self.engine.run(until_idle=True, idle_horizon=1)
+
+    async def deliveries(self) -> list[DeliveryRecord]:
+        return await self.store.list_deliveries(DeliveryFilter(channels=["feed"]))
+
+
+@contextlib.asynccontextmanager
+async def open_newsroom(tmp_path: Path, **options: Any) -> AsyncIterator[Newsroom]:
+    settings = make_settings(tmp_path, {"feed": rss_channel(tmp_path / "feeds", **options)})
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            yield Newsroom(settings, store, engine)
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def newsroom(tmp_path: Path) -> AsyncIterator[Newsroom]:
+    async with open_newsroom(tmp_path) as room:
+        yield room
+
+
+def adapter_for(root: Path, **options: Any) -> RssAdapter:
+    opts = RssOptions(root=root, title=FEED_TITLE, link=SITE, **options)
+    return RssAdapter("feed", opts, timeout=5)
+
+
+# ------------------------------------------------------------------------------------------- publish
+
+
+async def test_publish_writes_every_field_to_both_feeds(tmp_path: Path, newsroom: Newsroom) -> None:
+    first, second = example(STORY_1), example(STORY_2)
+    await newsroom.send(first, second)
+
+    deliveries = await newsroom.deliveries()
+    assert [(d.story_id, d.action, d.state) for d in deliveries] == [
+        (first.id, Action.PUBLISH, State.DELIVERED),
+        (second.id, Action.PUBLISH, State.DELIVERED),
+    ]
+    assert deliveries[0].receipt is not None
+    assert deliveries[0].receipt.remote_id == "urn:syndicate:story:sh-rmt-20190918-001"
+    assert deliveries[0].receipt.url == first.url
+
+    root = tmp_path / "feeds"
+    feeds = both(root)
+    assert feeds["rss"].version == "rss20" and feeds["atom"].version == "atom10"
+    for kind, feed in feeds.items():
+        assert feed.feed.title == FEED_TITLE, kind
+        assert feed.feed.link == SITE, kind
+        assert feed.feed.language == "zh-CN", kind
+        # Newest first: story 2 went out half an hour after story 1.
+        assert [e.id for e in feed.entries] == [story_guid(second.id), story_guid(first.id)], kind
+
+        entry = entry_for(feed, first.id)
+        assert entry.title == first.headline
+        assert entry.link == first.url  # Atom: not the cover image (feedgen 1.0 issue #135)
+        assert entry.summary == first.summary
+        assert len(entry.content) == 1
+        assert entry.content[0].type == "text/html"
+        assert entry.content[0].value == clean_html(first.body_html).strip()
+        assert entry.author == first.by
+        assert [tag.term for tag in entry.tags] == ["融媒体", "宝山汇", "上海"]
+        assert first.published_at is not None
+        assert epoch(entry.published_parsed) == int(first.published_at.timestamp())
+        cover = first.cover
+        assert cover is not None and cover.role == "cover"
+        [enclosure] = entry.enclosures
+        assert enclosure.href == cover.href == "http://127.0.0.1:8765/media/story-amber-1200x675.png"
+        assert enclosure.type == "image/png"
+        alternates = [link.href for link in entry.links if link.rel == "alternate"]
+        assert alternates == [first.url], kind
+
+    rss_entry, atom_entry = entry_for(feeds["rss"], first.id), entry_for(feeds["atom"], first.id)
+    assert rss_entry.guidislink is False  # isPermaLink="false": the GUID is an id, not the article URL
+    assert rss_entry.enclosures[0].length == "0"  # RSS requires the attribute; 0 = size unknown
+    assert "length" not in atom_entry.enclosures[0]  # Atom: optional, so no false claim
+    assert epoch(atom_entry.updated_parsed) == int(first.published_at.timestamp())  # first version: updated = published
+
+    raw_atom = (root / ATOM_FILE).read_text(encoding="utf-8")
+    assert raw_atom.count('rel="enclosure"') == 2
+    raw_rss = (root / RSS_FILE).read_text(encoding="utf-8")
+    assert '<guid isPermaLink="false">urn:syndicate:story:sh-rmt-20190918-001</guid>' in raw_rss
+
+
+async def test_update_keeps_the_guid_and_moves_updated_forward(tmp_path: Path, newsroom: Newsroom) -> None:
+    root = tmp_path / "feeds"
+    v1 = example(STORY_1)
+    await newsroom.send(v1)
+    before = both(root)
+    rss_built_v1 = epoch(before["rss"].feed.updated_parsed)
+
+    edited_at = "2019-09-18T21:00:00+08:00"
+    v2 = example(STORY_1, version=2, headline="上海16区融媒体中心全部建成", updated_at=edited_at)
+    await newsroom.send(v2)
+    after = both(root)
+    for kind in ("rss", "atom"):
+        assert len(after[kind].entries) == 1, kind
+        old, new = before[kind].entries[0], after[kind].entries[0]
+        assert new.id == old.id == story_guid(v1.id), kind
+        assert new.title == "上海16区融媒体中心全部建成", kind
+        assert old.title == v1.headline, kind
+        assert epoch(new.published_parsed) == epoch(old.published_parsed), kind
+    atom_updated = epoch(after["atom"].entries[0].updated_parsed)
+    assert atom_updated == int(dt.datetime.fromisoformat(edited_at).timestamp())
+    assert epoch(after["rss"].feed.updated_parsed) >= rss_built_v1  # lastBuildDate
+
+    # A version whose updated_at the CMS did not advance is dated when it reached the feed: still later.
+    v3 = example(STORY_1, version=3, summary="更新后的摘要。", updated_at=edited_at)
+    await newsroom.send(v3)
+    final = both(root)
+    assert epoch(final["atom"].entries[0].updated_parsed) > atom_updated
+    for kind in ("rss", "atom"):
+        assert final[kind].entries[0].summary == "更新后的摘要。"
+        assert final[kind].entries[0].id == story_guid(v1.id)
+
+    deliveries = await newsroom.deliveries()
+    assert [(d.version, d.action, d.state) for d in deliveries] == [
+        (1, Action.PUBLISH, State.DELIVERED),
+        (2, Action.UPDATE, State.DELIVERED),
+        (3, Action.UPDATE, State.DELIVERED),
+    ]
+    assert {d.receipt.remote_id for d in deliveries if d.receipt} == {story_guid(v1.id)}
+
+
+async def test_retraction_removes_the_entry_from_both_feeds(tmp_path: Path, newsroom: Newsroom) -> None:
+    root = tmp_path / "feeds"
+    first, second = example(STORY_1), example(STORY_2)
+    await newsroom.send(first, second)
+    await newsroom.send(Story.from_dict({"id": first.id, "version": 2, "pubstatus": "canceled"}))
+
+    for kind, feed in both(root).items():
+        assert [e.id for e in feed.entries] == [story_guid(second.id)], kind
+    assert first.id not in (root / STATE_DIR / MANIFEST_FILE).read_text(encoding="utf-8")
+    retract = [d for d in await newsroom.deliveries() if d.action is Action.RETRACT]
+    assert [d.state for d in retract] == [State.DELIVERED]
+    assert retract[0].receipt is not None and retract[0].receipt.raw == {"removed": True}
+
+
+async def test_items_keeps_the_newest_and_a_retraction_lets_the_next_back(tmp_path: Path) -> None:
+    stories = [
+        make_story(
+            id=f"batch-{n}",
+            headline=f"第{n}批区级融媒体中心挂牌",
+            url=f"https://news.example.cn/batch-{n}.html",
+            published_at=dt.datetime(2019, 9, 18, 8 + n, tzinfo=CST).isoformat(),
+        )
+        for n in range(5)
+    ]
+    async with open_newsroom(tmp_path, items=3) as room:
+        await room.send(*stories)
+        root = tmp_path / "feeds"
+        for kind, feed in both(root).items():
+            assert [e.id for e in feed.entries] == [story_guid(f"batch-{n}") for n in (4, 3, 2)], kind
+        await room.send(make_story(id="batch-4", version=2, pubstatus="canceled"))
+        for kind, feed in both(root).items():
+            assert [e.id for e in feed.entries] == [story_guid(f"batch-{n}") for n in (3, 2, 1)], kind
+
+
+# ------------------------------------------------------------------------------------------- safety
+
+
+async def test_hostile_markup_comes_out_clean_in_both_feeds(tmp_path: Path, newsroom: Newsroom) -> None:
+    story = make_story(
+        id="xss-1",
+        headline="<script>alert('headline')</script>宝山汇上线",
+        summary="<script>alert('summary')</script>摘要<img src=x onerror=alert(1)>",
+        body_html=(
+            '<p onclick="alert(2)">正文第一段</p><script>alert(3)</script>'
+            '<p><a href="javascript:alert(4)">坏链接</a> <a href="https://news.example.cn/ok">好链接</a></p>'
+            '<img src="https://news.example.cn/a.png" onerror="alert(5)"><iframe src="https://evil.example"></iframe>'
+            '<svg onload="alert(6)"></svg><style>p{}</style>'
+        ),
+    )
+    await newsroom.send(story)
+    root = tmp_path / "feeds"
+    for filename in (RSS_FILE, ATOM_FILE):
+        raw = (root / filename).read_text(encoding="utf-8").lower()
+        for needle in ("<script", "&lt;script", "javascript:", "onerror", "onclick", "onload", "alert(", "iframe"):
+            assert needle not in raw, (filename, needle)
+    for kind, feed in both(root).items():
+        entry = entry_for(feed, "xss-1")
+        assert entry.title == "宝山汇上线", kind
+        assert entry.summary == "摘要", kind
+        content = entry.content[0].value
+        assert "正文第一段" in content and "好链接" in content and "坏链接" in content, kind
+        assert '<a href="https://news.example.cn/ok" rel="noopener noreferrer">' in content, kind
+        for needle in ("script", "javascript", "onerror", "onclick", "onload", "iframe", "svg", "style"):
+            assert needle not in content, (kind, needle)
+
+
+# ------------------------------------------------------------------------------------------- enclosures
+
+
+def stored(**fields: Any) -> StoredEntry:
+    when = dt.datetime(2019, 9, 18, 18, 30, tzinfo=CST)
+    base: dict[str, Any] = {
+        "guid": story_guid("enc-1"),
+        "story_id": "enc-1",
+        "version": 1,
+        "title": "“宝山汇”APP已正式上线",
+        "link": "https://news.example.cn/enc-1.html",
+        "summary_html": "摘要",
+        "content_html": "<p>正文</p>",
+        "published": when,
+        "updated": when,
+    }
+    base.update(fields)
+    return StoredEntry(**base)
+
+
+META = FeedMeta(title=FEED_TITLE, link=SITE, description="区级融媒体", language="zh-CN", author="编辑部")
+
+
+def test_enclosure_type_and_known_length_in_rss_and_atom() -> None:
+    entry = stored(enclosure=Enclosure(href="https://img.example.cn/cover.webp", type="image/webp", length=123456))
+    rss, atom = build_feeds(META, [entry], entry.updated)
+    for kind, data in (("rss", rss), ("atom", atom)):
+        parsed = feedparser.parse(data)
+        [parsed_entry] = parsed.entries
+        assert parsed_entry.enclosures == [
+            {"href": "https://img.example.cn/cover.webp", "type": "image/webp", "length": "123456"}
+        ], kind
+        assert parsed_entry.link == "https://news.example.cn/enc-1.html", kind
+    assert b'rel="enclosure" type="image/webp" length="123456"' in atom
+
+
+def test_entry_without_link_or_enclosure_still_builds() -> None:
+    entry = stored(link=None)
+    rss, atom = build_feeds(META, [entry], entry.updated)
+    for data in (rss, atom):
+        [parsed] = feedparser.parse(data).entries
+        assert parsed.id == story_guid("enc-1")
+        assert parsed.get("enclosures", []) == []
+    assert b"<link" not in atom.split(b"<entry>")[1]
+
+
+@pytest.mark.parametrize(
+    ("href", "expected"),
+    [
+        ("https://img.example.cn/a/cover.JPG", "image/jpeg"),
+        ("https://img.example.cn/a/cover.png?w=640", "image/png"),
+        ("https://img.example.cn/a/cover.gif#x", "image/gif"),
+        ("https://img.example.cn/a/cover.webp", "image/webp"),
+        ("https://img.example.cn/image/12345", "image/jpeg"),
+        ("https://img.example.cn/v1.2/photo", "image/jpeg"),
+    ],
+)
+def test_image_type_from_extension(href: str, expected: str) -> None:
+    assert image_type(href) == expected
+
+
+# ------------------------------------------------------------------------------------------- render
+
+
+def test_render_is_deterministic_and_uses_the_channel_override() -> None:
+    adapter = adapter_for(Path("/nonexistent"))
+    story = make_story(overrides={"feed": {"headline": "订阅源专用标题", "summary": "订阅源摘要"}})
+    payload = adapter.render(story, Action.PUBLISH)
+    assert payload == adapter.render(story, Action.PUBLISH)
+    entry = payload.data["entry"]
+    assert entry["title"] == "订阅源专用标题"
+    assert entry["summary_html"] == "订阅源摘要"
+    assert entry["guid"] == "urn:syndicate:story:story-1"
+    assert entry["published"] is None and entry["enclosure"] is None
+    assert json.loads(json.dumps(payload.to_json())) == payload.to_json()
+
+
+def test_render_derives_a_summary_and_warns() -> None:
+    adapter = adapter_for(Path("/nonexistent"))
+    body = "<p>" + "宝山" * 200 + "</p>"
+    payload = adapter.render(make_story(summary=None, body_html=body, url=None), Action.UPDATE)
+    entry = payload.data["entry"]
+    assert entry["summary_html"].startswith("宝山宝山") and entry["summary_html"].endswith("…")
+    assert len(entry["summary_html"]) == 200
+    assert any(w.startswith("summary:") for w in payload.warnings)
+    assert any(w.startswith("url:") for w in payload.warnings)
+
+
+def test_render_retraction_needs_only_the_id() -> None:
+    adapter = adapter_for(Path("/nonexistent"))
+    payload = adapter.render(Story.from_dict({"id": "撤稿/1", "pubstatus": "canceled"}), Action.RETRACT)
+    assert payload.data == {"retraction": {"guid": "urn:syndicate:story:%E6%92%A4%E7%A8%BF/1", "story_id": "撤稿/1"}}
+
+
+# ------------------------------------------------------------------------------------------- files
+
+
+def listing(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+async def test_writes_are_atomic_and_leave_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "feeds"
+    adapter = adapter_for(root)
+    await adapter.publish(adapter.render(example(STORY_1), Action.PUBLISH), ctx_for())
+    expected = sorted([ATOM_FILE, RSS_FILE, STATE_DIR, f"{STATE_DIR}/{LOCK_FILE}", f"{STATE_DIR}/{MANIFEST_FILE}"])
+    assert listing(root) == expected
+    assert all((root / name).stat().st_mode & 0o777 == 0o644 for name in (RSS_FILE, ATOM_FILE))
+    rss_before, atom_before = (root / RSS_FILE).read_bytes(), (root / ATOM_FILE).read_bytes()
+
+    def disk_full(src: Any, dst: Any) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("adapters.rss.os.replace", disk_full)
+    with pytest.raises(Retryable, match="No space left"):
+        await adapter.publish(adapter.render(example(STORY_2), Action.PUBLISH), ctx_for(story_id="sh-rmt-20190918-002"))
+    assert listing(root) == expected  # the temp file is gone
+    assert (root / RSS_FILE).read_bytes() == rss_before
+    assert (root / ATOM_FILE).read_bytes() == atom_before
+
+
+async def test_rewrites_are_harmless_and_stale_versions_ignored(tmp_path: Path) -> None:
+    root = tmp_path / "feeds"
+    adapter = adapter_for(root)
+    v1 = adapter.render(example(STORY_1), Action.PUBLISH)
+    first = await adapter.publish(v1, ctx_for())
+    stamp = (root / RSS_FILE).stat().st_mtime_ns, (root / ATOM_FILE).read_bytes()
+    again = await adapter.publish(v1, ctx_for())
+    assert again == first
+    assert ((root / RSS_FILE).stat().st_mtime_ns, (root / ATOM_FILE).read_bytes()) == stamp  # not even rewritten
+
+    v2 = adapter.render(example(STORY_1, version=2, headline="第二版标题"), Action.UPDATE)
+    await adapter.update(v2, ctx_for(version=2, action=Action.UPDATE))
+    await adapter.publish(v1, ctx_for())  # a forced replay of the stale publish
+    for kind, feed in both(root).items():
+        assert [e.title for e in feed.entries] == ["第二版标题"], kind
+
+
+async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "feeds"
+    # Two instances on one root (as two processes would be): only the file lock keeps them apart.
+    writers = [adapter_for(root), adapter_for(root)]
+    stories = [make_story(id=f"c-{n:02d}", headline=f"第{n}条") for n in range(24)]
+    await asyncio.gather(
+        *(
+            writers[n % 2].publish(writers[n % 2].render(story, Action.PUBLISH), ctx_for(story_id=story.id))
+            for n, story in enumerate(stories)
+        )
+    )
+    manifest = Manifest.model_validate_json((root / STATE_DIR / MANIFEST_FILE).read_bytes())
+    assert sorted(e.story_id for e in manifest.entries) == [s.id for s in stories]
+    for kind, feed in both(root).items():
+        assert len(feed.entries) == 24, kind
+
+
+async def test_unwritable_root_and_corrupt_manifest_pause_the_channel(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the feeds folder should be")
+    adapter = adapter_for(blocker)
+    with pytest.raises(AuthRevoked, match="not-a-folder"):
+        await adapter.check()
+    with pytest.raises(AuthRevoked, match="root"):
+        await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+
+    root = tmp_path / "feeds"
+    healthy = adapter_for(root)
+    assert "writable" in await healthy.check()
+    (root / STATE_DIR / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(AuthRevoked, match=MANIFEST_FILE):
+        await healthy.publish(healthy.render(make_story(), Action.PUBLISH), ctx_for())
+    assert listing(root) == sorted([STATE_DIR, f"{STATE_DIR}/{LOCK_FILE}", f"{STATE_DIR}/{MANIFEST_FILE}"])
+
+
+def test_config_keys(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"feed": rss_channel(tmp_path)})
+    options = settings.channels["feed"].options
+    assert isinstance(options, RssOptions)
+    assert (options.items, options.language, options.description, options.author) == (50, "zh-CN", None, None)
+    with pytest.raises(ConfigError, match="feed"):
+        make_settings(tmp_path, {"feed": rss_channel(tmp_path, url="https://x")})
+    with pytest.raises(ConfigError, match="items"):
+        make_settings(tmp_path, {"feed": rss_channel(tmp_path, items=0)})
+    with pytest.raises(ConfigError, match="link"):
+        make_settings(tmp_path, {"feed": rss_channel(tmp_path, link="not a url")})
+
+
+# ------------------------------------------------------------------------------------------- serving
+
+
+async def test_served_feeds_answer_304_to_matching_validators(tmp_path: Path, newsroom: Newsroom) -> None:
+    app = create_app(newsroom.settings, newsroom.engine)
+    async with TestClient(TestServer(app)) as client:
+        for path in ("/feeds/rss.xml", "/feeds/atom.xml"):
+            resp = await client.get(path)
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "not_found"
+
+        await newsroom.send(example(STORY_1))
+        types = {"/feeds/rss.xml": "application/rss+xml", "/feeds/atom.xml": "application/atom+xml"}
+        tags: dict[str, str] = {}
+        for path, content_type in types.items():
+            resp = await client.get(path)
+            assert resp.status == 200
+            body = await resp.read()
+            assert resp.headers["Content-Type"] == f"{content_type}; charset=utf-8"
+            etag = resp.headers["ETag"]
+            assert etag == f'"{hashlib.sha256(body).hexdigest()[:32]}"'  # strong, over the bytes served
+            last_modified = resp.headers["Last-Modified"]
+            assert email.utils.parsedate_to_datetime(last_modified).tzinfo is not None
+            assert body == (tmp_path / "feeds" / path.rsplit("/", 1)[1]).read_bytes()
+            assert feedparser.parse(body).entries[0].id == story_guid("sh-rmt-20190918-001")
+            tags[path] = etag
+
+            for headers in (
+                {"If-None-Match": etag},
+                {"If-None-Match": f'"other", W/{etag}'},
+                {"If-None-Match": "*"},
+                {"If-Modified-Since": last_modified},
+            ):
+                resp = await client.get(path, headers=headers)
+                assert resp.status == 304, headers
+                assert await resp.read() == b""
+                assert resp.headers["ETag"] == etag
+            earlier = email.utils.format_datetime(
+                email.utils.parsedate_to_datetime(last_modified) - dt.timedelta(days=1), usegmt=True
+            )
+            for headers in (
+                {"If-Modified-Since": earlier},
+                {"If-None-Match": '"stale"', "If-Modified-Since": last_modified},  # If-None-Match decides
+                {"If-Modified-Since": "not a date"},
+            ):
+                resp = await client.get(path, headers=headers)
+                assert resp.status == 200, headers
+            resp = await client.head(path)
+            assert resp.status == 200 and resp.headers["ETag"] == etag
+
+        await newsroom.send(example(STORY_1, version=2, headline="上海16区融媒体中心全部建成"))
+        for path, old_tag in tags.items():
+            resp = await client.get(path, headers={"If-None-Match": old_tag})
+            assert resp.status == 200
+            assert resp.headers["ETag"] != old_tag
+            assert "上海16区融媒体中心全部建成" in (await resp.text())
+
+
+def test_payload_round_trips_through_the_store_format() -> None:
+    adapter = adapter_for(Path("/nonexistent"))
+    payload = adapter.render(example(STORY_1), Action.PUBLISH)
+    assert Payload.from_json(json.loads(json.dumps(payload.to_json()))) == payload
