@@ -572,6 +572,43 @@ class AppAdapter(Adapter):
     def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
         return ContentApi(self.name, store).routes()
 
+    def openapi_paths(self) -> dict[str, Any]:
+        error = {"description": "JSON error", "content": {"application/json": {"schema": {"type": "object"}}}}
+        cached = {"304": {"description": "Not modified (If-None-Match matched the ETag)"}}
+        return {
+            "/app/v1/stories": {
+                "get": {
+                    "summary": f"The app's story list (channel {self.name}), newest first",
+                    "parameters": [
+                        {"name": "section", "in": "query", "schema": {"type": "string"}},
+                        {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                        },
+                    ],
+                    "responses": {
+                        "200": {"description": "{stories, next_cursor}; ETag and Cache-Control"},
+                        **cached,
+                        "400": error,
+                    },
+                }
+            },
+            "/app/v1/stories/{story_id}": {
+                "get": {
+                    "summary": "One story as structured blocks (paragraphs, headings, images with renditions)",
+                    "parameters": [{"name": "story_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {
+                        "200": {"description": "The story; ETag and Cache-Control"},
+                        **cached,
+                        "404": error,
+                        "410": {"description": "Retracted", **{k: v for k, v in error.items() if k == "content"}},
+                    },
+                }
+            },
+        }
+
 
 def _push_receipt(state: dict[str, Any], url: str | None) -> Receipt:
     return Receipt(

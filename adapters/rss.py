@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -663,6 +663,21 @@ class RssAdapter(Adapter):
             return await self._serve(request, ATOM_FILE, ATOM_CONTENT_TYPE)
 
         return [web.get(RSS_ROUTE, rss), web.get(ATOM_ROUTE, atom)]
+
+    def openapi_paths(self) -> dict[str, Any]:
+        def feed(kind: str, content_type: str) -> dict[str, Any]:
+            return {
+                "get": {
+                    "summary": f"The {kind} feed of channel {self.name} (newest {self.options.items} stories)",
+                    "responses": {
+                        "200": {"description": "The feed; ETag and Last-Modified", "content": {content_type: {}}},
+                        "304": {"description": "Not modified"},
+                        "404": {"description": "Not written yet"},
+                    },
+                }
+            }
+
+        return {RSS_ROUTE: feed("RSS 2.0", "application/rss+xml"), ATOM_ROUTE: feed("Atom 1.0", "application/atom+xml")}
 
     async def _serve(self, request: web.Request, filename: str, content_type: str) -> web.StreamResponse:
         try:

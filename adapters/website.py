@@ -664,3 +664,14 @@ class WebsiteAdapter(Adapter):
             web.get(PREVIEW_PREFIX + r"/{section:[^/.][^/]*}/", section),
             web.static(PREVIEW_PREFIX, root, show_index=False, follow_symlinks=False),
         ]
+
+    def openapi_paths(self) -> dict[str, Any]:
+        return {
+            PREVIEW_PREFIX + "/{path}": {
+                "get": {
+                    "summary": f"Preview of the website channel {self.name}: the files of its web root",
+                    "parameters": [{"name": "path", "in": "path", "required": True, "schema": {"type": "string"}}],
+                    "responses": {"200": {"description": "A page, index or sitemap"}, "404": {"description": "None"}},
+                }
+            }
+        }

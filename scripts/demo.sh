@@ -6,7 +6,7 @@
 # Exits 0 only when every demo delivery is `delivered`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mkdir -p var
+mkdir -p var/site var/feeds   # the website's web root and the feeds' folder
 SANDBOX_PORT="${SYNDICATE_SANDBOX_PORT:-8765}"
 SERVE_PORT="${SYNDICATE_SERVE_PORT:-8780}"
 export SYNDICATE_SANDBOX_URL="http://127.0.0.1:${SANDBOX_PORT}"
@@ -69,10 +69,12 @@ echo "== start the sandbox platforms on ${SYNDICATE_SANDBOX_URL}"
 syndicate sandbox --port "$SANDBOX_PORT" >var/sandbox.log 2>&1 &
 pids+=($!)
 wait_for "${SYNDICATE_SANDBOX_URL}/_sandbox/health" sandbox var/sandbox.log
-# A flaky receiver everywhere (a third of the requests answer 503) and a broken one: newswire refuses with 400.
+# Flaky receivers (a third of the webhook requests and a fifth of the partner requests answer 503) and a broken
+# one: newswire refuses with 400 until its desk fixes it.
 sandbox_call POST /_sandbox/faults '{"platform": "webhook", "rules": [
   {"fault": "status:400", "probability": 1.0, "name": "newswire"},
   {"fault": "status:503", "probability": 0.33}]}'
+sandbox_call POST /_sandbox/faults '{"platform": "partner", "rules": [{"fault": "status:503", "probability": 0.2}]}'
 
 echo "== start syndicate serve on ${SERVER} (API + workers; logs in var/serve.log)"
 syndicate --log-format json -v serve --port "$SERVE_PORT" >var/serve.log 2>&1 &
@@ -92,6 +94,18 @@ echo "== the newswire desk fixes its endpoint; replay the failed posts"
 sandbox_call DELETE /_sandbox/faults
 syndicate replay --yes
 settle
+
+echo "== what the newsroom's own channels now serve"
+python - "$SERVER" <<'PY'
+import json, sys, urllib.request
+base = sys.argv[1]
+stories = json.load(urllib.request.urlopen(base + "/app/v1/stories"))["stories"]
+print(f"   app API   {base}/app/v1/stories: {len(stories)} stories, newest: {stories[0]['headline']}")
+rss = urllib.request.urlopen(base + "/feeds/rss.xml").read().decode()
+print(f"   feeds     {base}/feeds/rss.xml: {rss.count('<item>')} items, and /feeds/atom.xml")
+home = urllib.request.urlopen(base + "/site/index.html").read().decode()
+print(f"   website   {base}/site/index.html ({len(home)} bytes), pages and sitemap.xml under var/site")
+PY
 
 echo "== result"
 syndicate status

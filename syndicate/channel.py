@@ -247,6 +247,10 @@ class Adapter(abc.ABC):
         preview). The core mounts them without knowing what they are."""
         return []
 
+    def openapi_paths(self) -> dict[str, Any]:
+        """OpenAPI 3.1 path items for the routes ``web_routes`` mounts, merged into /openapi.json."""
+        return {}
+
     async def start(self) -> None:
         """Open long-lived resources (one HTTP session per channel)."""
 

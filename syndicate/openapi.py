@@ -35,7 +35,8 @@ _FANOUT_RESPONSES = {
 }
 
 
-def document() -> dict[str, Any]:
+def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole API; ``channel_paths`` are what configured channels mount (the app API, feeds, preview)."""
     states = [s.value for s in State]
     list_param = {"type": "string", "description": "comma-separated, or repeat the parameter"}
     return {
@@ -332,5 +333,6 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "text exposition format"}},
                 }
             },
+            **(channel_paths or {}),
         },
     }

@@ -513,7 +513,10 @@ async def metrics_endpoint(request: web.Request) -> web.StreamResponse:
 async def openapi(request: web.Request) -> web.StreamResponse:
     from syndicate.openapi import document
 
-    return _json(document())
+    channel_paths: dict[str, Any] = {}
+    for runtime in request.app[ENGINE].channels.values():
+        channel_paths.update(runtime.adapter.openapi_paths())
+    return _json(document(channel_paths))
 
 
 def create_app(

@@ -359,9 +359,22 @@ def test_shipped_default_config_loads() -> None:
     settings = load_config(REPO / "config" / "syndicate.toml", env={})
     assert settings.store.url == DEFAULT_STORE_URL
     assert settings.media.allow_private is True
-    assert list(settings.channels) == ["cms-mirror", "archive", "newswire"]
+    assert list(settings.channels) == [
+        "cms-mirror",
+        "archive",
+        "newswire",
+        "website",
+        "feed",
+        "app",
+        "peoples_account",
+        "shangguan",
+    ]
+    assert {ch.kind for ch in settings.channels.values()} == {"webhook", "website", "rss", "app", "partner"}
+    assert str(settings.channels["app"].options.api_base).startswith("http://127.0.0.1:8765")
     for name, ch in settings.channels.items():
-        assert ch.kind == "webhook" and ch.enabled
+        if ch.kind != "webhook":
+            continue
+        assert ch.enabled
         assert str(ch.options.url) == f"http://127.0.0.1:8765/webhook/{name}"
         assert ch.options.lookup_url is not None
         assert ch.options.secret == "sandbox-secret"
@@ -378,6 +391,12 @@ def test_shipped_default_config_loads() -> None:
 #: Every secret channels.example.toml references.
 EXAMPLE_ENV = {
     "MIRROR_WEBHOOK_SECRET": "m1rror",
+    "JPUSH_APP_KEY": "jpush-key",
+    "JPUSH_MASTER_SECRET": "jpush-master-secret",
+    "PEOPLES_ACCOUNT_APP_KEY": "pa-key",
+    "PEOPLES_ACCOUNT_SECRET": "pa-secret",
+    "SHANGGUAN_APP_KEY": "sg-key",
+    "SHANGGUAN_SECRET": "sg-secret",
     "SYNDICATE_HOOK_SECRET": "hook-secret-0123456789",
     "SYNDICATE_API_TOKEN": "api-token-0123456789",
 }
