@@ -444,6 +444,7 @@ class AppAdapter(Adapter):
                 f"quiet hours {window} ({self.options.timezone}): the story is live in the app, "
                 f"its push waits until {window.end:%H:%M}",
                 retry_after=wait,
+                pending=True,  # waiting out a window is not a failure: no retry budget spent
             )
         cid = await self._cid(ctx)
         if cid is None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from syndicate.media import MediaSettings
 from syndicate.story import Story
 
 if TYPE_CHECKING:
@@ -93,10 +94,18 @@ class Retryable(DeliveryError):
     """The platform did not take it (network error before sending, 5xx, busy). Retry on the channel's schedule."""
 
     def __init__(
-        self, reason: str, *, retry_after: float | None = None, platform_code: str | int | None = None
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        platform_code: str | int | None = None,
+        pending: bool = False,
     ) -> None:
         super().__init__(reason, platform_code=platform_code)
         self.retry_after = retry_after
+        #: Nothing failed: the platform is still working on it (WeChat "publishing") or a window must pass (quiet
+        #: hours). The wait does not spend the retry budget; the adapter bounds how long it waits.
+        self.pending = pending
 
 
 class RateLimited(DeliveryError):
@@ -159,6 +168,7 @@ class DeliveryContext:
         save_checkpoint: Callable[[dict[str, Any]], Awaitable[None]],
         kv_get: Callable[[str], Awaitable[str | None]],
         kv_set: Callable[[str, str, float | None], Awaitable[None]],
+        kv_add: Callable[[str, str, float | None], Awaitable[bool]] | None = None,
     ) -> None:
         self.delivery_id = delivery_id
         self.story_id = story_id
@@ -171,6 +181,8 @@ class DeliveryContext:
         self._save_checkpoint = save_checkpoint
         self.kv_get = kv_get
         self.kv_set = kv_set
+        #: Set-if-absent-or-expired, atomically across processes (locks such as a token refresh).
+        self.kv_add = kv_add
 
     @property
     def idempotency_key(self) -> str:
@@ -211,6 +223,9 @@ class Adapter(abc.ABC):
         self.name = name
         self.options = options
         self.timeout = timeout
+        #: The [media] table (limits, private-address policy, cache) for adapters that fetch story images;
+        #: ChannelSettings.create_adapter sets it from the config.
+        self.media_settings = MediaSettings()
 
     def unsupported_reason(self, action: Action) -> str:
         """Why this channel cannot do ``action`` (recorded on the skipped delivery)."""

@@ -10,7 +10,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,9 +117,13 @@ class ChannelSettings:
     retry: tuple[float, ...]
     options: AdapterOptions
     adapter_cls: type[Adapter]
+    #: The [media] table, for adapters that fetch story images (WeChat, Weibo, X).
+    media: MediaSettings = field(default_factory=MediaSettings)
 
     def create_adapter(self) -> Adapter:
-        return self.adapter_cls(self.name, self.options, timeout=self.timeout)
+        adapter = self.adapter_cls(self.name, self.options, timeout=self.timeout)
+        adapter.media_settings = self.media
+        return adapter
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
     channels_raw = raw.get("channels", {})
     if not isinstance(channels_raw, dict):
         raise ConfigError(source, None, "channels", "must be a table of [channels.NAME] tables")
-    channels = {name: _channel(name, table, source, env) for name, table in channels_raw.items()}
+    channels = {name: replace(_channel(name, table, source, env), media=media) for name, table in channels_raw.items()}
     return Settings(source=source, store=store, media=media, engine=engine, server=server, channels=channels)
 
 

@@ -522,6 +522,9 @@ class Engine:
             kv_set=lambda key, value, expires_at: self.store.kv_set(
                 key, value, expires_at=expires_at, now=self.clock.now()
             ),
+            kv_add=lambda key, value, expires_at: self.store.kv_add(
+                key, value, expires_at=expires_at, now=self.clock.now()
+            ),
         )
         extra = {"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value}
         outcome: _Outcome | None = None
@@ -763,6 +766,9 @@ class Engine:
                     note="may have landed; this channel cannot look it up: check the platform, then "
                     "`syndicate replay --force` to resend",
                 )
+        if isinstance(exc, Retryable) and exc.pending and not from_lookup:
+            wait = exc.retry_after if exc.retry_after is not None else self.settings.engine.poll_interval
+            return _Outcome(State.RETRY_WAIT, "pending", error=exc, due_at=now + max(wait, 0.0), reconcile=reconcile)
         # Retryable, AuthExpired after a refresh, an unknown outcome we can reconcile, a lookup that could not
         # tell: spend one step of the schedule.
         failures = d.retry_count + 1

@@ -368,8 +368,9 @@ def test_shipped_default_config_loads() -> None:
         "app",
         "peoples_account",
         "shangguan",
+        "wechat",
     ]
-    assert {ch.kind for ch in settings.channels.values()} == {"webhook", "website", "rss", "app", "partner"}
+    assert {ch.kind for ch in settings.channels.values()} == {"webhook", "website", "rss", "app", "partner", "wechat"}
     assert str(settings.channels["app"].options.api_base).startswith("http://127.0.0.1:8765")
     for name, ch in settings.channels.items():
         if ch.kind != "webhook":
@@ -397,6 +398,9 @@ EXAMPLE_ENV = {
     "PEOPLES_ACCOUNT_SECRET": "pa-secret",
     "SHANGGUAN_APP_KEY": "sg-key",
     "SHANGGUAN_SECRET": "sg-secret",
+    "WECHAT_APP_ID": "wx-app",
+    "WECHAT_APP_SECRET": "wx-secret",
+    "WECHAT_CALLBACK_TOKEN": "wx-token",
     "SYNDICATE_HOOK_SECRET": "hook-secret-0123456789",
     "SYNDICATE_API_TOKEN": "api-token-0123456789",
 }

@@ -318,3 +318,21 @@ async def test_same_version_twice_is_no_new_work(tmp_path: Path, db: Store) -> N
         again = await engine.accept(make_story())
     assert first.created and not again.created
     assert [d.id for d in again.deliveries] == [d.id for d in first.deliveries]
+
+
+async def test_a_pending_wait_spends_no_retry_budget(tmp_path: Path, db: Store) -> None:
+    """Still publishing / quiet hours: waits at the adapter's pace, never ends as failed for having waited."""
+    clock = FakeClock()
+    settings = make_settings(tmp_path, {"c": scripted(retry=[0, 1])})
+    ScriptedAdapter.scripts["c"] = [Retryable("still publishing", retry_after=30, pending=True)] * 5
+    async with Engine(settings, db, clock=clock) as engine:
+        await engine.accept(make_story())
+        for _ in range(5):
+            await drain(engine)
+            d = await only(db)
+            assert (d.state, d.retry_count, d.due_at) == (State.RETRY_WAIT, 0, clock.now() + 30)
+            clock.advance(30)
+        await drain(engine)
+    d = await only(db)
+    assert d.state is State.DELIVERED and d.attempts == 6
+    assert [a.outcome for a in await db.attempts(d.id)][:5] == ["pending"] * 5

@@ -1,0 +1,975 @@
+"""WeChat Official Account (微信公众号): story -> permanent cover -> body images -> draft -> free publish -> confirm.
+
+**wechatpy for its models, aiohttp for the wire.** wechatpy 1.8's ``WeChatClient`` is synchronous (requests):
+running it in a thread pool would cap every WeChat channel's concurrency at the pool size and park an OS thread
+on every long call, in an engine that is asyncio throughout. So requests go out on one aiohttp session per channel
+(the engine's timeouts, cancellation and connection reuse apply), and wechatpy supplies what is worth not writing
+twice: the errcode error class (``WeChatClientException``), the callback signature check (``check_signature``),
+safe-mode decryption (``WeChatCrypto``) and the ``SessionStorage`` interface and key scheme
+(``<appid>_access_token``) the shared token is kept under (:class:`StoreSessionStorage`, over syndicate's store,
+so every worker on every host uses one token per app id).
+
+**One resumable step at a time**, each result checkpointed before the next step starts (``ctx.checkpoint``):
+
+1. cover -> ``material/add_material`` (type image; ≤ 10 MB bmp/png/jpeg/gif) -> ``thumb_media_id``;
+2. every body image -> ``media/uploadimg`` (jpg/png under 1 MB) -> WeChat URL, and the body's ``<img src>``
+   rewritten to it (WeChat drops external images);
+3. ``draft/add`` -> draft ``media_id``. Before the request the attempt records ``draft_pending``; a retry after
+   a lost answer finds the draft with ``draft/batchget`` by its ``thumb_media_id`` (uploaded by this delivery
+   alone) instead of creating a second one;
+4. ``freepublish/submit`` -> ``publish_id``. Accepted is not published. ``submit_pending`` is recorded first; a
+   lost answer is ``OutcomeUnknown`` and ``lookup`` reconciles it with ``freepublish/batchget`` (title and
+   ``thumb_media_id``), retrying while WeChat may still be publishing, never submitting twice meanwhile;
+5. confirm: the ``PUBLISHJOBFINISH`` event the callback route stored (``web_routes``), else ``freepublish/get``:
+   0 delivered (article id and URL are the receipt), 1 a pending ``Retryable`` "still publishing" with a growing
+   ``retry_after``, 2-6 ``Permanent`` with WeChat's reason.
+
+A retry resumes at the step it reached; a crash between submit and confirm resumes by confirming (``lookup`` sees
+the checkpointed ``publish_id`` and lets the resumed send confirm). 40007 (a media id WeChat no longer knows)
+clears the checkpoint from the step that made that id and starts again there.
+
+Updates: WeChat cannot edit a published article. ``update_policy = "skip"`` (default) records updates as
+skipped with that reason; ``"republish"`` deletes the live article (and its draft) and publishes the new version.
+Retract: ``freepublish/delete`` (53600, already gone, counts as done) and ``draft/delete``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import html
+import json
+import logging
+import re
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import aiohttp
+import nh3
+import xmltodict
+from aiohttp import web
+from pydantic import Field, HttpUrl, field_validator
+from wechatpy.crypto import WeChatCrypto
+from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException, WeChatClientException
+from wechatpy.session import SessionStorage
+from wechatpy.utils import check_signature
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    AuthExpired,
+    AuthRevoked,
+    DeliveryContext,
+    DeliveryError,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    Receipt,
+    RenderError,
+    Retryable,
+)
+from syndicate.media import (
+    MediaBlob,
+    MediaError,
+    MediaFetcher,
+    MediaUnavailable,
+)
+from syndicate.sanitize import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, clean_html, plain_text
+from syndicate.story import Story
+
+if TYPE_CHECKING:
+    from syndicate.store.base import Store
+
+log = logging.getLogger("syndicate.adapters.wechat")
+
+WECHAT_API_BASE = "https://api.weixin.qq.com"
+#: WeChat's article limits (characters, bytes).
+TITLE_MAX, AUTHOR_MAX, DIGEST_MAX = 32, 16, 128
+CONTENT_MAX_CHARS, CONTENT_MAX_BYTES = 20_000, 1024 * 1024
+COVER_MAX_BYTES = 10 * 1024 * 1024
+COVER_TYPES = ("image/bmp", "image/png", "image/jpeg", "image/gif")
+BODY_IMAGE_MAX_BYTES = 1024 * 1024 - 1
+BODY_IMAGE_TYPES = ("image/jpeg", "image/png")
+#: Refresh the shared token this long before WeChat says it expires.
+TOKEN_REFRESH_MARGIN = 300.0
+#: The cross-process refresh lock expires on its own after this long (a refresher that died never blocks others).
+TOKEN_LOCK_SECONDS = 15.0
+#: How long a worker waits for another worker's refresh before it gives up with Retryable.
+TOKEN_WAIT_SECONDS = 20.0
+#: "Still publishing" checks wait this long, growing with each check (seconds).
+CONFIRM_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+#: "Still publishing" checks that wait without spending the retry budget (about 24 h at 600 s each); after that
+#: the checks go on the channel's retry schedule, so a job WeChat never finishes ends up failed with its reason.
+MAX_PENDING_CHECKS = 150
+#: A PUBLISHJOBFINISH event is kept this long in the store's key/value.
+EVENT_TTL = 7 * 86400.0
+#: Callback timestamps older or newer than this are refused (replayed or forged requests).
+CALLBACK_TOLERANCE = 300.0
+CALLBACK_MAX_BYTES = 64 * 1024
+#: China Standard Time: WeChat's daily quotas reset at midnight there.
+BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+
+# WeChat errcodes.
+TOKEN_ERRORS = frozenset({40001, 40014, 42001})
+CREDENTIAL_ERRORS = frozenset({40013, 40125, 40164, 41002, 41004, 48001, 50001, 50002})
+DAILY_QUOTA, MINUTE_QUOTA = 45009, 45011
+SYSTEM_BUSY = -1
+INVALID_MEDIA_ID = 40007
+ARTICLE_GONE = 53600
+PUBLISH_STATUS_REASONS = {
+    2: "originality check failed (原创失败)",
+    3: "publishing failed (常规失败)",
+    4: "rejected by WeChat's review (平台审核不通过)",
+    5: "deleted by the account after publishing (成功后用户删除所有文章)",
+    6: "banned by the platform (成功后系统封禁所有文章)",
+}
+
+_IMG_SRC = re.compile(r'(<img\b[^>]*?\ssrc=")([^"]*)(")', re.IGNORECASE)
+_IMG_TAG = re.compile(r"<img\b[^>]*>", re.IGNORECASE)
+
+
+# --- configuration ---------------------------------------------------------------------------------------------
+
+
+class WeChatOptions(AdapterOptions):
+    #: WeChat's API root (the stand-in's root in tests and the demo); requests go to <api_base>/cgi-bin/...
+    api_base: HttpUrl = HttpUrl(WECHAT_API_BASE)
+    app_id: str = Field(min_length=1)
+    #: Usually "${ENV_VAR}".
+    app_secret: str = Field(min_length=1)
+    #: The callback's Token (公众号后台 -> 基本配置 -> 服务器配置); without it no callback route is mounted.
+    token: str | None = Field(default=None, min_length=3, max_length=32)
+    #: The callback's EncodingAESKey (43 characters) for safe mode; plaintext callbacks need only ``token``.
+    encoding_aes_key: str | None = None
+    #: WeChat cannot edit a published article: "skip" records updates as skipped, "republish" deletes and republishes.
+    update_policy: Literal["skip", "republish"] = "skip"
+    need_open_comment: bool = False
+    only_fans_can_comment: bool = False
+    #: How long after an unanswered submit the channel keeps looking for the article before parking it.
+    reconcile_window: float = Field(default=1800.0, gt=0)
+
+    @field_validator("encoding_aes_key")
+    @classmethod
+    def _aes_key(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9]{43}", value):
+            raise ValueError("must be the 43 letters and digits WeChat shows as EncodingAESKey")
+        return value
+
+
+# --- the shared access token -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenEntry:
+    value: str
+    expires_at: float
+
+
+class StoreSessionStorage(SessionStorage):  # type: ignore[misc]
+    """wechatpy's ``SessionStorage`` over syndicate's shared key/value store (one token per app id, every worker).
+
+    The adapter uses the async methods on the event loop. The synchronous ``get/set/delete`` wechatpy calls work
+    from another thread (a script running ``WeChatClient(appid, secret, session=storage)`` in a worker thread
+    shares the same token); on the loop's own thread they would deadlock, so they refuse.
+    """
+
+    PREFIX = "wechat:"
+
+    def __init__(
+        self,
+        kv_get: Callable[[str], Awaitable[str | None]],
+        kv_set: Callable[[str, str, float | None], Awaitable[None]],
+        *,
+        clock: Callable[[], float] = time.time,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        self._kv_get, self._kv_set, self._clock, self._loop = kv_get, kv_set, clock, loop
+
+    async def get_entry(self, key: str) -> TokenEntry | None:
+        raw = await self._kv_get(self.PREFIX + key)
+        if not raw:
+            return None
+        try:
+            data = json.loads(raw)
+            return TokenEntry(str(data["value"]), float(data["expires_at"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    async def aget(self, key: str, default: Any = None) -> Any:
+        entry = await self.get_entry(key)
+        return entry.value if entry is not None and entry.expires_at > self._clock() else default
+
+    async def aset(self, key: str, value: str, ttl: float | None = None) -> None:
+        expires_at = self._clock() + (ttl if ttl is not None else 7200.0)
+        await self._kv_set(self.PREFIX + key, json.dumps({"value": value, "expires_at": expires_at}), expires_at)
+
+    async def adelete(self, key: str) -> None:
+        await self._kv_set(self.PREFIX + key, "", self._clock())
+
+    def _run(self, coro: Awaitable[Any]) -> Any:
+        if self._loop is None:
+            raise RuntimeError("StoreSessionStorage needs loop= to be used from a thread")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            raise RuntimeError("synchronous SessionStorage calls would block the event loop: use aget/aset")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._run(self.aget(key, default))
+
+    def set(self, key: str, value: str, ttl: float | None = None) -> None:
+        self._run(self.aset(key, value, ttl))
+
+    def delete(self, key: str) -> None:
+        self._run(self.adelete(key))
+
+
+# --- rendering -------------------------------------------------------------------------------------------------
+
+
+def _trim(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def wechat_html(body_html: str) -> str:
+    """The body as WeChat keeps it: the shared sanitiser's output without links (WeChat refuses external links in
+    articles; their text stays), so no script, iframe, class or event handler reaches WeChat."""
+    narrowed = {k: set(v) for k, v in ALLOWED_ATTRIBUTES.items() if k != "a"}
+    return nh3.clean(clean_html(body_html), tags=set(ALLOWED_TAGS) - {"a"}, attributes=narrowed)
+
+
+def body_image_sources(content: str) -> list[str]:
+    """The distinct ``<img src>`` URLs of ``content``, in order of appearance."""
+    seen: dict[str, None] = {}
+    for match in _IMG_SRC.finditer(content):
+        seen.setdefault(html.unescape(match.group(2)), None)
+    return list(seen)
+
+
+def rewrite_image_sources(content: str, urls: dict[str, str]) -> str:
+    """``content`` with each ``<img src>`` replaced by its WeChat URL (every source must be in ``urls``)."""
+
+    def replace(match: re.Match[str]) -> str:
+        new = urls[html.unescape(match.group(2))]
+        return f"{match.group(1)}{html.escape(new, quote=True)}{match.group(3)}"
+
+    return _IMG_SRC.sub(replace, content)
+
+
+# --- the adapter -----------------------------------------------------------------------------------------------
+
+
+class WeChatAdapter(Adapter):
+    kind: ClassVar[str] = "wechat"
+    options_model = WeChatOptions
+    #: A resent draft/add or submit would make a second article; the checkpoints and lookup prevent that.
+    idempotent: ClassVar[bool] = False
+    supports_lookup: bool = True
+    options: WeChatOptions
+
+    def __init__(self, name: str, options: WeChatOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        self.actions = (  # type: ignore[misc]
+            frozenset(Action) if options.update_policy == "republish" else frozenset({Action.PUBLISH, Action.RETRACT})
+        )
+        #: Where "now" comes from (token expiry, callback freshness, rate-limit ends).
+        self.clock: Callable[[], float] = time.time
+        self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
+        self._session: aiohttp.ClientSession | None = None
+        self._fetcher: MediaFetcher | None = None
+        self._refresh_lock = asyncio.Lock()
+
+    def unsupported_reason(self, action: Action) -> str:
+        if action is Action.UPDATE:
+            return (
+                'WeChat cannot edit a published article; update_policy = "skip" records updates as skipped '
+                '(set update_policy = "republish" to delete the article and publish the new version)'
+            )
+        return super().unsupported_reason(action)
+
+    # ---- rendering
+
+    def render(self, story: Story, action: Action) -> Payload:
+        if action is Action.RETRACT:
+            return Payload(data={"action": action.value, "story_id": story.id})
+        warnings: list[str] = []
+        override = story.overrides.get(self.name)
+        headline = plain_text((override.headline if override and override.headline else None) or story.headline)
+        if not headline:
+            raise RenderError("headline: empty once markup is removed; a WeChat article needs a title")
+        title = _trim(headline, TITLE_MAX)
+        if title != headline:
+            warnings.append(f"title cut to {TITLE_MAX} characters")
+        author_full = plain_text(story.by or "")
+        author = _trim(author_full, AUTHOR_MAX)
+        if author != author_full:
+            warnings.append(f"author cut to {AUTHOR_MAX} characters")
+        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        digest = _trim(summary, DIGEST_MAX)
+        if digest != summary:
+            warnings.append(f"digest cut to {DIGEST_MAX} characters")
+        cover = story.cover
+        if cover is None:
+            raise RenderError("images: a WeChat article needs a cover image (add an image with role cover)")
+        content = wechat_html(story.body_html)
+        if not plain_text(content) and "<img" not in content:
+            raise RenderError("body_html: empty once reduced to what WeChat keeps")
+        sources = body_image_sources(content)
+        unusable = [s for s in sources if not s.lower().startswith(("http://", "https://"))]
+        if unusable:
+            content = _IMG_TAG.sub(
+                lambda m: "" if any(html.escape(s, quote=True) in m.group(0) for s in unusable) else m.group(0),
+                content,
+            )
+            warnings.append(f"dropped {len(unusable)} body image(s) without an http(s) URL: {', '.join(unusable)}")
+            sources = body_image_sources(content)
+        if len(content) >= CONTENT_MAX_CHARS or len(content.encode()) >= CONTENT_MAX_BYTES:
+            raise RenderError(
+                f"body_html: {len(content)} characters once cleaned; WeChat takes under {CONTENT_MAX_CHARS} "
+                "characters and 1 MB (shorten the story or give this channel an override)"
+            )
+        data = {
+            "action": action.value,
+            "title": title,
+            "author": author,
+            "digest": digest,
+            "content": content,
+            "content_source_url": story.url or "",
+            "cover": cover.href,
+            "body_images": sources,
+            "need_open_comment": int(self.options.need_open_comment),
+            "only_fans_can_comment": int(self.options.only_fans_can_comment),
+        }
+        return Payload(data=data, text_length=len(content), warnings=tuple(warnings))
+
+    # ---- lifecycle
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=self.timeout),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._fetcher is not None:
+            await self._fetcher.close()
+            self._fetcher = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"channel {self.name!r} was not started")
+        return self._session
+
+    def _media(self) -> MediaFetcher:
+        if self._fetcher is None:
+            self._fetcher = MediaFetcher(self.media_settings)
+        return self._fetcher
+
+    # ---- the access token
+
+    def _storage(self, ctx: DeliveryContext) -> StoreSessionStorage:
+        return StoreSessionStorage(ctx.kv_get, ctx.kv_set, clock=self.clock, loop=asyncio.get_running_loop())
+
+    @property
+    def _token_key(self) -> str:
+        return f"{self.options.app_id}_access_token"  # wechatpy's key scheme (WeChatClient.access_token_key)
+
+    async def access_token(self, ctx: DeliveryContext, *, stale: str | None = None) -> str:
+        """The shared token, refreshed before expiry (or when ``stale`` is the one WeChat just refused)."""
+        storage = self._storage(ctx)
+        entry = await storage.get_entry(self._token_key)
+        if self._usable(entry, stale):
+            assert entry is not None
+            return entry.value
+        async with self._refresh_lock:  # one refresh per process...
+            return await self._refresh(ctx, storage, stale)
+
+    def _usable(self, entry: TokenEntry | None, stale: str | None) -> bool:
+        return entry is not None and entry.value != stale and entry.expires_at - self.clock() > TOKEN_REFRESH_MARGIN
+
+    async def _refresh(self, ctx: DeliveryContext, storage: StoreSessionStorage, stale: str | None) -> str:
+        """...and one across processes: a best-effort lock in the key/value store (``kv_add`` when the context
+        offers it, else write-then-read-back), released on success and expiring on its own."""
+        lock_key = f"wechat:{self.options.app_id}:token-refresh-lock"
+        me = secrets.token_hex(8)
+        deadline = time.monotonic() + TOKEN_WAIT_SECONDS
+        while True:
+            entry = await storage.get_entry(self._token_key)
+            if self._usable(entry, stale):
+                assert entry is not None
+                return entry.value
+            if await self._take_lock(ctx, lock_key, me):
+                break
+            if time.monotonic() > deadline:
+                raise Retryable(f"another worker is refreshing the WeChat access token of {self.options.app_id}")
+            await asyncio.sleep(0.1)
+        try:
+            try:
+                answer = await self._call("GET", "token", None, what="the access token", params=self._credentials())
+            except WeChatClientException as exc:
+                raise self._error(exc, "the access token") from exc
+            value, expires_in = str(answer["access_token"]), float(answer.get("expires_in", 7200))
+            await storage.aset(self._token_key, value, expires_in)
+            log.info("WeChat access token refreshed", extra={"channel": self.name})
+            return value
+        finally:
+            await ctx.kv_set(lock_key, "", self.clock())
+
+    async def _take_lock(self, ctx: DeliveryContext, key: str, me: str) -> bool:
+        kv_add = getattr(ctx, "kv_add", None)
+        if kv_add is not None:
+            return bool(await kv_add(key, me, self.clock() + TOKEN_LOCK_SECONDS))
+        if await ctx.kv_get(key):
+            return False
+        await ctx.kv_set(key, me, self.clock() + TOKEN_LOCK_SECONDS)
+        await asyncio.sleep(0.02)  # let a concurrent writer land, then see whose value stuck
+        return await ctx.kv_get(key) == me
+
+    def _credentials(self) -> dict[str, str]:
+        return {
+            "grant_type": "client_credential",
+            "appid": self.options.app_id,
+            "secret": self.options.app_secret,
+        }
+
+    async def refresh_auth(self, ctx: DeliveryContext) -> None:
+        entry = await self._storage(ctx).get_entry(self._token_key)
+        await self.access_token(ctx, stale=entry.value if entry else None)
+
+    # ---- one API call
+
+    async def _call(
+        self,
+        method: str,
+        endpoint: str,
+        token: str | None,
+        *,
+        what: str,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        form: Callable[[], aiohttp.FormData] | None = None,
+        unsure_after_send: bool = False,
+    ) -> dict[str, Any]:
+        """One request; WeChat's errcode raised as ``WeChatClientException``, transport failures mapped here.
+
+        ``unsure_after_send``: the step is not safe to repeat (submit), so a failure once the request may have
+        reached WeChat is OutcomeUnknown; otherwise Retryable.
+        """
+        query = dict(params or {})
+        if token is not None:
+            query["access_token"] = token
+        data: Any = form() if form is not None else None  # a FormData is single-use: one per request
+        headers = {}
+        if json_body is not None:
+            data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
+            headers["Content-Type"] = "application/json; charset=utf-8"
+        url = f"{self._api}/{endpoint}"
+        try:
+            async with self.session.request(
+                method, url, params=query, data=data, headers=headers, allow_redirects=False
+            ) as resp:
+                raw = await resp.read()
+                status = resp.status
+        except aiohttp.ClientConnectorError as exc:
+            raise Retryable(f"cannot reach WeChat at {self._api} for {what}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            reason = f"no answer from WeChat for {what} ({type(exc).__name__}: {exc or 'timed out'})"
+            if unsure_after_send:
+                raise OutcomeUnknown(reason + "; it may have been accepted: checking before resending") from exc
+            raise Retryable(reason) from exc
+        if status != 200:
+            reason = f"HTTP {status} from WeChat for {what}"
+            if unsure_after_send:
+                raise OutcomeUnknown(reason + "; it may have been accepted: checking before resending")
+            if status >= 500 or status in (408, 429):
+                raise Retryable(reason, platform_code=status)
+            raise Permanent(f"{reason} (is api_base of channel {self.name!r} right?)", platform_code=status)
+        try:
+            answer = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise Retryable(f"WeChat answered {what} with something that is not JSON") from exc
+        if not isinstance(answer, dict):
+            raise Retryable(f"WeChat answered {what} with a JSON {type(answer).__name__}, not an object")
+        errcode = answer.get("errcode", 0)
+        if errcode not in (0, None):
+            raise WeChatClientException(errcode, str(answer.get("errmsg", "")), response=answer)
+        return answer
+
+    async def _api_call(self, ctx: DeliveryContext, method: str, endpoint: str, *, what: str, **kw: Any) -> dict:
+        """``_call`` with the shared token: a refused token is refreshed and the call made once more."""
+        token = await self.access_token(ctx)
+        try:
+            try:
+                return await self._call(method, endpoint, token, what=what, **kw)
+            except WeChatClientException as exc:
+                if exc.errcode not in TOKEN_ERRORS:
+                    raise
+                log.info("WeChat refused the token (%s); refreshing", exc.errcode, extra={"channel": self.name})
+                token = await self.access_token(ctx, stale=token)
+                return await self._call(method, endpoint, token, what=what, **kw)
+        except WeChatClientException as exc:
+            raise self._error(exc, what) from exc
+
+    def _error(self, exc: WeChatClientException, what: str) -> DeliveryError:
+        """A WeChat errcode mapped onto the taxonomy."""
+        code = exc.errcode
+        detail = f"WeChat {code}: {exc.errmsg or 'no message'} ({what})"
+        now = self.clock()
+        if code in TOKEN_ERRORS:
+            return AuthExpired(detail, platform_code=code)
+        if code in CREDENTIAL_ERRORS:
+            return AuthRevoked(
+                f"{detail}: check app_id and app_secret of channel {self.name!r}, the account's API permissions and "
+                "its IP whitelist in the WeChat console",
+                platform_code=code,
+            )
+        if code == DAILY_QUOTA:
+            tomorrow = (dt.datetime.fromtimestamp(now, BEIJING) + dt.timedelta(days=1)).date()
+            until = dt.datetime.combine(tomorrow, dt.time(0, 0, 30), tzinfo=BEIJING)
+            return RateLimited(f"{detail}: the daily quota is used up", until=until, platform_code=code)
+        if code == MINUTE_QUOTA:
+            until = dt.datetime.fromtimestamp(now + 60, dt.UTC)
+            return RateLimited(f"{detail}: too many calls this minute", until=until, platform_code=code)
+        if code == SYSTEM_BUSY:
+            return Retryable(f"{detail}: WeChat is busy", platform_code=code)
+        return Permanent(detail, platform_code=code)
+
+    # ---- images
+
+    async def _fetch(self, url: str, *, field: str, max_bytes: int, types: tuple[str, ...]) -> MediaBlob:
+        try:
+            return await self._media().fetch(url, max_bytes=max_bytes, allowed_types=types)
+        except MediaUnavailable as exc:
+            if exc.retryable:
+                raise Retryable(f"{field}: {exc}", retry_after=exc.retry_after) from exc
+            raise Permanent(f"{field}: cannot fetch image {exc.url}: {exc}") from exc
+        except MediaError as exc:
+            raise Permanent(f"{field}: image {exc.url} cannot go to WeChat: {exc}") from exc
+
+    @staticmethod
+    def _form(blob: MediaBlob) -> Callable[[], aiohttp.FormData]:
+        def build() -> aiohttp.FormData:
+            form = aiohttp.FormData()
+            form.add_field("media", blob.data, filename=blob.filename, content_type=blob.content_type)
+            return form
+
+        return build
+
+    async def _upload_cover(self, payload: Payload, ctx: DeliveryContext) -> str:
+        blob = await self._fetch(
+            payload.data["cover"], field="images (cover)", max_bytes=COVER_MAX_BYTES, types=COVER_TYPES
+        )
+        answer = await self._api_call(
+            ctx,
+            "POST",
+            "material/add_material",
+            what="the cover upload (material/add_material)",
+            params={"type": "image"},
+            form=self._form(blob),
+        )
+        return str(answer["media_id"])
+
+    async def _upload_body_image(self, src: str, ctx: DeliveryContext) -> str:
+        blob = await self._fetch(src, field="body_html <img>", max_bytes=BODY_IMAGE_MAX_BYTES, types=BODY_IMAGE_TYPES)
+        answer = await self._api_call(
+            ctx, "POST", "media/uploadimg", what=f"the body image {src} (media/uploadimg)", form=self._form(blob)
+        )
+        return str(answer["url"])
+
+    # ---- publishing
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return await self._publish(payload, ctx)
+
+    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        """``update_policy = "republish"``: delete the live article and its draft, then publish this version."""
+        if not ctx.state.get("old_deleted") and ctx.receipt is not None:
+            await self._delete_article(ctx, ctx.receipt)
+            await ctx.checkpoint({"old_deleted": True})
+        return await self._publish(payload, ctx)
+
+    async def _publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        state = ctx.state
+        if state.get("article_id"):
+            return self._receipt(state)
+        return await self._steps(payload, ctx)
+
+    async def _steps(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        state = ctx.state
+        data = payload.data
+        # 1. cover -> permanent material
+        if not state.get("thumb_media_id"):
+            await ctx.checkpoint({"thumb_media_id": await self._upload_cover(payload, ctx)})
+        # 2. body images -> uploadimg, one checkpoint per image
+        urls: dict[str, str] = dict(state.get("body_images") or {})
+        for src in data["body_images"]:
+            if src not in urls:
+                urls[src] = await self._upload_body_image(src, ctx)
+                await ctx.checkpoint({"body_images": urls})
+        content = rewrite_image_sources(data["content"], urls)
+        if len(content) >= CONTENT_MAX_CHARS or len(content.encode()) >= CONTENT_MAX_BYTES:
+            raise Permanent(
+                f"body_html: {len(content)} characters once images point at WeChat; WeChat takes under "
+                f"{CONTENT_MAX_CHARS} characters and 1 MB"
+            )
+        # 3. draft
+        if not state.get("draft_media_id"):
+            await self._make_draft(data, content, ctx)
+        # 4. submit
+        if not state.get("publish_id"):
+            if state.get("submit_pending"):
+                found = await self._reconcile_submit(data, ctx)
+                if found is not None:
+                    return found
+            await self._submit(ctx)
+        # 5. confirm
+        return await self._confirm(ctx)
+
+    async def _make_draft(self, data: dict[str, Any], content: str, ctx: DeliveryContext) -> None:
+        thumb = ctx.state["thumb_media_id"]
+        if ctx.state.get("draft_pending"):
+            existing = await self._find_draft(ctx, thumb)
+            if existing is not None:
+                await ctx.checkpoint({"draft_media_id": existing, "draft_pending": None})
+                return
+        article = {
+            "title": data["title"],
+            "author": data["author"],
+            "digest": data["digest"],
+            "content": content,
+            "content_source_url": data["content_source_url"],
+            "thumb_media_id": thumb,
+            "need_open_comment": data["need_open_comment"],
+            "only_fans_can_comment": data["only_fans_can_comment"],
+        }
+        await ctx.checkpoint({"draft_pending": self.clock()})
+        try:
+            answer = await self._api_call(
+                ctx, "POST", "draft/add", what="the draft (draft/add)", json_body={"articles": [article]}
+            )
+        except Permanent as exc:
+            if exc.platform_code == str(INVALID_MEDIA_ID):
+                # WeChat no longer knows the cover: start again from the step that made it.
+                await ctx.checkpoint({"thumb_media_id": None, "draft_pending": None})
+                raise Retryable(f"{exc.reason}: uploading the cover again", retry_after=0) from exc
+            await ctx.checkpoint({"draft_pending": None})
+            raise
+        except (RateLimited, AuthRevoked, AuthExpired) as exc:
+            await ctx.checkpoint({"draft_pending": None})  # WeChat answered: no draft was made
+            raise exc
+        await ctx.checkpoint({"draft_media_id": str(answer["media_id"]), "draft_pending": None})
+
+    async def _find_draft(self, ctx: DeliveryContext, thumb_media_id: str) -> str | None:
+        """The draft an unanswered draft/add made: the one whose cover is this delivery's own upload."""
+        for offset in range(0, 100, 20):
+            answer = await self._api_call(
+                ctx,
+                "POST",
+                "draft/batchget",
+                what="the draft list (draft/batchget)",
+                json_body={"offset": offset, "count": 20, "no_content": 1},
+            )
+            for item in answer.get("item") or []:
+                for article in (item.get("content") or {}).get("news_item") or []:
+                    if article.get("thumb_media_id") == thumb_media_id:
+                        return str(item["media_id"])
+            if offset + 20 >= int(answer.get("total_count", 0)):
+                break
+        return None
+
+    async def _submit(self, ctx: DeliveryContext) -> None:
+        await ctx.checkpoint({"submit_pending": self.clock()})
+        try:
+            answer = await self._api_call(
+                ctx,
+                "POST",
+                "freepublish/submit",
+                what="the publish submit (freepublish/submit)",
+                json_body={"media_id": ctx.state["draft_media_id"]},
+                unsure_after_send=True,
+            )
+        except OutcomeUnknown:
+            raise
+        except DeliveryError as exc:
+            # WeChat answered with an errcode: nothing was submitted.
+            update: dict[str, Any] = {"submit_pending": None}
+            if exc.platform_code == str(INVALID_MEDIA_ID):
+                update["draft_media_id"] = None  # the draft is gone: make it again
+                await ctx.checkpoint(update)
+                raise Retryable(f"{exc.reason}: creating the draft again", retry_after=0) from exc
+            await ctx.checkpoint(update)
+            raise
+        await ctx.checkpoint({"publish_id": str(answer["publish_id"]), "submit_pending": None, "confirm_checks": 0})
+
+    async def _reconcile_submit(self, data: dict[str, Any], ctx: DeliveryContext) -> Receipt | None:
+        """A submit whose answer was lost: the published article carrying this delivery's cover, if any.
+
+        Not found yet inside ``reconcile_window``: WeChat may still be publishing, so Retryable (never a second
+        submit meanwhile); found nowhere after it: OutcomeUnknown for an operator.
+        """
+        thumb = ctx.state.get("thumb_media_id")
+        for offset in range(0, 100, 20):
+            answer = await self._api_call(
+                ctx,
+                "POST",
+                "freepublish/batchget",
+                what="the published list (freepublish/batchget)",
+                json_body={"offset": offset, "count": 20, "no_content": 1},
+            )
+            for item in answer.get("item") or []:
+                for article in (item.get("content") or {}).get("news_item") or []:
+                    if article.get("thumb_media_id") == thumb and article.get("title") == data["title"]:
+                        await ctx.checkpoint(
+                            {
+                                "article_id": str(item["article_id"]),
+                                "article_url": article.get("url"),
+                                "submit_pending": None,
+                            }
+                        )
+                        return self._receipt(ctx.state)
+            if offset + 20 >= int(answer.get("total_count", 0)):
+                break
+        waited = self.clock() - float(ctx.state["submit_pending"])
+        if waited < self.options.reconcile_window:
+            raise Retryable(
+                f"an unanswered freepublish/submit {waited:.0f} s ago is not among the published articles yet; "
+                "checking again before any resubmit",
+                retry_after=min(30.0, max(2.0, waited)),
+                pending=True,  # bounded by reconcile_window
+            )
+        raise OutcomeUnknown(
+            f"an unanswered freepublish/submit is not among the published articles after "
+            f"{self.options.reconcile_window:g} s (draft {ctx.state.get('draft_media_id')}): check the account's "
+            "publishing records, then `syndicate replay --force` to submit again"
+        )
+
+    def _event_key(self, publish_id: str) -> str:
+        return f"wechat:publish-event:{self.options.app_id}:{publish_id}"
+
+    async def _confirm(self, ctx: DeliveryContext) -> Receipt:
+        publish_id = str(ctx.state["publish_id"])
+        stored = await ctx.kv_get(self._event_key(publish_id))
+        if stored:
+            result = json.loads(stored)
+            source = "the PUBLISHJOBFINISH event"
+        else:
+            result = await self._api_call(
+                ctx,
+                "POST",
+                "freepublish/get",
+                what=f"the publish status of {publish_id} (freepublish/get)",
+                json_body={"publish_id": publish_id},
+            )
+            detail = (result.get("article_detail") or {}).get("item") or [{}]
+            result = {
+                "publish_status": result.get("publish_status"),
+                "article_id": result.get("article_id"),
+                "article_url": detail[0].get("article_url"),
+            }
+            source = "freepublish/get"
+        status = int(result.get("publish_status", -1))
+        if status == 0:
+            await ctx.checkpoint(
+                {
+                    "article_id": str(result["article_id"]),
+                    "article_url": result.get("article_url"),
+                    "confirmed_by": source,
+                }
+            )
+            return self._receipt(ctx.state)
+        if status == 1:
+            checks = int(ctx.state.get("confirm_checks") or 0)
+            wait = CONFIRM_BACKOFF[min(checks, len(CONFIRM_BACKOFF) - 1)]
+            await ctx.checkpoint({"confirm_checks": checks + 1})
+            # Still publishing is not a failure: it waits without spending the retry budget, for a bounded time.
+            raise Retryable(
+                f"WeChat is still publishing (publish_id {publish_id}); checking again in {wait:g} s",
+                retry_after=wait,
+                pending=checks < MAX_PENDING_CHECKS,
+            )
+        reason = PUBLISH_STATUS_REASONS.get(status, f"unknown publish_status {status}")
+        raise Permanent(
+            f"WeChat publish job {publish_id} ended with publish_status {status}: {reason}", platform_code=status
+        )
+
+    def _receipt(self, state: dict[str, Any]) -> Receipt:
+        return Receipt(
+            remote_id=str(state["article_id"]),
+            url=state.get("article_url"),
+            raw={
+                "article_id": state["article_id"],
+                "article_url": state.get("article_url"),
+                "publish_id": state.get("publish_id"),
+                "draft_media_id": state.get("draft_media_id"),
+                "thumb_media_id": state.get("thumb_media_id"),
+            },
+        )
+
+    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+        """Did an interrupted attempt get further than its checkpoint says?
+
+        A confirmed article is the receipt; a checkpointed ``publish_id`` answers None so the resumed send confirms
+        it (resuming never repeats a checkpointed step); an unanswered submit is reconciled with freepublish/batchget.
+        Anything earlier answers None: the send resumes at the step the checkpoint reached.
+        """
+        if ctx.action is Action.RETRACT:
+            return None  # deleting again is harmless (53600 / 40007 count as done)
+        state = ctx.state
+        if state.get("article_id"):
+            return self._receipt(state)
+        if state.get("submit_pending") and not state.get("publish_id"):
+            return await self._reconcile_submit(payload.data, ctx)
+        return None
+
+    # ---- retract
+
+    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        assert ctx.receipt is not None  # the engine skips a retraction of what never landed
+        deleted = await self._delete_article(ctx, ctx.receipt)
+        return Receipt(remote_id=ctx.receipt.remote_id, url=None, raw={"deleted": deleted})
+
+    async def _delete_article(self, ctx: DeliveryContext, receipt: Receipt) -> dict[str, Any]:
+        article_id = receipt.raw.get("article_id") or receipt.remote_id
+        outcome: dict[str, Any] = {"article_id": article_id}
+        if article_id:
+            try:
+                await self._api_call(
+                    ctx,
+                    "POST",
+                    "freepublish/delete",
+                    what=f"deleting article {article_id} (freepublish/delete)",
+                    json_body={"article_id": article_id, "index": 0},
+                )
+                outcome["article"] = "deleted"
+            except Permanent as exc:
+                if exc.platform_code != str(ARTICLE_GONE):
+                    raise
+                outcome["article"] = "already gone"
+        draft = receipt.raw.get("draft_media_id")
+        if draft:
+            try:
+                await self._api_call(
+                    ctx,
+                    "POST",
+                    "draft/delete",
+                    what=f"deleting draft {draft} (draft/delete)",
+                    json_body={"media_id": draft},
+                )
+                outcome["draft"] = "deleted"
+            except Permanent as exc:
+                if exc.platform_code != str(INVALID_MEDIA_ID):
+                    raise
+                outcome["draft"] = "already gone"
+        return outcome
+
+    async def check(self) -> str:
+        """Fetch a token: proves api_base, app_id and app_secret. WeChat keeps the previous token working for
+        five minutes and the workers refresh on 40001, so the shared token is not disturbed for long."""
+        try:
+            await self._call("GET", "token", None, what="the access token", params=self._credentials())
+        except WeChatClientException as exc:
+            raise self._error(exc, "the access token") from exc
+        return f"WeChat at {self._api} issued an access token for app {self.options.app_id}"
+
+    # ---- the callback
+
+    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+        if not self.options.token:
+            return []
+        path = f"/wechat/{self.name}/callback"
+        return [web.get(path, self._verify_url), web.post(path, CallbackHandler(self, store).handle)]
+
+    async def _verify_url(self, request: web.Request) -> web.Response:
+        """WeChat's server-URL check: echo ``echostr`` when the signature is right."""
+        q = request.query
+        try:
+            check_signature(self.options.token, q["signature"], q["timestamp"], q["nonce"])
+        except (KeyError, InvalidSignatureException):
+            return web.Response(status=403, text="invalid signature")
+        return web.Response(text=q.get("echostr", ""))
+
+    def openapi_paths(self) -> dict[str, Any]:
+        if not self.options.token:
+            return {}
+        return {
+            f"/wechat/{self.name}/callback": {
+                "post": {
+                    "summary": f"WeChat event push for channel {self.name} (PUBLISHJOBFINISH confirms a publish)",
+                    "parameters": [
+                        {"name": n, "in": "query", "required": n != "msg_signature", "schema": {"type": "string"}}
+                        for n in ("signature", "timestamp", "nonce", "msg_signature")
+                    ],
+                    "responses": {"200": {"description": "success"}, "403": {"description": "bad signature"}},
+                }
+            }
+        }
+
+
+class CallbackHandler:
+    """``POST /wechat/<channel>/callback``: checks WeChat's signature (plaintext and safe mode) and stores a
+    ``PUBLISHJOBFINISH`` result where the confirm step looks first."""
+
+    def __init__(self, adapter: WeChatAdapter, store: Store) -> None:
+        self.adapter = adapter
+        self.store = store
+
+    async def handle(self, request: web.Request) -> web.Response:
+        options = self.adapter.options
+        q = request.query
+        if request.content_length is not None and request.content_length > CALLBACK_MAX_BYTES:
+            return web.Response(status=413, text="too large")
+        body = (await request.read())[: CALLBACK_MAX_BYTES + 1]
+        if len(body) > CALLBACK_MAX_BYTES:
+            return web.Response(status=413, text="too large")
+        try:
+            timestamp = q["timestamp"]
+            check_signature(options.token, q["signature"], timestamp, q["nonce"])
+            if abs(self.adapter.clock() - float(timestamp)) > CALLBACK_TOLERANCE:
+                raise InvalidSignatureException()
+            text = body.decode("utf-8")
+            if q.get("encrypt_type") == "aes":
+                if not options.encoding_aes_key:
+                    log.warning(
+                        "encrypted WeChat callback but no encoding_aes_key", extra={"channel": self.adapter.name}
+                    )
+                    return web.Response(status=403, text="safe mode needs encoding_aes_key")
+                crypto = WeChatCrypto(options.token, options.encoding_aes_key, options.app_id)
+                text = crypto.decrypt_message(text, q["msg_signature"], timestamp, q["nonce"])
+            message = xmltodict.parse(text).get("xml") or {}
+        except (KeyError, ValueError, InvalidSignatureException, InvalidAppIdException):
+            return web.Response(status=403, text="invalid signature")
+        except Exception:  # malformed XML or ciphertext: never a 500 for a caller's garbage
+            return web.Response(status=400, text="malformed message")
+        if message.get("MsgType") == "event" and message.get("Event") == "PUBLISHJOBFINISH":
+            await self._store_publish_result(message.get("PublishEventInfo") or {})
+        return web.Response(text="success")
+
+    async def _store_publish_result(self, info: dict[str, Any]) -> None:
+        publish_id = str(info.get("publish_id") or "")
+        if not publish_id:
+            return
+        items = (info.get("article_detail") or {}).get("item") or {}
+        first = items[0] if isinstance(items, list) and items else items
+        result = {
+            "publish_status": int(info.get("publish_status", -1)),
+            "article_id": info.get("article_id"),
+            "article_url": first.get("article_url") if isinstance(first, dict) else None,
+        }
+        now = self.adapter.clock()
+        await self.store.kv_set(
+            self.adapter._event_key(publish_id), json.dumps(result), expires_at=now + EVENT_TTL, now=now
+        )
+        log.info("WeChat PUBLISHJOBFINISH %s: status %s", publish_id, result["publish_status"])

@@ -1,0 +1,505 @@
+"""syndicate's benchmarks (`make bench`): figures printed as a table and saved as JSON and a PNG chart.
+
+Everything runs against the sandbox on loopback, in a separate process from the code being measured, and each
+figure is the median of several runs. These are measurements, never assertions: the machine is shared and noisy.
+
+1. throughput: deliveries/s through syndicate (SQLite and PostgreSQL) to the webhook stand-in, beside a plain
+   aiohttp loop POSTing the same payloads at the same concurrency with no queue at all (the physical limit), and
+   beside arq on Redis doing the same job (POST each payload, retry on failure).
+2. latency: publish hook answer (p50/p99) and publish-to-first-attempt (p50/p99) at a steady request rate.
+3. isolation: healthy channels' throughput while another channel's endpoint hangs.
+4. backlog: claim latency, drain rate and worker memory with a large queued backlog.
+5. fan-out width: one story to 1, 8 and 32 channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import resource
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from syndicate.config import Settings, parse_config  # noqa: E402
+from syndicate.engine import Engine  # noqa: E402
+from syndicate.store import open_store  # noqa: E402
+from syndicate.store.base import Completion, DeliveryFilter, State  # noqa: E402
+from syndicate.story import Story  # noqa: E402
+
+PG_DSN = os.environ.get("SYNDICATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+RESULTS = REPO / "bench" / "results"
+BODY = "<p>" + "上海16区融媒体中心全部建成并挂牌。" * 20 + "</p>"
+
+
+def story(i: int, prefix: str = "b") -> Story:
+    return Story.from_dict(
+        {"id": f"{prefix}{i}", "headline": f"第{i}条: 上海16区融媒体中心全部建成并挂牌", "body_html": BODY}
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def sandbox_process() -> AsyncIterator[str]:
+    """The sandbox in its own process, so it does not share a CPU core's event loop with what is measured."""
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "syndicate"),
+        "sandbox",
+        "--port",
+        str(port),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(100):
+                try:
+                    async with session.get(url + "/_sandbox/health"):
+                        break
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(proc.wait(), timeout=10)
+
+
+async def control(url: str, method: str, path: str, body: Any = None) -> Any:
+    async with aiohttp.ClientSession() as session, session.request(method, url + path, json=body) as resp:
+        return await resp.json() if resp.content_type == "application/json" else None
+
+
+def settings_for(store_url: str, sandbox: str, channels: dict[str, dict[str, Any]]) -> Settings:
+    full = {
+        name: {
+            "kind": "webhook",
+            "url": f"{sandbox}/webhook/{name}",
+            "secret": "bench-secret",
+            "timeout": 10,
+            "retry": [0, 0.05, 0.1, 0.2, 0.5, 1],
+            **extra,
+        }
+        for name, extra in channels.items()
+    }
+    raw = {
+        "store": {"url": store_url},
+        "engine": {"poll_interval": 0.5, "claim_batch": 256, "retry_jitter": 0},
+        "channels": full,
+    }
+    return parse_config(raw, source="bench", env={})
+
+
+@contextlib.asynccontextmanager
+async def store_url(kind: str) -> AsyncIterator[str]:
+    if kind == "sqlite":
+        with tempfile.TemporaryDirectory() as folder:
+            yield f"sqlite:///{folder}/bench.db"
+        return
+    import asyncpg
+
+    schema = f"bench_{uuid.uuid4().hex[:10]}"
+    try:
+        yield f"{PG_DSN}?schema={schema}"
+    finally:
+        conn = await asyncpg.connect(PG_DSN)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def pg_available() -> bool:
+    try:
+        import asyncpg
+
+        conn = await asyncpg.connect(PG_DSN, timeout=3)
+        await conn.close()
+        return True
+    except Exception:
+        return False
+
+
+# --- 1. throughput -----------------------------------------------------------------------------------------------
+
+
+async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
+    """The physical limit: POST the same rendered payloads at the same concurrency, no queue, no store."""
+    from adapters.webhook import WebhookAdapter, WebhookOptions
+    from syndicate.channel import Action
+
+    adapter = WebhookAdapter("raw", WebhookOptions(url=f"{sandbox}/webhook/raw", secret="bench-secret"), timeout=10)
+    bodies = [json.dumps(adapter.render(story(i, "raw"), Action.PUBLISH).data).encode() for i in range(n)]
+    queue: asyncio.Queue[bytes] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    async with aiohttp.ClientSession() as session:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                async with session.post(
+                    f"{sandbox}/webhook/raw", data=body, headers={"Content-Type": "application/json"}
+                ) as resp:
+                    await resp.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return n / (time.perf_counter() - started)
+
+
+async def syndicate_drain(kind: str, sandbox: str, n: int, concurrency: int, channels: int = 1) -> float:
+    """Stories fanned out first (not timed), then the timed drain of n x channels deliveries."""
+    names = {f"c{i}": {"concurrency": concurrency} for i in range(channels)}
+    async with store_url(kind) as url:
+        settings = settings_for(url, sandbox, names)
+        store = open_store(url)
+        await store.migrate()
+        try:
+            async with Engine(settings, store) as engine:
+                for i in range(n):
+                    await engine.accept(story(i, f"{kind}-{uuid.uuid4().hex[:4]}-"))
+                started = time.perf_counter()
+                await engine.run(until_idle=True)
+                return n * channels / (time.perf_counter() - started)
+        finally:
+            await store.close()
+
+
+async def arq_drain(sandbox: str, n: int, concurrency: int) -> float | None:
+    """The same job in arq on Redis: POST each payload, retry on failure."""
+    try:
+        from arq import create_pool
+        from arq.connections import RedisSettings
+        from arq.worker import Retry, Worker
+    except ImportError:
+        return None
+    queue_name = f"bench:{uuid.uuid4().hex[:8]}"
+    redis = RedisSettings()
+    pool = await create_pool(redis, default_queue_name=queue_name)
+    body = json.dumps({"event": "publish", "story": story(0).to_dict()}).encode()
+    session = aiohttp.ClientSession()
+
+    async def post(ctx: dict[str, Any], i: int) -> None:
+        async with session.post(f"{sandbox}/webhook/arq", data=body, headers={"Idempotency-Key": f"arq-{i}"}) as resp:
+            if resp.status >= 500:
+                raise Retry(defer=0.05)
+            await resp.read()
+
+    for i in range(n):
+        await pool.enqueue_job("post", i)
+    worker = Worker(
+        functions=[post],  # type: ignore[list-item]
+        redis_pool=pool,
+        queue_name=queue_name,
+        max_jobs=concurrency,
+        burst=True,
+        poll_delay=0.05,
+        handle_signals=False,
+        keep_result=0,
+    )
+    started = time.perf_counter()
+    await worker.main()
+    elapsed = time.perf_counter() - started
+    await worker.close()
+    await session.close()
+    await pool.aclose()
+    return n / elapsed
+
+
+# --- 2. latency --------------------------------------------------------------------------------------------------
+
+
+async def hook_latency(sandbox: str, rate: float, seconds: float) -> dict[str, float]:
+    from aiohttp import web
+
+    from syndicate.server import create_app
+    from syndicate.signing import SIGNATURE_HEADER, sign
+
+    async with store_url("sqlite") as url:
+        settings = settings_for(url, sandbox, {"lat": {"concurrency": 16}})
+        raw = {
+            "store": {"url": url},
+            "engine": {"poll_interval": 0.5, "retry_jitter": 0},
+            "server": {"hook_secret": "bench-hook-secret-000", "api_token": "bench-api-token-0000"},
+            "channels": {"lat": {"kind": "webhook", "url": f"{sandbox}/webhook/lat", "secret": "s", "timeout": 10}},
+        }
+        settings = parse_config(raw, source="bench", env={})
+        store = open_store(url)
+        await store.migrate()
+        async with Engine(settings, store) as engine:
+            app = create_app(settings, engine)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            port = free_port()
+            await web.TCPSite(runner, "127.0.0.1", port).start()
+            stop = asyncio.Event()
+            worker = asyncio.create_task(engine.run(stop=stop))
+            answers: list[float] = []
+            sent_at: dict[str, float] = {}
+            async with aiohttp.ClientSession() as session:
+
+                async def one(i: int) -> None:
+                    body = json.dumps(story(i, "lat").to_dict()).encode()
+                    headers = {
+                        "Content-Type": "application/json",
+                        SIGNATURE_HEADER: sign("bench-hook-secret-000", body),
+                    }
+                    t0 = time.perf_counter()
+                    sent_at[f"lat{i}"] = time.time()
+                    async with session.post(f"http://127.0.0.1:{port}/v1/stories", data=body, headers=headers) as r:
+                        await r.read()
+                    answers.append((time.perf_counter() - t0) * 1000)
+
+                tasks = []
+                count = int(rate * seconds)
+                t_start = time.perf_counter()
+                for i in range(count):
+                    tasks.append(asyncio.create_task(one(i)))
+                    await asyncio.sleep(max(0.0, t_start + (i + 1) / rate - time.perf_counter()))
+                await asyncio.gather(*tasks)
+                deadline = time.time() + 30
+                while await store.count_claimable(["lat"], now=time.time()) or await store.count_in_flight():
+                    if time.time() > deadline:
+                        break
+                    await asyncio.sleep(0.1)
+            stop.set()
+            await worker
+            await runner.cleanup()
+            first_attempt = []
+            for d in await store.list_deliveries(DeliveryFilter(channels=["lat"])):
+                attempts = await store.attempts(d.id)
+                if attempts:
+                    first_attempt.append((attempts[0].started_at - sent_at[d.story_id]) * 1000)
+        await store.close()
+    return {
+        "hook_p50_ms": percentile(answers, 50),
+        "hook_p99_ms": percentile(answers, 99),
+        "first_attempt_p50_ms": percentile(first_attempt, 50),
+        "first_attempt_p99_ms": percentile(first_attempt, 99),
+    }
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- 3. isolation ------------------------------------------------------------------------------------------------
+
+
+async def isolation(sandbox: str, n: int, concurrency: int) -> dict[str, float]:
+    baseline = await syndicate_drain("sqlite", sandbox, n, concurrency, channels=2)
+    await control(
+        sandbox,
+        "POST",
+        "/_sandbox/faults",
+        {"platform": "webhook", "rules": [{"fault": "timeout_before", "probability": 1.0, "name": "stuck"}]},
+    )
+    names = {"c0": {"concurrency": concurrency}, "c1": {"concurrency": concurrency}, "stuck": {"concurrency": 4}}
+    async with store_url("sqlite") as url:
+        settings = settings_for(url, sandbox, names)
+        store = open_store(url)
+        await store.migrate()
+        async with Engine(settings, store) as engine:
+            for i in range(n):
+                await engine.accept(story(i, "iso"))
+            stop = asyncio.Event()
+            started = time.perf_counter()
+            runner = asyncio.create_task(engine.run(stop=stop, grace=0))
+            while True:
+                depth = await store.queue_depth()
+                done = sum(v for (ch, st), v in depth.items() if ch in ("c0", "c1") and st.value == "delivered")
+                if done >= 2 * n:
+                    break
+                await asyncio.sleep(0.02)
+            healthy = 2 * n / (time.perf_counter() - started)
+            stop.set()
+            await runner
+        await store.close()
+    await control(sandbox, "DELETE", "/_sandbox/faults")
+    return {"baseline_per_s": baseline, "with_hanging_channel_per_s": healthy, "ratio": healthy / baseline}
+
+
+# --- 4. backlog --------------------------------------------------------------------------------------------------
+
+
+async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
+    """Queue `size` deliveries (bulk-inserted), then measure claim latency and the drain of the first `drain`."""
+    import sqlite3
+
+    async with store_url("sqlite") as url:
+        settings = settings_for(url, sandbox, {"bk": {"concurrency": 32}})
+        store = open_store(url)
+        await store.migrate()
+        path = url[len("sqlite:///") :]
+        now = time.time()
+        payload = json.dumps({"data": {"event": "publish", "story": {"id": "x"}}, "text_length": None, "warnings": []})
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.executemany(
+                "INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, created_at,"
+                " updated_at) VALUES (?, 1, 'bk', 'publish', 'queued', ?, ?, ?, ?)",
+                ((f"bk{i}", payload, now + i * 1e-6, now, now) for i in range(size)),
+            )
+        conn.close()
+        claims = []
+        for _ in range(20):
+            t0 = time.perf_counter()
+            got = await store.claim("probe", now=time.time(), lease_seconds=30, limits={"bk": 32})
+            claims.append((time.perf_counter() - t0) * 1000)
+            await store.complete(
+                [
+                    Completion(c.delivery.id, c.attempt_id, "probe", State.DELIVERED, "delivered", time.time(), 1.0)
+                    for c in got
+                ]
+            )
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        async with Engine(settings, store) as engine:
+            stop = asyncio.Event()
+            started = time.perf_counter()
+            runner = asyncio.create_task(engine.run(stop=stop))
+            # Polling the store is the measurement itself here, not a wait for an in-process event.
+            while (await store.counts()).by_state.get(State.DELIVERED, 0) < drain:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            elapsed = time.perf_counter() - started
+            stop.set()
+            await runner
+        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        await store.close()
+    return {
+        "backlog": size,
+        "claim_p50_ms": statistics.median(claims),
+        "claim_max_ms": max(claims),
+        "drain_per_s": drain / elapsed,
+        "max_rss_mb_before": rss_before,
+        "max_rss_mb_after": rss_after,
+    }
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+
+
+async def median_of(runs: int, fn: Callable[[], Awaitable[float | None]]) -> float | None:
+    values = [v for v in [await fn() for _ in range(runs)] if v is not None]
+    return statistics.median(values) if values else None
+
+
+async def main(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "machine": {
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        },
+        "params": vars(args),
+    }
+    n, c, runs = args.deliveries, args.concurrency, args.runs
+    async with sandbox_process() as sandbox:
+        raw = await median_of(runs, lambda: raw_loop(sandbox, n, c))
+        sqlite_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c))
+        pg_rate = (
+            await median_of(runs, lambda: syndicate_drain("postgres", sandbox, n, c)) if await pg_available() else None
+        )
+        arq_rate = await median_of(runs, lambda: arq_drain(sandbox, n, c))
+        results["throughput"] = {
+            "raw_aiohttp_per_s": raw,
+            "syndicate_sqlite_per_s": sqlite_rate,
+            "syndicate_postgres_per_s": pg_rate,
+            "arq_redis_per_s": arq_rate,
+            "ratio_sqlite_vs_raw": (sqlite_rate or 0) / raw if raw else None,
+            "ratio_postgres_vs_raw": (pg_rate or 0) / raw if raw and pg_rate else None,
+        }
+        results["latency"] = await hook_latency(sandbox, rate=args.rate, seconds=args.seconds)
+        results["isolation"] = await isolation(sandbox, n // 2, c)
+        results["fan_out_width"] = {}
+        for width in (1, 8, 32):
+            stories = max(20, n // width)
+            rate = await median_of(runs, lambda w=width, s=stories: syndicate_drain("sqlite", sandbox, s, 8, w))
+            results["fan_out_width"][str(width)] = rate
+        results["backlog"] = [await backlog(sandbox, size, min(size, args.drain)) for size in args.backlog]
+    return results
+
+
+def table(results: dict[str, Any]) -> str:
+    def fmt(v: Any) -> str:
+        if v is None:
+            return "n/a"
+        return f"{v:,.1f}" if isinstance(v, float) else str(v)
+
+    lines = [f"machine: {results['machine']}", ""]
+    for section in ("throughput", "latency", "isolation"):
+        lines.append(f"[{section}]")
+        for key, value in results[section].items():
+            lines.append(f"  {key:32s} {fmt(value)}")
+    lines.append("[fan_out_width] deliveries/s")
+    for width, value in results["fan_out_width"].items():
+        lines.append(f"  {width:>3} channels                     {fmt(value)}")
+    lines.append("[backlog]")
+    for row in results["backlog"]:
+        lines.append("  " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items()))
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = results["throughput"]
+    labels = ["raw aiohttp", "syndicate SQLite", "syndicate PostgreSQL", "arq (Redis)"]
+    values = [t["raw_aiohttp_per_s"], t["syndicate_sqlite_per_s"], t["syndicate_postgres_per_s"], t["arq_redis_per_s"]]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.bar(labels, [v or 0 for v in values], color=["#888", "#2a7", "#27a", "#a72"])
+    left.set_title("deliveries per second to the webhook stand-in")
+    left.tick_params(axis="x", rotation=15)
+    widths = list(results["fan_out_width"])
+    right.plot([int(w) for w in widths], [results["fan_out_width"][w] or 0 for w in widths], marker="o")
+    right.set_xscale("log", base=2)
+    right.set_title("fan-out width: deliveries per second")
+    right.set_xlabel("channels per story")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--rate", type=float, default=50.0, help="hook requests per second for the latency run")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--backlog", type=int, nargs="+", default=[100_000])
+    parser.add_argument("--drain", type=int, default=5000)
+    arguments = parser.parse_args()
+    outcome = asyncio.run(main(arguments))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench.json").write_text(json.dumps(outcome, indent=2, ensure_ascii=False))
+    chart(outcome, RESULTS / "bench.png")
+    print(table(outcome))
+    print(f"\nsaved {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")

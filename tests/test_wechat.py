@@ -1,0 +1,421 @@
+"""The WeChat Official Account channel against the sandbox stand-in, through the Engine."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from adapters.wechat import WeChatAdapter, body_image_sources, wechat_html
+from syndicate.channel import Action, RenderError, register
+from syndicate.config import Settings
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
+from syndicate.sandbox import wechat as wx
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.story import Story
+from tests.conftest import make_settings, make_story
+
+register(WeChatAdapter)
+
+CALLBACK_TOKEN = "callback-token-1"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
+TITLE = "上海16区融媒体中心全部建成并挂牌"
+
+
+def channel(sandbox: RunningSandbox, **kw: Any) -> dict[str, Any]:
+    return {
+        "kind": "wechat",
+        "api_base": sandbox.url,
+        "app_id": wx.DEFAULT_APP_ID,
+        "app_secret": wx.DEFAULT_APP_SECRET,
+        "token": CALLBACK_TOKEN,
+        "timeout": 0.5,
+        "retry": [0, 0.05, 0.05, 0.05, 0.05, 0.05],
+        **kw,
+    }
+
+
+def story(sandbox: RunningSandbox, **fields: Any) -> Story:
+    media = f"{sandbox.url}/media"
+    base: dict[str, Any] = {
+        "by": "轩召强 葛俊俊",
+        "body_html": (
+            f'<p>宝山汇<script>alert(1)</script></p><iframe src="https://evil.example"></iframe>'
+            f'<p><a href="https://elsewhere.example">外链</a></p><img src="{media}/story-blue-640x360.png" alt="a">'
+            f'<p style="color:red">正文</p><img src="{media}/story-green-800x800.png" alt="b">'
+        ),
+        "images": [
+            {"href": f"{media}/story-amber-1200x675.png", "role": "cover"},
+            {"href": f"{media}/story-blue-640x360.png", "role": "inline"},
+        ],
+    }
+    base.update(fields)
+    return make_story(**base)
+
+
+async def start(settings: Settings, store: Store, **kw: Any) -> Engine:
+    engine = Engine(settings, store, **kw)
+    await engine.start()
+    return engine
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'syndicate.db'}")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+async def deliveries(store: Store) -> list[DeliveryRecord]:
+    return await store.list_deliveries(DeliveryFilter(channels=["wechat"]))
+
+
+async def run_once(settings: Settings, store: Store, *stories: Story, horizon: float = 1.0) -> list[DeliveryRecord]:
+    engine = await start(settings, store)
+    try:
+        for s in stories:
+            await engine.accept(s)
+        await engine.run(until_idle=True, idle_horizon=horizon)
+    finally:
+        await engine.close()
+    return await deliveries(store)
+
+
+# ---- rendering
+
+
+def test_render_reduces_the_body_and_trims_to_wechat_limits(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel_stub()})
+    adapter = settings.channels["wechat"].create_adapter()
+    long = make_story(
+        headline="标" * 40,
+        by="作" * 20,
+        summary="摘" * 200,
+        body_html='<p onclick="x()">正文<script>alert(1)</script></p><iframe src="https://e.example"></iframe>'
+        '<p><a href="https://e.example">链接</a></p><img src="https://img.example/a.png"><img src="/relative.png">',
+        images=[{"href": "https://img.example/cover.png", "role": "cover"}],
+    )
+    payload = adapter.render(long, Action.PUBLISH)
+    data = payload.data
+    assert len(data["title"]) == 32 and data["title"].endswith("…")
+    assert len(data["author"]) == 16 and len(data["digest"]) == 128
+    content = data["content"]
+    for banned in ("<script", "<iframe", "onclick", "<a ", "relative.png"):
+        assert banned not in content
+    assert "链接" in content  # a link's text stays
+    assert data["body_images"] == ["https://img.example/a.png"]
+    assert any("title cut" in w for w in payload.warnings)
+    assert any("relative.png" in w for w in payload.warnings)
+    with pytest.raises(RenderError, match="cover"):
+        adapter.render(make_story(images=[]), Action.PUBLISH)
+    with pytest.raises(RenderError, match="20000"):
+        adapter.render(
+            make_story(body_html="<p>" + "字" * 20_001 + "</p>", images=[{"href": "https://i.example/c.png"}]),
+            Action.PUBLISH,
+        )
+
+
+def test_body_html_helpers_keep_what_wechat_keeps() -> None:
+    cleaned = wechat_html(
+        '<p style="x">a</p><img src="https://i.example/a.png?x=1&amp;y=2"><img src="https://i.example/a.png?x=1&amp;y=2">'
+    )
+    assert "style" not in cleaned
+    assert body_image_sources(cleaned) == ["https://i.example/a.png?x=1&y=2"]
+
+
+def channel_stub() -> dict[str, Any]:
+    return {"kind": "wechat", "app_id": "wx1", "app_secret": "s"}
+
+
+# ---- the whole flow
+
+
+async def test_whole_flow_publishes_once_with_wechat_images(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED, d.last_error
+    assert wx.counts(sandbox.sandbox) == {TITLE: {"drafts": 1, "submits": 1}}
+    [article] = wx.articles(sandbox.sandbox).values()
+    assert d.receipt is not None and d.receipt.url == article["url"]
+    content = article["articles"][0]["content"]
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', content)
+    assert len(sources) == 2 and all(s.startswith("http://mmbiz.qpic.cn/") for s in sources)
+    assert "<script" not in content and "<iframe" not in content and "elsewhere.example" not in content
+    sent = article["articles"][0]
+    assert sent["content_source_url"] == "https://news.example.cn/shanghai/story-1.html"
+    assert sent["author"] == "轩召强 葛俊俊"
+    uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
+    assert len(uploads) == 2  # the two distinct body images, each once
+    assert wx.tokens_issued(sandbox.sandbox) == 1
+
+
+async def test_still_publishing_waits_honestly_then_delivers(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    wx.configure(sandbox.sandbox, publish_delay=1.5)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    engine = await start(settings, store)
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=0)
+        [d] = await deliveries(store)
+        assert d.state is State.RETRY_WAIT
+        assert d.last_error is not None and "still publishing" in d.last_error
+        await engine.run(until_idle=True, idle_horizon=5)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+
+
+async def test_failed_review_is_permanent_with_wechats_reason(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    wx.set_outcome(sandbox.sandbox, TITLE, 4)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.FAILED
+    assert d.last_platform_code == "4" and "rejected by WeChat's review" in (d.last_error or "")
+
+
+# ---- the token
+
+
+async def test_token_expiring_mid_flow_is_refreshed_and_the_flow_resumes(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    engine = await start(settings, store)
+    adapter = engine.channels["wechat"].adapter
+    assert isinstance(adapter, WeChatAdapter)
+    original = adapter._make_draft
+
+    async def expire_then_draft(*args: Any) -> None:
+        wx.expire_tokens(sandbox.sandbox)  # the token runs out between the uploads and the draft
+        await original(*args)
+
+    adapter._make_draft = expire_then_draft  # type: ignore[method-assign]
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=1)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    assert d.attempts == 1  # refreshed inside the attempt, nothing repeated
+    assert wx.tokens_issued(sandbox.sandbox) == 2
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+    covers = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "material/add_material"]
+    assert len(covers) == 1
+
+
+async def test_wrong_secret_pauses_the_channel(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox, app_secret="wrong")})
+    [d] = await run_once(settings, store, story(sandbox), horizon=0)
+    assert d.state is State.RETRY_WAIT and d.last_error_class == "AuthRevoked"
+    assert "app_secret" in (d.last_error or "")
+    states = await store.channel_states()
+    assert states["wechat"].paused_until is not None and states["wechat"].paused_until > time.time() + 3600
+
+
+# ---- errors
+
+
+async def test_daily_quota_pauses_the_channel_and_resumes_at_submit(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    wx.inject(sandbox.sandbox, "freepublish/submit", errcode=45009)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox), horizon=0)
+    assert d.state is State.RETRY_WAIT and d.last_error_class == "RateLimited" and d.last_platform_code == "45009"
+    paused = (await store.channel_states())["wechat"].paused_until
+    assert paused is not None and paused > time.time() + 60
+    assert d.checkpoint.get("draft_media_id") and not d.checkpoint.get("submit_pending")
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 0}
+
+
+async def test_invalid_media_id_makes_the_cover_again(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    wx.inject(sandbox.sandbox, "draft/add", errcode=40007)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED, d.last_error
+    covers = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "material/add_material"]
+    assert len(covers) == 2
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["material/add_material", "media/uploadimg", "draft/add", "freepublish/submit", "freepublish/get"],
+)
+async def test_timeout_after_each_step_still_makes_one_draft_and_one_submit(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path, endpoint: str
+) -> None:
+    wx.inject(sandbox.sandbox, endpoint, hang_after=True)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox, timeout=0.3)})
+    [d] = await run_once(settings, store, story(sandbox), horizon=3)
+    assert d.state is State.DELIVERED, d.last_error
+    assert d.attempts >= 2
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+    assert len(wx.articles(sandbox.sandbox)) == 1
+
+
+async def test_worker_killed_between_submit_and_confirm_confirms_after_restart(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    first = await start(settings, store, worker_id="A")
+    adapter = first.channels["wechat"].adapter
+    assert isinstance(adapter, WeChatAdapter)
+    reached = asyncio.Event()
+
+    async def hang(ctx: Any) -> Any:
+        reached.set()
+        await asyncio.Event().wait()  # the worker dies here: never confirms
+
+    adapter._confirm = hang  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    try:
+        await first.accept(story(sandbox))
+        runner = asyncio.create_task(first.run(stop=stop, grace=0.05))
+        await asyncio.wait_for(reached.wait(), 5)
+        stop.set()
+        await asyncio.wait_for(runner, 5)
+    finally:
+        await first.close()
+    [d] = await deliveries(store)
+    assert d.state is not State.DELIVERED and d.reconcile
+    assert d.checkpoint.get("publish_id")
+
+    second = await start(settings, store, worker_id="B")
+    try:
+        await second.run(until_idle=True, idle_horizon=1)
+    finally:
+        await second.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+    assert d.receipt is not None and d.receipt.remote_id in wx.articles(sandbox.sandbox)
+
+
+# ---- the callback
+
+
+@pytest.fixture
+async def callback_server(store: Store, tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[tuple[str, Any]]:
+    """The channel's web routes served as `syndicate serve` mounts them; yields (callback URL, settings factory)."""
+    servers: list[web.AppRunner] = []
+
+    async def serve(**kw: Any) -> tuple[str, Settings]:
+        settings = make_settings(tmp_path, {"wechat": channel(sandbox, **kw)})
+        adapter = settings.channels["wechat"].create_adapter()
+        app = web.Application()
+        app.add_routes(adapter.web_routes(store))
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        servers.append(runner)
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}/wechat/wechat/callback", settings
+
+    yield "", serve
+    for runner in servers:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize("safe_mode", [False, True])
+async def test_publishjobfinish_callback_confirms_first(
+    sandbox: RunningSandbox, store: Store, callback_server: tuple[str, Any], safe_mode: bool
+) -> None:
+    extra = {"encoding_aes_key": AES_KEY} if safe_mode else {}
+    url, settings = await callback_server[1](**extra)
+    wx.configure(
+        sandbox.sandbox,
+        publish_delay=0.5,
+        callback_url=url,
+        callback_token=CALLBACK_TOKEN,
+        callback_aes_key=AES_KEY if safe_mode else None,
+    )
+    engine = await start(settings, store)
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=4)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    assert d.checkpoint["confirmed_by"] == "the PUBLISHJOBFINISH event"
+    assert [c["status"] for c in wx.callbacks(sandbox.sandbox)] == [200]
+    gets = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "freepublish/get"]
+    assert len(gets) == 1  # the first check (still publishing); the second came from the event
+
+
+async def test_callback_with_a_bad_signature_is_refused_and_stores_nothing(
+    sandbox: RunningSandbox, store: Store, callback_server: tuple[str, Any]
+) -> None:
+    url, _settings = await callback_server[1]()
+    cfg = wx.WeChatConfig(callback_token=CALLBACK_TOKEN)
+    answer = {
+        "publish_status": 0,
+        "article_id": "a-1",
+        "article_detail": {"count": 1, "item": [{"idx": 1, "article_url": "https://mp.weixin.qq.com/s/a-1"}]},
+    }
+    xml = wx.publish_event_xml(wx.DEFAULT_APP_ID, "777", answer)
+    query, body = wx.signed_callback(cfg, wx.DEFAULT_APP_ID, xml)
+    key = f"wechat:publish-event:{wx.DEFAULT_APP_ID}:777"
+    async with aiohttp.ClientSession() as session:
+        forged = {**query, "signature": "0" * 40}
+        async with session.post(url, params=forged, data=body.encode()) as resp:
+            assert resp.status == 403
+        assert await store.kv_get(key, now=time.time()) is None
+        async with session.post(url, params=query, data=body.encode()) as resp:
+            assert resp.status == 200 and await resp.text() == "success"
+    stored = json.loads(await store.kv_get(key, now=time.time()) or "{}")
+    assert stored == {"publish_status": 0, "article_id": "a-1", "article_url": "https://mp.weixin.qq.com/s/a-1"}
+
+
+# ---- update and retract
+
+
+async def test_retract_deletes_the_article_and_the_draft(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    first = story(sandbox)
+    await run_once(settings, store, first)
+    await run_once(settings, store, Story.from_dict({"id": first.id, "version": 2, "pubstatus": "canceled"}))
+    _publish, retract = await deliveries(store)
+    assert retract.action is Action.RETRACT and retract.state is State.DELIVERED, retract.last_error
+    [article] = wx.articles(sandbox.sandbox).values()
+    assert article["deleted"] is True
+    assert wx.drafts(sandbox.sandbox) == {}
+
+
+async def test_update_is_skipped_by_default_and_republished_on_request(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    await run_once(settings, store, story(sandbox))
+    await run_once(settings, store, story(sandbox, version=2, headline="更正:" + TITLE))
+    rows = await deliveries(store)
+    assert rows[-1].state is State.SKIPPED and "cannot edit a published article" in (rows[-1].note or "")
+
+    republish = make_settings(tmp_path, {"wechat": channel(sandbox, update_policy="republish")})
+    await run_once(republish, store, story(sandbox, version=3, headline="再更正:" + TITLE))
+    rows = await deliveries(store)
+    assert rows[-1].state is State.DELIVERED, rows[-1].last_error
+    live = [a for a in wx.articles(sandbox.sandbox).values() if not a["deleted"]]
+    assert [a["articles"][0]["title"] for a in live] == ["再更正:" + TITLE]
