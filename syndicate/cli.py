@@ -669,6 +669,39 @@ def resume(ctx: click.Context, channel: str, config_path: Path | None, as_json: 
     out.print(f"{escape(name)} resumed: workers deliver its queue again", highlight=False)
 
 
+# --- landed ----------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.argument("delivery_id", type=int)
+@click.argument("remote_id_or_url")
+@_config_option
+@click.pass_context
+def landed(ctx: click.Context, delivery_id: int, remote_id_or_url: str, config_path: Path | None) -> None:
+    """Confirm an `unknown` delivery did reach the platform: you found the post, give its id or URL.
+
+    It becomes delivered with that receipt (recorded in its attempt history); nothing is sent. To send it again
+    instead, use `syndicate replay DELIVERY_ID --force`.
+    """
+    from syndicate.operations import mark_landed
+
+    settings = _settings(ctx, config_path)
+
+    async def _landed() -> bool:
+        async with _store(settings) as store:
+            return await mark_landed(store, delivery_id, remote_id_or_url, now=time.time(), who="the CLI")
+
+    try:
+        changed = _run(_landed())
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="REMOTE_ID_OR_URL") from None
+    if not changed:
+        raise RuntimeFailure(
+            f"delivery {delivery_id} is not `unknown` (see `syndicate status --json`): nothing changed"
+        )
+    out.print(f"delivery {delivery_id} marked delivered: {escape(remote_id_or_url)}", highlight=False)
+
+
 # --- serve -----------------------------------------------------------------------------------------------------
 
 

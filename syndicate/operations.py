@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syndicate.channel import Receipt
 from syndicate.engine import Engine
 from syndicate.logs import redact
 from syndicate.store.base import (
@@ -283,3 +284,29 @@ async def story_status(store: Store, story_id: str) -> dict[str, Any]:
         "received_at": iso(record.received_at),
         "channels": channels,
     }
+
+
+# --- "it did land" -----------------------------------------------------------------------------------------------
+
+
+def operator_receipt(given: str) -> Receipt:
+    """What an operator typed to say an ``unknown`` post did land: an http(s) URL becomes the receipt's public
+    link, anything else the platform's remote id. ValueError when it is empty or too long to be either."""
+    value = given.strip()
+    if not value:
+        raise ValueError("enter the post's remote id or its public URL")
+    if len(value) > 2000:
+        raise ValueError("the remote id or URL is over 2000 characters")
+    if re.match(r"^https?://\S+$", value, re.IGNORECASE):
+        return Receipt(url=value, raw={"entered_by_operator": value})
+    if any(ch.isspace() for ch in value):
+        raise ValueError("a remote id has no spaces; a URL starts with http:// or https://")
+    return Receipt(remote_id=value, raw={"entered_by_operator": value})
+
+
+async def mark_landed(store: Store, delivery_id: int, given: str, *, now: float, who: str = "an operator") -> bool:
+    """An operator confirms an ``unknown`` delivery reached the platform (they found the post): delivered with the
+    id or URL they give, an attempt row recording it. False when the delivery is not ``unknown``; ValueError
+    (from ``operator_receipt``) when ``given`` is neither an id nor a URL. Nothing is sent to the platform."""
+    receipt = operator_receipt(given)
+    return await store.mark_landed(delivery_id, receipt, now=now, note=f"marked as landed by {who}: {given.strip()}")

@@ -547,6 +547,9 @@ def create_app(
     app.router.add_get("/metrics", metrics_endpoint)
     for runtime in engine.channels.values():
         app.router.add_routes(runtime.adapter.web_routes(engine.store))
+    from syndicate.dashboard import setup_dashboard  # here, not at the top: the dashboard imports this module
+
+    setup_dashboard(app)
     return app
 
 

@@ -436,3 +436,25 @@ async def test_pause_and_resume_a_channel(tmp_path: Path, sandbox: RunningSandbo
     assert {d["state"] for d in await cli.deliveries()} == {"delivered"}
     assert_one_line_error(await cli("pause", "nope"), 2, "unknown channel 'nope'")
     assert_one_line_error(await cli("pause", "alpha", "--for", "soon"), 2, "--for")
+
+
+async def test_landed_marks_an_unknown_delivery_delivered(tmp_path: Path) -> None:
+    from syndicate.store import open_store
+    from syndicate.store.base import Completion
+
+    cli = make_cli(tmp_path)
+    assert (await cli("publish", EXAMPLES[0])).code == 0
+    store = open_store(f"sqlite:///{tmp_path}/s.db")
+    try:
+        [claim, _] = await store.claim("w", now=time.time(), lease_seconds=30, limits={"alpha": 1, "beta": 1})
+        await store.complete(
+            [Completion(claim.delivery.id, claim.attempt_id, "w", State.UNKNOWN, "unknown", time.time(), 1.0)]
+        )
+    finally:
+        await store.close()
+    done = await cli("landed", str(claim.delivery.id), "https://weibo.example/p/123")
+    assert done.code == 0, done.err
+    [row] = [d for d in await cli.deliveries() if d["id"] == claim.delivery.id]
+    assert row["state"] == "delivered" and row["receipt"]["url"] == "https://weibo.example/p/123"
+    assert_one_line_error(await cli("landed", str(claim.delivery.id), "x"), 1, "not `unknown`")
+    assert_one_line_error(await cli("landed", "999", "has spaces in it"), 2, "REMOTE_ID_OR_URL")

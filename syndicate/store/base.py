@@ -242,6 +242,28 @@ class DeliveryFilter:
 
 
 @dataclass(frozen=True)
+class AttemptBucket:
+    """Finished attempts of one channel in one time slice: what the dashboard's health chart plots."""
+
+    channel: str
+    #: Start of the slice (unix seconds): ``since + n * bucket_seconds``.
+    start: float
+    attempts: int
+    #: Attempts whose outcome is in SUCCESS_OUTCOMES.
+    succeeded: int
+    mean_ms: float | None
+    max_ms: float | None
+
+
+#: Attempt outcomes that mean the post is on the platform.
+SUCCESS_OUTCOMES = ("delivered", "reconciled")
+#: The ``worker`` of attempt rows an operator wrote (``mark_landed``): not a transmission, left out of the stats.
+OPERATOR_WORKER = "operator"
+#: The outcome of the attempt row ``mark_landed`` writes.
+LANDED_BY_OPERATOR = "landed_by_operator"
+
+
+@dataclass(frozen=True)
 class StoreCounts:
     stories: int
     story_versions: int
@@ -430,3 +452,18 @@ class Store(abc.ABC):
         """Operator replay: back to queued with the retry budget reset and history kept. Returns the ids re-queued
         (only replayable states; delivered too when ``force``). An ``unknown`` one first checks whether it landed
         (where the channel can look it up) unless ``force`` says to resend regardless."""
+
+    @abc.abstractmethod
+    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
+        """An operator confirms an ``unknown`` delivery did reach the platform: delivered with the operator's
+        receipt, and an attempt row (worker OPERATOR_WORKER, outcome LANDED_BY_OPERATOR, message ``note``) saying
+        so. False, changing nothing, when the delivery is not ``unknown`` (or does not exist)."""
+
+    @abc.abstractmethod
+    async def recent_story_ids(self, limit: int) -> list[str]:
+        """The ids of the stories most recently received (any version), newest first: the dashboard's rows."""
+
+    @abc.abstractmethod
+    async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
+        """Attempts finished at or after ``since``, per channel and slice of ``bucket_seconds``, operator rows
+        and skipped ones left out; ordered by channel and start. Channel health: success rate and latency."""

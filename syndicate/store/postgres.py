@@ -21,9 +21,13 @@ import asyncpg
 
 from syndicate.channel import Receipt
 from syndicate.store.base import (
+    LANDED_BY_OPERATOR,
     OPEN_STATES,
+    OPERATOR_WORKER,
     PENDING_STATES,
     REPLAYABLE_STATES,
+    SUCCESS_OUTCOMES,
+    AttemptBucket,
     AttemptRecord,
     ChannelState,
     Claim,
@@ -703,3 +707,59 @@ class PostgresStore(Store):
             if rows:
                 await self._notify(conn)
         return sorted(r["id"] for r in rows)
+
+    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn, conn.transaction():
+            number = await conn.fetchval(
+                "UPDATE deliveries SET state = 'delivered', receipt = $1, attempts = attempts + 1, due_at = NULL,"
+                " reconcile = false, lease_owner = NULL, lease_expires = NULL, note = $2, last_error = NULL,"
+                " last_error_class = NULL, last_platform_code = NULL, updated_at = $3"
+                " WHERE id = $4 AND state = 'unknown' RETURNING attempts",
+                dumps_json(receipt.to_json()),
+                note,
+                now,
+                delivery_id,
+            )
+            if number is None:
+                return False
+            await conn.execute(
+                "INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)"
+                " VALUES ($1, $2, $3, $4, $4, $5, $6)",
+                delivery_id,
+                number,
+                OPERATOR_WORKER,
+                now,
+                LANDED_BY_OPERATOR,
+                note,
+            )
+        return True
+
+    async def recent_story_ids(self, limit: int) -> list[str]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT $1",
+                limit,
+            )
+        return [r["story_id"] for r in rows]
+
+    async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
+        pool = await self._get_pool()
+        async with pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT d.channel, floor((a.finished_at - $1) / $2)::bigint AS slot, count(*) AS n,"
+                " count(*) FILTER (WHERE a.outcome = ANY($3::text[])) AS ok,"
+                " avg(a.duration_ms) AS mean_ms, max(a.duration_ms) AS max_ms"
+                " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE a.finished_at >= $1 AND a.worker <> $4 AND coalesce(a.outcome, '') <> 'skipped'"
+                " GROUP BY d.channel, slot ORDER BY d.channel, slot",
+                since,
+                float(bucket_seconds),
+                list(SUCCESS_OUTCOMES),
+                OPERATOR_WORKER,
+            )
+        return [
+            AttemptBucket(r["channel"], since + r["slot"] * bucket_seconds, r["n"], r["ok"], r["mean_ms"], r["max_ms"])
+            for r in rows
+        ]

@@ -19,9 +19,13 @@ from typing import Any, TypeVar
 
 from syndicate.channel import Receipt
 from syndicate.store.base import (
+    LANDED_BY_OPERATOR,
     OPEN_STATES,
+    OPERATOR_WORKER,
     PENDING_STATES,
     REPLAYABLE_STATES,
+    SUCCESS_OUTCOMES,
+    AttemptBucket,
     AttemptRecord,
     ChannelState,
     Claim,
@@ -750,3 +754,51 @@ class SQLiteStore(Store):
                 return chosen
 
         return await self._run(_requeue)
+
+    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
+        def _mark(conn: sqlite3.Connection) -> bool:
+            with self._tx(conn):
+                cur = conn.execute(
+                    "UPDATE deliveries SET state = 'delivered', receipt = ?, attempts = attempts + 1, due_at = NULL,"
+                    " reconcile = 0, lease_owner = NULL, lease_expires = NULL, note = ?, last_error = NULL,"
+                    " last_error_class = NULL, last_platform_code = NULL, updated_at = ?"
+                    " WHERE id = ? AND state = 'unknown'",
+                    (dumps_json(receipt.to_json()), note, now, delivery_id),
+                )
+                if cur.rowcount != 1:
+                    return False
+                conn.execute(
+                    "INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)"
+                    " SELECT id, attempts, ?, ?, ?, ?, ? FROM deliveries WHERE id = ?",
+                    (OPERATOR_WORKER, now, now, LANDED_BY_OPERATOR, note, delivery_id),
+                )
+                return True
+
+        return await self._run(_mark)
+
+    async def recent_story_ids(self, limit: int) -> list[str]:
+        def _recent(conn: sqlite3.Connection) -> list[str]:
+            rows = conn.execute(
+                "SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT ?",
+                (limit,),
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(_recent)
+
+    async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
+        success = _placeholders(len(SUCCESS_OUTCOMES))
+
+        def _buckets(conn: sqlite3.Connection) -> list[AttemptBucket]:
+            rows = conn.execute(
+                "SELECT d.channel, CAST((a.finished_at - ?) / ? AS INTEGER) AS slot, count(*) AS n,"
+                f" sum(CASE WHEN a.outcome IN ({success}) THEN 1 ELSE 0 END) AS ok,"
+                " avg(a.duration_ms) AS mean_ms, max(a.duration_ms) AS max_ms"
+                " FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+                " WHERE a.finished_at >= ? AND a.worker != ? AND coalesce(a.outcome, '') != 'skipped'"
+                " GROUP BY d.channel, slot ORDER BY d.channel, slot",
+                (since, bucket_seconds, *SUCCESS_OUTCOMES, since, OPERATOR_WORKER),
+            )
+            return [AttemptBucket(r[0], since + r[1] * bucket_seconds, r[2], r[3], r[4], r[5]) for r in rows]
+
+        return await self._run(_buckets)

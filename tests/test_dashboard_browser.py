@@ -1,0 +1,202 @@
+"""The dashboard in a real headless Chromium (Debian's `chromium`, driven by Playwright for Python): log in, watch a
+board cell turn from queued to delivered without a reload, read a story's payload and attempts, replay a failed
+delivery from the failures page, pause and resume a channel. Screenshots of every page go to build/screenshots/.
+
+Outside CI these tests skip, saying why, when Playwright or a Chromium binary is missing; with CI=true they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from syndicate.sandbox import RunningSandbox
+from syndicate.server import serve
+from tests.test_server import API_TOKEN, Server, server_settings
+
+REPO = Path(__file__).resolve().parent.parent
+SCREENSHOTS = REPO / "build" / "screenshots"
+EXAMPLES = REPO / "examples"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+TIMEOUT_MS = 15_000
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"the dashboard browser tests must run in CI: {reason}")
+    pytest.skip(reason)
+
+
+def _chromium_path() -> str | None:
+    for candidate in (os.environ.get("SYNDICATE_CHROMIUM"), "chromium", "chromium-browser", "/usr/bin/chromium"):
+        if candidate and (found := shutil.which(candidate)):
+            return found
+    return None
+
+
+@pytest.fixture
+async def browser_page() -> AsyncIterator[Any]:
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        _unavailable("Playwright for Python is not installed: pip install -e '.[dev]'")
+    executable = _chromium_path()
+    if executable is None:
+        _unavailable("no Chromium found (apt-get install chromium, or set SYNDICATE_CHROMIUM to the binary)")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        context = await browser.new_context(viewport={"width": 1280, "height": 860}, locale="zh-CN")
+        page = await context.new_page()
+        page.set_default_timeout(TIMEOUT_MS)
+        try:
+            yield page
+        finally:
+            await context.close()
+            await browser.close()
+
+
+@pytest.fixture
+async def live_server(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Server]:
+    settings = server_settings(tmp_path, sandbox.url)
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, host="127.0.0.1", port=0, stop=stop, on_ready=ready.set_result))
+    url = await asyncio.wait_for(ready, timeout=10)
+    async with aiohttp.ClientSession() as session:
+        yield Server(url, session)
+    stop.set()
+    await asyncio.wait_for(task, timeout=20)
+
+
+def example(name: str) -> dict[str, Any]:
+    return json.loads((EXAMPLES / name).read_text(encoding="utf-8"))
+
+
+async def shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+async def log_in(page: Any, url: str) -> None:
+    await page.goto(url + "/")
+    assert "/dashboard/login" in page.url
+    await shot(page, "login")
+    await page.fill("input[name=token]", API_TOKEN)
+    await page.click("form[action='/dashboard/login'] button[type=submit]")
+    await page.wait_for_url(url + "/")
+    await page.wait_for_selector("table.board")
+
+
+def cell(story_id: str, channel: str) -> str:
+    return f"tr[data-story='{story_id}'] td[data-channel='{channel}']"
+
+
+async def test_board_updates_live_and_story_page_shows_payload_and_attempts(
+    browser_page: Any, live_server: Server, sandbox: RunningSandbox
+) -> None:
+    page = browser_page
+    await log_in(page, live_server.url)
+    # Two earlier stories, one of them refused by the app channel, so the board shows more than one state.
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:422", "probability": 1.0, "name": "app"}])
+    earlier = example("02-baoshan-app.json")
+    assert (await live_server.hook(earlier))[0] == 202
+    await live_server.wait_states(earlier["id"], "delivered", "failed")
+    sandbox.sandbox.set_faults("webhook", [])
+    ninjs = (EXAMPLES / "03-first-batch.ninjs.json").read_bytes()
+    assert (await live_server.hook(ninjs, content_type="application/ninjs+json"))[0] == 202
+    story = example("01-district-media-centres.json")
+    # Both channels paused: the story's cells stay queued until the operator resumes them.
+    for channel in ("web", "app"):
+        assert (await live_server.api("POST", f"/v1/channels/{channel}/pause", json={"for": "1h"}))[0] == 200
+    assert (await live_server.hook(story))[0] == 202
+    await page.reload()
+    for channel in ("web", "app"):
+        await page.wait_for_selector(cell(story["id"], channel) + "[data-state='queued']")
+    await page.evaluate("window.__notReloaded = true")
+
+    for channel in ("web", "app"):
+        assert (await live_server.api("POST", f"/v1/channels/{channel}/resume"))[0] == 200
+    for channel in ("web", "app"):
+        await page.wait_for_selector(cell(story["id"], channel) + "[data-state='delivered']")
+    assert await page.evaluate("window.__notReloaded === true"), "the board reloaded instead of updating live"
+    assert (await page.inner_text(cell(story["id"], "web"))).strip() == "已发布"
+    await shot(page, "board")
+    await page.set_viewport_size({"width": 390, "height": 844})
+    await shot(page, "board-phone")
+    await page.set_viewport_size({"width": 1280, "height": 860})
+
+    await page.click(f"tr[data-story='{story['id']}'] th a")
+    await page.wait_for_selector("#headline")
+    assert await page.text_content("#headline") == story["headline"]
+    payload = await page.text_content("#channel-web pre.payload")
+    assert payload is not None and story["id"] in payload and '"event": "publish"' in payload
+    outcomes = await page.locator("#channel-web table.attempts td.outcome").all_text_contents()
+    assert outcomes == ["delivered"]
+    assert "wh-" in (await page.text_content("#channel-web .receipt") or "")
+    await shot(page, "story")
+
+
+async def test_replay_failed_delivery_from_failures_page(
+    browser_page: Any, live_server: Server, sandbox: RunningSandbox
+) -> None:
+    page = browser_page
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:400", "probability": 1.0, "name": "app"}])
+    story = example("02-baoshan-app.json")
+    assert (await live_server.hook(story))[0] == 202
+    await live_server.wait_states(story["id"], "delivered", "failed")
+    sandbox.sandbox.set_faults("webhook", [])
+
+    await log_in(page, live_server.url)
+    await page.click("nav a[href='/dashboard/failures']")
+    await page.wait_for_selector("li.failure")
+    assert await page.locator("li.failure").count() == 1
+    await shot(page, "failures")
+    await page.check("li.failure input.pick-one")
+    await page.click("#replay-selected")
+    await page.wait_for_selector("#confirm-text")
+    assert await page.text_content("#confirm-text") == "将重发 1 条投递，渠道：app。"
+    await shot(page, "confirm")
+    await page.click("#confirm-yes")
+    await page.wait_for_selector("p.flash")
+    assert "已重新排队 1 条投递" in (await page.text_content("p.flash") or "")
+
+    await page.click("nav a[href='/']")
+    await page.wait_for_selector(cell(story["id"], "app") + "[data-state='delivered']")
+    await page.click("nav a[href='/dashboard/failures']")
+    await page.wait_for_selector("p.muted >> text=没有失败或结果未知的投递")
+
+
+async def test_pause_and_resume_a_channel(browser_page: Any, live_server: Server) -> None:
+    page = browser_page
+    assert (await live_server.hook(example("01-district-media-centres.json")))[0] == 202
+    await live_server.wait_states("sh-rmt-20190918-001", "delivered")
+    await log_in(page, live_server.url)
+    await page.click("nav a[href='/dashboard/channels']")
+    web = "section[data-channel='web']"
+    await page.wait_for_selector(f"{web}[data-paused='no']")
+    await page.select_option(f"{web} select[name=for]", "")
+    await page.fill(f"{web} input[name=reason]", "更换凭证")
+    await page.click(f"{web} form.pause button[type=submit]")
+    await page.wait_for_selector(f"{web}[data-paused='yes']")
+    assert await page.text_content(f"{web} .reason") == "更换凭证"
+    await shot(page, "channels")
+    await page.click(f"{web} button.resume")
+    await page.wait_for_selector(f"{web}[data-paused='no']")
+    assert "渠道已恢复" in (await page.text_content("p.flash") or "")
