@@ -316,9 +316,10 @@ async def test_work_until_idle_delivers_everything_exactly_once(tmp_path: Path, 
 
 
 async def test_work_converges_on_a_flaky_receiver(tmp_path: Path, sandbox: RunningSandbox) -> None:
-    # p = 0.5 per attempt: a long (fast) schedule so no delivery plausibly exhausts it.
-    cli = make_cli(tmp_path, sandbox.url, retry=[0] + [0.1] * 11)
-    sandbox.sandbox.set_faults("webhook", [{"fault": "status:503", "probability": 0.5}])
+    # p = 0.7 per attempt, so some fault surely fires (0.3^6 that none does); a long, fast schedule so no delivery
+    # plausibly exhausts it (0.7^30 per delivery).
+    cli = make_cli(tmp_path, sandbox.url, retry=[0] + [0.05] * 29)
+    sandbox.sandbox.set_faults("webhook", [{"fault": "status:503", "probability": 0.7}])
     stories = example_stories()
     assert (await cli("publish", *EXAMPLES)).code == 0
 

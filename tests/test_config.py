@@ -369,8 +369,11 @@ def test_shipped_default_config_loads() -> None:
         "peoples_account",
         "shangguan",
         "wechat",
+        "weibo",
+        "x",
     ]
-    assert {ch.kind for ch in settings.channels.values()} == {"webhook", "website", "rss", "app", "partner", "wechat"}
+    kinds = {ch.kind for ch in settings.channels.values()}
+    assert kinds == {"webhook", "website", "rss", "app", "partner", "wechat", "weibo", "x"}
     assert str(settings.channels["app"].options.api_base).startswith("http://127.0.0.1:8765")
     for name, ch in settings.channels.items():
         if ch.kind != "webhook":
@@ -401,6 +404,11 @@ EXAMPLE_ENV = {
     "WECHAT_APP_ID": "wx-app",
     "WECHAT_APP_SECRET": "wx-secret",
     "WECHAT_CALLBACK_TOKEN": "wx-token",
+    "WEIBO_ACCESS_TOKEN": "wb-token",
+    "X_CONSUMER_KEY": "x-ck",
+    "X_CONSUMER_SECRET": "x-cs",
+    "X_ACCESS_TOKEN": "x-at",
+    "X_ACCESS_TOKEN_SECRET": "x-ats",
     "SYNDICATE_HOOK_SECRET": "hook-secret-0123456789",
     "SYNDICATE_API_TOKEN": "api-token-0123456789",
 }

@@ -10,13 +10,13 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from syndicate.sandbox import jpush, partner, webhook, wechat
+from syndicate.sandbox import jpush, partner, webhook, wechat, weibo, x
 from syndicate.sandbox.core import SANDBOX_KEY, Sandbox, setup_control, setup_media
 
 PlatformSetup = Callable[[web.Application, Sandbox], None]
 
 # Every stand-in platform, in route-registration order. A new platform module adds its ``setup`` here.
-PLATFORMS: list[PlatformSetup] = [webhook.setup, partner.setup, jpush.setup, wechat.setup]
+PLATFORMS: list[PlatformSetup] = [webhook.setup, partner.setup, jpush.setup, wechat.setup, weibo.setup, x.setup]
 
 
 def create_app(sandbox: Sandbox | None = None) -> web.Application:

@@ -1,0 +1,320 @@
+"""The Weibo channel: shares the story link with a short text and the cover through ``statuses/share``.
+
+Weibo's open API lets a third-party app post only through ``POST /2/statuses/share.json``
+(https://open.weibo.com/wiki/2/statuses/share): ``access_token``, ``status`` (at most 140 in Weibo's counting, with
+at least one link on the app's *safe domain*, no ``#topic#``) and optionally ``pic`` (one JPEG/GIF/PNG under 5 MB,
+multipart). So:
+
+* ``render`` fits headline (or the channel override) + summary + story URL into 140 with
+  ``syndicate.textfit.WEIBO_COUNTER`` (no hashtags: the API refuses them) and refuses, before any request, a story
+  whose URL is not on ``safe_domain``: Weibo would refuse every attempt.
+* ``publish`` fetches the cover through ``MediaFetcher`` (the one place that fetches story images) and sends it as
+  ``pic``; without a cover the request is a plain form post.
+* The API has no delete or edit for shared statuses, so update and retract are not offered: the engine records
+  them as ``skipped`` with that reason.
+* A publish whose answer was lost is reconciled by reading the account's ``statuses/user_timeline`` and matching
+  the text (Weibo shows links as t.cn short links, so links compare as placeholders); when the timeline cannot be
+  read the delivery stays unknown rather than risk a second post.
+
+Error codes (open.weibo.com/wiki/Error_code): 10022/10023/10024 (IP, user, user-per-API rate limits) and 20016
+(posting too fast) pause the channel for ``rate_limit_pause`` seconds (Weibo says nothing about when the window
+ends); 20017/20019 (similar/repeated content) and 20012 (too long: our counting should prevent it) fail the
+delivery; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
+AuthRevoked saying so; 21332 and 10014 pause the channel as AuthRevoked; 5xx retries.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+import aiohttp
+from pydantic import Field, HttpUrl, field_validator
+
+from syndicate.channel import (
+    Action,
+    Adapter,
+    AdapterOptions,
+    AuthExpired,
+    AuthRevoked,
+    DeliveryContext,
+    DeliveryError,
+    OutcomeUnknown,
+    Payload,
+    Permanent,
+    RateLimited,
+    Receipt,
+    RenderError,
+    Retryable,
+)
+from syndicate.httputil import retry_after_seconds
+from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
+from syndicate.sanitize import plain_text
+from syndicate.story import Story
+from syndicate.textfit import WEIBO_COUNTER, FitError, fit_post, same_post_text
+
+WEIBO_API_BASE = "https://api.weibo.com"
+SHARE_PATH = "/2/statuses/share.json"
+TIMELINE_PATH = "/2/statuses/user_timeline.json"
+#: statuses/share: "仅支持JPEG、GIF、PNG图片,上传图片大小限制为<5M".
+PIC_TYPES = ("image/jpeg", "image/gif", "image/png")
+PIC_MAX_BYTES = 5 * 1024 * 1024 - 1
+#: How many of the account's newest statuses a lookup reads.
+LOOKUP_COUNT = 50
+
+RATE_LIMIT_CODES = frozenset({10022, 10023, 10024, 20016})
+DUPLICATE_CODES = frozenset({20017, 20019})
+TEXT_TOO_LONG = 20012
+EXPIRED_TOKEN = 21327
+REVOKED_CODES = frozenset({21332, 10014})
+
+
+class WeiboOptions(AdapterOptions):
+    """``[channels.NAME]`` keys of a Weibo channel."""
+
+    #: Weibo's API root (https://api.weibo.com; the sandbox root in tests and the demo).
+    api_base: HttpUrl = HttpUrl(WEIBO_API_BASE)
+    #: The OAuth2 access token of the account that posts; usually "${ENV_VAR}".
+    access_token: str = Field(min_length=1)
+    #: The app's safe domain (我的应用 > 应用信息 > 安全域名): every story URL must be on it or a subdomain.
+    safe_domain: str = Field(min_length=1)
+    #: How long a rate limit pauses the channel, in seconds (Weibo does not say when its window ends).
+    rate_limit_pause: float = Field(default=3600.0, gt=0)
+
+    @field_validator("safe_domain")
+    @classmethod
+    def _bare_host(cls, value: str) -> str:
+        host = value.strip().lower().rstrip(".")
+        if not host or "/" in host or ":" in host or " " in host:
+            raise ValueError(f"{value!r} must be a bare host name such as news.example.cn (no scheme or path)")
+        return host
+
+
+def on_safe_domain(url: str, safe_domain: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    return host == safe_domain or host.endswith("." + safe_domain)
+
+
+class WeiboAdapter(Adapter):
+    kind: ClassVar[str] = "weibo"
+    options_model = WeiboOptions
+    idempotent: ClassVar[bool] = False
+    actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
+    supports_lookup = True
+    options: WeiboOptions
+
+    def __init__(self, name: str, options: WeiboOptions, *, timeout: float) -> None:  # type: ignore[override]
+        super().__init__(name, options, timeout=timeout)
+        #: Where "now" comes from for the end of a rate-limit pause (tests share the engine's fake clock).
+        self.clock: Callable[[], float] = time.time
+        #: The ``[media]`` settings images are fetched under (the engine passes ``settings.media``).
+        self.media_settings: MediaSettings = MediaSettings()
+        self._session: aiohttp.ClientSession | None = None
+        self._media: MediaFetcher | None = None
+        api = str(options.api_base).rstrip("/")
+        self._share_url = f"{api}{SHARE_PATH}"
+        self._timeline_url = f"{api}{TIMELINE_PATH}"
+
+    def unsupported_reason(self, action: Action) -> str:
+        return (
+            f"Weibo's statuses/share API offers no way to {'edit' if action is Action.UPDATE else 'delete'} a "
+            "shared status: change or remove it in the Weibo account itself"
+        )
+
+    # ---- rendering
+
+    def render(self, story: Story, action: Action) -> Payload:
+        if not story.url:
+            raise RenderError(
+                f"url: Weibo's statuses/share needs the story's link on the safe domain {self.options.safe_domain}"
+            )
+        if not on_safe_domain(story.url, self.options.safe_domain):
+            raise RenderError(
+                f"url: {story.url} is not on the channel's safe domain {self.options.safe_domain}; Weibo refuses a "
+                "shared status without a link on it (set safe_domain to the app's 安全域名, or publish the story "
+                "under that domain)"
+            )
+        override = story.overrides.get(self.name)
+        try:
+            post = fit_post(
+                WEIBO_COUNTER,
+                headline=plain_text(override.headline if override and override.headline else story.headline),
+                summary=plain_text(override.summary if override and override.summary else story.summary or ""),
+                text=plain_text(override.text) if override and override.text else None,
+                url=story.url,
+                tags=story.tags,
+                language=story.language,
+            )
+        except FitError as exc:
+            raise RenderError(f"headline: {exc}") from exc
+        cover = story.cover
+        return Payload(
+            data={"status": post.text, "pic": cover.href if cover else None, "story_url": story.url},
+            text_length=post.length,
+            warnings=post.warnings,
+        )
+
+    # ---- session
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
+            )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        if self._media is not None:
+            await self._media.close()
+            self._media = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"channel {self.name!r} was not started")
+        return self._session
+
+    @property
+    def media(self) -> MediaFetcher:
+        if self._media is None:
+            self._media = MediaFetcher(self.media_settings)
+        return self._media
+
+    # ---- publishing
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        status = str(payload.data["status"])
+        form: aiohttp.FormData | dict[str, str]
+        pic_url = payload.data.get("pic")
+        if pic_url:
+            blob = await self._fetch_pic(str(pic_url))
+            form = aiohttp.FormData()
+            form.add_field("access_token", self.options.access_token)
+            form.add_field("status", status)
+            form.add_field("pic", blob.data, filename=blob.filename, content_type=blob.content_type)
+        else:
+            form = {"access_token": self.options.access_token, "status": status}
+        try:
+            # Never follow redirects: aiohttp would turn the POST into a body-less GET.
+            async with self.session.post(self._share_url, data=form, allow_redirects=False) as resp:
+                raw = await resp.read()
+                answer = _json_object(raw)
+                if 200 <= resp.status < 300 and answer.get("idstr"):
+                    return _receipt(answer)
+                raise self._error(resp.status, resp.headers, answer, raw, doing="share")
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            raise Retryable(f"could not connect to Weibo at {self._share_url}: {exc}") from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise OutcomeUnknown(
+                f"no answer from Weibo after sending the status ({type(exc).__name__}: {exc}); the account's "
+                "timeline will tell whether it landed"
+            ) from exc
+
+    async def _fetch_pic(self, url: str) -> MediaBlob:
+        try:
+            return await self.media.fetch(url, max_bytes=PIC_MAX_BYTES, allowed_types=PIC_TYPES)
+        except MediaUnavailable as exc:
+            if exc.retryable:
+                raise Retryable(f"cover image {url}: {exc}", retry_after=exc.retry_after) from exc
+            raise Permanent(f"cover image {url} cannot be fetched: {exc}") from exc
+        except MediaError as exc:
+            raise Permanent(
+                f"cover image {url} cannot go to Weibo (one JPEG, GIF or PNG under 5 MB): {exc}; change the "
+                "story's cover (images[].role = cover)"
+            ) from exc
+
+    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+        """Did the status land? Read the account's newest statuses and match the text."""
+        params = {"access_token": self.options.access_token, "count": str(LOOKUP_COUNT)}
+        try:
+            async with self.session.get(self._timeline_url, params=params, allow_redirects=False) as resp:
+                raw = await resp.read()
+                answer = _json_object(raw)
+                if not 200 <= resp.status < 300:
+                    raise self._error(resp.status, resp.headers, answer, raw, doing="timeline lookup")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(f"could not read the Weibo timeline: {type(exc).__name__}: {exc}") from exc
+        found = answer.get("statuses")
+        if not isinstance(found, list):
+            raise Retryable(f"the Weibo timeline answer has no statuses: {raw[:200]!r}")
+        sent = str(payload.data["status"])
+        for status in found:
+            if isinstance(status, dict) and same_post_text(sent, str(status.get("text", "")), WEIBO_COUNTER.url_spans):
+                return _receipt(status)
+        if len(found) >= LOOKUP_COUNT:
+            raise OutcomeUnknown(
+                f"the status is not among the account's {LOOKUP_COUNT} newest; check the Weibo account before resending"
+            )
+        return None
+
+    async def refresh_auth(self, ctx: DeliveryContext) -> None:
+        raise AuthRevoked(
+            f"the Weibo access token of channel {self.name!r} expired (21327): the account owner must authorise "
+            "the app again; put the new token in access_token, then `syndicate resume`",
+            platform_code=EXPIRED_TOKEN,
+        )
+
+    async def check(self) -> str:
+        """Read one status of the account's timeline: proves the token without posting."""
+        params = {"access_token": self.options.access_token, "count": "1"}
+        try:
+            async with self.session.get(self._timeline_url, params=params, allow_redirects=False) as resp:
+                raw = await resp.read()
+                if not 200 <= resp.status < 300:
+                    raise self._error(resp.status, resp.headers, _json_object(raw), raw, doing="check")
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise Retryable(f"cannot reach Weibo at {self._timeline_url}: {type(exc).__name__}: {exc}") from exc
+        return f"Weibo at {self.options.api_base} accepted the access token (timeline read; nothing posted)"
+
+    def _error(self, status: int, headers: Any, answer: dict[str, Any], raw: bytes, *, doing: str) -> DeliveryError:
+        """Weibo's answer mapped onto the taxonomy: by ``error_code`` first, HTTP status second."""
+        code = answer.get("error_code")
+        code = code if isinstance(code, int) and not isinstance(code, bool) else None
+        message = str(answer.get("error") or raw[:200].decode("utf-8", "replace")).strip()
+        detail = f"Weibo {code}: {message}" if code is not None else f"HTTP {status}: {message}"
+        platform_code = code if code is not None else status
+        now = self.clock()
+        if code in RATE_LIMIT_CODES or status == 429:
+            wait = retry_after_seconds(headers.get("Retry-After"), now=now) if status == 429 else None
+            until = dt.datetime.fromtimestamp(now + (self.options.rate_limit_pause if wait is None else wait), dt.UTC)
+            return RateLimited(f"{detail} on {doing}", until=until, platform_code=platform_code)
+        if code == EXPIRED_TOKEN:
+            return AuthExpired(f"{detail}: the access token expired", platform_code=code)
+        if code in REVOKED_CODES or (status in (401, 403) and code is None):
+            return AuthRevoked(
+                f"{detail}: Weibo rejected the access token of channel {self.name!r} (check access_token and the "
+                "app's permissions)",
+                platform_code=platform_code,
+            )
+        if code in DUPLICATE_CODES:
+            return Permanent(f"{detail}: Weibo refuses repeated or similar content", platform_code=code)
+        if code == TEXT_TOO_LONG:
+            return Permanent(f"{detail}: the status is over Weibo's 140", platform_code=code)
+        if status >= 500 or status in (408, 425):
+            return Retryable(f"{detail} on {doing}", platform_code=platform_code)
+        if 300 <= status < 400:
+            return Permanent(f"HTTP {status}: Weibo redirects; set the channel's api_base to the final address")
+        return Permanent(f"{detail}: Weibo refused the {doing}", platform_code=platform_code)
+
+
+def _receipt(status: dict[str, Any]) -> Receipt:
+    status_id = str(status.get("idstr") or status.get("id"))
+    user = status.get("user") if isinstance(status.get("user"), dict) else {}
+    uid = user.get("idstr") or user.get("id")
+    url = f"https://weibo.com/{uid}/{status_id}" if uid else None
+    keep = ("id", "idstr", "mid", "created_at", "text", "original_pic")
+    return Receipt(remote_id=status_id, url=url, raw={k: status[k] for k in keep if k in status})
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {"value": value}

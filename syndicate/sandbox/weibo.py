@@ -1,0 +1,276 @@
+"""Sina Weibo open API stand-in: ``POST /2/statuses/share.json`` and ``GET /2/statuses/user_timeline.json``.
+
+What it checks, as Weibo does (https://open.weibo.com/wiki/2/statuses/share and the error code list):
+
+* ``access_token`` (form field, query or ``Authorization: OAuth2 <token>``): unknown 21332 (invalid_access_token),
+  expired 21327 (expired_token), an app without the share permission 10014.
+* ``status``: required; at most 140 in Weibo's counting (20012 "text too long"), counted here independently of the
+  adapter: a half-width character (U+0000-U+00FF) is half, other BMP characters one, others two, every link the
+  10 of its t.cn short link, rounded up; it must contain a link on the app's safe domain (10017 otherwise, like
+  Weibo's parameter errors) and no ``#topic#``.
+* ``pic`` (multipart): JPEG, GIF or PNG by content (20005 otherwise), under 5 MB (20006).
+* Duplicates: a status equal to one this account already posted is refused with 20019 (repeated weibo text); the
+  same text with other links or spacing with 20017 (similar content).
+* Rate limit: ``per_hour`` posts per token (``set_rate_limit``), then 10023 (user requests out of rate limit).
+
+Errors have Weibo's shape ``{"error", "error_code", "request"}``. Posted statuses come back from the timeline
+newest first, their links replaced by t.cn short links as Weibo shows them. Controls: ``set_rate_limit``,
+``set_token`` (``expired`` / ``revoked`` / ``no_permission``), ``set_safe_domain``, and
+``POST /_sandbox/weibo/{rate_limit,token}``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from syndicate.sandbox.core import Call, Sandbox, read_json
+
+PLATFORM = "weibo"
+DEFAULT_ACCESS_TOKEN = "sandbox-weibo-token"
+DEFAULT_SAFE_DOMAIN = "news.example.cn"
+DEFAULT_PER_HOUR = 30
+SHARE_PATH = "/2/statuses/share.json"
+TIMELINE_PATH = "/2/statuses/user_timeline.json"
+MAX_PIC_BYTES = 5 * 1024 * 1024
+MAX_LENGTH = 140
+
+# Weibo's error codes (open.weibo.com/wiki/Error_code).
+NO_PERMISSION = 10014
+PARAM_ERROR = 10017
+RATE_LIMITED_USER = 10023
+UNSUPPORTED_IMAGE = 20005
+IMAGE_TOO_LARGE = 20006
+TEXT_TOO_LONG = 20012
+SIMILAR_CONTENT = 20017
+REPEATED_TEXT = 20019
+EXPIRED_TOKEN = 21327
+INVALID_TOKEN = 21332
+
+_LINK = re.compile(r"https?://[\x21-\x7e]+")
+_TOPIC = re.compile(r"#[^#\s]+#")
+
+
+@dataclass
+class WeiboAccount:
+    """One authorised user: its token's state, its posts (newest last) and its hourly post counter."""
+
+    uid: int
+    token_state: str = "valid"  # valid | expired | revoked | no_permission
+    statuses: list[dict[str, Any]] = field(default_factory=list)
+    window_start: float = 0.0
+    window_count: int = 0
+
+
+@dataclass
+class WeiboState:
+    safe_domain: str = DEFAULT_SAFE_DOMAIN
+    per_hour: int = DEFAULT_PER_HOUR
+    accounts: dict[str, WeiboAccount] = field(default_factory=dict)
+
+
+def weibo_state(sandbox: Sandbox) -> WeiboState:
+    store = sandbox.store(PLATFORM)
+    state = store.get("state")
+    if state is None:
+        state = store["state"] = WeiboState()
+        state.accounts[DEFAULT_ACCESS_TOKEN] = WeiboAccount(uid=1_900_000_001)
+    return state  # type: ignore[no-any-return]
+
+
+def set_rate_limit(sandbox: Sandbox, per_hour: int) -> None:
+    """Allow ``per_hour`` posts per account from now on (and start a fresh window)."""
+    state = weibo_state(sandbox)
+    state.per_hour = per_hour
+    for account in state.accounts.values():
+        account.window_start, account.window_count = 0.0, 0
+
+
+def set_token(sandbox: Sandbox, token: str, token_state: str = "valid") -> None:
+    """Register ``token`` (a new account) or change its state: valid, expired, revoked or no_permission."""
+    state = weibo_state(sandbox)
+    account = state.accounts.get(token)
+    if account is None:
+        account = state.accounts[token] = WeiboAccount(uid=1_900_000_001 + len(state.accounts))
+    account.token_state = token_state
+
+
+def set_safe_domain(sandbox: Sandbox, domain: str) -> None:
+    weibo_state(sandbox).safe_domain = domain
+
+
+def statuses(sandbox: Sandbox, token: str = DEFAULT_ACCESS_TOKEN) -> list[dict[str, Any]]:
+    """The statuses an account posted, oldest first."""
+    account = weibo_state(sandbox).accounts.get(token)
+    return [dict(s) for s in account.statuses] if account else []
+
+
+def weibo_count(text: str) -> int:
+    """Weibo's length of ``text`` (see the module docstring), written apart from the adapter's counter."""
+    halves = 0
+    rest = _LINK.sub(lambda m: "\x00", text)
+    halves += 20 * rest.count("\x00")
+    for char in rest.replace("\x00", ""):
+        halves += 1 if ord(char) < 0x100 else (2 if ord(char) < 0x10000 else 4)
+    return math.ceil(halves / 2)
+
+
+def _short_links(text: str) -> str:
+    """The text as Weibo shows it: every link replaced by a t.cn short link."""
+    return _LINK.sub(lambda m: "http://t.cn/" + hashlib.sha256(m.group().encode()).hexdigest()[:8], text)
+
+
+def _similar_key(text: str) -> str:
+    return re.sub(r"\s+", "", _LINK.sub("", text))
+
+
+def _error(request_path: str, code: int, message: str, status: int = 400) -> web.Response:
+    return web.json_response({"error": message, "error_code": code, "request": request_path}, status=status)
+
+
+def _sniff(data: bytes) -> str | None:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    return None
+
+
+def _token(request: web.Request, form: dict[str, Any]) -> str | None:
+    header = request.headers.get("Authorization", "")
+    if header.startswith("OAuth2 "):
+        return header[7:].strip()
+    token = form.get("access_token") or request.query.get("access_token")
+    return token if isinstance(token, str) else None
+
+
+def _account(state: WeiboState, token: str | None, path: str) -> WeiboAccount | web.Response:
+    account = state.accounts.get(token or "")
+    if account is None or account.token_state == "revoked":
+        return _error(path, INVALID_TOKEN, "invalid_access_token", 401)
+    if account.token_state == "expired":
+        return _error(path, EXPIRED_TOKEN, "expired_token", 401)
+    if account.token_state == "no_permission":
+        return _error(path, NO_PERMISSION, "Insufficient app permissions!", 403)
+    return account
+
+
+async def share(request: web.Request, call: Call) -> web.Response:
+    state = weibo_state(call.sandbox)
+    post = await request.post()
+    form: dict[str, Any] = {}
+    pic: bytes | None = None
+    for key, value in post.items():
+        if isinstance(value, web.FileField):
+            data = value.file.read()
+            if key == "pic":
+                pic = data
+            form[key] = {"filename": value.filename, "content_type": value.content_type, "size": len(data)}
+        else:
+            form[key] = value
+    call.record({k: v for k, v in form.items() if k != "access_token"})
+    account = _account(state, _token(request, form), SHARE_PATH)
+    if isinstance(account, web.Response):
+        return account
+    now = time.time()
+    if now - account.window_start >= 3600:
+        account.window_start, account.window_count = now, 0
+    if account.window_count >= state.per_hour:
+        return _error(SHARE_PATH, RATE_LIMITED_USER, "User requests out of rate limit!", 403)
+    text = form.get("status")
+    if not isinstance(text, str) or not text.strip():
+        return _error(SHARE_PATH, PARAM_ERROR, "miss required parameter (status), see doc for more info.")
+    if weibo_count(text) > MAX_LENGTH:
+        return _error(SHARE_PATH, TEXT_TOO_LONG, "Text too long, please input text less than 140 characters!")
+    if _TOPIC.search(_LINK.sub("", text)):
+        return _error(SHARE_PATH, PARAM_ERROR, "status of statuses/share may not contain #topic#")
+    hosts = [urlsplit(link).hostname or "" for link in _LINK.findall(text)]
+    safe = state.safe_domain
+    if not any(host == safe or host.endswith("." + safe) for host in hosts):
+        return _error(SHARE_PATH, PARAM_ERROR, f"status must contain a link on the app's safe domain {safe}")
+    if pic is not None:
+        if _sniff(pic) is None:
+            return _error(SHARE_PATH, UNSUPPORTED_IMAGE, "Unsupported image type, only suport JPG, GIF, PNG!")
+        if len(pic) >= MAX_PIC_BYTES:
+            return _error(SHARE_PATH, IMAGE_TOO_LARGE, "Image size too large.")
+    for earlier in account.statuses:
+        if earlier["_sent_text"] == text:
+            return _error(SHARE_PATH, REPEATED_TEXT, "repeated weibo text!")
+        if _similar_key(earlier["_sent_text"]) == _similar_key(text):
+            return _error(SHARE_PATH, SIMILAR_CONTENT, "You just posted a similar message, please try again later.")
+    account.window_count += 1
+    number = int(call.next_id("weibo").split("-")[1])
+    status_id = 4_400_000_000_000_000 + number
+    created = dt.datetime.fromtimestamp(now, tz=dt.timezone(dt.timedelta(hours=8)))
+    status: dict[str, Any] = {
+        "created_at": created.strftime("%a %b %d %H:%M:%S %z %Y"),
+        "id": status_id,
+        "idstr": str(status_id),
+        "mid": str(status_id),
+        "text": _short_links(text),
+        "source": '<a href="https://open.weibo.com" rel="nofollow">syndicate</a>',
+        "user": {"id": account.uid, "idstr": str(account.uid)},
+        "_sent_text": text,
+    }
+    if pic is not None:
+        name = hashlib.sha256(pic).hexdigest()[:20]
+        status["original_pic"] = f"https://wx1.sinaimg.cn/large/{name}.jpg"
+    account.statuses.append(status)
+    return web.json_response({k: v for k, v in status.items() if not k.startswith("_")})
+
+
+async def user_timeline(request: web.Request, call: Call) -> web.Response:
+    state = weibo_state(call.sandbox)
+    account = _account(state, _token(request, {}), TIMELINE_PATH)
+    if isinstance(account, web.Response):
+        return account
+    try:
+        count = min(max(int(request.query.get("count", "20")), 1), 100)
+    except ValueError:
+        return _error(TIMELINE_PATH, PARAM_ERROR, "count must be an integer")
+    newest_first = list(reversed(account.statuses))[:count]
+    return web.json_response(
+        {
+            "statuses": [{k: v for k, v in s.items() if not k.startswith("_")} for s in newest_first],
+            "total_number": len(account.statuses),
+        }
+    )
+
+
+def setup(app: web.Application, sandbox: Sandbox) -> None:
+    """Weibo's own paths, so a channel whose ``api_base`` is the sandbox root reaches them unchanged."""
+    wrap = sandbox.handler(PLATFORM)
+    app.router.add_post(SHARE_PATH, wrap(share))
+    app.router.add_get(TIMELINE_PATH, wrap(user_timeline))
+
+    async def post_rate_limit(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        per_hour = data.get("per_hour") if isinstance(data, dict) else None
+        if not isinstance(per_hour, int) or isinstance(per_hour, bool) or per_hour < 0:
+            return _error("/_sandbox/weibo/rate_limit", PARAM_ERROR, 'body must be {"per_hour": <int >= 0>}')
+        set_rate_limit(sandbox, per_hour)
+        return web.json_response({"per_hour": per_hour})
+
+    async def post_token(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        ok = isinstance(data, dict) and isinstance(data.get("token"), str) and data["token"]
+        token_state = data.get("state", "valid") if isinstance(data, dict) else None
+        if not ok or token_state not in ("valid", "expired", "revoked", "no_permission"):
+            return _error(
+                "/_sandbox/weibo/token", PARAM_ERROR, 'body must be {"token": "...", "state": "valid|expired|..."}'
+            )
+        set_token(sandbox, data["token"], token_state)
+        return web.json_response({"token": data["token"], "state": token_state})
+
+    app.router.add_post("/_sandbox/weibo/rate_limit", post_rate_limit)
+    app.router.add_post("/_sandbox/weibo/token", post_token)

@@ -1,0 +1,295 @@
+"""X (Twitter) API v2 stand-in: posts, deletes, the account's recent posts, and the v2 media upload.
+
+Routes, on X's own paths so a channel whose ``api_base`` is the sandbox root reaches them unchanged:
+
+* ``POST /2/tweets`` ``{"text", "media": {"media_ids": [...]}}`` -> 201 ``{"data": {"id", "text",
+  "edit_history_tweet_ids"}}``. ``DELETE /2/tweets/{id}`` -> ``{"data": {"deleted": true}}`` (404 when unknown).
+* ``GET /2/users/me`` and ``GET /2/users/{id}/tweets?max_results=`` (newest first, links shown as t.co links).
+* ``POST /2/media/upload`` (multipart ``media``, ``media_category``) -> ``{"data": {"id", "media_key", "size",
+  "expires_after_secs", "image"}}``: JPEG, PNG, GIF or WEBP by content, at most 5 MB.
+
+Every request must be signed with OAuth 1.0a user context (HMAC-SHA1) by the sandbox account's four credentials
+(``DEFAULT_*``; 401 otherwise). The signature is checked over ``https://api.twitter.com`` + path + query, the URL
+X's clients sign (tweepy signs it whatever host the request then goes to), with oauthlib's server-side helpers.
+
+X's own checks: the text's twitter-text weighted length (over 280 -> 400 invalid request), duplicate content (the
+same text as a live post -> 403 "duplicate content"), media ids that this account uploaded, at most 4. Every
+``/2/tweets`` answer carries ``x-rate-limit-limit``, ``-remaining`` and ``-reset`` (unix seconds) for a per-account
+window (``set_rate_limit``; 429 when exceeded). Errors are RFC 7807 problems as X sends them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote
+
+from aiohttp import web
+from oauthlib.oauth1.rfc5849 import signature as oauth_signature
+from oauthlib.oauth1.rfc5849.utils import escape as oauth_escape
+from twitter_text import parse_tweet
+
+from syndicate.sandbox.core import Call, Sandbox, read_json
+
+PLATFORM = "x"
+DEFAULT_CONSUMER_KEY = "sandbox-x-consumer-key"
+DEFAULT_CONSUMER_SECRET = "sandbox-x-consumer-secret"
+DEFAULT_ACCESS_TOKEN = "1900000000000000001-sandbox-x-access-token"
+DEFAULT_ACCESS_TOKEN_SECRET = "sandbox-x-access-token-secret"
+SIGNED_BASE = "https://api.twitter.com"
+RATE_WINDOW_SECONDS = 15 * 60
+DEFAULT_RATE_LIMIT = 100
+MAX_MEDIA_BYTES = 5 * 1024 * 1024
+MAX_MEDIA = 4
+_LINK = re.compile(r"https?://[\x21-\x7e]+")
+
+
+@dataclass
+class XState:
+    consumer_key: str = DEFAULT_CONSUMER_KEY
+    consumer_secret: str = DEFAULT_CONSUMER_SECRET
+    access_token: str = DEFAULT_ACCESS_TOKEN
+    access_token_secret: str = DEFAULT_ACCESS_TOKEN_SECRET
+    user_id: str = "1900000000000000001"
+    username: str = "syndicate_sandbox"
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    window_start: float = 0.0
+    window_count: int = 0
+    posts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, insertion order = oldest first
+    media: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def x_state(sandbox: Sandbox) -> XState:
+    return sandbox.store(PLATFORM).setdefault("state", XState())  # type: ignore[no-any-return]
+
+
+def set_rate_limit(sandbox: Sandbox, per_window: int) -> None:
+    """Allow ``per_window`` post/delete calls per 15 minutes from now on (a fresh window starts)."""
+    state = x_state(sandbox)
+    state.rate_limit, state.window_start, state.window_count = per_window, 0.0, 0
+
+
+def set_credentials(sandbox: Sandbox, **credentials: str) -> None:
+    """Change what the stand-in accepts (consumer_key, consumer_secret, access_token, access_token_secret)."""
+    state = x_state(sandbox)
+    for name, value in credentials.items():
+        if name not in ("consumer_key", "consumer_secret", "access_token", "access_token_secret"):
+            raise TypeError(f"unknown credential {name!r}")
+        setattr(state, name, value)
+
+
+def posts(sandbox: Sandbox, *, include_deleted: bool = False) -> list[dict[str, Any]]:
+    """The account's posts, oldest first (``deleted`` marks the deleted ones)."""
+    return [dict(p) for p in x_state(sandbox).posts.values() if include_deleted or not p["deleted"]]
+
+
+def problem(
+    status: int, title: str, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+) -> web.Response:
+    body = {"title": title, "detail": detail, "type": "about:blank", "status": status, **extra}
+    return web.json_response(body, status=status, headers=headers)
+
+
+def _verify(request: web.Request, state: XState) -> web.Response | None:
+    """None if the request carries a valid OAuth 1.0a HMAC-SHA1 signature by the account's credentials."""
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("OAuth "):
+        return problem(401, "Unauthorized", "Unauthorized: OAuth 1.0a user context required")
+    oauth = {
+        key.strip(): unquote(value.strip().strip('"'))
+        for key, _, value in (part.partition("=") for part in header[6:].split(","))
+    }
+    if oauth.get("oauth_consumer_key") != state.consumer_key or oauth.get("oauth_token") != state.access_token:
+        return problem(401, "Unauthorized", "Unauthorized")
+    if oauth.get("oauth_signature_method") != "HMAC-SHA1":
+        return problem(401, "Unauthorized", "Unauthorized: only HMAC-SHA1 signatures")
+    params = [(k, v) for k, v in request.query.items()]
+    params += [(k, v) for k, v in oauth.items() if k != "oauth_signature" and k != "realm"]
+    base = oauth_signature.signature_base_string(
+        request.method.upper(),
+        oauth_signature.base_string_uri(SIGNED_BASE + request.path),
+        oauth_signature.normalize_parameters(params),
+    )
+    key = f"{oauth_escape(state.consumer_secret)}&{oauth_escape(state.access_token_secret)}"
+    expected = base64.b64encode(hmac.new(key.encode(), base.encode(), hashlib.sha1).digest()).decode()
+    if not oauth_signature.safe_string_equals(expected, oauth.get("oauth_signature", "")):
+        return problem(401, "Unauthorized", "Unauthorized: the OAuth signature does not match")
+    return None
+
+
+def _rate(state: XState) -> tuple[dict[str, str], bool]:
+    now = time.time()
+    if now - state.window_start >= RATE_WINDOW_SECONDS:
+        state.window_start, state.window_count = now, 0
+    state.window_count += 1
+    headers = {
+        "x-rate-limit-limit": str(state.rate_limit),
+        "x-rate-limit-remaining": str(max(state.rate_limit - state.window_count, 0)),
+        "x-rate-limit-reset": str(int(state.window_start + RATE_WINDOW_SECONDS)),
+    }
+    return headers, state.window_count > state.rate_limit
+
+
+def _shown(text: str) -> str:
+    return _LINK.sub(lambda m: "https://t.co/" + hashlib.sha256(m.group().encode()).hexdigest()[:10], text)
+
+
+def _public(post: dict[str, Any]) -> dict[str, Any]:
+    return {"id": post["id"], "text": post["text"], "edit_history_tweet_ids": [post["id"]]}
+
+
+async def create_tweet(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    body = await read_json(request)
+    call.record(body)
+    headers, limited = _rate(state)
+    if limited:
+        return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
+    text = body.get("text") if isinstance(body, dict) else None
+    media_ids = ((body.get("media") or {}).get("media_ids") or []) if isinstance(body, dict) else []
+    if not isinstance(text, str) or not text:
+        return _invalid("text is required", headers)
+    if not parse_tweet(text).valid:
+        return _invalid(f"text is {parse_tweet(text).weightedLength} weighted characters; at most 280", headers)
+    if len(media_ids) > MAX_MEDIA or any(m not in state.media for m in media_ids):
+        return _invalid(f"media.media_ids must be at most {MAX_MEDIA} ids this account uploaded", headers)
+    if any(p["sent_text"] == text and not p["deleted"] for p in state.posts.values()):
+        return problem(
+            403, "Forbidden", "You are not allowed to create a Tweet with duplicate content.", headers=headers
+        )
+    post_id = str(1_800_000_000_000_000_000 + int(call.next_id("x").split("-")[1]))
+    state.posts[post_id] = {
+        "id": post_id,
+        "text": _shown(text),
+        "sent_text": text,
+        "media_ids": list(media_ids),
+        "deleted": False,
+    }
+    return web.json_response({"data": _public(state.posts[post_id])}, status=201, headers=headers)
+
+
+def _invalid(message: str, headers: dict[str, str]) -> web.Response:
+    return web.json_response(
+        {
+            "errors": [{"message": message}],
+            "title": "Invalid Request",
+            "detail": "One or more parameters to your request was invalid.",
+            "type": "https://api.twitter.com/2/problems/invalid-request",
+        },
+        status=400,
+        headers=headers,
+    )
+
+
+async def delete_tweet(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    call.record(None)
+    headers, limited = _rate(state)
+    if limited:
+        return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
+    post = state.posts.get(request.match_info["id"])
+    if post is None or post["deleted"]:
+        return problem(404, "Not Found Error", f"Could not find tweet with id: [{request.match_info['id']}].")
+    post["deleted"] = True
+    return web.json_response({"data": {"deleted": True}}, headers=headers)
+
+
+async def me(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    return web.json_response({"data": {"id": state.user_id, "name": "Syndicate Sandbox", "username": state.username}})
+
+
+async def user_tweets(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    if request.match_info["id"] != state.user_id:
+        return problem(404, "Not Found Error", f"Could not find user with id: [{request.match_info['id']}].")
+    try:
+        limit = min(max(int(request.query.get("max_results", "10")), 5), 100)
+    except ValueError:
+        return _invalid("max_results must be an integer from 5 to 100", {})
+    live = [_public(p) for p in reversed(state.posts.values()) if not p["deleted"]][:limit]
+    meta: dict[str, Any] = {"result_count": len(live)}
+    if live:
+        meta.update(newest_id=live[0]["id"], oldest_id=live[-1]["id"])
+    return web.json_response({"data": live, "meta": meta} if live else {"meta": meta})
+
+
+def _sniff(data: bytes) -> str | None:
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "image/gif"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+async def upload_media(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    form = await request.post()
+    media = form.get("media")
+    category = form.get("media_category")
+    if not isinstance(media, web.FileField):
+        return _invalid("media (a multipart file) is required", {})
+    data = media.file.read()
+    call.record({"media": {"filename": media.filename, "size": len(data)}, "media_category": category})
+    kind = _sniff(data)
+    if kind is None:
+        return _invalid("media type unrecognized: JPEG, PNG, GIF or WEBP", {})
+    if len(data) > MAX_MEDIA_BYTES:
+        return _invalid(f"media is {len(data)} bytes; images may be at most {MAX_MEDIA_BYTES}", {})
+    media_id = str(1_700_000_000_000_000_000 + int(call.next_id("x-media").split("-")[2]))
+    state.media[media_id] = {"size": len(data), "type": kind, "sha256": hashlib.sha256(data).hexdigest()}
+    return web.json_response(
+        {
+            "data": {
+                "id": media_id,
+                "media_key": f"3_{media_id}",
+                "size": len(data),
+                "expires_after_secs": 86400,
+                "image": {"image_type": kind},
+            }
+        }
+    )
+
+
+def setup(app: web.Application, sandbox: Sandbox) -> None:
+    """Add X's paths and ``POST /_sandbox/x/rate_limit {"per_window": n}``."""
+    wrap = sandbox.handler(PLATFORM)
+    app.router.add_post("/2/tweets", wrap(create_tweet))
+    app.router.add_delete("/2/tweets/{id}", wrap(delete_tweet))
+    app.router.add_get("/2/users/me", wrap(me))
+    app.router.add_get("/2/users/{id}/tweets", wrap(user_tweets))
+    app.router.add_post("/2/media/upload", wrap(upload_media))
+
+    async def post_rate_limit(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        per_window = data.get("per_window") if isinstance(data, dict) else None
+        if not isinstance(per_window, int) or isinstance(per_window, bool) or per_window < 0:
+            return _invalid('body must be {"per_window": <int >= 0>}', {})
+        set_rate_limit(sandbox, per_window)
+        return web.json_response({"per_window": per_window})
+
+    app.router.add_post("/_sandbox/x/rate_limit", post_rate_limit)

@@ -1,0 +1,310 @@
+"""The Weibo channel: rendering (Weibo's counting, safe domain) and delivery through the engine to the stand-in."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.weibo import WeiboAdapter, WeiboOptions
+from syndicate.channel import Action, DeliveryContext, Payload, Permanent, RenderError, register
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
+from syndicate.sandbox.weibo import (
+    DEFAULT_ACCESS_TOKEN,
+    REPEATED_TEXT,
+    TEXT_TOO_LONG,
+    set_rate_limit,
+    set_token,
+    statuses,
+    weibo_count,
+)
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.story import Story
+from syndicate.textfit import ELLIPSIS, weibo_length
+from tests.conftest import REPO, FakeClock, make_settings, make_story
+
+register(WeiboAdapter)
+
+SHORT_TIMEOUT = 0.3
+
+
+def example_stories() -> list[Story]:
+    return [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
+
+
+def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
+    return {
+        "kind": "weibo",
+        "api_base": sandbox_url,
+        "access_token": DEFAULT_ACCESS_TOKEN,
+        "safe_domain": "news.example.cn",
+        "timeout": 2,
+        "retry": [0, 0.05, 0.05, 0.05],
+        **kw,
+    }
+
+
+def adapter(**kw: Any) -> WeiboAdapter:
+    values: dict[str, Any] = {"access_token": "t", "safe_domain": "news.example.cn", **kw}
+    return WeiboAdapter("weibo", WeiboOptions(**values), timeout=1)
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+
+def test_render_fits_a_chinese_example_within_weibos_140() -> None:
+    story = example_stories()[0]
+    payload = adapter().render(story, Action.PUBLISH)
+    assert payload.data == {
+        "status": f"【{story.headline}】{story.summary} {story.url}",
+        "pic": "http://127.0.0.1:8765/media/story-amber-1200x675.png",
+        "story_url": story.url,
+    }
+    assert payload.text_length == weibo_length(payload.data["status"]) == weibo_count(payload.data["status"]) == 93
+    assert payload.warnings == (
+        'tags not added as hashtags: Weibo\'s statuses/share refuses a status containing "#topic#"',
+    )
+    assert adapter().render(story, Action.PUBLISH) == payload  # deterministic
+
+
+def test_render_english_and_mixed_stories_read_well_and_fit() -> None:
+    english = make_story(
+        language="en",
+        headline="Shanghai opens the last of its 16 district media centres",
+        summary=(
+            "All sixteen district-level media centres in Shanghai are now open. The Baoshan centre launched its "
+            "first product, the Baoshan Hui app, on September 18, two weeks ahead of the plan the city set in "
+            "April. Residents can use it for news, government services and local information."
+        ),
+        url="https://news.example.cn/en/media-centres.html",
+    )
+    post = adapter().render(english, Action.PUBLISH)
+    assert post.data["status"] == (
+        "Shanghai opens the last of its 16 district media centres: All sixteen district-level media centres in "
+        "Shanghai are now open. The Baoshan centre launched its first product, the Baoshan Hui app, on September "
+        f"18{ELLIPSIS} https://news.example.cn/en/media-centres.html"
+    )
+    assert post.text_length is not None and post.text_length <= 140
+    mixed = make_story(
+        headline="“宝山汇”APP正式上线",
+        summary="宝山区融媒体中心推出综合性App“宝山汇”,以“新闻+政务+服务+互动”为定位,与KNEWS、澎湃新闻等近20家媒体合作。"
+        * 3,
+    )
+    post = adapter().render(mixed, Action.PUBLISH)
+    assert post.data["status"].startswith("【“宝山汇”APP正式上线】宝山区融媒体中心推出综合性App")
+    assert post.data["status"].endswith(f"{ELLIPSIS} https://news.example.cn/shanghai/story-1.html")
+    assert post.text_length == weibo_count(post.data["status"]) <= 140
+    assert any("summary cut at a sentence boundary" in w for w in post.warnings)
+
+
+def test_render_refuses_a_story_off_the_safe_domain_and_one_without_url() -> None:
+    with pytest.raises(RenderError, match=r"not on the channel's safe domain news\.example\.cn"):
+        adapter().render(make_story(url="https://elsewhere.example.com/a.html"), Action.PUBLISH)
+    with pytest.raises(RenderError, match="url: Weibo's statuses/share needs"):
+        adapter().render(make_story(url=None), Action.PUBLISH)
+    # A subdomain of the safe domain is on it; the override replaces headline and summary.
+    story = make_story(url="https://m.news.example.cn/a.html", overrides={"weibo": {"text": "微博专用文字"}})
+    assert adapter().render(story, Action.PUBLISH).data["status"] == "微博专用文字 https://m.news.example.cn/a.html"
+
+
+def test_capabilities_and_config() -> None:
+    weibo = adapter()
+    assert weibo.actions == frozenset({Action.PUBLISH}) and weibo.supports_lookup and not weibo.idempotent
+    assert "offers no way to delete" in weibo.unsupported_reason(Action.RETRACT)
+    with pytest.raises(ValueError, match="bare host name"):
+        WeiboOptions(access_token="t", safe_domain="https://news.example.cn/")
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'weibo.db'}")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def engine_for(tmp_path: Path, store: Store, channels: dict[str, Any], clock: FakeClock | None = None) -> Engine:
+    settings = make_settings(tmp_path, channels)
+    engine = Engine(settings, store, clock=clock)
+    for runtime in engine.channels.values():
+        runtime.adapter.media_settings = settings.media  # type: ignore[attr-defined]
+        if clock is not None:
+            runtime.adapter.clock = clock.now  # type: ignore[attr-defined]
+    return engine
+
+
+async def deliveries(store: Store) -> list[DeliveryRecord]:
+    return await store.list_deliveries(DeliveryFilter())
+
+
+async def test_publish_shares_text_and_cover_and_skips_update_and_retract(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    story = make_story(images=[{"href": f"{sandbox.url}/media/story-blue-640x360.png", "role": "cover"}])
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url)}) as engine:
+        await engine.accept(story)
+        await engine.run(until_idle=True, idle_horizon=2)
+        await engine.accept(make_story(version=2, headline="更正后的标题"))
+        await engine.accept(Story.from_dict({"id": "story-1", "version": 3, "pubstatus": "canceled"}))
+        await engine.run(until_idle=True, idle_horizon=2)
+    publish, update, retract = await deliveries(store)
+    assert publish.state is State.DELIVERED and publish.receipt is not None
+    [posted] = statuses(sandbox.sandbox)
+    assert publish.receipt.remote_id == posted["idstr"]
+    assert publish.receipt.url == f"https://weibo.com/1900000001/{posted['idstr']}"
+    assert posted["text"].startswith("【上海16区融媒体中心全部建成并挂牌】") and "http://t.cn/" in posted["text"]
+    [request] = sandbox.sandbox.received("weibo")
+    assert request.path == "/2/statuses/share.json"
+    assert request.body["pic"]["content_type"] == "image/png" and request.body["pic"]["size"] > 0
+    assert request.body["status"] == publish.payload.data["status"]  # type: ignore[union-attr]
+    for skipped in (update, retract):
+        assert skipped.state is State.SKIPPED and "statuses/share API offers no way" in (skipped.note or "")
+
+
+async def test_story_off_the_safe_domain_fails_at_render_before_any_request(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story(url="https://elsewhere.example.com/x.html"))
+        await engine.run(until_idle=True, idle_horizon=0)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.FAILED and "safe domain news.example.cn" in (delivery.note or "")
+    assert sandbox.sandbox.received("weibo") == []
+
+
+async def test_rate_limit_pauses_the_channel_for_the_configured_time_then_resumes(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    set_rate_limit(sandbox.sandbox, 1)
+    clock = FakeClock(time.time())
+    channels = {"weibo": channel(sandbox.url, rate_limit_pause=1800)}
+    async with engine_for(tmp_path, store, channels, clock) as engine:
+        await engine.accept(make_story(id="a"))
+        await engine.accept(make_story(id="b", headline="第二条新闻"))
+        await engine.run(until_idle=True, idle_horizon=0)
+        first = {d.story_id: d for d in await deliveries(store)}
+        pause = (await store.channel_states())["weibo"]
+        assert pause.paused_at(clock.now()) and "10023" in (pause.reason or "")
+        assert not pause.paused_at(clock.now() + 1801)
+        set_rate_limit(sandbox.sandbox, 30)  # Weibo's hourly window has passed
+        clock.advance(1801)
+        await engine.run(until_idle=True, idle_horizon=0)
+    states = {d.story_id: d for d in await deliveries(store)}
+    limited = next(d for d in first.values() if d.state is State.RETRY_WAIT)
+    assert limited.last_error_class == "RateLimited" and limited.last_platform_code == "10023"
+    assert {d.state for d in states.values()} == {State.DELIVERED}
+    assert len(statuses(sandbox.sandbox)) == 2
+
+
+async def test_duplicate_text_fails_and_over_long_text_is_refused_as_weibo_would(sandbox: RunningSandbox) -> None:
+    weibo = WeiboAdapter(
+        "weibo",
+        WeiboOptions(**{k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}),
+        timeout=2,
+    )
+    await weibo.start()
+    try:
+        payload = weibo.render(make_story(), Action.PUBLISH)
+        await weibo.publish(payload, ctx())
+        with pytest.raises(Permanent, match="repeated or similar") as duplicate:
+            await weibo.publish(payload, ctx())
+        assert duplicate.value.platform_code == str(REPEATED_TEXT)
+        # Without our fitting, a long status is refused by Weibo's own count (20012)...
+        long = "中" * 135 + " https://news.example.cn/a.html"
+        with pytest.raises(Permanent, match="over Weibo's 140") as too_long:
+            await weibo.publish(Payload(data={"status": long, "pic": None}), ctx())
+        assert too_long.value.platform_code == str(TEXT_TOO_LONG)
+        # ...while the same long story rendered through our counting lands.
+        fitted = weibo.render(make_story(id="long", headline="长新闻", summary="中" * 300), Action.PUBLISH)
+        assert fitted.text_length == 140 == weibo_count(fitted.data["status"])
+        receipt = await weibo.publish(fitted, ctx("long"))
+        assert receipt.remote_id
+    finally:
+        await weibo.close()
+
+
+def ctx(story_id: str = "story-1") -> DeliveryContext:
+    async def save(data: dict[str, Any]) -> None:
+        return None
+
+    async def kv_get(key: str) -> str | None:
+        return None
+
+    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
+        return None
+
+    return DeliveryContext(
+        delivery_id=1,
+        story_id=story_id,
+        version=1,
+        channel="weibo",
+        action=Action.PUBLISH,
+        attempt=1,
+        state={},
+        receipt=None,
+        save_checkpoint=save,
+        kv_get=kv_get,
+        kv_set=kv_set,
+    )
+
+
+@pytest.mark.parametrize(
+    ("token_state", "error_class", "code", "says"),
+    [
+        ("revoked", "AuthRevoked", "21332", "check access_token"),
+        ("no_permission", "AuthRevoked", "10014", "permissions"),
+        ("expired", "AuthRevoked", "21327", "authorise the app again"),
+    ],
+)
+async def test_token_problems_pause_the_channel_and_lose_nothing(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox, token_state: str, error_class: str, code: str, says: str
+) -> None:
+    set_token(sandbox.sandbox, DEFAULT_ACCESS_TOKEN, token_state)
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+    [delivery] = await deliveries(store)
+    pause = (await store.channel_states())["weibo"]
+    assert delivery.state is State.RETRY_WAIT and delivery.last_error_class == error_class
+    assert delivery.last_platform_code == code and says in (delivery.last_error or "")
+    assert pause.paused_at(time.time()) and statuses(sandbox.sandbox) == []
+
+
+async def test_server_errors_retry(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+    sandbox.sandbox.set_faults("weibo", [{"fault": "status:502", "probability": 1.0}])
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url, retry=[0, 0.05])}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+        [first] = await deliveries(store)
+        assert first.state is State.RETRY_WAIT and first.last_error_class == "Retryable"
+        sandbox.sandbox.clear_faults("weibo")
+        await engine.run(until_idle=True, idle_horizon=1)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.DELIVERED and len(statuses(sandbox.sandbox)) == 1
+
+
+async def test_a_lost_answer_is_reconciled_through_the_timeline_without_posting_twice(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.set_faults("weibo", [{"fault": "timeout_after", "methods": ["POST"]}])
+    channels = {"weibo": channel(sandbox.url, timeout=SHORT_TIMEOUT)}
+    async with engine_for(tmp_path, store, channels) as engine:
+        for i in range(3):
+            await engine.accept(make_story(id=f"s{i}", headline=f"第{i}条新闻"))
+        await engine.run(until_idle=True, idle_horizon=5)
+    found = await deliveries(store)
+    assert {d.state for d in found} == {State.DELIVERED}
+    for d in found:
+        assert [a.outcome for a in await store.attempts(d.id)] == ["retry", "reconciled"]
+    posted = statuses(sandbox.sandbox)
+    assert len(posted) == 3
+    assert sorted(d.receipt.remote_id for d in found if d.receipt) == sorted(s["idstr"] for s in posted)

@@ -1,0 +1,245 @@
+"""The X channel: rendering (twitter-text counting, images) and delivery through the engine, with tweepy's real
+AsyncClient talking to the stand-in over HTTP."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.x import XAdapter, XOptions
+from syndicate.channel import Action, register
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
+from syndicate.sandbox.x import (
+    DEFAULT_ACCESS_TOKEN,
+    DEFAULT_ACCESS_TOKEN_SECRET,
+    DEFAULT_CONSUMER_KEY,
+    DEFAULT_CONSUMER_SECRET,
+    posts,
+    set_rate_limit,
+)
+from syndicate.store import open_store
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.story import Story
+from syndicate.textfit import ELLIPSIS, x_is_valid, x_weighted_length
+from tests.conftest import REPO, FakeClock, make_settings, make_story
+
+register(XAdapter)
+
+SHORT_TIMEOUT = 0.3
+CREDENTIALS = {
+    "consumer_key": DEFAULT_CONSUMER_KEY,
+    "consumer_secret": DEFAULT_CONSUMER_SECRET,
+    "access_token": DEFAULT_ACCESS_TOKEN,
+    "access_token_secret": DEFAULT_ACCESS_TOKEN_SECRET,
+}
+
+
+def example_stories() -> list[Story]:
+    return [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
+
+
+def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
+    return {"kind": "x", "api_base": sandbox_url, **CREDENTIALS, "timeout": 2, "retry": [0, 0.05, 0.05], **kw}
+
+
+def adapter(**kw: Any) -> XAdapter:
+    return XAdapter("x", XOptions(**{**CREDENTIALS, **kw}), timeout=1)
+
+
+# ------------------------------------------------------------------------------------------------ render
+
+
+def test_render_chinese_example_with_hashtags_and_images_cover_first() -> None:
+    story = example_stories()[0]
+    payload = adapter().render(story, Action.PUBLISH)
+    assert payload.data["text"] == f"【{story.headline}】{story.summary} {story.url} #融媒体 #宝山汇 #上海"
+    assert payload.text_length == x_weighted_length(payload.data["text"]) == 209
+    assert payload.data["images"] == [
+        "http://127.0.0.1:8765/media/story-amber-1200x675.png",  # the cover
+        "http://127.0.0.1:8765/media/story-blue-640x360.png",
+        "http://127.0.0.1:8765/media/story-green-800x800.png",
+    ]
+    assert payload.warnings == ()
+    assert adapter().render(story, Action.RETRACT).data == {}
+
+
+def test_render_long_english_and_mixed_stories_fit_280() -> None:
+    english = make_story(
+        language="en",
+        headline="Shanghai opens the last of its 16 district media centres",
+        summary=(
+            "All sixteen district-level media centres in Shanghai are now open. The Baoshan centre launched its "
+            "first product, the Baoshan Hui app, on September 18, two weeks ahead of the plan the city set in "
+            "April. Residents can use it for news, government services and local information, from schools to "
+            "traffic, and the centre plans to work with twenty media partners."
+        ),
+        url="https://news.example.cn/en/media-centres.html",
+        tags=["media", "Shanghai"],
+        images=[{"href": f"https://img.example.cn/{i}.png"} for i in range(6)],
+    )
+    payload = adapter().render(english, Action.PUBLISH)
+    text = payload.data["text"]
+    assert text.startswith("Shanghai opens the last of its 16 district media centres: All sixteen")
+    assert f"{ELLIPSIS} https://news.example.cn/en/media-centres.html #media #Shanghai" in text
+    assert payload.text_length is not None and payload.text_length <= 280 and x_is_valid(text)
+    assert len(payload.data["images"]) == 4 and any("2 of 6 images left out" in w for w in payload.warnings)
+    mixed = make_story(
+        headline="“宝山汇”APP上线 Baoshan Hui goes live", summary="宝山区融媒体中心推出App,与KNEWS合作。" * 12
+    )
+    payload = adapter().render(mixed, Action.PUBLISH)
+    assert payload.data["text"].startswith("【“宝山汇”APP上线 Baoshan Hui goes live】宝山区融媒体中心推出App")
+    assert payload.text_length is not None and payload.text_length <= 280
+
+
+def test_update_policy_decides_whether_updates_are_offered() -> None:
+    assert adapter().actions == frozenset({Action.PUBLISH, Action.RETRACT})
+    assert "update_policy = skip" in adapter().unsupported_reason(Action.UPDATE)
+    assert Action.UPDATE in adapter(update_policy="delete_and_repost").actions
+
+
+# ------------------------------------------------------------------------------------------------ engine
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    s = open_store(f"sqlite:///{tmp_path / 'x.db'}")
+    await s.migrate()
+    yield s
+    await s.close()
+
+
+def engine_for(tmp_path: Path, store: Store, channels: dict[str, Any], clock: FakeClock | None = None) -> Engine:
+    settings = make_settings(tmp_path, channels)
+    engine = Engine(settings, store, clock=clock)
+    for runtime in engine.channels.values():
+        runtime.adapter.media_settings = settings.media  # type: ignore[attr-defined]
+        if clock is not None:
+            runtime.adapter.clock = clock.now  # type: ignore[attr-defined]
+    return engine
+
+
+async def deliveries(store: Store) -> list[DeliveryRecord]:
+    return await store.list_deliveries(DeliveryFilter())
+
+
+async def test_publish_with_images_then_retract_deletes_the_post(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    images = [
+        {"href": f"{sandbox.url}/media/story-blue-640x360.png"},
+        {"href": f"{sandbox.url}/media/story-amber-1200x675.png", "role": "cover"},
+    ]
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story(images=images, tags=["融媒体"]))
+        await engine.run(until_idle=True, idle_horizon=2)
+        await engine.accept(make_story(version=2, headline="更正"))  # update_policy skip
+        await engine.accept(Story.from_dict({"id": "story-1", "version": 3, "pubstatus": "canceled"}))
+        await engine.run(until_idle=True, idle_horizon=2)
+    publish, update, retract = await deliveries(store)
+    assert publish.state is State.DELIVERED and publish.receipt is not None
+    [post] = posts(sandbox.sandbox, include_deleted=True)
+    assert publish.receipt.remote_id == post["id"] and post["deleted"]
+    assert publish.receipt.url == f"https://x.com/i/web/status/{post['id']}"
+    assert post["sent_text"] == publish.payload.data["text"] and post["sent_text"].endswith(" #融媒体")  # type: ignore[union-attr]
+    assert len(post["media_ids"]) == 2
+    paths = [(r.method, r.path) for r in sandbox.sandbox.received("x")]
+    assert paths == [
+        ("POST", "/2/media/upload"),
+        ("POST", "/2/media/upload"),
+        ("POST", "/2/tweets"),
+        ("DELETE", f"/2/tweets/{post['id']}"),
+    ]
+    assert update.state is State.SKIPPED and "update_policy = skip" in (update.note or "")
+    assert retract.state is State.DELIVERED
+
+
+async def test_delete_and_repost_replaces_the_post(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+    channels = {"x": channel(sandbox.url, update_policy="delete_and_repost")}
+    async with engine_for(tmp_path, store, channels) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=2)
+        await engine.accept(make_story(version=2, headline="更正:上海16区融媒体中心全部挂牌"))
+        await engine.run(until_idle=True, idle_horizon=2)
+    publish, update = await deliveries(store)
+    assert publish.state is State.DELIVERED
+    assert update.state is State.DELIVERED and update.receipt is not None
+    first, second = posts(sandbox.sandbox, include_deleted=True)
+    assert first["deleted"] and not second["deleted"] and second["id"] == update.receipt.remote_id
+    assert second["sent_text"].startswith("【更正:上海16区融媒体中心全部挂牌】")
+
+
+async def test_rate_limit_pauses_until_the_reset_header_then_resumes(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    set_rate_limit(sandbox.sandbox, 1)
+    clock = FakeClock(time.time())
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}, clock) as engine:
+        await engine.accept(make_story(id="a"))
+        await engine.accept(make_story(id="b", headline="第二条"))
+        await engine.run(until_idle=True, idle_horizon=0)
+        limited = [d for d in await deliveries(store) if d.state is State.RETRY_WAIT]
+        pause = (await store.channel_states())["x"]
+        reset = float(sandbox.sandbox.store("x")["state"].window_start + 900)
+        assert len(limited) == 1 and limited[0].last_error_class == "RateLimited"
+        assert pause.paused_at(clock.now()) and not pause.paused_at(reset + 1)
+        set_rate_limit(sandbox.sandbox, 100)  # the window passed
+        clock.t = reset + 1
+        await engine.run(until_idle=True, idle_horizon=0)
+    assert {d.state for d in await deliveries(store)} == {State.DELIVERED} and len(posts(sandbox.sandbox)) == 2
+
+
+async def test_duplicate_content_fails_and_bad_credentials_pause(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story(id="a"))
+        await engine.accept(make_story(id="b"))  # the same text as a
+        await engine.run(until_idle=True, idle_horizon=2)
+    by_story = {d.story_id: d for d in await deliveries(store)}
+    states = sorted((d.state.value, d.last_platform_code) for d in by_story.values())
+    assert states == [("delivered", None), ("failed", "403")]
+    failed = next(d for d in by_story.values() if d.state is State.FAILED)
+    assert "duplicate content" in (failed.last_error or "")
+
+
+async def test_wrong_secret_pauses_the_channel(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url, consumer_secret="rotated")}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.RETRY_WAIT and delivery.last_error_class == "AuthRevoked"
+    assert "consumer_secret" in (delivery.last_error or "")
+    assert (await store.channel_states())["x"].paused_at(time.time()) and posts(sandbox.sandbox) == []
+
+
+async def test_server_errors_retry(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+    sandbox.sandbox.set_faults("x", [{"fault": "status:503"}])
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+        [first] = await deliveries(store)
+        assert first.last_error_class == "Retryable" and first.last_platform_code == "503"
+        sandbox.sandbox.clear_faults("x")
+        await engine.run(until_idle=True, idle_horizon=1)
+    assert [d.state for d in await deliveries(store)] == [State.DELIVERED]
+
+
+async def test_a_lost_answer_is_reconciled_through_recent_posts(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.set_faults("x", [{"fault": "timeout_after", "methods": ["POST"]}])
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url, timeout=SHORT_TIMEOUT)}) as engine:
+        for i in range(3):
+            await engine.accept(make_story(id=f"s{i}", headline=f"第{i}条新闻"))
+        await engine.run(until_idle=True, idle_horizon=5)
+    found = await deliveries(store)
+    assert {d.state for d in found} == {State.DELIVERED}
+    for d in found:
+        assert [a.outcome for a in await store.attempts(d.id)] == ["retry", "reconciled"]
+    assert len(posts(sandbox.sandbox)) == 3
