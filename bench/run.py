@@ -191,7 +191,7 @@ async def arq_drain(sandbox: str, n: int, concurrency: int) -> float | None:
     try:
         from arq import create_pool
         from arq.connections import RedisSettings
-        from arq.worker import Retry, Worker
+        from arq.worker import Retry, Worker, func
     except ImportError:
         return None
     queue_name = f"bench:{uuid.uuid4().hex[:8]}"
@@ -209,7 +209,7 @@ async def arq_drain(sandbox: str, n: int, concurrency: int) -> float | None:
     for i in range(n):
         await pool.enqueue_job("post", i)
     worker = Worker(
-        functions=[post],  # type: ignore[list-item]
+        functions=[func(post, name="post")],
         redis_pool=pool,
         queue_name=queue_name,
         max_jobs=concurrency,
