@@ -134,10 +134,18 @@ async def _read_body(request: web.Request) -> bytes:
     limit = request.app[SETTINGS].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, "body_too_large", f"the body is {request.content_length} bytes; the limit is {limit}")
-    body = await request.content.read(limit + 1)
-    if len(body) > limit:
+    # content.read(n) returns what has arrived so far: read until the end (or just past the limit).
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = await request.content.read(limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    if size > limit:
         raise ApiError(413, "body_too_large", f"the body is over the {limit} byte limit")
-    return body
+    return b"".join(chunks)
 
 
 async def _verify_hook(request: web.Request, body: bytes) -> None:

@@ -425,6 +425,7 @@ class Story(_Model):
         """Validate a canonical story dict (the shape ``to_dict`` produces)."""
         if not isinstance(obj, Mapping):
             raise StoryValidationError.at("$", "must be a JSON object")
+        _refuse_lone_surrogates(obj, "")
         return cls.model_validate(dict(obj))
 
     @classmethod
@@ -480,6 +481,7 @@ class Story(_Model):
         line of the body or description text; language defaults to zh-CN. Unmapped ninjs fields (people,
         places, copyright...) are ignored; call ``validate_ninjs`` first when input must be strict ninjs.
         """
+        _refuse_lone_surrogates(obj, "")
         return _NinjsImport().run(obj)
 
     def to_ninjs(self) -> dict[str, Any]:
@@ -948,3 +950,21 @@ def validate_ninjs(obj: Any, schema: Mapping[str, Any], *, check_formats: bool =
 def _shorten(message: str, limit: int = 300) -> str:
     # jsonschema quotes the offending value; a whole article body is not a useful error message.
     return message if len(message) <= limit else f"{message[: limit - 1]}…"
+
+
+def _refuse_lone_surrogates(value: Any, path: str) -> None:
+    """JSON may escape half of a surrogate pair (\\ud800): such text cannot be stored or sent as UTF-8 anywhere."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise StoryValidationError.at(
+                path or "$", f"contains an unpaired surrogate (\\u{ord(value[exc.start]):04x}): not valid Unicode text"
+            ) from None
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _refuse_lone_surrogates(key, path or "$")
+            _refuse_lone_surrogates(item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_lone_surrogates(item, f"{path}[{index}]")

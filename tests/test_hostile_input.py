@@ -1,0 +1,301 @@
+"""Hostile input at the HTTP service: correctly signed garbage at the publish hook and random admin calls.
+
+Property: no answer is a 5xx and the service keeps serving; every refusal is a documented 4xx with a JSON body
+naming the problem. The app (``syndicate.server.create_app`` over a real SQLite store) runs once per module on its
+own event loop in a thread, so hypothesis drives it with plain blocking requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from syndicate.config import parse_config
+from syndicate.engine import Engine
+from syndicate.server import create_app
+from syndicate.signing import SIGNATURE_HEADER, sign
+from syndicate.store import open_store
+
+HOOK_SECRET = "hostile-hook-secret-6d1f0b"
+API_TOKEN = "hostile-api-token-93ac55"
+MAX_BODY = 2 * 1024 * 1024
+DOCUMENTED = {400, 401, 404, 409, 413, 415, 422}
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@dataclass
+class Answer:
+    status: int
+    body: Any
+    raw: bytes
+
+
+class LiveApp:
+    """The service on a free port, its loop in a daemon thread; requests are blocking ``http.client`` calls."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.settings = parse_config(
+            {
+                "store": {"url": f"sqlite:///{tmp / 'hostile.db'}"},
+                "media": {"allow_private": False, "cache_dir": str(tmp / "media")},
+                "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0},
+                "server": {"hook_secret": HOOK_SECRET, "api_token": API_TOKEN, "max_body_bytes": MAX_BODY},
+                "channels": {
+                    name: {
+                        "kind": "webhook",
+                        "url": f"http://127.0.0.1:9/{name}",  # nothing listens: no worker runs in these tests
+                        "secret": "hostile-webhook-secret",
+                    }
+                    for name in ("web", "app")
+                },
+            },
+            source="hostile.toml",
+            env={},
+        )
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def start(self) -> None:
+        self.thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._setup(), self.loop).result(timeout=30)
+
+    async def _setup(self) -> int:
+        self.store = open_store(self.settings.store.url)
+        await self.store.migrate()
+        self.engine = Engine(self.settings, self.store)
+        await self.engine.__aenter__()
+        self.runner = web.AppRunner(create_app(self.settings, self.engine), access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        return int(self.runner.addresses[0][1])
+
+    async def _teardown(self) -> None:
+        await self.runner.cleanup()
+        await self.engine.__aexit__(None, None, None)
+        await self.store.close()
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self._teardown(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Answer:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            raw = resp.read()
+        finally:
+            conn.close()
+        try:
+            parsed = json.loads(raw) if raw else None
+        except ValueError:
+            parsed = None
+        return Answer(resp.status, parsed, raw)
+
+    def hook(self, body: bytes, content_type: str = "application/json") -> Answer:
+        headers = {"Content-Type": content_type, SIGNATURE_HEADER: sign(HOOK_SECRET, body, timestamp=int(time.time()))}
+        return self.request("POST", "/v1/stories", body, headers)
+
+    def api(self, method: str, path: str, document: Any = None) -> Answer:
+        headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+        body = b"" if document is None else json.dumps(document).encode()
+        return self.request(method, path, body, headers)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
+    app = LiveApp(tmp_path_factory.mktemp("hostile"))
+    app.start()
+    yield app
+    assert app.request("GET", "/healthz").status == 200, "the service stopped answering after the hostile input"
+    app.stop()
+
+
+def assert_documented(answer: Answer, what: str) -> None:
+    """2xx, or a documented 4xx whose JSON body names the problem (``error`` code and ``message`` sentence)."""
+    assert answer.status < 500, f"{what}: {answer.status} {answer.raw[:500]!r}"
+    if 200 <= answer.status < 300:
+        assert isinstance(answer.body, dict), f"{what}: a 2xx without a JSON object: {answer.raw[:300]!r}"
+        return
+    assert answer.status in DOCUMENTED, f"{what}: undocumented status {answer.status} {answer.raw[:300]!r}"
+    assert isinstance(answer.body, dict), f"{what}: a {answer.status} without a JSON body: {answer.raw[:300]!r}"
+    assert isinstance(answer.body.get("error"), str) and answer.body["error"], f"{what}: no error code {answer.body}"
+    assert isinstance(answer.body.get("message"), str) and answer.body["message"].strip(), f"{what}: {answer.body}"
+
+
+# --- strategies ------------------------------------------------------------------------------------------------
+
+# Lone surrogates (\ud800 escapes) are left out until the hook refuses them: today they reach Story.content_hash
+# and answer 500 (UnicodeEncodeError), see the report.
+TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+SCALARS = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT
+ANY_JSON = st.recursive(
+    SCALARS, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(TEXT, inner, max_size=4), max_leaves=20
+)
+STORY_FIELDS = [
+    "id",
+    "version",
+    "pubstatus",
+    "headline",
+    "subheadline",
+    "summary",
+    "body_html",
+    "by",
+    "language",
+    "url",
+    "published_at",
+    "updated_at",
+    "embargo_until",
+    "urgency",
+    "images",
+    "tags",
+    "section",
+    "targets",
+    "overrides",
+]
+PLAUSIBLE = {
+    "id": st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True),
+    "version": st.integers(min_value=1, max_value=5),
+    "headline": st.text(min_size=1, max_size=60),
+    "url": st.just("https://news.example.cn/a.html"),
+}
+STORY_LIKE = st.fixed_dictionaries(
+    {},
+    optional={name: (PLAUSIBLE[name] | ANY_JSON) if name in PLAUSIBLE else ANY_JSON for name in STORY_FIELDS},
+)
+HUGE_FIELD = st.builds(
+    lambda name, size, char: {"id": "huge", "headline": "标题", name: char * size},
+    st.sampled_from(["headline", "summary", "body_html", "by", "section", "url", "id"]),
+    st.integers(min_value=1_000, max_value=15_000),
+    st.sampled_from(["x", "界", "\u202e", "<", "\x00"]),
+)
+
+
+# --- the publish hook ------------------------------------------------------------------------------------------
+
+
+@FUZZ
+@given(document=ANY_JSON | STORY_LIKE | HUGE_FIELD)
+def test_hook_answers_any_signed_json_with_2xx_or_a_named_4xx(live: LiveApp, document: Any) -> None:
+    assert_documented(live.hook(json.dumps(document).encode()), f"POST /v1/stories {str(document)[:200]}")
+
+
+@FUZZ
+@given(raw=st.binary(max_size=300), content_type=st.sampled_from(["application/json", "application/ninjs+json"]))
+def test_hook_answers_arbitrary_bytes_with_a_named_4xx(live: LiveApp, raw: bytes, content_type: str) -> None:
+    assert_documented(live.hook(raw, content_type), f"POST /v1/stories {raw[:100]!r}")
+
+
+@FUZZ
+@given(document=ANY_JSON | STORY_LIKE)
+def test_ninjs_hook_answers_any_signed_json(live: LiveApp, document: Any) -> None:
+    answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
+    assert_documented(answer, f"POST /v1/stories (ninjs) {str(document)[:200]}")
+
+
+def test_oversized_body_is_413_naming_the_limit(live: LiveApp) -> None:
+    answer = live.hook(json.dumps({"id": "big", "body_html": "x" * (MAX_BODY + 10)}).encode())
+    assert (answer.status, answer.body["error"]) == (413, "body_too_large")
+    assert str(MAX_BODY) in answer.body["message"]
+
+
+def test_nesting_100000_deep_is_400(live: LiveApp) -> None:
+    answer = live.hook(b"[" * 100_000 + b"1" + b"]" * 100_000)
+    assert answer.status == 400, answer.raw[:300]
+    assert answer.body["error"] == "malformed_json" and "nested" in answer.body["message"]
+
+
+def test_a_large_signed_story_arriving_in_chunks_is_read_whole(live: LiveApp) -> None:
+    """A body bigger than one socket read must be read to its end before the signature is checked."""
+    story = {"id": "big-1", "headline": "大稿件", "body_html": "<p>" + "融媒体" * 50_000 + "</p>"}
+    body = json.dumps(story, ensure_ascii=False).encode()
+    assert 400_000 < len(body) < MAX_BODY
+    answer = live.hook(body)
+    assert answer.status == 202, answer.raw[:300]
+
+
+def test_an_unpaired_surrogate_is_422_naming_the_field(live: LiveApp) -> None:
+    answer = live.hook(rb'{"id": "sur", "headline": "\ud800 bad"}')
+    assert answer.status == 422, answer.raw[:300]
+    assert answer.body["errors"][0]["path"] == "headline" and "surrogate" in answer.body["errors"][0]["problem"]
+
+
+def test_invalid_utf8_is_400_naming_the_byte(live: LiveApp) -> None:
+    answer = live.hook(b'{"id": "u", "headline": "\xe4\xb8"}')
+    assert (answer.status, answer.body["error"]) == (400, "malformed_json")
+    assert "UTF-8" in answer.body["message"] and "byte" in answer.body["message"]
+
+
+# --- the admin API ---------------------------------------------------------------------------------------------
+
+SAFE_TEXT_KEYS = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=10)
+QUERY_KEYS = (
+    st.sampled_from(["state", "channel", "story", "since", "until", "error_class", "limit", "cursor"]) | SAFE_TEXT_KEYS
+)
+SAFE_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+QUERY_VALUES = (
+    SAFE_TEXT
+    | st.integers().map(str)
+    | st.sampled_from(["failed", "delivered,queued", "1h", "-5m", "2001-01-01T00:00:00Z", "1e400", "NaN", "0"])
+)
+
+
+@FUZZ
+@given(params=st.lists(st.tuples(QUERY_KEYS, QUERY_VALUES), max_size=6))
+def test_deliveries_listing_answers_any_query(live: LiveApp, params: list[tuple[str, str]]) -> None:
+    answer = live.api("GET", "/v1/deliveries?" + urlencode(params))
+    assert_documented(answer, f"GET /v1/deliveries {params}")
+
+
+REPLAY_KEYS = ["ids", "channel", "story", "since", "until", "state", "error_class", "force", "dry_run"]
+REPLAY_LIKE = st.fixed_dictionaries({}, optional=dict.fromkeys(REPLAY_KEYS, ANY_JSON))
+
+
+@FUZZ
+@given(document=ANY_JSON | REPLAY_LIKE)
+def test_replay_answers_any_json(live: LiveApp, document: Any) -> None:
+    assert_documented(live.api("POST", "/v1/replay", document), f"POST /v1/replay {str(document)[:200]}")
+
+
+PAUSE_LIKE = st.fixed_dictionaries(
+    {},
+    optional={
+        "for": ANY_JSON | st.sampled_from(["30m", "1h", "-1h", "0s", "1e309h", "99999999999d"]),
+        "until": ANY_JSON | st.sampled_from(["2099-01-01T00:00:00Z", "9999-12-31T23:59:59Z", "tomorrow"]),
+        "reason": ANY_JSON,
+    },
+)
+
+
+@FUZZ
+@given(document=ANY_JSON | PAUSE_LIKE, channel=st.sampled_from(["web", "app", "nope"]) | SAFE_TEXT.filter(bool))
+def test_pause_answers_any_json(live: LiveApp, document: Any, channel: str) -> None:
+    path = f"/v1/channels/{quote(channel, safe='')}/pause"
+    assert_documented(live.api("POST", path, document), f"POST {path} {str(document)[:200]}")
+    assert_documented(live.api("POST", f"/v1/channels/{quote(channel, safe='')}/resume"), "resume")
+
+
+@FUZZ
+@given(
+    raw=st.binary(max_size=200),
+    path=st.sampled_from(["/v1/replay", "/v1/channels/web/pause", "/v1/deliveries/1/replay"]),
+)
+def test_admin_posts_answer_arbitrary_bytes(live: LiveApp, raw: bytes, path: str) -> None:
+    headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
+    assert_documented(live.request("POST", path, raw, headers), f"POST {path} {raw[:100]!r}")
