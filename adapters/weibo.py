@@ -53,9 +53,8 @@ from syndicate.channel import (
 )
 from syndicate.httputil import retry_after_seconds
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
-from syndicate.sanitize import plain_text
 from syndicate.story import Story
-from syndicate.textfit import WEIBO_COUNTER, FitError, fit_post, same_post_text
+from syndicate.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
 
 WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"
@@ -138,17 +137,8 @@ class WeiboAdapter(Adapter):
                 "shared status without a link on it (set safe_domain to the app's 安全域名, or publish the story "
                 "under that domain)"
             )
-        override = story.overrides.get(self.name)
         try:
-            post = fit_post(
-                WEIBO_COUNTER,
-                headline=plain_text(override.headline if override and override.headline else story.headline),
-                summary=plain_text(override.summary if override and override.summary else story.summary or ""),
-                text=plain_text(override.text) if override and override.text else None,
-                url=story.url,
-                tags=story.tags,
-                language=story.language,
-            )
+            post = fit_story(WEIBO_COUNTER, story, self.name)
         except FitError as exc:
             raise RenderError(f"headline: {exc}") from exc
         cover = story.cover

@@ -54,9 +54,8 @@ from syndicate.channel import (
     Retryable,
 )
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
-from syndicate.sanitize import plain_text
 from syndicate.story import Image, Story
-from syndicate.textfit import X_COUNTER, FitError, fit_post, same_post_text
+from syndicate.textfit import X_COUNTER, FitError, fit_story, same_post_text
 
 TWEEPY_BASE = "https://api.twitter.com"
 MEDIA_UPLOAD_PATH = "/2/media/upload"
@@ -141,17 +140,8 @@ class XAdapter(Adapter):
     def render(self, story: Story, action: Action) -> Payload:
         if action is Action.RETRACT:
             return Payload(data={})
-        override = story.overrides.get(self.name)
         try:
-            post = fit_post(
-                X_COUNTER,
-                headline=plain_text(override.headline if override and override.headline else story.headline),
-                summary=plain_text(override.summary if override and override.summary else story.summary or ""),
-                text=plain_text(override.text) if override and override.text else None,
-                url=story.url,
-                tags=story.tags,
-                language=story.language,
-            )
+            post = fit_story(X_COUNTER, story, self.name)
         except FitError as exc:
             raise RenderError(f"headline: {exc}") from exc
         images = _images(story)

@@ -35,6 +35,9 @@ import regex
 from twitter_text import parse_tweet
 from twitter_text.extract_urls import extract_urls_with_indices
 
+from syndicate.sanitize import plain_text
+from syndicate.story import Story
+
 __all__ = [
     "ELLIPSIS",
     "WEIBO_COUNTER",
@@ -379,4 +382,19 @@ def fit_post(
         limit=counter.limit,
         hashtags=tuple(hashtags),
         warnings=tuple(warnings),
+    )
+
+
+def fit_story(counter: TextCounter, story: Story, channel: str) -> FittedPost:
+    """The post for ``story`` on ``channel``: the channel's override (text, or headline/summary) where the story
+    gives one, else its headline and summary, as plain text. FitError when even the headline cannot fit."""
+    override = story.overrides.get(channel)
+    return fit_post(
+        counter,
+        headline=plain_text(override.headline if override and override.headline else story.headline),
+        summary=plain_text(override.summary if override and override.summary else story.summary or ""),
+        text=plain_text(override.text) if override and override.text else None,
+        url=story.url,
+        tags=story.tags,
+        language=story.language,
     )

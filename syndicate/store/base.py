@@ -183,7 +183,8 @@ class Claim:
     delivery: DeliveryRecord
     attempt_id: int
     attempt_number: int
-    #: Receipt of the story's live post on this channel (latest delivered publish/update, not since retracted).
+    #: Receipt of the story's live post on this channel (latest delivered publish/update, not since retracted);
+    #: looked up for updates and retracts only (None for a publish).
     live_receipt: Receipt | None
 
 

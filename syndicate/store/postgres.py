@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from syndicate.channel import Receipt
+from syndicate.channel import Action, Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPEN_STATES,
@@ -364,7 +364,9 @@ class PostgresStore(Store):
                             worker,
                             now,
                         )
-                        claims.append(Claim(d, attempt_id, d.attempts, await self._live_receipt(conn, d)))
+                        # Only updates and retracts act on the live post; a publish needs no receipt lookup.
+                        live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
+                        claims.append(Claim(d, attempt_id, d.attempts, live))
         return claims
 
     @staticmethod

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syndicate.channel import Receipt
+from syndicate.channel import Action, Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPEN_STATES,
@@ -356,7 +356,9 @@ class SQLiteStore(Store):
                         "INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
                         (d.id, d.attempts, worker, now),
                     )
-                    claims.append(Claim(d, cur.lastrowid or 0, d.attempts, self._live_receipt(conn, d)))
+                    # Only updates and retracts act on the live post; a publish needs no receipt lookup.
+                    live = None if d.action is Action.PUBLISH else self._live_receipt(conn, d)
+                    claims.append(Claim(d, cur.lastrowid or 0, d.attempts, live))
                 return claims
 
         return await self._run(_claim)
