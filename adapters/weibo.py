@@ -6,7 +6,7 @@ at least one link on the app's *safe domain*, no ``#topic#``) and optionally ``p
 multipart). So:
 
 * ``render`` fits headline (or the channel override) + summary + story URL into 140 with
-  ``syndicate.textfit.WEIBO_COUNTER`` (no hashtags: the API refuses them) and refuses, before any request, a story
+  ``adapters.textfit.WEIBO_COUNTER`` (no hashtags: the API refuses them) and refuses, before any request, a story
   whose URL is not on ``safe_domain``: Weibo would refuse every attempt.
 * ``publish`` fetches the cover through ``MediaFetcher`` (the one place that fetches story images) and sends it as
   ``pic``; without a cover the request is a plain form post.
@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 import aiohttp
 from pydantic import Field, HttpUrl, field_validator
 
+from adapters.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
 from syndicate.channel import (
     Action,
     Adapter,
@@ -54,7 +55,6 @@ from syndicate.channel import (
 from syndicate.httputil import retry_after_seconds
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
 from syndicate.story import Story
-from syndicate.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
 
 WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"

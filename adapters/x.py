@@ -1,6 +1,6 @@
 """The X (Twitter) channel: a post with the story's text, link, hashtags and up to 4 images, through tweepy.
 
-* ``render`` fits the text with ``syndicate.textfit.X_COUNTER`` (twitter-text weighted length, 280) and picks up to
+* ``render`` fits the text with ``adapters.textfit.X_COUNTER`` (twitter-text weighted length, 280) and picks up to
   4 images (the cover first).
 * ``publish`` uploads the images through X's v2 media endpoint (``POST /2/media/upload``, multipart, OAuth 1.0a
   user context, signed here with oauthlib because tweepy 4.17 only offers the retiring v1.1 upload) and posts with
@@ -38,6 +38,7 @@ from pydantic import Field, HttpUrl
 from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
+from adapters.textfit import X_COUNTER, FitError, fit_story, same_post_text
 from syndicate.channel import (
     Action,
     Adapter,
@@ -55,7 +56,6 @@ from syndicate.channel import (
 )
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
 from syndicate.story import Image, Story
-from syndicate.textfit import X_COUNTER, FitError, fit_story, same_post_text
 
 TWEEPY_BASE = "https://api.twitter.com"
 MEDIA_UPLOAD_PATH = "/2/media/upload"

@@ -8,8 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
-from syndicate.story import Story
-from syndicate.textfit import (
+from adapters.textfit import (
     ELLIPSIS,
     WEIBO_COUNTER,
     X_COUNTER,
@@ -23,6 +22,7 @@ from syndicate.textfit import (
     x_is_valid,
     x_weighted_length,
 )
+from syndicate.story import Story
 from tests.conftest import REPO, shared_path
 
 #: The sections of twitter-text's validate.yml that describe what X counts today (config v3).

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from adapters.textfit import ELLIPSIS, weibo_length
 from adapters.weibo import WeiboAdapter, WeiboOptions
 from syndicate.channel import Action, DeliveryContext, Payload, Permanent, RenderError, register
 from syndicate.engine import Engine
@@ -26,7 +27,6 @@ from syndicate.sandbox.weibo import (
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from syndicate.textfit import ELLIPSIS, weibo_length
 from tests.conftest import REPO, FakeClock, make_settings, make_story
 
 register(WeiboAdapter)

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
 from adapters.x import XAdapter, XOptions
 from syndicate.channel import Action, register
 from syndicate.engine import Engine
@@ -26,7 +27,6 @@ from syndicate.sandbox.x import (
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from syndicate.textfit import ELLIPSIS, x_is_valid, x_weighted_length
 from tests.conftest import REPO, FakeClock, make_settings, make_story
 
 register(XAdapter)
