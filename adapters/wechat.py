@@ -75,9 +75,6 @@ from syndicate.channel import (
 )
 from syndicate.media import (
     MediaBlob,
-    MediaError,
-    MediaFetcher,
-    MediaUnavailable,
 )
 from syndicate.sanitize import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, clean_html, plain_text
 from syndicate.story import Story
@@ -284,7 +281,6 @@ class WeChatAdapter(Adapter):
         self.clock: Callable[[], float] = time.time
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
         self._session: aiohttp.ClientSession | None = None
-        self._fetcher: MediaFetcher | None = None
         self._refresh_lock = asyncio.Lock()
 
     def unsupported_reason(self, action: Action) -> str:
@@ -363,20 +359,13 @@ class WeChatAdapter(Adapter):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._fetcher is not None:
-            await self._fetcher.close()
-            self._fetcher = None
+        await self.close_media()
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError(f"channel {self.name!r} was not started")
         return self._session
-
-    def _media(self) -> MediaFetcher:
-        if self._fetcher is None:
-            self._fetcher = MediaFetcher(self.media_settings)
-        return self._fetcher
 
     # ---- the access token
 
@@ -550,14 +539,13 @@ class WeChatAdapter(Adapter):
     # ---- images
 
     async def _fetch(self, url: str, *, field: str, max_bytes: int, types: tuple[str, ...]) -> MediaBlob:
-        try:
-            return await self._media().fetch(url, max_bytes=max_bytes, allowed_types=types)
-        except MediaUnavailable as exc:
-            if exc.retryable:
-                raise Retryable(f"{field}: {exc}", retry_after=exc.retry_after) from exc
-            raise Permanent(f"{field}: cannot fetch image {exc.url}: {exc}") from exc
-        except MediaError as exc:
-            raise Permanent(f"{field}: image {exc.url} cannot go to WeChat: {exc}") from exc
+        return await self.fetch_image(
+            url,
+            max_bytes=max_bytes,
+            allowed_types=types,
+            what=field,
+            requirement=f"WeChat takes {', '.join(t.split('/')[1] for t in types)} up to {max_bytes // 1_000_000} MB",
+        )
 
     @staticmethod
     def _form(blob: MediaBlob) -> Callable[[], aiohttp.FormData]:

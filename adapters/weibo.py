@@ -53,7 +53,7 @@ from syndicate.channel import (
     Retryable,
 )
 from syndicate.httputil import retry_after_seconds
-from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
+from syndicate.media import MediaBlob, MediaSettings
 from syndicate.story import Story
 
 WEIBO_API_BASE = "https://api.weibo.com"
@@ -113,7 +113,6 @@ class WeiboAdapter(Adapter):
         #: The ``[media]`` settings images are fetched under (the engine passes ``settings.media``).
         self.media_settings: MediaSettings = MediaSettings()
         self._session: aiohttp.ClientSession | None = None
-        self._media: MediaFetcher | None = None
         api = str(options.api_base).rstrip("/")
         self._share_url = f"{api}{SHARE_PATH}"
         self._timeline_url = f"{api}{TIMELINE_PATH}"
@@ -160,21 +159,13 @@ class WeiboAdapter(Adapter):
         if self._session is not None:
             await self._session.close()
             self._session = None
-        if self._media is not None:
-            await self._media.close()
-            self._media = None
+        await self.close_media()
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             raise RuntimeError(f"channel {self.name!r} was not started")
         return self._session
-
-    @property
-    def media(self) -> MediaFetcher:
-        if self._media is None:
-            self._media = MediaFetcher(self.media_settings)
-        return self._media
 
     # ---- publishing
 
@@ -207,17 +198,13 @@ class WeiboAdapter(Adapter):
             ) from exc
 
     async def _fetch_pic(self, url: str) -> MediaBlob:
-        try:
-            return await self.media.fetch(url, max_bytes=PIC_MAX_BYTES, allowed_types=PIC_TYPES)
-        except MediaUnavailable as exc:
-            if exc.retryable:
-                raise Retryable(f"cover image {url}: {exc}", retry_after=exc.retry_after) from exc
-            raise Permanent(f"cover image {url} cannot be fetched: {exc}") from exc
-        except MediaError as exc:
-            raise Permanent(
-                f"cover image {url} cannot go to Weibo (one JPEG, GIF or PNG under 5 MB): {exc}; change the "
-                "story's cover (images[].role = cover)"
-            ) from exc
+        return await self.fetch_image(
+            url,
+            max_bytes=PIC_MAX_BYTES,
+            allowed_types=PIC_TYPES,
+            what="cover image",
+            requirement="one JPEG, GIF or PNG under 5 MB; change the story's cover (images[].role = cover)",
+        )
 
     async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
         """Did the status land? Read the account's newest statuses and match the text."""

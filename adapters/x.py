@@ -54,7 +54,7 @@ from syndicate.channel import (
     RenderError,
     Retryable,
 )
-from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
+from syndicate.media import MediaBlob, MediaSettings
 from syndicate.story import Image, Story
 
 TWEEPY_BASE = "https://api.twitter.com"
@@ -123,7 +123,6 @@ class XAdapter(Adapter):
         self.media_settings: MediaSettings = MediaSettings()
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncClient | None = None
-        self._media: MediaFetcher | None = None
         self._user_id: str | None = None
         self._api = str(options.api_base).rstrip("/")
 
@@ -176,21 +175,13 @@ class XAdapter(Adapter):
             await self._session.close()
             self._session = None
             self._client = None
-        if self._media is not None:
-            await self._media.close()
-            self._media = None
+        await self.close_media()
 
     @property
     def client(self) -> AsyncClient:
         if self._client is None:
             raise RuntimeError(f"channel {self.name!r} was not started")
         return self._client
-
-    @property
-    def media(self) -> MediaFetcher:
-        if self._media is None:
-            self._media = MediaFetcher(self.media_settings)
-        return self._media
 
     # ---- actions
 
@@ -290,16 +281,13 @@ class XAdapter(Adapter):
         return ids
 
     async def _fetch(self, href: str) -> MediaBlob:
-        try:
-            return await self.media.fetch(href, max_bytes=IMAGE_MAX_BYTES, allowed_types=IMAGE_TYPES)
-        except MediaUnavailable as exc:
-            if exc.retryable:
-                raise Retryable(f"image {href}: {exc}", retry_after=exc.retry_after) from exc
-            raise Permanent(f"image {href} cannot be fetched: {exc}") from exc
-        except MediaError as exc:
-            raise Permanent(
-                f"image {href} cannot go to X (JPEG, PNG, GIF or WEBP up to 5 MB): {exc}; fix the story's images"
-            ) from exc
+        return await self.fetch_image(
+            href,
+            max_bytes=IMAGE_MAX_BYTES,
+            allowed_types=IMAGE_TYPES,
+            what="image",
+            requirement="JPEG, PNG, GIF or WEBP up to 5 MB; fix the story's images",
+        )
 
     async def _upload(self, blob: MediaBlob) -> str:
         """``POST /2/media/upload`` (multipart), signed like tweepy signs: over the api.twitter.com URL."""

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
-from syndicate.media import MediaSettings
+from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
 from syndicate.story import Story
 
 if TYPE_CHECKING:
@@ -226,6 +226,7 @@ class Adapter(abc.ABC):
         #: The [media] table (limits, private-address policy, cache) for adapters that fetch story images;
         #: ChannelSettings.create_adapter sets it from the config.
         self.media_settings = MediaSettings()
+        self._media_fetcher: MediaFetcher | None = None
 
     def unsupported_reason(self, action: Action) -> str:
         """Why this channel cannot do ``action`` (recorded on the skipped delivery)."""
@@ -265,6 +266,29 @@ class Adapter(abc.ABC):
     def openapi_paths(self) -> dict[str, Any]:
         """OpenAPI 3.1 path items for the routes ``web_routes`` mounts, merged into /openapi.json."""
         return {}
+
+    async def fetch_image(
+        self, url: str, *, max_bytes: int, allowed_types: tuple[str, ...], what: str, requirement: str
+    ) -> MediaBlob:
+        """A story image for upload, through the one media fetcher (limits, cache, no private addresses), with its
+        failures mapped onto the taxonomy: a retryable fetch problem retries, anything else fails saying what the
+        platform takes (``requirement``) and naming the image (``what``: "cover image", "images[2]"...)."""
+        if self._media_fetcher is None:
+            self._media_fetcher = MediaFetcher(self.media_settings)
+        try:
+            return await self._media_fetcher.fetch(url, max_bytes=max_bytes, allowed_types=allowed_types)
+        except MediaUnavailable as exc:
+            if exc.retryable:
+                raise Retryable(f"{what} {url}: {exc}", retry_after=exc.retry_after) from exc
+            raise Permanent(f"{what} {url} cannot be fetched: {exc}") from exc
+        except MediaError as exc:
+            raise Permanent(f"{what} {url} cannot go to this channel ({requirement}): {exc}") from exc
+
+    async def close_media(self) -> None:
+        """Release the media fetcher (adapters that fetch images call this from ``close``)."""
+        if self._media_fetcher is not None:
+            await self._media_fetcher.close()
+            self._media_fetcher = None
 
     async def start(self) -> None:
         """Open long-lived resources (one HTTP session per channel)."""

@@ -752,3 +752,24 @@ async def test_context_manager_closes_own_session(server: Server) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         await f.fetch(server.url("/img.png"))
     await f.close()  # idempotent
+
+
+async def test_adapters_fetch_images_through_one_mapping_onto_the_taxonomy() -> None:
+    """Adapter.fetch_image: a private address is a Permanent failure naming it (no request is made)."""
+    from syndicate.channel import Permanent
+    from tests.conftest import ScriptedAdapter, ScriptedOptions
+
+    adapter = ScriptedAdapter("c", ScriptedOptions(), timeout=5)
+    try:
+        with pytest.raises(Permanent) as info:
+            await adapter.fetch_image(
+                "http://10.0.0.5/cover.png",
+                max_bytes=1_000_000,
+                allowed_types=("image/png",),
+                what="cover image",
+                requirement="PNG under 1 MB",
+            )
+    finally:
+        await adapter.close_media()
+    assert "cover image http://10.0.0.5/cover.png" in info.value.reason and "10.0.0.5" in str(info.value)
+    assert "private" in info.value.reason
