@@ -133,6 +133,12 @@ def _placeholders(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
+    """Id lists cut to stay far below SQLite's bound-parameter limit."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
 class SQLiteStore(Store):
     SCHEMA_VERSION = MIGRATIONS[-1][0]
 
@@ -340,25 +346,31 @@ class SQLiteStore(Store):
                     )
                 if not ids:
                     return []
-                conn.executemany(
-                    "UPDATE deliveries SET state = 'in_flight', lease_owner = ?, lease_expires = ?,"
-                    " attempts = attempts + 1, updated_at = ? WHERE id = ?",
-                    [(worker, now + lease_seconds, now, i) for i in ids],
-                )
-                rows = conn.execute(
-                    f"SELECT * FROM deliveries WHERE id IN ({_placeholders(len(ids))}) ORDER BY due_at, id",
-                    ids,
-                ).fetchall()
-                claims = []
-                for row in rows:
-                    d = delivery_from_row(row)
-                    cur = conn.execute(
-                        "INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (?, ?, ?, ?)",
-                        (d.id, d.attempts, worker, now),
+                # Set-based: one UPDATE ... RETURNING and one INSERT ... SELECT per chunk, whatever the batch size
+                # (a statement per row made the store thread, sharing the GIL with the loop, the bottleneck).
+                rows: list[sqlite3.Row] = []
+                attempt_ids: dict[int, int] = {}
+                for chunk in _chunks(ids):
+                    marks = _placeholders(len(chunk))
+                    rows += conn.execute(
+                        "UPDATE deliveries SET state = 'in_flight', lease_owner = ?, lease_expires = ?,"
+                        f" attempts = attempts + 1, updated_at = ? WHERE id IN ({marks}) RETURNING *",
+                        [worker, now + lease_seconds, now, *chunk],
+                    ).fetchall()
+                    attempt_ids.update(
+                        conn.execute(
+                            "INSERT INTO attempts (delivery_id, number, worker, started_at)"
+                            f" SELECT id, attempts, ?, ? FROM deliveries WHERE id IN ({marks})"
+                            " RETURNING delivery_id, id",
+                            [worker, now, *chunk],
+                        ).fetchall()
                     )
+                claims = []
+                for row in sorted(rows, key=lambda r: (r["due_at"], r["id"])):
+                    d = delivery_from_row(row)
                     # Only updates and retracts act on the live post; a publish needs no receipt lookup.
                     live = None if d.action is Action.PUBLISH else self._live_receipt(conn, d)
-                    claims.append(Claim(d, cur.lastrowid or 0, d.attempts, live))
+                    claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))
                 return claims
 
         return await self._run(_claim)
@@ -415,16 +427,35 @@ class SQLiteStore(Store):
             return []
 
         def _complete(conn: sqlite3.Connection) -> list[int]:
-            lost = []
             with self._tx(conn):
-                for c in items:
-                    cur = conn.execute(
-                        "UPDATE deliveries SET state = ?, due_at = ?, receipt = coalesce(?, receipt),"
-                        " retry_count = retry_count + ?, reconcile = ?, lease_owner = NULL, lease_expires = NULL,"
-                        " note = ?, last_error = ?, last_error_class = ?, last_platform_code = ?, updated_at = ?,"
-                        " action = coalesce(?, action), payload = coalesce(?, payload)"
-                        " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?"
-                        " AND attempts = coalesce(?, attempts)",
+                # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
+                # batch; the write lock is held, so nothing changes between this read and the writes below.
+                holders: dict[int, tuple[str, int]] = {}
+                for chunk in _chunks([c.delivery_id for c in items]):
+                    holders.update(
+                        (r[0], (r[1], r[2]))
+                        for r in conn.execute(
+                            "SELECT id, lease_owner, attempts FROM deliveries"
+                            f" WHERE state = 'in_flight' AND id IN ({_placeholders(len(chunk))})",
+                            chunk,
+                        )
+                    )
+                applied: list[Completion] = []
+                lost: set[int] = set()  # positions in the batch
+                for position, c in enumerate(items):
+                    holder = holders.get(c.delivery_id)
+                    if holder is not None and holder[0] == c.worker and c.attempt_number in (None, holder[1]):
+                        applied.append(c)
+                        del holders[c.delivery_id]  # a second completion for it in this batch comes too late
+                    else:
+                        lost.add(position)
+                conn.executemany(
+                    "UPDATE deliveries SET state = ?, due_at = ?, receipt = coalesce(?, receipt),"
+                    " retry_count = retry_count + ?, reconcile = ?, lease_owner = NULL, lease_expires = NULL,"
+                    " note = ?, last_error = ?, last_error_class = ?, last_platform_code = ?, updated_at = ?,"
+                    " action = coalesce(?, action), payload = coalesce(?, payload)"
+                    " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
+                    [
                         (
                             c.state.value,
                             c.due_at,
@@ -440,25 +471,27 @@ class SQLiteStore(Store):
                             dumps_json(c.payload.to_json()) if c.payload else None,
                             c.delivery_id,
                             c.worker,
-                            c.attempt_number,
-                        ),
-                    )
-                    if cur.rowcount != 1:
-                        lost.append(c.delivery_id)
-                    conn.execute(
-                        "UPDATE attempts SET finished_at = ?, outcome = ?, error_class = ?, message = ?,"
-                        " platform_code = ?, duration_ms = ? WHERE id = ? AND finished_at IS NULL",
+                        )
+                        for c in applied
+                    ],
+                )
+                conn.executemany(
+                    "UPDATE attempts SET finished_at = ?, outcome = ?, error_class = ?, message = ?,"
+                    " platform_code = ?, duration_ms = ? WHERE id = ? AND finished_at IS NULL",
+                    [
                         (
                             c.finished_at,
-                            c.outcome if cur.rowcount == 1 else f"{c.outcome} (lease lost)",
+                            f"{c.outcome} (lease lost)" if position in lost else c.outcome,
                             c.error_class,
                             c.message,
                             c.platform_code,
                             c.duration_ms,
                             c.attempt_id,
-                        ),
-                    )
-            return lost
+                        )
+                        for position, c in enumerate(items)
+                    ],
+                )
+            return [items[position].delivery_id for position in sorted(lost)]
 
         return await self._run(_complete)
 
