@@ -33,7 +33,7 @@ from rich.table import Table
 from syndicate.channel import ERROR_CLASSES, Action, DeliveryError, RenderError
 from syndicate.config import ChannelSettings, ConfigError, Settings, load_config
 from syndicate.engine import Engine
-from syndicate.logs import configure_logging, set_secrets
+from syndicate.logs import configure_logging, redact, set_secrets
 from syndicate.operations import (
     DEFAULT_REPLAY_STATES,
     ReplayPlan,
@@ -170,8 +170,10 @@ def _state(state: State) -> str:
 
 
 def _reason(d: DeliveryRecord) -> str:
-    """Why a delivery is where it is: the engine's note, else the last error (plain text, escape before printing)."""
-    return d.note or d.last_error or ""
+    """Why a delivery is where it is: the engine's note, else the last error (plain text, escape before printing).
+
+    Masked like the API's answers: platform error text can echo what we sent (a token, a signature)."""
+    return redact(d.note or d.last_error or "")
 
 
 def _error(d: DeliveryRecord) -> str:
@@ -786,7 +788,7 @@ def status(
     for d in rows:
         detail = d.receipt.url or d.receipt.remote_id or "" if d.receipt else ""
         if d.state is State.RETRY_WAIT:
-            detail = f"retry at {_ts(d.due_at)}: {d.last_error or ''}"
+            detail = f"retry at {_ts(d.due_at)}: {redact(d.last_error or '')}"
         elif d.state in (State.FAILED, State.UNKNOWN, State.SKIPPED, State.CANCELED, State.SUPERSEDED):
             code = f" [{d.last_platform_code}]" if d.last_platform_code else ""
             detail = f"{_reason(d)}{code}"
@@ -1230,7 +1232,14 @@ def _retry_summary(delays: Sequence[float]) -> str:
 
 
 async def _check_channel(ch: ChannelSettings) -> dict[str, Any]:
-    """Start the adapter, run its live check, close it. Whatever goes wrong becomes a failing result, not a crash."""
+    """Start the adapter, run its live check, close it. Whatever goes wrong becomes a failing result, not a crash.
+
+    The detail is masked: a platform's refusal can quote our credentials back."""
+    result = await _run_check(ch)
+    return {**result, "detail": redact(result["detail"])}
+
+
+async def _run_check(ch: ChannelSettings) -> dict[str, Any]:
     adapter = ch.create_adapter()
     limit = ch.timeout * 2 + 5
     try:

@@ -37,7 +37,7 @@ import threading
 import traceback
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Literal, TextIO
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 from pydantic import BaseModel, SecretBytes, SecretStr
 
@@ -199,8 +199,20 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
 
 
 def _variants(secret: str) -> set[str]:
-    """The secret as it may appear in a log line: raw, inside a repr, inside JSON."""
-    return {secret, repr(secret)[1:-1], json.dumps(secret)[1:-1], json.dumps(secret, ensure_ascii=False)[1:-1]}
+    """The secret as it may appear in a log line: raw, inside a repr, inside JSON, and URL-encoded. The last is
+    how a platform quotes back a form body or a query string it refuses (Weibo: ``access_token=2.00ab%2Fcd&...``
+    with no ``?`` or ``&`` before it for the parameter pattern to catch), so a secret with ``+``, ``/`` or ``=``
+    in it would otherwise come out of an error message whole."""
+    return {
+        secret,
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        quote(secret, safe=""),
+        quote(secret, safe="/"),
+        quote_plus(secret),
+        quote_plus(secret, safe="/"),
+    }
 
 
 class Redactor:

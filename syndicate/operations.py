@@ -220,6 +220,18 @@ def _masked(text: str | None) -> str | None:
     return None if text is None else redact(text)
 
 
+def _masked_json(value: Any) -> Any:
+    """A platform's answer kept as a receipt is platform text too: a receiver that echoes the request in its 2xx
+    (or a JPush cid, which starts with the app key) would otherwise hand our credentials out with the receipt."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _masked_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_masked_json(item) for item in value]
+    return value
+
+
 def delivery_json(d: DeliveryRecord, *, payload: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {
         "id": d.id,
@@ -235,7 +247,7 @@ def delivery_json(d: DeliveryRecord, *, payload: bool = False) -> dict[str, Any]
         "note": _masked(d.note),
         "due_at": iso(d.due_at) if d.state in (State.QUEUED, State.RETRY_WAIT) else None,
         "needs_reconcile": d.reconcile,
-        "receipt": d.receipt.to_json() if d.receipt else None,
+        "receipt": _masked_json(d.receipt.to_json()) if d.receipt else None,
         "created_at": iso(d.created_at),
         "updated_at": iso(d.updated_at),
     }

@@ -158,14 +158,18 @@ async def _verify_hook(request: web.Request, body: bytes) -> None:
         timestamp = verify(settings.hook_secret, body, header, now=now, tolerance=settings.signature_tolerance)
     except SignatureError as exc:
         raise ApiError(401, "bad_signature", str(exc)) from None
-    request[SIGNATURE] = (header, timestamp)
+    # What the signature signs (timestamp and body), not the header's spelling: " t=1, v1=…", "v1=…,t=1", an extra
+    # v1 or "t=01" all verify the same, and keying the replay marker on the header text let each respelling of a
+    # captured request count as a new, unused signature.
+    signed = hashlib.sha256(f"{timestamp}.".encode() + body).hexdigest()
+    request[SIGNATURE] = (signed, timestamp)
 
 
 async def _use_signature(request: web.Request) -> None:
     """A valid signature is good once: a captured request replayed within the window is refused. Marked only
     when the request is about to take effect, so a rejected request (415, 422...) does not burn it."""
-    header, timestamp = request[SIGNATURE]
-    marker = "hook-signature:" + hashlib.sha256(header.encode()).hexdigest()
+    signed, timestamp = request[SIGNATURE]
+    marker = "hook-signature:" + signed
     expires = timestamp + request.app[SETTINGS].server.signature_tolerance + 1
     if not await request.app[ENGINE].store.kv_add(marker, "1", expires_at=expires, now=request.app[CLOCK]()):
         raise ApiError(401, "replayed_signature", "this signature was already used: sign each request anew")
@@ -258,7 +262,9 @@ def _check_retract_body(body: bytes, story_id: str) -> None:
         document = json.loads(body)
     except (ValueError, RecursionError):
         raise ApiError(400, "malformed_json", 'the body must be empty or {"id": "<story id>"}') from None
-    if not isinstance(document, dict) or document.get("id") != story_id:
+    # Exactly {"id": ...}: the signature does not cover the method, so a signed publish or update of this story
+    # (which names it too) caught on its way must not be re-sent as a DELETE that retracts it.
+    if not isinstance(document, dict) or set(document) != {"id"} or document["id"] != story_id:
         raise ApiError(400, "id_mismatch", f'the body must be {{"id": "{story_id}"}} to retract this story')
 
 

@@ -6,6 +6,7 @@ import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -154,10 +155,11 @@ def make_settings(
     *,
     engine: dict[str, Any] | None = None,
     store_url: str | None = None,
+    media: dict[str, Any] | None = None,
 ) -> Settings:
     raw: dict[str, Any] = {
         "store": {"url": store_url or f"sqlite:///{tmp_path / 'syndicate.db'}"},
-        "media": {"allow_private": True, "cache_dir": str(tmp_path / "media")},
+        "media": {"allow_private": True, "cache_dir": str(tmp_path / "media"), **(media or {})},
         "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0, **(engine or {})},
         "channels": channels,
     }
@@ -230,3 +232,90 @@ async def sandbox() -> AsyncIterator[RunningSandbox]:
 
 
 StoryFactory = Callable[..., Story]
+
+
+# --- markup audit: what a browser would execute (the XSS tests of owned outputs and of the dashboard) -------------
+
+DANGEROUS_TAGS = frozenset({"script", "iframe", "svg", "math", "style", "object", "embed", "frame", "frameset", "base"})
+#: Attributes a browser follows or loads as a URL: a javascript: (or vbscript:, data:text/html) value runs script.
+URL_ATTRIBUTES = frozenset(
+    {"href", "src", "action", "formaction", "xlink:href", "poster", "background", "data", "srcset", "lowsrc", "ping"}
+)
+SCRIPT_SCHEMES = ("javascript:", "vbscript:", "data:text/html")
+
+
+def _as_browser_reads_it(value: str) -> str:
+    """A URL as a browser parses its scheme: whitespace and control characters anywhere in it do not count."""
+    return "".join(ch for ch in value if ch > " " and ch != "\x7f").lower()
+
+
+class MarkupAudit(HTMLParser):
+    """Collects what a browser would execute (``found``) and what it would show (``text``, ``attribute_values``).
+
+    Character references are decoded first (``convert_charrefs``), as a browser does, so ``jav&#x61;script:`` or
+    ``&lt;script&gt;`` are judged by what they become: the former is a script URL, the latter harmless text.
+    ``allowed_script_src`` exempts the page's own external script (a ``src`` under that prefix, no inline code) and
+    ``allowed_tags`` a page's own elements (the dashboard's chart is an ``<svg>``).
+    """
+
+    def __init__(self, *, allowed_script_src: str | None = None, allowed_tags: frozenset[str] = frozenset()) -> None:
+        super().__init__(convert_charrefs=True)
+        self.allowed_script_src = allowed_script_src
+        self.allowed_tags = allowed_tags
+        self.found: list[str] = []
+        self.text: list[str] = []
+        self.attribute_values: list[str] = []
+        self._in_script = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if tag == "script":
+            src = values.get("src") or ""
+            own = self.allowed_script_src is not None and src.startswith(self.allowed_script_src)
+            self._in_script = True
+            if not own:
+                self.found.append(f"<script src={src!r}>")
+        elif tag in DANGEROUS_TAGS and tag not in self.allowed_tags:
+            self.found.append(f"<{tag}>")
+        if tag == "meta" and (values.get("http-equiv") or "").lower() == "refresh":
+            target = _as_browser_reads_it(values.get("content") or "").partition("url=")[2]
+            if target.startswith(SCRIPT_SCHEMES):
+                self.found.append(f"meta refresh to {target}")
+        for name, value in attrs:
+            if name.startswith("on"):
+                self.found.append(f"{tag}[{name}]")
+            if value is None:
+                continue
+            self.attribute_values.append(value)
+            if name in URL_ATTRIBUTES and _as_browser_reads_it(value).startswith(SCRIPT_SCHEMES):
+                self.found.append(f"{tag}[{name}={value}]")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self._in_script = False
+
+    def handle_data(self, data: str) -> None:
+        if self._in_script and data.strip():
+            self.found.append(f"inline script {data.strip()[:60]!r}")
+        self.text.append(data)
+
+    def shows(self, text: str) -> bool:
+        """``text`` is visible as text (or an attribute's text, such as alt), whitespace aside."""
+        wanted = " ".join(text.split())
+        return wanted in " ".join("".join(self.text).split()) or any(
+            wanted in " ".join(value.split()) for value in self.attribute_values
+        )
+
+
+def audit_markup(markup: str, **kw: Any) -> MarkupAudit:
+    audit = MarkupAudit(**kw)
+    audit.feed(markup)
+    audit.close()
+    return audit
+
+
+def assert_clean(markup: str, where: str, **kw: Any) -> MarkupAudit:
+    """Nothing executable: text that merely shows angle brackets (escaped) is fine, live markup is not."""
+    audit = audit_markup(markup, **kw)
+    assert audit.found == [], f"executable markup survived in {where}: {audit.found}"
+    return audit

@@ -4,7 +4,6 @@ description covers the routes those channels mount."""
 from __future__ import annotations
 
 import json
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from syndicate.sandbox.partner import DEFAULT_SECRET as PARTNER_SECRET
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from tests.conftest import make_settings, make_story
+from tests.conftest import assert_clean, make_settings, make_story
 
 HOSTILE = make_story(
     id="xss-1",
@@ -44,32 +43,6 @@ HOSTILE = make_story(
     ],
     tags=["<b onmouseover=alert(10)>融媒体</b>"],
 )
-DANGEROUS_TAGS = {"script", "iframe", "svg", "style", "object", "embed", "frame", "base"}
-
-
-class _MarkupAudit(HTMLParser):
-    """Collects what a browser would execute: dangerous elements, on* handlers, javascript: URLs."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self.found: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in DANGEROUS_TAGS:
-            self.found.append(f"<{tag}>")
-        for name, value in attrs:
-            if name.startswith("on"):
-                self.found.append(f"{tag}[{name}]")
-            if value and "".join(value.split()).lower().startswith("javascript:"):
-                self.found.append(f"{tag}[{name}={value}]")
-
-
-def assert_clean(markup: str, where: str) -> None:
-    """Nothing executable: text that merely shows angle brackets (escaped) is fine, live markup is not."""
-    audit = _MarkupAudit()
-    audit.feed(markup)
-    audit.close()
-    assert audit.found == [], f"executable markup survived in {where}: {audit.found}"
 
 
 def owned_channels(tmp_path: Path, sandbox_url: str) -> dict[str, dict[str, Any]]:

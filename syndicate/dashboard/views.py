@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syndicate.logs import redact
 from syndicate.operations import channel_state_json
 from syndicate.sanitize import plain_text
 from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, DeliveryRecord, State, Store
@@ -57,6 +59,14 @@ def state_word(state: State, lang: str) -> str:
     return translate(lang, f"state_{state.value}")
 
 
+def web_link(url: str | None) -> str | None:
+    """``url`` if it is an http(s) link, else None. A receipt's URL is the platform's answer, not ours: a
+    ``javascript:`` one must never become a link on the board (the story's own URL is checked at intake)."""
+    if url and re.match(r"https?://", url.strip(), re.IGNORECASE):
+        return url
+    return None
+
+
 @dataclass(frozen=True)
 class Cell:
     state: str
@@ -77,10 +87,11 @@ def cell_for(d: DeliveryRecord | None, *, lang: str, now: float) -> Cell:
         label = translate(lang, "queued_until", time=hhmm(d.due_at))
     else:
         label = translate(lang, f"state_{d.state.value}")
-    url = d.receipt.url if d.state is State.DELIVERED and d.receipt else None
+    url = web_link(d.receipt.url) if d.state is State.DELIVERED and d.receipt else None
     title = f"#{d.id} v{d.version} {d.action.value}"
     if d.last_error:
-        title += f" — {d.last_error}"
+        # Platform error text can echo what we sent (a token, a signature): masked, as in the API's answers.
+        title += f" — {redact(d.last_error)}"
     return Cell(d.state.value, STATE_CLASS[d.state], label, url, title, d.id)
 
 
@@ -192,7 +203,7 @@ def story_view(status: dict[str, Any], *, lang: str, now: float, deliveries: dic
                     warnings=list(payload.get("warnings") or []),
                     text_length=payload.get("text_length"),
                     remote_id=receipt.get("remote_id"),
-                    public_url=receipt.get("url"),
+                    public_url=web_link(receipt.get("url")),
                     note=item["note"],
                     last_error=item["last_error"],
                     error_class=item["error_class"],
@@ -238,7 +249,7 @@ def failure_row(d: DeliveryRecord, *, lang: str, now: float) -> FailureRow:
         cell=cell_for(d, lang=lang, now=now),
         error_class=d.last_error_class or "",
         platform_code=d.last_platform_code or "",
-        message=d.last_error or d.note or "",
+        message=redact(d.last_error or d.note or ""),  # masked, as in the API's answers
         updated=stamp(d.updated_at),
         unknown=d.state is State.UNKNOWN,
     )
