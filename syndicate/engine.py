@@ -122,6 +122,11 @@ class ChannelRuntime:
         return self.settings.name
 
 
+#: Past this many outcomes waiting for the store, finished attempts count against their channel's limit again, so
+#: a store that keeps failing writes stops new claims instead of piling up outcomes in memory.
+MAX_UNWRITTEN_OUTCOMES = 1024
+
+
 def _may_land(d: DeliveryRecord) -> bool:
     """An attempt of ``d`` may have reached the platform and nobody knows yet whether it did."""
     return d.state in (State.IN_FLIGHT, State.UNKNOWN) or (d.state in PENDING_STATES and d.reconcile)
@@ -270,8 +275,10 @@ class Engine:
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._completions: asyncio.Queue[Completion | None] = asyncio.Queue()
-        #: Outcomes handed to the flusher and not yet written (the loop is not idle while any remain).
-        self._unwritten = 0
+        #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
+        #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
+        #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
+        self._unwritten: set[int] = set()
         self._started = False
         if metrics is not None:
             metrics.register_channels(self.channels)
@@ -366,8 +373,14 @@ class Engine:
                     limits = {
                         n: min(rt.settings.concurrency, engine_cfg.claim_batch) for n, rt in self.channels.items()
                     }
+                    # Bounded, so a store that accepts claims but keeps failing writes cannot pile up outcomes.
+                    finished = self._unwritten if len(self._unwritten) <= MAX_UNWRITTEN_OUTCOMES else ()
                     claims = await self.store.claim(
-                        self.worker_id, now=now, lease_seconds=engine_cfg.lease_seconds, limits=limits
+                        self.worker_id,
+                        now=now,
+                        lease_seconds=engine_cfg.lease_seconds,
+                        limits=limits,
+                        finished=list(finished),
                     )
                     for claim in claims:
                         self._spawn(claim)
@@ -408,6 +421,8 @@ class Engine:
             # Our own earlier attempt outlived its lease (a stalled loop, a clock jump) and the delivery came back
             # to us: stop the old attempt before the new one, which starts by checking whether it landed.
             previous.cancel()
+        # Its row is in flight for this new attempt, whatever an earlier attempt's unwritten outcome says.
+        self._unwritten.discard(claim.delivery.id)
         self._tasks[claim.delivery.id] = asyncio.create_task(
             self._deliver(claim, previous), name=f"delivery-{claim.delivery.id}"
         )
@@ -449,6 +464,12 @@ class Engine:
             return
         log.error("gave up writing %d outcomes; their leases expire and they are reconciled", len(batch))
 
+    async def _write_batch(self, batch: list[Completion]) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            self._unwritten.difference_update(completion.delivery_id for completion in batch)
+
     async def _flush_loop(self) -> None:
         while True:
             item = await self._completions.get()
@@ -461,10 +482,7 @@ class Engine:
                     self._completions.put_nowait(None)
                     break
                 batch.append(more)
-            try:
-                await self._write(batch)
-            finally:
-                self._unwritten -= len(batch)
+            await self._write_batch(batch)
             self.wake()
 
     async def _flush_remaining(self) -> None:
@@ -474,10 +492,7 @@ class Engine:
             if item is not None:
                 batch.append(item)
         if batch:
-            try:
-                await self._write(batch)
-            finally:
-                self._unwritten -= len(batch)
+            await self._write_batch(batch)
 
     async def _heartbeat_loop(self) -> None:
         lease = self.settings.engine.lease_seconds
@@ -606,29 +621,29 @@ class Engine:
     def _finish(self, claim: Claim, outcome: _Outcome, started: float) -> None:
         finished = self.clock.now()
         err = outcome.error
-        self._unwritten += 1
-        self._completions.put_nowait(
-            Completion(
-                delivery_id=claim.delivery.id,
-                attempt_id=claim.attempt_id,
-                worker=self.worker_id,
-                state=outcome.state,
-                outcome=outcome.outcome,
-                finished_at=finished,
-                duration_ms=(finished - started) * 1000,
-                due_at=outcome.due_at,
-                receipt=outcome.receipt,
-                error_class=type(err).__name__ if err else None,
-                message=err.reason if err else outcome.note,
-                platform_code=err.platform_code if err else None,
-                count_retry=outcome.count_retry,
-                reconcile=outcome.reconcile,
-                note=outcome.note,
-                action=outcome.action,
-                payload=outcome.payload,
-                attempt_number=claim.attempt_number,
-            )
+        completion = Completion(
+            delivery_id=claim.delivery.id,
+            attempt_id=claim.attempt_id,
+            worker=self.worker_id,
+            state=outcome.state,
+            outcome=outcome.outcome,
+            finished_at=finished,
+            duration_ms=(finished - started) * 1000,
+            due_at=outcome.due_at,
+            receipt=outcome.receipt,
+            error_class=type(err).__name__ if err else None,
+            message=err.reason if err else outcome.note,
+            platform_code=err.platform_code if err else None,
+            count_retry=outcome.count_retry,
+            reconcile=outcome.reconcile,
+            note=outcome.note,
+            action=outcome.action,
+            payload=outcome.payload,
+            attempt_number=claim.attempt_number,
         )
+        self._unwritten.add(claim.delivery.id)
+        self._completions.put_nowait(completion)
+        self.wake()  # the slot is free: the dispatcher may start the next delivery before this outcome is written
         current = asyncio.current_task()
         if self._tasks.get(claim.delivery.id) is current:
             del self._tasks[claim.delivery.id]

@@ -180,3 +180,37 @@ async def test_worker_killed_mid_delivery_then_restarted_delivers_each_exactly_o
     counts = key_counts(sandbox)
     assert len(counts) == 100
     assert {k: n for k, n in counts.items() if n != 1} == {}
+
+
+async def test_next_delivery_starts_before_the_outcome_is_written_yet_never_beyond_the_limit(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    """A finished attempt frees its slot before its outcome is stored (the engine counts it as finished-but-unwritten
+    when claiming); with slow outcome writes the channel must still never have more requests in flight than its
+    limit, and every story lands once."""
+    from syndicate.store.sqlite import SQLiteStore
+
+    writes: list[int] = []
+
+    class SlowOutcomeWrites(SQLiteStore):
+        async def complete(self, completions):  # type: ignore[no-untyped-def]
+            writes.append(len(completions))
+            await asyncio.sleep(0.03)
+            return await super().complete(completions)
+
+    settings = make_settings(tmp_path, {"narrow": webhook(sandbox.url, "narrow", concurrency=3)})
+    sandbox.sandbox.set_faults("webhook", [{"fault": "slow:0.01", "probability": 1.0, "name": "narrow"}])
+    store = SlowOutcomeWrites(settings.store.url[len("sqlite:///") :])
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            for i in range(120):
+                await engine.accept(make_story(id=f"p{i:03d}"))
+            await asyncio.wait_for(engine.run(until_idle=True), timeout=120)
+        assert (await store.counts()).by_state == {State.DELIVERED: 120}
+    finally:
+        await store.close()
+    assert sandbox.sandbox.stats("webhook")["narrow"].peak_concurrency == 3
+    assert set(key_counts(sandbox).values()) == {1}
+    # Requests (10 ms) outpace the writes (30 ms each): outcomes were written in batches while slots were reused.
+    assert max(writes) > 3

@@ -220,6 +220,23 @@ async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store) 
     assert attempt.outcome == "retry" and attempt.platform_code == "503" and attempt.duration_ms == 5.0
 
 
+async def test_claim_does_not_count_own_finished_attempts_against_the_limit(store: Store) -> None:
+    for i in range(5):
+        await store.fan_out(make_story(id=f"f{i}"), plan_for("a"), now=NOW)
+    first = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(first) == 2
+    assert await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2}) == []
+    # One attempt has ended, its outcome not yet written: its slot is free for the next delivery.
+    ended = [first[0].delivery.id]
+    [second] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2}, finished=ended)
+    # Another worker's finished ids are not ours to discount; ours, once written, are no longer in flight.
+    assert await store.claim("w2", now=NOW, lease_seconds=30, limits={"a": 2}, finished=ended) == []
+    assert await store.complete([done(first[0])]) == []
+    assert await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2}, finished=ended) == []
+    assert await store.count_in_flight(["a"]) == 2
+    assert second.delivery.id not in {c.delivery.id for c in first}
+
+
 async def test_heartbeat_extends_only_own_leases(store: Store) -> None:
     await store.fan_out(make_story(), plan_for("a"), now=NOW)
     [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)

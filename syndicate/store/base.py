@@ -10,7 +10,7 @@ from __future__ import annotations
 import abc
 import enum
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -364,9 +364,20 @@ class Store(abc.ABC):
 
     # claiming and finishing
     @abc.abstractmethod
-    async def claim(self, worker: str, *, now: float, lease_seconds: float, limits: dict[str, int]) -> list[Claim]:
+    async def claim(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> list[Claim]:
         """Lease due deliveries, at most ``limits[channel]`` in flight per channel across all workers.
 
+        ``finished`` names deliveries of this worker whose attempt has ended but whose outcome is not written yet:
+        their rows are still in flight but hold no request, so they do not count against the limit (read inside
+        the claim's transaction, so an outcome written meanwhile is never counted twice).
         Skips paused channels and deliveries whose earlier story × channel deliveries are still open.
         """
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import asyncpg
@@ -309,7 +309,16 @@ class PostgresStore(Store):
 
     # --- claiming and finishing -----------------------------------------------------------------------------
 
-    async def claim(self, worker: str, *, now: float, lease_seconds: float, limits: dict[str, int]) -> list[Claim]:
+    async def claim(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> list[Claim]:
+        ended = list(finished)
         pool = await self._get_pool()
         claims: list[Claim] = []
         async with pool.acquire() as conn:
@@ -331,7 +340,11 @@ class PostgresStore(Store):
                     # One claimer per channel at a time: the in-flight count and the claim are one atomic step.
                     await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended('claim:' || $1, 0))", channel)
                     busy = await conn.fetchval(
-                        "SELECT count(*) FROM deliveries WHERE channel = $1 AND state = 'in_flight'", channel
+                        "SELECT count(*) FROM deliveries WHERE channel = $1 AND state = 'in_flight'"
+                        " AND NOT (id = ANY($2::bigint[]) AND lease_owner = $3)",
+                        channel,
+                        ended,
+                        worker,
                     )
                     free = limit - busy
                     if free <= 0:
