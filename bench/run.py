@@ -37,6 +37,8 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from adapters.webhook import WebhookAdapter  # noqa: E402
+from syndicate.channel import DeliveryContext, Payload, Receipt, register  # noqa: E402
 from syndicate.config import Settings, parse_config  # noqa: E402
 from syndicate.engine import Engine  # noqa: E402
 from syndicate.store import open_store  # noqa: E402
@@ -46,6 +48,17 @@ from syndicate.story import Story  # noqa: E402
 PG_DSN = os.environ.get("SYNDICATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 RESULTS = REPO / "bench" / "results"
 BODY = "<p>" + "上海16区融媒体中心全部建成并挂牌。" * 20 + "</p>"
+
+
+@register
+class NoNetworkAdapter(WebhookAdapter):
+    """The webhook adapter with the request taken out (it answers at once): a measuring probe, used only here, that
+    isolates what the queue costs per delivery (claim, attempt row, outcome write, task, timeout)."""
+
+    kind = "bench-no-network"
+
+    async def _post(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        return Receipt(remote_id=ctx.idempotency_key)
 
 
 def story(i: int, prefix: str = "b") -> Story:
@@ -143,9 +156,23 @@ async def pg_available() -> bool:
 # --- 1. throughput -----------------------------------------------------------------------------------------------
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process (user + system, every thread): the resource a single worker process spends."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+#: CPU microseconds per delivery of the last timed run of each kind (read by `cpu_breakdown`).
+CPU_US: dict[str, list[float]] = {}
+
+
+def _account(kind: str, cpu_started: float, n: int) -> None:
+    CPU_US.setdefault(kind, []).append((cpu_seconds() - cpu_started) / n * 1e6)
+
+
 async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
     """The physical limit: POST the same rendered payloads at the same concurrency, no queue, no store."""
-    from adapters.webhook import WebhookAdapter, WebhookOptions
+    from adapters.webhook import WebhookOptions
     from syndicate.channel import Action
 
     adapter = WebhookAdapter("raw", WebhookOptions(url=f"{sandbox}/webhook/raw", secret="bench-secret"), timeout=10)
@@ -163,14 +190,61 @@ async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
                 ) as resp:
                     await resp.read()
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_seconds()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return n / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        _account("raw", cpu, n)
+        return n / elapsed
 
 
-async def syndicate_drain(kind: str, sandbox: str, n: int, concurrency: int, channels: int = 1) -> float:
+async def adapter_loop(sandbox: str, n: int, concurrency: int) -> float:
+    """The webhook adapter's own send path (encode, sign, POST, read the receipt) at the same concurrency, with no
+    queue: what a delivery costs before the queue adds anything."""
+    from adapters.webhook import WebhookOptions
+    from syndicate.channel import Action
+
+    adapter = WebhookAdapter("ad", WebhookOptions(url=f"{sandbox}/webhook/ad", secret="bench-secret"), timeout=10)
+    payloads = [adapter.render(story(i, f"ad-{uuid.uuid4().hex[:4]}-"), Action.PUBLISH) for i in range(n)]
+    pending = iter(enumerate(payloads))
+
+    async def refused(*_: Any) -> Any:
+        raise RuntimeError("the webhook adapter keeps no state")
+
+    await adapter.start()
+    try:
+
+        async def worker() -> None:
+            for i, payload in pending:
+                ctx = DeliveryContext(
+                    delivery_id=i,
+                    story_id=f"ad{i}",
+                    version=1,
+                    channel="ad",
+                    action=Action.PUBLISH,
+                    attempt=1,
+                    state={},
+                    receipt=None,
+                    save_checkpoint=refused,
+                    kv_get=refused,
+                    kv_set=refused,
+                    kv_add=refused,
+                )
+                await adapter.send(payload, ctx)
+
+        started, cpu = time.perf_counter(), cpu_seconds()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        _account("adapter", cpu, n)
+        return n / elapsed
+    finally:
+        await adapter.close()
+
+
+async def syndicate_drain(
+    kind: str, sandbox: str, n: int, concurrency: int, channels: int = 1, *, adapter: str = "webhook"
+) -> float:
     """Stories fanned out first (not timed), then the timed drain of n x channels deliveries."""
-    names = {f"c{i}": {"concurrency": concurrency} for i in range(channels)}
+    names = {f"c{i}": {"concurrency": concurrency, "kind": adapter} for i in range(channels)}
     async with store_url(kind) as url:
         settings = settings_for(url, sandbox, names)
         store = open_store(url)
@@ -179,9 +253,11 @@ async def syndicate_drain(kind: str, sandbox: str, n: int, concurrency: int, cha
             async with Engine(settings, store) as engine:
                 for i in range(n):
                     await engine.accept(story(i, f"{kind}-{uuid.uuid4().hex[:4]}-"))
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), cpu_seconds()
                 await engine.run(until_idle=True)
-                return n * channels / (time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                _account(f"{kind}-{adapter}", cpu, n * channels)
+                return n * channels / elapsed
         finally:
             await store.close()
 
@@ -348,24 +424,25 @@ async def isolation(sandbox: str, n: int, concurrency: int) -> dict[str, float]:
 
 
 async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
-    """Queue `size` deliveries (bulk-inserted), then measure claim latency and the drain of the first `drain`."""
+    """Queue `size` deliveries (bulk-inserted, each with a full rendered webhook payload), measure claim latency at
+    that depth, then let a real `syndicate work` process drain the first `drain` while its memory is sampled."""
     import sqlite3
 
     async with store_url("sqlite") as url:
-        settings = settings_for(url, sandbox, {"bk": {"concurrency": 32}})
         store = open_store(url)
         await store.migrate()
         path = url[len("sqlite:///") :]
         now = time.time()
-        payload = json.dumps({"data": {"event": "publish", "story": {"id": "x"}}, "text_length": None, "warnings": []})
+        from syndicate.channel import Action
+
+        payload = dumps_payload(story(0, "bk"))
         conn = sqlite3.connect(path)
         with conn:
             conn.executemany(
                 "INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, created_at,"
-                " updated_at) VALUES (?, 1, 'bk', 'publish', 'queued', ?, ?, ?, ?)",
-                ((f"bk{i}", payload, now + i * 1e-6, now, now) for i in range(size)),
+                " updated_at) VALUES (?, 1, 'bk', ?, 'queued', ?, ?, ?, ?)",
+                ((f"bk{i}", Action.PUBLISH.value, payload, now + i * 1e-6, now, now) for i in range(size)),
             )
-        conn.close()
         claims = []
         for _ in range(20):
             t0 = time.perf_counter()
@@ -377,30 +454,71 @@ async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
                     for c in got
                 ]
             )
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        async with Engine(settings, store) as engine:
-            stop = asyncio.Event()
-            started = time.perf_counter()
-            runner = asyncio.create_task(engine.run(stop=stop))
-            # Polling the store is the measurement itself here, not a wait for an in-process event.
-            while (await store.counts()).by_state.get(State.DELIVERED, 0) < drain:  # noqa: ASYNC110
-                await asyncio.sleep(0.05)
-            elapsed = time.perf_counter() - started
-            stop.set()
-            await runner
-        rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         await store.close()
+
+        def delivered() -> int:
+            return conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0]
+
+        already = delivered()
+        with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as config:
+            config.write(
+                f'[store]\nurl = "{url}"\n[engine]\npoll_interval = 0.5\nclaim_batch = 256\nretry_jitter = 0\n'
+                f'[channels.bk]\nkind = "webhook"\nurl = "{sandbox}/webhook/bk"\nsecret = "bench-secret"\n'
+                "concurrency = 32\ntimeout = 10\nretry = [0, 0.05, 0.1, 0.2, 0.5, 1]\n"
+            )
+        worker = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "syndicate"),
+            "work",
+            "--config",
+            config.name,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        rss: list[float] = []
+        started = time.perf_counter()
+        try:
+            while delivered() - already < drain:
+                rss.append(process_memory_mb(worker.pid, "VmRSS"))
+                await asyncio.sleep(0.1)
+            elapsed = time.perf_counter() - started
+            peak = process_memory_mb(worker.pid, "VmHWM")
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.wait(), timeout=30)
+            conn.close()
+            os.unlink(config.name)
     return {
         "backlog": size,
         "claim_p50_ms": statistics.median(claims),
         "claim_max_ms": max(claims),
         "drain_per_s": drain / elapsed,
-        "max_rss_mb_before": rss_before,
-        "max_rss_mb_after": rss_after,
+        "worker_rss_mb_median": statistics.median(rss),
+        "worker_rss_mb_peak": peak,
     }
 
 
+def dumps_payload(sample: Story) -> str:
+    """A delivery's stored payload column, as the webhook channel renders it at enqueue time."""
+    from adapters.webhook import WebhookOptions
+    from syndicate.channel import Action
+
+    adapter = WebhookAdapter("bk", WebhookOptions(url="http://127.0.0.1:9/", secret="bench-secret"), timeout=10)
+    return json.dumps(adapter.render(sample, Action.PUBLISH).to_json(), ensure_ascii=False)
+
+
+def process_memory_mb(pid: int, field: str) -> float:
+    """VmRSS (resident now) or VmHWM (peak resident) of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 # --- main --------------------------------------------------------------------------------------------------------
+
+
+def median_or_none(values: list[float] | None) -> float | None:
+    return statistics.median(values) if values else None
 
 
 async def median_of(runs: int, fn: Callable[[], Awaitable[float | None]]) -> float | None:
@@ -434,6 +552,20 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_sqlite_vs_raw": (sqlite_rate or 0) / raw if raw else None,
             "ratio_postgres_vs_raw": (pg_rate or 0) / raw if raw and pg_rate else None,
         }
+        # Where a delivery's CPU goes, in one process: the request itself (raw), the adapter's own work on top of it,
+        # and the queue's work measured with the request taken out. Their sum against the full drain shows whether
+        # the queue or the request bounds throughput.
+        adapter_rate = await median_of(runs, lambda: adapter_loop(sandbox, n, c))
+        queue_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c, adapter="bench-no-network"))
+        results["throughput"]["webhook_adapter_alone_per_s"] = adapter_rate
+        results["throughput"]["queue_alone_no_network_per_s"] = queue_rate
+        results["cpu_us_per_delivery"] = {
+            "raw_aiohttp": median_or_none(CPU_US.get("raw")),
+            "webhook_adapter_alone": median_or_none(CPU_US.get("adapter")),
+            "queue_alone_no_network": median_or_none(CPU_US.get("sqlite-bench-no-network")),
+            "syndicate_sqlite": median_or_none(CPU_US.get("sqlite-webhook")),
+            "syndicate_postgres_client_side": median_or_none(CPU_US.get("postgres-webhook")),
+        }
         results["latency"] = await hook_latency(sandbox, rate=args.rate, seconds=args.seconds)
         results["isolation"] = await isolation(sandbox, n // 2, c)
         results["fan_out_width"] = {}
@@ -452,7 +584,7 @@ def table(results: dict[str, Any]) -> str:
         return f"{v:,.1f}" if isinstance(v, float) else str(v)
 
     lines = [f"machine: {results['machine']}", ""]
-    for section in ("throughput", "latency", "isolation"):
+    for section in ("throughput", "cpu_us_per_delivery", "latency", "isolation"):
         lines.append(f"[{section}]")
         for key, value in results[section].items():
             lines.append(f"  {key:32s} {fmt(value)}")
