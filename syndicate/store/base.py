@@ -306,6 +306,25 @@ def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
     )
 
 
+def split_by_lease(
+    completions: Sequence[Completion], holders: Mapping[int, tuple[str | None, int]]
+) -> tuple[list[Completion], set[int]]:
+    """Which completions still hold their lease, given each in-flight delivery's (lease owner, attempt number) read
+    under the write lock: those to apply, and the batch positions of those that lost it (a second completion for
+    the same delivery in one batch comes too late)."""
+    remaining = dict(holders)
+    applied: list[Completion] = []
+    lost: set[int] = set()
+    for position, c in enumerate(completions):
+        holder = remaining.get(c.delivery_id)
+        if holder is not None and holder[0] == c.worker and c.attempt_number in (None, holder[1]):
+            applied.append(c)
+            del remaining[c.delivery_id]
+        else:
+            lost.add(position)
+    return applied, lost
+
+
 def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
     return AttemptRecord(
         id=row["id"],

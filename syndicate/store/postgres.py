@@ -48,6 +48,7 @@ from syndicate.store.base import (
     dumps_json,
     live_receipt_from,
     refuse_newer_schema,
+    split_by_lease,
 )
 from syndicate.story import Story
 
@@ -367,19 +368,22 @@ class PostgresStore(Store):
                         now + lease_seconds,
                     )
                     rows = sorted(rows, key=lambda r: (r["due_at"] or 0, r["id"]))
-                    for row in rows:
-                        d = delivery_from_row(row)
-                        attempt_id = await conn.fetchval(
-                            "INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES ($1, $2, $3, $4)"
-                            " RETURNING id",
-                            d.id,
-                            d.attempts,
+                    attempt_ids = {
+                        r["delivery_id"]: r["id"]
+                        for r in await conn.fetch(
+                            "INSERT INTO attempts (delivery_id, number, worker, started_at)"
+                            " SELECT id, attempts, $2, $3 FROM deliveries WHERE id = ANY($1::bigint[])"
+                            " RETURNING delivery_id, id",
+                            [r["id"] for r in rows],
                             worker,
                             now,
                         )
+                    }
+                    for row in rows:
+                        d = delivery_from_row(row)
                         # Only updates and retracts act on the live post; a publish needs no receipt lookup.
                         live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
-                        claims.append(Claim(d, attempt_id, d.attempts, live))
+                        claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))
         return claims
 
     @staticmethod
@@ -420,51 +424,70 @@ class PostgresStore(Store):
             raise NotFound(f"delivery {delivery_id} is no longer leased by {worker}")
 
     async def complete(self, completions: Sequence[Completion]) -> list[int]:
-        if not completions:
+        items = list(completions)
+        if not items:
             return []
-        lost: list[int] = []
         pool = await self._get_pool()
         async with pool.acquire() as conn, conn.transaction():
-            for c in completions:
-                status = await conn.execute(
+            # Not waiting for the WAL flush: after a crash an unwritten outcome leaves the delivery in flight under
+            # its (synchronously committed) claim, so its lease expires and the next attempt first asks the
+            # platform whether it landed. A later synchronous commit flushes this one too (the WAL is ordered).
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            # Lease holders read once for the batch, locked until commit; then one statement per table.
+            holders = {
+                r["id"]: (r["lease_owner"], r["attempts"])
+                for r in await conn.fetch(
+                    "SELECT id, lease_owner, attempts FROM deliveries WHERE state = 'in_flight'"
+                    " AND id = ANY($1::bigint[]) ORDER BY id FOR UPDATE",
+                    [c.delivery_id for c in items],
+                )
+            }
+            applied, lost = split_by_lease(items, holders)
+            if applied:
+                await conn.executemany(
                     "UPDATE deliveries SET state = $1, due_at = $2, receipt = coalesce($3, receipt),"
                     " retry_count = retry_count + $4, reconcile = $5, lease_owner = NULL, lease_expires = NULL,"
                     " note = $6, last_error = $7, last_error_class = $8, last_platform_code = $9, updated_at = $10,"
                     " action = coalesce($11, action), payload = coalesce($12, payload)"
-                    " WHERE id = $13 AND state = 'in_flight' AND lease_owner = $14"
-                    " AND attempts = coalesce($15, attempts)",
-                    c.state.value,
-                    c.due_at,
-                    dumps_json(c.receipt.to_json()) if c.receipt else None,
-                    1 if c.count_retry else 0,
-                    c.reconcile,
-                    c.note,
-                    c.message if c.error_class else None,
-                    c.error_class,
-                    c.platform_code,
-                    c.finished_at,
-                    c.action.value if c.action else None,
-                    dumps_json(c.payload.to_json()) if c.payload else None,
-                    c.delivery_id,
-                    c.worker,
-                    c.attempt_number,
+                    " WHERE id = $13 AND state = 'in_flight' AND lease_owner = $14",
+                    [
+                        (
+                            c.state.value,
+                            c.due_at,
+                            dumps_json(c.receipt.to_json()) if c.receipt else None,
+                            1 if c.count_retry else 0,
+                            c.reconcile,
+                            c.note,
+                            c.message if c.error_class else None,
+                            c.error_class,
+                            c.platform_code,
+                            c.finished_at,
+                            c.action.value if c.action else None,
+                            dumps_json(c.payload.to_json()) if c.payload else None,
+                            c.delivery_id,
+                            c.worker,
+                        )
+                        for c in applied
+                    ],
                 )
-                applied = status == "UPDATE 1"
-                if not applied:
-                    lost.append(c.delivery_id)
-                await conn.execute(
-                    "UPDATE attempts SET finished_at = $1, outcome = $2, error_class = $3, message = $4,"
-                    " platform_code = $5, duration_ms = $6 WHERE id = $7 AND finished_at IS NULL",
-                    c.finished_at,
-                    c.outcome if applied else f"{c.outcome} (lease lost)",
-                    c.error_class,
-                    c.message,
-                    c.platform_code,
-                    c.duration_ms,
-                    c.attempt_id,
-                )
+            await conn.executemany(
+                "UPDATE attempts SET finished_at = $1, outcome = $2, error_class = $3, message = $4,"
+                " platform_code = $5, duration_ms = $6 WHERE id = $7 AND finished_at IS NULL",
+                [
+                    (
+                        c.finished_at,
+                        f"{c.outcome} (lease lost)" if position in lost else c.outcome,
+                        c.error_class,
+                        c.message,
+                        c.platform_code,
+                        c.duration_ms,
+                        c.attempt_id,
+                    )
+                    for position, c in enumerate(items)
+                ],
+            )
             await self._notify(conn)  # slots are free again, and retries may be due at once
-        return lost
+        return [items[position].delivery_id for position in sorted(lost)]
 
     async def reclaim_expired(self, *, now: float) -> int:
         pool = await self._get_pool()
