@@ -29,6 +29,7 @@ from syndicate.story import Story
 
 DEFAULT_REPLAY_STATES: tuple[State, ...] = (State.FAILED, State.UNKNOWN)
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
+MAX_DURATION = 3650 * 86400.0
 _UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 
 
@@ -37,7 +38,10 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"{text!r} is not a duration: use 90s, 30m, 2h, 1d or 1w")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+    if seconds > MAX_DURATION:
+        raise ValueError(f"{text!r} is too long: at most 3650d (ten years)")
+    return seconds
 
 
 def parse_time(text: str, *, now: float) -> float:

@@ -473,6 +473,10 @@ async def pause_channel(request: web.Request) -> web.StreamResponse:
         raise ApiError(422, "invalid_body", str(exc)) from None
     if until <= now:
         raise ApiError(422, "invalid_body", "the pause must end in the future")
+    if until > PAUSED_INDEFINITELY:
+        raise ApiError(
+            422, "invalid_body", "the pause must end before 9999-12-31; omit until and for to pause until resumed"
+        )
     store = request.app[ENGINE].store
     await store.pause_channel(name, until=until, reason=body.reason, now=now)
     state = (await store.channel_states()).get(name)
