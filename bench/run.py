@@ -621,7 +621,7 @@ def chart(results: dict[str, Any], path: Path) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--deliveries", type=int, default=2000)
+    parser.add_argument("--deliveries", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--rate", type=float, default=50.0, help="hook requests per second for the latency run")
