@@ -44,7 +44,9 @@ from syndicate.store.base import (
     StoryRecord,
     VersionConflict,
     attempt_from_row,
+    attempt_outcome_params,
     delivery_from_row,
+    delivery_outcome_params,
     dumps_json,
     live_receipt_from,
     refuse_newer_schema,
@@ -450,41 +452,12 @@ class PostgresStore(Store):
                     " note = $6, last_error = $7, last_error_class = $8, last_platform_code = $9, updated_at = $10,"
                     " action = coalesce($11, action), payload = coalesce($12, payload)"
                     " WHERE id = $13 AND state = 'in_flight' AND lease_owner = $14",
-                    [
-                        (
-                            c.state.value,
-                            c.due_at,
-                            dumps_json(c.receipt.to_json()) if c.receipt else None,
-                            1 if c.count_retry else 0,
-                            c.reconcile,
-                            c.note,
-                            c.message if c.error_class else None,
-                            c.error_class,
-                            c.platform_code,
-                            c.finished_at,
-                            c.action.value if c.action else None,
-                            dumps_json(c.payload.to_json()) if c.payload else None,
-                            c.delivery_id,
-                            c.worker,
-                        )
-                        for c in applied
-                    ],
+                    [delivery_outcome_params(c) for c in applied],
                 )
             await conn.executemany(
                 "UPDATE attempts SET finished_at = $1, outcome = $2, error_class = $3, message = $4,"
                 " platform_code = $5, duration_ms = $6 WHERE id = $7 AND finished_at IS NULL",
-                [
-                    (
-                        c.finished_at,
-                        f"{c.outcome} (lease lost)" if position in lost else c.outcome,
-                        c.error_class,
-                        c.message,
-                        c.platform_code,
-                        c.duration_ms,
-                        c.attempt_id,
-                    )
-                    for position, c in enumerate(items)
-                ],
+                attempt_outcome_params(items, lost),
             )
             await self._notify(conn)  # slots are free again, and retries may be due at once
         return [items[position].delivery_id for position in sorted(lost)]

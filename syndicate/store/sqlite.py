@@ -43,7 +43,9 @@ from syndicate.store.base import (
     StoryRecord,
     VersionConflict,
     attempt_from_row,
+    attempt_outcome_params,
     delivery_from_row,
+    delivery_outcome_params,
     dumps_json,
     live_receipt_from,
     refuse_newer_schema,
@@ -483,41 +485,12 @@ class SQLiteStore(Store):
                     " note = ?, last_error = ?, last_error_class = ?, last_platform_code = ?, updated_at = ?,"
                     " action = coalesce(?, action), payload = coalesce(?, payload)"
                     " WHERE id = ? AND state = 'in_flight' AND lease_owner = ?",
-                    [
-                        (
-                            c.state.value,
-                            c.due_at,
-                            dumps_json(c.receipt.to_json()) if c.receipt else None,
-                            1 if c.count_retry else 0,
-                            1 if c.reconcile else 0,
-                            c.note,
-                            c.message if c.error_class else None,
-                            c.error_class,
-                            c.platform_code,
-                            c.finished_at,
-                            c.action.value if c.action else None,
-                            dumps_json(c.payload.to_json()) if c.payload else None,
-                            c.delivery_id,
-                            c.worker,
-                        )
-                        for c in applied
-                    ],
+                    [delivery_outcome_params(c) for c in applied],
                 )
                 conn.executemany(
                     "UPDATE attempts SET finished_at = ?, outcome = ?, error_class = ?, message = ?,"
                     " platform_code = ?, duration_ms = ? WHERE id = ? AND finished_at IS NULL",
-                    [
-                        (
-                            c.finished_at,
-                            f"{c.outcome} (lease lost)" if position in lost else c.outcome,
-                            c.error_class,
-                            c.message,
-                            c.platform_code,
-                            c.duration_ms,
-                            c.attempt_id,
-                        )
-                        for position, c in enumerate(items)
-                    ],
+                    attempt_outcome_params(items, lost),
                 )
             return [items[position].delivery_id for position in sorted(lost)]
 
