@@ -278,7 +278,7 @@ class Engine:
         #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
         #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
-        self._unwritten: set[int] = set()
+        self._unwritten: dict[int, int] = {}  # delivery id -> attempt id of the ended, unwritten attempt
         self._started = False
         if metrics is not None:
             metrics.register_channels(self.channels)
@@ -422,7 +422,7 @@ class Engine:
             # to us: stop the old attempt before the new one, which starts by checking whether it landed.
             previous.cancel()
         # Its row is in flight for this new attempt, whatever an earlier attempt's unwritten outcome says.
-        self._unwritten.discard(claim.delivery.id)
+        self._unwritten.pop(claim.delivery.id, None)
         self._tasks[claim.delivery.id] = asyncio.create_task(
             self._deliver(claim, previous), name=f"delivery-{claim.delivery.id}"
         )
@@ -468,7 +468,9 @@ class Engine:
         try:
             await self._write(batch)
         finally:
-            self._unwritten.difference_update(completion.delivery_id for completion in batch)
+            for completion in batch:
+                if self._unwritten.get(completion.delivery_id) == completion.attempt_id:
+                    del self._unwritten[completion.delivery_id]
 
     async def _flush_loop(self) -> None:
         while True:
@@ -641,12 +643,13 @@ class Engine:
             payload=outcome.payload,
             attempt_number=claim.attempt_number,
         )
-        self._unwritten.add(claim.delivery.id)
-        self._completions.put_nowait(completion)
-        self.wake()  # the slot is free: the dispatcher may start the next delivery before this outcome is written
         current = asyncio.current_task()
         if self._tasks.get(claim.delivery.id) is current:
             del self._tasks[claim.delivery.id]
+            # Only the delivery's current attempt frees its slot: a superseded one (re-claimed under it) does not.
+            self._unwritten[claim.delivery.id] = claim.attempt_id
+        self._completions.put_nowait(completion)
+        self.wake()  # the slot is free: the dispatcher may start the next delivery before this outcome is written
         if self.metrics is not None:
             self.metrics.observe_attempt(claim.delivery.channel, outcome.outcome, finished - started)
         if log.isEnabledFor(logging.DEBUG):
@@ -716,6 +719,11 @@ class Engine:
                         payload=payload if converted else None,
                         note="an earlier attempt landed",
                     )
+                # Nothing landed: a version or retraction queued since replaces it, as for a plain retry (the
+                # attempt that decided so may have had its outcome lost).
+                replaced = await self._replaced_by_later(d)
+                if replaced is not None:
+                    return _Outcome(replaced[0], replaced[0].value, note=replaced[1])
             elif not adapter.idempotent:
                 raise _Park(
                     "an earlier attempt may have landed and this channel can neither look it up nor resend safely;"

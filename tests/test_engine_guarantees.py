@@ -309,3 +309,94 @@ async def test_F8_dropped_target_still_gets_stale_v1(tmp_path, db):
         await engine.accept(make_story(version=2, headline="改", targets=["a"]))
         await drain(engine)
     assert ("b", "publish", "story-1:1:b:publish") not in ScriptedAdapter.calls
+
+
+# F9 (review of the slot-reuse change): this worker re-claims its own delivery after a clock jump; the cancelled
+# old attempt finishes after the new one started. Its outcome must not mark the row as "finished" while the new
+# attempt is sending, or the next claim starts a second request on a concurrency-1 channel.
+async def test_F9_superseded_attempt_does_not_free_the_slot_of_its_successor(tmp_path):
+    from syndicate.channel import Adapter, AdapterOptions, register
+
+    class Blocking(Adapter):
+        kind = "guarantee_blocking"
+        options_model = AdapterOptions
+        actions = frozenset(Action)
+        idempotent = True
+        supports_lookup = True
+        inflight = 0
+        peak = 0
+        release = asyncio.Event()
+
+        def render(self, story, action):
+            return Payload({"id": story.id})
+
+        async def publish(self, payload, ctx):
+            cls = type(self)
+            cls.inflight += 1
+            cls.peak = max(cls.peak, cls.inflight)
+            try:
+                await cls.release.wait()
+                return Receipt(remote_id=str(ctx.delivery_id))
+            finally:
+                cls.inflight -= 1
+
+        async def lookup(self, payload, ctx):
+            return None
+
+    register(Blocking)
+    from syndicate.store.sqlite import SQLiteStore
+
+    class SlowOutcomeWrites(SQLiteStore):
+        async def complete(self, completions):
+            await asyncio.sleep(0.2)
+            return await super().complete(completions)
+
+    settings = make_settings(tmp_path, {"c": {"kind": "guarantee_blocking", "concurrency": 1, "timeout": 100}})
+    clock = FakeClock()
+    store = SlowOutcomeWrites(settings.store.url[len("sqlite:///") :])
+    await store.migrate()
+    stop = asyncio.Event()
+    try:
+        async with Engine(settings, store, clock=clock, worker_id="W") as engine:
+            await engine.accept(make_story(id="s1"))
+            runner = asyncio.create_task(engine.run(stop=stop, grace=0.1))
+            await asyncio.sleep(0.1)
+            assert Blocking.inflight == 1
+            clock.advance(engine.settings.engine.lease_seconds + 1)  # the host was suspended: the lease is past
+            engine.wake()
+            await asyncio.sleep(0.05)  # the dispatcher reclaims s1 and claims it again for itself
+            await engine.accept(make_story(id="s2"))
+            await asyncio.sleep(0.15)
+            peak = Blocking.peak
+            Blocking.release.set()
+            stop.set()
+            await asyncio.wait_for(runner, 30)
+    finally:
+        await store.close()
+    assert peak == 1
+
+
+# F10 (review of unsynced outcome writes): an attempt decided not to send (a retraction arrived while it failed),
+# and that decision was lost (a crash, or a power cut before an unsynced commit reached the disk). The reclaimed
+# delivery reconciles first; when the lookup finds nothing, the retraction must still win: no publish of a
+# withdrawn story.
+async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_path, db):
+    from syndicate.channel import Retryable
+
+    settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
+    clock = FakeClock()
+    async with Engine(settings, db, clock=clock, worker_id="W") as engine:
+        await engine.accept(make_story(version=1))
+        [claim] = await db.claim("W", now=clock.now(), lease_seconds=5, limits={"c": 1})
+        await engine.accept(make_story(version=2, pubstatus="canceled"))
+        ScriptedAdapter.scripts["c"] = [Retryable("503")]
+        engine._spawn(claim)
+        await asyncio.sleep(0.05)
+        decided = engine._completions.get_nowait()
+        assert decided.state is State.CANCELED
+        engine._unwritten.clear()  # the decision never reached the disk
+        clock.advance(10)
+        await drain(engine)
+    assert [action for _, action, _ in ScriptedAdapter.calls] == ["publish", "lookup"]
+    states = {(d.version, d.action): d.state for d in await db.list_deliveries(DeliveryFilter())}
+    assert states[(1, Action.PUBLISH)] is State.CANCELED
