@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar, Literal
@@ -54,6 +55,7 @@ from syndicate.channel import (
     RenderError,
     Retryable,
 )
+from syndicate.httputil import MAX_RETRY_AFTER
 from syndicate.media import MediaBlob, MediaSettings
 from syndicate.story import Image, Story
 
@@ -346,14 +348,16 @@ class XAdapter(Adapter):
 
 
 def _reset(value: str | None, now: float) -> dt.datetime:
-    """``x-rate-limit-reset`` (unix seconds) as the end of the pause; 15 minutes when absent or in the past."""
+    """``x-rate-limit-reset`` (unix seconds) as the end of the pause; 15 minutes when absent, in the past or not a
+    number, at most a day."""
     try:
         at = float(value) if value else 0.0
     except ValueError:
         at = 0.0
-    if at <= now:
+    if not math.isfinite(at) or at <= now:
         at = now + DEFAULT_RATE_LIMIT_PAUSE
-    return dt.datetime.fromtimestamp(at, tz=dt.UTC)
+    # An absurd reset (a bug, "99999999999") is asked again after a day, as for Retry-After.
+    return dt.datetime.fromtimestamp(min(at, now + MAX_RETRY_AFTER), tz=dt.UTC)
 
 
 def _receipt(post: dict[str, Any]) -> Receipt:

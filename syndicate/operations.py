@@ -6,6 +6,7 @@ story's full status, and the JSON views both print. One implementation, so `synd
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -51,9 +52,13 @@ def parse_time(text: str, *, now: float) -> float:
     if _DURATION.match(value):
         return now - parse_duration(value)
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(seconds):
+            raise ValueError(f"{text!r} is not a time: unix seconds must be a finite number")
+        return seconds
     try:
         parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:

@@ -471,7 +471,7 @@ async def pause_channel(request: web.Request) -> web.StreamResponse:
             until = PAUSED_INDEFINITELY
     except ValueError as exc:
         raise ApiError(422, "invalid_body", str(exc)) from None
-    if until <= now:
+    if not until > now:  # also NaN
         raise ApiError(422, "invalid_body", "the pause must end in the future")
     if until > PAUSED_INDEFINITELY:
         raise ApiError(

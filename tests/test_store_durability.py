@@ -1,9 +1,13 @@
-"""Which writes wait for the disk: claims and accepted stories always; outcomes do not (their loss in a power cut
-is repaired by the lease and the reconciling lookup), and the connection is back to synced writes right after."""
+"""Every write transaction of the SQLite store waits for the disk (synchronous=FULL): accepted stories, claims (the
+attempt row exists on disk before any byte is sent) and outcomes. Speed comes from batching, not from weaker
+guarantees; a COMMIT that fails leaves no transaction open behind it."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+
+import pytest
 
 from syndicate.channel import Action, Payload
 from syndicate.store.base import Completion, FanOutPlan, NewDelivery, State
@@ -11,28 +15,18 @@ from syndicate.store.sqlite import SQLiteStore
 from tests.conftest import make_story
 
 NOW = 1_700_000_000.0
-FULL, NORMAL = 2, 1
+FULL = 2
 
 
-async def test_sqlite_outcomes_skip_the_sync_and_everything_else_keeps_it(tmp_path: Path) -> None:
+async def test_sqlite_every_write_waits_for_the_disk(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "durability.db")
     await store.migrate()
     seen: list[int] = []
     original = store._tx
 
     def spying_tx(conn, **kw):  # type: ignore[no-untyped-def]
-        context = original(conn, **kw)
-
-        class Spy:
-            def __enter__(self):  # type: ignore[no-untyped-def]
-                entered = context.__enter__()
-                seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
-                return entered
-
-            def __exit__(self, *exc):  # type: ignore[no-untyped-def]
-                return context.__exit__(*exc)
-
-        return Spy()
+        seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
+        return original(conn, **kw)
 
     store._tx = spying_tx  # type: ignore[method-assign]
     try:
@@ -41,12 +35,35 @@ async def test_sqlite_outcomes_skip_the_sync_and_everything_else_keeps_it(tmp_pa
         [claim] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1})
         done = Completion(claim.delivery.id, claim.attempt_id, "w1", State.DELIVERED, "delivered", NOW, 1.0)
         assert await store.complete([done]) == []
-        [claim_sync] = seen[-2:-1]
-        outcome_sync = seen[-1]
-        assert seen[0] == FULL  # the accepted story
-        assert claim_sync == FULL  # the attempt row exists on disk before any byte is sent
-        assert outcome_sync == NORMAL
-        after = await store._run(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
-        assert after == FULL
+        assert seen == [FULL, FULL, FULL]  # the accepted story, the claim, the outcome
     finally:
         await store.close()
+
+
+async def test_sqlite_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "commit.db")
+    await store.migrate()
+
+    def failing_commit(conn: sqlite3.Connection) -> None:
+        with store._tx(conn):
+            conn.execute("INSERT INTO kv (key, value, expires_at, updated_at) VALUES ('k', 'v', NULL, 0)")
+            # A deferred foreign key violated at COMMIT: the COMMIT fails and SQLite keeps the transaction open.
+            conn.execute("PRAGMA defer_foreign_keys = ON")
+            conn.execute("INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (424242, 1, 'w', 0)")
+
+    try:
+        with pytest.raises(sqlite3.IntegrityError):
+            await store._run(failing_commit)
+        assert not await store._run(lambda conn: conn.in_transaction)
+        await store.kv_set("after", "works", expires_at=None, now=NOW)  # the connection is usable again
+        assert await store.kv_get("after", now=NOW) == "works"
+        assert await store.kv_get("k", now=NOW) is None  # the failed transaction's write is gone
+    finally:
+        await store.close()
+
+
+def test_sqlite_older_than_3_35_is_refused_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
+    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
+    with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old: syndicate needs SQLite 3\.35\.0 or newer"):
+        SQLiteStore(tmp_path / "old.db")

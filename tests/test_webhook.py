@@ -385,6 +385,7 @@ def non_utc_local_time(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         ("Wed Oct 21 07:30:00 2015", 120.0),  # obsolete asctime form: no zone, but GMT by definition
         ("Wed, 21 Oct 2015 07:00:00 GMT", 0.0),  # in the past: at once
         ("99999999999", 86400.0),  # absurd waits are capped at a day (found by fuzzing: a pause past year 9999)
+        ("²", None),  # str.isdigit() says yes; float() would raise
         ("Fri, 31 Dec 9999 23:59:59 GMT", 86400.0),
     ],
 )

@@ -243,3 +243,22 @@ async def test_a_lost_answer_is_reconciled_through_recent_posts(
     for d in found:
         assert [a.outcome for a in await store.attempts(d.id)] == ["retry", "reconciled"]
     assert len(posts(sandbox.sandbox)) == 3
+
+
+@pytest.mark.parametrize(
+    ("header", "expected_wait"),
+    [
+        (None, 900.0),  # absent: 15 minutes
+        ("not-a-number", 900.0),
+        ("nan", 900.0),
+        ("inf", 900.0),
+        ("1699999000", 900.0),  # in the past
+        ("1700000600", 600.0),
+        ("99999999999", 86400.0),  # absurd: asked again after a day
+    ],
+)
+def test_rate_limit_reset_header_is_bounded(header: str | None, expected_wait: float) -> None:
+    from adapters.x import _reset
+
+    now = 1_700_000_000.0
+    assert _reset(header, now).timestamp() - now == expected_wait

@@ -404,9 +404,12 @@ class PostgresStore(Store):
             return []
         pool = await self._get_pool()
         async with pool.acquire() as conn:
+            # Rows locked in id order, as complete() locks them: a heartbeat and an outcome write of this worker
+            # overlapping on two rows cannot deadlock.
             rows = await conn.fetch(
-                "UPDATE deliveries SET lease_expires = $1 WHERE state = 'in_flight' AND lease_owner = $2"
-                " AND id = ANY($3::bigint[]) RETURNING id",
+                "WITH held AS (SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_owner = $2"
+                " AND id = ANY($3::bigint[]) ORDER BY id FOR UPDATE)"
+                " UPDATE deliveries d SET lease_expires = $1 FROM held WHERE d.id = held.id RETURNING d.id",
                 lease_until,
                 worker,
                 list(delivery_ids),
@@ -431,10 +434,6 @@ class PostgresStore(Store):
             return []
         pool = await self._get_pool()
         async with pool.acquire() as conn, conn.transaction():
-            # Not waiting for the WAL flush: after a crash an unwritten outcome leaves the delivery in flight under
-            # its (synchronously committed) claim, so its lease expires and the next attempt first asks the
-            # platform whether it landed. A later synchronous commit flushes this one too (the WAL is ordered).
-            await conn.execute("SET LOCAL synchronous_commit = off")
             # Lease holders read once for the batch, locked until commit; then one statement per table.
             holders = {
                 r["id"]: (r["lease_owner"], r["attempts"])

@@ -143,10 +143,20 @@ def _chunks(ids: Sequence[int], size: int = 500) -> Iterator[Sequence[int]]:
         yield ids[start : start + size]
 
 
+MIN_SQLITE = (3, 35, 0)
+
+
 class SQLiteStore(Store):
     SCHEMA_VERSION = MIGRATIONS[-1][0]
 
     def __init__(self, path: str | Path, *, busy_timeout: float = 30.0) -> None:
+        if sqlite3.sqlite_version_info < MIN_SQLITE:
+            # Claims use UPDATE ... RETURNING; without it every claim would fail while stories are still accepted.
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} is too old: syndicate needs SQLite "
+                f"{'.'.join(map(str, MIN_SQLITE))} or newer (Python's sqlite3 module links the system library; "
+                "upgrade it, or use PostgreSQL)"
+            )
         self.path = str(path)
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -184,22 +194,17 @@ class SQLiteStore(Store):
 
     @staticmethod
     @contextmanager
-    def _tx(conn: sqlite3.Connection, *, write: bool = True, sync: bool = True) -> Iterator[sqlite3.Connection]:
-        """A transaction; ``sync=False`` commits without waiting for the disk (WAL order still holds: the next
-        synced commit makes it durable too). Only for writes whose loss in a power cut is repaired by design."""
-        if not sync:
-            conn.execute("PRAGMA synchronous=NORMAL")
+    def _tx(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
+        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         try:
-            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+            yield conn
             conn.execute("COMMIT")
-        finally:
-            if not sync:
-                conn.execute("PRAGMA synchronous=FULL")
+        except BaseException:
+            # Also when COMMIT itself fails (it can leave the transaction open): never keep the connection inside
+            # a dead transaction, or every later BEGIN fails.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         def _close(_: sqlite3.Connection) -> None:
@@ -463,9 +468,7 @@ class SQLiteStore(Store):
             return []
 
         def _complete(conn: sqlite3.Connection) -> list[int]:
-            # Not synced: after a power cut an unwritten outcome leaves the delivery in flight under its (synced)
-            # claim, so its lease expires and the next attempt first asks the platform whether it landed.
-            with self._tx(conn, sync=False):
+            with self._tx(conn):
                 # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
                 # batch; the write lock is held, so nothing changes between this read and the writes below.
                 holders: dict[int, tuple[str, int]] = {}
