@@ -172,6 +172,8 @@ class AppOptions(AdapterOptions):
     share_base_url: HttpUrl | None = None
     #: JPush "platform": "all" or a list of "android" / "ios".
     platform: Literal["all"] | list[Literal["android", "ios"]] = "all"
+    #: Where `syndicate serve` mounts this channel's content API; a second app channel needs its own.
+    api_prefix: str = Field(default=API_PREFIX, pattern=r"^(/[A-Za-z0-9._~-]+)+$")
 
     @field_validator("timezone")
     @classmethod
@@ -571,13 +573,13 @@ class AppAdapter(Adapter):
     # ---- the content API
 
     def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
-        return ContentApi(self.name, store).routes()
+        return ContentApi(self.name, store, prefix=self.options.api_prefix).routes()
 
     def openapi_paths(self) -> dict[str, Any]:
         error = {"description": "JSON error", "content": {"application/json": {"schema": {"type": "object"}}}}
         cached = {"304": {"description": "Not modified (If-None-Match matched the ETag)"}}
         return {
-            "/app/v1/stories": {
+            f"{self.options.api_prefix}/stories": {
                 "get": {
                     "summary": f"The app's story list (channel {self.name}), newest first",
                     "parameters": [
@@ -596,7 +598,7 @@ class AppAdapter(Adapter):
                     },
                 }
             },
-            "/app/v1/stories/{story_id}": {
+            f"{self.options.api_prefix}/stories/{{story_id}}": {
                 "get": {
                     "summary": "One story as structured blocks (paragraphs, headings, images with renditions)",
                     "parameters": [{"name": "story_id", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -682,14 +684,15 @@ class ContentApi:
     ``>`` and ``&`` escaped (``\\u003c``...), so the bytes never carry markup even where a story's text does.
     """
 
-    def __init__(self, channel: str, store: Store) -> None:
+    def __init__(self, channel: str, store: Store, *, prefix: str = API_PREFIX) -> None:
         self.channel = channel
         self.store = store
+        self.prefix = prefix
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
-            web.get(f"{API_PREFIX}/stories", self.list_stories),
-            web.get(f"{API_PREFIX}/stories/{{story_id}}", self.get_story),
+            web.get(f"{self.prefix}/stories", self.list_stories),
+            web.get(f"{self.prefix}/stories/{{story_id}}", self.get_story),
         ]
 
     async def _deferred(self, story_id: str | None = None) -> dict[str, DeliveryRecord]:

@@ -746,6 +746,8 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
 
     try:
         _run(_serve())
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
     except OSError as exc:
         raise RuntimeFailure(f"cannot listen: {exc}") from None
 

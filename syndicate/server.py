@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from syndicate.config import Settings
+from syndicate.config import ConfigError, Settings
 from syndicate.engine import Engine
 from syndicate.logs import set_secrets
 from syndicate.metrics import Metrics
@@ -537,6 +537,29 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return _json(document(channel_paths))
 
 
+def _channel_routes(settings: Settings, engine: Engine) -> list[web.AbstractRouteDef]:
+    """Every channel's own routes. Two channels that would serve the same path (two feeds, two app content APIs,
+    two web roots) are a configuration error, said before the listener starts: aiohttp would only refuse the second
+    one with an error that names no channel."""
+    served: dict[tuple[str, str], str] = {}
+    routes: list[web.AbstractRouteDef] = []
+    for name, runtime in engine.channels.items():
+        for route in runtime.adapter.web_routes(engine.store):
+            method = getattr(route, "method", "GET")
+            path = getattr(route, "path", None) or getattr(route, "prefix", "")
+            other = served.setdefault((method, path), name)
+            if other != name:
+                raise ConfigError(
+                    settings.source,
+                    f"channels.{name}",
+                    "kind",
+                    f"serves {method} {path}, which channel {other!r} serves already: one process serves one such"
+                    " channel (disable one here, or run it with its own config and port)",
+                )
+            routes.append(route)
+    return routes
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -563,8 +586,7 @@ def create_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
-    for runtime in engine.channels.values():
-        app.router.add_routes(runtime.adapter.web_routes(engine.store))
+    app.router.add_routes(_channel_routes(settings, engine))
     from syndicate.dashboard import setup_dashboard  # here, not at the top: the dashboard imports this module
 
     setup_dashboard(app)

@@ -163,6 +163,9 @@ def test_quiet_hours_windows() -> None:
         ("platform", [], "platform"),
         ("master_secret", "", "master_secret"),
         ("apns", True, "apns"),
+        ("api_prefix", "app/v1", "api_prefix"),
+        ("api_prefix", "/app/v1/", "api_prefix"),
+        ("api_prefix", "/app v1", "api_prefix"),
     ],
 )
 def test_config_errors_name_the_key(tmp_path: Path, key: str, value: Any, named: str) -> None:
@@ -179,6 +182,28 @@ def test_config_defaults(tmp_path: Path) -> None:
     assert isinstance(options, AppOptions)
     assert str(options.api_base) == "https://api.jpush.cn/"
     assert options.quiet_hours is None and options.timezone == "Asia/Shanghai" and options.platform == "all"
+    assert options.api_prefix == "/app/v1"
+
+
+def test_two_app_channels_serve_their_content_apis_at_their_own_prefixes(tmp_path: Path) -> None:
+    from aiohttp import web
+
+    settings = make_settings(
+        tmp_path,
+        {
+            "app": app_channel("http://127.0.0.1:9"),
+            "app-en": app_channel("http://127.0.0.1:9", api_prefix="/app-en/v1"),
+        },
+    )
+    paths = {
+        name: {r.path for r in ch.create_adapter().web_routes(None) if isinstance(r, web.RouteDef)}  # type: ignore[arg-type]
+        for name, ch in settings.channels.items()
+    }
+    assert paths == {
+        "app": {"/app/v1/stories", "/app/v1/stories/{story_id}"},
+        "app-en": {"/app-en/v1/stories", "/app-en/v1/stories/{story_id}"},
+    }
+    assert set(settings.channels["app-en"].create_adapter().openapi_paths()) == paths["app-en"]
 
 
 # --- rendering -------------------------------------------------------------------------------------------------

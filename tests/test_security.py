@@ -564,6 +564,7 @@ timeout = 3
 [channels.app{suffix}]
 kind = "app"
 api_base = "{base}"
+api_prefix = "/app{suffix}/v1"
 app_key = "${{SEC_JPUSH_APP_KEY}}"
 master_secret = "${{SEC_JPUSH_MASTER_SECRET}}"
 retry = [0]

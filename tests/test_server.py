@@ -336,3 +336,28 @@ async def test_operations_endpoints(server: Server) -> None:
         "/metrics",
     }
     assert (await server.api("GET", "/nope", token=None))[0] == 404
+
+
+async def test_two_channels_serving_the_same_path_are_refused_by_name(tmp_path: Path) -> None:
+    from syndicate.config import ConfigError
+    from syndicate.engine import Engine
+    from syndicate.server import create_app
+    from syndicate.store import open_store
+    from tests.conftest import make_settings
+
+    feed = {"kind": "rss", "title": "新闻", "link": "https://news.example.cn/"}
+    settings = make_settings(
+        tmp_path,
+        {"feed": {**feed, "root": str(tmp_path / "a")}, "feed-en": {**feed, "root": str(tmp_path / "b")}},
+    )
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            with pytest.raises(ConfigError) as refused:
+                create_app(settings, engine)
+    finally:
+        await store.close()
+    message = str(refused.value)
+    assert "[channels.feed-en] kind" in message
+    assert "GET /feeds/rss.xml" in message and "'feed'" in message
