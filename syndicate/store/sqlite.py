@@ -387,8 +387,8 @@ class SQLiteStore(Store):
                     )
                 if not ids:
                     return []
-                # Set-based: one UPDATE ... RETURNING and one INSERT ... SELECT per chunk, whatever the batch size
-                # (a statement per row made the store thread, sharing the GIL with the loop, the bottleneck).
+                # Set-based: one UPDATE ... RETURNING and one INSERT ... SELECT per chunk, whatever the batch size,
+                # so the write lock other workers wait for is held for less time (a statement per row before).
                 rows: list[sqlite3.Row] = []
                 attempt_ids: dict[int, int] = {}
                 for chunk in _chunks(ids):
