@@ -54,7 +54,7 @@ from syndicate.channel import (
     Retryable,
     idempotency_key,
 )
-from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
+from syndicate.httputil import http_failure
 from syndicate.sanitize import clean_html
 from syndicate.story import Story
 
@@ -413,37 +413,19 @@ class PartnerAdapter(Adapter):
 
     def _error(self, answer: PartnerAnswer, *, doing: str) -> Retryable | RateLimited | AuthRevoked | Permanent:
         """Map a non-success answer onto the taxonomy (the webhook channel's rules, with the partner's code)."""
-        status = answer.status
-        code = answer.code if answer.code not in (None, 0, "0") else status
-        now = time.time()
-        if 300 <= status < 400:
-            location = answer.headers.get("Location", "(no Location header)")
-            return Permanent(
-                f"HTTP {status}: the partner redirects to {location}; set the channel's url/lookup_url to the final "
-                "address",
-                platform_code=status,
-            )
-        if status in (408, 425):  # request timeout / too early: the partner did not process it
-            return Retryable(f"HTTP {status} from the partner on {doing}{answer.detail}", platform_code=code)
-        if status == 429:
-            wait = retry_after_seconds(answer.headers.get("Retry-After"), now=now)
-            until = dt.datetime.fromtimestamp(now + (DEFAULT_RATE_LIMIT_PAUSE if wait is None else wait), tz=dt.UTC)
-            return RateLimited(f"HTTP 429 from the partner on {doing}{answer.detail}", until=until, platform_code=code)
-        if status >= 500:
-            return Retryable(
-                f"HTTP {status} from the partner on {doing}{answer.detail}",
-                retry_after=retry_after_seconds(answer.headers.get("Retry-After"), now=now),
-                platform_code=code,
-            )
-        if status in (401, 403):
-            # Every delivery would fail the same way: pause the channel rather than fail them all.
-            return AuthRevoked(
-                f"HTTP {status}: the partner rejected our signature (check app_key and secret of channel "
-                f"{self.name!r}, and that this host's clock is within {SIGNATURE_WINDOW_SECONDS} s of true time)"
-                f"{answer.detail}",
-                platform_code=code,
-            )
-        return Permanent(f"HTTP {status}: the partner refused the {doing}{answer.detail}", platform_code=code)
+        return http_failure(
+            answer.status,
+            answer.headers,
+            source=f"the partner on {doing}",
+            refused=f"the partner refused the {doing}",
+            auth=(
+                f"the partner rejected our signature (check app_key and secret of channel {self.name!r}, and that"
+                f" this host's clock is within {SIGNATURE_WINDOW_SECONDS} s of true time)"
+            ),
+            redirect_fix="the channel's url/lookup_url",
+            detail=answer.detail,
+            platform_code=answer.code if answer.code not in (None, 0, "0") else answer.status,
+        )
 
 
 def _text(value: str | None) -> str | None:

@@ -8,9 +8,7 @@ the key landed, and without one it parks the delivery for an operator instead of
 
 from __future__ import annotations
 
-import datetime as dt
 import json
-import time
 from typing import Any, ClassVar
 
 import aiohttp
@@ -24,12 +22,10 @@ from syndicate.channel import (
     DeliveryContext,
     OutcomeUnknown,
     Payload,
-    Permanent,
-    RateLimited,
     Receipt,
     Retryable,
 )
-from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
+from syndicate.httputil import http_failure
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.story import Story
 
@@ -116,35 +112,15 @@ class WebhookAdapter(Adapter):
                 url=answer.get("url") if isinstance(answer.get("url"), str) else None,
                 raw=answer,
             )
-        detail = _detail(answer, raw)
-        now = time.time()
-        if 300 <= status < 400:
-            location = resp.headers.get("Location", "(no Location header)")
-            raise Permanent(
-                f"HTTP {status}: the receiver redirects to {location}; set the channel's url to the final address",
-                platform_code=status,
-            )
-        if status in (408, 425):  # request timeout / too early: the receiver did not process it
-            raise Retryable(f"HTTP {status} from the receiver{detail}", platform_code=status)
-        if status == 429:
-            wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now)
-            if wait is None:
-                wait = DEFAULT_RATE_LIMIT_PAUSE
-            until = dt.datetime.fromtimestamp(now + wait, tz=dt.UTC)
-            raise RateLimited(f"HTTP 429 from the receiver{detail}", until=until, platform_code=status)
-        if status >= 500:
-            raise Retryable(
-                f"HTTP {status} from the receiver{detail}",
-                retry_after=retry_after_seconds(resp.headers.get("Retry-After"), now=now),
-                platform_code=status,
-            )
-        if status in (401, 403):
-            # Every delivery would fail the same way: pause the channel rather than fail them all.
-            raise AuthRevoked(
-                f"HTTP {status}: the receiver rejected our credentials (check secret/headers){detail}",
-                platform_code=status,
-            )
-        raise Permanent(f"HTTP {status}: the receiver refused the story{detail}", platform_code=status)
+        raise http_failure(
+            status,
+            resp.headers,
+            source="the receiver",
+            refused="the receiver refused the story",
+            auth="the receiver rejected our credentials (check secret/headers)",
+            redirect_fix="the channel's url",
+            detail=_detail(answer, raw),
+        )
 
     async def check(self) -> str:
         """Reach the receiver without publishing: the lookup endpoint for a key that cannot exist, else HEAD."""

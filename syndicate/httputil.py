@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import time
+from collections.abc import Mapping
+
+from syndicate.channel import AuthRevoked, Permanent, RateLimited, Retryable
 
 #: How long a channel pauses on a 429 that does not say (no Retry-After, no reset header).
 DEFAULT_RATE_LIMIT_PAUSE = 60.0
@@ -28,3 +32,48 @@ def retry_after_seconds(value: str | None, *, now: float) -> float | None:
     if when.tzinfo is None:  # the asctime form carries no zone; every HTTP date is GMT
         when = when.replace(tzinfo=dt.UTC)
     return min(max(when.timestamp() - now, 0.0), MAX_RETRY_AFTER)
+
+
+def http_failure(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    source: str,
+    refused: str,
+    auth: str,
+    redirect_fix: str,
+    detail: str = "",
+    platform_code: str | int | None = None,
+    now: float | None = None,
+) -> Retryable | RateLimited | AuthRevoked | Permanent:
+    """A non-2xx answer of an HTTP receiver mapped onto the taxonomy, the same way for every channel that posts to
+    one: redirects are a config mistake (following one would turn the POST into a GET), 408/425 and 5xx retry (with
+    Retry-After), 429 pauses the channel, 401/403 pause it until resumed, other 4xx fail for good.
+
+    ``source`` says who answered ("the receiver", "the partner on publish"); ``refused`` what it refused; ``auth``
+    what to check when credentials are rejected; ``redirect_fix`` which setting to correct on a redirect.
+    """
+    code = status if platform_code is None else platform_code
+    now = time.time() if now is None else now
+    if 300 <= status < 400:
+        location = headers.get("Location", "(no Location header)")
+        return Permanent(
+            f"HTTP {status}: {source} redirects to {location}; set {redirect_fix} to the final address",
+            platform_code=status,
+        )
+    if status in (408, 425):  # request timeout / too early: the receiver did not process it
+        return Retryable(f"HTTP {status} from {source}{detail}", platform_code=code)
+    if status == 429:
+        wait = retry_after_seconds(headers.get("Retry-After"), now=now)
+        until = dt.datetime.fromtimestamp(now + (DEFAULT_RATE_LIMIT_PAUSE if wait is None else wait), tz=dt.UTC)
+        return RateLimited(f"HTTP 429 from {source}{detail}", until=until, platform_code=code)
+    if status >= 500:
+        return Retryable(
+            f"HTTP {status} from {source}{detail}",
+            retry_after=retry_after_seconds(headers.get("Retry-After"), now=now),
+            platform_code=code,
+        )
+    if status in (401, 403):
+        # Every delivery would fail the same way: pause the channel rather than fail them all.
+        return AuthRevoked(f"HTTP {status}: {auth}{detail}", platform_code=code)
+    return Permanent(f"HTTP {status}: {refused}{detail}", platform_code=code)
