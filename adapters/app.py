@@ -43,11 +43,11 @@ from pydantic import BeforeValidator, Field, HttpUrl, field_validator
 
 from syndicate.channel import (
     Action,
-    Adapter,
     AdapterOptions,
     AuthRevoked,
     DeliveryContext,
     DeliveryError,
+    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -255,7 +255,7 @@ def _collapse_id(story_id: str) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class AppAdapter(Adapter):
+class AppAdapter(HttpAdapter):
     kind: ClassVar[str] = "app"
     options_model = AppOptions
     #: JPush's cid makes a re-sent push a no-op (see the module docstring).
@@ -267,7 +267,6 @@ class AppAdapter(Adapter):
         super().__init__(name, options, timeout=timeout)
         #: Where "now" comes from for quiet hours, cid age and rate-limit ends (tests inject a fake clock).
         self.clock: Callable[[], float] = time.time
-        self._session: aiohttp.ClientSession | None = None
         api = str(options.api_base).rstrip("/")
         self._push_url = f"{api}/v3/push"
         self._cid_url = f"{api}/v3/push/cid"
@@ -392,23 +391,8 @@ class AppAdapter(Adapter):
 
     # ---- delivering
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout),
-                headers={"Authorization": self._auth},
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"channel {self.name!r} was not started")
-        return self._session
+    def session_options(self) -> dict[str, Any]:
+        return {**super().session_options(), "headers": {"Authorization": self._auth}}
 
     async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
         return await self._deliver(payload, ctx)

@@ -41,10 +41,10 @@ from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
 from syndicate.channel import (
     Action,
-    Adapter,
     AdapterOptions,
     AuthRevoked,
     DeliveryContext,
+    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -196,7 +196,7 @@ class PartnerAnswer:
         return f": {prefix}{text}" if prefix or text else ""
 
 
-class PartnerAdapter(Adapter):
+class PartnerAdapter(HttpAdapter):
     kind: ClassVar[str] = "partner"
     options_model = PartnerOptions
     idempotent: ClassVar[bool] = False
@@ -206,7 +206,6 @@ class PartnerAdapter(Adapter):
     def __init__(self, name: str, options: PartnerOptions, *, timeout: float) -> None:  # type: ignore[override]
         super().__init__(name, options, timeout=timeout)
         self.supports_lookup = options.lookup_url is not None
-        self._session: aiohttp.ClientSession | None = None
         #: Where X-Timestamp comes from (tests skew it to see the partner refuse).
         self.clock: Callable[[], float] = time.time
         #: A fresh X-Nonce per request (tests pin it to see a replay refused).
@@ -247,23 +246,6 @@ class PartnerAdapter(Adapter):
         return Payload(data=data, warnings=tuple(warnings))
 
     # ---- session
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"channel {self.name!r} was not started")
-        return self._session
 
     # ---- actions
 

@@ -16,10 +16,10 @@ from pydantic import Field, HttpUrl
 
 from syndicate.channel import (
     Action,
-    Adapter,
     AdapterOptions,
     AuthRevoked,
     DeliveryContext,
+    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Receipt,
@@ -40,7 +40,7 @@ class WebhookOptions(AdapterOptions):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-class WebhookAdapter(Adapter):
+class WebhookAdapter(HttpAdapter):
     kind: ClassVar[str] = "webhook"
     options_model = WebhookOptions
     idempotent: ClassVar[bool] = False
@@ -50,27 +50,9 @@ class WebhookAdapter(Adapter):
     def __init__(self, name: str, options: WebhookOptions, *, timeout: float) -> None:  # type: ignore[override]
         super().__init__(name, options, timeout=timeout)
         self.supports_lookup = options.lookup_url is not None
-        self._session: aiohttp.ClientSession | None = None
 
     def render(self, story: Story, action: Action) -> Payload:
         return Payload(data={"event": action.value, "story": story.to_dict()})
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"channel {self.name!r} was not started")
-        return self._session
 
     async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
         return await self._post(payload, ctx)

@@ -59,12 +59,12 @@ from wechatpy.utils import check_signature
 
 from syndicate.channel import (
     Action,
-    Adapter,
     AdapterOptions,
     AuthExpired,
     AuthRevoked,
     DeliveryContext,
     DeliveryError,
+    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -264,7 +264,7 @@ def rewrite_image_sources(content: str, urls: dict[str, str]) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class WeChatAdapter(Adapter):
+class WeChatAdapter(HttpAdapter):
     kind: ClassVar[str] = "wechat"
     options_model = WeChatOptions
     #: A resent draft/add or submit would make a second article; the checkpoints and lookup prevent that.
@@ -280,7 +280,6 @@ class WeChatAdapter(Adapter):
         #: Where "now" comes from (token expiry, callback freshness, rate-limit ends).
         self.clock: Callable[[], float] = time.time
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
-        self._session: aiohttp.ClientSession | None = None
         self._refresh_lock = asyncio.Lock()
 
     def unsupported_reason(self, action: Action) -> str:
@@ -348,24 +347,11 @@ class WeChatAdapter(Adapter):
 
     # ---- lifecycle
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=self.timeout),
-                cookie_jar=aiohttp.DummyCookieJar(),
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        await self.close_media()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"channel {self.name!r} was not started")
-        return self._session
+    def session_options(self) -> dict[str, Any]:
+        return dict(
+            timeout=aiohttp.ClientTimeout(total=self.timeout, connect=self.timeout),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
 
     # ---- the access token
 

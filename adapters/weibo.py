@@ -38,12 +38,12 @@ from pydantic import Field, HttpUrl, field_validator
 from adapters.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
 from syndicate.channel import (
     Action,
-    Adapter,
     AdapterOptions,
     AuthExpired,
     AuthRevoked,
     DeliveryContext,
     DeliveryError,
+    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -98,7 +98,7 @@ def on_safe_domain(url: str, safe_domain: str) -> bool:
     return host == safe_domain or host.endswith("." + safe_domain)
 
 
-class WeiboAdapter(Adapter):
+class WeiboAdapter(HttpAdapter):
     kind: ClassVar[str] = "weibo"
     options_model = WeiboOptions
     idempotent: ClassVar[bool] = False
@@ -112,7 +112,6 @@ class WeiboAdapter(Adapter):
         self.clock: Callable[[], float] = time.time
         #: The ``[media]`` settings images are fetched under (the engine passes ``settings.media``).
         self.media_settings: MediaSettings = MediaSettings()
-        self._session: aiohttp.ClientSession | None = None
         api = str(options.api_base).rstrip("/")
         self._share_url = f"{api}{SHARE_PATH}"
         self._timeline_url = f"{api}{TIMELINE_PATH}"
@@ -148,24 +147,6 @@ class WeiboAdapter(Adapter):
         )
 
     # ---- session
-
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)
-            )
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-        await self.close_media()
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise RuntimeError(f"channel {self.name!r} was not started")
-        return self._session
 
     # ---- publishing
 

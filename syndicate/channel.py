@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import aiohttp
 from pydantic import BaseModel, ConfigDict
 
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
@@ -309,6 +310,33 @@ class Adapter(abc.ABC):
 
 ENTRY_POINT_GROUP = "syndicate.adapters"
 _registry: dict[str, type[Adapter]] = {}
+
+
+class HttpAdapter(Adapter):
+    """An adapter that talks to its platform through one aiohttp session per channel, opened by ``start`` and
+    closed, with the media fetcher, by ``close``."""
+
+    _session: aiohttp.ClientSession | None = None
+
+    def session_options(self) -> dict[str, Any]:
+        """The channel's ClientSession arguments; adapters add headers, a cookie jar or other timeouts."""
+        return {"timeout": aiohttp.ClientTimeout(total=None, connect=self.timeout, sock_read=self.timeout)}
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(**self.session_options())
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+        await self.close_media()
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"channel {self.name!r} was not started")
+        return self._session
 
 
 def register(adapter_cls: type[Adapter]) -> type[Adapter]:
