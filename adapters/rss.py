@@ -58,6 +58,7 @@ from syndicate.channel import (
     RenderError,
     Retryable,
 )
+from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, plain_text
 from syndicate.story import NINJS_URI_PREFIX, Story
 
@@ -352,34 +353,6 @@ class FeedStateError(Exception):
 
 class LockTimeout(Exception):
     """Another writer held the feed lock for the whole wait."""
-
-
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Replace ``path`` with ``data`` (temp file in the same folder, fsync, os.replace, fsync of the folder), so a
-    reader sees the old file or the new one, never a mix. Returns False when the file already held ``data``."""
-    try:
-        if path.read_bytes() == data:
-            return False
-    except FileNotFoundError:
-        pass
-    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # feeds are public; mkstemp would leave 0600
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
-    return True
 
 
 @contextlib.contextmanager

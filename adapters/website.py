@@ -24,9 +24,7 @@ import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import unicodedata
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
@@ -52,6 +50,7 @@ from syndicate.channel import (
     RenderError,
     Retryable,
 )
+from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, html_blocks, plain_text
 from syndicate.story import Image, Story
 
@@ -224,37 +223,6 @@ def _labels(language: str) -> dict[str, str]:
 
 def _url_path(path: str) -> str:
     return quote(path, safe="/")
-
-
-# --- atomic files ----------------------------------------------------------------------------------------------
-
-
-def write_atomic(path: Path, data: bytes) -> bool:
-    """Replace ``path`` with ``data`` so readers see the old file or the new one, never a torn one: a temp file
-    in the same folder, fsync, rename, fsync the folder. Skips the write when the file already holds ``data``.
-    Returns whether it wrote."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_bytes() == data:
-            return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # mkstemp makes it 0600; the web server must read it
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-    return True
 
 
 # --- templates -------------------------------------------------------------------------------------------------

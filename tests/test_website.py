@@ -27,7 +27,6 @@ from adapters.website import (
     page_file_stem,
     page_path,
     section_slug,
-    write_atomic,
 )
 from syndicate.channel import (
     Action,
@@ -40,6 +39,7 @@ from syndicate.channel import (
 )
 from syndicate.config import ConfigError
 from syndicate.engine import Engine
+from syndicate.files import write_atomic
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
