@@ -41,13 +41,11 @@ import aiohttp
 from aiohttp import web
 from pydantic import BeforeValidator, Field, HttpUrl, field_validator
 
-from syndicate.channel import (
+from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import (
     Action,
-    AdapterOptions,
     AuthRevoked,
-    DeliveryContext,
     DeliveryError,
-    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,

@@ -39,12 +39,10 @@ from urllib.parse import quote
 import aiohttp
 from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
-from syndicate.channel import (
+from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import (
     Action,
-    AdapterOptions,
     AuthRevoked,
-    DeliveryContext,
-    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,

@@ -45,19 +45,8 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
-from syndicate.channel import (
-    Action,
-    Adapter,
-    AdapterOptions,
-    AuthRevoked,
-    DeliveryContext,
-    DeliveryError,
-    Payload,
-    Permanent,
-    Receipt,
-    RenderError,
-    Retryable,
-)
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
+from syndicate.delivery import Action, AuthRevoked, DeliveryError, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, plain_text
 from syndicate.story import NINJS_URI_PREFIX, Story

@@ -14,17 +14,8 @@ from typing import Any, ClassVar
 import aiohttp
 from pydantic import Field, HttpUrl
 
-from syndicate.channel import (
-    Action,
-    AdapterOptions,
-    AuthRevoked,
-    DeliveryContext,
-    HttpAdapter,
-    OutcomeUnknown,
-    Payload,
-    Receipt,
-    Retryable,
-)
+from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Receipt, Retryable
 from syndicate.httputil import http_failure
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.story import Story

@@ -38,18 +38,8 @@ from aiohttp import web
 from markupsafe import Markup
 from pydantic import field_validator
 
-from syndicate.channel import (
-    Action,
-    Adapter,
-    AdapterOptions,
-    AuthRevoked,
-    DeliveryContext,
-    Payload,
-    Permanent,
-    Receipt,
-    RenderError,
-    Retryable,
-)
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
+from syndicate.delivery import Action, AuthRevoked, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, html_blocks, plain_text
 from syndicate.story import Image, Story

@@ -57,14 +57,12 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.session import SessionStorage
 from wechatpy.utils import check_signature
 
-from syndicate.channel import (
+from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import (
     Action,
-    AdapterOptions,
     AuthExpired,
     AuthRevoked,
-    DeliveryContext,
     DeliveryError,
-    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,

@@ -36,14 +36,12 @@ import aiohttp
 from pydantic import Field, HttpUrl, field_validator
 
 from adapters.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
-from syndicate.channel import (
+from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import (
     Action,
-    AdapterOptions,
     AuthExpired,
     AuthRevoked,
-    DeliveryContext,
     DeliveryError,
-    HttpAdapter,
     OutcomeUnknown,
     Payload,
     Permanent,

@@ -40,12 +40,10 @@ from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
 from adapters.textfit import X_COUNTER, FitError, fit_story, same_post_text
-from syndicate.channel import (
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
+from syndicate.delivery import (
     Action,
-    Adapter,
-    AdapterOptions,
     AuthRevoked,
-    DeliveryContext,
     DeliveryError,
     OutcomeUnknown,
     Payload,

@@ -30,8 +30,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from syndicate.channel import ERROR_CLASSES, Action, DeliveryError, RenderError
 from syndicate.config import ChannelSettings, ConfigError, Settings, load_config
+from syndicate.delivery import ERROR_CLASSES, Action, DeliveryError, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, redact, set_secrets
 from syndicate.operations import (

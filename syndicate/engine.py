@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import tenacity
 from tenacity.wait import wait_base
 
-from syndicate.channel import (
+from syndicate.channel import Adapter, DeliveryContext
+from syndicate.config import ChannelSettings, Settings
+from syndicate.delivery import (
     Action,
-    Adapter,
     AuthExpired,
     AuthRevoked,
-    DeliveryContext,
     DeliveryError,
     OutcomeUnknown,
     Permanent,
@@ -35,7 +35,6 @@ from syndicate.channel import (
     RenderError,
     Retryable,
 )
-from syndicate.config import ChannelSettings, Settings
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     PENDING_STATES,

@@ -7,7 +7,7 @@ import email.utils
 import time
 from collections.abc import Mapping
 
-from syndicate.channel import AuthRevoked, Permanent, RateLimited, Retryable
+from syndicate.delivery import AuthRevoked, Permanent, RateLimited, Retryable
 
 #: How long a channel pauses on a 429 that does not say (no Retry-After, no reset header).
 DEFAULT_RATE_LIMIT_PAUSE = 60.0

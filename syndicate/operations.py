@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syndicate.channel import Receipt
+from syndicate.delivery import Receipt
 from syndicate.engine import Engine
 from syndicate.logs import redact
 from syndicate.store.base import (

@@ -12,17 +12,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-from syndicate.channel import (
-    Action,
-    Adapter,
-    AdapterOptions,
-    DeliveryContext,
-    DeliveryError,
-    Payload,
-    Receipt,
-    register,
-)
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
 from syndicate.config import Settings, parse_config
+from syndicate.delivery import Action, DeliveryError, Payload, Receipt
 from syndicate.sandbox import RunningSandbox, running_sandbox
 from syndicate.store import open_store
 from syndicate.store.base import Store

@@ -24,19 +24,18 @@ from adapters.app import (
     QuietHours,
     is_urgent,
 )
-from syndicate.channel import (
+from syndicate.channel import DeliveryContext, register
+from syndicate.config import ConfigError, Settings
+from syndicate.delivery import (
     Action,
     AuthRevoked,
-    DeliveryContext,
     OutcomeUnknown,
     Payload,
     Permanent,
     RateLimited,
     RenderError,
     Retryable,
-    register,
 )
-from syndicate.config import ConfigError, Settings
 from syndicate.engine import Engine
 from syndicate.sandbox import ReceiverStats, RunningSandbox
 from syndicate.sandbox.jpush import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app

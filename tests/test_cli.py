@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from syndicate.channel import idempotency_key
+from syndicate.delivery import idempotency_key
 from syndicate.sandbox import RunningSandbox
 from syndicate.story import Story
 

@@ -12,7 +12,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from syndicate.channel import idempotency_key
+from syndicate.delivery import idempotency_key
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import State
 from syndicate.story import Story

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from syndicate.channel import OutcomeUnknown, Permanent
 from syndicate.config import Settings, parse_config
+from syndicate.delivery import OutcomeUnknown, Permanent
 from syndicate.engine import Engine
 from syndicate.server import create_app
 from syndicate.store import open_store

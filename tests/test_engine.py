@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from syndicate.channel import (
+from syndicate.channel import DeliveryContext
+from syndicate.config import Settings
+from syndicate.delivery import (
     Action,
     AuthExpired,
     AuthRevoked,
-    DeliveryContext,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -21,7 +22,6 @@ from syndicate.channel import (
     Receipt,
     Retryable,
 )
-from syndicate.config import Settings
 from syndicate.engine import Engine, RetryPolicy
 from syndicate.store import open_store
 from syndicate.store.base import Completion, DeliveryFilter, State, Store

@@ -9,15 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from syndicate.channel import (
-    Action,
-    DeliveryContext,
-    OutcomeUnknown,
-    Payload,
-    Permanent,
-    RateLimited,
-    Receipt,
-)
+from syndicate.channel import DeliveryContext
+from syndicate.delivery import Action, OutcomeUnknown, Payload, Permanent, RateLimited, Receipt
 from syndicate.engine import Engine
 from syndicate.operations import ReplaySelection, plan_replay
 from syndicate.store import open_store
@@ -381,7 +374,7 @@ async def test_F9_superseded_attempt_does_not_free_the_slot_of_its_successor(tmp
 # delivery reconciles first; when the lookup finds nothing, the retraction must still win: no publish of a
 # withdrawn story.
 async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_path, db):
-    from syndicate.channel import Retryable
+    from syndicate.delivery import Retryable
 
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
     clock = FakeClock()

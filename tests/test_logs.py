@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from syndicate.channel import Action, Adapter, AdapterOptions, DeliveryContext, Payload, Permanent, Receipt, register
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
 from syndicate.config import ServerSettings, Settings, StoreSettings
+from syndicate.delivery import Action, Payload, Permanent, Receipt
 from syndicate.engine import Engine
 from syndicate.logs import (
     CONTEXT_FIELDS,

@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from syndicate.channel import AuthRevoked, Permanent, Retryable
+from syndicate.delivery import AuthRevoked, Permanent, Retryable
 from syndicate.engine import Engine
 from syndicate.metrics import ATTEMPT_BUCKETS, OUTCOMES, Metrics
 from syndicate.sandbox import RunningSandbox

@@ -24,10 +24,11 @@ from adapters.partner import (
     encode_body,
     partner_signature,
 )
-from syndicate.channel import (
+from syndicate.channel import DeliveryContext, register
+from syndicate.config import ConfigError
+from syndicate.delivery import (
     Action,
     AuthRevoked,
-    DeliveryContext,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -35,9 +36,7 @@ from syndicate.channel import (
     Receipt,
     RenderError,
     Retryable,
-    register,
 )
-from syndicate.config import ConfigError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.sandbox.partner import (

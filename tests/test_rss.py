@@ -34,8 +34,9 @@ from adapters.rss import (
     image_type,
     story_guid,
 )
-from syndicate.channel import Action, AuthRevoked, Payload, Retryable, register
+from syndicate.channel import register
 from syndicate.config import ConfigError, Settings
+from syndicate.delivery import Action, AuthRevoked, Payload, Retryable
 from syndicate.engine import Engine
 from syndicate.sanitize import clean_html
 from syndicate.server import create_app

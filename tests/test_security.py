@@ -45,8 +45,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
 
-from syndicate.channel import Action, Permanent, RenderError
 from syndicate.config import Settings, load_config, parse_config
+from syndicate.delivery import Action, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, reset_logging
 from syndicate.media import MediaFetcher, MediaRefused, MediaSettings

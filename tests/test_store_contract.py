@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from syndicate.channel import Action, Payload, Receipt
+from syndicate.delivery import Action, Payload, Receipt
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     Completion,

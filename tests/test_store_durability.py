@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from syndicate.channel import Action, Payload
+from syndicate.delivery import Action, Payload
 from syndicate.store.base import Completion, FanOutPlan, NewDelivery, State
 from syndicate.store.sqlite import SQLiteStore
 from tests.conftest import make_story

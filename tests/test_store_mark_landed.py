@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from syndicate.channel import Receipt
+from syndicate.delivery import Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPERATOR_WORKER,

@@ -16,17 +16,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.webhook import WebhookAdapter, WebhookOptions
-from syndicate.channel import (
-    Action,
-    AuthRevoked,
-    DeliveryContext,
-    OutcomeUnknown,
-    Payload,
-    Permanent,
-    RateLimited,
-    Receipt,
-    Retryable,
-)
+from syndicate.channel import DeliveryContext
+from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Permanent, RateLimited, Receipt, Retryable
 from syndicate.engine import Engine
 from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
 from syndicate.sandbox import RunningSandbox

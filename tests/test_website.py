@@ -28,16 +28,9 @@ from adapters.website import (
     page_path,
     section_slug,
 )
-from syndicate.channel import (
-    Action,
-    AuthRevoked,
-    DeliveryContext,
-    Permanent,
-    Receipt,
-    RenderError,
-    register,
-)
+from syndicate.channel import DeliveryContext, register
 from syndicate.config import ConfigError
+from syndicate.delivery import Action, AuthRevoked, Permanent, Receipt, RenderError
 from syndicate.engine import Engine
 from syndicate.files import write_atomic
 from syndicate.server import create_app

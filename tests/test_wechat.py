@@ -15,8 +15,9 @@ import pytest
 from aiohttp import web
 
 from adapters.wechat import WeChatAdapter, body_image_sources, wechat_html
-from syndicate.channel import Action, RenderError, register
+from syndicate.channel import register
 from syndicate.config import Settings
+from syndicate.delivery import Action, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.sandbox import wechat as wx

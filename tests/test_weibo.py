@@ -12,7 +12,8 @@ import pytest
 
 from adapters.textfit import ELLIPSIS, weibo_length
 from adapters.weibo import WeiboAdapter, WeiboOptions
-from syndicate.channel import Action, DeliveryContext, Payload, Permanent, RenderError, register
+from syndicate.channel import DeliveryContext, register
+from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.sandbox.weibo import (

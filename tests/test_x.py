@@ -13,7 +13,8 @@ import pytest
 
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
 from adapters.x import XAdapter, XOptions
-from syndicate.channel import Action, register
+from syndicate.channel import register
+from syndicate.delivery import Action
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.sandbox.x import (

@@ -14,7 +14,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from syndicate.channel import Action, Payload, Receipt
+from syndicate.delivery import Action, Payload, Receipt
 from syndicate.story import Story
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import asyncpg
 
-from syndicate.channel import Action, Receipt
+from syndicate.delivery import Action, Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPEN_STATES,

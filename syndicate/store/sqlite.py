@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
-from syndicate.channel import Action, Receipt
+from syndicate.delivery import Action, Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPEN_STATES,

@@ -1,0 +1,130 @@
+"""The wire types every side shares: the action, the rendered payload, the platform's receipt and the error
+taxonomy adapters map platform failures onto. The store, the engine and the adapters all import these; this module
+imports nothing of syndicate's, so it can never be part of an import cycle.
+
+The engine decides what to do from an error's class alone (see ARCHITECTURE.md, "Error taxonomy") and never knows a
+platform by name.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Action(enum.StrEnum):
+    PUBLISH = "publish"
+    UPDATE = "update"
+    RETRACT = "retract"
+
+
+@dataclass(frozen=True)
+class Payload:
+    """What a channel will send, rendered once at enqueue time and stored on the delivery.
+
+    ``data`` must be JSON-serialisable. ``text_length`` is the length in the channel's own counting (None when the
+    channel has no text limit); ``warnings`` say what rendering trimmed or dropped.
+    """
+
+    data: dict[str, Any]
+    text_length: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"data": self.data, "text_length": self.text_length, "warnings": list(self.warnings)}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Payload:
+        return cls(
+            data=dict(raw["data"]),
+            text_length=raw.get("text_length"),
+            warnings=tuple(raw.get("warnings", ())),
+        )
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The platform's acknowledgement: its id for the post, the public URL, and the raw answer."""
+
+    remote_id: str | None = None
+    url: str | None = None
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"remote_id": self.remote_id, "url": self.url, "raw": self.raw}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Receipt:
+        return cls(remote_id=raw.get("remote_id"), url=raw.get("url"), raw=dict(raw.get("raw") or {}))
+
+
+# --- error taxonomy --------------------------------------------------------------------------------------------
+
+
+class DeliveryError(Exception):
+    """Base of every error an adapter raises. ``platform_code`` is the platform's own code (errcode, HTTP status)."""
+
+    def __init__(self, reason: str, *, platform_code: str | int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.platform_code = None if platform_code is None else str(platform_code)
+
+
+class Retryable(DeliveryError):
+    """The platform did not take it (network error before sending, 5xx, busy). Retry on the channel's schedule."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        retry_after: float | None = None,
+        platform_code: str | int | None = None,
+        pending: bool = False,
+    ) -> None:
+        super().__init__(reason, platform_code=platform_code)
+        self.retry_after = retry_after
+        #: Nothing failed: the platform is still working on it (WeChat "publishing") or a window must pass (quiet
+        #: hours). The wait does not spend the retry budget; the adapter bounds how long it waits.
+        self.pending = pending
+
+
+class RateLimited(DeliveryError):
+    """429 or a quota: the whole channel pauses until ``until`` (shared by every worker)."""
+
+    def __init__(self, reason: str, *, until: dt.datetime, platform_code: str | int | None = None) -> None:
+        super().__init__(reason, platform_code=platform_code)
+        if until.tzinfo is None:
+            raise ValueError("RateLimited.until must be timezone-aware")
+        self.until = until
+
+
+class AuthExpired(DeliveryError):
+    """The access token expired: the engine calls ``refresh_auth`` once and retries at once."""
+
+
+class AuthRevoked(DeliveryError):
+    """Credentials are wrong or revoked: the channel pauses until an operator resumes it; nothing is lost."""
+
+
+class Permanent(DeliveryError):
+    """The platform refused this content (duplicate, too long, banned): the delivery fails at once."""
+
+
+class OutcomeUnknown(DeliveryError):
+    """It may have landed (e.g. a timeout after the request was sent): reconcile with ``lookup`` or park."""
+
+
+ERROR_CLASSES: dict[str, type[DeliveryError]] = {
+    cls.__name__: cls for cls in (Retryable, RateLimited, AuthExpired, AuthRevoked, Permanent, OutcomeUnknown)
+}
+
+
+class RenderError(ValueError):
+    """The story cannot be rendered for this channel (raised at enqueue time, before any request)."""
+
+
+def idempotency_key(story_id: str, version: int, channel: str, action: Action | str) -> str:
+    return f"{story_id}:{version}:{channel}:{Action(action).value}"
