@@ -37,7 +37,7 @@ import aiohttp
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from adapters.webhook import WebhookAdapter  # noqa: E402
+from adapters.webhook.adapter import WebhookAdapter  # noqa: E402
 from syndicate.channel import DeliveryContext, register  # noqa: E402
 from syndicate.config import Settings, parse_config  # noqa: E402
 from syndicate.delivery import Payload, Receipt  # noqa: E402
@@ -173,7 +173,7 @@ def _account(kind: str, cpu_started: float, n: int) -> None:
 
 async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
     """The physical limit: POST the same rendered payloads at the same concurrency, no queue, no store."""
-    from adapters.webhook import WebhookOptions
+    from adapters.webhook.adapter import WebhookOptions
     from syndicate.delivery import Action
 
     adapter = WebhookAdapter("raw", WebhookOptions(url=f"{sandbox}/webhook/raw", secret="bench-secret"), timeout=10)
@@ -201,7 +201,7 @@ async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
 async def adapter_loop(sandbox: str, n: int, concurrency: int) -> float:
     """The webhook adapter's own send path (encode, sign, POST, read the receipt) at the same concurrency, with no
     queue: what a delivery costs before the queue adds anything."""
-    from adapters.webhook import WebhookOptions
+    from adapters.webhook.adapter import WebhookOptions
     from syndicate.delivery import Action
 
     adapter = WebhookAdapter("ad", WebhookOptions(url=f"{sandbox}/webhook/ad", secret="bench-secret"), timeout=10)
@@ -500,7 +500,7 @@ async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
 
 def dumps_payload(sample: Story) -> str:
     """A delivery's stored payload column, as the webhook channel renders it at enqueue time."""
-    from adapters.webhook import WebhookOptions
+    from adapters.webhook.adapter import WebhookOptions
     from syndicate.delivery import Action
 
     adapter = WebhookAdapter("bk", WebhookOptions(url="http://127.0.0.1:9/", secret="bench-secret"), timeout=10)

@@ -105,7 +105,7 @@ class Adapter(abc.ABC):
 
     kind: ClassVar[str]
     options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
-    #: Re-sending cannot duplicate (file outputs, PUT-by-id partners, receivers that honour Idempotency-Key).
+    #: Re-sending cannot duplicate (file outputs, PUT-by-id APIs, receivers that honour Idempotency-Key).
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
     #: Adapters that can ask the platform whether an attempt landed set this (per class or per instance, e.g.
@@ -152,7 +152,7 @@ class Adapter(abc.ABC):
         return "no live check for this channel kind"
 
     def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
-        """Routes this channel serves from `syndicate serve` (the app's content API, the feeds, the website
+        """Routes this channel serves from `syndicate serve` (a content API, feeds, a site
         preview). The core mounts them without knowing what they are."""
         return []
 

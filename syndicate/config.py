@@ -117,7 +117,7 @@ class ChannelSettings:
     retry: tuple[float, ...]
     options: AdapterOptions
     adapter_cls: type[Adapter]
-    #: The [media] table, for adapters that fetch story images (WeChat, Weibo, X).
+    #: The [media] table, for adapters that fetch story images to upload them.
     media: MediaSettings = field(default_factory=MediaSettings)
 
     def create_adapter(self) -> Adapter:

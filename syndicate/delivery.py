@@ -86,7 +86,7 @@ class Retryable(DeliveryError):
     ) -> None:
         super().__init__(reason, platform_code=platform_code)
         self.retry_after = retry_after
-        #: Nothing failed: the platform is still working on it (WeChat "publishing") or a window must pass (quiet
+        #: Nothing failed: the platform is still working on it (a publish job) or a window must pass (quiet
         #: hours). The wait does not spend the retry budget; the adapter bounds how long it waits.
         self.pending = pending
 

@@ -50,7 +50,7 @@ def http_failure(
     one: redirects are a config mistake (following one would turn the POST into a GET), 408/425 and 5xx retry (with
     Retry-After), 429 pauses the channel, 401/403 pause it until resumed, other 4xx fail for good.
 
-    ``source`` says who answered ("the receiver", "the partner on publish"); ``refused`` what it refused; ``auth``
+    ``source`` says who answered ("the receiver", "the platform on publish"); ``refused`` what it refused; ``auth``
     what to check when credentials are rejected; ``redirect_fix`` which setting to correct on a redirect.
     """
     code = status if platform_code is None else platform_code

@@ -134,7 +134,7 @@ def _model_secrets(model: BaseModel) -> Iterable[str]:
             yield from _strings(value)
         elif isinstance(value, BaseModel):
             yield from _model_secrets(value)
-        elif isinstance(value, Mapping):  # e.g. a webhook's static headers
+        elif isinstance(value, Mapping):  # e.g. a channel's static headers
             for key, item in value.items():
                 item = _plain(item)
                 if isinstance(item, BaseModel):
@@ -186,7 +186,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
     (re.compile(r"""\b(x-syndicate-signature["']?\s*[:=]\s*["']?)[^\s"'}\]]+""", re.IGNORECASE), rf"\1{MASK}"),
     (re.compile(r"\b(v1=)[0-9a-fA-F]{16,}"), rf"\1{MASK}"),
     (_URL_PASSWORD, rf"\1{MASK}@"),
-    # ?access_token=... &secret=... (WeChat and others put tokens in the query string; errors echo the URL)
+    # ?access_token=... &secret=... (some platforms put tokens in the query string; errors echo the URL)
     (
         re.compile(
             r"([?&;](?:access_token|refresh_token|token|secret|app_secret|client_secret|api_key|apikey|key|password"
@@ -200,7 +200,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
 
 def _variants(secret: str) -> set[str]:
     """The secret as it may appear in a log line: raw, inside a repr, inside JSON, and URL-encoded. The last is
-    how a platform quotes back a form body or a query string it refuses (Weibo: ``access_token=2.00ab%2Fcd&...``
+    how a platform quotes back a form body or a query string it refuses (e.g. ``access_token=2.00ab%2Fcd&...``
     with no ``?`` or ``&`` before it for the parameter pattern to catch), so a secret with ``+``, ``/`` or ``=``
     in it would otherwise come out of an error message whole."""
     return {
@@ -278,7 +278,7 @@ def redacted_config(settings: Settings) -> dict[str, Any]:
     however short, and the store URL's password is masked."""
 
     def mask(value: Any) -> Any:
-        if isinstance(value, Mapping):  # a table inside a table: header-like (a webhook's static headers)
+        if isinstance(value, Mapping):  # a table inside a table: header-like (a channel's static headers)
             out = {}
             for key, item in value.items():
                 secret = _is_secret_name(str(key)) or _is_secret_header(str(key))

@@ -1,4 +1,4 @@
-"""Fetching a story's images for the adapters that upload them (WeChat, Weibo, X).
+"""Fetching a story's images for the adapters that upload them.
 
 This is the one place that downloads media, so the rules live here once:
 
@@ -484,7 +484,7 @@ class MediaFetcher:
     ) -> MediaBlob:
         """Fetch ``url`` (or take it from the cache) and check it against the settings and per-call limits.
 
-        ``max_bytes`` and ``allowed_types`` can only tighten the settings (WeChat body images must be < 1 MB
+        ``max_bytes`` and ``allowed_types`` can only tighten the settings (body images may have to be < 1 MB
         jpg/png while a cover may be 10 MB): the effective limit is the smaller one and the effective types
         the intersection. A cached blob is held to the same limits and raises the same errors as a fetch.
         """

@@ -231,7 +231,7 @@ def _masked(text: str | None) -> str | None:
 
 def _masked_json(value: Any) -> Any:
     """A platform's answer kept as a receipt is platform text too: a receiver that echoes the request in its 2xx
-    (or a JPush cid, which starts with the app key) would otherwise hand our credentials out with the receipt."""
+    (or a push id starting with the app key) would otherwise hand our credentials out with the receipt."""
     if isinstance(value, str):
         return redact(value)
     if isinstance(value, dict):

@@ -1,7 +1,7 @@
-"""The one HTML sanitiser every channel that publishes story HTML uses (website, feeds, app, partners).
+"""The one HTML sanitiser every channel that publishes story HTML uses (pages, feeds, app content, partner pushes).
 
 nh3 (Rust's ammonia) does the parsing and allow-listing, so no script, event handler, ``javascript:`` URL or
-unknown element survives, whatever the CMS sent. Channels with stricter rules (WeChat) narrow this further.
+unknown element survives, whatever the CMS sent. Channels with stricter rules narrow this further.
 """
 
 from __future__ import annotations

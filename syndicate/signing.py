@@ -1,6 +1,6 @@
 """The one signature scheme syndicate speaks: ``t=<unix>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>``.
 
-Used to sign what we send (webhook channels) and to verify what the CMS sends us (the publish hook). The timestamp
+Used to sign what we send (signed pushes) and to verify what the CMS sends us (the publish hook). The timestamp
 inside the signed text is what makes a captured request useless after the tolerance window.
 """
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-import adapters.app as app_module
-from adapters.app import (
+import adapters.app.adapter as app_module
+from adapters.app.adapter import (
     ALERT_MAX_CHARS,
     CID_REUSE_SECONDS,
     AppAdapter,
@@ -24,6 +24,7 @@ from adapters.app import (
     QuietHours,
     is_urgent,
 )
+from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app
 from syndicate.channel import DeliveryContext, register
 from syndicate.config import ConfigError, Settings
 from syndicate.delivery import (
@@ -38,7 +39,6 @@ from syndicate.delivery import (
 )
 from syndicate.engine import Engine
 from syndicate.sandbox import ReceiverStats, RunningSandbox
-from syndicate.sandbox.jpush import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State, Store

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.webhook import WebhookAdapter, WebhookOptions
+from adapters.webhook.adapter import WebhookAdapter, WebhookOptions
 from syndicate.config import (
     CONFIG_ENV,
     DEFAULT_RETRY,

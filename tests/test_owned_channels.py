@@ -10,11 +10,11 @@ from typing import Any
 import feedparser
 from aiohttp.test_utils import TestClient, TestServer
 
+from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
+from adapters.partner.standin import DEFAULT_APP_KEY as PARTNER_KEY
+from adapters.partner.standin import DEFAULT_SECRET as PARTNER_SECRET
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.sandbox.jpush import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
-from syndicate.sandbox.partner import DEFAULT_APP_KEY as PARTNER_KEY
-from syndicate.sandbox.partner import DEFAULT_SECRET as PARTNER_SECRET
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State

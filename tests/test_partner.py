@@ -17,12 +17,22 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.partner import (
+from adapters.partner.adapter import (
     PARTNER_FIELDS,
     PartnerAdapter,
     PartnerOptions,
     encode_body,
     partner_signature,
+)
+from adapters.partner.standin import (
+    DEFAULT_APP_KEY,
+    DEFAULT_SECRET,
+    REUSED_NONCE,
+    STALE_TIMESTAMP,
+    WRONG_APP_KEY,
+    WRONG_SIGNATURE,
+    articles,
+    set_credentials,
 )
 from syndicate.channel import DeliveryContext, register
 from syndicate.config import ConfigError
@@ -39,16 +49,6 @@ from syndicate.delivery import (
 )
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.sandbox.partner import (
-    DEFAULT_APP_KEY,
-    DEFAULT_SECRET,
-    REUSED_NONCE,
-    STALE_TIMESTAMP,
-    WRONG_APP_KEY,
-    WRONG_SIGNATURE,
-    articles,
-    set_credentials,
-)
 from syndicate.sanitize import clean_html
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State

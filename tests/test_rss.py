@@ -18,7 +18,7 @@ import feedparser
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.rss import (
+from adapters.rss.adapter import (
     ATOM_FILE,
     LOCK_FILE,
     MANIFEST_FILE,
@@ -402,7 +402,7 @@ async def test_writes_are_atomic_and_leave_nothing_behind(tmp_path: Path, monkey
     def disk_full(src: Any, dst: Any) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("adapters.rss.os.replace", disk_full)
+    monkeypatch.setattr("adapters.rss.adapter.os.replace", disk_full)
     with pytest.raises(Retryable, match="No space left"):
         await adapter.publish(adapter.render(example(STORY_2), Action.PUBLISH), ctx_for(story_id="sh-rmt-20190918-002"))
     assert listing(root) == expected  # the temp file is gone

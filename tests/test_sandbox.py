@@ -11,7 +11,6 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-import syndicate.sandbox.app as sandbox_app
 from syndicate.sandbox import (
     Call,
     FaultRule,
@@ -20,6 +19,7 @@ from syndicate.sandbox import (
     Sandbox,
     read_form,
     running_sandbox,
+    standins,
 )
 
 HOLD = 0.5
@@ -370,8 +370,7 @@ async def test_new_platform_reuses_the_shared_wrapper(
     def setup(app: web.Application, sandbox: Sandbox) -> None:
         app.router.add_post("/partner/inbox", sandbox.handler("partner", receiver="inbox")(accept_form))
 
-    monkeypatch.setattr(sandbox_app, "PLATFORMS", [*sandbox_app.PLATFORMS, setup])
-    async with running_sandbox(hold_seconds=HOLD) as running:
+    async with running_sandbox(hold_seconds=HOLD, platforms={**standins(), "inbox": setup}) as running:
         form = aiohttp.FormData()
         form.add_field("title", "Hello")
         form.add_field("tag", "a")

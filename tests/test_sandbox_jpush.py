@@ -9,14 +9,14 @@ from typing import Any
 import aiohttp
 import pytest
 
-from syndicate.sandbox import RunningSandbox, running_sandbox
-from syndicate.sandbox.jpush import (
+from adapters.app.standin import (
     DEFAULT_APP_KEY,
     DEFAULT_MASTER_SECRET,
     SandboxApp,
     pushes,
     register_app,
 )
+from syndicate.sandbox import RunningSandbox, running_sandbox
 
 
 def basic(app_key: str = DEFAULT_APP_KEY, secret: str = DEFAULT_MASTER_SECRET) -> dict[str, str]:

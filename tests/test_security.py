@@ -45,13 +45,18 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
 
+from adapters.app import standin as jpush
+from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
+from adapters.partner import standin as partner
+from adapters.wechat import standin as wechat
+from adapters.weibo import standin as weibo
+from adapters.x import standin as x
 from syndicate.config import Settings, load_config, parse_config
 from syndicate.delivery import Action, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, reset_logging
 from syndicate.media import MediaFetcher, MediaRefused, MediaSettings
-from syndicate.sandbox import RunningSandbox, jpush, partner, wechat, weibo, x
-from syndicate.sandbox.jpush import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
+from syndicate.sandbox import RunningSandbox
 from syndicate.server import create_app, serve
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store import open_store

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from adapters.app import standin as jp
+from adapters.partner import standin as pt
+from adapters.wechat import standin as wx
+from adapters.weibo import standin as wb
+from adapters.x import standin as xs
 from syndicate.config import load_config
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox, running_sandbox
-from syndicate.sandbox import jpush as jp
-from syndicate.sandbox import partner as pt
-from syndicate.sandbox import wechat as wx
-from syndicate.sandbox import weibo as wb
-from syndicate.sandbox import x as xs
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from tests.conftest import make_story

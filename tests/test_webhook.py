@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from adapters.webhook import WebhookAdapter, WebhookOptions
+from adapters.webhook.adapter import WebhookAdapter, WebhookOptions
 from syndicate.channel import DeliveryContext
 from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Permanent, RateLimited, Receipt, Retryable
 from syndicate.engine import Engine

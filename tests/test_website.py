@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from adapters.website import (
+from adapters.website.adapter import (
     STATE_DIR,
     WebsiteAdapter,
     WebsiteOptions,

@@ -14,13 +14,13 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from adapters.wechat import WeChatAdapter, body_image_sources, wechat_html
+from adapters.wechat import standin as wx
+from adapters.wechat.adapter import WeChatAdapter, body_image_sources, wechat_html
 from syndicate.channel import register
 from syndicate.config import Settings
 from syndicate.delivery import Action, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.sandbox import wechat as wx
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story

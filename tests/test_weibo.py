@@ -11,12 +11,8 @@ from typing import Any
 import pytest
 
 from adapters.textfit import ELLIPSIS, weibo_length
-from adapters.weibo import WeiboAdapter, WeiboOptions
-from syndicate.channel import DeliveryContext, register
-from syndicate.delivery import Action, Payload, Permanent, RenderError
-from syndicate.engine import Engine
-from syndicate.sandbox import RunningSandbox
-from syndicate.sandbox.weibo import (
+from adapters.weibo.adapter import WeiboAdapter, WeiboOptions
+from adapters.weibo.standin import (
     DEFAULT_ACCESS_TOKEN,
     REPEATED_TEXT,
     TEXT_TOO_LONG,
@@ -25,6 +21,10 @@ from syndicate.sandbox.weibo import (
     statuses,
     weibo_count,
 )
+from syndicate.channel import DeliveryContext, register
+from syndicate.delivery import Action, Payload, Permanent, RenderError
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story

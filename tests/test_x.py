@@ -12,12 +12,8 @@ from typing import Any
 import pytest
 
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
-from adapters.x import XAdapter, XOptions
-from syndicate.channel import register
-from syndicate.delivery import Action
-from syndicate.engine import Engine
-from syndicate.sandbox import RunningSandbox
-from syndicate.sandbox.x import (
+from adapters.x.adapter import XAdapter, XOptions
+from adapters.x.standin import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_ACCESS_TOKEN_SECRET,
     DEFAULT_CONSUMER_KEY,
@@ -25,6 +21,10 @@ from syndicate.sandbox.x import (
     posts,
     set_rate_limit,
 )
+from syndicate.channel import register
+from syndicate.delivery import Action
+from syndicate.engine import Engine
+from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
@@ -259,7 +259,7 @@ async def test_a_lost_answer_is_reconciled_through_recent_posts(
     ],
 )
 def test_rate_limit_reset_header_is_bounded(header: str | None, expected_wait: float) -> None:
-    from adapters.x import _reset
+    from adapters.x.adapter import _reset
 
     now = 1_700_000_000.0
     assert _reset(header, now).timestamp() - now == expected_wait

@@ -1,16 +1,18 @@
 """Local stand-ins for the remote platforms syndicate publishes to, for tests, the demo and the benchmarks.
 
-One aiohttp app hosts every platform (see ``app.PLATFORMS``); a ``Sandbox`` object records what each
-platform processed, injects scripted faults (errors, rate limits, timeouts, resets, slowness) and keeps
-per-receiver stats. Everything is steerable from Python (``running.sandbox``) or over HTTP (``/_sandbox/*``).
+This package is the generic machinery and names no platform. One aiohttp app hosts every stand-in installed
+through the ``syndicate.sandboxes`` entry points (each lives with its channel, ``adapters/<kind>/standin.py``); a
+``Sandbox`` object records what each platform processed, injects scripted faults (errors, rate limits, timeouts,
+resets, slowness) and keeps per-receiver stats. Everything is steerable from Python (``running.sandbox``) or over
+HTTP (``/_sandbox/*``):
 
     async with running_sandbox(port=0, seed=1, hold_seconds=0.5) as running:
-        running.sandbox.set_faults("webhook", [{"fault": "status:503", "probability": 0.3}])
-        ...  # point an adapter at f"{running.url}/webhook/newsroom"
-        assert running.sandbox.received("webhook")
+        running.sandbox.set_faults(platform, [{"fault": "status:503", "probability": 0.3}])
+        ...  # point an adapter at running.url_for(<the platform's path>)
+        assert running.sandbox.received(platform)
 """
 
-from syndicate.sandbox.app import PLATFORMS, RunningSandbox, create_app, run, running_sandbox
+from syndicate.sandbox.app import RunningSandbox, StandinSetup, create_app, run, running_sandbox, standins
 from syndicate.sandbox.core import (
     IDEMPOTENCY_HEADER,
     MEDIA_DIR,
@@ -32,7 +34,6 @@ from syndicate.sandbox.core import (
 __all__ = [
     "IDEMPOTENCY_HEADER",
     "MEDIA_DIR",
-    "PLATFORMS",
     "SANDBOX_KEY",
     "Call",
     "FaultRule",
@@ -42,6 +43,7 @@ __all__ = [
     "ReceiverStats",
     "RunningSandbox",
     "Sandbox",
+    "StandinSetup",
     "bad_request",
     "create_app",
     "json_error",
@@ -50,4 +52,5 @@ __all__ = [
     "read_json",
     "run",
     "running_sandbox",
+    "standins",
 ]

@@ -1,26 +1,44 @@
-"""Assembling and running the sandbox app: one aiohttp server hosting every platform stand-in."""
+"""Assembling and running the sandbox app: one aiohttp server hosting every platform stand-in.
+
+Stand-ins live with their channel (``adapters/<kind>/standin.py``) and register through the ``syndicate.sandboxes``
+entry point group as ``name = "module:setup"``; this module serves whatever it finds and names none of them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 
 from aiohttp import web
 
-from syndicate.sandbox import jpush, partner, webhook, wechat, weibo, x
 from syndicate.sandbox.core import SANDBOX_KEY, Sandbox, setup_control, setup_media
 
-PlatformSetup = Callable[[web.Application, Sandbox], None]
+#: Adds one platform's routes (wrapped with ``Sandbox.handler``) to the sandbox app.
+StandinSetup = Callable[[web.Application, Sandbox], None]
 
-# Every stand-in platform, in route-registration order. A new platform module adds its ``setup`` here.
-PLATFORMS: list[PlatformSetup] = [webhook.setup, partner.setup, jpush.setup, wechat.setup, weibo.setup, x.setup]
+ENTRY_POINT_GROUP = "syndicate.sandboxes"
 
 
-def create_app(sandbox: Sandbox | None = None) -> web.Application:
-    """The sandbox as an aiohttp app (control API, media, every platform in ``PLATFORMS``)."""
+def standins() -> dict[str, StandinSetup]:
+    """Every installed stand-in by name, in name order (routes are registered in this order)."""
+    found: dict[str, StandinSetup] = {}
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        setup = ep.load()
+        if not callable(setup):
+            raise ValueError(f"sandbox entry point {ep.name!r} loads {setup!r}, which is not a setup function")
+        found[ep.name] = setup
+    return found
+
+
+def create_app(
+    sandbox: Sandbox | None = None, *, platforms: Mapping[str, StandinSetup] | None = None
+) -> web.Application:
+    """The sandbox as an aiohttp app: control API, media, and every stand-in in ``platforms`` (default: every
+    installed one, see ``standins``)."""
     sb = sandbox if sandbox is not None else Sandbox()
     app = web.Application()
     app[SANDBOX_KEY] = sb
@@ -35,8 +53,8 @@ def create_app(sandbox: Sandbox | None = None) -> web.Application:
     app.on_shutdown.append(on_shutdown)
     setup_control(app, sb)
     setup_media(app, sb)
-    for platform_setup in PLATFORMS:
-        platform_setup(app, sb)
+    for setup in (standins() if platforms is None else platforms).values():
+        setup(app, sb)
     return app
 
 
@@ -75,6 +93,7 @@ async def running_sandbox(
     seed: int | None = None,
     hold_seconds: float = 30.0,
     shutdown_timeout: float = 5.0,
+    platforms: Mapping[str, StandinSetup] | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve the sandbox for the duration of the block (port 0 picks a free port; see ``.url``).
 
@@ -84,7 +103,7 @@ async def running_sandbox(
     if sandbox is not None and (seed is not None or hold_seconds != 30.0):
         raise TypeError("pass either sandbox or seed/hold_seconds, not both")
     sb = sandbox if sandbox is not None else Sandbox(seed=seed, hold_seconds=hold_seconds)
-    app = create_app(sb)
+    app = create_app(sb, platforms=platforms)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:

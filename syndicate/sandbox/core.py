@@ -1,6 +1,6 @@
 """The sandbox framework: recording, fault injection, stats, the ``/_sandbox/*`` control API and sample media.
 
-Every stand-in platform (webhook today; WeChat, Weibo, X, JPush and partners later) wraps its aiohttp
+Every stand-in platform (``adapters/<kind>/standin.py``) wraps its aiohttp
 handlers with ``Sandbox.handler``. That one wrapper is where faults fire, concurrency is counted and the
 request becomes visible to tests, so every platform fails in the same scriptable ways and none
 re-implements the plumbing.

@@ -47,7 +47,7 @@ from syndicate.story import Image, Story
 if TYPE_CHECKING:
     from syndicate.store.base import Store
 
-log = logging.getLogger("syndicate.adapters.website")
+log = logging.getLogger("syndicate.adapters.website.adapter")
 
 DEFAULT_SECTION = "news"
 #: Folder inside the web root for the manifest and the lock file (deny dot-paths in nginx: ``location ~ /\\.``).
@@ -222,7 +222,7 @@ class SiteTemplates:
     """The built-in templates, each replaceable by a file of the same name in the configured folder."""
 
     def __init__(self, override: Path | None) -> None:
-        loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("adapters", "templates/website")]
+        loaders: list[jinja2.BaseLoader] = [jinja2.PackageLoader("adapters.website", "templates")]
         if override is not None:
             loaders.insert(0, jinja2.FileSystemLoader(override))
         self.override = override

@@ -80,7 +80,7 @@ from syndicate.story import Story
 if TYPE_CHECKING:
     from syndicate.store.base import Store
 
-log = logging.getLogger("syndicate.adapters.wechat")
+log = logging.getLogger("syndicate.adapters.wechat.adapter")
 
 WECHAT_API_BASE = "https://api.weixin.qq.com"
 #: WeChat's article limits (characters, bytes).

@@ -63,7 +63,7 @@ from syndicate.story import Image, Story
 if TYPE_CHECKING:
     from syndicate.store.base import Store
 
-log = logging.getLogger("syndicate.adapters.app")
+log = logging.getLogger("syndicate.adapters.app.adapter")
 
 JPUSH_API_BASE = "https://api.jpush.cn"
 #: ninjs urgency runs from 1 (most urgent) to 9; an update pushes again only at 1 or 2.

@@ -1,0 +1,1 @@
+"""Generic webhook channel: adapter.py (the channel), standin.py (a receiver for the sandbox)."""

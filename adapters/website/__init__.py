@@ -1,0 +1,1 @@
+"""The newsroom's own website: adapter.py (static pages, indexes, sitemap) and templates/."""
