@@ -24,7 +24,7 @@ ENTRY_POINT_GROUP = "syndicate.sandboxes"
 
 
 def standins() -> dict[str, StandinSetup]:
-    """Every installed stand-in by name, in name order (routes are registered in this order)."""
+    """Every installed stand-in by the channel kind it stands in for, in name order (the route order)."""
     found: dict[str, StandinSetup] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         setup = ep.load()
