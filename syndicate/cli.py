@@ -34,6 +34,7 @@ from syndicate.config import ChannelSettings, ConfigError, Settings, load_config
 from syndicate.delivery import ERROR_CLASSES, Action, DeliveryError, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, redact, set_secrets
+from syndicate.ninjs import read_document
 from syndicate.operations import (
     DEFAULT_REPLAY_STATES,
     ReplayPlan,
@@ -62,7 +63,7 @@ from syndicate.store.base import (
     Store,
     VersionConflict,
 )
-from syndicate.story import Story, StoryValidationError
+from syndicate.story import StoryValidationError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -443,7 +444,7 @@ async def _publish_local(settings: Settings, docs: Sequence[Document]) -> list[d
                 results.append({"source": doc.where, "ok": False, "errors": [doc.error]})
                 continue
             try:
-                story = Story.from_document(doc.obj)
+                story = read_document(doc.obj)
                 result = await engine.accept(story)
             except StoryValidationError as exc:
                 problems = [f"{e.path}: {e.problem}" for e in exc.errors]
@@ -495,7 +496,7 @@ class _Signer:
 
 
 def _content_type(obj: Any) -> str:
-    """ninjs when the document has ``uri`` (and no canonical ``id``: the same rule as Story.from_document)."""
+    """ninjs when the document has ``uri`` (and no canonical ``id``: the same rule as syndicate.ninjs.read_document)."""
     if isinstance(obj, dict) and "uri" in obj and "id" not in obj:
         return "application/ninjs+json"
     return "application/json"
@@ -1158,7 +1159,7 @@ def preview(
             results.append({"source": doc.where, "ok": False, "errors": [doc.error]})
             continue
         try:
-            story = Story.from_document(doc.obj)
+            story = read_document(doc.obj)
         except StoryValidationError as exc:
             results.append({"source": doc.where, "ok": False, "errors": [str(e) for e in exc.errors]})
             continue

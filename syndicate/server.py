@@ -23,6 +23,7 @@ from syndicate.config import ConfigError, Settings
 from syndicate.engine import Engine
 from syndicate.logs import set_secrets
 from syndicate.metrics import Metrics
+from syndicate.ninjs import from_ninjs, read_document
 from syndicate.operations import (
     ReplaySelection,
     channel_state_json,
@@ -194,8 +195,8 @@ def _parse_story(request: web.Request, body: bytes) -> Story:
         raise ApiError(400, "malformed_json", "the JSON is nested too deeply") from None
     try:
         if request.content_type == "application/ninjs+json":
-            return Story.from_ninjs(document)
-        return Story.from_document(document)
+            return from_ninjs(document)
+        return read_document(document)
     except StoryValidationError as exc:
         raise _invalid(exc) from None
 

@@ -38,6 +38,7 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.engine import Engine
+from syndicate.ninjs import read_document
 from syndicate.sandbox import ReceiverStats, RunningSandbox
 from syndicate.server import create_app
 from syndicate.store import open_store
@@ -70,7 +71,7 @@ def app_channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
 
 
 def example_stories() -> list[Story]:
-    return [Story.from_document(json.loads(p.read_text())) for p in sorted((REPO / "examples").glob("*.json"))]
+    return [read_document(json.loads(p.read_text())) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def ctx_for(

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from syndicate.delivery import idempotency_key
+from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.story import Story
 
@@ -117,7 +118,7 @@ def make_cli(tmp_path: Path, base_url: str = NOWHERE, **kw: Any) -> Cli:
 
 
 def example_stories() -> list[Story]:
-    return [Story.from_document(json.loads(path.read_text(encoding="utf-8"))) for path in EXAMPLES]
+    return [read_document(json.loads(path.read_text(encoding="utf-8"))) for path in EXAMPLES]
 
 
 def expected_keys(stories: Sequence[Story], channels: Sequence[str] = CHANNELS) -> set[str]:

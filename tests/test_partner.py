@@ -48,6 +48,7 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.engine import Engine
+from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.sanitize import clean_html
 from syndicate.store import open_store
@@ -74,7 +75,7 @@ HOSTILE_SUMMARY = "<b>粗体</b> & <i>斜体</i> 'quoted'"
 
 
 def example_stories() -> list[Story]:
-    return [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
+    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:

@@ -38,6 +38,7 @@ from syndicate.channel import register
 from syndicate.config import ConfigError, Settings
 from syndicate.delivery import Action, AuthRevoked, Payload, Retryable
 from syndicate.engine import Engine
+from syndicate.ninjs import read_document
 from syndicate.sanitize import clean_html
 from syndicate.server import create_app
 from syndicate.store import open_store
@@ -56,7 +57,7 @@ CST = dt.timezone(dt.timedelta(hours=8))
 def example(name: str, **changes: Any) -> Story:
     raw = json.loads((REPO / "examples" / name).read_text(encoding="utf-8"))
     raw.update(changes)
-    return Story.from_document(raw)
+    return read_document(raw)
 
 
 STORY_1 = "01-district-media-centres.json"

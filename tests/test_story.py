@@ -16,14 +16,13 @@ from typing import Any
 
 import pytest
 
+from syndicate.ninjs import NINJS_URI_PREFIX, from_ninjs, read_document, to_ninjs, validate_ninjs
 from syndicate.story import (
-    NINJS_URI_PREFIX,
     ChannelOverride,
     FieldError,
     Image,
     Story,
     StoryValidationError,
-    validate_ninjs,
 )
 from tests.conftest import SHARED, shared_path
 
@@ -133,7 +132,7 @@ EXPECTED_IMPORT: dict[str, tuple[str, str, list[tuple[str, int | None, str]]]] =
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_official_example_imports(name: str) -> None:
     doc = _example(name)
-    story = Story.from_ninjs(doc)
+    story = from_ninjs(doc)
     headline, body, images = EXPECTED_IMPORT[name]
     assert story.id == doc["uri"]
     assert story.headline.startswith(headline)
@@ -146,16 +145,16 @@ def test_every_official_example_imports(name: str) -> None:
 
 
 def test_example_details_map_to_the_right_fields() -> None:
-    photo = Story.from_ninjs(_example("006_photo_only.json"))
+    photo = from_ninjs(_example("006_photo_only.json"))
     assert photo.summary is not None and photo.summary.startswith("The Costa Concordia cruise ship lies")
     assert photo.cover is not None and photo.cover.height == 281
     assert photo.updated_at == datetime(2013, 7, 8, 8, 12, tzinfo=UTC)
     assert photo.by == "Paulo Santalucia"
 
-    rich = Story.from_ninjs(_example("004_simple_text_article.json"))
+    rich = from_ninjs(_example("004_simple_text_article.json"))
     assert "</p> <p>The sole defendant" in rich.body_html  # the xhtml body wins over the plain one
 
-    multimedia = Story.from_ninjs(_example("007_multimedia.json"))
+    multimedia = from_ninjs(_example("007_multimedia.json"))
     assert [image.caption for image in multimedia.images] == [
         "Costa Concordia cruise ship",
         "Francesco Schettino at court",
@@ -163,18 +162,18 @@ def test_example_details_map_to_the_right_fields() -> None:
     assert multimedia.language == "en"
     assert multimedia.cover == multimedia.images[0]
 
-    assert Story.from_ninjs(_example("003_associations_example.json")).version == 1
+    assert from_ninjs(_example("003_associations_example.json")).version == 1
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_export_of_every_example_validates(name: str, schema: dict[str, Any]) -> None:
-    validate_ninjs(Story.from_ninjs(_example(name)).to_ninjs(), schema)
+    validate_ninjs(to_ninjs(from_ninjs(_example(name))), schema)
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
 def test_every_example_survives_a_round_trip(name: str) -> None:
-    story = Story.from_ninjs(_example(name))
-    assert Story.from_ninjs(story.to_ninjs()).to_dict() == story.to_dict()
+    story = from_ninjs(_example(name))
+    assert from_ninjs(to_ninjs(story)).to_dict() == story.to_dict()
 
 
 @pytest.mark.parametrize("name", EXAMPLES)
@@ -192,9 +191,9 @@ def test_format_assertion_catches_relative_uri(schema: dict[str, Any]) -> None:
 
 
 def test_rich_story_round_trips_through_ninjs(rich_story: Story, schema: dict[str, Any]) -> None:
-    exported = rich_story.to_ninjs()
+    exported = to_ninjs(rich_story)
     validate_ninjs(exported, schema)
-    back = Story.from_ninjs(json.loads(json.dumps(exported)))
+    back = from_ninjs(json.loads(json.dumps(exported)))
 
     not_exported = {"targets", "overrides"}
     expected = {k: v for k, v in rich_story.to_dict().items() if k not in not_exported}
@@ -204,7 +203,7 @@ def test_rich_story_round_trips_through_ninjs(rich_story: Story, schema: dict[st
 
 
 def test_rich_story_export_shape(rich_story: Story) -> None:
-    exported = rich_story.to_ninjs()
+    exported = to_ninjs(rich_story)
     assert exported["uri"] == NINJS_URI_PREFIX + "cms-20190918-0042"
     assert (exported["type"], exported["representationtype"], exported["version"]) == ("composite", "full", "3")
     assert exported["embargoed"] == "2019-09-18T01:30:00Z"
@@ -227,7 +226,7 @@ def test_rich_story_export_shape(rich_story: Story) -> None:
 
 
 def test_validate_ninjs_reports_paths(rich_story: Story, schema: dict[str, Any]) -> None:
-    broken = copy.deepcopy(rich_story.to_ninjs())
+    broken = copy.deepcopy(to_ninjs(rich_story))
     broken["urgency"] = "high"
     broken["bogus"] = 1
     del broken["associations"][1]["uri"]
@@ -295,14 +294,14 @@ def test_naive_datetime_is_named() -> None:
 
 def test_naive_ninjs_timestamp_names_the_ninjs_field() -> None:
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_ninjs({"uri": "cms-1", "headlines": [{"value": HEADLINE}], "firstcreated": "2019-09-18T10:00"})
+        from_ninjs({"uri": "cms-1", "headlines": [{"value": HEADLINE}], "firstcreated": "2019-09-18T10:00"})
     assert _errors(exc_info) == {"firstcreated": "must be timezone-aware (add Z or +08:00)"}
 
 
 @pytest.mark.parametrize("version", ["abc", "0", "-1", "1.5", 3, ""])
 def test_ninjs_version_must_be_a_positive_integer_string(version: object) -> None:
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_ninjs({"uri": "cms-1", "headlines": [{"value": HEADLINE}], "version": version})
+        from_ninjs({"uri": "cms-1", "headlines": [{"value": HEADLINE}], "version": version})
     assert list(_errors(exc_info)) == ["version"]
 
 
@@ -322,13 +321,13 @@ def test_ninjs_errors_name_ninjs_paths() -> None:
         ],
     }
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_ninjs(doc)
+        from_ninjs(doc)
     assert set(_errors(exc_info)) == {"headlines[0].value", "urgency", "associations[1].renditions[0].width"}
 
 
 def test_ninjs_1x_documents_are_refused_clearly() -> None:
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_document({"uri": "cms-1", "headline": HEADLINE, "associations": {"main": {}}})
+        read_document({"uri": "cms-1", "headline": HEADLINE, "associations": {"main": {}}})
     errors = _errors(exc_info)
     assert "ninjs 1.x" in errors["headline"] and "ninjs 1.x" in errors["associations"]
 
@@ -414,14 +413,14 @@ def test_field_rules(changes: dict[str, Any], path: str) -> None:
 
 
 def test_from_document_dispatches_on_keys() -> None:
-    assert Story.from_document(_story().to_dict()) == _story()
-    assert Story.from_document({"uri": "cms-1", "headlines": [{"value": HEADLINE}]}).headline == HEADLINE
+    assert read_document(_story().to_dict()) == _story()
+    assert read_document({"uri": "cms-1", "headlines": [{"value": HEADLINE}]}).headline == HEADLINE
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_document({"title": HEADLINE})
+        read_document({"title": HEADLINE})
     [error] = exc_info.value.errors
     assert error.path == "$" and "'id'" in error.problem and "'uri'" in error.problem
     with pytest.raises(StoryValidationError) as exc_info:
-        Story.from_document({"headline": HEADLINE})
+        read_document({"headline": HEADLINE})
     assert list(_errors(exc_info)) == ["id"]
 
 
@@ -438,16 +437,16 @@ def test_from_document_dispatches_on_keys() -> None:
     ],
 )
 def test_uri_mapping_round_trips(story_id: str, uri: str) -> None:
-    exported = _story(id=story_id).to_ninjs()
+    exported = to_ninjs(_story(id=story_id))
     assert exported["uri"] == uri
-    assert Story.from_ninjs(exported).id == story_id
+    assert from_ninjs(exported).id == story_id
 
 
 def test_plain_text_body_becomes_escaped_paragraphs() -> None:
     doc = {"uri": "cms-1", "headlines": [{"value": HEADLINE}], "bodies": [{"value": "a < b & c\nline 2\n\nnext"}]}
-    assert Story.from_ninjs(doc).body_html == "<p>a &lt; b &amp; c<br>line 2</p>\n<p>next</p>"
+    assert from_ninjs(doc).body_html == "<p>a &lt; b &amp; c<br>line 2</p>\n<p>next</p>"
     doc["bodies"] = [{"contenttype": "text/plain", "value": f"{LEAD}\n{CAPTION}"}]
-    assert Story.from_ninjs(doc).body_html == f"<p>{LEAD}</p>\n<p>{CAPTION}</p>"
+    assert from_ninjs(doc).body_html == f"<p>{LEAD}</p>\n<p>{CAPTION}</p>"
 
 
 def test_ninjs_text_roles() -> None:
@@ -461,11 +460,11 @@ def test_ninjs_text_roles() -> None:
         ],
         "subjects": [{"name": "上海", "rel": "section"}, {"name": "融媒体"}, {"literal": "宝山汇", "rel": "about"}],
     }
-    story = Story.from_ninjs(doc)
+    story = from_ninjs(doc)
     assert (story.headline, story.subheadline, story.summary) == (HEADLINE, "副标题", LEAD)
     assert (story.section, story.tags) == ("上海", ["融媒体", "宝山汇"])
     doc["descriptions"].append({"role": "summary", "value": "摘要"})
-    assert Story.from_ninjs(doc).summary == "摘要"
+    assert from_ninjs(doc).summary == "摘要"
 
 
 def test_association_images_pick_the_largest_usable_rendition() -> None:
@@ -484,7 +483,7 @@ def test_association_images_pick_the_largest_usable_rendition() -> None:
             {"name": "cover", "uri": "tag:example,2019:img2", "type": "graphic", "renditions": renditions},
         ],
     }
-    [image] = Story.from_ninjs(doc).images
+    [image] = from_ninjs(doc).images
     assert (image.href, image.width, image.height, image.role) == ("https://media.example.cn/b.jpg", 1200, 800, "cover")
 
 
@@ -496,7 +495,7 @@ def test_top_level_picture_becomes_the_cover() -> None:
         "renditions": [{"name": "main", "href": "https://media.example.cn/p.jpg", "width": 640}],
         "associations": [{"name": "cover", "uri": "https://media.example.cn/other.jpg", "type": "picture"}],
     }
-    story = Story.from_ninjs(doc)
+    story = from_ninjs(doc)
     assert [(i.href, i.role) for i in story.images] == [
         ("https://media.example.cn/p.jpg", "cover"),
         ("https://media.example.cn/other.jpg", "inline"),

@@ -22,6 +22,7 @@ from adapters.textfit import (
     x_is_valid,
     x_weighted_length,
 )
+from syndicate.ninjs import read_document
 from syndicate.story import Story
 from tests.conftest import REPO, shared_path
 
@@ -86,7 +87,7 @@ def test_grapheme_boundaries_keep_clusters_whole() -> None:
 
 
 def example(name: str) -> Story:
-    return Story.from_document(json.loads((REPO / "examples" / name).read_text("utf-8")))
+    return read_document(json.loads((REPO / "examples" / name).read_text("utf-8")))
 
 
 LONG_ZH_SUMMARY = (

@@ -33,6 +33,7 @@ from syndicate.config import ConfigError
 from syndicate.delivery import Action, AuthRevoked, Permanent, Receipt, RenderError
 from syndicate.engine import Engine
 from syndicate.files import write_atomic
+from syndicate.ninjs import read_document
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -44,7 +45,7 @@ register(WebsiteAdapter)
 BASE = "https://news.example.cn"
 SITEMAP = "{http://www.sitemaps.org/schemas/sitemap/0.9}"
 EXAMPLES = {
-    path.name: Story.from_document(json.loads(path.read_text(encoding="utf-8")))
+    path.name: read_document(json.loads(path.read_text(encoding="utf-8")))
     for path in sorted((REPO / "examples").glob("*.json"))
 }
 S1 = EXAMPLES["01-district-media-centres.json"]

@@ -24,6 +24,7 @@ from adapters.weibo.standin import (
 from syndicate.channel import DeliveryContext, register
 from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.engine import Engine
+from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -36,7 +37,7 @@ SHORT_TIMEOUT = 0.3
 
 
 def example_stories() -> list[Story]:
-    return [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
+    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from adapters.x.standin import (
 from syndicate.channel import register
 from syndicate.delivery import Action
 from syndicate.engine import Engine
+from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -42,7 +43,7 @@ CREDENTIALS = {
 
 
 def example_stories() -> list[Story]:
-    return [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
+    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:

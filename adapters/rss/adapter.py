@@ -48,8 +48,9 @@ from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, fie
 from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
 from syndicate.delivery import Action, AuthRevoked, DeliveryError, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.files import write_atomic
+from syndicate.ninjs import NINJS_URI_PREFIX
 from syndicate.sanitize import clean_html, plain_text
-from syndicate.story import NINJS_URI_PREFIX, Story
+from syndicate.story import Story
 
 if TYPE_CHECKING:
     from syndicate.store.base import Store
