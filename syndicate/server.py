@@ -19,7 +19,9 @@ from typing import Any, TypeVar
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from syndicate.appkeys import CLOCK, ENGINE, METRICS, SETTINGS
 from syndicate.config import ConfigError, Settings
+from syndicate.dashboard import setup_dashboard
 from syndicate.engine import Engine
 from syndicate.logs import set_secrets
 from syndicate.metrics import Metrics
@@ -44,10 +46,6 @@ from syndicate.story import Story, StoryValidationError
 
 log = logging.getLogger("syndicate.server")
 
-ENGINE = web.AppKey("engine", Engine)
-SETTINGS = web.AppKey("settings", Settings)
-METRICS = web.AppKey("metrics", Metrics)
-CLOCK = web.AppKey("clock", Callable[[], float])
 SIGNATURE = web.RequestKey("signature", tuple[str, int])
 
 JSON_TYPES = ("application/json", "application/ninjs+json")
@@ -588,7 +586,6 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_routes(_channel_routes(settings, engine))
-    from syndicate.dashboard import setup_dashboard  # here, not at the top: the dashboard imports this module
 
     setup_dashboard(app)
     return app

@@ -19,6 +19,7 @@ import jinja2
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from syndicate.appkeys import CLOCK, ENGINE, SETTINGS
 from syndicate.operations import (
     ReplaySelection,
     mark_landed,
@@ -28,7 +29,6 @@ from syndicate.operations import (
     requeue,
     story_status,
 )
-from syndicate.server import CLOCK, ENGINE, SETTINGS
 from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, State
 
 from . import auth
