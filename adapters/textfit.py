@@ -36,7 +36,7 @@ from twitter_text import parse_tweet
 from twitter_text.extract_urls import extract_urls_with_indices
 
 from syndicate.sanitize import plain_text
-from syndicate.story import Story
+from syndicate.story import ChannelStory
 
 __all__ = [
     "ELLIPSIS",
@@ -385,15 +385,14 @@ def fit_post(
     )
 
 
-def fit_story(counter: TextCounter, story: Story, channel: str) -> FittedPost:
-    """The post for ``story`` on ``channel``: the channel's override (text, or headline/summary) where the story
-    gives one, else its headline and summary, as plain text. FitError when even the headline cannot fit."""
-    override = story.overrides.get(channel)
+def fit_story(counter: TextCounter, story: ChannelStory) -> FittedPost:
+    """The post for ``story`` as its channel sees it: the channel's text where it gives one, else its headline
+    and summary (overrides already applied), as plain text. FitError when even the headline cannot fit."""
     return fit_post(
         counter,
-        headline=plain_text(override.headline if override and override.headline else story.headline),
-        summary=plain_text(override.summary if override and override.summary else story.summary or ""),
-        text=plain_text(override.text) if override and override.text else None,
+        headline=plain_text(story.headline),
+        summary=plain_text(story.summary or ""),
+        text=plain_text(story.text) if story.text else None,
         url=story.url,
         tags=story.tags,
         language=story.language,

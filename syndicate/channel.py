@@ -14,25 +14,27 @@ decides what to do from the class alone and never knows a platform by name.
 from __future__ import annotations
 
 import abc
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypedDict, TypeVar, Unpack, cast
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from syndicate.delivery import (
     Action,
     AuthRevoked,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     Receipt,
     Retryable,
     idempotency_key,
 )
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
-from syndicate.story import Story
+from syndicate.story import ChannelStory, Story
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -100,11 +102,34 @@ class AdapterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Adapter(abc.ABC):
-    """One channel kind. Subclasses set the class attributes and implement ``render`` and ``publish``."""
+OptionsT = TypeVar("OptionsT", bound=AdapterOptions)
+#: A channel's payload model; ``dict[str, Any]`` for a channel that has not declared one (its ``payload_model`` is
+#: None and its payload is the plain JSON object).
+DataT = TypeVar("DataT", bound="PayloadModel | dict[str, Any]")
+
+
+class AdapterDeps(TypedDict, total=False):
+    """What the engine hands every adapter besides its name and options (``ChannelSettings.create_adapter``)."""
+
+    #: Seconds before a request to the platform gives up (the channel's ``timeout``).
+    timeout: float
+    #: Where "now" comes from (rate-limit ends, signatures, quiet hours); tests pass the engine's fake clock.
+    clock: Callable[[], float]
+    #: The one media fetcher every channel shares (limits, cache, allow-list); owned by whoever created it.
+    media: MediaFetcher
+
+
+class Adapter(abc.ABC, Generic[OptionsT, DataT]):
+    """One channel kind, generic over its options model and its payload model.
+
+    Subclasses set the class attributes and implement ``format`` and ``publish``. ``render`` (what the engine
+    calls) resolves the story for this channel once (``Story.for_channel``) and hands it to ``format``; the engine
+    stores the payload and, before each send, loads it back through ``load_payload`` (validated again).
+    """
 
     kind: ClassVar[str]
     options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
+    payload_model: ClassVar[type[PayloadModel] | None] = None
     #: Re-sending cannot duplicate (file outputs, PUT-by-id APIs, receivers that honour Idempotency-Key).
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
@@ -112,33 +137,57 @@ class Adapter(abc.ABC):
     #: only when a lookup URL is configured) and implement ``lookup``.
     supports_lookup: bool = False
 
-    def __init__(self, name: str, options: AdapterOptions, *, timeout: float) -> None:
+    def __init__(self, name: str, options: OptionsT, **deps: Unpack[AdapterDeps]) -> None:
         self.name = name
-        self.options = options
-        self.timeout = timeout
-        #: The [media] table (limits, private-address policy, cache) for adapters that fetch story images;
-        #: ChannelSettings.create_adapter sets it from the config.
-        self.media_settings = MediaSettings()
-        self._media_fetcher: MediaFetcher | None = None
+        self.options: OptionsT = options
+        self.timeout: float = deps.get("timeout", 30.0)
+        self.clock: Callable[[], float] = deps.get("clock", time.time)
+        media = deps.get("media")
+        #: Limits and policy for story images; a shared fetcher brings its own.
+        self.media_settings = media.settings if media is not None else MediaSettings()
+        self._media_fetcher: MediaFetcher | None = media
+        self._owns_media = media is None
 
     def unsupported_reason(self, action: Action) -> str:
         """Why this channel cannot do ``action`` (recorded on the skipped delivery)."""
         return f"channel kind {self.kind!r} does not support {action.value}"
 
-    @abc.abstractmethod
-    def render(self, story: Story, action: Action) -> Payload:
-        """Pure and deterministic: the exact payload for ``story`` and ``action``. Raise RenderError if impossible."""
+    def render(self, story: Story, action: Action) -> Payload[DataT]:
+        """Pure and deterministic: the exact payload for ``story`` and ``action`` on this channel (the channel's
+        overrides resolved). Raise RenderError if impossible."""
+        return self.format(story.for_channel(self.name), action)
 
     @abc.abstractmethod
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt: ...
+    def format(self, story: ChannelStory, action: Action) -> Payload[DataT]:
+        """The formatter half: the payload for ``story`` as this channel sees it. Pure; RenderError if impossible."""
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    def load_payload(self, stored: Payload[Any]) -> Payload[DataT]:
+        """A payload read back from the store, validated against this channel's model (a payload written by an
+        older or foreign version of the channel fails here, naming the field, before anything is sent)."""
+        if self.payload_model is None or isinstance(stored.data, self.payload_model):
+            return cast(Payload[DataT], stored)
+        try:
+            data = self.payload_model.model_validate(stored.data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '$'}: {err['msg']}" for err in exc.errors()[:5]
+            )
+            raise Permanent(
+                f"the stored payload does not match the {self.kind!r} payload model ({problems}): it was written by"
+                " another version of this channel"
+            ) from None
+        return Payload(data=cast(DataT, data), text_length=stored.text_length, warnings=stored.warnings)
+
+    @abc.abstractmethod
+    async def publish(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt: ...
+
+    async def update(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt:
         raise Permanent(self.unsupported_reason(Action.UPDATE))
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt:
         raise Permanent(self.unsupported_reason(Action.RETRACT))
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt | None:
         """Did an earlier attempt land? A Receipt if yes, None if it certainly did not; raise if it cannot tell."""
         raise OutcomeUnknown(f"channel kind {self.kind!r} cannot look up earlier attempts")
 
@@ -178,8 +227,8 @@ class Adapter(abc.ABC):
             raise Permanent(f"{what} {url} cannot go to this channel ({requirement}): {exc}") from exc
 
     async def close_media(self) -> None:
-        """Release the media fetcher (adapters that fetch images call this from ``close``)."""
-        if self._media_fetcher is not None:
+        """Release the media fetcher if this adapter made its own (a shared one belongs to whoever passed it)."""
+        if self._media_fetcher is not None and self._owns_media:
             await self._media_fetcher.close()
             self._media_fetcher = None
 
@@ -189,7 +238,7 @@ class Adapter(abc.ABC):
     async def close(self) -> None:
         """Release what ``start`` opened."""
 
-    async def send(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def send(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt:
         """Dispatch to the method for ``ctx.action``."""
         if ctx.action is Action.PUBLISH:
             return await self.publish(payload, ctx)
@@ -201,10 +250,11 @@ class Adapter(abc.ABC):
 # --- registry --------------------------------------------------------------------------------------------------
 
 ENTRY_POINT_GROUP = "syndicate.adapters"
-_registry: dict[str, type[Adapter]] = {}
+AdapterT = TypeVar("AdapterT", bound="Adapter[Any, Any]")
+_registry: dict[str, type[Adapter[Any, Any]]] = {}
 
 
-class HttpAdapter(Adapter):
+class HttpAdapter(Adapter[OptionsT, DataT]):
     """An adapter that talks to its platform through one aiohttp session per channel, opened by ``start`` and
     closed, with the media fetcher, by ``close``."""
 
@@ -231,7 +281,7 @@ class HttpAdapter(Adapter):
         return self._session
 
 
-def register(adapter_cls: type[Adapter]) -> type[Adapter]:
+def register(adapter_cls: type[AdapterT]) -> type[AdapterT]:
     """Register an adapter class under its ``kind`` (usable as a decorator; tests register their own)."""
     existing = _registry.get(adapter_cls.kind)
     if existing is not None and existing is not adapter_cls:
@@ -249,13 +299,13 @@ def _load_entry_points() -> None:
             register(cls)
 
 
-def adapter_kinds() -> dict[str, type[Adapter]]:
+def adapter_kinds() -> dict[str, type[Adapter[Any, Any]]]:
     """Every known adapter kind: installed entry points plus anything registered at run time."""
     _load_entry_points()
     return dict(_registry)
 
 
-def get_adapter_class(kind: str) -> type[Adapter]:
+def get_adapter_class(kind: str) -> type[Adapter[Any, Any]]:
     kinds = adapter_kinds()
     try:
         return kinds[kind]

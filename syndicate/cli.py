@@ -1189,7 +1189,7 @@ def preview(
                 "skipped": None,
                 "text_length": payload.text_length,
                 "warnings": list(payload.warnings),
-                "payload": payload.data,
+                "payload": payload.to_json()["data"],
             }
         )
 

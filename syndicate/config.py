@@ -9,15 +9,15 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from syndicate.channel import Adapter, AdapterOptions, adapter_kinds
-from syndicate.media import MediaSettings
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, adapter_kinds
+from syndicate.media import MediaFetcher, MediaSettings
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -116,13 +116,23 @@ class ChannelSettings:
     timeout: float
     retry: tuple[float, ...]
     options: AdapterOptions
-    adapter_cls: type[Adapter]
+    adapter_cls: type[Adapter[Any, Any]]
     #: The [media] table, for adapters that fetch story images to upload them.
     media: MediaSettings = field(default_factory=MediaSettings)
 
-    def create_adapter(self) -> Adapter:
-        adapter = self.adapter_cls(self.name, self.options, timeout=self.timeout)
-        adapter.media_settings = self.media
+    def create_adapter(
+        self, *, clock: Callable[[], float] | None = None, media: MediaFetcher | None = None
+    ) -> Adapter[Any, Any]:
+        """The channel's adapter. The engine passes its clock and its shared media fetcher; without one the adapter
+        makes (and closes) its own fetcher from the [media] table when it first needs an image."""
+        deps: AdapterDeps = {"timeout": self.timeout}
+        if clock is not None:
+            deps["clock"] = clock
+        if media is not None:
+            deps["media"] = media
+        adapter = self.adapter_cls(self.name, self.options, **deps)
+        if media is None:
+            adapter.media_settings = self.media
         return adapter
 
 

@@ -12,7 +12,9 @@ import datetime as dt
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 
 class Action(enum.StrEnum):
@@ -21,28 +23,46 @@ class Action(enum.StrEnum):
     RETRACT = "retract"
 
 
+class PayloadModel(BaseModel):
+    """Base of each channel's payload type: frozen, unknown keys refused, so a stored payload that does not match
+    its channel's model is caught when it is loaded, not half-way through a send."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+DataT = TypeVar("DataT", bound="PayloadModel | dict[str, Any]", covariant=True)
+
+
 @dataclass(frozen=True)
-class Payload:
+class Payload(Generic[DataT]):
     """What a channel will send, rendered once at enqueue time and stored on the delivery.
 
-    ``data`` must be JSON-serialisable. ``text_length`` is the length in the channel's own counting (None when the
-    channel has no text limit); ``warnings`` say what rendering trimmed or dropped.
+    ``data`` is the channel's own payload model; read back from the store it is the plain JSON object until the
+    channel's adapter loads it (``Adapter.load_payload``), which validates it against the model again.
+    ``text_length`` is the length in the channel's own counting (None when the channel has no text limit);
+    ``warnings`` say what rendering trimmed or dropped.
     """
 
-    data: dict[str, Any]
+    data: DataT
     text_length: int | None = None
     warnings: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {"data": self.data, "text_length": self.text_length, "warnings": list(self.warnings)}
+        data = self.data.model_dump(mode="json") if isinstance(self.data, BaseModel) else self.data
+        return {"data": data, "text_length": self.text_length, "warnings": list(self.warnings)}
 
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Payload:
-        return cls(
+    @staticmethod
+    def from_json(raw: Mapping[str, Any]) -> Payload[dict[str, Any]]:
+        """The stored form: ``data`` stays a JSON object until its channel loads it."""
+        return Payload(
             data=dict(raw["data"]),
             text_length=raw.get("text_length"),
             warnings=tuple(raw.get("warnings", ())),
         )
+
+
+#: The payload of a channel that has not declared a payload model: the plain JSON object it renders.
+JsonPayload = Payload[dict[str, Any]]
 
 
 @dataclass(frozen=True)

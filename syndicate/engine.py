@@ -35,6 +35,7 @@ from syndicate.delivery import (
     RenderError,
     Retryable,
 )
+from syndicate.media import MediaFetcher
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     PENDING_STATES,
@@ -265,9 +266,13 @@ class Engine:
         self.clock: Clock = clock or SystemClock()
         self.worker_id = worker_id or default_worker_id()
         rng = rng or random.Random()
+        #: One fetcher for every channel's story images, so an image two channels upload is fetched once.
+        self.media = MediaFetcher(settings.media)
         self.channels: dict[str, ChannelRuntime] = {
             name: ChannelRuntime(
-                ch, ch.create_adapter(), RetryPolicy(ch.retry, jitter=settings.engine.retry_jitter, rng=rng)
+                ch,
+                ch.create_adapter(clock=self.clock.now, media=self.media),
+                RetryPolicy(ch.retry, jitter=settings.engine.retry_jitter, rng=rng),
             )
             for name, ch in settings.enabled_channels.items()
         }
@@ -296,6 +301,7 @@ class Engine:
         if self._started:
             for runtime in self.channels.values():
                 await runtime.adapter.close()
+            await self.media.close()
             self._started = False
 
     async def __aenter__(self) -> Engine:
@@ -673,7 +679,7 @@ class Engine:
     ) -> _Outcome:
         d = claim.delivery
         adapter = runtime.adapter
-        payload = d.payload
+        payload = adapter.load_payload(d.payload) if d.payload is not None else None
         converted: Action | None = None
         if d.reconcile and d.retry_count >= runtime.policy.max_attempts:
             raise _Park(

@@ -449,7 +449,6 @@ class MediaFetcher:
         self._session = session
         self._owns_session = session is None
         self._resolver: GuardedResolver | None = None
-        self._closed = False
         if address_allowed is not None:
             self._allowed: AddressPredicate = address_allowed
         elif settings.allow_private:
@@ -470,14 +469,14 @@ class MediaFetcher:
         await self.close()
 
     async def close(self) -> None:
-        """Close the session (only if this fetcher created it) and the resolver. Safe to call twice."""
-        if self._closed:
-            return
-        self._closed = True
+        """Close the session (only if this fetcher created it) and the resolver. Safe to call twice; a later fetch
+        opens new ones (the engine shares one fetcher across its channels and may be started again)."""
         if self._owns_session and self._session is not None:
             await self._session.close()
+            self._session = None
         if self._resolver is not None:
             await self._resolver.close()
+            self._resolver = None
 
     async def fetch(
         self, url: str, *, max_bytes: int | None = None, allowed_types: Sequence[str] | None = None
@@ -488,8 +487,6 @@ class MediaFetcher:
         jpg/png while a cover may be 10 MB): the effective limit is the smaller one and the effective types
         the intersection. A cached blob is held to the same limits and raises the same errors as a fetch.
         """
-        if self._closed:
-            raise RuntimeError("MediaFetcher is closed")
         limit = self.settings.max_bytes if max_bytes is None else min(max_bytes, self.settings.max_bytes)
         types = frozenset(t.lower() for t in self.settings.allowed_types)
         if allowed_types is not None:

@@ -376,6 +376,22 @@ class Story(_Model):
             raise ValueError("channel names must not be blank")
         return overrides
 
+    def for_channel(self, channel: str) -> ChannelStory:
+        """This story as ``channel`` renders it: the channel's override (headline, summary) applied where it gives
+        one, and its own post text. Resolved here once, so no adapter reads ``overrides`` itself."""
+        override = self.overrides.get(channel)
+        fields = dict(self.__dict__)
+        if override is not None:
+            # A blank override (only whitespace) falls back to the story's own text.
+            fields["headline"] = _given(override.headline) or self.headline
+            fields["summary"] = _given(override.summary) or self.summary
+        fields["overrides"] = {}
+        # Built without validation: every field was validated when this story was, and an override's text is
+        # plain text that renderers sanitise like the rest.
+        return ChannelStory.model_construct(
+            **fields, channel=channel, text=_given(override.text) if override else None, canonical=self
+        )
+
     @field_serializer("published_at", "updated_at", "embargo_until", when_used="json")
     def _timestamp_text(self, value: datetime | None) -> str | None:
         return None if value is None else rfc3339(value)
@@ -473,3 +489,17 @@ def refuse_lone_surrogates(value: Any, path: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             refuse_lone_surrogates(item, f"{path}[{index}]")
+
+
+def _given(text: str | None) -> str | None:
+    return text if text is not None and text.strip() else None
+
+
+class ChannelStory(Story):
+    """A story as one channel sees it (``Story.for_channel``): ``headline`` and ``summary`` are the channel's
+    override where it gives one, ``text`` its own post text (None: build it from headline and summary), and
+    ``canonical`` the story as the CMS sent it, for channels that pass the whole story on."""
+
+    channel: str
+    text: str | None = None
+    canonical: Story = Field(exclude=True)

@@ -8,17 +8,17 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import pytest
 
-from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext, register
 from syndicate.config import Settings, parse_config
-from syndicate.delivery import Action, DeliveryError, Payload, Receipt
+from syndicate.delivery import Action, DeliveryError, JsonPayload, Payload, Receipt
 from syndicate.sandbox import RunningSandbox, running_sandbox
 from syndicate.store import open_store
 from syndicate.store.base import Store
-from syndicate.story import Story
+from syndicate.story import ChannelStory, Story
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,8 +78,8 @@ class ScriptedAdapter(Adapter):
     landed: ClassVar[dict[str, Receipt]] = {}
     refreshes: ClassVar[list[str]] = []
 
-    def __init__(self, name: str, options: ScriptedOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: ScriptedOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.idempotent = options.idempotent  # type: ignore[misc]
         self.supports_lookup = options.lookup
 
@@ -90,7 +90,7 @@ class ScriptedAdapter(Adapter):
         cls.landed.clear()
         cls.refreshes.clear()
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         return Payload(data={"headline": story.headline, "action": action.value, "version": story.version})
 
     async def _call(self, payload: Payload, ctx: DeliveryContext) -> Receipt:

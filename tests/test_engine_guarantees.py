@@ -320,7 +320,7 @@ async def test_F9_superseded_attempt_does_not_free_the_slot_of_its_successor(tmp
         peak = 0
         release = asyncio.Event()
 
-        def render(self, story, action):
+        def format(self, story, action):
             return Payload({"id": story.id})
 
         async def publish(self, payload, ctx):

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestServer
 
 from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
 from syndicate.config import ServerSettings, Settings, StoreSettings
-from syndicate.delivery import Action, Payload, Permanent, Receipt
+from syndicate.delivery import Action, JsonPayload, Payload, Permanent, Receipt
 from syndicate.engine import Engine
 from syndicate.logs import (
     CONTEXT_FIELDS,
@@ -38,7 +38,7 @@ from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from syndicate.story import Story
+from syndicate.story import ChannelStory, Story
 from tests.conftest import make_settings, make_story
 
 SECRET = "s3cr3t-value-XYZ"
@@ -279,7 +279,7 @@ class SecretiveAdapter(Adapter):
     kind: ClassVar[str] = "secretive-test"
     options_model = SecretiveOptions
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         return Payload(data={})
 
     async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:

@@ -116,14 +116,14 @@ def test_render_is_deterministic_and_json_ready() -> None:
     a = adapter.render(make_story(), Action.PUBLISH)
     b = adapter.render(make_story(), Action.PUBLISH)
     assert a == b
-    assert wire_body(a.data) == wire_body(b.data)
-    assert a.data["event"] == "publish"
-    assert a.data["story"]["id"] == "story-1" and a.data["story"]["headline"] == make_story().headline
-    assert adapter.render(make_story(), Action.RETRACT).data["event"] == "retract"
+    assert wire_body(a.to_json()["data"]) == wire_body(b.to_json()["data"])
+    assert a.data.event == "publish"
+    assert a.data.story["id"] == "story-1" and a.data.story["headline"] == make_story().headline
+    assert adapter.render(make_story(), Action.RETRACT).data.event == "retract"
     assert adapter.render(make_story(headline="Another"), Action.PUBLISH) != a
     # The payload survives the store's JSON round trip unchanged, so every retry sends the same bytes.
-    stored = Payload.from_json(json.loads(json.dumps(a.to_json())))
-    assert wire_body(stored.data) == wire_body(a.data)
+    stored = adapter.load_payload(Payload.from_json(json.loads(json.dumps(a.to_json()))))
+    assert stored == a
 
 
 def test_adapter_capabilities() -> None:
@@ -153,7 +153,7 @@ async def test_2xx_gives_a_receipt_with_the_remote_id(sandbox: RunningSandbox, m
     assert rec.header("Idempotency-Key") == "story-1:1:x:publish"
     assert rec.header("Content-Type") == "application/json; charset=utf-8"
     assert rec.header("X-Newsroom") == "baoshan"
-    assert rec.body == payload.data
+    assert rec.body == payload.to_json()["data"]
     # The signature covers exactly the bytes sent, with the shared secret, and is fresh.
     t = verify(SECRET, wire_body(rec.body), rec.header(SIGNATURE_HEADER))
     assert abs(t - time.time()) < 5
@@ -202,7 +202,8 @@ async def test_raw_bytes_are_signed_and_deterministic(make_adapter: AdapterFacto
         receipt = await adapter.publish(payload, ctx_for())
         await adapter.publish(payload, ctx_for())
         # A payload re-read from the store (as a retry would) sends the same bytes too.
-        await adapter.publish(Payload.from_json(json.loads(json.dumps(payload.to_json()))), ctx_for())
+        stored = Payload.from_json(json.loads(json.dumps(payload.to_json())))
+        await adapter.publish(adapter.load_payload(stored), ctx_for())
 
     assert receipt == Receipt(
         remote_id="raw-1", url="https://mirror.example/p/1", raw={"id": "raw-1", "url": "https://mirror.example/p/1"}
@@ -211,7 +212,7 @@ async def test_raw_bytes_are_signed_and_deterministic(make_adapter: AdapterFacto
     bodies = {raw for raw, _ in seen}
     assert len(bodies) == 1
     raw = seen[0][0]
-    assert json.loads(raw) == payload.data
+    assert json.loads(raw) == payload.to_json()["data"]
     assert make_story().headline.encode() in raw  # UTF-8, not \\u escapes
     for body, headers in seen:
         verify(SECRET, body, headers[SIGNATURE_HEADER])

@@ -31,21 +31,21 @@ import hashlib
 import json
 import logging
 import re
-import time
 import zoneinfo
-from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Unpack
 from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
 from pydantic import BeforeValidator, Field, HttpUrl, field_validator
 
-from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthRevoked,
     DeliveryError,
+    JsonPayload,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -58,7 +58,7 @@ from syndicate.delivery import (
 from syndicate.httputil import retry_after_seconds
 from syndicate.sanitize import Block, html_blocks, plain_text
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
-from syndicate.story import Image, Story
+from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
     from syndicate.store.base import Store
@@ -253,7 +253,7 @@ def _collapse_id(story_id: str) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class AppAdapter(HttpAdapter):
+class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
     kind: ClassVar[str] = "app"
     options_model = AppOptions
     #: JPush's cid makes a re-sent push a no-op (see the module docstring).
@@ -261,10 +261,8 @@ class AppAdapter(HttpAdapter):
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: AppOptions
 
-    def __init__(self, name: str, options: AppOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
-        #: Where "now" comes from for quiet hours, cid age and rate-limit ends (tests inject a fake clock).
-        self.clock: Callable[[], float] = time.time
+    def __init__(self, name: str, options: AppOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         api = str(options.api_base).rstrip("/")
         self._push_url = f"{api}/v3/push"
         self._cid_url = f"{api}/v3/push/cid"
@@ -280,7 +278,7 @@ class AppAdapter(HttpAdapter):
             return f"{str(self.options.share_base_url).rstrip('/')}/{quote(story.id, safe='')}"
         return None
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         if action is Action.RETRACT:
             return Payload(
                 data={
@@ -290,11 +288,10 @@ class AppAdapter(HttpAdapter):
                     "push_note": "a retraction never pushes",
                 }
             )
-        override = story.overrides.get(self.name)
-        headline = plain_text((override.headline if override and override.headline else None) or story.headline)
+        headline = plain_text(story.headline)
         if not headline:
             raise RenderError("headline: empty once markup is removed; the app needs a headline")
-        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        summary = plain_text(story.summary or "")
         document = self._document(story, headline, summary or None)
         if action is Action.PUBLISH:
             note = "first publish: push"
@@ -310,7 +307,7 @@ class AppAdapter(HttpAdapter):
                     "push_note": f"update without urgency (urgency {shown}; only 1-{URGENT_AT_MOST} push again)",
                 }
             )
-        push_text = plain_text(override.text) if override and override.text else summary
+        push_text = plain_text(story.text) if story.text else summary
         push, text_length, warnings = self._push(story, action, headline, push_text or headline, document)
         return Payload(
             data={"action": action.value, "story": document, "push": push, "push_note": note},
@@ -392,13 +389,13 @@ class AppAdapter(HttpAdapter):
     def session_options(self) -> dict[str, Any]:
         return {**super().session_options(), "headers": {"Authorization": self._auth}}
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._deliver(payload, ctx)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._deliver(payload, ctx)
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         # Delivered is all it takes: the content API answers 410 Gone for the story from now on.
         return Receipt(remote_id=None, url=None, raw={"retracted": ctx.story_id, "push": None})
 
@@ -410,7 +407,7 @@ class AppAdapter(HttpAdapter):
         now = dt.datetime.fromtimestamp(self.clock(), tz=self.options.zone)
         return window.seconds_left(now)
 
-    async def _deliver(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def _deliver(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         push = payload.data.get("push")
         url = (payload.data.get("story") or {}).get("share_url")
         if push is None:

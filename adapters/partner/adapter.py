@@ -30,19 +30,19 @@ import hmac
 import json
 import math
 import secrets
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 from urllib.parse import quote
 
 import aiohttp
 from pydantic import Field, HttpUrl, ValidationInfo, field_validator
 
-from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthRevoked,
+    JsonPayload,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -54,7 +54,7 @@ from syndicate.delivery import (
 )
 from syndicate.httputil import http_failure
 from syndicate.sanitize import clean_html
-from syndicate.story import Story
+from syndicate.story import ChannelStory
 
 #: The fields a publish or update sends, in our names; ``mapping`` may rename any of them.
 PARTNER_FIELDS: tuple[str, ...] = (
@@ -194,32 +194,29 @@ class PartnerAnswer:
         return f": {prefix}{text}" if prefix or text else ""
 
 
-class PartnerAdapter(HttpAdapter):
+class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
     kind: ClassVar[str] = "partner"
     options_model = PartnerOptions
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: PartnerOptions
 
-    def __init__(self, name: str, options: PartnerOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: PartnerOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.supports_lookup = options.lookup_url is not None
-        #: Where X-Timestamp comes from (tests skew it to see the partner refuse).
-        self.clock: Callable[[], float] = time.time
         #: A fresh X-Nonce per request (tests pin it to see a replay refused).
         self.new_nonce: Callable[[], str] = lambda: secrets.token_hex(16)
 
     # ---- rendering
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         """The JSON body (publish, update); a retraction is a body-less DELETE, so it renders ``{}``."""
         if action is Action.RETRACT:
             return Payload(data={})
-        override = story.overrides.get(self.name)
-        title = _text(override.headline if override else None) or story.headline
+        title = story.headline
         if not title.strip():
             raise RenderError("headline is empty: a partner article needs a title")
-        summary = _text(override.summary if override else None) or story.summary
+        summary = story.summary
         content_html = clean_html(story.body_html)
         cover = story.cover
         fields: dict[str, Any] = {
@@ -247,7 +244,7 @@ class PartnerAdapter(HttpAdapter):
 
     # ---- actions
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         answer = await self._exchange("POST", self._collection_url, body=encode_body(payload.data), ctx=ctx)
         if 200 <= answer.status < 300:
             return self._accepted(answer, doing="publish")
@@ -266,7 +263,7 @@ class PartnerAdapter(HttpAdapter):
             )
         raise self._error(answer, doing="publish")
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         remote_id = _live_remote_id(ctx)
         answer = await self._exchange("PUT", self._article_url(remote_id), body=encode_body(payload.data), ctx=ctx)
         if 200 <= answer.status < 300:
@@ -279,7 +276,7 @@ class PartnerAdapter(HttpAdapter):
             )
         raise self._error(answer, doing="update")
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         remote_id = _live_remote_id(ctx)
         answer = await self._exchange("DELETE", self._article_url(remote_id), body=b"", ctx=ctx)
         if 200 <= answer.status < 300:
@@ -289,7 +286,7 @@ class PartnerAdapter(HttpAdapter):
             return Receipt(remote_id=remote_id, raw={**answer.body, "status": "already_gone"})
         raise self._error(answer, doing="retract")
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
         """Did a publish land? ``GET <lookup_url>?key=`` answers 200 with the article or 404.
 
         Updates and retractions answer None without asking: they address the article by id (PUT replaces it with
@@ -406,11 +403,6 @@ class PartnerAdapter(HttpAdapter):
             detail=answer.detail,
             platform_code=answer.code if answer.code not in (None, 0, "0") else answer.status,
         )
-
-
-def _text(value: str | None) -> str | None:
-    """An override's text, or None when it is blank (a blank override falls back to the story's own text)."""
-    return value if value is not None and value.strip() else None
 
 
 def _live_remote_id(ctx: DeliveryContext) -> str:

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, Unpack
 from urllib.parse import quote, urlsplit
 
 from aiohttp import web
@@ -45,12 +45,22 @@ from feedgen.feed import FeedGenerator
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
 
-from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
-from syndicate.delivery import Action, AuthRevoked, DeliveryError, Payload, Permanent, Receipt, RenderError, Retryable
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
+from syndicate.delivery import (
+    Action,
+    AuthRevoked,
+    DeliveryError,
+    JsonPayload,
+    Payload,
+    Permanent,
+    Receipt,
+    RenderError,
+    Retryable,
+)
 from syndicate.files import write_atomic
 from syndicate.ninjs import NINJS_URI_PREFIX
 from syndicate.sanitize import clean_html, plain_text
-from syndicate.story import Story
+from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
     from syndicate.store.base import Store
@@ -516,7 +526,7 @@ def is_not_modified(request: web.Request, snapshot: FeedSnapshot) -> bool:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class RssAdapter(Adapter):
+class RssAdapter(Adapter[RssOptions, dict[str, Any]]):
     """Keeps ``rss.xml`` and ``atom.xml`` under ``root`` in step with the stories delivered to the channel."""
 
     kind: ClassVar[str] = "rss"
@@ -525,24 +535,23 @@ class RssAdapter(Adapter):
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: RssOptions
 
-    def __init__(self, name: str, options: RssOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
-        self.folder = FeedFolder(options.root, FeedMeta.from_options(options), options.items, lock_timeout=timeout)
+    def __init__(self, name: str, options: RssOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
+        self.folder = FeedFolder(options.root, FeedMeta.from_options(options), options.items, lock_timeout=self.timeout)
         self._lock = asyncio.Lock()  # one writer per process; the flock covers other processes
         self._cache = FeedCache()
 
     # rendering ------------------------------------------------------------------------------------------------
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         guid = story_guid(story.id)
         if action is Action.RETRACT:
             return Payload(data={"retraction": Retraction(guid=guid, story_id=story.id).model_dump(mode="json")})
-        override = story.overrides.get(self.name)
-        title = plain_text((override.headline if override and override.headline else None) or story.headline)
+        title = plain_text(story.headline)
         if not title:
             raise RenderError("headline: no text is left once markup is removed; give the story a text headline")
         warnings: list[str] = []
-        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        summary = plain_text(story.summary or "")
         if not summary:
             summary = _excerpt(plain_text(story.body_html)) or title
             warnings.append("summary: the story has none; the feeds show the start of the body instead")
@@ -571,13 +580,13 @@ class RssAdapter(Adapter):
 
     # delivering -----------------------------------------------------------------------------------------------
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._upsert(payload)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._upsert(payload)
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         try:
             retraction = Retraction.model_validate(payload.data["retraction"])
         except (KeyError, ValidationError) as exc:
@@ -586,7 +595,7 @@ class RssAdapter(Adapter):
         removed = await self._transaction(lambda m: remove(m, retraction.story_id, now=now), now)
         return Receipt(remote_id=retraction.guid, url=None, raw={"removed": removed})
 
-    async def _upsert(self, payload: Payload) -> Receipt:
+    async def _upsert(self, payload: JsonPayload) -> Receipt:
         try:
             entry = FeedEntry.model_validate(payload.data["entry"])
         except (KeyError, ValidationError) as exc:

@@ -9,16 +9,16 @@ the key landed, and without one it parks the delivery for an operator instead of
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import aiohttp
 from pydantic import Field, HttpUrl
 
-from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
-from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Receipt, Retryable
+from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, PayloadModel, Receipt, Retryable
 from syndicate.httputil import http_failure
 from syndicate.signing import SIGNATURE_HEADER, sign
-from syndicate.story import Story
+from syndicate.story import ChannelStory
 
 
 class WebhookOptions(AdapterOptions):
@@ -31,31 +31,42 @@ class WebhookOptions(AdapterOptions):
     headers: dict[str, str] = Field(default_factory=dict)
 
 
-class WebhookAdapter(HttpAdapter):
+class WebhookPayload(PayloadModel):
+    """The JSON body the receiver gets: what happened and the story exactly as the CMS sent it (canonical JSON)."""
+
+    event: Action
+    # Kept as the JSON object, not re-validated as a Story on every send: it was validated at intake.
+    story: dict[str, Any]
+
+
+class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
     kind: ClassVar[str] = "webhook"
     options_model = WebhookOptions
+    payload_model = WebhookPayload
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: WebhookOptions
 
-    def __init__(self, name: str, options: WebhookOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: WebhookOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.supports_lookup = options.lookup_url is not None
 
-    def render(self, story: Story, action: Action) -> Payload:
-        return Payload(data={"event": action.value, "story": story.to_dict()})
+    def format(self, story: ChannelStory, action: Action) -> Payload[WebhookPayload]:
+        return Payload(data=WebhookPayload(event=action, story=story.canonical.to_dict()))
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
         return await self._post(payload, ctx)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
         return await self._post(payload, ctx)
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
         return await self._post(payload, ctx)
 
-    async def _post(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
-        body = json.dumps(payload.data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    async def _post(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
+        body = json.dumps(
+            payload.data.model_dump(mode="json"), ensure_ascii=False, sort_keys=True, separators=(",", ":")
+        ).encode()
         headers = {
             **self.options.headers,
             "Content-Type": "application/json; charset=utf-8",
@@ -115,7 +126,7 @@ class WebhookAdapter(HttpAdapter):
             raise Retryable(f"HTTP {resp.status} from {target}{_detail(_json_object(raw), raw)}")
         return f"reachable: {target} answered HTTP {resp.status}"
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt | None:
         assert self.options.lookup_url is not None
         try:
             async with self.session.get(

@@ -30,7 +30,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote, urlsplit
 
 import jinja2
@@ -38,11 +38,11 @@ from aiohttp import web
 from markupsafe import Markup
 from pydantic import field_validator
 
-from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
-from syndicate.delivery import Action, AuthRevoked, Payload, Permanent, Receipt, RenderError, Retryable
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
+from syndicate.delivery import Action, AuthRevoked, JsonPayload, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, html_blocks, plain_text
-from syndicate.story import Image, Story
+from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
     from syndicate.store.base import Store
@@ -444,27 +444,26 @@ class WebRoot:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class WebsiteAdapter(Adapter):
+class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
     kind: ClassVar[str] = "website"
     options_model = WebsiteOptions
     idempotent: ClassVar[bool] = True
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: WebsiteOptions
 
-    def __init__(self, name: str, options: WebsiteOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: WebsiteOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.templates = SiteTemplates(options.templates)
         self.site = WebRoot(options.root, options.base_url, self.templates, name)
         self._lock = asyncio.Lock()
 
     # rendering --------------------------------------------------------------------------------------------------
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         if action is Action.RETRACT:
             return self._render_withdrawal(story)
-        override = story.overrides.get(self.name)
-        headline = (override.headline if override else None) or story.headline
-        summary = (override.summary if override else None) or story.summary or ""
+        headline = story.headline
+        summary = story.summary or ""
         published = story.published_at or story.updated_at
         path = page_path(story)  # raises RenderError when there is no timestamp to place the page by
         assert published is not None
@@ -529,7 +528,7 @@ class WebsiteAdapter(Adapter):
         data = {"story_id": story.id, "entry": entry.to_json(), "html": html, "moved_html": moved_html}
         return Payload(data=data, warnings=tuple(warnings))
 
-    def _render_withdrawal(self, story: Story) -> Payload:
+    def _render_withdrawal(self, story: Story) -> JsonPayload:
         """The tombstone says only that the story is gone: no headline (a withdrawal may be for legal reasons)."""
         try:
             path: str | None = page_path(story)
@@ -562,13 +561,13 @@ class WebsiteAdapter(Adapter):
     def _receipt(self, path: str, **raw: Any) -> Receipt:
         return Receipt(remote_id=path, url=self.options.base_url + _url_path(path), raw={"path": path, **raw})
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._put(payload, ctx)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._put(payload, ctx)
 
-    async def _put(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def _put(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         entry = PageEntry.from_json(payload.data["entry"])
         earlier = {ctx.receipt.remote_id} if ctx.receipt is not None and ctx.receipt.remote_id else set()
         moved = await self._in_root(
@@ -576,7 +575,7 @@ class WebsiteAdapter(Adapter):
         )
         return self._receipt(entry.path, **({"moved_from": moved} if moved else {}))
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         live_path = ctx.receipt.remote_id if ctx.receipt is not None else None
         data = payload.data
         withdrawn = await self._in_root(

@@ -45,7 +45,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Unpack
 
 import aiohttp
 import nh3
@@ -57,12 +57,13 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.session import SessionStorage
 from wechatpy.utils import check_signature
 
-from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthExpired,
     AuthRevoked,
     DeliveryError,
+    JsonPayload,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -75,7 +76,7 @@ from syndicate.media import (
     MediaBlob,
 )
 from syndicate.sanitize import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, clean_html, plain_text
-from syndicate.story import Story
+from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
     from syndicate.store.base import Store
@@ -262,7 +263,7 @@ def rewrite_image_sources(content: str, urls: dict[str, str]) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class WeChatAdapter(HttpAdapter):
+class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
     kind: ClassVar[str] = "wechat"
     options_model = WeChatOptions
     #: A resent draft/add or submit would make a second article; the checkpoints and lookup prevent that.
@@ -270,13 +271,11 @@ class WeChatAdapter(HttpAdapter):
     supports_lookup: bool = True
     options: WeChatOptions
 
-    def __init__(self, name: str, options: WeChatOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: WeChatOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.actions = (  # type: ignore[misc]
             frozenset(Action) if options.update_policy == "republish" else frozenset({Action.PUBLISH, Action.RETRACT})
         )
-        #: Where "now" comes from (token expiry, callback freshness, rate-limit ends).
-        self.clock: Callable[[], float] = time.time
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
         self._refresh_lock = asyncio.Lock()
 
@@ -290,12 +289,11 @@ class WeChatAdapter(HttpAdapter):
 
     # ---- rendering
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         if action is Action.RETRACT:
             return Payload(data={"action": action.value, "story_id": story.id})
         warnings: list[str] = []
-        override = story.overrides.get(self.name)
-        headline = plain_text((override.headline if override and override.headline else None) or story.headline)
+        headline = plain_text(story.headline)
         if not headline:
             raise RenderError("headline: empty once markup is removed; a WeChat article needs a title")
         title = _trim(headline, TITLE_MAX)
@@ -305,7 +303,7 @@ class WeChatAdapter(HttpAdapter):
         author = _trim(author_full, AUTHOR_MAX)
         if author != author_full:
             warnings.append(f"author cut to {AUTHOR_MAX} characters")
-        summary = plain_text((override.summary if override and override.summary else None) or story.summary or "")
+        summary = plain_text(story.summary or "")
         digest = _trim(summary, DIGEST_MAX)
         if digest != summary:
             warnings.append(f"digest cut to {DIGEST_MAX} characters")
@@ -540,7 +538,7 @@ class WeChatAdapter(HttpAdapter):
 
         return build
 
-    async def _upload_cover(self, payload: Payload, ctx: DeliveryContext) -> str:
+    async def _upload_cover(self, payload: JsonPayload, ctx: DeliveryContext) -> str:
         blob = await self._fetch(
             payload.data["cover"], field="images (cover)", max_bytes=COVER_MAX_BYTES, types=COVER_TYPES
         )
@@ -563,23 +561,23 @@ class WeChatAdapter(HttpAdapter):
 
     # ---- publishing
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         return await self._publish(payload, ctx)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         """``update_policy = "republish"``: delete the live article and its draft, then publish this version."""
         if not ctx.state.get("old_deleted") and ctx.receipt is not None:
             await self._delete_article(ctx, ctx.receipt)
             await ctx.checkpoint({"old_deleted": True})
         return await self._publish(payload, ctx)
 
-    async def _publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def _publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         state = ctx.state
         if state.get("article_id"):
             return self._receipt(state)
         return await self._steps(payload, ctx)
 
-    async def _steps(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def _steps(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         state = ctx.state
         data = payload.data
         # 1. cover -> permanent material
@@ -790,7 +788,7 @@ class WeChatAdapter(HttpAdapter):
             },
         )
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
         """Did an interrupted attempt get further than its checkpoint says?
 
         A confirmed article is the receipt; a checkpointed ``publish_id`` answers None so the resumed send confirms
@@ -808,7 +806,7 @@ class WeChatAdapter(HttpAdapter):
 
     # ---- retract
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         assert ctx.receipt is not None  # the engine skips a retraction of what never landed
         deleted = await self._delete_article(ctx, ctx.receipt)
         return Receipt(remote_id=ctx.receipt.remote_id, url=None, raw={"deleted": deleted})

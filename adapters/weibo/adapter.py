@@ -27,21 +27,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import time
-from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
 from pydantic import Field, HttpUrl, field_validator
 
 from adapters.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
-from syndicate.channel import AdapterOptions, DeliveryContext, HttpAdapter
+from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthExpired,
     AuthRevoked,
     DeliveryError,
+    JsonPayload,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -51,8 +50,8 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.httputil import retry_after_seconds
-from syndicate.media import MediaBlob, MediaSettings
-from syndicate.story import Story
+from syndicate.media import MediaBlob
+from syndicate.story import ChannelStory
 
 WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"
@@ -96,7 +95,7 @@ def on_safe_domain(url: str, safe_domain: str) -> bool:
     return host == safe_domain or host.endswith("." + safe_domain)
 
 
-class WeiboAdapter(HttpAdapter):
+class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
     kind: ClassVar[str] = "weibo"
     options_model = WeiboOptions
     idempotent: ClassVar[bool] = False
@@ -104,12 +103,8 @@ class WeiboAdapter(HttpAdapter):
     supports_lookup = True
     options: WeiboOptions
 
-    def __init__(self, name: str, options: WeiboOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
-        #: Where "now" comes from for the end of a rate-limit pause (tests share the engine's fake clock).
-        self.clock: Callable[[], float] = time.time
-        #: The ``[media]`` settings images are fetched under (the engine passes ``settings.media``).
-        self.media_settings: MediaSettings = MediaSettings()
+    def __init__(self, name: str, options: WeiboOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         api = str(options.api_base).rstrip("/")
         self._share_url = f"{api}{SHARE_PATH}"
         self._timeline_url = f"{api}{TIMELINE_PATH}"
@@ -122,7 +117,7 @@ class WeiboAdapter(HttpAdapter):
 
     # ---- rendering
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         if not story.url:
             raise RenderError(
                 f"url: Weibo's statuses/share needs the story's link on the safe domain {self.options.safe_domain}"
@@ -134,7 +129,7 @@ class WeiboAdapter(HttpAdapter):
                 "under that domain)"
             )
         try:
-            post = fit_story(WEIBO_COUNTER, story, self.name)
+            post = fit_story(WEIBO_COUNTER, story)
         except FitError as exc:
             raise RenderError(f"headline: {exc}") from exc
         cover = story.cover
@@ -148,7 +143,7 @@ class WeiboAdapter(HttpAdapter):
 
     # ---- publishing
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         status = str(payload.data["status"])
         form: aiohttp.FormData | dict[str, str]
         pic_url = payload.data.get("pic")
@@ -185,7 +180,7 @@ class WeiboAdapter(HttpAdapter):
             requirement="one JPEG, GIF or PNG under 5 MB; change the story's cover (images[].role = cover)",
         )
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
         """Did the status land? Read the account's newest statuses and match the text."""
         params = {"access_token": self.options.access_token, "count": str(LOOKUP_COUNT)}
         try:

@@ -28,9 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
-import time
-from collections.abc import Callable
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Unpack
 
 import aiohttp
 import tweepy
@@ -40,11 +38,12 @@ from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
 from adapters.textfit import X_COUNTER, FitError, fit_story, same_post_text
-from syndicate.channel import Adapter, AdapterOptions, DeliveryContext
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
 from syndicate.delivery import (
     Action,
     AuthRevoked,
     DeliveryError,
+    JsonPayload,
     OutcomeUnknown,
     Payload,
     Permanent,
@@ -54,8 +53,8 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.httputil import MAX_RETRY_AFTER
-from syndicate.media import MediaBlob, MediaSettings
-from syndicate.story import Image, Story
+from syndicate.media import MediaBlob
+from syndicate.story import ChannelStory, Image, Story
 
 TWEEPY_BASE = "https://api.twitter.com"
 MEDIA_UPLOAD_PATH = "/2/media/upload"
@@ -105,22 +104,18 @@ def _images(story: Story) -> list[Image]:
     return ordered
 
 
-class XAdapter(Adapter):
+class XAdapter(Adapter[XOptions, dict[str, Any]]):
     kind: ClassVar[str] = "x"
     options_model = XOptions
     idempotent: ClassVar[bool] = False
     supports_lookup = True
     options: XOptions
 
-    def __init__(self, name: str, options: XOptions, *, timeout: float) -> None:  # type: ignore[override]
-        super().__init__(name, options, timeout=timeout)
+    def __init__(self, name: str, options: XOptions, **deps: Unpack[AdapterDeps]) -> None:
+        super().__init__(name, options, **deps)
         self.actions = frozenset(  # type: ignore[misc]
             {Action.PUBLISH, Action.RETRACT} | ({Action.UPDATE} if options.update_policy != "skip" else set())
         )
-        #: Where "now" comes from for rate-limit ends and media id age (tests share the engine's fake clock).
-        self.clock: Callable[[], float] = time.time
-        #: The ``[media]`` settings images are fetched under (the engine passes ``settings.media``).
-        self.media_settings: MediaSettings = MediaSettings()
         self._session: aiohttp.ClientSession | None = None
         self._client: AsyncClient | None = None
         self._user_id: str | None = None
@@ -136,11 +131,11 @@ class XAdapter(Adapter):
 
     # ---- rendering
 
-    def render(self, story: Story, action: Action) -> Payload:
+    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
         if action is Action.RETRACT:
             return Payload(data={})
         try:
-            post = fit_story(X_COUNTER, story, self.name)
+            post = fit_story(X_COUNTER, story)
         except FitError as exc:
             raise RenderError(f"headline: {exc}") from exc
         images = _images(story)
@@ -185,11 +180,11 @@ class XAdapter(Adapter):
 
     # ---- actions
 
-    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         media_ids = await self._upload_images([str(href) for href in payload.data.get("images", [])], ctx)
         return await self._create(str(payload.data["text"]), media_ids)
 
-    async def update(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         """delete_and_repost: delete the live post (checkpointed), then post the new version."""
         old = ctx.receipt.remote_id if ctx.receipt else None
         if old and ctx.state.get("deleted") != old:
@@ -197,13 +192,13 @@ class XAdapter(Adapter):
             await ctx.checkpoint({"deleted": old})
         return await self.publish(payload, ctx)
 
-    async def retract(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
         if ctx.receipt is None or not ctx.receipt.remote_id:
             raise Permanent(f"no X post id in the live receipt of story {ctx.story_id!r}: nothing to delete")
         gone = await self._delete(ctx.receipt.remote_id)
         return Receipt(remote_id=ctx.receipt.remote_id, raw={"deleted": True, "already_gone": gone})
 
-    async def lookup(self, payload: Payload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
         """Is the post among the account's recent posts? A retraction is looked up by deleting again (None)."""
         if ctx.action is Action.RETRACT or "text" not in payload.data:
             return None
