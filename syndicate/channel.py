@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypedDict, TypeVar, Un
 
 import aiohttp
 from pydantic import BaseModel, ConfigDict, ValidationError
+from yarl import URL
 
 from syndicate.delivery import (
     Action,
@@ -33,6 +34,7 @@ from syndicate.delivery import (
     Retryable,
     idempotency_key,
 )
+from syndicate.httputil import HttpAnswer, map_transport_errors
 from syndicate.media import MediaBlob, MediaError, MediaFetcher, MediaSettings, MediaUnavailable
 from syndicate.story import ChannelStory, Story
 
@@ -279,6 +281,16 @@ class HttpAdapter(Adapter[OptionsT, DataT]):
         if self._session is None:
             raise RuntimeError(f"channel {self.name!r} was not started")
         return self._session
+
+    async def request(self, method: str, url: str, *, doing: str, may_land: bool, **kwargs: Any) -> HttpAnswer:
+        """The transmitter: one request on the channel's session, read whole, transport failures mapped onto the
+        taxonomy in one place (``map_transport_errors``). Redirects are never followed: aiohttp would turn a POST
+        into a body-less GET and its 200 would look delivered; the answer is returned for the adapter to map."""
+        kwargs.setdefault("allow_redirects", False)
+        with map_transport_errors(doing, target=URL(url).host or url, may_land=may_land):
+            async with self.session.request(method, url, **kwargs) as resp:
+                body = await resp.read()
+        return HttpAnswer(status=resp.status, headers=resp.headers, body=body)
 
 
 def register(adapter_cls: type[AdapterT]) -> type[AdapterT]:

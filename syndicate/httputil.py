@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import email.utils
+import json
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
-from syndicate.delivery import AuthRevoked, Permanent, RateLimited, Retryable
+import aiohttp
+
+from syndicate.delivery import AuthRevoked, OutcomeUnknown, Permanent, RateLimited, Retryable
 
 #: How long a channel pauses on a 429 that does not say (no Retry-After, no reset header).
 DEFAULT_RATE_LIMIT_PAUSE = 60.0
@@ -77,3 +83,52 @@ def http_failure(
         # Every delivery would fail the same way: pause the channel rather than fail them all.
         return AuthRevoked(f"HTTP {status}: {auth}{detail}", platform_code=code)
     return Permanent(f"HTTP {status}: {refused}{detail}", platform_code=code)
+
+
+# --- the transmitter's one mapping of transport failures ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def map_transport_errors(doing: str, *, target: str, may_land: bool) -> Iterator[None]:
+    """Transport failures of one request onto the taxonomy, the same way for every HTTP channel (as httpx's
+    ``map_httpcore_exceptions``): no connection means nothing was sent (Retryable); a timeout, reset or protocol
+    error after connecting means the request may have been processed, so a request that creates or changes
+    something (``may_land``) is OutcomeUnknown (look it up before any resend) and a read is simply Retryable.
+
+    ``doing`` names the step for the message ("publish", "lookup", "upload cover"); ``target`` the host or URL.
+    """
+    try:
+        yield
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        raise Retryable(f"{doing}: could not connect to {target}: {exc}") from exc
+    except (TimeoutError, aiohttp.ClientError) as exc:
+        if may_land:
+            raise OutcomeUnknown(f"{doing}: no answer after sending ({type(exc).__name__}: {exc})") from exc
+        raise Retryable(f"{doing} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def json_object(raw: bytes | str) -> dict[str, Any]:
+    """A platform's answer as a JSON object: ``{}`` when it is not JSON (an HTML error page, an empty body),
+    ``{"value": v}`` when it is JSON but not an object, so callers read keys without checking types first."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {"value": value}
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """One answer, read whole: status, headers and body (``HttpAdapter.request``)."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    def json(self) -> dict[str, Any]:
+        """The body as a JSON object (see ``json_object``)."""
+        return json_object(self.body)

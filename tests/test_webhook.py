@@ -19,7 +19,7 @@ from adapters.webhook.adapter import WebhookAdapter, WebhookOptions
 from syndicate.channel import DeliveryContext
 from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Permanent, RateLimited, Receipt, Retryable
 from syndicate.engine import Engine
-from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, retry_after_seconds
+from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, HttpAnswer, retry_after_seconds
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, verify
 from syndicate.store import open_store
@@ -391,18 +391,10 @@ def test_fixdate_matches_email_utils() -> None:
     assert retry_after_seconds(header, now=when.timestamp() - 90) == 90.0
 
 
-class _Resp:
-    """Just enough of an aiohttp response for ``_receipt``."""
-
-    def __init__(self, status: int, headers: dict[str, str]) -> None:
-        self.status = status
-        self.headers = headers
-
-
 def test_503_with_retry_after_carries_it() -> None:
     adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
     with pytest.raises(Retryable) as info:
-        adapter._receipt(_Resp(503, {"Retry-After": "42"}), b'{"error": "busy"}')  # type: ignore[arg-type]
+        adapter._receipt(HttpAnswer(503, {"Retry-After": "42"}, b'{"error": "busy"}'))
     assert info.value.retry_after == 42.0 and info.value.reason.endswith(": busy")
 
 
@@ -410,7 +402,7 @@ def test_429_without_retry_after_pauses_for_the_default() -> None:
     adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
     before = time.time()
     with pytest.raises(RateLimited) as info:
-        adapter._receipt(_Resp(429, {}), b"slow down")  # type: ignore[arg-type]
+        adapter._receipt(HttpAnswer(429, {}, b"slow down"))
     assert (
         before + DEFAULT_RATE_LIMIT_PAUSE - 1
         <= info.value.until.timestamp()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 from typing import Any, ClassVar, Unpack
 
-import aiohttp
 from pydantic import Field, HttpUrl
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
-from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, PayloadModel, Receipt, Retryable
-from syndicate.httputil import http_failure
+from syndicate.delivery import Action, AuthRevoked, Payload, PayloadModel, Receipt, Retryable
+from syndicate.httputil import HttpAnswer, http_failure
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.story import ChannelStory
 
@@ -73,81 +72,56 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
             "Idempotency-Key": ctx.idempotency_key,
             SIGNATURE_HEADER: sign(self.options.secret, body),
         }
-        try:
-            # Never follow redirects: aiohttp would turn the POST into a body-less GET and a 200 would look delivered.
-            async with self.session.post(
-                str(self.options.url), data=body, headers=headers, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                return self._receipt(resp, raw)
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Retryable(f"could not connect to {self.options.url.host}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # The request was (at least partly) sent: the receiver may have processed it.
-            raise OutcomeUnknown(f"no answer after sending ({type(exc).__name__}: {exc})") from exc
+        answer = await self.request(
+            "POST", str(self.options.url), doing=ctx.action.value, may_land=True, data=body, headers=headers
+        )
+        return self._receipt(answer)
 
-    def _receipt(self, resp: aiohttp.ClientResponse, raw: bytes) -> Receipt:
-        status = resp.status
-        answer = _json_object(raw)
-        if 200 <= status < 300:
-            remote_id = answer.get("id")
+    def _receipt(self, answer: HttpAnswer) -> Receipt:
+        found = answer.json()
+        if answer.ok:
+            remote_id = found.get("id")
             return Receipt(
                 remote_id=None if remote_id is None else str(remote_id),
-                url=answer.get("url") if isinstance(answer.get("url"), str) else None,
-                raw=answer,
+                url=found.get("url") if isinstance(found.get("url"), str) else None,
+                raw=found,
             )
         raise http_failure(
-            status,
-            resp.headers,
+            answer.status,
+            answer.headers,
             source="the receiver",
             refused="the receiver refused the story",
             auth="the receiver rejected our credentials (check secret/headers)",
             redirect_fix="the channel's url",
-            detail=_detail(answer, raw),
+            detail=_detail(found, answer.body),
         )
 
     async def check(self) -> str:
         """Reach the receiver without publishing: the lookup endpoint for a key that cannot exist, else HEAD."""
         target = self.options.lookup_url or self.options.url
-        try:
-            if self.options.lookup_url is not None:
-                request = self.session.get(str(target), params={"key": "syndicate-check:0:check:publish"})
-            else:
-                request = self.session.head(str(target))
-            async with request as resp:
-                raw = await resp.read()
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"cannot reach {target}: {type(exc).__name__}: {exc}") from exc
-        if resp.status in (401, 403):
+        if self.options.lookup_url is not None:
+            params = {"key": "syndicate-check:0:check:publish"}
+            answer = await self.request("GET", str(target), doing="check", may_land=False, params=params)
+        else:
+            answer = await self.request("HEAD", str(target), doing="check", may_land=False)
+        if answer.status in (401, 403):
             raise AuthRevoked(
-                f"HTTP {resp.status} from {target}: credentials rejected{_detail(_json_object(raw), raw)}"
+                f"HTTP {answer.status} from {target}: credentials rejected{_detail(answer.json(), answer.body)}"
             )
-        if resp.status >= 500:
-            raise Retryable(f"HTTP {resp.status} from {target}{_detail(_json_object(raw), raw)}")
-        return f"reachable: {target} answered HTTP {resp.status}"
+        if answer.status >= 500:
+            raise Retryable(f"HTTP {answer.status} from {target}{_detail(answer.json(), answer.body)}")
+        return f"reachable: {target} answered HTTP {answer.status}"
 
     async def lookup(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt | None:
         assert self.options.lookup_url is not None
-        try:
-            async with self.session.get(
-                str(self.options.lookup_url), params={"key": ctx.idempotency_key}, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                if resp.status == 404:
-                    return None
-                if 200 <= resp.status < 300 or resp.status in (401, 403, 429):
-                    return self._receipt(resp, raw)
-                raise Retryable(f"lookup answered HTTP {resp.status}{_detail(_json_object(raw), raw)}")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"lookup failed: {type(exc).__name__}: {exc}") from exc
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
+        answer = await self.request(
+            "GET", str(self.options.lookup_url), doing="lookup", may_land=False, params={"key": ctx.idempotency_key}
+        )
+        if answer.status == 404:
+            return None
+        if answer.ok or answer.status in (401, 403, 429):
+            return self._receipt(answer)
+        raise Retryable(f"lookup answered HTTP {answer.status}{_detail(answer.json(), answer.body)}")
 
 
 def _detail(answer: dict[str, Any], raw: bytes) -> str:
