@@ -20,9 +20,9 @@ import pytest
 
 from syndicate.sandbox import RunningSandbox
 from syndicate.server import serve
-from tests.test_server import API_TOKEN, Server, server_settings
+from tests.e2e.test_server import API_TOKEN, Server, server_settings
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO / "build" / "screenshots"
 EXAMPLES = REPO / "examples"
 CHROMIUM_ARGS = [

@@ -25,7 +25,7 @@ from syndicate.sandbox import RunningSandbox
 from syndicate.story import Story
 
 SYNDICATE = Path(sys.executable).parent / "syndicate"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.json"))
 CHANNELS = ("alpha", "beta")
 NOWHERE = "http://127.0.0.1:9"  # for tests that never deliver

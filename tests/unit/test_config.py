@@ -17,7 +17,7 @@ from syndicate.config import (
     resolve_config_path,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 WEBHOOK = """
 [channels.x]

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, sign
-from tests.serve_process import API_TOKEN, ServeProcess, running_serve
-from tests.test_cli import write_config
+from tests.e2e.test_cli import write_config
+from tests.support.serve_process import API_TOKEN, ServeProcess, running_serve
 
 HOOK_SECRET = "hook-secret-never-logged-42"
 WEBHOOK_SECRET = "test-secret"  # what write_config gives every webhook channel

@@ -44,8 +44,8 @@ from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
+from tests.adapters.test_webhook import ctx_for
 from tests.conftest import REPO, make_settings, make_story
-from tests.test_webhook import ctx_for
 
 register(RssAdapter)
 

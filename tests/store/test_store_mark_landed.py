@@ -11,7 +11,7 @@ from syndicate.store.base import (
     Store,
 )
 from tests.conftest import make_story
-from tests.test_store_contract import LIMITS, NOW, done, plan_for
+from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
 
 
 async def _settle(store: Store, state: State, *, outcome: str | None = None, at: float = NOW + 1) -> int:

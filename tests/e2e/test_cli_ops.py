@@ -16,8 +16,7 @@ from syndicate.delivery import idempotency_key
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import State
 from syndicate.story import Story
-from tests.serve_process import API_TOKEN, running_serve
-from tests.test_cli import (
+from tests.e2e.test_cli import (
     CHANNELS,
     EXAMPLES,
     Cli,
@@ -29,6 +28,7 @@ from tests.test_cli import (
     run_cli,
     write_config,
 )
+from tests.support.serve_process import API_TOKEN, running_serve
 
 HOOK_SECRET = "hook-secret-for-tests-0123456789"
 SERVER_TABLE = f'\n[server]\nhook_secret = "{HOOK_SECRET}"\n'

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.test_cli import SYNDICATE, _env
+from tests.e2e.test_cli import SYNDICATE, _env
 
 API_TOKEN = "tests-api-token-0123456789"
 
