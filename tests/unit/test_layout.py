@@ -10,7 +10,7 @@ from pathlib import Path
 from syndicate.channel import adapter_kinds
 from syndicate.sandbox import standins
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _module_name(path: Path) -> str:
