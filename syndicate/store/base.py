@@ -1,4 +1,4 @@
-"""The durable outbox contract every store backend implements (SQLite now, PostgreSQL later).
+"""The durable outbox contract every store backend implements (SQLite and PostgreSQL).
 
 The contract speaks in records and unix timestamps (float seconds, UTC); the caller passes ``now`` so tests can run
 on a fake clock. Backends own transactions; the core owns decisions: fan-out planning is a callable the engine
@@ -323,44 +323,6 @@ def split_by_lease(
         else:
             lost.add(position)
     return applied, lost
-
-
-def delivery_outcome_params(c: Completion) -> tuple[Any, ...]:
-    """A completion as the parameters of both stores' delivery UPDATE: state, due_at, receipt, retry step,
-    reconcile, note, last error (message, class, platform code), updated_at, action, payload; then id and owner."""
-    return (
-        c.state.value,
-        c.due_at,
-        dumps_json(c.receipt.to_json()) if c.receipt else None,
-        1 if c.count_retry else 0,
-        c.reconcile,
-        c.note,
-        c.message if c.error_class else None,
-        c.error_class,
-        c.platform_code,
-        c.finished_at,
-        c.action.value if c.action else None,
-        dumps_json(c.payload.to_json()) if c.payload else None,
-        c.delivery_id,
-        c.worker,
-    )
-
-
-def attempt_outcome_params(completions: Sequence[Completion], lost: set[int]) -> list[tuple[Any, ...]]:
-    """Each completion as the parameters of both stores' attempt UPDATE (finished_at, outcome, error class,
-    message, platform code, duration, attempt id); ``lost`` holds the batch positions that lost their lease."""
-    return [
-        (
-            c.finished_at,
-            f"{c.outcome} (lease lost)" if position in lost else c.outcome,
-            c.error_class,
-            c.message,
-            c.platform_code,
-            c.duration_ms,
-            c.attempt_id,
-        )
-        for position, c in enumerate(completions)
-    ]
 
 
 def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
