@@ -1,5 +1,5 @@
 """The SQL behind the stores: the named-query loader, the numbered migrations (an existing database keeps working
-and upgrades in order). Database tests run per backend through `store_url`."""
+and upgrades in order) and the read-only channel view. Database tests run per backend through `store_url`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,10 @@ from syndicate.store import sqlite as sqlite_store
 from syndicate.store.base import (
     OPEN_STATES,
     PENDING_STATES,
+    ChannelDeliveries,
     DeliveryFilter,
+    DeliveryRecord,
+    ReadModel,
     State,
     Store,
     dumps_json,
@@ -299,3 +302,57 @@ async def test_migrations_apply_in_order_from_any_earlier_version(store_url: str
     assert any(row[:3] == ("table", "next_feature", "next_feature") for row in schema) or any(
         row[:2] == ("column", "next_feature") for row in schema
     )
+
+
+# --- the channel view ------------------------------------------------------------------------------------------
+
+
+async def _deliver_everything(store: Store) -> None:
+    for claim in await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS):
+        await store.complete([done(claim, receipt=Receipt(f"{claim.delivery.channel}-{claim.delivery.story_id}"))])
+
+
+async def test_the_channel_view_never_shows_another_channels_deliveries(store: Store) -> None:
+    for sid in ("s1", "s2"):
+        await store.fan_out(make_story(id=sid), plan_for("a", "b"), now=NOW)
+    await _deliver_everything(store)
+    await store.fan_out(make_story(id="s3"), plan_for("b"), now=NOW)  # only on b, queued
+    every = await store.list_deliveries(DeliveryFilter())
+    b_ids = [d.id for d in every if d.channel == "b"]
+
+    view = store.channel_view("a")
+    assert isinstance(view, ChannelDeliveries) and view.channel == "a"
+
+    def channels(rows: list[DeliveryRecord]) -> set[str]:
+        return {d.channel for d in rows}
+
+    assert channels(await view.latest_delivered()) == {"a"}
+    assert [d.story_id for d in await view.latest_delivered()] == ["s2", "s1"]
+    assert [d.story_id for d in await view.latest_delivered(story_id="s1", limit=1)] == ["s1"]
+    assert await view.latest_delivered(story_id="s3") == []  # s3 exists, on b only
+    assert channels(await view.list_deliveries(DeliveryFilter())) == {"a"}
+    assert len(await view.list_deliveries(DeliveryFilter())) == 2
+    assert await view.list_deliveries(DeliveryFilter(channels=["b"])) == []
+    assert channels(await view.list_deliveries(DeliveryFilter(channels=["a", "b"]))) == {"a"}
+    assert await view.list_deliveries(DeliveryFilter(ids=b_ids)) == []
+    assert await view.list_deliveries(DeliveryFilter(story_id="s3")) == []
+    assert channels(await view.list_deliveries(DeliveryFilter(states=[State.DELIVERED], story_id="s1"))) == {"a"}
+    assert await store.channel_view("c").list_deliveries(DeliveryFilter()) == []
+
+
+def test_the_channel_view_is_read_only_and_covers_what_serving_channels_call() -> None:
+    public = {name for name in dir(ChannelDeliveries) if not name.startswith("_")}
+    assert public == {"channel", "latest_delivered", "list_deliveries"}
+    # it holds the read model only: nothing of the outbox or the channel controls is reachable through its type
+    assert set(ChannelDeliveries.__init__.__annotations__) == {"read", "channel", "return"}
+    assert ChannelDeliveries.__init__.__annotations__["read"] in ("ReadModel", ReadModel)
+
+
+def test_the_roles_compose_into_the_store() -> None:
+    from syndicate.store.base import ChannelControl, Outbox
+
+    assert issubclass(Store, Outbox) and issubclass(Store, ChannelControl) and issubclass(Store, ReadModel)
+    roles = [Outbox, ChannelControl, ReadModel]
+    methods = [set(role.__abstractmethods__) for role in roles]
+    assert not (methods[0] & methods[1] or methods[0] & methods[2] or methods[1] & methods[2])  # each in one role
+    assert set(Store.__abstractmethods__) == set().union(*methods) | {"migrate", "schema_version", "close"}
