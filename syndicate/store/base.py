@@ -1,4 +1,6 @@
-"""The durable outbox contract every store backend implements (SQLite now, PostgreSQL later).
+"""The durable outbox contract every store backend implements (SQLite and PostgreSQL), split by role: Outbox (the
+queue), ChannelControl (pauses and the shared key/value), ReadModel (what status, dashboard and CLI read); Store is
+their composition. ChannelDeliveries is the narrow read-only view a content-serving channel gets of its own rows.
 
 The contract speaks in records and unix timestamps (float seconds, UTC); the caller passes ``now`` so tests can run
 on a fake clock. Backends own transactions; the core owns decisions: fan-out planning is a callable the engine
@@ -11,7 +13,7 @@ import abc
 import enum
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syndicate.delivery import Action, Payload, Receipt
@@ -325,44 +327,6 @@ def split_by_lease(
     return applied, lost
 
 
-def delivery_outcome_params(c: Completion) -> tuple[Any, ...]:
-    """A completion as the parameters of both stores' delivery UPDATE: state, due_at, receipt, retry step,
-    reconcile, note, last error (message, class, platform code), updated_at, action, payload; then id and owner."""
-    return (
-        c.state.value,
-        c.due_at,
-        dumps_json(c.receipt.to_json()) if c.receipt else None,
-        1 if c.count_retry else 0,
-        c.reconcile,
-        c.note,
-        c.message if c.error_class else None,
-        c.error_class,
-        c.platform_code,
-        c.finished_at,
-        c.action.value if c.action else None,
-        dumps_json(c.payload.to_json()) if c.payload else None,
-        c.delivery_id,
-        c.worker,
-    )
-
-
-def attempt_outcome_params(completions: Sequence[Completion], lost: set[int]) -> list[tuple[Any, ...]]:
-    """Each completion as the parameters of both stores' attempt UPDATE (finished_at, outcome, error class,
-    message, platform code, duration, attempt id); ``lost`` holds the batch positions that lost their lease."""
-    return [
-        (
-            c.finished_at,
-            f"{c.outcome} (lease lost)" if position in lost else c.outcome,
-            c.error_class,
-            c.message,
-            c.platform_code,
-            c.duration_ms,
-            c.attempt_id,
-        )
-        for position, c in enumerate(completions)
-    ]
-
-
 def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
     return AttemptRecord(
         id=row["id"],
@@ -386,27 +350,18 @@ def live_receipt_from(row: Mapping[str, Any] | None) -> Receipt | None:
     return Receipt.from_json(json.loads(row["receipt"]))
 
 
-class Store(abc.ABC):
-    """The outbox. Every method is one transaction; batch methods take many rows in one."""
+# --- the contract, split by role ---------------------------------------------------------------------------------
+# Every method is one transaction; batch methods take many rows in one. Callers that need one role can be typed
+# against it; Store is the composition every backend implements.
 
-    #: The schema version this code expects; ``migrate`` brings the database there.
-    SCHEMA_VERSION: int
 
-    @abc.abstractmethod
-    async def migrate(self) -> int:
-        """Apply pending migrations; return the schema version now in place."""
-
-    @abc.abstractmethod
-    async def schema_version(self) -> int: ...
-
-    @abc.abstractmethod
-    async def close(self) -> None: ...
+class Outbox(abc.ABC):
+    """The durable queue: stories fanned out into deliveries, leased, finished, reclaimed and replayed."""
 
     async def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process enqueues or frees work. Backends without a push channel keep
         this no-op and workers fall back to the poll interval."""
 
-    # stories and fan-out
     @abc.abstractmethod
     async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
         """Record ``story`` and the deliveries ``planner`` returns, atomically.
@@ -415,11 +370,6 @@ class Store(abc.ABC):
         version raises StaleVersion; the same version with other content raises VersionConflict.
         """
 
-    @abc.abstractmethod
-    async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
-        """A stored version (the newest when ``version`` is None); NotFound when absent."""
-
-    # claiming and finishing
     @abc.abstractmethod
     async def claim(
         self,
@@ -466,7 +416,22 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int: ...
 
-    # channel state and shared key/value
+    @abc.abstractmethod
+    async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:
+        """Operator replay: back to queued with the retry budget reset and history kept. Returns the ids re-queued
+        (only replayable states; delivered too when ``force``). An ``unknown`` one first checks whether it landed
+        (where the channel can look it up) unless ``force`` says to resend regardless."""
+
+    @abc.abstractmethod
+    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
+        """An operator confirms an ``unknown`` delivery did reach the platform: delivered with the operator's
+        receipt, and an attempt row (worker OPERATOR_WORKER, outcome LANDED_BY_OPERATOR, message ``note``) saying
+        so. False, changing nothing, when the delivery is not ``unknown`` (or does not exist)."""
+
+
+class ChannelControl(abc.ABC):
+    """What every worker of a channel shares: its pause, and a key/value for tokens, locks and once-only marks."""
+
     @abc.abstractmethod
     async def pause_channel(self, channel: str, *, until: float, reason: str, now: float) -> None:
         """Pause until ``until``; an existing longer pause is kept (two workers hitting a limit agree)."""
@@ -491,7 +456,14 @@ class Store(abc.ABC):
         The building block for once-only markers (a hook signature seen) and cross-process locks (token refresh).
         """
 
-    # reading and repair
+
+class ReadModel(abc.ABC):
+    """Reads for the status API, the dashboard, the CLI and the channels that serve their own content."""
+
+    @abc.abstractmethod
+    async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
+        """A stored version (the newest when ``version`` is None); NotFound when absent."""
+
     @abc.abstractmethod
     async def get_delivery(self, delivery_id: int) -> DeliveryRecord: ...
 
@@ -517,18 +489,6 @@ class Store(abc.ABC):
     async def counts(self) -> StoreCounts: ...
 
     @abc.abstractmethod
-    async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:
-        """Operator replay: back to queued with the retry budget reset and history kept. Returns the ids re-queued
-        (only replayable states; delivered too when ``force``). An ``unknown`` one first checks whether it landed
-        (where the channel can look it up) unless ``force`` says to resend regardless."""
-
-    @abc.abstractmethod
-    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
-        """An operator confirms an ``unknown`` delivery did reach the platform: delivered with the operator's
-        receipt, and an attempt row (worker OPERATOR_WORKER, outcome LANDED_BY_OPERATOR, message ``note``) saying
-        so. False, changing nothing, when the delivery is not ``unknown`` (or does not exist)."""
-
-    @abc.abstractmethod
     async def recent_story_ids(self, limit: int) -> list[str]:
         """The ids of the stories most recently received (any version), newest first: the dashboard's rows."""
 
@@ -536,3 +496,54 @@ class Store(abc.ABC):
     async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
         """Attempts finished at or after ``since``, per channel and slice of ``bucket_seconds``, operator rows
         and skipped ones left out; ordered by channel and start. Channel health: success rate and latency."""
+
+
+class Store(Outbox, ChannelControl, ReadModel):
+    """The outbox with its channel state and read model: what backends implement and the engine, server,
+    dashboard and CLI use."""
+
+    #: The schema version this code expects; ``migrate`` brings the database there.
+    SCHEMA_VERSION: int
+
+    @abc.abstractmethod
+    async def migrate(self) -> int:
+        """Apply pending migrations; return the schema version now in place."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    def channel_view(self, channel: str) -> ChannelDeliveries:
+        """The read-only view a channel serving its own content gets: its own deliveries, nothing else."""
+        return ChannelDeliveries(self, channel)
+
+
+class ChannelDeliveries:
+    """One channel's deliveries, read-only: what a channel that serves content (the app API, feeds, the website)
+    may see of the store. It holds only the read model, so it cannot write, and every read is pinned to the
+    channel, so a channel never sees another channel's payloads or receipts."""
+
+    __slots__ = ("_channel", "_read")
+
+    def __init__(self, read: ReadModel, channel: str) -> None:
+        self._read = read
+        self._channel = channel
+
+    @property
+    def channel(self) -> str:
+        return self._channel
+
+    async def latest_delivered(
+        self, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        """Per story, this channel's newest delivered delivery, newest first (ReadModel.latest_delivered)."""
+        return await self._read.latest_delivered(self._channel, story_id=story_id, before_id=before_id, limit=limit)
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        """This channel's deliveries matching ``flt`` in id order; ``flt.channels`` can only narrow, never widen:
+        naming other channels only, it matches nothing."""
+        if flt.channels is not None and self._channel not in flt.channels:
+            return []
+        return await self._read.list_deliveries(replace(flt, channels=[self._channel]))

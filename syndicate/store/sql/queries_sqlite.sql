@@ -1,0 +1,267 @@
+-- The SQLite store's statements, by name (syndicate/store/queries.py parses this file once at import).
+-- Parameters are :name. A list parameter arrives as one JSON array and is read with json_each: one statement
+-- text whatever the list's length (sqlite3 caches it prepared) and no bound-parameter limit to chunk around.
+-- {PENDING_STATES} and {OPEN_STATES} are literal state lists filled in at load; {where} is a per-call slot.
+
+-- migrations ----------------------------------------------------------------------------------------------------
+
+-- name: create_migrations_table
+CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL);
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: record_migration
+INSERT INTO schema_migrations (version, applied_at) VALUES (:version, strftime('%s','now'));
+
+-- name: schema_version
+SELECT max(version) FROM schema_migrations;
+
+-- stories and fan-out -------------------------------------------------------------------------------------------
+
+-- name: newest_story_version
+SELECT version, content_hash FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
+
+-- name: story_version_hash
+SELECT content_hash FROM stories WHERE story_id = :story_id AND version = :version;
+
+-- name: deliveries_of_version
+SELECT * FROM deliveries WHERE story_id = :story_id AND version = :version ORDER BY id;
+
+-- name: insert_story
+INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)
+VALUES (:story_id, :version, :content_hash, :pubstatus, :body, :now);
+
+-- The planner reads these; the write lock BEGIN IMMEDIATE took keeps them as read until commit.
+-- name: deliveries_of_story
+SELECT * FROM deliveries WHERE story_id = :story_id ORDER BY id;
+
+-- Only a delivery that has not started (and is not waiting to reconcile an earlier attempt) changes.
+-- name: transition_delivery
+UPDATE deliveries SET state = :state, note = :note, due_at = NULL, updated_at = :now
+WHERE id = :id AND state IN {PENDING_STATES} AND reconcile = 0;
+
+-- name: insert_delivery
+INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, note, created_at, updated_at)
+VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
+RETURNING *;
+
+-- name: newest_story
+SELECT * FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
+
+-- name: story_version
+SELECT * FROM stories WHERE story_id = :story_id AND version = :version;
+
+-- claiming ------------------------------------------------------------------------------------------------------
+
+-- Read before any write lock is taken: an idle poll costs one index probe per channel.
+-- name: channels_with_due_work
+SELECT c.value AS channel FROM json_each(:channels) c
+WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.value AND d.state IN {PENDING_STATES}
+              AND d.due_at <= :now);
+
+-- name: paused_channels
+SELECT channel FROM channel_state WHERE paused_until > :now;
+
+-- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request).
+-- name: count_busy
+SELECT channel, count(*) AS n FROM deliveries
+WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
+  AND NOT (lease_owner = :worker AND id IN (SELECT value FROM json_each(:finished)))
+GROUP BY channel;
+
+-- Set-based: one UPDATE ... RETURNING per channel whatever the batch size, so the write lock other workers wait
+-- for is held for less time (a statement per row before).
+-- name: claim_deliveries
+UPDATE deliveries SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
+       attempts = attempts + 1, updated_at = :now
+WHERE id IN (
+    SELECT d.id FROM deliveries d
+    WHERE d.channel = :channel AND d.state IN {PENDING_STATES} AND d.due_at <= :now
+      AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
+                      AND p.id < d.id AND p.state IN {OPEN_STATES})
+    ORDER BY d.due_at, d.id LIMIT :free)
+RETURNING *;
+
+-- name: insert_attempts
+INSERT INTO attempts (delivery_id, number, worker, started_at)
+SELECT id, attempts, :worker, :now FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids))
+RETURNING delivery_id, id;
+
+-- name: live_receipt
+SELECT action, receipt FROM deliveries
+WHERE story_id = :story_id AND channel = :channel AND id < :id AND state = 'delivered'
+ORDER BY id DESC LIMIT 1;
+
+-- leases and outcomes -------------------------------------------------------------------------------------------
+
+-- name: extend_leases
+UPDATE deliveries SET lease_expires = :lease_until
+WHERE state = 'in_flight' AND lease_owner = :worker AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id;
+
+-- name: save_checkpoint
+UPDATE deliveries SET checkpoint = :checkpoint WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+
+-- Read once for the batch; the write lock is held, so nothing changes between this read and the writes.
+-- name: lease_holders
+SELECT id, lease_owner, attempts FROM deliveries
+WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
+
+-- name: record_outcome
+UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
+       retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
+       note = :note, last_error = :last_error, last_error_class = :error_class,
+       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action),
+       payload = coalesce(:payload, payload)
+WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+
+-- name: finish_attempt
+UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
+       platform_code = :platform_code, duration_ms = :duration_ms
+WHERE id = :id AND finished_at IS NULL;
+
+-- name: expired_leases
+SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_expires < :now;
+
+-- name: expire_attempts
+UPDATE attempts SET finished_at = :now, outcome = 'lease_expired',
+       message = 'the worker stopped answering; the attempt may have reached the platform'
+WHERE finished_at IS NULL AND delivery_id IN (SELECT value FROM json_each(:ids));
+
+-- name: requeue_expired
+UPDATE deliveries SET state = 'queued', reconcile = 1, due_at = :now, lease_owner = NULL,
+       retry_count = retry_count + 1, lease_expires = NULL, updated_at = :now,
+       note = 'lease expired; checking whether it landed'
+WHERE id IN (SELECT value FROM json_each(:ids));
+
+-- Per channel: its earliest pending due time, and its pause if one is in force.
+-- name: next_due
+SELECT c.value AS channel,
+       (SELECT min(d.due_at) FROM deliveries d WHERE d.channel = c.value AND d.state IN {PENDING_STATES}) AS due,
+       (SELECT s.paused_until FROM channel_state s WHERE s.channel = c.value AND s.paused_until > :now) AS paused
+FROM json_each(:channels) c;
+
+-- name: count_claimable
+SELECT count(*) FROM deliveries d
+WHERE d.channel IN (SELECT value FROM json_each(:channels)) AND d.state IN {PENDING_STATES} AND d.due_at <= :now
+  AND d.channel NOT IN (SELECT channel FROM channel_state WHERE paused_until > :now)
+  AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
+                  AND p.id < d.id AND p.state IN {OPEN_STATES});
+
+-- name: count_in_flight_all
+SELECT count(*) FROM deliveries WHERE state = 'in_flight';
+
+-- name: count_in_flight
+SELECT count(*) FROM deliveries WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels));
+
+-- operator repair -----------------------------------------------------------------------------------------------
+
+-- An unknown one checks first whether it landed, unless the operator forces a resend.
+-- name: requeue
+UPDATE deliveries SET state = 'queued', retry_count = 0, due_at = :now,
+       reconcile = CASE WHEN state = 'unknown' AND NOT :force THEN 1 ELSE 0 END,
+       lease_owner = NULL, lease_expires = NULL, note = 'replayed by an operator', updated_at = :now
+WHERE id IN (SELECT value FROM json_each(:ids)) AND state IN (SELECT value FROM json_each(:states))
+RETURNING id;
+
+-- name: mark_landed
+UPDATE deliveries SET state = 'delivered', receipt = :receipt, attempts = attempts + 1, due_at = NULL,
+       reconcile = 0, lease_owner = NULL, lease_expires = NULL, note = :note, last_error = NULL,
+       last_error_class = NULL, last_platform_code = NULL, updated_at = :now
+WHERE id = :id AND state = 'unknown'
+RETURNING attempts;
+
+-- name: insert_operator_attempt
+INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)
+VALUES (:id, :number, :worker, :now, :now, :outcome, :note);
+
+-- channel state and key/value -----------------------------------------------------------------------------------
+
+-- An existing longer pause is kept (two workers hitting a limit agree), with its reason.
+-- name: pause_channel
+INSERT INTO channel_state (channel, paused_until, reason, updated_at) VALUES (:channel, :until, :reason, :now)
+ON CONFLICT (channel) DO UPDATE SET
+    reason = CASE WHEN coalesce(paused_until, 0) > excluded.paused_until THEN reason ELSE excluded.reason END,
+    paused_until = max(coalesce(paused_until, 0), excluded.paused_until),
+    updated_at = excluded.updated_at;
+
+-- name: resume_channel
+INSERT INTO channel_state (channel, paused_until, reason, updated_at) VALUES (:channel, NULL, NULL, :now)
+ON CONFLICT (channel) DO UPDATE SET paused_until = NULL, reason = NULL, updated_at = excluded.updated_at;
+
+-- name: channel_states
+SELECT * FROM channel_state;
+
+-- name: kv_get
+SELECT value FROM kv WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: kv_set
+INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at;
+
+-- Takes the key only when it is absent or expired: one row changed means this call set it.
+-- name: kv_add
+INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at
+WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now;
+
+-- reading -------------------------------------------------------------------------------------------------------
+
+-- name: get_delivery
+SELECT * FROM deliveries WHERE id = :id;
+
+-- {where} comes from the DeliveryFilter builder; no limit is LIMIT -1 in SQLite.
+-- name: list_deliveries
+SELECT * FROM deliveries WHERE {where} ORDER BY id LIMIT coalesce(:limit, -1);
+
+-- name: attempts
+SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY number;
+
+-- Per story, the newest delivered delivery on the channel; no before_id pages from the top.
+-- name: latest_delivered
+SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered'
+  AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
+              AND l.state = 'delivered')
+  AND d.id < coalesce(:before_id, 9223372036854775807)
+ORDER BY d.id DESC LIMIT :limit;
+
+-- The same for one story: a separate statement so it walks that story's index entries, not the channel's.
+-- name: latest_delivered_story
+SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered' AND d.story_id = :story_id
+  AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
+              AND l.state = 'delivered')
+  AND d.id < coalesce(:before_id, 9223372036854775807)
+ORDER BY d.id DESC LIMIT :limit;
+
+-- name: queue_depth
+SELECT channel, state, count(*) AS n FROM deliveries GROUP BY channel, state;
+
+-- name: count_by_state
+SELECT state, count(*) AS n FROM deliveries GROUP BY state;
+
+-- name: count_stories
+SELECT count(DISTINCT story_id) FROM stories;
+
+-- name: count_story_versions
+SELECT count(*) FROM stories;
+
+-- name: count_attempts
+SELECT count(*) FROM attempts;
+
+-- name: oldest_pending_due
+SELECT min(due_at) FROM deliveries WHERE state IN {PENDING_STATES};
+
+-- name: recent_story_ids
+SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT :limit;
+
+-- Operator rows and skipped ones are not transmissions: left out of the health chart.
+-- name: attempt_buckets
+SELECT d.channel, CAST((a.finished_at - :since) / :bucket_seconds AS INTEGER) AS slot, count(*) AS n,
+       sum(CASE WHEN a.outcome IN (SELECT value FROM json_each(:success)) THEN 1 ELSE 0 END) AS ok,
+       avg(a.duration_ms) AS mean_ms, max(a.duration_ms) AS max_ms
+FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
+WHERE a.finished_at >= :since AND a.worker != :operator AND coalesce(a.outcome, '') != 'skipped'
+GROUP BY d.channel, slot ORDER BY d.channel, slot;

@@ -1,0 +1,689 @@
+"""The store's decisions, written once above the SQL dialects.
+
+Every contract method lives here as one operation: an ``async`` function over a :class:`Conn` that runs named
+queries (``syndicate/store/sql/queries_<dialect>.sql``) and decides in Python: the version check, the filter, the
+claim's free slots, lease splitting, requeue selection, fan-out plan application, row mapping. A dialect is a thin
+connector that says how an operation runs: which connection, inside which transaction, under which lock.
+
+SQLite runs an operation whole in its store thread (its awaits reach only the blocking sqlite3 connection, so it
+never suspends: one hop from the event loop per transaction, as before); PostgreSQL awaits it on a pooled asyncpg
+connection. The SQL differs where the databases do (FOR UPDATE SKIP LOCKED, arrays against json_each, upserts);
+the decisions do not.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+import functools
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol, TypeVar
+
+from syndicate.delivery import Action, Receipt
+from syndicate.store.base import (
+    LANDED_BY_OPERATOR,
+    OPERATOR_WORKER,
+    REPLAYABLE_STATES,
+    SUCCESS_OUTCOMES,
+    AttemptBucket,
+    AttemptRecord,
+    ChannelState,
+    Claim,
+    Completion,
+    DeliveryFilter,
+    DeliveryRecord,
+    FanOutPlan,
+    FanOutResult,
+    NotFound,
+    Planner,
+    StaleVersion,
+    State,
+    Store,
+    StoreCounts,
+    StoryRecord,
+    VersionConflict,
+    attempt_from_row,
+    delivery_from_row,
+    dumps_json,
+    live_receipt_from,
+    refuse_newer_schema,
+    split_by_lease,
+)
+from syndicate.store.queries import Migration, QuerySet
+from syndicate.story import Story
+
+T = TypeVar("T")
+
+
+class Q(enum.StrEnum):
+    """Every query the decisions run; each dialect's file defines all of them (checked at import)."""
+
+    CREATE_MIGRATIONS_TABLE = "create_migrations_table"
+    APPLIED_MIGRATIONS = "applied_migrations"
+    RECORD_MIGRATION = "record_migration"
+    SCHEMA_VERSION = "schema_version"
+    NEWEST_STORY_VERSION = "newest_story_version"
+    STORY_VERSION_HASH = "story_version_hash"
+    DELIVERIES_OF_VERSION = "deliveries_of_version"
+    INSERT_STORY = "insert_story"
+    DELIVERIES_OF_STORY = "deliveries_of_story"
+    TRANSITION_DELIVERY = "transition_delivery"
+    INSERT_DELIVERY = "insert_delivery"
+    NEWEST_STORY = "newest_story"
+    STORY_VERSION = "story_version"
+    CHANNELS_WITH_DUE_WORK = "channels_with_due_work"
+    PAUSED_CHANNELS = "paused_channels"
+    COUNT_BUSY = "count_busy"
+    CLAIM_DELIVERIES = "claim_deliveries"
+    INSERT_ATTEMPTS = "insert_attempts"
+    LIVE_RECEIPT = "live_receipt"
+    EXTEND_LEASES = "extend_leases"
+    SAVE_CHECKPOINT = "save_checkpoint"
+    LEASE_HOLDERS = "lease_holders"
+    RECORD_OUTCOME = "record_outcome"
+    FINISH_ATTEMPT = "finish_attempt"
+    EXPIRED_LEASES = "expired_leases"
+    EXPIRE_ATTEMPTS = "expire_attempts"
+    REQUEUE_EXPIRED = "requeue_expired"
+    NEXT_DUE = "next_due"
+    COUNT_CLAIMABLE = "count_claimable"
+    COUNT_IN_FLIGHT_ALL = "count_in_flight_all"
+    COUNT_IN_FLIGHT = "count_in_flight"
+    REQUEUE = "requeue"
+    MARK_LANDED = "mark_landed"
+    INSERT_OPERATOR_ATTEMPT = "insert_operator_attempt"
+    PAUSE_CHANNEL = "pause_channel"
+    RESUME_CHANNEL = "resume_channel"
+    CHANNEL_STATES = "channel_states"
+    KV_GET = "kv_get"
+    KV_SET = "kv_set"
+    KV_ADD = "kv_add"
+    GET_DELIVERY = "get_delivery"
+    LIST_DELIVERIES = "list_deliveries"
+    ATTEMPTS = "attempts"
+    LATEST_DELIVERED = "latest_delivered"
+    LATEST_DELIVERED_STORY = "latest_delivered_story"
+    QUEUE_DEPTH = "queue_depth"
+    COUNT_BY_STATE = "count_by_state"
+    COUNT_STORIES = "count_stories"
+    COUNT_STORY_VERSIONS = "count_story_versions"
+    COUNT_ATTEMPTS = "count_attempts"
+    OLDEST_PENDING_DUE = "oldest_pending_due"
+    RECENT_STORY_IDS = "recent_story_ids"
+    ATTEMPT_BUCKETS = "attempt_buckets"
+
+
+class Row(Protocol):
+    """A result row: sqlite3.Row and asyncpg.Record both index by column name and by position."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+
+class Conn(Protocol):
+    """One connection as an operation sees it, inside the transaction its connector opened (if any).
+
+    Queries are named; parameters go by name. A list or tuple value is a list parameter (the dialect's SQL says
+    how it is matched)."""
+
+    async def fetch(self, query: str, /, **params: Any) -> list[Row]: ...
+
+    async def fetchrow(self, query: str, /, **params: Any) -> Row | None: ...
+
+    async def fetchval(self, query: str, /, **params: Any) -> Any: ...
+
+    async def execute(self, query: str, /, **params: Any) -> int:
+        """Run a statement; the number of rows it changed."""
+        ...
+
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> None: ...
+
+    async def fetch_rendered(self, query: str, slots: Mapping[str, str], /, **params: Any) -> list[Row]:
+        """A query with ``{slot}`` tokens (a built WHERE clause) filled in first."""
+        ...
+
+    async def run_script(self, sql: str, /) -> None:
+        """Several statements without parameters (a migration), inside the current transaction."""
+        ...
+
+    async def wake(self) -> None:
+        """Tell other processes' idle workers that work was enqueued or freed (at commit); a no-op where no
+        process can listen."""
+        ...
+
+
+#: An operation: the body of one contract method, run by the connector.
+Op = Callable[[Conn], Coroutine[Any, Any, T]]
+
+
+class LockScope(enum.Enum):
+    #: Two hooks for one story must not interleave their fan-outs.
+    STORY = "story"
+    #: A channel's in-flight count and its claim are one step across processes.
+    CLAIM = "claim"
+    #: Several processes starting at once apply each migration once.
+    MIGRATIONS = "migrations"
+
+
+@dataclass(frozen=True)
+class Lock:
+    """What a write transaction serialises on across processes. PostgreSQL takes an advisory lock per key; SQLite's
+    database-wide write lock (BEGIN IMMEDIATE) already covers every scope."""
+
+    scope: LockScope
+    key: str = ""
+
+
+@dataclass
+class Where:
+    """A WHERE clause built from named parameters (``:w0``, ``:w1`` ...): the same for every dialect but for how a
+    list is matched (``in_list``: a template over ``{column}``, ``{param}`` and ``{type}``, the PostgreSQL element
+    type)."""
+
+    in_list: str
+    conditions: list[str] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def _param(self, value: Any) -> str:
+        name = f"w{len(self.params)}"
+        self.params[name] = value
+        return name
+
+    def compare(self, column: str, op: str, value: Any) -> None:
+        self.conditions.append(f"{column} {op} :{self._param(value)}")
+
+    def one_of(self, column: str, values: Sequence[Any], sql_type: str) -> None:
+        self.conditions.append(self.in_list.format(column=column, param=self._param(list(values)), type=sql_type))
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.conditions) if self.conditions else "TRUE"
+
+
+def delivery_where(flt: DeliveryFilter, in_list: str) -> Where:
+    """A DeliveryFilter as a WHERE clause (``since``/``until`` on updated_at, ``after_id`` for keyset paging)."""
+    where = Where(in_list)
+    if flt.ids is not None:
+        where.one_of("id", flt.ids, "bigint")
+    if flt.states is not None:
+        where.one_of("state", [State(s).value for s in flt.states], "text")
+    if flt.channels is not None:
+        where.one_of("channel", flt.channels, "text")
+    if flt.error_classes is not None:
+        where.one_of("last_error_class", flt.error_classes, "text")
+    if flt.story_id is not None:
+        where.compare("story_id", "=", flt.story_id)
+    if flt.since is not None:
+        where.compare("updated_at", ">=", flt.since)
+    if flt.until is not None:
+        where.compare("updated_at", "<", flt.until)
+    if flt.after_id is not None:
+        where.compare("id", ">", flt.after_id)
+    return where
+
+
+async def accepted_before(conn: Conn, story: Story, content_hash: str) -> bool:
+    """The version check: True when this very version was accepted before with this content (nothing to do).
+    An older version than the newest accepted raises StaleVersion, unless it is a re-send of that exact older
+    version; the newest version with other content raises VersionConflict."""
+    latest = await conn.fetchrow(Q.NEWEST_STORY_VERSION, story_id=story.id)
+    if latest is None or latest["version"] < story.version:
+        return False
+    if latest["version"] > story.version:
+        same = await conn.fetchval(Q.STORY_VERSION_HASH, story_id=story.id, version=story.version)
+        if same != content_hash:
+            raise StaleVersion(story.id, story.version, latest["version"])
+    elif latest["content_hash"] != content_hash:
+        raise VersionConflict(story.id, story.version)
+    return True
+
+
+def requeue_states(force: bool) -> list[str]:
+    """Requeue selection: what an operator may re-queue; delivered ones too when forced."""
+    states = set(REPLAYABLE_STATES) | ({State.DELIVERED} if force else set())
+    return sorted(s.value for s in states)
+
+
+def outcome_params(c: Completion) -> dict[str, Any]:
+    """A completion as the parameters of ``record_outcome``."""
+    return {
+        "state": c.state.value,
+        "due_at": c.due_at,
+        "receipt": dumps_json(c.receipt.to_json()) if c.receipt else None,
+        "retry_step": 1 if c.count_retry else 0,
+        "reconcile": c.reconcile,
+        "note": c.note,
+        "last_error": c.message if c.error_class else None,
+        "error_class": c.error_class,
+        "platform_code": c.platform_code,
+        "now": c.finished_at,
+        "action": c.action.value if c.action else None,
+        "payload": dumps_json(c.payload.to_json()) if c.payload else None,
+        "id": c.delivery_id,
+        "worker": c.worker,
+    }
+
+
+def attempt_params(completions: Sequence[Completion], lost: set[int]) -> list[dict[str, Any]]:
+    """Each completion as the parameters of ``finish_attempt``; ``lost`` holds the batch positions that lost their
+    lease (their attempt is still closed, saying so)."""
+    return [
+        {
+            "finished_at": c.finished_at,
+            "outcome": f"{c.outcome} (lease lost)" if position in lost else c.outcome,
+            "error_class": c.error_class,
+            "message": c.message,
+            "platform_code": c.platform_code,
+            "duration_ms": c.duration_ms,
+            "id": c.attempt_id,
+        }
+        for position, c in enumerate(completions)
+    ]
+
+
+def plan_params(story: Story, plan: FanOutPlan, now: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """A fan-out plan as the parameters of its transitions and of its new deliveries."""
+    transitions = [{"state": t.state.value, "note": t.note, "now": now, "id": t.delivery_id} for t in plan.transitions]
+    new = [
+        {
+            "story_id": story.id,
+            "version": story.version,
+            "channel": nd.channel,
+            "action": nd.action.value,
+            "state": nd.state.value,
+            "payload": dumps_json(nd.payload.to_json()) if nd.payload is not None else None,
+            "due_at": nd.due_at,
+            "note": nd.note,
+            "now": now,
+        }
+        for nd in plan.new
+    ]
+    return transitions, new
+
+
+@dataclass(frozen=True)
+class LeaseRequest:
+    """One claim call: who leases, when, until when, and which of its own rows no longer hold a request."""
+
+    worker: str
+    now: float
+    lease_expires: float
+    finished: list[int]
+
+
+class SQLStore(Store):
+    """The contract over named queries; a dialect subclass supplies the queries, the migrations and how an
+    operation runs (``_read``/``_write``)."""
+
+    QUERIES: ClassVar[QuerySet]
+    MIGRATIONS: ClassVar[Sequence[Migration]]
+    #: The whole database has one writer at a time (SQLite): a claim takes all its channels in one transaction
+    #: (one commit, one fsync) instead of one transaction per channel under that channel's lock.
+    SINGLE_WRITER: ClassVar[bool]
+    #: How a built WHERE clause matches a list (see Where.in_list).
+    IN_LIST: ClassVar[str]
+    #: What reading schema_migrations raises before the first migration created it.
+    MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
+
+    @abc.abstractmethod
+    async def _read(self, op: Op[T]) -> T:
+        """Run ``op`` outside any transaction (each statement sees committed data)."""
+
+    @abc.abstractmethod
+    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+        """Run ``op`` in one write transaction holding ``lock``. ``single_statement``: ``op`` runs one statement,
+        atomic by itself, so a server-side database may skip the BEGIN/COMMIT round trips."""
+
+    # --- migrations -----------------------------------------------------------------------------------------
+
+    async def migrate(self) -> int:
+        migrations = self.MIGRATIONS
+
+        async def op(conn: Conn) -> int:
+            await conn.execute(Q.CREATE_MIGRATIONS_TABLE)
+            done = {r["version"] for r in await conn.fetch(Q.APPLIED_MIGRATIONS)}
+            refuse_newer_schema(done, migrations[-1].version)
+            for migration in migrations:
+                if migration.version not in done:
+                    await conn.run_script(migration.sql)
+                    await conn.execute(Q.RECORD_MIGRATION, version=migration.version)
+            return max(done | {m.version for m in migrations})
+
+        return await self._write(op, lock=Lock(LockScope.MIGRATIONS))
+
+    async def schema_version(self) -> int:
+        try:
+            value = await self._read(lambda conn: conn.fetchval(Q.SCHEMA_VERSION))
+        except self.MISSING_TABLE:
+            return 0
+        return value or 0
+
+    # --- stories and fan-out --------------------------------------------------------------------------------
+
+    async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
+        content_hash = story.content_hash
+        body = story.to_json()
+
+        async def op(conn: Conn) -> FanOutResult:
+            if await accepted_before(conn, story, content_hash):
+                rows = await conn.fetch(Q.DELIVERIES_OF_VERSION, story_id=story.id, version=story.version)
+                return FanOutResult(story.id, story.version, False, [delivery_from_row(r) for r in rows])
+            await conn.execute(
+                Q.INSERT_STORY,
+                story_id=story.id,
+                version=story.version,
+                content_hash=content_hash,
+                pubstatus=story.pubstatus,
+                body=body,
+                now=now,
+            )
+            existing = [delivery_from_row(r) for r in await conn.fetch(Q.DELIVERIES_OF_STORY, story_id=story.id)]
+            transitions, new = plan_params(story, planner(existing), now)
+            if transitions:
+                await conn.executemany(Q.TRANSITION_DELIVERY, transitions)
+            rows = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
+            if new:
+                await conn.wake()
+            return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows if r is not None])
+
+        return await self._write(op, lock=Lock(LockScope.STORY, story.id))
+
+    async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
+        if version is None:
+            row = await self._read(lambda conn: conn.fetchrow(Q.NEWEST_STORY, story_id=story_id))
+        else:
+            row = await self._read(lambda conn: conn.fetchrow(Q.STORY_VERSION, story_id=story_id, version=version))
+        if row is None:
+            raise NotFound(f"story {story_id!r}" + (f" version {version}" if version else "") + " not found")
+        return StoryRecord(Story.from_json(row["body"]), row["content_hash"], row["received_at"])
+
+    # --- claiming and finishing -----------------------------------------------------------------------------
+
+    async def claim(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> list[Claim]:
+        wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
+        if not wanted:
+            return []
+        # The common idle case costs one index probe per channel and no lock, no transaction.
+        due = await self._read(lambda conn: conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=list(wanted), now=now))
+        due_channels = {r["channel"] for r in due}
+        candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
+        if not candidates:
+            return []
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        if self.SINGLE_WRITER:
+            return await self._write(functools.partial(self._claim_in, channels=candidates, lease=lease))
+        claims: list[Claim] = []
+        for channel, limit in candidates:
+            claims += await self._write(
+                functools.partial(self._claim_in, channels=[(channel, limit)], lease=lease),
+                lock=Lock(LockScope.CLAIM, channel),
+            )
+        return claims
+
+    async def _claim_in(self, conn: Conn, *, channels: list[tuple[str, int]], lease: LeaseRequest) -> list[Claim]:
+        """Inside one write transaction: lease up to each channel's free slots and write each attempt row before
+        anything is sent. Paused channels and the in-flight counts are read here, under the lock, so they cannot
+        change between the read and the claim."""
+        paused = {r["channel"] for r in await conn.fetch(Q.PAUSED_CHANNELS, now=lease.now)}
+        open_channels = [(channel, limit) for channel, limit in channels if channel not in paused]
+        if not open_channels:
+            return []
+        busy = {
+            r["channel"]: r["n"]
+            for r in await conn.fetch(
+                Q.COUNT_BUSY,
+                channels=[channel for channel, _ in open_channels],
+                worker=lease.worker,
+                finished=lease.finished,
+            )
+        }
+        rows: list[Row] = []
+        for channel, limit in open_channels:
+            free = limit - busy.get(channel, 0)
+            if free <= 0:
+                continue
+            rows += await conn.fetch(
+                Q.CLAIM_DELIVERIES,
+                channel=channel,
+                now=lease.now,
+                free=free,
+                worker=lease.worker,
+                lease_expires=lease.lease_expires,
+            )
+        if not rows:
+            return []
+        attempt_ids = {
+            r["delivery_id"]: r["id"]
+            for r in await conn.fetch(
+                Q.INSERT_ATTEMPTS, ids=[r["id"] for r in rows], worker=lease.worker, now=lease.now
+            )
+        }
+        claims = []
+        for row in sorted(rows, key=lambda r: (r["due_at"] or 0, r["id"])):
+            d = delivery_from_row(row)
+            # Only updates and retracts act on the live post; a publish needs no receipt lookup.
+            live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
+            claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))
+        return claims
+
+    @staticmethod
+    async def _live_receipt(conn: Conn, d: DeliveryRecord) -> Receipt | None:
+        row = await conn.fetchrow(Q.LIVE_RECEIPT, story_id=d.story_id, channel=d.channel, id=d.id)
+        return live_receipt_from(row)
+
+    async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:
+        ids = list(delivery_ids)
+        if not ids:
+            return []
+        rows = await self._write(
+            lambda conn: conn.fetch(Q.EXTEND_LEASES, ids=ids, worker=worker, lease_until=lease_until),
+            single_statement=True,
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def save_checkpoint(self, delivery_id: int, worker: str, checkpoint: dict[str, Any]) -> None:
+        data = dumps_json(checkpoint)
+        changed = await self._write(
+            lambda conn: conn.execute(Q.SAVE_CHECKPOINT, checkpoint=data, id=delivery_id, worker=worker),
+            single_statement=True,
+        )
+        if changed != 1:
+            raise NotFound(f"delivery {delivery_id} is no longer leased by {worker}")
+
+    async def complete(self, completions: Sequence[Completion]) -> list[int]:
+        items = list(completions)
+        if not items:
+            return []
+
+        async def op(conn: Conn) -> list[int]:
+            # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
+            # batch inside the write transaction; then one batched statement per table.
+            holders = {
+                r["id"]: (r["lease_owner"], r["attempts"])
+                for r in await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
+            }
+            applied, lost = split_by_lease(items, holders)
+            if applied:
+                await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
+            await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
+            await conn.wake()  # slots are free again, and retries may be due at once
+            return [items[position].delivery_id for position in sorted(lost)]
+
+        return await self._write(op)
+
+    async def reclaim_expired(self, *, now: float) -> int:
+        async def op(conn: Conn) -> int:
+            ids = [r["id"] for r in await conn.fetch(Q.EXPIRED_LEASES, now=now)]
+            if not ids:
+                return 0
+            await conn.execute(Q.EXPIRE_ATTEMPTS, now=now, ids=ids)
+            await conn.execute(Q.REQUEUE_EXPIRED, now=now, ids=ids)
+            await conn.wake()
+            return len(ids)
+
+        return await self._write(op)
+
+    async def next_due_at(self, channels: Sequence[str], *, now: float) -> float | None:
+        if not channels:
+            return None
+        rows = await self._read(lambda conn: conn.fetch(Q.NEXT_DUE, channels=list(channels), now=now))
+        # A paused channel's work is due when the pause ends, not before.
+        dues = [max(r["due"], r["paused"] or 0.0) for r in rows if r["due"] is not None]
+        return min(dues) if dues else None
+
+    async def count_claimable(self, channels: Sequence[str], *, now: float) -> int:
+        if not channels:
+            return 0
+        return await self._read(lambda conn: conn.fetchval(Q.COUNT_CLAIMABLE, channels=list(channels), now=now))
+
+    async def count_in_flight(self, channels: Sequence[str] | None = None) -> int:
+        if channels is None:
+            return await self._read(lambda conn: conn.fetchval(Q.COUNT_IN_FLIGHT_ALL))
+        return await self._read(lambda conn: conn.fetchval(Q.COUNT_IN_FLIGHT, channels=list(channels)))
+
+    async def requeue(self, delivery_ids: Sequence[int], *, now: float, force: bool = False) -> list[int]:
+        ids = list(delivery_ids)
+        if not ids:
+            return []
+
+        async def op(conn: Conn) -> list[int]:
+            rows = await conn.fetch(Q.REQUEUE, now=now, ids=ids, states=requeue_states(force), force=force)
+            if rows:
+                await conn.wake()
+            return sorted(r["id"] for r in rows)
+
+        return await self._write(op)
+
+    async def mark_landed(self, delivery_id: int, receipt: Receipt, *, now: float, note: str) -> bool:
+        async def op(conn: Conn) -> bool:
+            number = await conn.fetchval(
+                Q.MARK_LANDED, receipt=dumps_json(receipt.to_json()), note=note, now=now, id=delivery_id
+            )
+            if number is None:
+                return False
+            await conn.execute(
+                Q.INSERT_OPERATOR_ATTEMPT,
+                id=delivery_id,
+                number=number,
+                worker=OPERATOR_WORKER,
+                now=now,
+                outcome=LANDED_BY_OPERATOR,
+                note=note,
+            )
+            return True
+
+        return await self._write(op)
+
+    # --- channel state and key/value ------------------------------------------------------------------------
+
+    async def pause_channel(self, channel: str, *, until: float, reason: str, now: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(Q.PAUSE_CHANNEL, channel=channel, until=until, reason=reason, now=now),
+            single_statement=True,
+        )
+
+    async def resume_channel(self, channel: str, *, now: float) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(Q.RESUME_CHANNEL, channel=channel, now=now)
+            await conn.wake()  # its waiting deliveries are claimable again
+
+        await self._write(op)
+
+    async def channel_states(self) -> dict[str, ChannelState]:
+        rows = await self._read(lambda conn: conn.fetch(Q.CHANNEL_STATES))
+        return {r["channel"]: ChannelState(r["channel"], r["paused_until"], r["reason"], r["updated_at"]) for r in rows}
+
+    async def kv_get(self, key: str, *, now: float) -> str | None:
+        return await self._read(lambda conn: conn.fetchval(Q.KV_GET, key=key, now=now))
+
+    async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None:
+        await self._write(
+            lambda conn: conn.execute(Q.KV_SET, key=key, value=value, expires_at=expires_at, now=now),
+            single_statement=True,
+        )
+
+    async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
+        changed = await self._write(
+            lambda conn: conn.execute(Q.KV_ADD, key=key, value=value, expires_at=expires_at, now=now),
+            single_statement=True,
+        )
+        return changed == 1
+
+    # --- reading --------------------------------------------------------------------------------------------
+
+    async def get_delivery(self, delivery_id: int) -> DeliveryRecord:
+        row = await self._read(lambda conn: conn.fetchrow(Q.GET_DELIVERY, id=delivery_id))
+        if row is None:
+            raise NotFound(f"delivery {delivery_id} not found")
+        return delivery_from_row(row)
+
+    async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
+        where = delivery_where(flt, self.IN_LIST)
+        rows = await self._read(
+            lambda conn: conn.fetch_rendered(Q.LIST_DELIVERIES, {"where": where.sql}, limit=flt.limit, **where.params)
+        )
+        return [delivery_from_row(r) for r in rows]
+
+    async def attempts(self, delivery_id: int) -> list[AttemptRecord]:
+        rows = await self._read(lambda conn: conn.fetch(Q.ATTEMPTS, delivery_id=delivery_id))
+        return [attempt_from_row(r) for r in rows]
+
+    async def latest_delivered(
+        self, channel: str, *, story_id: str | None = None, before_id: int | None = None, limit: int = 50
+    ) -> list[DeliveryRecord]:
+        if story_id is None:
+            rows = await self._read(
+                lambda conn: conn.fetch(Q.LATEST_DELIVERED, channel=channel, before_id=before_id, limit=limit)
+            )
+        else:
+            rows = await self._read(
+                lambda conn: conn.fetch(
+                    Q.LATEST_DELIVERED_STORY, channel=channel, story_id=story_id, before_id=before_id, limit=limit
+                )
+            )
+        return [delivery_from_row(r) for r in rows]
+
+    async def queue_depth(self) -> dict[tuple[str, State], int]:
+        rows = await self._read(lambda conn: conn.fetch(Q.QUEUE_DEPTH))
+        return {(r["channel"], State(r["state"])): r["n"] for r in rows}
+
+    async def counts(self) -> StoreCounts:
+        async def op(conn: Conn) -> StoreCounts:
+            by_state = {State(r["state"]): r["n"] for r in await conn.fetch(Q.COUNT_BY_STATE)}
+            return StoreCounts(
+                stories=await conn.fetchval(Q.COUNT_STORIES),
+                story_versions=await conn.fetchval(Q.COUNT_STORY_VERSIONS),
+                deliveries=sum(by_state.values()),
+                attempts=await conn.fetchval(Q.COUNT_ATTEMPTS),
+                by_state=by_state,
+                oldest_pending_due=await conn.fetchval(Q.OLDEST_PENDING_DUE),
+            )
+
+        return await self._read(op)
+
+    async def recent_story_ids(self, limit: int) -> list[str]:
+        rows = await self._read(lambda conn: conn.fetch(Q.RECENT_STORY_IDS, limit=limit))
+        return [r["story_id"] for r in rows]
+
+    async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
+        rows = await self._read(
+            lambda conn: conn.fetch(
+                Q.ATTEMPT_BUCKETS,
+                since=since,
+                bucket_seconds=float(bucket_seconds),
+                success=list(SUCCESS_OUTCOMES),
+                operator=OPERATOR_WORKER,
+            )
+        )
+        return [
+            AttemptBucket(r["channel"], since + r["slot"] * bucket_seconds, r["n"], r["ok"], r["mean_ms"], r["max_ms"])
+            for r in rows
+        ]

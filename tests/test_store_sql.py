@@ -1,0 +1,358 @@
+"""The SQL behind the stores: the named-query loader, the numbered migrations (an existing database keeps working
+and upgrades in order) and the read-only channel view. Database tests run per backend through `store_url`."""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from syndicate.delivery import Payload, Receipt
+from syndicate.store import open_store
+from syndicate.store import postgres as pg_store
+from syndicate.store import sqlite as sqlite_store
+from syndicate.store.base import (
+    OPEN_STATES,
+    PENDING_STATES,
+    ChannelDeliveries,
+    DeliveryFilter,
+    DeliveryRecord,
+    ReadModel,
+    State,
+    Store,
+    dumps_json,
+)
+from syndicate.store.queries import (
+    CONSTANTS,
+    Migration,
+    ParamStyle,
+    QueryError,
+    UnknownQuery,
+    compile_sql,
+    load_migrations,
+    parse_queries,
+)
+from syndicate.store.sqlstore import Q, SQLStore
+from tests.conftest import make_story, pg_schema_url
+from tests.test_store_contract import LIMITS, NOW, done, plan_for
+
+DATA = Path(__file__).parent / "data" / "store"
+DIALECTS = {"sqlite": sqlite_store, "postgres": pg_store}
+
+# --- the named-query loader --------------------------------------------------------------------------------------
+
+
+def test_an_unknown_query_name_is_an_error_naming_it() -> None:
+    with pytest.raises(UnknownQuery, match=r"no query named 'claim_everything' in sql/queries_sqlite\.sql"):
+        sqlite_store.QUERIES["claim_everything"]
+    with pytest.raises(QueryError, match="lacks the queries claim_everything, no_such"):
+        sqlite_store.QUERIES.require(["claim_deliveries", "no_such", "claim_everything"])
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_every_query_the_decisions_run_exists_in_both_dialects_and_no_other(dialect: str) -> None:
+    module = DIALECTS[dialect]
+    own = set(getattr(module, "OWN_QUERIES", ()))
+    assert set(module.QUERIES) == set(Q) | own
+    for name in module.QUERIES:  # each compiles: no stray slot or constant left behind
+        query = module.QUERIES[name]
+        assert query.slots or query.statement.sql
+
+
+def test_every_shared_query_name_is_used_by_the_decisions() -> None:
+    source = (Path(sqlite_store.__file__).parent / "sqlstore.py").read_text()
+    unused = [q.name for q in Q if f"Q.{q.name}" not in source]
+    assert unused == []
+
+
+def test_own_queries_are_used_by_their_dialect() -> None:
+    source = Path(pg_store.__file__).read_text()
+    assert all(f'"{name}"' in source for name in pg_store.OWN_QUERIES)
+
+
+def test_parameters_by_name_become_the_dialects_placeholders() -> None:
+    sql = "SELECT ':not_a_param', x::text[] FROM t WHERE a = :a AND b = ANY(:b::bigint[]) AND c = :a"
+    numeric = compile_sql(sql, ParamStyle.NUMERIC)
+    assert numeric.sql == "SELECT ':not_a_param', x::text[] FROM t WHERE a = $1 AND b = ANY($2::bigint[]) AND c = $1"
+    assert numeric.params == ("a", "b")
+    assert numeric.args({"b": [1], "a": "x", "unused": 0}) == ["x", [1]]
+    with pytest.raises(QueryError, match=":b"):
+        numeric.args({"a": 1})
+    named = compile_sql(sql, ParamStyle.NAMED)
+    assert named.sql == sql and named.params == ("a", "b")
+
+
+def test_query_files_are_checked_as_they_are_parsed() -> None:
+    def parse(text: str) -> object:
+        return parse_queries(text, source="t.sql", style=ParamStyle.NAMED)
+
+    queries = parse("-- a header comment\n\n-- name: one\n-- why it is so\nSELECT 1;\n-- name: two\nSELECT 2\n")
+    assert queries["one"].text == "SELECT 1" and queries["two"].text == "SELECT 2"  # type: ignore[index]
+    with pytest.raises(QueryError, match="'one' is defined twice"):
+        parse("-- name: one\nSELECT 1;\n-- name: one\nSELECT 2;")
+    with pytest.raises(QueryError, match="SQL before the first"):
+        parse("SELECT 0;\n-- name: one\nSELECT 1;")
+    with pytest.raises(QueryError, match="'empty' is empty"):
+        parse("-- name: empty\n-- only a comment\n")
+    with pytest.raises(QueryError, match=r"unknown constant \{NOPE\}"):
+        parse("-- name: one\nSELECT * FROM t WHERE s IN {NOPE};")
+    with pytest.raises(QueryError, match="not a valid query name"):
+        parse("-- name: Bad-Name\nSELECT 1;")
+
+
+def test_constants_are_the_state_sets_and_slots_must_all_be_filled() -> None:
+    assert CONSTANTS["PENDING_STATES"] == "(" + ", ".join(f"'{s.value}'" for s in sorted(PENDING_STATES)) + ")"
+    assert CONSTANTS["OPEN_STATES"] == "(" + ", ".join(f"'{s.value}'" for s in sorted(OPEN_STATES)) + ")"
+    query = sqlite_store.QUERIES[Q.LIST_DELIVERIES]
+    assert query.slots == {"where"}
+    with pytest.raises(QueryError, match="render it"):
+        _ = query.statement
+    with pytest.raises(QueryError, match="takes slots"):
+        query.render(other="TRUE")
+    assert "WHERE TRUE ORDER BY id" in query.render(where="TRUE").sql
+
+
+def test_migrations_are_numbered_alike_in_both_dialects() -> None:
+    versions = {name: [m.version for m in module.MIGRATIONS] for name, module in DIALECTS.items()}
+    assert versions["sqlite"] == versions["postgres"] == list(range(1, len(versions["sqlite"]) + 1))
+    assert sqlite_store.SQLiteStore.SCHEMA_VERSION == pg_store.PostgresStore.SCHEMA_VERSION == versions["sqlite"][-1]
+
+
+def test_a_gap_in_migration_numbers_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "0001_first.sql").write_text("CREATE TABLE a (x INTEGER);")
+    (tmp_path / "0003_third.sql").write_text("CREATE TABLE c (x INTEGER);")
+    with pytest.raises(QueryError, match=r"without gaps, found \[1, 3\]"):
+        load_migrations("sqlite", tmp_path)
+    (tmp_path / "3_bad.sql").write_text("")
+    with pytest.raises(QueryError, match="NNNN_slug"):
+        load_migrations("sqlite", tmp_path)
+
+
+# --- migrations: existing databases ------------------------------------------------------------------------------
+
+
+def _dialect(url: str) -> str:
+    return "sqlite" if url.startswith("sqlite") else "postgres"
+
+
+async def _run_sql(url: str, sql: str) -> None:
+    """Raw SQL against the database behind ``url`` (as an older syndicate would have written it)."""
+    if _dialect(url) == "sqlite":
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        try:
+            conn.executescript(sql)
+        finally:
+            conn.close()
+        return
+    dsn, schema = pg_store.split_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"; SET search_path TO "{schema}"')
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _schema(url: str) -> list[tuple[str, ...]]:
+    """What the database's schema is, comparable across databases: tables, columns, indexes, constraints."""
+    if _dialect(url) == "sqlite":
+        conn = sqlite3.connect(url[len("sqlite:///") :])
+        try:
+            rows = conn.execute(
+                "SELECT type, name, tbl_name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY 1, 2"
+            ).fetchall()
+        finally:
+            conn.close()
+        # SQLite keeps each CREATE statement's text as written: compare it with the layout whitespace taken out.
+        return [
+            (t, n, tbl, re.sub(r"\s+", " ", sql or "").replace("( ", "(").replace(" )", ")")) for t, n, tbl, sql in rows
+        ]
+    dsn, schema = pg_store.split_url(url)
+    conn = await asyncpg.connect(dsn)
+    try:
+        columns = await conn.fetch(
+            "SELECT table_name, column_name, data_type, is_nullable, coalesce(column_default, '')"
+            " FROM information_schema.columns WHERE table_schema = $1 ORDER BY 1, ordinal_position",
+            schema,
+        )
+        indexes = await conn.fetch(
+            "SELECT tablename, indexname, replace(indexdef, $1 || '.', '') FROM pg_indexes WHERE schemaname = $1"
+            " ORDER BY 1, 2",
+            schema,
+        )
+        constraints = await conn.fetch(
+            "SELECT c.conrelid::regclass::text, c.conname, pg_get_constraintdef(c.oid) FROM pg_constraint c"
+            " JOIN pg_namespace n ON n.oid = c.connamespace WHERE n.nspname = $1 ORDER BY 1, 2",
+            schema,
+        )
+    finally:
+        await conn.close()
+
+    def plain(value: object) -> str:
+        return str(value).replace(f'"{schema}".', "").replace(f"{schema}.", "")
+
+    return (
+        [("column", *map(plain, r)) for r in columns]
+        + [("index", *map(plain, r)) for r in indexes]
+        + [("constraint", *map(plain, r)) for r in constraints]
+    )
+
+
+def _frozen_v1(url: str) -> str:
+    return (DATA / f"schema_v1_{_dialect(url)}.sql").read_text()
+
+
+def _rows_an_older_syndicate_wrote(url: str) -> str:
+    """A story with one queued delivery, inserted as the code before this layer did."""
+    story = make_story(id="old-1")
+    body = story.to_json().replace("'", "''")
+    payload = dumps_json(Payload({"n": 1}).to_json()).replace("'", "''")
+    reconcile = "0" if _dialect(url) == "sqlite" else "FALSE"
+    return (
+        "INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)"
+        f" VALUES ('old-1', 1, '{story.content_hash}', 'usable', '{body}', {NOW});"
+        "INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, reconcile,"
+        f" created_at, updated_at) VALUES ('old-1', 1, 'a', 'publish', 'queued', '{payload}', {NOW}, {reconcile},"
+        f" {NOW}, {NOW});"
+    )
+
+
+async def test_version_1_is_exactly_the_schema_the_older_code_created(store_url: str, tmp_path: Path) -> None:
+    """Migration 1 from the .sql files builds what the code before them built: the number kept its meaning."""
+    fresh = _pinned(store_url, list(DIALECTS[_dialect(store_url)].MIGRATIONS)[:1])
+    try:
+        assert await fresh.migrate() == 1
+    finally:
+        await fresh.close()
+    if _dialect(store_url) == "sqlite":
+        old_url = f"sqlite:///{tmp_path / 'old.db'}"
+        await _run_sql(old_url, _frozen_v1(old_url))
+        assert await _schema(store_url) == await _schema(old_url)
+        return
+    async with pg_schema_url() as old_url:
+        await _run_sql(old_url, _frozen_v1(old_url))
+        assert await _schema(store_url) == await _schema(old_url)
+
+
+def _pinned(url: str, migrations: Sequence[Migration]) -> Store:
+    """A store of the same backend that knows only ``migrations`` (an older or a later release)."""
+    base: type[SQLStore] = sqlite_store.SQLiteStore if _dialect(url) == "sqlite" else pg_store.PostgresStore
+    pinned = type("Pinned", (base,), {"MIGRATIONS": migrations, "SCHEMA_VERSION": len(migrations)})
+    return pinned.from_url(url)  # type: ignore[attr-defined,no-any-return]
+
+
+async def test_a_database_the_older_code_created_keeps_working(store_url: str) -> None:
+    await _run_sql(store_url, _frozen_v1(store_url) + _rows_an_older_syndicate_wrote(store_url))
+    before = await _schema(store_url)
+    store = open_store(store_url)
+    try:
+        assert await store.schema_version() == 1
+        assert await store.migrate() == store.SCHEMA_VERSION  # nothing to apply at version 1 ...
+        assert await _schema(store_url) == before  # ... and nothing changed
+        record = await store.get_story("old-1")
+        assert record.story == make_story(id="old-1")
+        # the version check runs against the older code's rows: the same version again creates nothing
+        again = await store.fan_out(make_story(id="old-1"), plan_for("a"), now=NOW)
+        assert not again.created and [d.channel for d in again.deliveries] == ["a"]
+        [claim] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+        assert claim.delivery.payload == Payload({"n": 1}) and claim.attempt_number == 1
+        assert await store.complete([done(claim, receipt=Receipt("r-1"))]) == []
+        assert (await store.get_delivery(claim.delivery.id)).state is State.DELIVERED
+    finally:
+        await store.close()
+
+
+async def test_migrations_apply_in_order_from_any_earlier_version(store_url: str, tmp_path: Path) -> None:
+    """A database at version N-1 gets only migration N (here: the real migrations plus a made-up next one)."""
+    dialect = _dialect(store_url)
+    real = list(DIALECTS[dialect].MIGRATIONS)
+    folder = tmp_path / "migrations"
+    folder.mkdir()
+    for m in real:
+        (folder / f"{m.name}.sql").write_text(m.sql)
+    (folder / f"{len(real) + 1:04d}_next.sql").write_text(
+        "-- a later release's change; a ';' in a comment or a literal does not split it\n"
+        "CREATE TABLE next_feature (id INTEGER PRIMARY KEY, note TEXT DEFAULT 'a;b');\n"
+        "INSERT INTO next_feature (id) VALUES (1);\n"
+    )
+    upgraded = load_migrations(dialect, folder)
+    assert [m.version for m in upgraded] == [*range(1, len(real) + 2)]
+    for upto in range(1, len(real) + 1):  # through every version a released syndicate can have left behind
+        older = _pinned(store_url, upgraded[:upto])
+        try:
+            assert await older.migrate() == upto
+            if upto == 1:
+                await older.fan_out(make_story(id="s1"), plan_for("a"), now=NOW)
+        finally:
+            await older.close()
+    newer = _pinned(store_url, upgraded)
+    try:
+        assert await newer.schema_version() == len(real)
+        assert await newer.migrate() == len(real) + 1
+        assert await newer.migrate() == len(real) + 1  # idempotent
+        assert await newer.schema_version() == len(real) + 1
+        assert [d.story_id for d in await newer.list_deliveries(DeliveryFilter())] == ["s1"]
+    finally:
+        await newer.close()
+    schema = await _schema(store_url)
+    assert any(row[:3] == ("table", "next_feature", "next_feature") for row in schema) or any(
+        row[:2] == ("column", "next_feature") for row in schema
+    )
+
+
+# --- the channel view ------------------------------------------------------------------------------------------
+
+
+async def _deliver_everything(store: Store) -> None:
+    for claim in await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS):
+        await store.complete([done(claim, receipt=Receipt(f"{claim.delivery.channel}-{claim.delivery.story_id}"))])
+
+
+async def test_the_channel_view_never_shows_another_channels_deliveries(store: Store) -> None:
+    for sid in ("s1", "s2"):
+        await store.fan_out(make_story(id=sid), plan_for("a", "b"), now=NOW)
+    await _deliver_everything(store)
+    await store.fan_out(make_story(id="s3"), plan_for("b"), now=NOW)  # only on b, queued
+    every = await store.list_deliveries(DeliveryFilter())
+    b_ids = [d.id for d in every if d.channel == "b"]
+
+    view = store.channel_view("a")
+    assert isinstance(view, ChannelDeliveries) and view.channel == "a"
+
+    def channels(rows: list[DeliveryRecord]) -> set[str]:
+        return {d.channel for d in rows}
+
+    assert channels(await view.latest_delivered()) == {"a"}
+    assert [d.story_id for d in await view.latest_delivered()] == ["s2", "s1"]
+    assert [d.story_id for d in await view.latest_delivered(story_id="s1", limit=1)] == ["s1"]
+    assert await view.latest_delivered(story_id="s3") == []  # s3 exists, on b only
+    assert channels(await view.list_deliveries(DeliveryFilter())) == {"a"}
+    assert len(await view.list_deliveries(DeliveryFilter())) == 2
+    assert await view.list_deliveries(DeliveryFilter(channels=["b"])) == []
+    assert channels(await view.list_deliveries(DeliveryFilter(channels=["a", "b"]))) == {"a"}
+    assert await view.list_deliveries(DeliveryFilter(ids=b_ids)) == []
+    assert await view.list_deliveries(DeliveryFilter(story_id="s3")) == []
+    assert channels(await view.list_deliveries(DeliveryFilter(states=[State.DELIVERED], story_id="s1"))) == {"a"}
+    assert await store.channel_view("c").list_deliveries(DeliveryFilter()) == []
+
+
+def test_the_channel_view_is_read_only_and_covers_what_serving_channels_call() -> None:
+    public = {name for name in dir(ChannelDeliveries) if not name.startswith("_")}
+    assert public == {"channel", "latest_delivered", "list_deliveries"}
+    # it holds the read model only: nothing of the outbox or the channel controls is reachable through its type
+    assert set(ChannelDeliveries.__init__.__annotations__) == {"read", "channel", "return"}
+    assert ChannelDeliveries.__init__.__annotations__["read"] in ("ReadModel", ReadModel)
+
+
+def test_the_roles_compose_into_the_store() -> None:
+    from syndicate.store.base import ChannelControl, Outbox
+
+    assert issubclass(Store, Outbox) and issubclass(Store, ChannelControl) and issubclass(Store, ReadModel)
+    roles = [Outbox, ChannelControl, ReadModel]
+    methods = [set(role.__abstractmethods__) for role in roles]
+    assert not (methods[0] & methods[1] or methods[0] & methods[2] or methods[1] & methods[2])  # each in one role
+    assert set(Store.__abstractmethods__) == set().union(*methods) | {"migrate", "schema_version", "close"}
