@@ -38,7 +38,7 @@ from syndicate.store.queries import (
 )
 from syndicate.store.sqlstore import Q, SQLStore
 from tests.conftest import make_story, pg_schema_url
-from tests.test_store_contract import LIMITS, NOW, done, plan_for
+from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
 
 DATA = Path(__file__).parent / "data" / "store"
 DIALECTS = {"sqlite": sqlite_store, "postgres": pg_store}
