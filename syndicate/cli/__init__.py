@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import hashlib
 import json
 import logging
@@ -17,23 +16,49 @@ import signal
 import sys
 import time
 import urllib.parse
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any
 
 import aiohttp
 import click
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from syndicate.config import ChannelSettings, ConfigError, Settings, load_config
+from syndicate.cli.common import (
+    WORK_HINT,
+    RuntimeFailure,
+    channel_option,
+    check_channel_names,
+    config_option,
+    connect_store,
+    connected_store,
+    delivery_error,
+    delivery_reason,
+    err,
+    error_classes_option,
+    human_seconds,
+    json_option,
+    load_settings,
+    local_time,
+    n_deliveries,
+    new_table,
+    out,
+    pause_text,
+    per_channel,
+    plural,
+    print_json,
+    run_async,
+    states_option,
+    styled_state,
+    time_option,
+)
+from syndicate.config import ChannelSettings, ConfigError, Settings
 from syndicate.delivery import ERROR_CLASSES, Action, DeliveryError, RenderError
 from syndicate.engine import Engine
-from syndicate.logs import configure_logging, redact, set_secrets
+from syndicate.logs import configure_logging, redact
 from syndicate.operations import (
     DEFAULT_REPLAY_STATES,
     ReplayPlan,
@@ -42,15 +67,11 @@ from syndicate.operations import (
     delivery_json,
     iso,
     parse_duration,
-    parse_states,
-    parse_time,
     plan_replay,
     requeue,
     retract_story,
-    split_list,
 )
 from syndicate.signing import SIGNATURE_HEADER, sign
-from syndicate.store import open_store
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     ChannelState,
@@ -59,220 +80,16 @@ from syndicate.store.base import (
     NotFound,
     StaleVersion,
     State,
-    Store,
     VersionConflict,
 )
 from syndicate.story import Story, StoryValidationError
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-STATE_STYLES = {
-    State.DELIVERED: "green",
-    State.QUEUED: "cyan",
-    State.IN_FLIGHT: "blue",
-    State.RETRY_WAIT: "yellow",
-    State.FAILED: "bold red",
-    State.UNKNOWN: "bold magenta",
-    State.CANCELED: "dim",
-    State.SUPERSEDED: "dim",
-    State.SKIPPED: "dim",
-}
-
 #: Replays larger than this show a progress bar (on a terminal).
 PROGRESS_THRESHOLD = 50
-WORK_HINT = "run `syndicate work` or let the server's workers deliver them"
-
-# Piped output (CI logs, `| less`) gets a wide table instead of rich's 80-column default.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 160)
-# Messages on stderr are one line each, however long (file paths), so they are never wrapped.
-err = Console(stderr=True, soft_wrap=True)
-
-
-class RuntimeFailure(click.ClickException):
-    """A failure while running (exit 1), as opposed to a usage mistake (exit 2)."""
-
-    exit_code = 1
-
-
-def _config_option(fn: Callable[P, R]) -> Callable[P, R]:
-    return click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="Config file (default: $SYNDICATE_CONFIG, else ./config/syndicate.toml).",
-    )(fn)
-
-
-def _json_option(fn: Callable[P, R]) -> Callable[P, R]:
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON instead of tables.")(fn)
-
-
-def _settings(ctx: click.Context, config_path: Path | None) -> Settings:
-    path = config_path or ctx.find_root().params.get("config_path")
-    try:
-        settings = load_config(path)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    set_secrets(settings)
-    return settings
-
-
-async def _open_store(settings: Settings, *, migrate: bool = True) -> Store:
-    try:
-        store = open_store(settings.store.url)
-    except ValueError as exc:
-        raise click.UsageError(f"{settings.source}: [store] url: {exc}") from None
-    if migrate:
-        await store.migrate()
-    return store
-
-
-@contextlib.asynccontextmanager
-async def _store(settings: Settings) -> AsyncIterator[Store]:
-    store = await _open_store(settings)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-def _run(coro: Awaitable[R]) -> R:
-    return asyncio.run(coro)  # type: ignore[arg-type]
-
-
-# --- shared rendering: every command formats states, times and errors the same way ---------------------------------
-
-
-def _ts(value: float | None) -> str:
-    """A timestamp in local time for tables (JSON views use operations.iso, UTC)."""
-    if value is None:
-        return ""
-    return dt.datetime.fromtimestamp(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _seconds(value: float) -> str:
-    """A delay for humans: 0s, 500ms, 5s, 5m, 2h, 1.5d."""
-    if value == 0:
-        return "0s"
-    if value < 1:
-        return f"{value * 1000:g}ms"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if value >= size:
-            return f"{round(value / size, 1):g}{unit}"
-    return f"{round(value, 1):g}s"
-
-
-def _state(state: State) -> str:
-    """A state, coloured (markup for rich)."""
-    return f"[{STATE_STYLES[state]}]{state.value}[/]"
-
-
-def _reason(d: DeliveryRecord) -> str:
-    """Why a delivery is where it is: the engine's note, else the last error (plain text, escape before printing).
-
-    Masked like the API's answers: platform error text can echo what we sent (a token, a signature)."""
-    return redact(d.note or d.last_error or "")
-
-
-def _error(d: DeliveryRecord) -> str:
-    """``Permanent [400]: reason`` for a delivery's last failure (plain text)."""
-    head = " ".join(
-        x for x in (d.last_error_class or "", f"[{d.last_platform_code}]" if d.last_platform_code else "") if x
-    )
-    reason = _reason(d)
-    return f"{head}: {reason}" if head and reason else head or reason
-
-
-def _paused(state: ChannelState | None, now: float) -> str:
-    """``until <time>: <reason>`` while a channel is paused, else empty (plain text)."""
-    if state is None or state.paused_until is None or not state.paused_at(now):
-        return ""
-    until = "until resumed" if state.paused_until >= PAUSED_INDEFINITELY else f"until {_ts(state.paused_until)}"
-    return f"{until}: {state.reason or ''}"
-
-
-def _per_channel(rows: Iterable[DeliveryRecord]) -> str:
-    counts = Counter(d.channel for d in rows)
-    return ", ".join(f"{name} ({n})" for name, n in sorted(counts.items()))
-
-
-def _plural(n: int, word: str, many: str | None = None) -> str:
-    return f"{n} {word if n == 1 else many or word + 's'}"
-
-
-def _deliveries(n: int) -> str:
-    return _plural(n, "delivery", "deliveries")
-
-
-def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False, indent=2))
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title)
-    for col in columns:
-        table.add_column(col, overflow="fold")
-    return table
-
-
-# --- option parsing shared by the operator commands ----------------------------------------------------------------
-
-
-def _split_option(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[str]:
-    return split_list(values)
-
-
-def _states_option(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[State]:
-    try:
-        return parse_states(values)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value, now=time.time())
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def _error_classes_option(ctx: click.Context, param: click.Parameter, values: Sequence[str]) -> list[str]:
-    """Error class names; the taxonomy's own are matched case-insensitively (adapters may record subclasses)."""
-    known = {name.lower(): name for name in ERROR_CLASSES}
-    return [known.get(name.lower(), name) for name in split_list(values)]
-
-
-def _channel_option(fn: Callable[P, R]) -> Callable[P, R]:
-    return click.option(
-        "--channel",
-        "channels",
-        multiple=True,
-        callback=_split_option,
-        metavar="NAME[,NAME]",
-        help="Only these channels (repeatable or comma-separated).",
-    )(fn)
-
-
-async def _check_channel_names(settings: Settings, store: Store, names: Sequence[str]) -> None:
-    """A typo in --channel is a usage error, not an empty answer. Channels that are no longer configured but still
-    have deliveries in the store are accepted."""
-    if not names:
-        return
-    unknown = [n for n in names if n not in settings.channels]
-    if unknown:
-        in_store = {channel for channel, _ in await store.queue_depth()}
-        unknown = [n for n in unknown if n not in in_store]
-    if unknown:
-        configured = ", ".join(sorted(settings.channels)) or "none"
-        raise click.UsageError(f"unknown channel {unknown[0]!r} (configured: {configured})")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@_config_option
+@config_option
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.option(
     "--log-format",
@@ -286,7 +103,7 @@ def cli(config_path: Path | None, verbose: int, log_format: str) -> None:
     level = logging.WARNING - 10 * min(verbose, 2)
     if log_format == "auto":
         log_format = "text" if sys.stderr.isatty() else "json"
-    # Secrets are added to the redaction list as soon as a command loads its config (see _settings).
+    # Secrets are added to the redaction list as soon as a command loads its config (see load_settings).
     configure_logging(None, fmt="json" if log_format == "json" else "text", level=level)
 
 
@@ -364,7 +181,7 @@ def _print_bad(source: str, problems: Iterable[str]) -> None:
 
 @cli.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(allow_dash=True, dir_okay=False))
-@_config_option
+@config_option
 @click.option(
     "--url",
     metavar="URL",
@@ -382,7 +199,7 @@ def publish(
     Use - to read stdin (handy for backfills). A bad document is reported by name and line and does not stop
     the good ones; the exit code is 1 if any was rejected.
     """
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     fatal: str | None = None
     if url is not None:
         endpoint = _hook_url(url)
@@ -392,9 +209,9 @@ def publish(
                 f"{settings.source}: [server] hook_secret is not set: publish --url signs every request with it "
                 f"({SIGNATURE_HEADER})"
             )
-        results, fatal = _run(_publish_remote(endpoint, secret, _read_files(files)))
+        results, fatal = run_async(_publish_remote(endpoint, secret, _read_files(files)))
     else:
-        results = _run(_publish_local(settings, _read_files(files)))
+        results = run_async(_publish_local(settings, _read_files(files)))
 
     bad = [r for r in results if not r["ok"]]
     if as_json:
@@ -436,7 +253,7 @@ def _accepted(
 
 async def _publish_local(settings: Settings, docs: Sequence[Document]) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
-    async with _store(settings) as store:
+    async with connected_store(settings) as store:
         engine = Engine(settings, store)
         for doc in docs:
             if doc.error is not None:
@@ -570,7 +387,7 @@ def _hook_result(source: str, url: str, status: int, answer: dict[str, Any], tex
 
 
 @cli.command()
-@_config_option
+@config_option
 @click.option("--until-idle", is_flag=True, help="Exit 0 once nothing is due or in flight.")
 @click.option(
     "--wait-for-retries",
@@ -586,12 +403,12 @@ def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_fo
 
     SIGTERM or Ctrl-C stops claiming, lets in-flight deliveries finish (or releases them) and exits 0.
     """
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     if not settings.enabled_channels:
         raise click.UsageError(f"{settings.source}: no enabled [channels.*] to deliver to")
 
     async def _work() -> None:
-        store = await _open_store(settings)
+        store = await connect_store(settings)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -602,7 +419,7 @@ def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_fo
         finally:
             await store.close()
 
-    _run(_work())
+    run_async(_work())
 
 
 # --- pause / resume --------------------------------------------------------------------------------------------
@@ -617,16 +434,16 @@ def _configured_channel(settings: Settings, name: str) -> str:
 
 @cli.command()
 @click.argument("channel")
-@_config_option
+@config_option
 @click.option("--for", "duration", metavar="DURATION", help="How long: 30m, 2h, 1d (default: until resumed).")
 @click.option("--reason", default="paused by an operator", show_default=True, help="Shown wherever the pause is.")
-@_json_option
+@json_option
 @click.pass_context
 def pause(
     ctx: click.Context, channel: str, config_path: Path | None, duration: str | None, reason: str, as_json: bool
 ) -> None:
     """Pause a channel for every worker: nothing is sent on it until it is resumed (or the time is up)."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     name = _configured_channel(settings, channel)
     now = time.time()
     until = PAUSED_INDEFINITELY
@@ -637,36 +454,36 @@ def pause(
             raise click.BadParameter(str(exc), param_hint="--for") from None
 
     async def _pause() -> ChannelState | None:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             await store.pause_channel(name, until=until, reason=reason, now=now)
             return (await store.channel_states()).get(name)
 
-    state = _run(_pause())
+    state = run_async(_pause())
     if as_json:
-        _print_json(channel_state_json(name, state, now=now))
+        print_json(channel_state_json(name, state, now=now))
         return
-    out.print(f"{escape(name)} paused {_paused(state, now)}", highlight=False)
+    out.print(f"{escape(name)} paused {pause_text(state, now)}", highlight=False)
 
 
 @cli.command()
 @click.argument("channel")
-@_config_option
-@_json_option
+@config_option
+@json_option
 @click.pass_context
 def resume(ctx: click.Context, channel: str, config_path: Path | None, as_json: bool) -> None:
     """Resume a paused channel (after a rate limit, fixed credentials, or an operator's pause)."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     name = _configured_channel(settings, channel)
     now = time.time()
 
     async def _resume() -> ChannelState | None:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             await store.resume_channel(name, now=now)
             return (await store.channel_states()).get(name)
 
-    state = _run(_resume())
+    state = run_async(_resume())
     if as_json:
-        _print_json(channel_state_json(name, state, now=now))
+        print_json(channel_state_json(name, state, now=now))
         return
     out.print(f"{escape(name)} resumed: workers deliver its queue again", highlight=False)
 
@@ -677,7 +494,7 @@ def resume(ctx: click.Context, channel: str, config_path: Path | None, as_json: 
 @cli.command()
 @click.argument("delivery_id", type=int)
 @click.argument("remote_id_or_url")
-@_config_option
+@config_option
 @click.pass_context
 def landed(ctx: click.Context, delivery_id: int, remote_id_or_url: str, config_path: Path | None) -> None:
     """Confirm an `unknown` delivery did reach the platform: you found the post, give its id or URL.
@@ -687,14 +504,14 @@ def landed(ctx: click.Context, delivery_id: int, remote_id_or_url: str, config_p
     """
     from syndicate.operations import mark_landed
 
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _landed() -> bool:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             return await mark_landed(store, delivery_id, remote_id_or_url, now=time.time(), who="the CLI")
 
     try:
-        changed = _run(_landed())
+        changed = run_async(_landed())
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="REMOTE_ID_OR_URL") from None
     if not changed:
@@ -708,7 +525,7 @@ def landed(ctx: click.Context, delivery_id: int, remote_id_or_url: str, config_p
 
 
 @cli.command()
-@_config_option
+@config_option
 @click.option("--host", default=None, help="Interface to listen on (default: [server] host).")
 @click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: [server] port).")
 @click.option(
@@ -725,7 +542,7 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
     """
     from syndicate.server import serve as run_server
 
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     for key in ("hook_secret", "api_token"):
         if not getattr(settings.server, key):
             raise click.UsageError(f"{settings.source}: [server] {key}: missing (required by serve; use ${{ENV_VAR}})")
@@ -745,7 +562,7 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
         )
 
     try:
-        _run(_serve())
+        run_async(_serve())
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     except OSError as exc:
@@ -757,10 +574,10 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
 
 @cli.command()
 @click.argument("story_id", required=False)
-@_config_option
-@_channel_option
+@config_option
+@channel_option
 @click.option("--limit", type=click.IntRange(min=1), default=500, show_default=True, help="Most recent N.")
-@_json_option
+@json_option
 @click.pass_context
 def status(
     ctx: click.Context,
@@ -771,36 +588,36 @@ def status(
     as_json: bool,
 ) -> None:
     """Per story × channel: state, attempts, last error."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _status() -> tuple[list[DeliveryRecord], dict[str, ChannelState]]:
-        async with _store(settings) as store:
-            await _check_channel_names(settings, store, channels)
+        async with connected_store(settings) as store:
+            await check_channel_names(settings, store, channels)
             rows = await store.list_deliveries(DeliveryFilter(story_id=story_id, channels=channels or None))
             return rows[-limit:], await store.channel_states()
 
-    rows, channel_states = _run(_status())
+    rows, channel_states = run_async(_status())
     if story_id is not None and not rows:
         raise RuntimeFailure(f"no deliveries for story {story_id!r}")
     if as_json:
-        _print_json({"deliveries": [delivery_json(d) for d in rows]})
+        print_json({"deliveries": [delivery_json(d) for d in rows]})
         return
     title = "deliveries" + (f" of {escape(story_id)}" if story_id else "")
-    table = _table(title, "id", "story", "v", "channel", "action", "state", "tries", "detail")
+    table = new_table(title, "id", "story", "v", "channel", "action", "state", "tries", "detail")
     for d in rows:
         detail = d.receipt.url or d.receipt.remote_id or "" if d.receipt else ""
         if d.state is State.RETRY_WAIT:
-            detail = f"retry at {_ts(d.due_at)}: {redact(d.last_error or '')}"
+            detail = f"retry at {local_time(d.due_at)}: {redact(d.last_error or '')}"
         elif d.state in (State.FAILED, State.UNKNOWN, State.SKIPPED, State.CANCELED, State.SUPERSEDED):
             code = f" [{d.last_platform_code}]" if d.last_platform_code else ""
-            detail = f"{_reason(d)}{code}"
+            detail = f"{delivery_reason(d)}{code}"
         table.add_row(
             str(d.id),
             escape(d.story_id),
             str(d.version),
             d.channel,
             d.action.value,
-            _state(d.state),
+            styled_state(d.state),
             str(d.attempts),
             escape(detail),
         )
@@ -815,7 +632,7 @@ def status(
     summary.add_column("paused")
     now = time.time()
     for name in sorted(counts):
-        paused = _paused(channel_states.get(name), now)
+        paused = pause_text(channel_states.get(name), now)
         summary.add_row(name, ", ".join(f"{k} {v}" for k, v in sorted(counts[name].items())), escape(paused))
     out.print(summary)
 
@@ -824,11 +641,11 @@ def status(
 
 
 @cli.command()
-@_config_option
-@_channel_option
+@config_option
+@channel_option
 @click.option(
     "--since",
-    callback=_time_option,
+    callback=time_option,
     metavar="TIME",
     help="Only deliveries that changed since TIME: a duration ago (30m, 2h, 1d), ISO 8601 or unix seconds.",
 )
@@ -836,12 +653,12 @@ def status(
     "--state",
     "states",
     multiple=True,
-    callback=_states_option,
+    callback=states_option,
     metavar="STATE[,STATE]",
     help="States to list (default: failed,unknown).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True, help="Most recent N.")
-@_json_option
+@json_option
 @click.pass_context
 def failed(
     ctx: click.Context,
@@ -854,25 +671,25 @@ def failed(
 ) -> None:
     """Deliveries that need an operator: failed and unknown ones, with the error class, the platform's code and
     the reason. Replay them with `syndicate replay`."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     wanted = states or list(DEFAULT_REPLAY_STATES)
 
     async def _failed() -> list[DeliveryRecord]:
-        async with _store(settings) as store:
-            await _check_channel_names(settings, store, channels)
+        async with connected_store(settings) as store:
+            await check_channel_names(settings, store, channels)
             return await store.list_deliveries(DeliveryFilter(states=wanted, channels=channels or None, since=since))
 
-    rows = _run(_failed())
+    rows = run_async(_failed())
     shown = rows[-limit:]
     if as_json:
-        _print_json({"deliveries": [delivery_json(d) for d in shown]})
+        print_json({"deliveries": [delivery_json(d) for d in shown]})
         return
     what = ",".join(s.value for s in wanted)
     if not rows:
         out.print(f"no {escape(what)} deliveries" + (f" on {', '.join(channels)}" if channels else ""))
         return
     columns = ("id", "story", "v", "channel", "action", "state", "tries", "error", "code", "reason", "when")
-    table = _table(f"{what} deliveries", *columns)
+    table = new_table(f"{what} deliveries", *columns)
     for d in shown:
         table.add_row(
             str(d.id),
@@ -880,16 +697,16 @@ def failed(
             str(d.version),
             d.channel,
             d.action.value,
-            _state(d.state),
+            styled_state(d.state),
             str(d.attempts),
             escape(d.last_error_class or ""),
             escape(d.last_platform_code or ""),
-            escape(_reason(d)),
-            _ts(d.updated_at),
+            escape(delivery_reason(d)),
+            local_time(d.updated_at),
         )
     out.print(table)
     more = f" (the {len(shown)} most recent shown)" if len(shown) < len(rows) else ""
-    out.print(f"{_deliveries(len(rows))}{more} on {_per_channel(rows)}; re-queue with `syndicate replay`")
+    out.print(f"{n_deliveries(len(rows))}{more} on {per_channel(rows)}; re-queue with `syndicate replay`")
 
 
 # --- replay ----------------------------------------------------------------------------------------------------
@@ -897,18 +714,18 @@ def failed(
 
 @cli.command()
 @click.argument("ids", nargs=-1, type=click.IntRange(min=1))
-@_config_option
-@_channel_option
+@config_option
+@channel_option
 @click.option("--story", "story_id", metavar="STORY_ID", help="Only this story's deliveries.")
 @click.option(
-    "--since", callback=_time_option, metavar="TIME", help="Changed since TIME (30m, 2h, 1d, ISO 8601, unix seconds)."
+    "--since", callback=time_option, metavar="TIME", help="Changed since TIME (30m, 2h, 1d, ISO 8601, unix seconds)."
 )
-@click.option("--until", callback=_time_option, metavar="TIME", help="Changed before TIME.")
+@click.option("--until", callback=time_option, metavar="TIME", help="Changed before TIME.")
 @click.option(
     "--state",
     "states",
     multiple=True,
-    callback=_states_option,
+    callback=states_option,
     metavar="STATE[,STATE]",
     help="States to select (default: failed,unknown).",
 )
@@ -916,14 +733,14 @@ def failed(
     "--error-class",
     "error_classes",
     multiple=True,
-    callback=_error_classes_option,
+    callback=error_classes_option,
     metavar="CLASS[,CLASS]",
     help=f"Only deliveries whose last error was of this class ({', '.join(ERROR_CLASSES)}).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be re-queued and change nothing.")
 @click.option("-y", "--yes", is_flag=True, help="Do not ask for confirmation (needed when stdin is not a terminal).")
 @click.option("--force", is_flag=True, help="Also replay delivered ones (this posts them again).")
-@_json_option
+@json_option
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -947,7 +764,7 @@ def replay(
     one is replayed only with --force. The exit code is 1 when a named id does not exist or a selected delivery
     was refused.
     """
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     if not dry_run and not yes and not sys.stdin.isatty():
         raise click.UsageError(
             "replay asks for confirmation but stdin is not a terminal: pass --yes to re-queue without asking "
@@ -965,11 +782,11 @@ def replay(
     )
 
     async def _plan() -> ReplayPlan:
-        async with _store(settings) as store:
-            await _check_channel_names(settings, store, channels)
+        async with connected_store(settings) as store:
+            await check_channel_names(settings, store, channels)
             return await plan_replay(store, selection)
 
-    plan = _run(_plan())
+    plan = run_async(_plan())
     selected = plan.replayable
     if not as_json:
         _show_plan(plan)
@@ -977,11 +794,11 @@ def replay(
     requeued: list[int] = []
     if selected and not dry_run:
         if not yes:
-            click.confirm(f"Re-queue {_deliveries(len(selected))}?", default=False, abort=True, err=True)
-        requeued = _run(_requeue(settings, selected, force=force))
+            click.confirm(f"Re-queue {n_deliveries(len(selected))}?", default=False, abort=True, err=True)
+        requeued = run_async(_requeue(settings, selected, force=force))
 
     if as_json:
-        _print_json(
+        print_json(
             {
                 "dry_run": dry_run,
                 "selected": [delivery_json(d) for d in selected],
@@ -998,14 +815,14 @@ def replay(
             out.print("nothing to replay")
     elif dry_run:
         out.print(
-            f"dry run: would re-queue {_deliveries(len(selected))} on channels {_per_channel(selected)}; "
+            f"dry run: would re-queue {n_deliveries(len(selected))} on channels {per_channel(selected)}; "
             "nothing was changed"
         )
     else:
         done = set(requeued)
-        line = f"re-queued {_deliveries(len(done))}"
+        line = f"re-queued {n_deliveries(len(done))}"
         if done:
-            line += f" on channels {_per_channel(d for d in selected if d.id in done)}"
+            line += f" on channels {per_channel(d for d in selected if d.id in done)}"
         skipped = len(selected) - len(done)
         if skipped:
             line += f" ({skipped} changed state meanwhile and were left alone)"
@@ -1016,7 +833,7 @@ def replay(
         problems.append(f"no delivery with id {', '.join(map(str, plan.missing_ids))}")
     if plan.refused:
         reasons = sorted({why for _, why in plan.refused})
-        problems.append(f"{_deliveries(len(plan.refused))} refused ({'; '.join(reasons)})")
+        problems.append(f"{n_deliveries(len(plan.refused))} refused ({'; '.join(reasons)})")
     if problems:
         raise RuntimeFailure("; ".join(problems))
 
@@ -1024,7 +841,7 @@ def replay(
 def _show_plan(plan: ReplayPlan) -> None:
     if plan.replayable:
         columns = ("id", "story", "v", "channel", "action", "state", "tries", "error")
-        table = _table(f"selected for replay ({len(plan.replayable)})", *columns)
+        table = new_table(f"selected for replay ({len(plan.replayable)})", *columns)
         for d in plan.replayable:
             table.add_row(
                 str(d.id),
@@ -1032,25 +849,25 @@ def _show_plan(plan: ReplayPlan) -> None:
                 str(d.version),
                 d.channel,
                 d.action.value,
-                _state(d.state),
+                styled_state(d.state),
                 str(d.attempts),
-                escape(_error(d)),
+                escape(delivery_error(d)),
             )
         out.print(table)
     if plan.refused or plan.missing_ids:
-        table = _table(
+        table = new_table(
             f"refused ({len(plan.refused) + len(plan.missing_ids)})", "id", "story", "channel", "action", "state"
         )
         table.add_column("why", overflow="fold")
         for d, why in plan.refused:
-            table.add_row(str(d.id), escape(d.story_id), d.channel, d.action.value, _state(d.state), escape(why))
+            table.add_row(str(d.id), escape(d.story_id), d.channel, d.action.value, styled_state(d.state), escape(why))
         for missing in plan.missing_ids:
             table.add_row(str(missing), "", "", "", "", "no such delivery (or outside the other filters)")
         out.print(table)
 
 
 async def _requeue(settings: Settings, rows: Sequence[DeliveryRecord], *, force: bool) -> list[int]:
-    async with _store(settings) as store:
+    async with connected_store(settings) as store:
         if len(rows) <= PROGRESS_THRESHOLD:
             return await requeue(store, rows, now=time.time(), force=force)
         columns = (TextColumn("re-queuing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -1071,8 +888,8 @@ async def _requeue(settings: Settings, rows: Sequence[DeliveryRecord], *, force:
 
 @cli.command()
 @click.argument("story_id")
-@_config_option
-@_json_option
+@config_option
+@json_option
 @click.pass_context
 def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json: bool) -> None:
     """Take STORY_ID down from every channel that has it (a new version with pubstatus canceled).
@@ -1080,10 +897,10 @@ def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json
     A publish that never went out is canceled; channels that never had the story get a skipped retraction with
     the reason. The retractions go out through `syndicate work` (or the server's workers).
     """
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _retract() -> tuple[Any, list[DeliveryRecord]]:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             started = time.time()
             try:
                 result = await retract_story(Engine(settings, store), story_id)
@@ -1098,9 +915,9 @@ def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json
             canceled = [d for d in history if d.version < result.version and d.updated_at >= started]
             return result, canceled
 
-    result, canceled = _run(_retract())
+    result, canceled = run_async(_retract())
     if as_json:
-        _print_json(
+        print_json(
             {
                 "story_id": result.story_id,
                 "version": result.version,
@@ -1114,16 +931,18 @@ def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json
         out.print(f"retracting {escape(result.story_id)}: version {result.version} (pubstatus canceled)")
     else:
         out.print(f"{escape(result.story_id)} was already retracted (version {result.version}): no new work")
-    table = _table("retraction per channel", "id", "channel", "action", "state", "note")
+    table = new_table("retraction per channel", "id", "channel", "action", "state", "note")
     for d in result.deliveries:
-        table.add_row(str(d.id), d.channel, d.action.value, _state(d.state), escape(_reason(d)))
+        table.add_row(str(d.id), d.channel, d.action.value, styled_state(d.state), escape(delivery_reason(d)))
     for d in canceled:
-        table.add_row(str(d.id), d.channel, f"{d.action.value} v{d.version}", _state(d.state), escape(_reason(d)))
+        table.add_row(
+            str(d.id), d.channel, f"{d.action.value} v{d.version}", styled_state(d.state), escape(delivery_reason(d))
+        )
     if result.deliveries or canceled:
         out.print(table)
     queued = sum(d.state is State.QUEUED for d in result.deliveries)
     if result.created and queued:
-        out.print(f"{_plural(queued, 'retraction')} queued; {WORK_HINT}")
+        out.print(f"{plural(queued, 'retraction')} queued; {WORK_HINT}")
 
 
 # --- preview ---------------------------------------------------------------------------------------------------
@@ -1131,7 +950,7 @@ def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json
 
 @cli.command()
 @click.argument("file", type=click.Path(exists=True, allow_dash=True, dir_okay=False))
-@_config_option
+@config_option
 @click.option("--channel", "channel", required=True, metavar="NAME", help="The configured channel to render for.")
 @click.option(
     "--action",
@@ -1139,14 +958,14 @@ def retract(ctx: click.Context, story_id: str, config_path: Path | None, as_json
     default=None,
     help="What to render (default: retract for a withheld or canceled story, else publish).",
 )
-@_json_option
+@json_option
 @click.pass_context
 def preview(
     ctx: click.Context, file: str, config_path: Path | None, channel: str, action: str | None, as_json: bool
 ) -> None:
     """Show exactly what CHANNEL would be sent for the story in FILE: the payload, its length in the channel's own
     counting and what rendering trimmed. Nothing is stored or sent."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
     ch = settings.channels.get(channel)
     if ch is None:
         configured = ", ".join(sorted(settings.channels)) or "none"
@@ -1194,7 +1013,7 @@ def preview(
 
     bad = [r for r in results if not r["ok"]]
     if as_json:
-        _print_json({"previews": results})
+        print_json({"previews": results})
     else:
         for r in results:
             if r["ok"]:
@@ -1230,7 +1049,7 @@ def _print_preview(r: dict[str, Any], ch: ChannelSettings) -> None:
 
 
 def _retry_summary(delays: Sequence[float]) -> str:
-    return f"{_plural(len(delays), 'attempt')}: " + ", ".join(_seconds(d) for d in delays)
+    return f"{plural(len(delays), 'attempt')}: " + ", ".join(human_seconds(d) for d in delays)
 
 
 async def _check_channel(ch: ChannelSettings) -> dict[str, Any]:
@@ -1266,16 +1085,16 @@ async def _run_check(ch: ChannelSettings) -> dict[str, Any]:
 
 
 @cli.command("channels")
-@_config_option
+@config_option
 @click.option("--check", is_flag=True, help="Also run each enabled channel's live check (exit 1 if any fails).")
-@_json_option
+@json_option
 @click.pass_context
 def channels_command(ctx: click.Context, config_path: Path | None, check: bool, as_json: bool) -> None:
     """Configured channels: kind, enabled, concurrency, timeout, retry schedule, pause state and queue depth."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _gather() -> tuple[dict[str, ChannelState], dict[tuple[str, State], int], dict[str, dict[str, Any]]]:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             states, depth = await store.channel_states(), await store.queue_depth()
         checks: dict[str, dict[str, Any]] = {}
         if check:
@@ -1284,7 +1103,7 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
             checks = {ch.name: result for ch, result in zip(enabled, found, strict=True)}
         return states, depth, checks
 
-    states, depth, checks = _run(_gather())
+    states, depth, checks = run_async(_gather())
     now = time.time()
     queue: dict[str, dict[State, int]] = {}
     for (name, state), n in depth.items():
@@ -1313,9 +1132,9 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
 
     failing = [v["channel"] for v in views if v.get("check") and not v["check"]["ok"]]
     if as_json:
-        _print_json({"channels": views})
+        print_json({"channels": views})
     else:
-        table = _table("channels", "channel", "kind", "enabled", "conc.", "timeout", "retry", "paused", "queue")
+        table = new_table("channels", "channel", "kind", "enabled", "conc.", "timeout", "retry", "paused", "queue")
         if check:
             table.add_column("check", overflow="fold")
         for v in views:
@@ -1325,10 +1144,10 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
                 v["kind"] or "[dim](not configured)[/]",
                 ("yes" if v["enabled"] else "[dim]no[/]") if ch else "",
                 str(v["concurrency"] or ""),
-                _seconds(v["timeout"]) if v["timeout"] else "",
+                human_seconds(v["timeout"]) if v["timeout"] else "",
                 _retry_summary(v["retry"]) if v["retry"] else "",
-                escape(_paused(states.get(v["channel"]), now)),
-                ", ".join(f"{_state(State(s))} {n}" for s, n in v["queue"].items()),
+                escape(pause_text(states.get(v["channel"]), now)),
+                ", ".join(f"{styled_state(State(s))} {n}" for s, n in v["queue"].items()),
             ]
             if check:
                 result = v["check"]
@@ -1356,45 +1175,45 @@ def db() -> None:
 
 
 @db.command("migrate")
-@_config_option
-@_json_option
+@config_option
+@json_option
 @click.pass_context
 def db_migrate(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     """Apply pending schema migrations; print the schema version before and after."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _migrate() -> tuple[int, int]:
-        store = await _open_store(settings, migrate=False)
+        store = await connect_store(settings, migrate=False)
         try:
             return await store.schema_version(), await store.migrate()
         finally:
             await store.close()
 
-    before, after = _run(_migrate())
+    before, after = run_async(_migrate())
     if as_json:
-        _print_json({"before": before, "after": after, "applied": after - before})
+        print_json({"before": before, "after": after, "applied": after - before})
     elif after == before:
         out.print(f"schema version {after}: up to date, nothing to apply")
     else:
-        out.print(f"schema version {before} -> {after} ({_plural(after - before, 'migration')} applied)")
+        out.print(f"schema version {before} -> {after} ({plural(after - before, 'migration')} applied)")
 
 
 @db.command("stats")
-@_config_option
-@_json_option
+@config_option
+@json_option
 @click.pass_context
 def db_stats(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
     """What the store holds: stories, versions, deliveries by state, attempts, the oldest pending delivery."""
-    settings = _settings(ctx, config_path)
+    settings = load_settings(ctx, config_path)
 
     async def _stats() -> tuple[int, Any]:
-        async with _store(settings) as store:
+        async with connected_store(settings) as store:
             return await store.schema_version(), await store.counts()
 
-    version, counts = _run(_stats())
+    version, counts = run_async(_stats())
     by_state = {s.value: counts.by_state.get(s, 0) for s in State}
     if as_json:
-        _print_json(
+        print_json(
             {
                 "schema_version": version,
                 "stories": counts.stories,
@@ -1415,9 +1234,9 @@ def db_stats(ctx: click.Context, config_path: Path | None, as_json: bool) -> Non
     table.add_row("deliveries", str(counts.deliveries))
     for state in State:
         if counts.by_state.get(state):
-            table.add_row(f"  {_state(state)}", str(counts.by_state[state]))
+            table.add_row(f"  {styled_state(state)}", str(counts.by_state[state]))
     table.add_row("attempts", str(counts.attempts))
-    table.add_row("oldest pending due", _ts(counts.oldest_pending_due) or "-")
+    table.add_row("oldest pending due", local_time(counts.oldest_pending_due) or "-")
     out.print(table)
 
 
