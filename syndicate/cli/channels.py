@@ -27,6 +27,7 @@ from syndicate.cli.common import (
     print_json,
     run_async,
     styled_state,
+    unknown_channel,
 )
 from syndicate.config import ChannelSettings, Settings
 from syndicate.delivery import DeliveryError
@@ -160,8 +161,7 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
 
 def _configured_channel(settings: Settings, name: str) -> str:
     if name not in settings.channels:
-        configured = ", ".join(sorted(settings.channels)) or "none"
-        raise click.UsageError(f"unknown channel {name!r} (configured: {configured})")
+        raise unknown_channel(settings, name)
     return name
 
 

@@ -229,5 +229,10 @@ async def check_channel_names(settings: Settings, store: Store, names: Sequence[
         in_store = {channel for channel, _ in await store.queue_depth()}
         unknown = [n for n in unknown if n not in in_store]
     if unknown:
-        configured = ", ".join(sorted(settings.channels)) or "none"
-        raise click.UsageError(f"unknown channel {unknown[0]!r} (configured: {configured})")
+        raise unknown_channel(settings, unknown[0])
+
+
+def unknown_channel(settings: Settings, name: str) -> click.UsageError:
+    """The usage error for a channel name that is not configured, naming those that are."""
+    configured = ", ".join(sorted(settings.channels)) or "none"
+    return click.UsageError(f"unknown channel {name!r} (configured: {configured})")

@@ -17,7 +17,15 @@ import aiohttp
 import click
 from rich.markup import escape
 
-from syndicate.cli.common import RuntimeFailure, config_option, connected_store, load_settings, out, run_async
+from syndicate.cli.common import (
+    RuntimeFailure,
+    config_option,
+    connected_store,
+    load_settings,
+    out,
+    print_json,
+    run_async,
+)
 from syndicate.cli.documents import Document, print_bad, read_files
 from syndicate.config import Settings
 from syndicate.engine import Engine
@@ -62,7 +70,7 @@ def publish(
 
     bad = [r for r in results if not r["ok"]]
     if as_json:
-        click.echo(json.dumps({"results": results}, ensure_ascii=False, indent=2))
+        print_json({"results": results})
     else:
         for r in results:
             if r["ok"]:

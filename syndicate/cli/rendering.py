@@ -3,7 +3,6 @@ channel's own counting and what rendering trimmed. Nothing is stored or sent."""
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 import click
 from rich.markup import escape
 
-from syndicate.cli.common import config_option, json_option, load_settings, out, print_json
+from syndicate.cli.common import config_option, json_option, load_settings, out, print_json, unknown_channel
 from syndicate.cli.documents import print_bad, read_files
 from syndicate.config import ChannelSettings
 from syndicate.delivery import Action, RenderError
@@ -38,8 +37,7 @@ def preview(
     settings = load_settings(ctx, config_path)
     ch = settings.channels.get(channel)
     if ch is None:
-        configured = ", ".join(sorted(settings.channels)) or "none"
-        raise click.UsageError(f"unknown channel {channel!r} (configured: {configured})")
+        raise unknown_channel(settings, channel)
     adapter = ch.create_adapter()
     results: list[dict[str, Any]] = []
     for doc in read_files([file]):
@@ -106,7 +104,7 @@ def _print_preview(r: dict[str, Any], ch: ChannelSettings) -> None:
     if r["skipped"]:
         out.print(f"nothing to send: {escape(r['skipped'])} (the delivery would be recorded as skipped)")
         return
-    click.echo(json.dumps(r["payload"], ensure_ascii=False, indent=2))
+    print_json(r["payload"])
     length = "no text limit" if r["text_length"] is None else f"{r['text_length']} (in {ch.kind}'s own counting)"
     out.print(f"length: {length}", highlight=False)
     if not r["warnings"]:
