@@ -1,0 +1,204 @@
+"""Running syndicate and its store: `serve` (the HTTP service with embedded workers), `work` (delivery workers
+alone), `db migrate` and `db stats`, and `sandbox` (the local stand-ins for the remote platforms)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from syndicate.cli.common import (
+    RuntimeFailure,
+    config_option,
+    connect_store,
+    connected_store,
+    json_option,
+    load_settings,
+    local_time,
+    out,
+    plural,
+    print_json,
+    run_async,
+    styled_state,
+)
+from syndicate.config import ConfigError
+from syndicate.engine import Engine
+from syndicate.operations import iso
+from syndicate.store.base import State
+
+# --- serve -----------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@config_option
+@click.option("--host", default=None, help="Interface to listen on (default: [server] host).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (default: [server] port).")
+@click.option(
+    "--no-workers",
+    is_flag=True,
+    help="Serve the API only; separate `syndicate work` processes deliver.",
+)
+@click.pass_context
+def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: int | None, no_workers: bool) -> None:
+    """Run the HTTP service: the CMS publish hook, the status and replay API, health and metrics, plus embedded
+    delivery workers (unless --no-workers).
+
+    SIGTERM or Ctrl-C closes the listener, lets in-flight deliveries finish (or releases them) and exits 0.
+    """
+    from syndicate.server import serve as run_server
+
+    settings = load_settings(ctx, config_path)
+    for key in ("hook_secret", "api_token"):
+        if not getattr(settings.server, key):
+            raise click.UsageError(f"{settings.source}: [server] {key}: missing (required by serve; use ${{ENV_VAR}})")
+
+    async def _serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_server(
+            settings,
+            host=host or settings.server.host,
+            port=settings.server.port if port is None else port,
+            workers=not no_workers,
+            stop=stop,
+            on_ready=lambda url: click.echo(f"syndicate serving on {url}", err=True),
+        )
+
+    try:
+        run_async(_serve())
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    except OSError as exc:
+        raise RuntimeFailure(f"cannot listen: {exc}") from None
+
+
+# --- work ------------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@config_option
+@click.option("--until-idle", is_flag=True, help="Exit 0 once nothing is due or in flight.")
+@click.option(
+    "--wait-for-retries",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="With --until-idle: also wait for retries due within SECONDS.",
+)
+@click.pass_context
+def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_for_retries: float) -> None:
+    """Run delivery workers on the configured store.
+
+    SIGTERM or Ctrl-C stops claiming, lets in-flight deliveries finish (or releases them) and exits 0.
+    """
+    settings = load_settings(ctx, config_path)
+    if not settings.enabled_channels:
+        raise click.UsageError(f"{settings.source}: no enabled [channels.*] to deliver to")
+
+    async def _work() -> None:
+        store = await connect_store(settings)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with Engine(settings, store) as engine:
+                await engine.run(stop=stop, until_idle=until_idle, idle_horizon=wait_for_retries)
+        finally:
+            await store.close()
+
+    run_async(_work())
+
+
+# --- db --------------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def db() -> None:
+    """The store: apply migrations, count what it holds."""
+
+
+@db.command("migrate")
+@config_option
+@json_option
+@click.pass_context
+def db_migrate(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """Apply pending schema migrations; print the schema version before and after."""
+    settings = load_settings(ctx, config_path)
+
+    async def _migrate() -> tuple[int, int]:
+        store = await connect_store(settings, migrate=False)
+        try:
+            return await store.schema_version(), await store.migrate()
+        finally:
+            await store.close()
+
+    before, after = run_async(_migrate())
+    if as_json:
+        print_json({"before": before, "after": after, "applied": after - before})
+    elif after == before:
+        out.print(f"schema version {after}: up to date, nothing to apply")
+    else:
+        out.print(f"schema version {before} -> {after} ({plural(after - before, 'migration')} applied)")
+
+
+@db.command("stats")
+@config_option
+@json_option
+@click.pass_context
+def db_stats(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """What the store holds: stories, versions, deliveries by state, attempts, the oldest pending delivery."""
+    settings = load_settings(ctx, config_path)
+
+    async def _stats() -> tuple[int, Any]:
+        async with connected_store(settings) as store:
+            return await store.schema_version(), await store.counts()
+
+    version, counts = run_async(_stats())
+    by_state = {s.value: counts.by_state.get(s, 0) for s in State}
+    if as_json:
+        print_json(
+            {
+                "schema_version": version,
+                "stories": counts.stories,
+                "story_versions": counts.story_versions,
+                "deliveries": counts.deliveries,
+                "deliveries_by_state": by_state,
+                "attempts": counts.attempts,
+                "oldest_pending_due": iso(counts.oldest_pending_due),
+            }
+        )
+        return
+    table = Table(title="store", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("schema version", str(version))
+    table.add_row("stories", str(counts.stories))
+    table.add_row("story versions", str(counts.story_versions))
+    table.add_row("deliveries", str(counts.deliveries))
+    for state in State:
+        if counts.by_state.get(state):
+            table.add_row(f"  {styled_state(state)}", str(counts.by_state[state]))
+    table.add_row("attempts", str(counts.attempts))
+    table.add_row("oldest pending due", local_time(counts.oldest_pending_due) or "-")
+    out.print(table)
+
+
+# --- sandbox ---------------------------------------------------------------------------------------------------
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8765, show_default=True)
+def sandbox(host: str, port: int) -> None:
+    """Run the local stand-ins for every remote platform (tests, demo, benchmarks)."""
+    from syndicate.sandbox import run
+
+    run(host, port)
