@@ -62,10 +62,9 @@ from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
 from syndicate.story import Story, StoryValidationError
-from tests.conftest import ScriptedAdapter, assert_clean, audit_markup, make_settings, make_story, scripted
-from tests.e2e.test_cli import run_cli
 from tests.e2e.test_dashboard import Dash
 from tests.e2e.test_server import HOOK_SECRET, STORY, Server, server_settings
+from tests.support import ScriptedAdapter, assert_clean, audit_markup, make_settings, make_story, run_cli, scripted
 from tests.unit.test_media import PNG, no_network_fetcher, only_loopback
 
 # ============================================================================================ a hostile platform

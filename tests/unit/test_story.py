@@ -25,7 +25,7 @@ from syndicate.story import (
     StoryValidationError,
     validate_ninjs,
 )
-from tests.conftest import SHARED, shared_path
+from tests.support import SHARED, shared_path
 
 STANDARDS = SHARED / "standards"
 SAMPLE = SHARED / "samples" / "district-media-centres.txt"
