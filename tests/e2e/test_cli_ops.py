@@ -1,5 +1,5 @@
 """Operator commands of the `syndicate` script (failed, replay, retract, preview, channels, db, publish --url), run as
-a real subprocess against the in-process sandbox, like tests/test_cli.py (whose helpers this reuses).
+a real subprocess against the in-process sandbox, like tests/e2e/test_cli.py (whose helpers this reuses).
 """
 
 from __future__ import annotations
