@@ -11,16 +11,18 @@ import os
 import re
 import socket
 import sys
+import tomllib
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 
-from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
+from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, adapter_kinds, register
 from syndicate.config import Settings, parse_config
 from syndicate.delivery import Action, DeliveryError, Payload, Receipt
 from syndicate.engine import Engine
@@ -532,3 +534,90 @@ def write_config(
     path = tmp_path / name
     path.write_text(toml_text(raw) + extra, encoding="utf-8")
     return path
+
+
+# --- every registered channel kind, configured from the repository's own example ---------------------------------
+
+#: config/channels.example.toml documents every channel kind with every key: the contract test, the soak and the
+#: security sweep configure their channels from it, so a new kind is covered once it is documented there.
+CHANNELS_EXAMPLE = REPO / "config" / "channels.example.toml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
+#: The option names whose values are secrets (the README's masking rule: secret, token, password, credential, key).
+#: The option names of the endpoints a channel talks to (public links such as base_url or share_base_url stay).
+ENDPOINT_OPTIONS = frozenset({"url", "lookup_url", "api_base"})
+SECRET_OPTION = re.compile(r"secret|token|passw|credential|key", re.IGNORECASE)
+
+
+def registered_kinds() -> dict[str, type[Adapter]]:
+    """Every channel kind the registry knows (``syndicate.channel.adapter_kinds``: the installed entry points),
+    without the test doubles the tests register at run time (``scripted`` and the like, defined under tests/)."""
+    return {kind: cls for kind, cls in adapter_kinds().items() if not cls.__module__.startswith("tests.")}
+
+
+def distinctive(var: str) -> str:
+    """A value for ``${var}`` that shows up wherever it leaks (with '+' and '/', so its URL encodings differ)."""
+    return f"{var.lower().replace('_', '-')}-Qz7+/k9"
+
+
+@dataclass(frozen=True)
+class ExampleChannels:
+    #: Channel name -> its table from the example, ``${VAR}`` references kept, URLs and roots rewritten.
+    tables: dict[str, dict[str, Any]]
+    #: Every ``${VAR}`` the tables reference -> the distinctive value the environment gives it.
+    env: dict[str, str]
+    #: The values of the secret-named options (what must never show in a payload, a log or an answer).
+    secrets: dict[str, str]
+
+    def kinds(self) -> set[str]:
+        return {table["kind"] for table in self.tables.values()}
+
+    def first_of_each_kind(self) -> dict[str, dict[str, Any]]:
+        """One channel per kind (the first the example documents), by channel name."""
+        seen: dict[str, str] = {}
+        for name, table in self.tables.items():
+            seen.setdefault(table["kind"], name)
+        return {name: self.tables[name] for name in seen.values()}
+
+
+def _rebase(url: str, base: str) -> str:
+    parts = urlsplit(url)
+    path = parts.path if parts.path not in ("", "/") else ""
+    return base.rstrip("/") + path + (f"?{parts.query}" if parts.query else "")
+
+
+def example_channels(tmp_path: Path, remote_base: str) -> ExampleChannels:
+    """The channels of config/channels.example.toml: every http(s) endpoint the adapter talks to rebased onto
+    ``remote_base`` (the sandbox, whose stand-ins serve each platform's paths at its root, or a refused port),
+    every folder option (a ``Path`` field of the kind's options model) under ``tmp_path``, and every ``${VAR}``
+    given a distinctive value."""
+    raw = tomllib.loads(CHANNELS_EXAMPLE.read_text(encoding="utf-8"))
+    kinds = adapter_kinds()
+    tables: dict[str, dict[str, Any]] = {}
+    env: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for name, table in raw.get("channels", {}).items():
+        table = dict(table)
+        model = kinds[table["kind"]].options_model
+        for key, value in list(table.items()):
+            field_info = model.model_fields.get(key)
+            annotation = str(field_info.annotation) if field_info is not None else ""
+            if isinstance(value, str) and "Path" in annotation:  # a folder the channel writes
+                folder = tmp_path / name / key
+                folder.mkdir(parents=True, exist_ok=True)
+                table[key] = str(folder)
+            elif key in ENDPOINT_OPTIONS and isinstance(value, str) and value.startswith(("http://", "https://")):
+                table[key] = _rebase(value, remote_base)
+            for var in _ENV_REF.findall(value) if isinstance(value, str) else []:
+                env[var] = distinctive(var)
+                if SECRET_OPTION.search(key):
+                    secrets[f"{name}.{key}"] = env[var]
+        tables[name] = table
+    return ExampleChannels(tables, env, secrets)
+
+
+def sample_stories() -> list[Story]:
+    """The stories the tests read elsewhere: examples/*.json and the official ninjs 2.2 examples
+    (../shared/standards; skipped outside CI when that folder is absent)."""
+    ninjs = shared_path("standards", "ninjs-2.2-examples")
+    official = [Story.from_document(json.loads(p.read_text("utf-8"))) for p in sorted(ninjs.glob("*.json"))]
+    return [*example_stories(), *official]
