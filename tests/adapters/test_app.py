@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -25,7 +26,7 @@ from adapters.app.adapter import (
     is_urgent,
 )
 from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app
-from syndicate.channel import DeliveryContext, register
+from syndicate.channel import register
 from syndicate.config import ConfigError, Settings
 from syndicate.delivery import (
     Action,
@@ -38,13 +39,15 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.engine import Engine
-from syndicate.ninjs import read_document
 from syndicate.sandbox import ReceiverStats, RunningSandbox
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State, Store
 from syndicate.story import Story
-from tests.conftest import REPO, FakeClock, make_settings, make_story
+from tests.support import FakeClock, example_stories, make_settings, make_story, started
+from tests.support import ctx_for as support_ctx
+
+ctx_for = functools.partial(support_ctx, channel="app")
 
 register(AppAdapter)
 
@@ -70,42 +73,6 @@ def app_channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
     }
 
 
-def example_stories() -> list[Story]:
-    return [read_document(json.loads(p.read_text())) for p in sorted((REPO / "examples").glob("*.json"))]
-
-
-def ctx_for(
-    story_id: str = "story-1",
-    version: int = 1,
-    action: Action = Action.PUBLISH,
-    state: dict[str, Any] | None = None,
-) -> DeliveryContext:
-    saved: list[dict[str, Any]] = []
-
-    async def save_checkpoint(data: dict[str, Any]) -> None:
-        saved.append(data)
-
-    async def kv_get(key: str) -> str | None:
-        return None
-
-    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
-        return None
-
-    return DeliveryContext(
-        delivery_id=1,
-        story_id=story_id,
-        version=version,
-        channel="app",
-        action=action,
-        attempt=1,
-        state=state or {},
-        receipt=None,
-        save_checkpoint=save_checkpoint,
-        kv_get=kv_get,
-        kv_set=kv_set,
-    )
-
-
 AdapterFactory = Callable[..., AppAdapter]
 
 
@@ -122,11 +89,6 @@ async def make_adapter(sandbox: RunningSandbox) -> AsyncIterator[AdapterFactory]
     yield factory
     for adapter in made:
         await adapter.close()
-
-
-async def started(adapter: AppAdapter) -> AppAdapter:
-    await adapter.start()
-    return adapter
 
 
 def push_requests(sandbox: RunningSandbox) -> list[Any]:

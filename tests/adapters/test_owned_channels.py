@@ -18,7 +18,7 @@ from syndicate.sandbox import RunningSandbox
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from tests.conftest import assert_clean, make_settings, make_story
+from tests.support import assert_clean, make_settings, make_story
 
 HOSTILE = make_story(
     id="xss-1",

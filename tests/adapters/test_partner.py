@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -34,7 +34,7 @@ from adapters.partner.standin import (
     articles,
     set_credentials,
 )
-from syndicate.channel import DeliveryContext, register
+from syndicate.channel import register
 from syndicate.config import ConfigError
 from syndicate.delivery import (
     Action,
@@ -48,13 +48,15 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.engine import Engine
-from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.sanitize import clean_html
 from syndicate.store import open_store
-from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
+from syndicate.store.base import DeliveryFilter, State
 from syndicate.story import Story
-from tests.conftest import REPO, make_settings, make_story
+from tests.support import closed_port, example_stories, make_settings, make_story, run_engine, started
+from tests.support import ctx_for as support_ctx
+
+ctx_for = functools.partial(support_ctx, channel="peoples_account")
 
 register(PartnerAdapter)
 
@@ -74,50 +76,9 @@ HOSTILE_TITLE = '<img src=x onerror=alert(1)> 宝山汇 & "引号" </title>'
 HOSTILE_SUMMARY = "<b>粗体</b> & <i>斜体</i> 'quoted'"
 
 
-def example_stories() -> list[Story]:
-    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
-
-
 def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
     """The partner's documented signature, computed here independently of the adapter."""
     return hmac.new(secret.encode(), f"{timestamp}\n{nonce}\n".encode() + body, hashlib.sha256).hexdigest()
-
-
-def ctx_for(
-    story_id: str = "story-1",
-    version: int = 1,
-    channel: str = "peoples_account",
-    action: Action = Action.PUBLISH,
-    receipt: Receipt | None = None,
-) -> DeliveryContext:
-    async def save_checkpoint(data: dict[str, Any]) -> None:
-        return None
-
-    async def kv_get(key: str) -> str | None:
-        return None
-
-    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
-        return None
-
-    return DeliveryContext(
-        delivery_id=1,
-        story_id=story_id,
-        version=version,
-        channel=channel,
-        action=action,
-        attempt=1,
-        state={},
-        receipt=receipt,
-        save_checkpoint=save_checkpoint,
-        kv_get=kv_get,
-        kv_set=kv_set,
-    )
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def options(base: str = "http://127.0.0.1:9", name: str = "peoples_account", **kw: Any) -> PartnerOptions:
@@ -144,11 +105,6 @@ async def make_adapter(sandbox: RunningSandbox) -> AsyncIterator[AdapterFactory]
     yield factory
     for adapter in started:
         await adapter.close()
-
-
-async def started(adapter: PartnerAdapter) -> PartnerAdapter:
-    await adapter.start()
-    return adapter
 
 
 def publish_payload(adapter: PartnerAdapter, **story: Any) -> Payload:
@@ -700,26 +656,6 @@ async def test_partner_codes_redirects_and_odd_answers(capture: Capture) -> None
 # ------------------------------------------------------------------------------------------ through the engine
 
 
-async def run_engine(
-    tmp_path: Path, channels: dict[str, dict[str, Any]], *phases: list[Story]
-) -> tuple[list[DeliveryRecord], dict[int, list[str | None]]]:
-    """Accept each phase's stories and deliver until idle before the next phase; deliveries and attempt outcomes."""
-    settings = make_settings(tmp_path, channels)
-    store = open_store(settings.store.url)
-    await store.migrate()
-    try:
-        async with Engine(settings, store) as engine:
-            for stories in phases:
-                for story in stories:
-                    await engine.accept(story)
-                await engine.run(until_idle=True, idle_horizon=5)
-        deliveries = await store.list_deliveries(DeliveryFilter())
-        outcomes = {d.id: [a.outcome for a in await store.attempts(d.id)] for d in deliveries}
-        return deliveries, outcomes
-    finally:
-        await store.close()
-
-
 def posted_keys(sandbox: RunningSandbox, name: str | None = None) -> list[str | None]:
     return sorted(r.idempotency_key for r in sandbox.sandbox.received("partner", name) if r.method == "POST")
 
@@ -734,7 +670,7 @@ async def test_examples_publish_update_retract_on_two_partners(tmp_path: Path, s
     first = stories[0]
     corrected = Story.from_dict({**first.to_dict(), "version": 2, "headline": "更正:上海16区融媒体中心全部挂牌"})
     withdrawn = Story.from_dict({"id": first.id, "version": 3, "pubstatus": "canceled"})
-    deliveries, _ = await run_engine(tmp_path, channels, stories, [corrected], [withdrawn])
+    deliveries, _ = await run_engine(make_settings(tmp_path, channels), stories, [corrected], [withdrawn])
 
     assert len(deliveries) == 2 * (len(stories) + 2)
     assert {d.state for d in deliveries} == {State.DELIVERED}
@@ -776,7 +712,7 @@ async def test_timeout_after_is_reconciled_by_lookup_each_key_once(tmp_path: Pat
     sandbox.sandbox.set_faults("partner", [{"fault": "timeout_after", "methods": ["POST"]}])
     channel = partner_channel(sandbox.url, "peoples_account", timeout=SHORT_TIMEOUT)
     stories = [make_story(id=f"story-{i}") for i in range(6)]
-    deliveries, outcomes = await run_engine(tmp_path, {"peoples_account": channel}, stories)
+    deliveries, outcomes = await run_engine(make_settings(tmp_path, {"peoples_account": channel}), stories)
     assert {d.state for d in deliveries} == {State.DELIVERED} and len(deliveries) == 6
     assert all(outcomes[d.id] == ["retry", "reconciled"] for d in deliveries), outcomes
     held = articles(sandbox.sandbox, "peoples_account")
@@ -788,7 +724,7 @@ async def test_random_timeouts_deliver_each_key_exactly_once(tmp_path: Path, san
     sandbox.sandbox.set_faults("partner", [{"fault": "timeout_after", "probability": 0.5, "methods": ["POST"]}])
     channel = partner_channel(sandbox.url, "peoples_account", timeout=SHORT_TIMEOUT)
     stories = [make_story(id=f"story-{i}") for i in range(12)]
-    deliveries, outcomes = await run_engine(tmp_path, {"peoples_account": channel}, stories)
+    deliveries, outcomes = await run_engine(make_settings(tmp_path, {"peoples_account": channel}), stories)
     assert {d.state for d in deliveries} == {State.DELIVERED}
     assert {tuple(o) for o in outcomes.values()} <= {("delivered",), ("retry", "reconciled")}
     assert posted_keys(sandbox) == sorted(f"story-{i}:1:peoples_account:publish" for i in range(12))
@@ -800,7 +736,7 @@ async def test_without_lookup_url_a_lost_answer_is_parked(tmp_path: Path, sandbo
     sandbox.sandbox.set_faults("partner", [{"fault": "timeout_after", "methods": ["POST"]}])
     channel = partner_channel(sandbox.url, "peoples_account", timeout=SHORT_TIMEOUT)
     del channel["lookup_url"]
-    [delivery], outcomes = await run_engine(tmp_path, {"peoples_account": channel}, [make_story()])
+    [delivery], outcomes = await run_engine(make_settings(tmp_path, {"peoples_account": channel}), [make_story()])
     assert delivery.state is State.UNKNOWN and outcomes[delivery.id] == ["unknown"]
     assert posted_keys(sandbox) == ["story-1:1:peoples_account:publish"]  # no blind second POST
 
@@ -861,7 +797,9 @@ async def test_pending_review_and_duplicate_are_delivered(tmp_path: Path, sandbo
     finally:
         await early.close()
     channels = {"shangguan": shangguan_channel(sandbox.url)}
-    deliveries, outcomes = await run_engine(tmp_path, channels, [make_story(id="story-0"), make_story(id="story-9")])
+    deliveries, outcomes = await run_engine(
+        make_settings(tmp_path, channels), [make_story(id="story-0"), make_story(id="story-9")]
+    )
     by_story = {d.story_id: d for d in deliveries}
     assert {d.state for d in deliveries} == {State.DELIVERED}
     duplicate, fresh = by_story["story-0"], by_story["story-9"]
@@ -901,7 +839,7 @@ async def test_hostile_story_reaches_partners_clean(tmp_path: Path, sandbox: Run
     updated = make_story(
         id="xss", version=2, headline=HOSTILE_TITLE, summary=HOSTILE_SUMMARY, body_html=HOSTILE_BODY + "<p>补充</p>"
     )
-    deliveries, _ = await run_engine(tmp_path, channels, [hostile], [updated])
+    deliveries, _ = await run_engine(make_settings(tmp_path, channels), [hostile], [updated])
     assert {d.state for d in deliveries} == {State.DELIVERED} and len(deliveries) == 4
     records = [r for r in sandbox.sandbox.received("partner") if r.body]
     assert len(records) == 4

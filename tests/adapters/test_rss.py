@@ -44,8 +44,7 @@ from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.adapters.test_webhook import ctx_for
-from tests.conftest import REPO, make_settings, make_story
+from tests.support import REPO, ctx_for, make_settings, make_story
 
 register(RssAdapter)
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import json
-import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -16,16 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from adapters.webhook.adapter import WebhookAdapter, WebhookOptions
-from syndicate.channel import DeliveryContext
 from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Permanent, RateLimited, Receipt, Retryable
-from syndicate.engine import Engine
 from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, HttpAnswer, retry_after_seconds
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, verify
-from syndicate.store import open_store
-from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
-from syndicate.story import Story
-from tests.conftest import make_settings, make_story
+from syndicate.store.base import State
+from tests.support import closed_port, make_settings, make_story, run_engine, started
+from tests.support import ctx_for as support_ctx
+
+ctx_for = functools.partial(support_ctx, channel="x")
 
 SECRET = "s3cret"
 #: Short enough that the sandbox's 3 s hold always trips it.
@@ -34,45 +33,9 @@ SHORT_TIMEOUT = 0.3
 AdapterFactory = Callable[..., WebhookAdapter]
 
 
-def ctx_for(
-    story_id: str = "story-1", version: int = 1, channel: str = "x", action: Action = Action.PUBLISH
-) -> DeliveryContext:
-    saved: list[dict[str, Any]] = []
-    kv: dict[str, str] = {}
-
-    async def save_checkpoint(data: dict[str, Any]) -> None:
-        saved.append(data)
-
-    async def kv_get(key: str) -> str | None:
-        return kv.get(key)
-
-    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
-        kv[key] = value
-
-    return DeliveryContext(
-        delivery_id=1,
-        story_id=story_id,
-        version=version,
-        channel=channel,
-        action=action,
-        attempt=1,
-        state={},
-        receipt=None,
-        save_checkpoint=save_checkpoint,
-        kv_get=kv_get,
-        kv_set=kv_set,
-    )
-
-
 def wire_body(recorded: Any) -> bytes:
     """The bytes the adapter sends for a (sandbox-parsed) body: canonical compact JSON, sorted keys, UTF-8."""
     return json.dumps(recorded, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
-
-
-def closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -97,11 +60,6 @@ async def make_adapter(sandbox: RunningSandbox) -> AsyncIterator[AdapterFactory]
     yield factory
     for adapter in started:
         await adapter.close()
-
-
-async def started(adapter: WebhookAdapter) -> WebhookAdapter:
-    await adapter.start()
-    return adapter
 
 
 def publish_payload(adapter: WebhookAdapter, **story: Any) -> Payload:
@@ -428,25 +386,6 @@ def webhook_channel(sandbox: RunningSandbox, *, lookup: bool) -> dict[str, Any]:
     return channel
 
 
-async def run_engine(
-    tmp_path: Path, sandbox: RunningSandbox, stories: list[Story], *, lookup: bool
-) -> tuple[list[DeliveryRecord], dict[int, list[str | None]]]:
-    """Accept ``stories``, deliver until idle; the deliveries and each one's attempt outcomes."""
-    settings = make_settings(tmp_path, {"mirror": webhook_channel(sandbox, lookup=lookup)})
-    store = open_store(settings.store.url)
-    await store.migrate()
-    try:
-        async with Engine(settings, store) as engine:
-            for story in stories:
-                await engine.accept(story)
-            await engine.run(until_idle=True, idle_horizon=5)
-        deliveries = await store.list_deliveries(DeliveryFilter(channels=["mirror"]))
-        outcomes = {d.id: [a.outcome for a in await store.attempts(d.id)] for d in deliveries}
-        return deliveries, outcomes
-    finally:
-        await store.close()
-
-
 def recorded_keys(sandbox: RunningSandbox) -> list[str | None]:
     return sorted(r.idempotency_key for r in sandbox.sandbox.received("webhook", "mirror"))
 
@@ -455,7 +394,9 @@ async def test_engine_reconciles_every_timeout_after_without_resending(tmp_path:
     # Every POST is processed but its answer withheld; lookups answer normally.
     sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
     stories = [make_story(id=f"story-{i}") for i in range(6)]
-    deliveries, outcomes = await run_engine(tmp_path, sandbox, stories, lookup=True)
+    deliveries, outcomes = await run_engine(
+        make_settings(tmp_path, {"mirror": webhook_channel(sandbox, lookup=True)}), stories
+    )
     assert len(deliveries) == 6
     assert {d.state for d in deliveries} == {State.DELIVERED}
     # First attempt timed out (one step of the schedule), the second asked the receiver instead of resending.
@@ -468,7 +409,9 @@ async def test_engine_reconciles_every_timeout_after_without_resending(tmp_path:
 async def test_engine_with_random_timeouts_delivers_each_key_once(tmp_path: Path, sandbox: RunningSandbox) -> None:
     sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "probability": 0.5, "methods": ["POST"]}])
     stories = [make_story(id=f"story-{i}") for i in range(12)]
-    deliveries, outcomes = await run_engine(tmp_path, sandbox, stories, lookup=True)
+    deliveries, outcomes = await run_engine(
+        make_settings(tmp_path, {"mirror": webhook_channel(sandbox, lookup=True)}), stories
+    )
     assert len(deliveries) == 12
     assert {d.state for d in deliveries} == {State.DELIVERED}
     assert {tuple(o) for o in outcomes.values()} <= {("delivered",), ("retry", "reconciled")}
@@ -480,7 +423,9 @@ async def test_engine_with_random_timeouts_delivers_each_key_once(tmp_path: Path
 
 async def test_engine_without_lookup_parks_timeout_after_as_unknown(tmp_path: Path, sandbox: RunningSandbox) -> None:
     sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
-    [delivery], outcomes = await run_engine(tmp_path, sandbox, [make_story()], lookup=False)
+    [delivery], outcomes = await run_engine(
+        make_settings(tmp_path, {"mirror": webhook_channel(sandbox, lookup=False)}), [make_story()]
+    )
     assert outcomes[delivery.id] == ["unknown"]
     assert delivery.state is State.UNKNOWN
     assert delivery.note is not None and "may have landed" in delivery.note

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import posixpath
@@ -28,7 +29,7 @@ from adapters.website.adapter import (
     page_path,
     section_slug,
 )
-from syndicate.channel import DeliveryContext, register
+from syndicate.channel import register
 from syndicate.config import ConfigError
 from syndicate.delivery import Action, AuthRevoked, Permanent, Receipt, RenderError
 from syndicate.engine import Engine
@@ -38,7 +39,10 @@ from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.conftest import REPO, make_settings, make_story
+from tests.support import REPO, make_settings, make_story
+from tests.support import ctx_for as support_ctx
+
+ctx_for = functools.partial(support_ctx, channel="site")
 
 register(WebsiteAdapter)
 
@@ -224,31 +228,6 @@ async def site(tmp_path: Path) -> AsyncIterator[Site]:
 
 def adapter_for(root: Path, **options: Any) -> WebsiteAdapter:
     return WebsiteAdapter("site", WebsiteOptions(root=root, base_url=BASE, **options), timeout=5)
-
-
-def ctx_for(story_id: str, action: Action, receipt: Receipt | None = None) -> DeliveryContext:
-    async def save_checkpoint(data: dict[str, Any]) -> None:
-        pass
-
-    async def kv_get(key: str) -> str | None:
-        return None
-
-    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
-        pass
-
-    return DeliveryContext(
-        delivery_id=1,
-        story_id=story_id,
-        version=1,
-        channel="site",
-        action=action,
-        attempt=1,
-        state={},
-        receipt=receipt,
-        save_checkpoint=save_checkpoint,
-        kv_get=kv_get,
-        kv_set=kv_set,
-    )
 
 
 # --- publishing ------------------------------------------------------------------------------------------------
@@ -608,7 +587,7 @@ async def test_a_receipt_pointing_outside_the_root_is_refused(tmp_path: Path) ->
     payload = adapter.render(Story.from_dict({"id": "x", "version": 2, "pubstatus": "canceled"}), Action.RETRACT)
     bad = Receipt(remote_id="/news/2024/01/../../../../evil.html")
     with pytest.raises(Permanent, match="not a page path"):
-        await adapter.retract(payload, ctx_for("x", Action.RETRACT, bad))
+        await adapter.retract(payload, ctx_for("x", action=Action.RETRACT, receipt=bad))
     assert not (tmp_path.parent / "evil.html").exists()
 
 
@@ -668,7 +647,7 @@ async def test_another_process_holding_the_lock_makes_the_write_wait(tmp_path: P
     other = os.open(tmp_path / STATE_DIR / "lock", os.O_CREAT | os.O_WRONLY)  # a separate open file, like a process
     try:
         fcntl.flock(other, fcntl.LOCK_EX)
-        task = asyncio.create_task(adapter.publish(payload, ctx_for(S3.id, Action.PUBLISH)))
+        task = asyncio.create_task(adapter.publish(payload, ctx_for(S3.id, action=Action.PUBLISH)))
         await asyncio.sleep(0.3)
         assert not task.done() and not (tmp_path / P3.lstrip("/")).exists()
         fcntl.flock(other, fcntl.LOCK_UN)
@@ -705,7 +684,7 @@ async def test_a_corrupt_manifest_stops_the_channel_with_what_to_do(tmp_path: Pa
     (tmp_path / STATE_DIR / "manifest.json").write_text("{not json", encoding="utf-8")
     adapter = adapter_for(tmp_path)
     with pytest.raises(AuthRevoked, match=r"manifest.*unreadable.*restore it"):
-        await adapter.publish(adapter.render(S1, Action.PUBLISH), ctx_for(S1.id, Action.PUBLISH))
+        await adapter.publish(adapter.render(S1, Action.PUBLISH), ctx_for(S1.id, action=Action.PUBLISH))
     assert not (tmp_path / P1.lstrip("/")).exists()
 
 

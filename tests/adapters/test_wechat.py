@@ -21,10 +21,9 @@ from syndicate.config import Settings
 from syndicate.delivery import Action, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.conftest import make_settings, make_story
+from tests.support import make_settings, make_story
 
 register(WeChatAdapter)
 
@@ -68,14 +67,6 @@ async def start(settings: Settings, store: Store, **kw: Any) -> Engine:
     engine = Engine(settings, store, **kw)
     await engine.start()
     return engine
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'syndicate.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def deliveries(store: Store) -> list[DeliveryRecord]:

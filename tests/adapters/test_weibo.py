@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,21 +21,14 @@ from adapters.weibo.standin import (
 )
 from syndicate.channel import DeliveryContext, register
 from syndicate.delivery import Action, Payload, Permanent, RenderError
-from syndicate.engine import Engine
-from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
-from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.conftest import REPO, FakeClock, make_settings, make_story
+from tests.support import FakeClock, engine_for, example_stories, make_story
 
 register(WeiboAdapter)
 
 SHORT_TIMEOUT = 0.3
-
-
-def example_stories() -> list[Story]:
-    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
@@ -124,24 +115,6 @@ def test_capabilities_and_config() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ engine
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'weibo.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
-
-
-def engine_for(tmp_path: Path, store: Store, channels: dict[str, Any], clock: FakeClock | None = None) -> Engine:
-    settings = make_settings(tmp_path, channels)
-    engine = Engine(settings, store, clock=clock)
-    for runtime in engine.channels.values():
-        runtime.adapter.media_settings = settings.media  # type: ignore[attr-defined]
-        if clock is not None:
-            runtime.adapter.clock = clock.now  # type: ignore[attr-defined]
-    return engine
 
 
 async def deliveries(store: Store) -> list[DeliveryRecord]:
@@ -283,7 +256,8 @@ async def test_token_problems_pause_the_channel_and_lose_nothing(
 
 async def test_server_errors_retry(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
     sandbox.sandbox.set_faults("weibo", [{"fault": "status:502", "probability": 1.0}])
-    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url, retry=[0, 0.05])}) as engine:
+    # The retry waits longer than a PostgreSQL round trip, so the first run stops before it is due.
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url, retry=[0, 0.5])}) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True, idle_horizon=0)
         [first] = await deliveries(store)

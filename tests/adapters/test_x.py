@@ -3,9 +3,7 @@ AsyncClient talking to the stand-in over HTTP."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +21,10 @@ from adapters.x.standin import (
 )
 from syndicate.channel import register
 from syndicate.delivery import Action
-from syndicate.engine import Engine
-from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
-from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.conftest import REPO, FakeClock, make_settings, make_story
+from tests.support import FakeClock, engine_for, example_stories, make_story
 
 register(XAdapter)
 
@@ -40,10 +35,6 @@ CREDENTIALS = {
     "access_token": DEFAULT_ACCESS_TOKEN,
     "access_token_secret": DEFAULT_ACCESS_TOKEN_SECRET,
 }
-
-
-def example_stories() -> list[Story]:
-    return [read_document(json.loads(p.read_text("utf-8"))) for p in sorted((REPO / "examples").glob("*.json"))]
 
 
 def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
@@ -106,24 +97,6 @@ def test_update_policy_decides_whether_updates_are_offered() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ engine
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    s = open_store(f"sqlite:///{tmp_path / 'x.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
-
-
-def engine_for(tmp_path: Path, store: Store, channels: dict[str, Any], clock: FakeClock | None = None) -> Engine:
-    settings = make_settings(tmp_path, channels)
-    engine = Engine(settings, store, clock=clock)
-    for runtime in engine.channels.values():
-        runtime.adapter.media_settings = settings.media  # type: ignore[attr-defined]
-        if clock is not None:
-            runtime.adapter.clock = clock.now  # type: ignore[attr-defined]
-    return engine
 
 
 async def deliveries(store: Store) -> list[DeliveryRecord]:

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import signal
-import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -20,81 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from syndicate.delivery import idempotency_key
-from syndicate.ninjs import read_document
 from syndicate.sandbox import RunningSandbox
 from syndicate.story import Story
+from tests.support import CHANNELS, EXAMPLES, NOWHERE, SYNDICATE, Run, cli_env, example_stories, run_cli, write_config
 
-SYNDICATE = Path(sys.executable).parent / "syndicate"
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").glob("*.json"))
-CHANNELS = ("alpha", "beta")
-NOWHERE = "http://127.0.0.1:9"  # for tests that never deliver
 DELIVERY_KEYS = {"id", "story_id", "version", "channel", "action", "state", "attempts", "last_error"}
-
-
-@dataclass(frozen=True)
-class Run:
-    code: int
-    out: str
-    err: str
-
-    @property
-    def err_lines(self) -> list[str]:
-        return [line for line in self.err.splitlines() if line.strip()]
-
-
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNDICATE_") and k != "FORCE_COLOR"}
-    env.update(TERM="dumb", NO_COLOR="1", **(extra or {}))
-    return env
-
-
-async def run_cli(
-    *args: str | Path, cwd: Path, stdin: str | None = None, env: dict[str, str] | None = None, max_seconds: float = 30
-) -> Run:
-    proc = await asyncio.create_subprocess_exec(
-        str(SYNDICATE),
-        *map(str, args),
-        cwd=cwd,
-        env=_env(env),
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(None if stdin is None else stdin.encode()), max_seconds)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-    assert proc.returncode is not None
-    return Run(proc.returncode, out.decode(), err.decode())
-
-
-def write_config(
-    tmp_path: Path,
-    base_url: str = NOWHERE,
-    *,
-    channels: Sequence[str] = CHANNELS,
-    retry: Sequence[float] = (0, 0.1, 0.1),
-    concurrency: int = 4,
-    extra: str = "",
-    name: str = "syndicate.toml",
-) -> Path:
-    text = (
-        f"[store]\nurl = {json.dumps(f'sqlite:///{tmp_path}/s.db')}\n\n"
-        f"[media]\ncache_dir = {json.dumps(str(tmp_path / 'media'))}\n\n"
-        "[engine]\nlease_seconds = 5\npoll_interval = 0.05\n"
-    )
-    for channel in channels:
-        url = json.dumps(f"{base_url}/webhook/{channel}")
-        text += (
-            f'\n[channels.{channel}]\nkind = "webhook"\nurl = {url}\nlookup_url = {url}\n'
-            f'secret = "test-secret"\nretry = {json.dumps(list(retry))}\ntimeout = 2\nconcurrency = {concurrency}\n'
-        )
-    path = tmp_path / name
-    path.write_text(text + extra, encoding="utf-8")
-    return path
 
 
 @dataclass(frozen=True)
@@ -115,10 +43,6 @@ class Cli:
 
 def make_cli(tmp_path: Path, base_url: str = NOWHERE, **kw: Any) -> Cli:
     return Cli(write_config(tmp_path, base_url, **kw), tmp_path)
-
-
-def example_stories() -> list[Story]:
-    return [read_document(json.loads(path.read_text(encoding="utf-8"))) for path in EXAMPLES]
 
 
 def expected_keys(stories: Sequence[Story], channels: Sequence[str] = CHANNELS) -> set[str]:
@@ -351,7 +275,7 @@ async def test_sigterm_during_work_finishes_in_flight_and_loses_nothing(
         str(cli.config),
         "work",
         cwd=tmp_path,
-        env=_env(),
+        env=cli_env(),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,

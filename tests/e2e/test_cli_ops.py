@@ -1,5 +1,5 @@
 """Operator commands of the `syndicate` script (failed, replay, retract, preview, channels, db, publish --url), run as
-a real subprocess against the in-process sandbox, like tests/test_cli.py (whose helpers this reuses).
+a real subprocess against the in-process sandbox, like tests/e2e/test_cli.py (whose helpers this reuses).
 """
 
 from __future__ import annotations
@@ -16,18 +16,8 @@ from syndicate.delivery import idempotency_key
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import State
 from syndicate.story import Story
-from tests.e2e.test_cli import (
-    CHANNELS,
-    EXAMPLES,
-    Cli,
-    assert_one_line_error,
-    example_stories,
-    expected_keys,
-    make_cli,
-    received_keys,
-    run_cli,
-    write_config,
-)
+from tests.e2e.test_cli import Cli, assert_one_line_error, expected_keys, make_cli, received_keys
+from tests.support import CHANNELS, EXAMPLES, example_stories, run_cli, write_config
 from tests.support.serve_process import API_TOKEN, running_serve
 
 HOOK_SECRET = "hook-secret-for-tests-0123456789"

@@ -19,7 +19,7 @@ from syndicate.engine import Engine
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from tests.conftest import ScriptedAdapter, make_story, scripted
+from tests.support import ScriptedAdapter, make_story, scripted
 
 API_TOKEN = "dash-token-0123456789abcdef"
 EVIL = "<script>alert('x')</script>"

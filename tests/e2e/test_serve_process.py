@@ -10,7 +10,7 @@ from pathlib import Path
 
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, sign
-from tests.e2e.test_cli import write_config
+from tests.support import write_config
 from tests.support.serve_process import API_TOKEN, ServeProcess, running_serve
 
 HOOK_SECRET = "hook-secret-never-logged-42"

@@ -343,7 +343,7 @@ async def test_two_channels_serving_the_same_path_are_refused_by_name(tmp_path: 
     from syndicate.engine import Engine
     from syndicate.server import create_app
     from syndicate.store import open_store
-    from tests.conftest import make_settings
+    from tests.support import make_settings
 
     feed = {"kind": "rss", "title": "新闻", "link": "https://news.example.cn/"}
     settings = make_settings(

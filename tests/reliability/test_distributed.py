@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -14,45 +13,7 @@ from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import State, Store
-from tests.conftest import make_story, pg_schema_url
-
-SYNDICATE = str(Path(sys.executable).parent / "syndicate")
-
-
-def write_config(tmp_path: Path, store_url: str, sandbox_url: str) -> Path:
-    text = f"""
-[store]
-url = "{store_url}"
-
-[engine]
-lease_seconds = 2
-poll_interval = 0.5
-retry_jitter = 0
-"""
-    for name, concurrency in (("alpha", 2), ("beta", 8)):
-        text += f"""
-[channels.{name}]
-kind = "webhook"
-url = "{sandbox_url}/webhook/{name}"
-lookup_url = "{sandbox_url}/webhook/{name}"
-secret = "distributed-secret"
-timeout = 5
-concurrency = {concurrency}
-retry = [0, 0.1, 0.2, 0.5, 1, 1, 1, 1]
-"""
-    path = tmp_path / "distributed.toml"
-    path.write_text(text)
-    return path
-
-
-async def start_worker(config: Path, log: Path) -> asyncio.subprocess.Process:
-    handle = log.open("ab")
-    try:
-        return await asyncio.create_subprocess_exec(
-            SYNDICATE, "--log-format", "json", "work", "--config", str(config), stdout=handle, stderr=handle
-        )
-    finally:
-        handle.close()
+from tests.support import make_story, pg_schema_url, start_worker, write_config
 
 
 async def delivered(store: Store) -> int:
@@ -61,7 +22,17 @@ async def delivered(store: Store) -> int:
 
 async def test_three_workers_one_killed_drain_5000_exactly_once(tmp_path: Path, sandbox: RunningSandbox) -> None:
     async with pg_schema_url() as url:
-        config = write_config(tmp_path, url, sandbox.url)
+        config = write_config(
+            tmp_path,
+            sandbox.url,
+            channels={"alpha": {"concurrency": 2}, "beta": {"concurrency": 8}},
+            retry=[0, 0.1, 0.2, 0.5, 1, 1, 1, 1],
+            timeout=5,
+            secret="distributed-secret",
+            store_url=url,
+            engine={"lease_seconds": 2, "poll_interval": 0.5, "retry_jitter": 0},
+            name="distributed.toml",
+        )
         settings = load_config(config, env={})
         store = open_store(url)
         await store.migrate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from pathlib import Path
 
 import pytest
 
@@ -15,20 +14,12 @@ from syndicate.engine import Engine
 from syndicate.operations import ReplaySelection, plan_replay
 from syndicate.store import open_store
 from syndicate.store.base import Completion, DeliveryFilter, State
-from tests.conftest import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
+from tests.support import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
 
 
 @pytest.fixture(autouse=True)
 def _reset():
     ScriptedAdapter.reset()
-
-
-@pytest.fixture
-async def db(tmp_path: Path):
-    s = open_store(f"sqlite:///{tmp_path / 'syndicate.db'}")
-    await s.migrate()
-    yield s
-    await s.close()
 
 
 async def drain(engine):
@@ -46,30 +37,30 @@ async def landed_but_timed_out(payload: Payload, ctx: DeliveryContext) -> Receip
 
 
 # F1a: a publish that may have landed (retry_wait + reconcile) is "superseded" by v2 -> v2 publishes again.
-async def test_F1a_update_after_unknown_publish_duplicates_the_post(tmp_path, db):
+async def test_F1a_update_after_unknown_publish_duplicates_the_post(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         engine.channels["c"].adapter.publish = landed_but_timed_out
         await engine.accept(make_story())
         await drain(engine)
-        v1 = (await db.list_deliveries(DeliveryFilter()))[0]
+        v1 = (await sqlite_store.list_deliveries(DeliveryFilter()))[0]
         assert v1.state is State.RETRY_WAIT and v1.reconcile  # may have landed (it did)
         del engine.channels["c"].adapter.publish
         await engine.accept(make_story(version=2, headline="更正"))
         clock.advance(10)
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     # the platform now shows TWO posts of the story (v1 landed, v2 was sent as a fresh publish)
     assert len(publishes()) == 1 or rows[1].action is Action.UPDATE, publishes()
 
 
 # F1b: same, with a retraction: the reconciling publish is "canceled ... before this went out", the retract is
 # skipped "never went out", yet the story is live on the platform.
-async def test_F1b_retract_after_unknown_publish_leaves_story_live(tmp_path, db):
+async def test_F1b_retract_after_unknown_publish_leaves_story_live(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         engine.channels["c"].adapter.publish = landed_but_timed_out
         await engine.accept(make_story())
         await drain(engine)
@@ -81,31 +72,31 @@ async def test_F1b_retract_after_unknown_publish_leaves_story_live(tmp_path, db)
 
 
 # F1c: same after a crash: reclaimed lease (queued + reconcile) then retraction.
-async def test_F1c_retract_after_crash_reclaim_leaves_story_live(tmp_path, db):
+async def test_F1c_retract_after_crash_reclaim_leaves_story_live(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
-        assert len(await db.claim("dead", now=clock.now(), lease_seconds=5, limits={"c": 1})) == 1
+        assert len(await sqlite_store.claim("dead", now=clock.now(), lease_seconds=5, limits={"c": 1})) == 1
         ScriptedAdapter.landed["story-1:1:c:publish"] = Receipt("r")  # the dead worker's send landed
-        assert await db.reclaim_expired(now=clock.now() + 10) == 1
+        assert await sqlite_store.reclaim_expired(now=clock.now() + 10) == 1
         await engine.accept(make_story(version=2, pubstatus="canceled"))
         clock.advance(10)
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     assert rows[1].state is not State.SKIPPED, "retract skipped although the publish may have landed"
 
 
 # F2: retraction arrives while the publish is in flight; the publish then fails retryably and is re-sent AFTER
 # the retraction was accepted (the withdrawn story goes live, then is deleted).
-async def test_F2_publish_resent_after_retraction(tmp_path, db):
+async def test_F2_publish_resent_after_retraction(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(retry=[0, 1])})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
-        [claim] = await db.claim("w", now=clock.now(), lease_seconds=30, limits={"c": 1})
+        [claim] = await sqlite_store.claim("w", now=clock.now(), lease_seconds=30, limits={"c": 1})
         await engine.accept(make_story(version=2, pubstatus="canceled"))
-        await db.complete(
+        await sqlite_store.complete(
             [
                 Completion(
                     claim.delivery.id,
@@ -128,20 +119,20 @@ async def test_F2_publish_resent_after_retraction(tmp_path, db):
 
 
 # F3: replaying an older failed delivery after a newer version went out re-sends stale content out of order.
-async def test_F3_replay_of_older_failed_publish_sends_stale_duplicate(tmp_path, db):
+async def test_F3_replay_of_older_failed_publish_sends_stale_duplicate(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()})
     ScriptedAdapter.scripts["c"] = [Permanent("rejected")]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
         await engine.accept(make_story(version=2, headline="更正"))
         await drain(engine)
-        v1 = (await db.list_deliveries(DeliveryFilter()))[0]
-        plan = await plan_replay(db, ReplaySelection(ids=[v1.id]))
-        assert await db.requeue([v1.id], now=clock.now()) == [v1.id]
+        v1 = (await sqlite_store.list_deliveries(DeliveryFilter()))[0]
+        plan = await plan_replay(sqlite_store, ReplaySelection(ids=[v1.id]))
+        assert await sqlite_store.requeue([v1.id], now=clock.now()) == [v1.id]
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     # A replay forced past the operator layer still never sends stale v1 after v2: it gives way at claim time.
     assert (rows[0].state, rows[0].note) == (State.SUPERSEDED, "superseded by version 2")
     # And the operator layer refuses such a replay up front, saying why.
@@ -151,14 +142,14 @@ async def test_F3_replay_of_older_failed_publish_sends_stale_duplicate(tmp_path,
 
 # F4: an exception in _decide (store hiccup while pausing the channel) leaves the delivery in_flight forever:
 # the task dies without _finish, stays in _tasks, and the heartbeat keeps renewing its lease; until_idle hangs.
-async def test_F4_store_error_in_decide_strands_delivery_in_flight(tmp_path, db):
+async def test_F4_store_error_in_decide_strands_delivery_in_flight(tmp_path, sqlite_store):
     import datetime as dt
 
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()}, engine={"lease_seconds": 0.6})
     until = dt.datetime.fromtimestamp(clock.now() + 60, tz=dt.UTC)
     ScriptedAdapter.scripts["c"] = [RateLimited("quota", until=until)]
-    real = db.pause_channel
+    real = sqlite_store.pause_channel
     calls = 0
 
     async def flaky(*a, **kw):
@@ -168,15 +159,15 @@ async def test_F4_store_error_in_decide_strands_delivery_in_flight(tmp_path, db)
             raise sqlite3.OperationalError("database is locked")
         return await real(*a, **kw)
 
-    db.pause_channel = flaky
-    async with Engine(settings, db, clock=clock) as engine:
+    sqlite_store.pause_channel = flaky
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         stop = asyncio.Event()
         runner = asyncio.create_task(engine.run(stop=stop, grace=0.1))
         await asyncio.sleep(1.0)
         clock.advance(3600)  # an hour later the delivery is still "ours"
         await asyncio.sleep(0.5)
-        d = (await db.list_deliveries(DeliveryFilter()))[0]
+        d = (await sqlite_store.list_deliveries(DeliveryFilter()))[0]
         stop.set()
         await runner
     assert d.state is not State.IN_FLIGHT or d.lease_expires < clock.now(), "in_flight with a lease renewed forever"
@@ -220,7 +211,7 @@ async def test_F5_lost_lease_is_not_fenced_duplicate(tmp_path):
             await a.accept(make_story())
             runner = asyncio.create_task(a.run(stop=stop, grace=2))
             await entered.wait()
-            # another process decides A's lease expired (A's heartbeat was late: stalled loop / locked db)
+            # another process decides A's lease expired (A's heartbeat was late: stalled loop / locked sqlite_store)
             assert await b_store.reclaim_expired(now=clock.now() + 1) == 1
             clock.advance(1)
             async with Engine(settings, b_store, clock=clock, worker_id="B") as b:
@@ -243,7 +234,7 @@ async def test_F5_lost_lease_is_not_fenced_duplicate(tmp_path):
 
 # F6: the worker's own clock jumps (VM resume / NTP step): its dispatcher reclaims its OWN live lease, re-claims
 # the same delivery (same worker id), starts a second task for it and both send.
-async def test_F6_self_reclaim_runs_the_same_delivery_twice(tmp_path, db):
+async def test_F6_self_reclaim_runs_the_same_delivery_twice(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)}, engine={"lease_seconds": 5})
     gate, entered = asyncio.Event(), asyncio.Event()
@@ -257,7 +248,7 @@ async def test_F6_self_reclaim_runs_the_same_delivery_twice(tmp_path, db):
         ScriptedAdapter.calls.append((ctx.channel, "publish", ctx.idempotency_key))
         return Receipt("x")
 
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         engine.channels["c"].adapter.publish = slow_publish
         await engine.accept(make_story())
         stop = asyncio.Event()
@@ -275,10 +266,10 @@ async def test_F6_self_reclaim_runs_the_same_delivery_twice(tmp_path, db):
 
 
 # F7: a lookup that raises Permanent turns a possibly-landed delivery into `failed`.
-async def test_F7_permanent_from_lookup_reports_failed_though_it_may_have_landed(tmp_path, db):
+async def test_F7_permanent_from_lookup_reports_failed_though_it_may_have_landed(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         engine.channels["c"].adapter.publish = landed_but_timed_out
 
         async def bad_lookup(payload, ctx):
@@ -289,15 +280,15 @@ async def test_F7_permanent_from_lookup_reports_failed_though_it_may_have_landed
         await drain(engine)
         clock.advance(10)
         await drain(engine)
-    d = (await db.list_deliveries(DeliveryFilter()))[0]
+    d = (await sqlite_store.list_deliveries(DeliveryFilter()))[0]
     assert d.state is not State.FAILED, "reported failed although the first attempt landed"
 
 
 # F8: targets narrowed in v2: the not-yet-started v1 publish on the dropped channel still goes out (stale, unwanted).
-async def test_F8_dropped_target_still_gets_stale_v1(tmp_path, db):
+async def test_F8_dropped_target_still_gets_stale_v1(tmp_path, sqlite_store):
     clock = FakeClock()
     settings = make_settings(tmp_path, {"a": scripted(), "b": scripted()})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story(targets=["a", "b"]))
         await engine.accept(make_story(version=2, headline="改", targets=["a"]))
         await drain(engine)
@@ -373,14 +364,14 @@ async def test_F9_superseded_attempt_does_not_free_the_slot_of_its_successor(tmp
 # and that decision was lost (a crash, or a power cut before an unsynced commit reached the disk). The reclaimed
 # delivery reconciles first; when the lookup finds nothing, the retraction must still win: no publish of a
 # withdrawn story.
-async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_path, db):
+async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_path, sqlite_store):
     from syndicate.delivery import Retryable
 
     settings = make_settings(tmp_path, {"c": scripted(lookup=True)})
     clock = FakeClock()
-    async with Engine(settings, db, clock=clock, worker_id="W") as engine:
+    async with Engine(settings, sqlite_store, clock=clock, worker_id="W") as engine:
         await engine.accept(make_story(version=1))
-        [claim] = await db.claim("W", now=clock.now(), lease_seconds=5, limits={"c": 1})
+        [claim] = await sqlite_store.claim("W", now=clock.now(), lease_seconds=5, limits={"c": 1})
         await engine.accept(make_story(version=2, pubstatus="canceled"))
         ScriptedAdapter.scripts["c"] = [Retryable("503")]
         engine._spawn(claim)
@@ -391,5 +382,5 @@ async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_p
         clock.advance(10)
         await drain(engine)
     assert [action for _, action, _ in ScriptedAdapter.calls] == ["publish", "lookup"]
-    states = {(d.version, d.action): d.state for d in await db.list_deliveries(DeliveryFilter())}
+    states = {(d.version, d.action): d.state for d in await sqlite_store.list_deliveries(DeliveryFilter())}
     assert states[(1, Action.PUBLISH)] is State.CANCELED

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,8 @@ from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox, running_sandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State, Store
-from tests.conftest import make_settings, make_story
+from tests.support import SYNDICATE, make_settings, make_story
 
-SYNDICATE = str(Path(sys.executable).parent / "syndicate")
 FAST_RETRY = [0, 0.02, 0.05, 0.1, 0.2, 0.2, 0.3, 0.3, 0.5, 0.5, 0.5, 1, 1, 1, 1]
 
 

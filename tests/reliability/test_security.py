@@ -11,10 +11,10 @@
    (valid ids, wrong ids, bad filters, bad bodies, wrong or missing token), the hook's refusals, the dashboard, the
    CLI's ``status``/``failed``/``channels --check`` and the logs: no secret, nor its URL or base64 encoding, nor a
    12-character piece of one, anywhere in a body or a header.
-3. **Signatures**: what ``tests/test_server.py`` leaves out: a signature over another body, a captured signature
+3. **Signatures**: what ``tests/e2e/test_server.py`` leaves out: a signature over another body, a captured signature
    re-sent with its header spelled differently (it must still count as the same, used signature) or aimed at a
    DELETE, and the header name in any case.
-4. **SSRF**: what ``tests/test_media.py`` leaves out: more spellings of loopback, unspecified and link-local hosts,
+4. **SSRF**: what ``tests/unit/test_media.py`` leaves out: more spellings of loopback, unspecified and link-local hosts,
    names that resolve to them, redirects to them, and the whole path from a story's image to a refused delivery
    unless ``[media] allow_private`` allows it.
 """
@@ -62,10 +62,9 @@ from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
 from syndicate.story import Story, StoryValidationError
-from tests.conftest import ScriptedAdapter, assert_clean, audit_markup, make_settings, make_story, scripted
-from tests.e2e.test_cli import run_cli
 from tests.e2e.test_dashboard import Dash
 from tests.e2e.test_server import HOOK_SECRET, STORY, Server, server_settings
+from tests.support import ScriptedAdapter, assert_clean, audit_markup, make_settings, make_story, run_cli, scripted
 from tests.unit.test_media import PNG, no_network_fetcher, only_loopback
 
 # ============================================================================================ a hostile platform
@@ -977,7 +976,7 @@ def _form(fields: Mapping[str, str]) -> bytes:
 
 @pytest.fixture
 async def hook_server(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Server]:
-    """tests/test_server.py's service (two webhook channels on the sandbox), its helpers for signed calls."""
+    """tests/e2e/test_server.py's service (two webhook channels on the sandbox), its helpers for signed calls."""
     async with serving(server_settings(tmp_path, sandbox.url)) as url, aiohttp.ClientSession() as session:
         yield Server(url, session)
 

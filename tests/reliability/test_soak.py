@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,8 @@ from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox, running_sandbox
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
-from tests.conftest import make_story
+from tests.support import make_story, start_worker
 
-SYNDICATE = str(Path(sys.executable).parent / "syndicate")
 STORIES = 250
 RETRY = "[0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"
 #: Every platform fails the same mixed ways; per-request rates stay low because WeChat makes ~5 requests a story.
@@ -144,16 +142,6 @@ async def accept_stories(config: Path, sandbox_url: str) -> None:
                 await engine.accept(make_story(**fields, headline=headline(i)))
     finally:
         await store.close()
-
-
-async def start_worker(config: Path, log: Path, *args: str) -> asyncio.subprocess.Process:
-    handle = log.open("ab")
-    try:
-        return await asyncio.create_subprocess_exec(
-            SYNDICATE, "--log-format", "json", "work", *args, "--config", str(config), stdout=handle, stderr=handle
-        )
-    finally:
-        handle.close()
 
 
 def tail(log: Path) -> str:

@@ -21,7 +21,7 @@ from syndicate.store.base import (
     Transition,
     VersionConflict,
 )
-from tests.conftest import make_story
+from tests.support import make_story
 
 NOW = 1_700_000_000.0
 LIMITS = {"a": 4, "b": 4}

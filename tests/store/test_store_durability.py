@@ -12,7 +12,7 @@ import pytest
 from syndicate.delivery import Action, Payload
 from syndicate.store.base import Completion, FanOutPlan, NewDelivery, State
 from syndicate.store.sqlite import SQLiteStore
-from tests.conftest import make_story
+from tests.support import make_story
 
 NOW = 1_700_000_000.0
 FULL = 2

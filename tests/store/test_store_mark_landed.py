@@ -10,8 +10,8 @@ from syndicate.store.base import (
     State,
     Store,
 )
-from tests.conftest import make_story
 from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
+from tests.support import make_story
 
 
 async def _settle(store: Store, state: State, *, outcome: str | None = None, at: float = NOW + 1) -> int:

@@ -37,8 +37,8 @@ from syndicate.store.queries import (
     parse_queries,
 )
 from syndicate.store.sqlstore import Q, SQLStore
-from tests.conftest import make_story, pg_schema_url
 from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
+from tests.support import make_story, pg_schema_url
 
 DATA = Path(__file__).parent / "data" / "store"
 DIALECTS = {"sqlite": sqlite_store, "postgres": pg_store}

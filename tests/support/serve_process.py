@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.test_cli import SYNDICATE, _env
+from tests.support import SYNDICATE, cli_env
 
 API_TOKEN = "tests-api-token-0123456789"
 
@@ -53,7 +53,7 @@ async def running_serve(
         "0",
         *args,
         cwd=cwd,
-        env=_env(env),
+        env=cli_env(env),
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -26,15 +25,7 @@ from syndicate.engine import Engine, RetryPolicy
 from syndicate.store import open_store
 from syndicate.store.base import Completion, DeliveryFilter, State, Store
 from syndicate.story import StoryValidationError
-from tests.conftest import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'syndicate.db'}")
-    await store.migrate()
-    yield store
-    await store.close()
+from tests.support import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
 
 
 async def drain(engine: Engine) -> None:
@@ -56,71 +47,71 @@ def test_retry_policy_follows_the_schedule_with_bounded_jitter() -> None:
     assert len(set(delays)) > 100  # it really varies
 
 
-async def test_retry_timing_on_a_fake_clock(tmp_path: Path, db: Store) -> None:
+async def test_retry_timing_on_a_fake_clock(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     t0 = clock.now()
     settings = make_settings(tmp_path, {"c": scripted(retry=[0, 5, 300, 1800])})
     ScriptedAdapter.scripts["c"] = [Retryable("HTTP 503")] * 3 + [None]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert (d.state, d.attempts, d.due_at) == (State.RETRY_WAIT, 1, t0 + 5)
         assert d.last_error == "HTTP 503" and d.last_error_class == "Retryable"
 
         clock.advance(4.9)
         await drain(engine)
-        assert (await only(db)).attempts == 1  # not a moment early
+        assert (await only(sqlite_store)).attempts == 1  # not a moment early
 
         clock.advance(0.1)
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert (d.attempts, d.due_at) == (2, t0 + 5 + 300)
 
         clock.t = t0 + 305
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert (d.attempts, d.due_at) == (3, t0 + 305 + 1800)
 
         clock.t = t0 + 2105
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert d.state is State.DELIVERED and d.attempts == 4 and d.receipt is not None
-    outcomes = [a.outcome for a in await db.attempts(d.id)]
+    outcomes = [a.outcome for a in await sqlite_store.attempts(d.id)]
     assert outcomes == ["retry", "retry", "retry", "delivered"]
 
 
-async def test_budget_spent_means_failed_with_reason(tmp_path: Path, db: Store) -> None:
+async def test_budget_spent_means_failed_with_reason(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(retry=[0, 1])})
     ScriptedAdapter.scripts["c"] = [Retryable("busy"), Retryable("still busy")]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
         clock.advance(1)
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert d.state is State.FAILED and d.attempts == 2
     assert "gave up after 2 attempts: still busy" in (d.note or "")
 
 
-async def test_retry_after_overrides_the_schedule(tmp_path: Path, db: Store) -> None:
+async def test_retry_after_overrides_the_schedule(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(retry=[0, 5, 300])})
     ScriptedAdapter.scripts["c"] = [Retryable("busy", retry_after=42)]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
-    assert (await only(db)).due_at == clock.now() + 42
+    assert (await only(sqlite_store)).due_at == clock.now() + 42
 
 
-async def test_permanent_fails_at_once(tmp_path: Path, db: Store) -> None:
+async def test_permanent_fails_at_once(tmp_path: Path, sqlite_store: Store) -> None:
     settings = make_settings(tmp_path, {"c": scripted()})
     ScriptedAdapter.scripts["c"] = [Permanent("duplicate content", platform_code=20019)]
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         await engine.accept(make_story())
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert (d.state, d.attempts, d.last_platform_code, d.note) == (State.FAILED, 1, "20019", "duplicate content")
 
 
@@ -158,37 +149,37 @@ async def test_rate_limit_pauses_the_channel_for_every_worker(tmp_path: Path) ->
         await store_b.close()
 
 
-async def test_auth_expired_refreshes_once_and_retries_at_once(tmp_path: Path, db: Store) -> None:
+async def test_auth_expired_refreshes_once_and_retries_at_once(tmp_path: Path, sqlite_store: Store) -> None:
     settings = make_settings(tmp_path, {"c": scripted()})
     ScriptedAdapter.scripts["c"] = [AuthExpired("token expired", platform_code=42001)]
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         await engine.accept(make_story())
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert d.state is State.DELIVERED and d.attempts == 1
     assert ScriptedAdapter.refreshes == ["c"]
     assert [c[1] for c in ScriptedAdapter.calls] == ["publish", "publish"]
 
 
-async def test_auth_revoked_pauses_until_resumed_and_loses_nothing(tmp_path: Path, db: Store) -> None:
+async def test_auth_revoked_pauses_until_resumed_and_loses_nothing(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()})
     ScriptedAdapter.scripts["c"] = [AuthRevoked("invalid appsecret", platform_code=40125)]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert d.state is State.RETRY_WAIT and d.retry_count == 0
-        assert "credentials rejected" in ((await db.channel_states())["c"].reason or "")
+        assert "credentials rejected" in ((await sqlite_store.channel_states())["c"].reason or "")
         clock.advance(86400 * 30)
         await drain(engine)
-        assert (await only(db)).attempts == 1  # still waiting for a human
-        await db.resume_channel("c", now=clock.now())
+        assert (await only(sqlite_store)).attempts == 1  # still waiting for a human
+        await sqlite_store.resume_channel("c", now=clock.now())
         await drain(engine)
-    assert (await only(db)).state is State.DELIVERED
+    assert (await only(sqlite_store)).state is State.DELIVERED
 
 
-async def test_unknown_outcome_is_reconciled_by_lookup_never_resent(tmp_path: Path, db: Store) -> None:
+async def test_unknown_outcome_is_reconciled_by_lookup_never_resent(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(lookup=True, retry=[0, 1, 1])})
 
@@ -198,48 +189,48 @@ async def test_unknown_outcome_is_reconciled_by_lookup_never_resent(tmp_path: Pa
         ScriptedAdapter.landed[ctx.idempotency_key] = Receipt("remote-9")
         raise OutcomeUnknown("read timeout after sending")
 
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         engine.channels["c"].adapter.publish = landed_publish  # type: ignore[method-assign]
         await engine.accept(make_story())
         await drain(engine)
-        d = await only(db)
+        d = await only(sqlite_store)
         assert d.state is State.RETRY_WAIT and d.reconcile
         clock.advance(1)
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert d.state is State.DELIVERED and d.receipt is not None and d.receipt.remote_id == "remote-9"
     assert [c[1] for c in ScriptedAdapter.calls] == ["publish", "lookup"]
-    assert [a.outcome for a in await db.attempts(d.id)] == ["retry", "reconciled"]
+    assert [a.outcome for a in await sqlite_store.attempts(d.id)] == ["retry", "reconciled"]
 
 
-async def test_unknown_outcome_without_lookup_is_parked(tmp_path: Path, db: Store) -> None:
+async def test_unknown_outcome_without_lookup_is_parked(tmp_path: Path, sqlite_store: Store) -> None:
     settings = make_settings(tmp_path, {"c": scripted()})
     ScriptedAdapter.scripts["c"] = [OutcomeUnknown("timeout after send")]
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         await engine.accept(make_story())
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert d.state is State.UNKNOWN and "may have landed" in (d.note or "")
     assert len(ScriptedAdapter.calls) == 1
 
 
-async def test_unknown_outcome_on_an_idempotent_channel_resends(tmp_path: Path, db: Store) -> None:
+async def test_unknown_outcome_on_an_idempotent_channel_resends(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(idempotent=True, retry=[0, 1])})
     ScriptedAdapter.scripts["c"] = [OutcomeUnknown("timeout after send")]
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
         clock.advance(1)
         await drain(engine)
-    assert (await only(db)).state is State.DELIVERED
+    assert (await only(sqlite_store)).state is State.DELIVERED
     assert [c[1] for c in ScriptedAdapter.calls] == ["publish", "publish"]
 
 
-async def test_update_retract_and_supersede(tmp_path: Path, db: Store) -> None:
+async def test_update_retract_and_supersede(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         await drain(engine)
         # v2 and v3 arrive before any worker runs: v3 supersedes v2's not-yet-started update.
@@ -248,7 +239,7 @@ async def test_update_retract_and_supersede(tmp_path: Path, db: Store) -> None:
         await drain(engine)
         await engine.accept(make_story(version=4, pubstatus="canceled"))
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     assert [(d.version, d.action, d.state) for d in rows] == [
         (1, Action.PUBLISH, State.DELIVERED),
         (2, Action.UPDATE, State.SUPERSEDED),
@@ -259,44 +250,44 @@ async def test_update_retract_and_supersede(tmp_path: Path, db: Store) -> None:
     assert [c[1] for c in ScriptedAdapter.calls] == ["publish", "update", "retract"]
 
 
-async def test_retract_cancels_a_publish_that_never_went_out(tmp_path: Path, db: Store) -> None:
+async def test_retract_cancels_a_publish_that_never_went_out(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()})
     embargo = dt.datetime.fromtimestamp(clock.now() + 3600, tz=dt.UTC)
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story(embargo_until=embargo.isoformat()))
         await drain(engine)
         assert ScriptedAdapter.calls == []  # embargoed: nothing before it lifts
-        assert (await only(db)).due_at == embargo.timestamp()
+        assert (await only(sqlite_store)).due_at == embargo.timestamp()
         await engine.accept(make_story(version=2, pubstatus="canceled"))
         clock.advance(7200)
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     assert [(d.action, d.state) for d in rows] == [(Action.PUBLISH, State.CANCELED), (Action.RETRACT, State.SKIPPED)]
     assert ScriptedAdapter.calls == []
 
 
-async def test_update_whose_publish_failed_goes_out_as_publish(tmp_path: Path, db: Store) -> None:
+async def test_update_whose_publish_failed_goes_out_as_publish(tmp_path: Path, sqlite_store: Store) -> None:
     """v2 arrives while v1's publish is in flight (so v2 is an update); v1 then fails: v2 must still publish."""
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted()})
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
-        [claim] = await db.claim("other-worker", now=clock.now(), lease_seconds=30, limits={"c": 1})
+        [claim] = await sqlite_store.claim("other-worker", now=clock.now(), lease_seconds=30, limits={"c": 1})
         await engine.accept(make_story(version=2, headline="修正后的标题"))
-        await db.complete(
+        await sqlite_store.complete(
             [Completion(claim.delivery.id, claim.attempt_id, "other-worker", State.FAILED, "failed", clock.now(), 1.0)]
         )
         await drain(engine)
-    rows = await db.list_deliveries(DeliveryFilter())
+    rows = await sqlite_store.list_deliveries(DeliveryFilter())
     assert [(d.action, d.state) for d in rows] == [(Action.PUBLISH, State.FAILED), (Action.PUBLISH, State.DELIVERED)]
     assert rows[1].payload is not None and rows[1].payload.data["action"] == "publish"
     assert ScriptedAdapter.calls[0][1] == "publish"
 
 
-async def test_targets_and_unsupported_actions(tmp_path: Path, db: Store) -> None:
+async def test_targets_and_unsupported_actions(tmp_path: Path, sqlite_store: Store) -> None:
     settings: Settings = make_settings(tmp_path, {"a": scripted(), "b": scripted(), "off": scripted(enabled=False)})
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         with pytest.raises(StoryValidationError) as info:
             await engine.accept(make_story(targets=["a", "nope"]))
         assert info.value.errors[0].path == "targets[1]" and "nope" in info.value.errors[0].problem
@@ -311,28 +302,28 @@ async def test_targets_and_unsupported_actions(tmp_path: Path, db: Store) -> Non
     assert d.note == "channel kind 'scripted' does not support update"
 
 
-async def test_same_version_twice_is_no_new_work(tmp_path: Path, db: Store) -> None:
+async def test_same_version_twice_is_no_new_work(tmp_path: Path, sqlite_store: Store) -> None:
     settings = make_settings(tmp_path, {"c": scripted()})
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         first = await engine.accept(make_story())
         again = await engine.accept(make_story())
     assert first.created and not again.created
     assert [d.id for d in again.deliveries] == [d.id for d in first.deliveries]
 
 
-async def test_a_pending_wait_spends_no_retry_budget(tmp_path: Path, db: Store) -> None:
+async def test_a_pending_wait_spends_no_retry_budget(tmp_path: Path, sqlite_store: Store) -> None:
     """Still publishing / quiet hours: waits at the adapter's pace, never ends as failed for having waited."""
     clock = FakeClock()
     settings = make_settings(tmp_path, {"c": scripted(retry=[0, 1])})
     ScriptedAdapter.scripts["c"] = [Retryable("still publishing", retry_after=30, pending=True)] * 5
-    async with Engine(settings, db, clock=clock) as engine:
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
         await engine.accept(make_story())
         for _ in range(5):
             await drain(engine)
-            d = await only(db)
+            d = await only(sqlite_store)
             assert (d.state, d.retry_count, d.due_at) == (State.RETRY_WAIT, 0, clock.now() + 30)
             clock.advance(30)
         await drain(engine)
-    d = await only(db)
+    d = await only(sqlite_store)
     assert d.state is State.DELIVERED and d.attempts == 6
-    assert [a.outcome for a in await db.attempts(d.id)][:5] == ["pending"] * 5
+    assert [a.outcome for a in await sqlite_store.attempts(d.id)][:5] == ["pending"] * 5

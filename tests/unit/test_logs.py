@@ -19,7 +19,6 @@ from aiohttp.test_utils import TestServer
 from syndicate.channel import Adapter, AdapterOptions, DeliveryContext, register
 from syndicate.config import ServerSettings, Settings, StoreSettings
 from syndicate.delivery import Action, JsonPayload, Payload, Permanent, Receipt
-from syndicate.engine import Engine
 from syndicate.logs import (
     CONTEXT_FIELDS,
     MASK,
@@ -38,8 +37,8 @@ from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from syndicate.story import ChannelStory, Story
-from tests.conftest import make_settings, make_story
+from syndicate.story import ChannelStory
+from tests.support import make_settings, make_story, run_engine
 
 SECRET = "s3cr3t-value-XYZ"
 BEARER = "hdr-bearer-token-998877"
@@ -316,31 +315,17 @@ def test_filter_with_its_own_redactor() -> None:
 # ------------------------------------------------------------------------------------------ through the engine
 
 
-async def run_engine(settings: Settings, stories: list[Story]) -> dict[int, list[str | None]]:
-    store = open_store(settings.store.url)
-    await store.migrate()
-    try:
-        async with Engine(settings, store) as engine:
-            for story in stories:
-                await engine.accept(story)
-            await engine.run(until_idle=True, idle_horizon=5)
-        deliveries = await store.list_deliveries(DeliveryFilter())
-        return {d.id: [a.outcome for a in await store.attempts(d.id)] for d in deliveries}
-    finally:
-        await store.close()
-
-
 async def test_engine_run_with_faults_logs_no_secret(capture: Any, tmp_path: Path, sandbox: RunningSandbox) -> None:
     url = sandbox.url_for("/webhook/mirror")
     settings = with_server_secrets(make_settings(tmp_path, {"hook": webhook(url)}))
     buf = capture(settings, level=logging.DEBUG)
 
-    assert list((await run_engine(settings, [make_story(id="clean")])).values()) == [["delivered"]]
+    assert list((await run_engine(settings, [make_story(id="clean")])).outcomes.values()) == [["delivered"]]
     sandbox.sandbox.set_faults("webhook", [{"fault": "status:503"}])
-    outcomes = await run_engine(settings, [make_story(id="fails")])
+    outcomes = (await run_engine(settings, [make_story(id="fails")])).outcomes
     assert outcomes[2] == ["retry", "retry", "failed"]
     sandbox.sandbox.set_faults("webhook", [{"fault": "timeout_after", "methods": ["POST"]}])
-    outcomes = await run_engine(settings, [make_story(id="times-out")])
+    outcomes = (await run_engine(settings, [make_story(id="times-out")])).outcomes
     assert outcomes[3] == ["unknown"]
 
     # The secret really was in use: every request was signed with it and carried the bearer header.
@@ -370,7 +355,7 @@ async def test_a_receiver_echoing_our_credentials_does_not_leak_them(capture: An
     async with TestServer(app, host="127.0.0.1") as server:
         settings = with_server_secrets(make_settings(tmp_path, {"hook": webhook(str(server.make_url("/hook")))}))
         buf = capture(settings, level=logging.DEBUG)
-        outcomes = await run_engine(settings, [make_story()])
+        outcomes = (await run_engine(settings, [make_story()])).outcomes
     assert outcomes == {1: ["retry", "retry", "failed"]}
     assert_no_secrets(buf.getvalue())
     failed = [r for r in lines(buf) if r["message"].startswith("delivery attempt failed")]

@@ -759,7 +759,7 @@ async def test_context_manager_closes_own_session(server: Server) -> None:
 async def test_adapters_fetch_images_through_one_mapping_onto_the_taxonomy() -> None:
     """Adapter.fetch_image: a private address is a Permanent failure naming it (no request is made)."""
     from syndicate.delivery import Permanent
-    from tests.conftest import ScriptedAdapter, ScriptedOptions
+    from tests.support import ScriptedAdapter, ScriptedOptions
 
     adapter = ScriptedAdapter("c", ScriptedOptions(), timeout=5)
     try:

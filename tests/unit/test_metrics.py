@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,15 +13,7 @@ from syndicate.metrics import ATTEMPT_BUCKETS, OUTCOMES, Metrics
 from syndicate.sandbox import RunningSandbox
 from syndicate.store import open_store
 from syndicate.store.base import PAUSED_INDEFINITELY, State, Store
-from tests.conftest import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Store]:
-    store = open_store(f"sqlite:///{tmp_path / 'syndicate.db'}")
-    await store.migrate()
-    yield store
-    await store.close()
+from tests.support import FakeClock, ScriptedAdapter, make_settings, make_story, scripted
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float | None:
@@ -34,12 +24,12 @@ def deliveries(metrics: Metrics, channel: str, outcome: str) -> float | None:
     return sample(metrics, "syndicate_deliveries_total", channel=channel, outcome=outcome)
 
 
-async def test_engine_counts_outcomes_per_channel_and_observes_latency(tmp_path: Path, db: Store) -> None:
+async def test_engine_counts_outcomes_per_channel_and_observes_latency(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     metrics = Metrics()
     settings = make_settings(tmp_path, {"a": scripted(retry=[0, 5, 300]), "b": scripted()})
     ScriptedAdapter.scripts["a"] = [Retryable("HTTP 503"), Retryable("HTTP 503"), None]
-    async with Engine(settings, db, clock=clock, metrics=metrics) as engine:
+    async with Engine(settings, sqlite_store, clock=clock, metrics=metrics) as engine:
         # Every outcome series exists at 0 from the start.
         assert all(deliveries(metrics, ch, o) == 0 for ch in ("a", "b") for o in OUTCOMES)
         await engine.accept(make_story(id="s1"))
@@ -82,39 +72,39 @@ async def test_latency_is_real_time_on_the_system_clock(tmp_path: Path, sandbox:
     assert total is not None and 3 * 0.04 <= total < 3 * 5
 
 
-async def test_other_outcomes_are_counted(tmp_path: Path, db: Store) -> None:
+async def test_other_outcomes_are_counted(tmp_path: Path, sqlite_store: Store) -> None:
     metrics = Metrics()
     settings = make_settings(tmp_path, {"p": scripted(), "r": scripted()})
     ScriptedAdapter.scripts["p"] = [Permanent("too long")]
     ScriptedAdapter.scripts["r"] = [AuthRevoked("token revoked")]
-    async with Engine(settings, db, clock=FakeClock(), metrics=metrics) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock(), metrics=metrics) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True)
     assert deliveries(metrics, "p", "failed") == 1
     assert deliveries(metrics, "r", "auth_revoked") == 1
 
 
-async def test_engine_without_metrics_works_as_before(tmp_path: Path, db: Store) -> None:
+async def test_engine_without_metrics_works_as_before(tmp_path: Path, sqlite_store: Store) -> None:
     settings = make_settings(tmp_path, {"a": scripted()})
-    async with Engine(settings, db, clock=FakeClock()) as engine:
+    async with Engine(settings, sqlite_store, clock=FakeClock()) as engine:
         assert engine.metrics is None
         await engine.accept(make_story())
         await engine.run(until_idle=True)
-    [(key, count)] = [(k, v) for k, v in (await db.queue_depth()).items()]
+    [(key, count)] = [(k, v) for k, v in (await sqlite_store.queue_depth()).items()]
     assert key == ("a", State.DELIVERED) and count == 1
 
 
-async def test_refresh_from_store_sets_queue_depth_and_paused(tmp_path: Path, db: Store) -> None:
+async def test_refresh_from_store_sets_queue_depth_and_paused(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     now = clock.now()
     metrics = Metrics()
     settings = make_settings(tmp_path, {"a": scripted(), "b": scripted(), "idle": scripted()})
-    engine = Engine(settings, db, clock=clock, metrics=metrics)
+    engine = Engine(settings, sqlite_store, clock=clock, metrics=metrics)
     for i in range(3):
         await engine.accept(make_story(id=f"s{i}", targets=["a", "b"]))
-    await db.pause_channel("b", until=PAUSED_INDEFINITELY, reason="credentials rejected", now=now)
+    await sqlite_store.pause_channel("b", until=PAUSED_INDEFINITELY, reason="credentials rejected", now=now)
 
-    await metrics.refresh_from_store(db, settings.channels, now)
+    await metrics.refresh_from_store(sqlite_store, settings.channels, now)
     depth = "syndicate_queue_depth"
     assert sample(metrics, depth, channel="a", state="queued") == 3
     assert sample(metrics, depth, channel="b", state="queued") == 3
@@ -124,19 +114,19 @@ async def test_refresh_from_store_sets_queue_depth_and_paused(tmp_path: Path, db
     assert sample(metrics, "syndicate_channel_paused", channel="a") == 0
     assert sample(metrics, "syndicate_channel_paused", channel="idle") == 0
 
-    await db.resume_channel("b", now=now)
-    await db.pause_channel("a", until=now + 60, reason="rate limited", now=now)
-    await metrics.refresh_from_store(db, settings.channels, now)
+    await sqlite_store.resume_channel("b", now=now)
+    await sqlite_store.pause_channel("a", until=now + 60, reason="rate limited", now=now)
+    await metrics.refresh_from_store(sqlite_store, settings.channels, now)
     assert sample(metrics, "syndicate_channel_paused", channel="b") == 0
     assert sample(metrics, "syndicate_channel_paused", channel="a") == 1
-    await metrics.refresh_from_store(db, settings.channels, now + 61)  # the rate-limit pause is over
+    await metrics.refresh_from_store(sqlite_store, settings.channels, now + 61)  # the rate-limit pause is over
     assert sample(metrics, "syndicate_channel_paused", channel="a") == 0
 
     # Deliver everything: the depth moves from queued to delivered.
     clock.advance(61)
     async with engine:
         await engine.run(until_idle=True)
-    await metrics.refresh_from_store(db, ["a", "b"], now)
+    await metrics.refresh_from_store(sqlite_store, ["a", "b"], now)
     assert sample(metrics, depth, channel="a", state="queued") == 0
     assert sample(metrics, depth, channel="a", state="delivered") == 3
     assert sample(metrics, depth, channel="b", state="delivered") == 3
@@ -144,17 +134,17 @@ async def test_refresh_from_store_sets_queue_depth_and_paused(tmp_path: Path, db
     assert sample(metrics, depth, channel="idle", state="queued") is None
 
 
-async def test_render_parses_as_prometheus_text(tmp_path: Path, db: Store) -> None:
+async def test_render_parses_as_prometheus_text(tmp_path: Path, sqlite_store: Store) -> None:
     clock = FakeClock()
     metrics = Metrics()
     settings = make_settings(tmp_path, {"a": scripted()})
-    async with Engine(settings, db, clock=clock, metrics=metrics) as engine:
+    async with Engine(settings, sqlite_store, clock=clock, metrics=metrics) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True)
     metrics.observe_hook(202)
     metrics.observe_hook(202)
     metrics.observe_hook(401)
-    await metrics.refresh_from_store(db, settings.channels, clock.now())
+    await metrics.refresh_from_store(sqlite_store, settings.channels, clock.now())
 
     body, content_type = metrics.render()
     assert content_type == CONTENT_TYPE_LATEST and content_type.startswith("text/plain")

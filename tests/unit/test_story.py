@@ -24,7 +24,7 @@ from syndicate.story import (
     Story,
     StoryValidationError,
 )
-from tests.conftest import SHARED, shared_path
+from tests.support import SHARED, shared_path
 
 STANDARDS = SHARED / "standards"
 SAMPLE = SHARED / "samples" / "district-media-centres.txt"

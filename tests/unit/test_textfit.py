@@ -24,7 +24,7 @@ from adapters.textfit import (
 )
 from syndicate.ninjs import read_document
 from syndicate.story import Story
-from tests.conftest import REPO, shared_path
+from tests.support import REPO, shared_path
 
 #: The sections of twitter-text's validate.yml that describe what X counts today (config v3).
 CONFORMANCE_SECTIONS = ("WeightedTweetsWithDiscountedEmojiCounterTest", "UnicodeDirectionalMarkerCounterTest")

@@ -28,7 +28,7 @@ def test_no_connection_is_retryable_even_for_a_write() -> None:
 
 async def test_connection_refused_through_the_transmitter_is_retryable(unused_tcp_port: int) -> None:
     from syndicate.channel import HttpAdapter
-    from tests.conftest import ScriptedOptions
+    from tests.support import ScriptedOptions
 
     class Probe(HttpAdapter[ScriptedOptions, dict[str, Any]]):
         kind = "transmitter-probe"
