@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -139,8 +139,8 @@ async def _store(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
-def _run(coro: Awaitable[R]) -> R:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def _run(coro: Coroutine[Any, Any, R]) -> R:
+    return asyncio.run(coro)
 
 
 # --- shared rendering: every command formats states, times and errors the same way ---------------------------------

@@ -102,7 +102,7 @@ class RetryPolicy:
         """Seconds until the next attempt after ``failures`` counted failures, or None when the budget is spent."""
         if failures >= len(self.delays):
             return None
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # no Retrying drives this; the wait reads only attempt_number
         state.attempt_number = failures
         return self._wait(state)
 

@@ -12,7 +12,7 @@ import enum
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from syndicate.delivery import Action, Payload, Receipt
 from syndicate.story import Story
@@ -279,7 +279,13 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
+class Row(Protocol):
+    """A result row read by column name: sqlite3.Row and asyncpg.Record both are one (neither is a Mapping)."""
+
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def delivery_from_row(row: Row) -> DeliveryRecord:
     """A deliveries row (sqlite3.Row or asyncpg.Record) as a record; JSON columns decoded."""
     return DeliveryRecord(
         id=row["id"],

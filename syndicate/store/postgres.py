@@ -514,7 +514,7 @@ class PostgresStore(Store):
             return 0
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            return await conn.fetchval(
+            count: int = await conn.fetchval(
                 "SELECT count(*) FROM deliveries d WHERE d.channel = ANY($1::text[]) AND d.state = ANY($2::text[])"
                 " AND d.due_at <= $3"
                 " AND d.channel NOT IN (SELECT channel FROM channel_state WHERE paused_until > $3)"
@@ -525,16 +525,19 @@ class PostgresStore(Store):
                 now,
                 _OPEN,
             )
+        return count
 
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             if channels is None:
-                return await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'in_flight'")
-            return await conn.fetchval(
+                count: int = await conn.fetchval("SELECT count(*) FROM deliveries WHERE state = 'in_flight'")
+                return count
+            count = await conn.fetchval(
                 "SELECT count(*) FROM deliveries WHERE state = 'in_flight' AND channel = ANY($1::text[])",
                 list(channels),
             )
+        return count
 
     # --- channel state and key/value ------------------------------------------------------------------------
 
@@ -575,9 +578,10 @@ class PostgresStore(Store):
     async def kv_get(self, key: str, *, now: float) -> str | None:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            return await conn.fetchval(
+            value: str | None = await conn.fetchval(
                 "SELECT value FROM kv WHERE key = $1 AND (expires_at IS NULL OR expires_at > $2)", key, now
             )
+        return value
 
     async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None:
         pool = await self._get_pool()
@@ -595,7 +599,7 @@ class PostgresStore(Store):
     async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            status = await conn.execute(
+            status: str = await conn.execute(
                 "INSERT INTO kv (key, value, expires_at, updated_at) VALUES ($1, $2, $3, $4)"
                 " ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,"
                 " updated_at = excluded.updated_at WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= $4",

@@ -568,20 +568,23 @@ class SQLiteStore(Store):
                 f" AND p.channel = d.channel AND p.id < d.id AND p.state IN {_OPEN_SQL})",
                 [*chans, now, now],
             ).fetchone()
-            return row[0]
+            count: int = row[0]
+            return count
 
         return await self._run(_count)
 
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int:
         def _count(conn: sqlite3.Connection) -> int:
             if channels is None:
-                return conn.execute("SELECT count(*) FROM deliveries WHERE state = 'in_flight'").fetchone()[0]
+                count: int = conn.execute("SELECT count(*) FROM deliveries WHERE state = 'in_flight'").fetchone()[0]
+                return count
             chans = list(channels)
-            return conn.execute(
+            count = conn.execute(
                 f"SELECT count(*) FROM deliveries WHERE state = 'in_flight'"
                 f" AND channel IN ({_placeholders(len(chans))})",
                 chans,
             ).fetchone()[0]
+            return count
 
         return await self._run(_count)
 
