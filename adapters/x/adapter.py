@@ -114,7 +114,7 @@ class XAdapter(Adapter):
 
     def __init__(self, name: str, options: XOptions, *, timeout: float) -> None:  # type: ignore[override]
         super().__init__(name, options, timeout=timeout)
-        self.actions = frozenset(  # type: ignore[misc]
+        self.actions = frozenset(  # type: ignore[misc]  # narrows the Adapter.actions ClassVar per instance, from options
             {Action.PUBLISH, Action.RETRACT} | ({Action.UPDATE} if options.update_policy != "skip" else set())
         )
         #: Where "now" comes from for rate-limit ends and media id age (tests share the engine's fake clock).
