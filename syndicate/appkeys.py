@@ -18,4 +18,4 @@ ENGINE = web.AppKey("engine", Engine)
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", Metrics)
 #: Seconds since the epoch; tests put a fake clock here.
-CLOCK = web.AppKey("clock", Callable[[], float])
+CLOCK = web.AppKey[Callable[[], float]]("clock")

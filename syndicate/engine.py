@@ -103,7 +103,7 @@ class RetryPolicy:
         """Seconds until the next attempt after ``failures`` counted failures, or None when the budget is spent."""
         if failures >= len(self.delays):
             return None
-        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]  # no Retrying drives this; the wait reads only attempt_number
         state.attempt_number = failures
         return self._wait(state)
 
@@ -114,7 +114,7 @@ class RetryPolicy:
 @dataclass
 class ChannelRuntime:
     settings: ChannelSettings
-    adapter: Adapter
+    adapter: Adapter[Any, Any]
     policy: RetryPolicy
 
     @property
@@ -823,7 +823,7 @@ class Engine:
         )
 
 
-async def _refreshing_auth(adapter: Adapter, ctx: DeliveryContext, call: Callable[[], Awaitable[T]]) -> T:
+async def _refreshing_auth(adapter: Adapter[Any, Any], ctx: DeliveryContext, call: Callable[[], Awaitable[T]]) -> T:
     """Run a platform call; when the token expired, refresh it once and run the call again."""
     try:
         return await call()

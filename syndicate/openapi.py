@@ -20,8 +20,8 @@ def _error(description: str) -> dict[str, Any]:
 
 
 _ERRORS_401 = {"401": _error("Missing or wrong bearer token")}
-_SIGNED = [{"signature": []}]
-_BEARER = [{"bearer": []}]
+_SIGNED: list[dict[str, list[str]]] = [{"signature": []}]
+_BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
 
 _FANOUT_RESPONSES = {
     "202": _json_body(_ref("FanOut"), "Accepted: the story version and all its deliveries are committed"),

@@ -544,8 +544,8 @@ def _channel_routes(settings: Settings, engine: Engine) -> list[web.AbstractRout
     routes: list[web.AbstractRouteDef] = []
     for name, runtime in engine.channels.items():
         for route in runtime.adapter.web_routes(engine.store):
-            method = getattr(route, "method", "GET")
-            path = getattr(route, "path", None) or getattr(route, "prefix", "")
+            method: str = getattr(route, "method", "GET")
+            path: str = getattr(route, "path", "") or getattr(route, "prefix", "")
             other = served.setdefault((method, path), name)
             if other != name:
                 raise ConfigError(

@@ -278,7 +278,7 @@ class _Model(BaseModel):
 
     # Tell pydantic this __init__ only wraps errors: without the marker it would call it for every nested model
     # and turn the StoryValidationError (a ValueError) into a flattened "value error" at the parent's path.
-    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]
+    __init__.__pydantic_base_init__ = True  # type: ignore[attr-defined]  # a marker pydantic reads off the function
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:

@@ -326,7 +326,7 @@ def repair_atom_entry_links(atom: bytes, entries: Sequence[StoredEntry]) -> byte
     feed = etree.fromstring(atom, parser)
     by_guid = {entry.guid: entry for entry in entries}
     for element in feed.iterfind(f"{{{_ATOM_NS}}}entry"):
-        entry = by_guid[element.findtext(f"{{{_ATOM_NS}}}id")]
+        entry = by_guid[element.findtext(f"{{{_ATOM_NS}}}id", "")]
         old = element.findall(f"{{{_ATOM_NS}}}link")
         if old:
             position = element.index(old[0])

@@ -438,7 +438,8 @@ class WebRoot:
             ET.SubElement(url, "loc").text = self.base_url + _url_path(entry.path)
             ET.SubElement(url, "lastmod").text = entry.modified
         ET.indent(urlset)
-        return ET.tostring(urlset, encoding="utf-8", xml_declaration=True) + b"\n"
+        document: bytes = ET.tostring(urlset, encoding="utf-8", xml_declaration=True)
+        return document + b"\n"
 
 
 # --- the adapter -----------------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Unpack
 
@@ -166,7 +166,7 @@ class TokenEntry:
     expires_at: float
 
 
-class StoreSessionStorage(SessionStorage):  # type: ignore[misc]
+class StoreSessionStorage(SessionStorage):  # type: ignore[misc]  # wechatpy ships no types: the base is Any
     """wechatpy's ``SessionStorage`` over syndicate's shared key/value store (one token per app id, every worker).
 
     The adapter uses the async methods on the event loop. The synchronous ``get/set/delete`` wechatpy calls work
@@ -207,7 +207,7 @@ class StoreSessionStorage(SessionStorage):  # type: ignore[misc]
     async def adelete(self, key: str) -> None:
         await self._kv_set(self.PREFIX + key, "", self._clock())
 
-    def _run(self, coro: Awaitable[Any]) -> Any:
+    def _run(self, coro: Coroutine[Any, Any, Any]) -> Any:
         if self._loop is None:
             raise RuntimeError("StoreSessionStorage needs loop= to be used from a thread")
         try:
@@ -216,7 +216,7 @@ class StoreSessionStorage(SessionStorage):  # type: ignore[misc]
             running = None
         if running is self._loop:
             raise RuntimeError("synchronous SessionStorage calls would block the event loop: use aget/aset")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()  # type: ignore[arg-type]
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._run(self.aget(key, default))
@@ -273,7 +273,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
 
     def __init__(self, name: str, options: WeChatOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
-        self.actions = (  # type: ignore[misc]
+        self.actions = (  # type: ignore[misc]  # narrows the Adapter.actions ClassVar per instance, from options
             frozenset(Action) if options.update_policy == "republish" else frozenset({Action.PUBLISH, Action.RETRACT})
         )
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
@@ -479,7 +479,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             raise WeChatClientException(errcode, str(answer.get("errmsg", "")), response=answer)
         return answer
 
-    async def _api_call(self, ctx: DeliveryContext, method: str, endpoint: str, *, what: str, **kw: Any) -> dict:
+    async def _api_call(
+        self, ctx: DeliveryContext, method: str, endpoint: str, *, what: str, **kw: Any
+    ) -> dict[str, Any]:
         """``_call`` with the shared token: a refused token is refreshed and the call made once more."""
         token = await self.access_token(ctx)
         try:

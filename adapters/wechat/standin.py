@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -186,7 +187,7 @@ def endpoint_of(request: web.Request) -> str:
     return request.path.removeprefix(PREFIX + "/")
 
 
-def _wrap(sandbox: Sandbox, endpoint: str, func: Any) -> Any:
+def _wrap(sandbox: Sandbox, endpoint: str, func: Callable[[web.Request, Call, str], Awaitable[web.Response]]) -> Any:
     async def handle(request: web.Request, call: Call) -> web.Response:
         injected = _injected(call, endpoint)
         if isinstance(injected, int):

@@ -256,7 +256,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
 
 def _receipt(status: dict[str, Any]) -> Receipt:
     status_id = str(status.get("idstr") or status.get("id"))
-    user = status.get("user") if isinstance(status.get("user"), dict) else {}
+    user = raw_user if isinstance(raw_user := status.get("user"), dict) else {}
     uid = user.get("idstr") or user.get("id")
     url = f"https://weibo.com/{uid}/{status_id}" if uid else None
     keep = ("id", "idstr", "mid", "created_at", "text", "original_pic")

@@ -79,11 +79,11 @@ class WeiboState:
 
 def weibo_state(sandbox: Sandbox) -> WeiboState:
     store = sandbox.store(PLATFORM)
-    state = store.get("state")
+    state: WeiboState | None = store.get("state")
     if state is None:
         state = store["state"] = WeiboState()
         state.accounts[DEFAULT_ACCESS_TOKEN] = WeiboAccount(uid=1_900_000_001)
-    return state  # type: ignore[no-any-return]
+    return state
 
 
 def set_rate_limit(sandbox: Sandbox, per_hour: int) -> None:

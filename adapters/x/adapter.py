@@ -113,7 +113,7 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
 
     def __init__(self, name: str, options: XOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
-        self.actions = frozenset(  # type: ignore[misc]
+        self.actions = frozenset(  # type: ignore[misc]  # narrows the Adapter.actions ClassVar per instance, from options
             {Action.PUBLISH, Action.RETRACT} | ({Action.UPDATE} if options.update_policy != "skip" else set())
         )
         self._session: aiohttp.ClientSession | None = None

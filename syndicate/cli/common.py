@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -100,8 +100,8 @@ async def connected_store(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
-def run_async(coro: Awaitable[R]) -> R:
-    return asyncio.run(coro)  # type: ignore[arg-type]
+def run_async(coro: Coroutine[Any, Any, R]) -> R:
+    return asyncio.run(coro)
 
 
 # --- shared rendering: every command formats states, times and errors the same way ---------------------------------

@@ -17,6 +17,7 @@ from typing import Any
 
 import jinja2
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from multidict import MultiDictProxy
 
 from syndicate.appkeys import CLOCK, ENGINE, SETTINGS
@@ -231,7 +232,7 @@ def _form_lang(request: web.Request, form: MultiDictProxy[Any]) -> str:
     return "en" if _field(form, "lang") == "en" or _lang(request) == "en" else "zh"
 
 
-async def _guard(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except _Forbidden as exc:

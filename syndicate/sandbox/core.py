@@ -238,6 +238,7 @@ async def read_form(request: web.Request) -> dict[str, Any]:
     """Form fields (urlencoded or multipart) as a dict; repeated fields become lists, files a summary."""
     form = await request.post()
     out: dict[str, Any] = {}
+    value: object  # a field's text, or the summary that replaces a file
     for key, value in form.items():
         if isinstance(value, web.FileField):
             data = value.file.read()
@@ -502,7 +503,7 @@ class Sandbox:
         kind, arg = (rule.kind, rule.arg) if rule is not None else (None, None)
         if rule is not None:
             stats.faults[rule.fault] = stats.faults.get(rule.fault, 0) + 1
-        if kind == "status":
+        if rule is not None and kind == "status":  # kind is set only when a rule fired
             code = int(arg or 500)
             return json_error(code, "injected_fault", f"sandbox injected status {code}", fault=rule.fault)
         if kind == "rate_limit":

@@ -14,7 +14,7 @@ import enum
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from syndicate.delivery import Action, Payload, Receipt
 from syndicate.story import Story
@@ -106,7 +106,7 @@ class DeliveryRecord:
     channel: str
     action: Action
     state: State
-    payload: Payload | None
+    payload: Payload[Any] | None
     checkpoint: dict[str, Any]
     receipt: Receipt | None
     attempts: int
@@ -145,7 +145,7 @@ class NewDelivery:
     channel: str
     action: Action
     state: State
-    payload: Payload | None
+    payload: Payload[Any] | None
     due_at: float | None
     note: str | None = None
 
@@ -213,7 +213,7 @@ class Completion:
     note: str | None = None
     #: Set when the engine re-rendered the delivery (an update whose publish never landed goes out as publish).
     action: Action | None = None
-    payload: Payload | None = None
+    payload: Payload[Any] | None = None
     #: The claim's attempt number: fences the write, so an attempt that outlived its lease (the delivery was
     #: reclaimed and claimed again, even by the same worker) cannot overwrite the newer attempt's state.
     attempt_number: int | None = None
@@ -281,7 +281,14 @@ def dumps_json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-def delivery_from_row(row: Mapping[str, Any]) -> DeliveryRecord:
+class Row(Protocol):
+    """A result row read by column name or position: sqlite3.Row and asyncpg.Record both are one (neither is a
+    Mapping)."""
+
+    def __getitem__(self, key: str | int, /) -> Any: ...
+
+
+def delivery_from_row(row: Row) -> DeliveryRecord:
     """A deliveries row (sqlite3.Row or asyncpg.Record) as a record; JSON columns decoded."""
     return DeliveryRecord(
         id=row["id"],
@@ -327,7 +334,7 @@ def split_by_lease(
     return applied, lost
 
 
-def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
+def attempt_from_row(row: Row) -> AttemptRecord:
     return AttemptRecord(
         id=row["id"],
         delivery_id=row["delivery_id"],
@@ -343,7 +350,7 @@ def attempt_from_row(row: Mapping[str, Any]) -> AttemptRecord:
     )
 
 
-def live_receipt_from(row: Mapping[str, Any] | None) -> Receipt | None:
+def live_receipt_from(row: Row | None) -> Receipt | None:
     """The receipt of the story's live post from its newest delivered delivery (none once retracted)."""
     if row is None or row["action"] == Action.RETRACT.value or not row["receipt"]:
         return None

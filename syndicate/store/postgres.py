@@ -19,8 +19,9 @@ from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
+from syndicate.store.base import Row
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Lock, LockScope, Op, Q, Row, SQLStore
+from syndicate.store.sqlstore import Lock, LockScope, Op, Q, SQLStore
 
 T = TypeVar("T")
 
@@ -58,11 +59,13 @@ class _Conn:
 
     async def fetch(self, query: str, /, **params: Any) -> list[Row]:
         statement = QUERIES[query].statement
-        return await self._conn.fetch(statement.sql, *statement.args(params))
+        rows: list[Row] = await self._conn.fetch(statement.sql, *statement.args(params))  # asyncpg is untyped
+        return rows
 
     async def fetchrow(self, query: str, /, **params: Any) -> Row | None:
         statement = QUERIES[query].statement
-        return await self._conn.fetchrow(statement.sql, *statement.args(params))
+        row: Row | None = await self._conn.fetchrow(statement.sql, *statement.args(params))
+        return row
 
     async def fetchval(self, query: str, /, **params: Any) -> Any:
         statement = QUERIES[query].statement
@@ -78,7 +81,8 @@ class _Conn:
 
     async def fetch_rendered(self, query: str, slots: Mapping[str, str], /, **params: Any) -> list[Row]:
         statement = QUERIES[query].render(**slots)
-        return await self._conn.fetch(statement.sql, *statement.args(params))
+        rows: list[Row] = await self._conn.fetch(statement.sql, *statement.args(params))
+        return rows
 
     async def run_script(self, sql: str, /) -> None:
         await self._conn.execute(sql)  # without arguments asyncpg runs several statements in one go

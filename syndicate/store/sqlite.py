@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from syndicate.store.base import dumps_json
+from syndicate.store.base import Row, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Lock, Op, Q, Row, SQLStore
+from syndicate.store.sqlstore import Lock, Op, Q, SQLStore
 
 T = TypeVar("T")
 

@@ -37,6 +37,7 @@ from syndicate.store.base import (
     FanOutResult,
     NotFound,
     Planner,
+    Row,
     StaleVersion,
     State,
     Store,
@@ -112,12 +113,6 @@ class Q(enum.StrEnum):
     OLDEST_PENDING_DUE = "oldest_pending_due"
     RECENT_STORY_IDS = "recent_story_ids"
     ATTEMPT_BUCKETS = "attempt_buckets"
-
-
-class Row(Protocol):
-    """A result row: sqlite3.Row and asyncpg.Record both index by column name and by position."""
-
-    def __getitem__(self, key: str | int, /) -> Any: ...
 
 
 class Conn(Protocol):
@@ -381,10 +376,11 @@ class SQLStore(Store):
             transitions, new = plan_params(story, planner(existing), now)
             if transitions:
                 await conn.executemany(Q.TRANSITION_DELIVERY, transitions)
-            rows = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
+            inserted = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
+            rows = [r for r in inserted if r is not None]
             if new:
                 await conn.wake()
-            return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows if r is not None])
+            return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows])
 
         return await self._write(op, lock=Lock(LockScope.STORY, story.id))
 

@@ -110,7 +110,7 @@ def test_render_is_deterministic_and_the_payload_round_trips(kind: str, tmp_path
                 if isinstance(first, Payload):
                     rendered_any = True
                     stored = json.loads(json.dumps(first.to_json(), ensure_ascii=False))
-                    assert Payload.from_json(stored) == first, (adapter.name, story.id, action)
+                    assert adapter.load_payload(Payload.from_json(stored)) == first, (adapter.name, story.id, action)
     assert rendered_any, f"no sample story renders on {kind}"
 
 
