@@ -28,7 +28,6 @@ from syndicate.delivery import (
     AuthRevoked,
     OutcomeUnknown,
     Payload,
-    PayloadModel,
     Permanent,
     Receipt,
     Retryable,
@@ -107,7 +106,7 @@ class AdapterOptions(BaseModel):
 OptionsT = TypeVar("OptionsT", bound=AdapterOptions)
 #: A channel's payload model; ``dict[str, Any]`` for a channel that has not declared one (its ``payload_model`` is
 #: None and its payload is the plain JSON object).
-DataT = TypeVar("DataT", bound="PayloadModel | dict[str, Any]")
+DataT = TypeVar("DataT", bound="BaseModel | dict[str, Any]")
 
 
 class AdapterDeps(TypedDict, total=False):
@@ -131,7 +130,9 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
 
     kind: ClassVar[str]
     options_model: ClassVar[type[AdapterOptions]] = AdapterOptions
-    payload_model: ClassVar[type[PayloadModel] | None] = None
+    #: A PayloadModel, or a pydantic RootModel over several (a union told apart by a key): RootModel cannot take
+    #: PayloadModel's config, so the bound is BaseModel.
+    payload_model: ClassVar[type[BaseModel] | None] = None
     #: Re-sending cannot duplicate (file outputs, PUT-by-id APIs, receivers that honour Idempotency-Key).
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})

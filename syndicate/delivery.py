@@ -30,7 +30,7 @@ class PayloadModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-DataT = TypeVar("DataT", bound="PayloadModel | dict[str, Any]", covariant=True)
+DataT = TypeVar("DataT", bound="BaseModel | dict[str, Any]", covariant=True)
 
 
 @dataclass(frozen=True)

@@ -45,13 +45,13 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Unpack
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Unpack
 
 import aiohttp
 import nh3
 import xmltodict
 from aiohttp import web
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, RootModel, field_validator
 from wechatpy.crypto import WeChatCrypto
 from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException, WeChatClientException
 from wechatpy.session import SessionStorage
@@ -63,9 +63,9 @@ from syndicate.delivery import (
     AuthExpired,
     AuthRevoked,
     DeliveryError,
-    JsonPayload,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     RateLimited,
     Receipt,
@@ -155,6 +155,40 @@ class WeChatOptions(AdapterOptions):
         if value is not None and not re.fullmatch(r"[A-Za-z0-9]{43}", value):
             raise ValueError("must be the 43 letters and digits WeChat shows as EncodingAESKey")
         return value
+
+
+# --- the payload -----------------------------------------------------------------------------------------------
+
+
+class WeChatArticle(PayloadModel):
+    """A publish or update: the article as ``draft/add`` takes it, before its images point at WeChat."""
+
+    action: Literal["publish", "update"]
+    title: str
+    author: str
+    digest: str
+    #: The cleaned body; its ``<img src>`` are rewritten to WeChat's URLs at send time.
+    content: str
+    content_source_url: str
+    #: The cover's URL, uploaded as permanent material (its media id is the draft's ``thumb_media_id``).
+    cover: str
+    #: The distinct body image URLs, each uploaded once through ``media/uploadimg``.
+    body_images: list[str]
+    need_open_comment: int
+    only_fans_can_comment: int
+
+
+class WeChatRetraction(PayloadModel):
+    """A retract: the article to delete comes from the live receipt."""
+
+    action: Literal["retract"]
+    story_id: str
+
+
+class WeChatPayload(RootModel[Annotated[WeChatArticle | WeChatRetraction, Field(discriminator="action")]]):
+    """The channel's payload, told apart by ``action``; its JSON form is the stored one (the member's fields)."""
+
+    model_config = ConfigDict(frozen=True)
 
 
 # --- the shared access token -----------------------------------------------------------------------------------
@@ -263,9 +297,10 @@ def rewrite_image_sources(content: str, urls: dict[str, str]) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
+class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     kind: ClassVar[str] = "wechat"
     options_model = WeChatOptions
+    payload_model = WeChatPayload
     #: A resent draft/add or submit would make a second article; the checkpoints and lookup prevent that.
     idempotent: ClassVar[bool] = False
     supports_lookup: bool = True
@@ -289,9 +324,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
 
     # ---- rendering
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[WeChatPayload]:
         if action is Action.RETRACT:
-            return Payload(data={"action": action.value, "story_id": story.id})
+            return Payload(data=WeChatPayload(WeChatRetraction(action="retract", story_id=story.id)))
         warnings: list[str] = []
         headline = plain_text(story.headline)
         if not headline:
@@ -327,19 +362,19 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
                 f"body_html: {len(content)} characters once cleaned; WeChat takes under {CONTENT_MAX_CHARS} "
                 "characters and 1 MB (shorten the story or give this channel an override)"
             )
-        data = {
-            "action": action.value,
-            "title": title,
-            "author": author,
-            "digest": digest,
-            "content": content,
-            "content_source_url": story.url or "",
-            "cover": cover.href,
-            "body_images": sources,
-            "need_open_comment": int(self.options.need_open_comment),
-            "only_fans_can_comment": int(self.options.only_fans_can_comment),
-        }
-        return Payload(data=data, text_length=len(content), warnings=tuple(warnings))
+        article = WeChatArticle(
+            action="update" if action is Action.UPDATE else "publish",
+            title=title,
+            author=author,
+            digest=digest,
+            content=content,
+            content_source_url=story.url or "",
+            cover=cover.href,
+            body_images=sources,
+            need_open_comment=int(self.options.need_open_comment),
+            only_fans_can_comment=int(self.options.only_fans_can_comment),
+        )
+        return Payload(data=WeChatPayload(article), text_length=len(content), warnings=tuple(warnings))
 
     # ---- lifecycle
 
@@ -434,10 +469,14 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
         form: Callable[[], aiohttp.FormData] | None = None,
         unsure_after_send: bool = False,
     ) -> dict[str, Any]:
-        """One request; WeChat's errcode raised as ``WeChatClientException``, transport failures mapped here.
+        """One request through the channel's transmitter (``HttpAdapter.request``: transport failures mapped by
+        ``map_transport_errors``); WeChat's errcode raised as ``WeChatClientException``.
 
         ``unsure_after_send``: the step is not safe to repeat (submit), so a failure once the request may have
-        reached WeChat is OutcomeUnknown; otherwise Retryable.
+        reached WeChat is OutcomeUnknown (``may_land``); otherwise Retryable. draft/add and add_material create
+        something too, but their retry is safe without asking the engine to reconcile: a draft/add left
+        ``draft_pending`` finds its draft with draft/batchget, and a repeated cover upload only leaves a spare
+        material, so they keep ``unsure_after_send`` off.
         """
         query = dict(params or {})
         if token is not None:
@@ -448,19 +487,10 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
         url = f"{self._api}/{endpoint}"
-        try:
-            async with self.session.request(
-                method, url, params=query, data=data, headers=headers, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                status = resp.status
-        except aiohttp.ClientConnectorError as exc:
-            raise Retryable(f"cannot reach WeChat at {self._api} for {what}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            reason = f"no answer from WeChat for {what} ({type(exc).__name__}: {exc or 'timed out'})"
-            if unsure_after_send:
-                raise OutcomeUnknown(reason + "; it may have been accepted: checking before resending") from exc
-            raise Retryable(reason) from exc
+        response = await self.request(
+            method, url, doing=what, may_land=unsure_after_send, params=query, data=data, headers=headers
+        )
+        status = response.status
         if status != 200:
             reason = f"HTTP {status} from WeChat for {what}"
             if unsure_after_send:
@@ -468,12 +498,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             if status >= 500 or status in (408, 429):
                 raise Retryable(reason, platform_code=status)
             raise Permanent(f"{reason} (is api_base of channel {self.name!r} right?)", platform_code=status)
-        try:
-            answer = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise Retryable(f"WeChat answered {what} with something that is not JSON") from exc
-        if not isinstance(answer, dict):
-            raise Retryable(f"WeChat answered {what} with a JSON {type(answer).__name__}, not an object")
+        answer = response.json()
+        if not answer or list(answer) == ["value"]:  # not JSON, or JSON that is not an object
+            raise Retryable(f"WeChat answered {what} with something that is not a JSON object")
         errcode = answer.get("errcode", 0)
         if errcode not in (0, None):
             raise WeChatClientException(errcode, str(answer.get("errmsg", "")), response=answer)
@@ -540,10 +567,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
 
         return build
 
-    async def _upload_cover(self, payload: JsonPayload, ctx: DeliveryContext) -> str:
-        blob = await self._fetch(
-            payload.data["cover"], field="images (cover)", max_bytes=COVER_MAX_BYTES, types=COVER_TYPES
-        )
+    async def _upload_cover(self, article: WeChatArticle, ctx: DeliveryContext) -> str:
+        blob = await self._fetch(article.cover, field="images (cover)", max_bytes=COVER_MAX_BYTES, types=COVER_TYPES)
         answer = await self._api_call(
             ctx,
             "POST",
@@ -563,35 +588,34 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
 
     # ---- publishing
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         return await self._publish(payload, ctx)
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         """``update_policy = "republish"``: delete the live article and its draft, then publish this version."""
         if not ctx.state.get("old_deleted") and ctx.receipt is not None:
             await self._delete_article(ctx, ctx.receipt)
             await ctx.checkpoint({"old_deleted": True})
         return await self._publish(payload, ctx)
 
-    async def _publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def _publish(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         state = ctx.state
         if state.get("article_id"):
             return self._receipt(state)
-        return await self._steps(payload, ctx)
+        return await self._steps(_article(payload, ctx), ctx)
 
-    async def _steps(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def _steps(self, data: WeChatArticle, ctx: DeliveryContext) -> Receipt:
         state = ctx.state
-        data = payload.data
         # 1. cover -> permanent material
         if not state.get("thumb_media_id"):
-            await ctx.checkpoint({"thumb_media_id": await self._upload_cover(payload, ctx)})
+            await ctx.checkpoint({"thumb_media_id": await self._upload_cover(data, ctx)})
         # 2. body images -> uploadimg, one checkpoint per image
         urls: dict[str, str] = dict(state.get("body_images") or {})
-        for src in data["body_images"]:
+        for src in data.body_images:
             if src not in urls:
                 urls[src] = await self._upload_body_image(src, ctx)
                 await ctx.checkpoint({"body_images": urls})
-        content = rewrite_image_sources(data["content"], urls)
+        content = rewrite_image_sources(data.content, urls)
         if len(content) >= CONTENT_MAX_CHARS or len(content.encode()) >= CONTENT_MAX_BYTES:
             raise Permanent(
                 f"body_html: {len(content)} characters once images point at WeChat; WeChat takes under "
@@ -610,7 +634,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
         # 5. confirm
         return await self._confirm(ctx)
 
-    async def _make_draft(self, data: dict[str, Any], content: str, ctx: DeliveryContext) -> None:
+    async def _make_draft(self, data: WeChatArticle, content: str, ctx: DeliveryContext) -> None:
         thumb = ctx.state["thumb_media_id"]
         if ctx.state.get("draft_pending"):
             existing = await self._find_draft(ctx, thumb)
@@ -618,14 +642,14 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
                 await ctx.checkpoint({"draft_media_id": existing, "draft_pending": None})
                 return
         article = {
-            "title": data["title"],
-            "author": data["author"],
-            "digest": data["digest"],
+            "title": data.title,
+            "author": data.author,
+            "digest": data.digest,
             "content": content,
-            "content_source_url": data["content_source_url"],
+            "content_source_url": data.content_source_url,
             "thumb_media_id": thumb,
-            "need_open_comment": data["need_open_comment"],
-            "only_fans_can_comment": data["only_fans_can_comment"],
+            "need_open_comment": data.need_open_comment,
+            "only_fans_can_comment": data.only_fans_can_comment,
         }
         await ctx.checkpoint({"draft_pending": self.clock()})
         try:
@@ -686,7 +710,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             raise
         await ctx.checkpoint({"publish_id": str(answer["publish_id"]), "submit_pending": None, "confirm_checks": 0})
 
-    async def _reconcile_submit(self, data: dict[str, Any], ctx: DeliveryContext) -> Receipt | None:
+    async def _reconcile_submit(self, data: WeChatArticle, ctx: DeliveryContext) -> Receipt | None:
         """A submit whose answer was lost: the published article carrying this delivery's cover, if any.
 
         Not found yet inside ``reconcile_window``: WeChat may still be publishing, so Retryable (never a second
@@ -703,7 +727,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             )
             for item in answer.get("item") or []:
                 for article in (item.get("content") or {}).get("news_item") or []:
-                    if article.get("thumb_media_id") == thumb and article.get("title") == data["title"]:
+                    if article.get("thumb_media_id") == thumb and article.get("title") == data.title:
                         await ctx.checkpoint(
                             {
                                 "article_id": str(item["article_id"]),
@@ -790,7 +814,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
             },
         )
 
-    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt | None:
         """Did an interrupted attempt get further than its checkpoint says?
 
         A confirmed article is the receipt; a checkpointed ``publish_id`` answers None so the resumed send confirms
@@ -803,12 +827,12 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
         if state.get("article_id"):
             return self._receipt(state)
         if state.get("submit_pending") and not state.get("publish_id"):
-            return await self._reconcile_submit(payload.data, ctx)
+            return await self._reconcile_submit(_article(payload, ctx), ctx)
         return None
 
     # ---- retract
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         assert ctx.receipt is not None  # the engine skips a retraction of what never landed
         deleted = await self._delete_article(ctx, ctx.receipt)
         return Receipt(remote_id=ctx.receipt.remote_id, url=None, raw={"deleted": deleted})
@@ -888,6 +912,16 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, dict[str, Any]]):
                 }
             }
         }
+
+
+def _article(payload: Payload[WeChatPayload], ctx: DeliveryContext) -> WeChatArticle:
+    """The article a publish or update sends (a retraction payload has none)."""
+    article = payload.data.root
+    if not isinstance(article, WeChatArticle):
+        raise Permanent(
+            f"the {ctx.action.value} of story {ctx.story_id!r} holds a {article.action} payload, not an article"
+        )
+    return article
 
 
 class CallbackHandler:

@@ -26,7 +26,6 @@ AuthRevoked saying so; 21332 and 10014 pause the channel as AuthRevoked; 5xx ret
 from __future__ import annotations
 
 import datetime as dt
-import json
 from typing import Any, ClassVar, Unpack
 from urllib.parse import urlsplit
 
@@ -40,16 +39,16 @@ from syndicate.delivery import (
     AuthExpired,
     AuthRevoked,
     DeliveryError,
-    JsonPayload,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     RateLimited,
     Receipt,
     RenderError,
     Retryable,
 )
-from syndicate.httputil import retry_after_seconds
+from syndicate.httputil import HttpAnswer, retry_after_seconds
 from syndicate.media import MediaBlob
 from syndicate.story import ChannelStory
 
@@ -95,9 +94,21 @@ def on_safe_domain(url: str, safe_domain: str) -> bool:
     return host == safe_domain or host.endswith("." + safe_domain)
 
 
-class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
+class WeiboPayload(PayloadModel):
+    """What ``statuses/share`` gets: the fitted status text and the cover's URL (fetched at send time)."""
+
+    #: The status text, fitted to Weibo's 140 (link included).
+    status: str
+    #: The cover image's URL, sent as ``pic``; None for a plain text share.
+    pic: str | None
+    #: The story's URL (on the safe domain), kept for the operator's view.
+    story_url: str
+
+
+class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
     kind: ClassVar[str] = "weibo"
     options_model = WeiboOptions
+    payload_model = WeiboPayload
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
     supports_lookup = True
@@ -117,7 +128,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
 
     # ---- rendering
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[WeiboPayload]:
         if not story.url:
             raise RenderError(
                 f"url: Weibo's statuses/share needs the story's link on the safe domain {self.options.safe_domain}"
@@ -134,42 +145,30 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
             raise RenderError(f"headline: {exc}") from exc
         cover = story.cover
         return Payload(
-            data={"status": post.text, "pic": cover.href if cover else None, "story_url": story.url},
+            data=WeiboPayload(status=post.text, pic=cover.href if cover else None, story_url=story.url),
             text_length=post.length,
             warnings=post.warnings,
         )
 
-    # ---- session
-
     # ---- publishing
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        status = str(payload.data["status"])
+    async def publish(self, payload: Payload[WeiboPayload], ctx: DeliveryContext) -> Receipt:
+        status = payload.data.status
         form: aiohttp.FormData | dict[str, str]
-        pic_url = payload.data.get("pic")
-        if pic_url:
-            blob = await self._fetch_pic(str(pic_url))
+        if payload.data.pic:
+            blob = await self._fetch_pic(payload.data.pic)
             form = aiohttp.FormData()
             form.add_field("access_token", self.options.access_token)
             form.add_field("status", status)
             form.add_field("pic", blob.data, filename=blob.filename, content_type=blob.content_type)
         else:
             form = {"access_token": self.options.access_token, "status": status}
-        try:
-            # Never follow redirects: aiohttp would turn the POST into a body-less GET.
-            async with self.session.post(self._share_url, data=form, allow_redirects=False) as resp:
-                raw = await resp.read()
-                answer = _json_object(raw)
-                if 200 <= resp.status < 300 and answer.get("idstr"):
-                    return _receipt(answer)
-                raise self._error(resp.status, resp.headers, answer, raw, doing="share")
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Retryable(f"could not connect to Weibo at {self._share_url}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise OutcomeUnknown(
-                f"no answer from Weibo after sending the status ({type(exc).__name__}: {exc}); the account's "
-                "timeline will tell whether it landed"
-            ) from exc
+        # A lost answer may mean a posted status: OutcomeUnknown, and the account's timeline tells (lookup).
+        answer = await self.request("POST", self._share_url, doing="Weibo share", may_land=True, data=form)
+        found = answer.json()
+        if answer.ok and found.get("idstr"):
+            return _receipt(found)
+        raise self._error(answer, doing="share")
 
     async def _fetch_pic(self, url: str) -> MediaBlob:
         return await self.fetch_image(
@@ -180,21 +179,18 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
             requirement="one JPEG, GIF or PNG under 5 MB; change the story's cover (images[].role = cover)",
         )
 
-    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[WeiboPayload], ctx: DeliveryContext) -> Receipt | None:
         """Did the status land? Read the account's newest statuses and match the text."""
         params = {"access_token": self.options.access_token, "count": str(LOOKUP_COUNT)}
-        try:
-            async with self.session.get(self._timeline_url, params=params, allow_redirects=False) as resp:
-                raw = await resp.read()
-                answer = _json_object(raw)
-                if not 200 <= resp.status < 300:
-                    raise self._error(resp.status, resp.headers, answer, raw, doing="timeline lookup")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"could not read the Weibo timeline: {type(exc).__name__}: {exc}") from exc
-        found = answer.get("statuses")
+        answer = await self.request(
+            "GET", self._timeline_url, doing="Weibo timeline lookup", may_land=False, params=params
+        )
+        if not answer.ok:
+            raise self._error(answer, doing="timeline lookup")
+        found = answer.json().get("statuses")
         if not isinstance(found, list):
-            raise Retryable(f"the Weibo timeline answer has no statuses: {raw[:200]!r}")
-        sent = str(payload.data["status"])
+            raise Retryable(f"the Weibo timeline answer has no statuses: {answer.body[:200]!r}")
+        sent = payload.data.status
         for status in found:
             if isinstance(status, dict) and same_post_text(sent, str(status.get("text", "")), WEIBO_COUNTER.url_spans):
                 return _receipt(status)
@@ -214,17 +210,14 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, dict[str, Any]]):
     async def check(self) -> str:
         """Read one status of the account's timeline: proves the token without posting."""
         params = {"access_token": self.options.access_token, "count": "1"}
-        try:
-            async with self.session.get(self._timeline_url, params=params, allow_redirects=False) as resp:
-                raw = await resp.read()
-                if not 200 <= resp.status < 300:
-                    raise self._error(resp.status, resp.headers, _json_object(raw), raw, doing="check")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"cannot reach Weibo at {self._timeline_url}: {type(exc).__name__}: {exc}") from exc
+        answer = await self.request("GET", self._timeline_url, doing="Weibo check", may_land=False, params=params)
+        if not answer.ok:
+            raise self._error(answer, doing="check")
         return f"Weibo at {self.options.api_base} accepted the access token (timeline read; nothing posted)"
 
-    def _error(self, status: int, headers: Any, answer: dict[str, Any], raw: bytes, *, doing: str) -> DeliveryError:
+    def _error(self, response: HttpAnswer, *, doing: str) -> DeliveryError:
         """Weibo's answer mapped onto the taxonomy: by ``error_code`` first, HTTP status second."""
+        status, headers, raw, answer = response.status, response.headers, response.body, response.json()
         code = answer.get("error_code")
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
         message = str(answer.get("error") or raw[:200].decode("utf-8", "replace")).strip()
@@ -261,11 +254,3 @@ def _receipt(status: dict[str, Any]) -> Receipt:
     url = f"https://weibo.com/{uid}/{status_id}" if uid else None
     keep = ("id", "idstr", "mid", "created_at", "text", "original_pic")
     return Receipt(remote_id=status_id, url=url, raw={k: status[k] for k in keep if k in status})
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {"value": value}

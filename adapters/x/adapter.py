@@ -25,15 +25,15 @@ reconciled.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-import json
 import math
-from typing import Any, ClassVar, Literal, Unpack
+from typing import Any, ClassVar, Literal, Self, Unpack
 
 import aiohttp
 import tweepy
 from oauthlib.oauth1 import Client as OAuthClient
-from pydantic import Field, HttpUrl
+from pydantic import Field, HttpUrl, SerializerFunctionWrapHandler, model_serializer, model_validator
 from tweepy.asynchronous import AsyncClient
 from yarl import URL
 
@@ -43,16 +43,16 @@ from syndicate.delivery import (
     Action,
     AuthRevoked,
     DeliveryError,
-    JsonPayload,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     RateLimited,
     Receipt,
     RenderError,
     Retryable,
 )
-from syndicate.httputil import MAX_RETRY_AFTER
+from syndicate.httputil import MAX_RETRY_AFTER, json_object, map_transport_errors
 from syndicate.media import MediaBlob
 from syndicate.story import ChannelStory, Image, Story
 
@@ -98,15 +98,40 @@ class RebasedSession:
         return self.session.request(method, URL(text, encoded=True), allow_redirects=False, **kwargs)
 
 
+class XPayload(PayloadModel):
+    """A post (publish, update: its text and up to 4 image URLs, cover first) or a retraction (the empty object:
+    X deletes by the live receipt's post id, so a retraction carries nothing). The JSON form is the stored one:
+    ``{"text": ..., "images": [...]}`` for a post, ``{}`` for a retraction."""
+
+    #: The post's text, fitted to X's 280 (weighted); None for a retraction.
+    text: str | None = None
+    images: list[str] = Field(default_factory=list)
+
+    @property
+    def is_post(self) -> bool:
+        return self.text is not None
+
+    @model_validator(mode="after")
+    def _images_need_a_post(self) -> Self:
+        if self.text is None and self.images:
+            raise ValueError("images without text: a retraction payload carries nothing")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _stored_shape(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return handler(self) if self.text is not None else {}
+
+
 def _images(story: Story) -> list[Image]:
     cover = story.cover
     ordered = ([cover] if cover else []) + [image for image in story.images if image is not cover]
     return ordered
 
 
-class XAdapter(Adapter[XOptions, dict[str, Any]]):
+class XAdapter(Adapter[XOptions, XPayload]):
     kind: ClassVar[str] = "x"
     options_model = XOptions
+    payload_model = XPayload
     idempotent: ClassVar[bool] = False
     supports_lookup = True
     options: XOptions
@@ -131,9 +156,9 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
 
     # ---- rendering
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[XPayload]:
         if action is Action.RETRACT:
-            return Payload(data={})
+            return Payload(data=XPayload())
         try:
             post = fit_story(X_COUNTER, story)
         except FitError as exc:
@@ -143,7 +168,7 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
         if len(images) > MAX_IMAGES:
             warnings.append(f"{len(images) - MAX_IMAGES} of {len(images)} images left out: X takes at most 4")
         return Payload(
-            data={"text": post.text, "images": [image.href for image in images[:MAX_IMAGES]]},
+            data=XPayload(text=post.text, images=[image.href for image in images[:MAX_IMAGES]]),
             text_length=post.length,
             warnings=tuple(warnings),
         )
@@ -180,11 +205,14 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
 
     # ---- actions
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        media_ids = await self._upload_images([str(href) for href in payload.data.get("images", [])], ctx)
-        return await self._create(str(payload.data["text"]), media_ids)
+    async def publish(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt:
+        post = payload.data
+        if post.text is None:
+            raise Permanent(f"the {ctx.action.value} payload of story {ctx.story_id!r} has no post text")
+        media_ids = await self._upload_images(post.images, ctx)
+        return await self._create(post.text, media_ids)
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt:
         """delete_and_repost: delete the live post (checkpointed), then post the new version."""
         old = ctx.receipt.remote_id if ctx.receipt else None
         if old and ctx.state.get("deleted") != old:
@@ -192,28 +220,28 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
             await ctx.checkpoint({"deleted": old})
         return await self.publish(payload, ctx)
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt:
         if ctx.receipt is None or not ctx.receipt.remote_id:
             raise Permanent(f"no X post id in the live receipt of story {ctx.story_id!r}: nothing to delete")
         gone = await self._delete(ctx.receipt.remote_id)
         return Receipt(remote_id=ctx.receipt.remote_id, raw={"deleted": True, "already_gone": gone})
 
-    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt | None:
         """Is the post among the account's recent posts? A retraction is looked up by deleting again (None)."""
-        if ctx.action is Action.RETRACT or "text" not in payload.data:
+        sent = payload.data.text
+        if ctx.action is Action.RETRACT or sent is None:
             return None
         try:
-            if self._user_id is None:
-                me = await self.client.get_me(user_auth=True)
-                self._user_id = str(me["data"]["id"])
-            answer = await self.client.get_users_tweets(self._user_id, max_results=LOOKUP_COUNT, user_auth=True)
+            with self._transport("read the account's recent posts", may_land=False):
+                if self._user_id is None:
+                    me = await self.client.get_me(user_auth=True)
+                    self._user_id = str(me["data"]["id"])
+                answer = await self.client.get_users_tweets(self._user_id, max_results=LOOKUP_COUNT, user_auth=True)
         except tweepy.HTTPException as exc:
             raise self._error(exc, doing="recent posts lookup") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"could not read the account's recent posts: {type(exc).__name__}: {exc}") from exc
         recent = answer.get("data") or []
         for post in recent:
-            if same_post_text(str(payload.data["text"]), str(post.get("text", "")), X_COUNTER.url_spans):
+            if same_post_text(sent, str(post.get("text", "")), X_COUNTER.url_spans):
                 return _receipt(post)
         if len(recent) >= LOOKUP_COUNT:
             raise OutcomeUnknown(f"the post is not among the account's {LOOKUP_COUNT} newest; check X before resending")
@@ -221,43 +249,39 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
 
     async def check(self) -> str:
         try:
-            me = await self.client.get_me(user_auth=True)
+            with self._transport("check", may_land=False):
+                me = await self.client.get_me(user_auth=True)
         except tweepy.HTTPException as exc:
             raise self._error(exc, doing="check") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"cannot reach X at {self._api}: {type(exc).__name__}: {exc}") from exc
         return f"X accepted the credentials of @{me['data'].get('username')} (nothing posted)"
 
     # ---- the calls
 
     async def _create(self, text: str, media_ids: list[str]) -> Receipt:
         try:
-            answer = await self.client.create_tweet(text=text, media_ids=media_ids or None, user_auth=True)
+            # A lost answer may mean a live post: OutcomeUnknown, and the account's recent posts tell (lookup).
+            with self._transport("post", may_land=True):
+                answer = await self.client.create_tweet(text=text, media_ids=media_ids or None, user_auth=True)
         except tweepy.HTTPException as exc:
             raise self._error(exc, doing="post") from exc
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Retryable(f"could not connect to X at {self._api}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise OutcomeUnknown(
-                f"no answer from X after sending the post ({type(exc).__name__}: {exc}); the account's recent posts "
-                "will tell whether it landed"
-            ) from exc
         return _receipt(answer["data"])
 
     async def _delete(self, post_id: str) -> bool:
         """Delete a post; True when it was already gone."""
         try:
-            await self.client.delete_tweet(post_id, user_auth=True)
+            # Deleting again is harmless (404 = gone): a lost answer is a plain retry.
+            with self._transport("delete", may_land=False):
+                await self.client.delete_tweet(post_id, user_auth=True)
         except tweepy.NotFound:
             return True
         except tweepy.HTTPException as exc:
             raise self._error(exc, doing="delete") from exc
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Retryable(f"could not connect to X at {self._api}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # Deleting again is harmless (404 = gone): a plain retry settles it.
-            raise Retryable(f"no answer from X to the delete ({type(exc).__name__}: {exc})") from exc
         return False
+
+    def _transport(self, doing: str, *, may_land: bool) -> contextlib.AbstractContextManager[None]:
+        """The one mapping of transport failures (``map_transport_errors``) for tweepy's requests on our session;
+        tweepy's own HTTP errors are mapped by ``_error``."""
+        return map_transport_errors(doing, target=URL(self._api).host or self._api, may_land=may_land)
 
     async def _upload_images(self, hrefs: list[str], ctx: DeliveryContext) -> list[str]:
         """Upload each image once (v2 media upload); ids are checkpointed per URL and reused for a day."""
@@ -298,13 +322,11 @@ class XAdapter(Adapter[XOptions, dict[str, Any]]):
         form.add_field("media_category", "tweet_image")
         assert self._session is not None
         url = f"{self._api}{MEDIA_UPLOAD_PATH}"
-        try:
+        # An upload that landed only costs an unused media id: retrying is safe (may_land=False).
+        with self._transport("media upload", may_land=False):
             async with self._session.post(url, data=form, headers=headers, allow_redirects=False) as resp:
                 raw = await resp.read()
-                answer = _json_object(raw)
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            # An upload that landed only costs an unused media id: retrying is safe.
-            raise Retryable(f"media upload to {url} failed: {type(exc).__name__}: {exc}") from exc
+        answer = json_object(raw)
         data = answer.get("data")
         if 200 <= resp.status < 300 and isinstance(data, dict) and data.get("id"):
             return str(data["id"])
@@ -356,14 +378,6 @@ def _reset(value: str | None, now: float) -> dt.datetime:
 def _receipt(post: dict[str, Any]) -> Receipt:
     post_id = str(post["id"])
     return Receipt(remote_id=post_id, url=f"https://x.com/i/web/status/{post_id}", raw=dict(post))
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def _problem_detail(answer: dict[str, Any], raw: bytes) -> str:

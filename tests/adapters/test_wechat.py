@@ -15,10 +15,17 @@ import pytest
 from aiohttp import web
 
 from adapters.wechat import standin as wx
-from adapters.wechat.adapter import WeChatAdapter, body_image_sources, wechat_html
+from adapters.wechat.adapter import (
+    WeChatAdapter,
+    WeChatArticle,
+    WeChatPayload,
+    WeChatRetraction,
+    body_image_sources,
+    wechat_html,
+)
 from syndicate.channel import register
 from syndicate.config import Settings
-from syndicate.delivery import Action, RenderError
+from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -99,14 +106,15 @@ def test_render_reduces_the_body_and_trims_to_wechat_limits(tmp_path: Path) -> N
         images=[{"href": "https://img.example/cover.png", "role": "cover"}],
     )
     payload = adapter.render(long, Action.PUBLISH)
-    data = payload.data
-    assert len(data["title"]) == 32 and data["title"].endswith("…")
-    assert len(data["author"]) == 16 and len(data["digest"]) == 128
-    content = data["content"]
+    data = payload.data.root
+    assert isinstance(data, WeChatArticle)
+    assert len(data.title) == 32 and data.title.endswith("…")
+    assert len(data.author) == 16 and len(data.digest) == 128
+    content = data.content
     for banned in ("<script", "<iframe", "onclick", "<a ", "relative.png"):
         assert banned not in content
     assert "链接" in content  # a link's text stays
-    assert data["body_images"] == ["https://img.example/a.png"]
+    assert data.body_images == ["https://img.example/a.png"]
     assert any("title cut" in w for w in payload.warnings)
     assert any("relative.png" in w for w in payload.warnings)
     with pytest.raises(RenderError, match="cover"):
@@ -411,3 +419,78 @@ async def test_update_is_skipped_by_default_and_republished_on_request(
     assert rows[-1].state is State.DELIVERED, rows[-1].last_error
     live = [a for a in wx.articles(sandbox.sandbox).values() if not a["deleted"]]
     assert [a["articles"][0]["title"] for a in live] == ["再更正:" + TITLE]
+
+
+# ---- payloads queued before the typed payload model
+
+#: WeChat payloads as deliveries queued before the typed payload model hold them (rendered by the earlier code
+#: and saved as JSON): they must still load and send after the upgrade.
+STORED_ARTICLE = {
+    "data": {
+        "action": "publish",
+        "title": "上海16区融媒体中心全部建成并挂牌",
+        "author": "轩召强 葛俊俊",
+        "digest": "上海分两批、共16个区级融媒体中心已全部建成并挂牌。",
+        "content": '<p>宝山汇</p><p>外链</p><img src="{media}/story-blue-640x360.png" alt="a"><p>正文</p>'
+        '<img src="{media}/story-green-800x800.png" alt="b">',
+        "content_source_url": "https://news.example.cn/shanghai/story-1.html",
+        "cover": "{media}/story-amber-1200x675.png",
+        "body_images": ["{media}/story-blue-640x360.png", "{media}/story-green-800x800.png"],
+        "need_open_comment": 0,
+        "only_fans_can_comment": 0,
+    },
+    "text_length": 171,
+    "warnings": [],
+}
+STORED_RETRACTION = {"data": {"action": "retract", "story_id": "story-1"}, "text_length": None, "warnings": []}
+
+
+def test_payloads_in_the_stored_shape_load_and_dump_back_unchanged(tmp_path: Path) -> None:
+    adapter = make_settings(tmp_path, {"wechat": channel_stub()}).channels["wechat"].create_adapter()
+    article = adapter.load_payload(Payload.from_json(STORED_ARTICLE))
+    retraction = adapter.load_payload(Payload.from_json(STORED_RETRACTION))
+    assert isinstance(article.data, WeChatPayload) and isinstance(article.data.root, WeChatArticle)
+    assert article.data.root.body_images == STORED_ARTICLE["data"]["body_images"]  # type: ignore[index]
+    assert retraction.data.root == WeChatRetraction(action="retract", story_id="story-1")
+    assert article.to_json() == STORED_ARTICLE and retraction.to_json() == STORED_RETRACTION
+    # Today's renderer writes that very shape.
+    rendered = adapter.render(make_story(images=[{"href": "https://i.example/c.png", "role": "cover"}]), Action.RETRACT)
+    assert rendered.to_json() == STORED_RETRACTION
+    with pytest.raises(Permanent, match=r"'wechat' payload model .*surprise"):
+        adapter.load_payload(Payload.from_json({"data": {**STORED_ARTICLE["data"], "surprise": 1}}))  # type: ignore[dict-item]
+
+
+async def test_an_article_stored_in_the_earlier_shape_is_sent_the_same_way(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """The engine loads the stored payload through load_payload and runs every step from it."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    raw = json.loads(json.dumps(STORED_ARTICLE).replace("{media}", f"{sandbox.url}/media"))
+    engine = await start(settings, store)
+    adapter = engine.channels["wechat"].adapter
+    # Today's renderer writes that very shape for the same story.
+    assert adapter.render(story(sandbox), Action.PUBLISH).to_json()["data"] == raw["data"]
+    rendered: list[Any] = []
+
+    def stored_shape(story: Story, action: Action) -> Payload[Any]:
+        rendered.append(action)
+        return Payload.from_json(raw)  # what the earlier version of the channel stored
+
+    adapter.render = stored_shape  # type: ignore[method-assign]
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=1)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert rendered == [Action.PUBLISH]
+    assert d.state is State.DELIVERED, d.last_error
+    assert wx.counts(sandbox.sandbox) == {TITLE: {"drafts": 1, "submits": 1}}
+    [article] = wx.articles(sandbox.sandbox).values()
+    sent = article["articles"][0]
+    assert sent["author"] == "轩召强 葛俊俊" and sent["digest"] == raw["data"]["digest"]
+    assert sent["content_source_url"] == raw["data"]["content_source_url"]
+    sources = re.findall(r'<img[^>]*src="([^"]+)"', sent["content"])
+    assert len(sources) == 2 and all(s.startswith("http://mmbiz.qpic.cn/") for s in sources)
+    uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
+    assert len(uploads) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 import pytest
 
 from adapters.textfit import ELLIPSIS, weibo_length
-from adapters.weibo.adapter import WeiboAdapter, WeiboOptions
+from adapters.weibo.adapter import WeiboAdapter, WeiboOptions, WeiboPayload
 from adapters.weibo.standin import (
     DEFAULT_ACCESS_TOKEN,
     REPEATED_TEXT,
@@ -24,7 +25,7 @@ from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import FakeClock, engine_for, example_stories, make_story
+from tests.support import FakeClock, engine_for, example_stories, make_settings, make_story
 
 register(WeiboAdapter)
 
@@ -54,12 +55,12 @@ def adapter(**kw: Any) -> WeiboAdapter:
 def test_render_fits_a_chinese_example_within_weibos_140() -> None:
     story = example_stories()[0]
     payload = adapter().render(story, Action.PUBLISH)
-    assert payload.data == {
-        "status": f"【{story.headline}】{story.summary} {story.url}",
-        "pic": "http://127.0.0.1:8765/media/story-amber-1200x675.png",
-        "story_url": story.url,
-    }
-    assert payload.text_length == weibo_length(payload.data["status"]) == weibo_count(payload.data["status"]) == 93
+    assert payload.data == WeiboPayload(
+        status=f"【{story.headline}】{story.summary} {story.url}",
+        pic="http://127.0.0.1:8765/media/story-amber-1200x675.png",
+        story_url=story.url,
+    )
+    assert payload.text_length == weibo_length(payload.data.status) == weibo_count(payload.data.status) == 93
     assert payload.warnings == (
         'tags not added as hashtags: Weibo\'s statuses/share refuses a status containing "#topic#"',
     )
@@ -78,7 +79,7 @@ def test_render_english_and_mixed_stories_read_well_and_fit() -> None:
         url="https://news.example.cn/en/media-centres.html",
     )
     post = adapter().render(english, Action.PUBLISH)
-    assert post.data["status"] == (
+    assert post.data.status == (
         "Shanghai opens the last of its 16 district media centres: All sixteen district-level media centres in "
         "Shanghai are now open. The Baoshan centre launched its first product, the Baoshan Hui app, on September "
         f"18{ELLIPSIS} https://news.example.cn/en/media-centres.html"
@@ -90,9 +91,9 @@ def test_render_english_and_mixed_stories_read_well_and_fit() -> None:
         * 3,
     )
     post = adapter().render(mixed, Action.PUBLISH)
-    assert post.data["status"].startswith("【“宝山汇”APP正式上线】宝山区融媒体中心推出综合性App")
-    assert post.data["status"].endswith(f"{ELLIPSIS} https://news.example.cn/shanghai/story-1.html")
-    assert post.text_length == weibo_count(post.data["status"]) <= 140
+    assert post.data.status.startswith("【“宝山汇”APP正式上线】宝山区融媒体中心推出综合性App")
+    assert post.data.status.endswith(f"{ELLIPSIS} https://news.example.cn/shanghai/story-1.html")
+    assert post.text_length == weibo_count(post.data.status) <= 140
     assert any("summary cut at a sentence boundary" in w for w in post.warnings)
 
 
@@ -103,7 +104,7 @@ def test_render_refuses_a_story_off_the_safe_domain_and_one_without_url() -> Non
         adapter().render(make_story(url=None), Action.PUBLISH)
     # A subdomain of the safe domain is on it; the override replaces headline and summary.
     story = make_story(url="https://m.news.example.cn/a.html", overrides={"weibo": {"text": "微博专用文字"}})
-    assert adapter().render(story, Action.PUBLISH).data["status"] == "微博专用文字 https://m.news.example.cn/a.html"
+    assert adapter().render(story, Action.PUBLISH).data.status == "微博专用文字 https://m.news.example.cn/a.html"
 
 
 def test_capabilities_and_config() -> None:
@@ -140,7 +141,7 @@ async def test_publish_shares_text_and_cover_and_skips_update_and_retract(
     [request] = sandbox.sandbox.received("weibo")
     assert request.path == "/2/statuses/share.json"
     assert request.body["pic"]["content_type"] == "image/png" and request.body["pic"]["size"] > 0
-    assert request.body["status"] == publish.payload.data["status"]  # type: ignore[union-attr]
+    assert request.body["status"] == publish.payload.data["status"]  # the stored form: the plain JSON object
     for skipped in (update, retract):
         assert skipped.state is State.SKIPPED and "statuses/share API offers no way" in (skipped.note or "")
 
@@ -196,11 +197,14 @@ async def test_duplicate_text_fails_and_over_long_text_is_refused_as_weibo_would
         # Without our fitting, a long status is refused by Weibo's own count (20012)...
         long = "中" * 135 + " https://news.example.cn/a.html"
         with pytest.raises(Permanent, match="over Weibo's 140") as too_long:
-            await weibo.publish(Payload(data={"status": long, "pic": None}), ctx())
+            stored = Payload.from_json(
+                {"data": {"status": long, "pic": None, "story_url": "https://news.example.cn/a.html"}}
+            )
+            await weibo.publish(weibo.load_payload(stored), ctx())
         assert too_long.value.platform_code == str(TEXT_TOO_LONG)
         # ...while the same long story rendered through our counting lands.
         fitted = weibo.render(make_story(id="long", headline="长新闻", summary="中" * 300), Action.PUBLISH)
-        assert fitted.text_length == 140 == weibo_count(fitted.data["status"])
+        assert fitted.text_length == 140 == weibo_count(fitted.data.status)
         receipt = await weibo.publish(fitted, ctx("long"))
         assert receipt.remote_id
     finally:
@@ -284,3 +288,50 @@ async def test_a_lost_answer_is_reconciled_through_the_timeline_without_posting_
     posted = statuses(sandbox.sandbox)
     assert len(posted) == 3
     assert sorted(d.receipt.remote_id for d in found if d.receipt) == sorted(s["idstr"] for s in posted)
+
+
+#: A Weibo payload as deliveries queued before the typed payload model hold it (rendered by the earlier code and
+#: saved as JSON): it must still load and send after the upgrade.
+STORED_BEFORE_THE_MODEL = {
+    "data": {
+        "status": "【上海16区融媒体中心全部建成并挂牌】上海分两批、共16个区级融媒体中心已全部建成并挂牌。 "
+        "https://news.example.cn/shanghai/story-1.html",
+        "pic": "{media}/story-blue-640x360.png",
+        "story_url": "https://news.example.cn/shanghai/story-1.html",
+    },
+    "text_length": 54,
+    "warnings": [],
+}
+
+
+async def test_a_payload_stored_in_the_earlier_shape_loads_and_is_sent_the_same_way(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    raw = json.loads(json.dumps(STORED_BEFORE_THE_MODEL).replace("{media}", f"{sandbox.url}/media"))
+    weibo = WeiboAdapter(
+        "weibo",
+        WeiboOptions(**{k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}),
+        timeout=2,
+    )
+    weibo.media_settings = make_settings(tmp_path, {}).media  # the sandbox serves the images on loopback
+    loaded = weibo.load_payload(Payload.from_json(raw))
+    assert isinstance(loaded.data, WeiboPayload) and loaded.text_length == 54
+    assert Payload(data=loaded.data).to_json()["data"] == raw["data"]  # the model's JSON is the stored shape
+    # Today's renderer writes that very shape.
+    story = make_story(images=[{"href": raw["data"]["pic"], "role": "cover"}])
+    assert weibo.render(story, Action.PUBLISH).to_json() == {
+        **raw,
+        "warnings": list(weibo.render(story, Action.PUBLISH).warnings),
+    }
+    await weibo.start()
+    try:
+        receipt = await weibo.publish(loaded, ctx())
+    finally:
+        await weibo.close()
+    [request] = sandbox.sandbox.received("weibo")
+    assert request.body["status"] == raw["data"]["status"]
+    assert request.body["pic"]["content_type"] == "image/png" and request.body["pic"]["size"] > 0
+    [posted] = statuses(sandbox.sandbox)
+    assert receipt.remote_id == posted["idstr"]
+    with pytest.raises(Permanent, match=r"weibo.*payload model \(surprise: Extra inputs"):
+        weibo.load_payload(Payload.from_json({"data": {**raw["data"], "surprise": 1}}))

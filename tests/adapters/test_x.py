@@ -3,6 +3,7 @@ AsyncClient talking to the stand-in over HTTP."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
-from adapters.x.adapter import XAdapter, XOptions
+from adapters.x.adapter import XAdapter, XOptions, XPayload
 from adapters.x.standin import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_ACCESS_TOKEN_SECRET,
@@ -19,12 +20,12 @@ from adapters.x.standin import (
     posts,
     set_rate_limit,
 )
-from syndicate.channel import register
-from syndicate.delivery import Action
+from syndicate.channel import DeliveryContext, register
+from syndicate.delivery import Action, Payload, Permanent, Receipt
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import FakeClock, engine_for, example_stories, make_story
+from tests.support import FakeClock, engine_for, example_stories, make_settings, make_story
 
 register(XAdapter)
 
@@ -51,15 +52,16 @@ def adapter(**kw: Any) -> XAdapter:
 def test_render_chinese_example_with_hashtags_and_images_cover_first() -> None:
     story = example_stories()[0]
     payload = adapter().render(story, Action.PUBLISH)
-    assert payload.data["text"] == f"【{story.headline}】{story.summary} {story.url} #融媒体 #宝山汇 #上海"
-    assert payload.text_length == x_weighted_length(payload.data["text"]) == 209
-    assert payload.data["images"] == [
+    assert payload.data.text == f"【{story.headline}】{story.summary} {story.url} #融媒体 #宝山汇 #上海"
+    assert payload.text_length == x_weighted_length(payload.data.text) == 209
+    assert payload.data.images == [
         "http://127.0.0.1:8765/media/story-amber-1200x675.png",  # the cover
         "http://127.0.0.1:8765/media/story-blue-640x360.png",
         "http://127.0.0.1:8765/media/story-green-800x800.png",
     ]
     assert payload.warnings == ()
-    assert adapter().render(story, Action.RETRACT).data == {}
+    retraction = adapter().render(story, Action.RETRACT)
+    assert retraction.data == XPayload() and retraction.to_json()["data"] == {}
 
 
 def test_render_long_english_and_mixed_stories_fit_280() -> None:
@@ -77,16 +79,16 @@ def test_render_long_english_and_mixed_stories_fit_280() -> None:
         images=[{"href": f"https://img.example.cn/{i}.png"} for i in range(6)],
     )
     payload = adapter().render(english, Action.PUBLISH)
-    text = payload.data["text"]
-    assert text.startswith("Shanghai opens the last of its 16 district media centres: All sixteen")
+    text = payload.data.text
+    assert text is not None and text.startswith("Shanghai opens the last of its 16 district media centres: All sixteen")
     assert f"{ELLIPSIS} https://news.example.cn/en/media-centres.html #media #Shanghai" in text
     assert payload.text_length is not None and payload.text_length <= 280 and x_is_valid(text)
-    assert len(payload.data["images"]) == 4 and any("2 of 6 images left out" in w for w in payload.warnings)
+    assert len(payload.data.images) == 4 and any("2 of 6 images left out" in w for w in payload.warnings)
     mixed = make_story(
         headline="“宝山汇”APP上线 Baoshan Hui goes live", summary="宝山区融媒体中心推出App,与KNEWS合作。" * 12
     )
     payload = adapter().render(mixed, Action.PUBLISH)
-    assert payload.data["text"].startswith("【“宝山汇”APP上线 Baoshan Hui goes live】宝山区融媒体中心推出App")
+    assert (payload.data.text or "").startswith("【“宝山汇”APP上线 Baoshan Hui goes live】宝山区融媒体中心推出App")
     assert payload.text_length is not None and payload.text_length <= 280
 
 
@@ -237,3 +239,80 @@ def test_rate_limit_reset_header_is_bounded(header: str | None, expected_wait: f
 
     now = 1_700_000_000.0
     assert _reset(header, now).timestamp() - now == expected_wait
+
+
+#: X payloads as deliveries queued before the typed payload model hold them (rendered by the earlier code and saved
+#: as JSON): they must still load and send after the upgrade.
+STORED_POST = {
+    "data": {
+        "text": "【上海16区融媒体中心全部建成并挂牌】上海分两批、共16个区级融媒体中心已全部建成并挂牌。 "
+        "https://news.example.cn/shanghai/story-1.html",
+        "images": ["{media}/story-amber-1200x675.png", "{media}/story-blue-640x360.png"],
+    },
+    "text_length": 110,
+    "warnings": [],
+}
+STORED_RETRACTION = {"data": {}, "text_length": None, "warnings": []}
+
+
+def ctx(action: Action, receipt: Receipt | None = None) -> DeliveryContext:
+    async def save(data: dict[str, Any]) -> None:
+        return None
+
+    async def kv_get(key: str) -> str | None:
+        return None
+
+    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
+        return None
+
+    return DeliveryContext(
+        delivery_id=1,
+        story_id="story-1",
+        version=1,
+        channel="x",
+        action=action,
+        attempt=1,
+        state={},
+        receipt=receipt,
+        save_checkpoint=save,
+        kv_get=kv_get,
+        kv_set=kv_set,
+    )
+
+
+async def test_payloads_stored_in_the_earlier_shape_load_and_are_sent_the_same_way(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    raw = json.loads(json.dumps(STORED_POST).replace("{media}", f"{sandbox.url}/media"))
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    x = XAdapter("x", XOptions(**options), timeout=2)
+    x.media_settings = make_settings(tmp_path, {}).media  # the sandbox serves the images on loopback
+    post = x.load_payload(Payload.from_json(raw))
+    retraction = x.load_payload(Payload.from_json(STORED_RETRACTION))
+    assert isinstance(post.data, XPayload) and post.data.images == raw["data"]["images"]
+    assert retraction.data == XPayload() and not retraction.data.is_post
+    # The model's JSON is the stored shape, and today's renderer writes that very shape.
+    assert post.to_json() == raw and retraction.to_json() == STORED_RETRACTION
+    story = make_story(images=[{"href": href} for href in raw["data"]["images"]])
+    assert x.render(story, Action.PUBLISH).to_json() == raw
+    assert x.render(story, Action.RETRACT).to_json() == STORED_RETRACTION
+    await x.start()
+    try:
+        receipt = await x.publish(post, ctx(Action.PUBLISH))
+        [sent] = posts(sandbox.sandbox)
+        assert sent["sent_text"] == raw["data"]["text"] and len(sent["media_ids"]) == 2
+        assert receipt.remote_id == sent["id"]
+        await x.retract(retraction, ctx(Action.RETRACT, receipt))
+    finally:
+        await x.close()
+    [gone] = posts(sandbox.sandbox, include_deleted=True)
+    assert gone["deleted"]
+    paths = [(r.method, r.path) for r in sandbox.sandbox.received("x")]
+    assert paths == [
+        ("POST", "/2/media/upload"),
+        ("POST", "/2/media/upload"),
+        ("POST", "/2/tweets"),
+        ("DELETE", f"/2/tweets/{receipt.remote_id}"),
+    ]
+    with pytest.raises(Permanent, match=r"'x' payload model .*images without text"):
+        x.load_payload(Payload.from_json({"data": {"images": raw["data"]["images"]}}))
