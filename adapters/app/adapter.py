@@ -36,18 +36,26 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Unpack
 from urllib.parse import quote
 
-import aiohttp
 from aiohttp import web
-from pydantic import BeforeValidator, Field, HttpUrl, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    HttpUrl,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthRevoked,
     DeliveryError,
-    JsonPayload,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     RateLimited,
     Receipt,
@@ -55,7 +63,7 @@ from syndicate.delivery import (
     Retryable,
     idempotency_key,
 )
-from syndicate.httputil import retry_after_seconds
+from syndicate.httputil import HttpAnswer, retry_after_seconds
 from syndicate.sanitize import Block, html_blocks, plain_text
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
 from syndicate.story import ChannelStory, Image, Story
@@ -213,31 +221,183 @@ def _trim(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _image_json(image: Image) -> dict[str, Any]:
+# --- the payload: what a delivery stores (its JSON form is the shape deliveries have always stored) ---------------
+
+Platform = Literal["android", "ios"]
+
+
+class _OmitAbsent(PayloadModel):
+    """A JPush object whose optional keys are left out rather than sent as null (JPush's own shape)."""
+
+    @model_serializer(mode="wrap")
+    def _without_absent(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
+
+
+class Rendition(PayloadModel):
+    name: str
+    href: str
+    width: int | None
+    height: int | None
+
+
+class AppImage(PayloadModel):
     """A story image with its renditions (only the original exists: syndicate does not resize)."""
-    return {
-        "href": image.href,
-        "width": image.width,
-        "height": image.height,
-        "alt": image.alt,
-        "caption": image.caption,
-        "role": image.role,
-        "renditions": [{"name": "original", "href": image.href, "width": image.width, "height": image.height}],
-    }
+
+    href: str
+    width: int | None
+    height: int | None
+    alt: str | None
+    caption: str | None
+    role: Literal["cover", "inline"]
+    renditions: list[Rendition]
+
+    @classmethod
+    def of(cls, image: Image) -> AppImage:
+        original = Rendition(name="original", href=image.href, width=image.width, height=image.height)
+        return cls(
+            href=image.href,
+            width=image.width,
+            height=image.height,
+            alt=image.alt,
+            caption=image.caption,
+            role=image.role,
+            renditions=[original],
+        )
 
 
-def _block_json(block: Block, images: dict[str, Image]) -> dict[str, Any]:
+class TextBlock(PayloadModel):
+    type: Literal["paragraph", "heading"]
+    text: str
+
+
+class ImageBlock(PayloadModel):
+    type: Literal["image"]
+    src: str | None
+    alt: str | None
+    caption: str | None
+    #: From the story's image of the same src, when it lists one.
+    width: int | None
+    height: int | None
+
+
+BodyBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+
+
+class AppDocument(PayloadModel):
+    """The structured story the content API serves; plain text everywhere, body as sanitised blocks."""
+
+    id: str
+    version: int
+    headline: str
+    subheadline: str | None
+    summary: str | None
+    byline: str | None
+    section: str | None
+    tags: list[str]
+    language: str
+    urgency: int | None
+    #: RFC 3339 as the story gave them (Story.to_dict).
+    published_at: str | None
+    updated_at: str | None
+    share_url: str | None
+    cover: AppImage | None
+    images: list[AppImage]
+    blocks: list[BodyBlock]
+
+    def teaser(self) -> dict[str, Any]:
+        """The list form of the story: everything but the body and the image list."""
+        return self.model_dump(mode="json", exclude={"images", "blocks"})
+
+
+class RetractedStory(PayloadModel):
+    """A retraction names the story and its version; the content API answers 410 Gone for it."""
+
+    id: str
+    version: int
+
+
+class PushExtras(_OmitAbsent):
+    story_id: str
+    #: Left out when the story has no share URL, or when it would make the iOS notification too large.
+    url: str | None = None
+
+
+class AndroidNotification(PayloadModel):
+    alert: str
+    title: str
+    extras: PushExtras
+
+
+class IosAlert(PayloadModel):
+    title: str
+    body: str
+
+
+class IosNotification(PayloadModel):
+    #: Only the text when title and text are the same.
+    alert: str | IosAlert
+    sound: str
+    extras: PushExtras
+
+
+class Notification(_OmitAbsent):
+    alert: str
+    android: AndroidNotification | None = None
+    ios: IosNotification | None = None
+
+
+class PushOptions(PayloadModel):
+    sendno: int
+    time_to_live: int
+    apns_production: bool
+    apns_collapse_id: str
+
+
+class JPushPush(PayloadModel):
+    """The JPush REST API v3 push object, as sent (the attempt adds its ``cid``)."""
+
+    platform: Literal["all"] | list[Platform]
+    audience: Literal["all"]
+    notification: Notification
+    options: PushOptions
+
+
+class AppPayload(PayloadModel):
+    """One delivery of the app channel: the story as the app shows it and the push announcing it (None when
+    nothing is pushed: a retraction, an update without urgency), with why it pushes or not."""
+
+    action: Action
+    story: AppDocument | RetractedStory
+    push: JPushPush | None
+    push_note: str
+
+    @model_validator(mode="after")
+    def _retraction_names_only_the_story(self) -> AppPayload:
+        if (self.action is Action.RETRACT) != isinstance(self.story, RetractedStory):
+            raise ValueError("a retraction names only the story's id and version, a publish or update the document")
+        if self.action is Action.RETRACT and self.push is not None:
+            raise ValueError("a retraction never pushes")
+        return self
+
+    @property
+    def share_url(self) -> str | None:
+        return self.story.share_url if isinstance(self.story, AppDocument) else None
+
+
+def _block(block: Block, images: dict[str, Image]) -> TextBlock | ImageBlock:
     if block.kind != "image":
-        return {"type": block.kind, "text": block.text}
+        return TextBlock(type="heading" if block.kind == "heading" else "paragraph", text=block.text)
     known = images.get(block.src or "")
-    return {
-        "type": "image",
-        "src": block.src,
-        "alt": block.alt,
-        "caption": block.caption,
-        "width": known.width if known else None,
-        "height": known.height if known else None,
-    }
+    return ImageBlock(
+        type="image",
+        src=block.src,
+        alt=block.alt,
+        caption=block.caption,
+        width=known.width if known else None,
+        height=known.height if known else None,
+    )
 
 
 def _sendno(key: str) -> int:
@@ -253,9 +413,10 @@ def _collapse_id(story_id: str) -> str:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
+class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
     kind: ClassVar[str] = "app"
     options_model = AppOptions
+    payload_model = AppPayload
     #: JPush's cid makes a re-sent push a no-op (see the module docstring).
     idempotent: ClassVar[bool] = True
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
@@ -278,15 +439,15 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
             return f"{str(self.options.share_base_url).rstrip('/')}/{quote(story.id, safe='')}"
         return None
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[AppPayload]:
         if action is Action.RETRACT:
             return Payload(
-                data={
-                    "action": action.value,
-                    "story": {"id": story.id, "version": story.version},
-                    "push": None,
-                    "push_note": "a retraction never pushes",
-                }
+                data=AppPayload(
+                    action=action,
+                    story=RetractedStory(id=story.id, version=story.version),
+                    push=None,
+                    push_note="a retraction never pushes",
+                )
             )
         headline = plain_text(story.headline)
         if not headline:
@@ -300,48 +461,48 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
         else:
             shown = "none" if story.urgency is None else story.urgency
             return Payload(
-                data={
-                    "action": action.value,
-                    "story": document,
-                    "push": None,
-                    "push_note": f"update without urgency (urgency {shown}; only 1-{URGENT_AT_MOST} push again)",
-                }
+                data=AppPayload(
+                    action=action,
+                    story=document,
+                    push=None,
+                    push_note=f"update without urgency (urgency {shown}; only 1-{URGENT_AT_MOST} push again)",
+                )
             )
         push_text = plain_text(story.text) if story.text else summary
         push, text_length, warnings = self._push(story, action, headline, push_text or headline, document)
         return Payload(
-            data={"action": action.value, "story": document, "push": push, "push_note": note},
+            data=AppPayload(action=action, story=document, push=push, push_note=note),
             text_length=text_length,
             warnings=tuple(warnings),
         )
 
-    def _document(self, story: Story, headline: str, summary: str | None) -> dict[str, Any]:
+    def _document(self, story: Story, headline: str, summary: str | None) -> AppDocument:
         """The structured story the content API serves; plain text everywhere, body as sanitised blocks."""
         times = story.to_dict()
         images = {image.href: image for image in story.images}
         cover = story.cover
-        return {
-            "id": story.id,
-            "version": story.version,
-            "headline": headline,
-            "subheadline": plain_text(story.subheadline or "") or None,
-            "summary": summary,
-            "byline": story.by,
-            "section": story.section,
-            "tags": list(story.tags),
-            "language": story.language,
-            "urgency": story.urgency,
-            "published_at": times["published_at"],
-            "updated_at": times["updated_at"],
-            "share_url": self.share_url(story),
-            "cover": _image_json(cover) if cover else None,
-            "images": [_image_json(image) for image in story.images],
-            "blocks": [_block_json(block, images) for block in html_blocks(story.body_html)],
-        }
+        return AppDocument(
+            id=story.id,
+            version=story.version,
+            headline=headline,
+            subheadline=plain_text(story.subheadline or "") or None,
+            summary=summary,
+            byline=story.by,
+            section=story.section,
+            tags=list(story.tags),
+            language=story.language,
+            urgency=story.urgency,
+            published_at=times["published_at"],
+            updated_at=times["updated_at"],
+            share_url=self.share_url(story),
+            cover=AppImage.of(cover) if cover else None,
+            images=[AppImage.of(image) for image in story.images],
+            blocks=[_block(block, images) for block in html_blocks(story.body_html)],
+        )
 
     def _push(
-        self, story: Story, action: Action, headline: str, text: str, document: dict[str, Any]
-    ) -> tuple[dict[str, Any], int, list[str]]:
+        self, story: Story, action: Action, headline: str, text: str, document: AppDocument
+    ) -> tuple[JPushPush, int, list[str]]:
         """The JPush push object for this story, its text length and what was trimmed."""
         warnings: list[str] = []
         title, body = _trim(headline, ALERT_MAX_CHARS), _trim(text, ALERT_MAX_CHARS)
@@ -349,39 +510,46 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
             warnings.append(f"push title cut to {ALERT_MAX_CHARS} characters")
         if body != text:
             warnings.append(f"push text cut to {ALERT_MAX_CHARS} characters")
-        extras: dict[str, Any] = {"story_id": story.id}
-        if document["share_url"]:
-            extras["url"] = document["share_url"]
-        notification: dict[str, Any] = {"alert": title}
 
-        def sections() -> None:
-            if "android" in self.options.platforms:
-                notification["android"] = {"alert": body, "title": title, "extras": extras}
-            if "ios" in self.options.platforms:
-                alert: str | dict[str, str] = title if body == title else {"title": title, "body": body}
-                notification["ios"] = {"alert": alert, "sound": "default", "extras": extras}
+        def notification(extras: PushExtras) -> Notification:
+            platforms = self.options.platforms
+            return Notification(
+                alert=title,
+                android=AndroidNotification(alert=body, title=title, extras=extras) if "android" in platforms else None,
+                ios=(
+                    IosNotification(
+                        alert=title if body == title else IosAlert(title=title, body=body),
+                        sound="default",
+                        extras=extras,
+                    )
+                    if "ios" in platforms
+                    else None
+                ),
+            )
 
-        sections()
-        if "ios" in notification and _json_size(notification["ios"]) > IOS_NOTIFICATION_MAX_BYTES:
-            extras.pop("url", None)
+        def too_large(built: Notification) -> bool:
+            return built.ios is not None and _json_size(built.ios.model_dump(mode="json")) > IOS_NOTIFICATION_MAX_BYTES
+
+        built = notification(PushExtras(story_id=story.id, url=document.share_url))
+        if too_large(built):
             warnings.append("share url left out of the push extras: the iOS notification would be too large")
-            sections()
-            if _json_size(notification["ios"]) > IOS_NOTIFICATION_MAX_BYTES:
+            built = notification(PushExtras(story_id=story.id))
+            if too_large(built):
                 raise RenderError(
                     f"id: the story id makes the iOS notification larger than {IOS_NOTIFICATION_MAX_BYTES} bytes"
                 )
         key = idempotency_key(story.id, story.version, self.name, action)
-        push = {
-            "platform": self.options.platform,
-            "audience": "all",
-            "notification": notification,
-            "options": {
-                "sendno": _sendno(key),
-                "time_to_live": PUSH_TIME_TO_LIVE,
-                "apns_production": True,
-                "apns_collapse_id": _collapse_id(story.id),
-            },
-        }
+        push = JPushPush(
+            platform=self.options.platform,
+            audience="all",
+            notification=built,
+            options=PushOptions(
+                sendno=_sendno(key),
+                time_to_live=PUSH_TIME_TO_LIVE,
+                apns_production=True,
+                apns_collapse_id=_collapse_id(story.id),
+            ),
+        )
         return push, len(body), warnings
 
     # ---- delivering
@@ -389,13 +557,13 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
     def session_options(self) -> dict[str, Any]:
         return {**super().session_options(), "headers": {"Authorization": self._auth}}
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        return await self._deliver(payload, ctx)
+    async def publish(self, payload: Payload[AppPayload], ctx: DeliveryContext) -> Receipt:
+        return await self._deliver(payload.data, ctx)
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        return await self._deliver(payload, ctx)
+    async def update(self, payload: Payload[AppPayload], ctx: DeliveryContext) -> Receipt:
+        return await self._deliver(payload.data, ctx)
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[AppPayload], ctx: DeliveryContext) -> Receipt:
         # Delivered is all it takes: the content API answers 410 Gone for the story from now on.
         return Receipt(remote_id=None, url=None, raw={"retracted": ctx.story_id, "push": None})
 
@@ -407,11 +575,10 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
         now = dt.datetime.fromtimestamp(self.clock(), tz=self.options.zone)
         return window.seconds_left(now)
 
-    async def _deliver(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        push = payload.data.get("push")
-        url = (payload.data.get("story") or {}).get("share_url")
+    async def _deliver(self, payload: AppPayload, ctx: DeliveryContext) -> Receipt:
+        push, url = payload.push, payload.share_url
         if push is None:
-            return Receipt(remote_id=None, url=url, raw={"push": None, "note": payload.data.get("push_note")})
+            return Receipt(remote_id=None, url=url, raw={"push": None, "note": payload.push_note})
         state = ctx.state
         if state.get("msg_id"):  # an earlier attempt pushed and checkpointed it: never push twice
             return _push_receipt(state, url)
@@ -432,13 +599,13 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
             reason = (
                 f"push not resent: an attempt at {_utc(state.get('cid_at'))} (cid {state.get('cid')}) got no answer"
                 " and JPush only recognises a repeated cid for one day; check the JPush console for sendno "
-                f"{push.get('options', {}).get('sendno')}"
+                f"{push.options.sendno}"
             )
             log.warning(reason, extra={"story_id": ctx.story_id, "channel": ctx.channel})
             return Receipt(remote_id=None, url=url, raw={"push": "not_resent", "note": reason})
         if not state.get("cid_unanswered"):
             await ctx.checkpoint({"cid_unanswered": True})
-        return await self._send_push({**push, "cid": cid}, ctx, url)
+        return await self._send_push({**push.model_dump(mode="json"), "cid": cid}, ctx, url)
 
     async def _cid(self, ctx: DeliveryContext) -> str | None:
         """The cid for this delivery's push: the checkpointed one while JPush still recognises it, else a new one
@@ -455,66 +622,55 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
 
     async def _new_cid(self) -> str:
         """One cid from ``GET /v3/push/cid``. Pushes nothing, so every failure here is at most Retryable."""
-        try:
-            async with self.session.get(
-                self._cid_url, params={"count": "1", "type": "push"}, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                answer = _json_object(raw)
-                if 200 <= resp.status < 300:
-                    cids = answer.get("cidlist")
-                    if isinstance(cids, list) and cids and isinstance(cids[0], str):
-                        return cids[0]
-                    raise Retryable(f"JPush answered the cid request without a cidlist: {raw[:200]!r}")
-                error = self._error(resp, answer, raw, what="the cid request")
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            raise Retryable(f"could not get a push cid from JPush: {type(exc).__name__}: {exc}") from exc
-        raise error
+        answer = await self.request(
+            "GET", self._cid_url, doing="JPush cid request", may_land=False, params={"count": "1", "type": "push"}
+        )
+        found = answer.json()
+        if answer.ok:
+            cids = found.get("cidlist")
+            if isinstance(cids, list) and cids and isinstance(cids[0], str):
+                return cids[0]
+            raise Retryable(f"JPush answered the cid request without a cidlist: {answer.body[:200]!r}")
+        raise self._error(answer, what="the cid request")
 
     async def _send_push(self, body: dict[str, Any], ctx: DeliveryContext, url: str | None) -> Receipt:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json; charset=utf-8"}
         try:
-            # Never follow redirects: aiohttp would turn the POST into a GET and a 200 would look like a push.
-            async with self.session.post(
-                self._push_url,
-                data=data,
-                headers={"Content-Type": "application/json; charset=utf-8"},
-                allow_redirects=False,
-            ) as resp:
-                raw = await resp.read()
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            await ctx.checkpoint({"cid_unanswered": False})
-            raise Retryable(f"could not connect to JPush at {self._push_url}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            answer = await self.request("POST", self._push_url, doing="push", may_land=True, data=data, headers=headers)
+        except Retryable:
+            await ctx.checkpoint({"cid_unanswered": False})  # no connection: nothing went out with this cid
+            raise
+        except OutcomeUnknown as exc:
             raise OutcomeUnknown(
-                f"no answer from JPush after sending the push ({type(exc).__name__}: {exc}); "
-                "the retry re-sends the same cid, which JPush does not push twice"
-            ) from exc
-        answer = _json_object(raw)
-        if 200 <= resp.status < 300:
-            msg_id = answer.get("msg_id")
+                f"{exc.reason}; the retry re-sends the same cid, which JPush does not push twice"
+            ) from exc.__cause__
+        found = answer.json()
+        if answer.ok:
+            msg_id = found.get("msg_id")
             if msg_id in (None, ""):
-                raise OutcomeUnknown(f"JPush answered HTTP {resp.status} without a msg_id: {raw[:200]!r}")
-            progress = {"msg_id": str(msg_id), "sendno": str(answer.get("sendno", "")), "cid_unanswered": False}
+                raise OutcomeUnknown(f"JPush answered HTTP {answer.status} without a msg_id: {answer.body[:200]!r}")
+            progress = {"msg_id": str(msg_id), "sendno": str(found.get("sendno", "")), "cid_unanswered": False}
             await ctx.checkpoint(progress)
             return _push_receipt(ctx.state, url)
         await ctx.checkpoint({"cid_unanswered": False})  # JPush answered: this cid did not push
-        code = _jpush_code(answer)
+        code = _jpush_code(found)
         if code == JPUSH_NO_TARGET:
             # No device matches audience "all" (no app installed yet): the story is in the app, nobody to tell.
-            note = f"JPush {code}: {_jpush_message(answer, raw)}"
+            note = f"JPush {code}: {_jpush_message(found, answer.body)}"
             log.warning("push reached nobody: %s", note, extra={"story_id": ctx.story_id, "channel": ctx.channel})
             return Receipt(remote_id=None, url=url, raw={"push": "no_target", "note": note, "cid": body["cid"]})
-        raise self._error(resp, answer, raw, what="the push")
+        raise self._error(answer, what="the push")
 
-    def _error(self, resp: aiohttp.ClientResponse, answer: dict[str, Any], raw: bytes, *, what: str) -> DeliveryError:
+    def _error(self, answer: HttpAnswer, *, what: str) -> DeliveryError:
         """JPush's answer mapped onto the taxonomy (by JPush code first, HTTP status second)."""
-        status, code = resp.status, _jpush_code(answer)
-        detail = f"JPush {code}: {_jpush_message(answer, raw)}" if code else f"HTTP {status}{_detail(answer, raw)}"
+        found, raw = answer.json(), answer.body
+        status, code = answer.status, _jpush_code(found)
+        detail = f"JPush {code}: {_jpush_message(found, raw)}" if code else f"HTTP {status}{_detail(found, raw)}"
         platform_code = code if code is not None else status
         now = self.clock()
         if 300 <= status < 400:
-            location = resp.headers.get("Location", "(no Location header)")
+            location = answer.headers.get("Location", "(no Location header)")
             return Permanent(
                 f"HTTP {status}: JPush redirects {what} to {location}; set the channel's api_base to the final address",
                 platform_code=status,
@@ -525,9 +681,9 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
             )
         if code == JPUSH_RATE_LIMITED or status == 429 or code == JPUSH_VOLUME_LIMITED:
             default = VOLUME_LIMIT_PAUSE if code == JPUSH_VOLUME_LIMITED else DEFAULT_RATE_LIMIT_PAUSE
-            wait = _reset_seconds(resp.headers.get("X-Rate-Limit-Reset"), now=now)
+            wait = _reset_seconds(answer.headers.get("X-Rate-Limit-Reset"), now=now)
             if wait is None:
-                wait = retry_after_seconds(resp.headers.get("Retry-After"), now=now)
+                wait = retry_after_seconds(answer.headers.get("Retry-After"), now=now)
             until = dt.datetime.fromtimestamp(now + (default if wait is None else wait), tz=dt.UTC)
             return RateLimited(f"{detail} on {what}", until=until, platform_code=platform_code)
         if code in JPUSH_ACCOUNT_BLOCKED or status == 403:
@@ -539,7 +695,7 @@ class AppAdapter(HttpAdapter[AppOptions, dict[str, Any]]):
         if code in JPUSH_RETRYABLE or status >= 500 or status in (408, 425):
             return Retryable(
                 f"{detail} on {what}",
-                retry_after=retry_after_seconds(resp.headers.get("Retry-After"), now=now),
+                retry_after=retry_after_seconds(answer.headers.get("Retry-After"), now=now),
                 platform_code=platform_code,
             )
         return Permanent(f"{detail}: JPush refused {what}", platform_code=platform_code)
@@ -609,14 +765,6 @@ def _utc(when: Any) -> str:
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {"value": value}
 
 
 def _jpush_code(answer: dict[str, Any]) -> int | None:
@@ -732,20 +880,19 @@ class ContentApi:
                 )
             before = int(raw_cursor)
         section = query.get("section") or None
-        items: list[DeliveryRecord] = []
+        items: list[tuple[DeliveryRecord, AppDocument]] = []
         async for record in self._newest_first(before):
-            if record.action is Action.RETRACT or record.payload is None:
+            document = self._document(record)
+            if document is None or (section is not None and document.section != section):
                 continue
-            if section is not None and record.payload.data["story"].get("section") != section:
-                continue
-            items.append(record)
+            items.append((record, document))
             if len(items) > limit:
                 break
         more = len(items) > limit
         shown = items[:limit]
         body = {
-            "stories": [_teaser(record.payload.data["story"]) for record in shown if record.payload is not None],
-            "next_cursor": str(shown[-1].id) if more else None,
+            "stories": [document.teaser() for _, document in shown],
+            "next_cursor": str(shown[-1][0].id) if more else None,
         }
         return _cached_json(request, body, max_age=LIST_MAX_AGE)
 
@@ -767,30 +914,29 @@ class ContentApi:
                 status=410,
                 headers={"Cache-Control": f"public, max-age={ITEM_MAX_AGE}"},
             )
-        return _cached_json(request, record.payload.data["story"], max_age=ITEM_MAX_AGE)
+        document = self._document(record)
+        if document is None:
+            return _json_response(
+                {"error": "not_found", "message": f"no readable story {story_id!r} in the app"}, status=404, headers={}
+            )
+        return _cached_json(request, document.model_dump(mode="json"), max_age=ITEM_MAX_AGE)
 
-
-_TEASER_FIELDS = (
-    "id",
-    "version",
-    "headline",
-    "subheadline",
-    "summary",
-    "byline",
-    "section",
-    "tags",
-    "language",
-    "urgency",
-    "published_at",
-    "updated_at",
-    "share_url",
-    "cover",
-)
-
-
-def _teaser(document: dict[str, Any]) -> dict[str, Any]:
-    """The list form of a story: everything but the body and the image list."""
-    return {field: document.get(field) for field in _TEASER_FIELDS}
+    def _document(self, record: DeliveryRecord) -> AppDocument | None:
+        """The story a publish or update delivery shows, read through the payload model; None for a retraction
+        and for a payload this version of the channel cannot read (logged, and left out rather than served)."""
+        if record.action is Action.RETRACT or record.payload is None:
+            return None
+        try:
+            story = AppPayload.model_validate(record.payload.data).story
+        except ValidationError as exc:
+            log.warning(
+                "delivery %s holds a payload the app channel cannot read: %s",
+                record.id,
+                exc.errors()[0]["msg"],
+                extra={"story_id": record.story_id, "channel": self.channel},
+            )
+            return None
+        return story if isinstance(story, AppDocument) else None
 
 
 def _json_bytes(value: Any) -> bytes:

@@ -35,16 +35,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Unpack
 from urllib.parse import quote
 
-import aiohttp
-from pydantic import Field, HttpUrl, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, HttpUrl, ValidationInfo, field_validator
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
     AuthRevoked,
-    JsonPayload,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     RateLimited,
     Receipt,
@@ -52,7 +51,7 @@ from syndicate.delivery import (
     Retryable,
     idempotency_key,
 )
-from syndicate.httputil import http_failure
+from syndicate.httputil import HttpAnswer, http_failure
 from syndicate.sanitize import clean_html
 from syndicate.story import ChannelStory
 
@@ -82,6 +81,8 @@ NONCE_HEADER = "X-Nonce"
 SIGNATURE_HEADER = "X-Signature"
 
 ExtraValue = str | int | float | bool
+#: What a value of the body can be: one of our fields (text, null, a list of image URLs or tags) or an extra.
+BodyValue = str | int | float | bool | list[str] | None
 
 
 class PartnerOptions(AdapterOptions):
@@ -167,14 +168,53 @@ def partner_signature(secret: str, timestamp: str, nonce: str, body: bytes) -> s
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
+class PartnerBody(PayloadModel):
+    """What a delivery stores: the JSON body of a publish or update exactly as the partner gets it, our
+    ``PARTNER_FIELDS`` under the partner's names (``mapping``) plus the static ``extra`` fields; a retraction's is
+    empty (DELETE by id carries no body).
+
+    The key names are the channel's config *at render time*, and a stored payload must send as rendered (its
+    bytes are fixed) even after an operator changes ``mapping`` or ``extra``. So the model checks what the
+    values can be (text, numbers, booleans, null, lists of strings), not which keys there are: unlike other
+    channels' payloads it allows keys it does not declare, the one PayloadModel that does.
+    """
+
+    model_config = ConfigDict(extra="allow")
+    __pydantic_extra__: dict[str, BodyValue]
+
+    @property
+    def fields(self) -> dict[str, BodyValue]:
+        """The body's fields by the partner's names, in render order."""
+        return dict(self.__pydantic_extra__ or {})
+
+    def encoded(self) -> bytes:
+        """The exact bytes sent (``encode_body``)."""
+        return encode_body(self.fields)
+
+
 @dataclass(frozen=True)
 class PartnerAnswer:
-    """One HTTP exchange with the partner, read in full: enough to map onto a receipt or an error."""
+    """One answer of the partner (``HttpAdapter.request``), its JSON read once: enough to map onto a receipt or
+    an error."""
 
-    status: int
-    headers: Mapping[str, str]  # case-insensitive (aiohttp's CIMultiDictProxy)
-    raw: bytes
+    answer: HttpAnswer
     body: dict[str, Any]
+
+    @classmethod
+    def of(cls, answer: HttpAnswer) -> PartnerAnswer:
+        return cls(answer, answer.json())
+
+    @property
+    def status(self) -> int:
+        return self.answer.status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.answer.headers  # case-insensitive (aiohttp's CIMultiDictProxy)
+
+    @property
+    def raw(self) -> bytes:
+        return self.answer.body
 
     @property
     def code(self) -> int | str | None:
@@ -194,9 +234,10 @@ class PartnerAnswer:
         return f": {prefix}{text}" if prefix or text else ""
 
 
-class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
+class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
     kind: ClassVar[str] = "partner"
     options_model = PartnerOptions
+    payload_model = PartnerBody
     idempotent: ClassVar[bool] = False
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: PartnerOptions
@@ -209,10 +250,10 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
 
     # ---- rendering
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[PartnerBody]:
         """The JSON body (publish, update); a retraction is a body-less DELETE, so it renders ``{}``."""
         if action is Action.RETRACT:
-            return Payload(data={})
+            return Payload(data=PartnerBody())
         title = story.headline
         if not title.strip():
             raise RenderError("headline is empty: a partner article needs a title")
@@ -238,14 +279,14 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             warnings.append("published_at is not set: sent as null")
         data = {self.options.wire_name(name): value for name, value in fields.items()}
         data.update(self.options.extra)
-        return Payload(data=data, warnings=tuple(warnings))
+        return Payload(data=PartnerBody.model_validate(data), warnings=tuple(warnings))
 
     # ---- session
 
     # ---- actions
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        answer = await self._exchange("POST", self._collection_url, body=encode_body(payload.data), ctx=ctx)
+    async def publish(self, payload: Payload[PartnerBody], ctx: DeliveryContext) -> Receipt:
+        answer = await self._exchange("POST", self._collection_url, body=payload.data.encoded(), ctx=ctx)
         if 200 <= answer.status < 300:
             return self._accepted(answer, doing="publish")
         if answer.status == 409:
@@ -263,9 +304,9 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             )
         raise self._error(answer, doing="publish")
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: Payload[PartnerBody], ctx: DeliveryContext) -> Receipt:
         remote_id = _live_remote_id(ctx)
-        answer = await self._exchange("PUT", self._article_url(remote_id), body=encode_body(payload.data), ctx=ctx)
+        answer = await self._exchange("PUT", self._article_url(remote_id), body=payload.data.encoded(), ctx=ctx)
         if 200 <= answer.status < 300:
             return self._accepted(answer, doing="update", remote_id=remote_id)
         if answer.status == 404:
@@ -276,7 +317,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             )
         raise self._error(answer, doing="update")
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[PartnerBody], ctx: DeliveryContext) -> Receipt:
         remote_id = _live_remote_id(ctx)
         answer = await self._exchange("DELETE", self._article_url(remote_id), body=b"", ctx=ctx)
         if 200 <= answer.status < 300:
@@ -286,7 +327,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             return Receipt(remote_id=remote_id, raw={**answer.body, "status": "already_gone"})
         raise self._error(answer, doing="retract")
 
-    async def lookup(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt | None:
+    async def lookup(self, payload: Payload[PartnerBody], ctx: DeliveryContext) -> Receipt | None:
         """Did a publish land? ``GET <lookup_url>?key=`` answers 200 with the article or 404.
 
         Updates and retractions answer None without asking: they address the article by id (PUT replaces it with
@@ -298,7 +339,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
         if self.options.lookup_url is None:
             raise OutcomeUnknown(f"channel {self.name!r} has no lookup_url: cannot tell whether the publish landed")
         answer = await self._exchange(
-            "GET", str(self.options.lookup_url), body=b"", ctx=None, params={"key": ctx.idempotency_key}
+            "GET", str(self.options.lookup_url), body=b"", ctx=None, params={"key": ctx.idempotency_key}, doing="lookup"
         )
         if answer.status == 404:
             return None
@@ -314,7 +355,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             return "not checked: without lookup_url the only signed request is a publish"
         target = str(self.options.lookup_url)
         key = CHECK_KEY_TEMPLATE.format(channel=self.name)
-        answer = await self._exchange("GET", target, body=b"", ctx=None, params={"key": key})
+        answer = await self._exchange("GET", target, body=b"", ctx=None, params={"key": key}, doing="check")
         if answer.status == 404 or 200 <= answer.status < 300:
             return f"credentials accepted: a signed lookup at {target} answered HTTP {answer.status}"
         raise self._error(answer, doing="check")
@@ -347,6 +388,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
         body: bytes,
         ctx: DeliveryContext | None,
         params: Mapping[str, str] | None = None,
+        doing: str | None = None,
     ) -> PartnerAnswer:
         """Send one signed request and read the answer. ``ctx`` None marks a read-only request (lookup, check):
         a timeout there changed nothing on the partner, so it is Retryable rather than OutcomeUnknown."""
@@ -355,20 +397,16 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, dict[str, Any]]):
             headers["Content-Type"] = "application/json; charset=utf-8"
         if ctx is not None:
             headers["Idempotency-Key"] = ctx.idempotency_key
-        try:
-            # Never follow redirects: aiohttp would turn a POST into a body-less GET and a 200 would look delivered.
-            async with self.session.request(
-                method, url, data=body or None, headers=headers, params=params, allow_redirects=False
-            ) as resp:
-                raw = await resp.read()
-                return PartnerAnswer(resp.status, resp.headers, raw, _json_object(raw))
-        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-            raise Retryable(f"could not connect to {url}: {exc}") from exc
-        except (TimeoutError, aiohttp.ClientError) as exc:
-            if ctx is None:
-                raise Retryable(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
-            # The request was (at least partly) sent: the partner may have processed it.
-            raise OutcomeUnknown(f"no answer after sending ({type(exc).__name__}: {exc})") from exc
+        answer = await self.request(
+            method,
+            url,
+            doing=doing or (ctx.action.value if ctx is not None else method),
+            may_land=ctx is not None,
+            data=body or None,
+            headers=headers,
+            params=params,
+        )
+        return PartnerAnswer.of(answer)
 
     def _accepted(self, answer: PartnerAnswer, *, doing: str, remote_id: str | None = None) -> Receipt:
         """A 2xx: the receipt, unless the body carries an error code (some partners answer 200 with one)."""
@@ -413,11 +451,3 @@ def _live_remote_id(ctx: DeliveryContext) -> str:
             "is nothing to address; check the partner and replay the publish"
         )
     return ctx.receipt.remote_id
-
-
-def _json_object(raw: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return {}
-    return value if isinstance(value, dict) else {"value": value}

@@ -43,15 +43,25 @@ from urllib.parse import quote, urlsplit
 from aiohttp import web
 from feedgen.feed import FeedGenerator
 from lxml import etree
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
 from syndicate.delivery import (
     Action,
     AuthRevoked,
     DeliveryError,
-    JsonPayload,
     Payload,
+    PayloadModel,
     Permanent,
     Receipt,
     RenderError,
@@ -168,6 +178,25 @@ class StoredEntry(FeedEntry):
 class Retraction(_Model):
     guid: str
     story_id: str
+
+
+class RssPayload(PayloadModel):
+    """What a delivery stores: ``{"entry": ...}`` for a publish or update, ``{"retraction": ...}`` for a
+    retraction. Exactly one is set, and only that one is in the JSON form (the shape stored deliveries hold)."""
+
+    entry: FeedEntry | None = None
+    retraction: Retraction | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> RssPayload:
+        if (self.entry is None) == (self.retraction is None):
+            raise ValueError("an rss payload holds either an entry (publish, update) or a retraction")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_the_set_one(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        return {key: value for key, value in data.items() if value is not None}
 
 
 class Manifest(_Model):
@@ -526,11 +555,12 @@ def is_not_modified(request: web.Request, snapshot: FeedSnapshot) -> bool:
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class RssAdapter(Adapter[RssOptions, dict[str, Any]]):
+class RssAdapter(Adapter[RssOptions, RssPayload]):
     """Keeps ``rss.xml`` and ``atom.xml`` under ``root`` in step with the stories delivered to the channel."""
 
     kind: ClassVar[str] = "rss"
     options_model = RssOptions
+    payload_model = RssPayload
     idempotent: ClassVar[bool] = True
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: RssOptions
@@ -543,10 +573,10 @@ class RssAdapter(Adapter[RssOptions, dict[str, Any]]):
 
     # rendering ------------------------------------------------------------------------------------------------
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[RssPayload]:
         guid = story_guid(story.id)
         if action is Action.RETRACT:
-            return Payload(data={"retraction": Retraction(guid=guid, story_id=story.id).model_dump(mode="json")})
+            return Payload(data=RssPayload(retraction=Retraction(guid=guid, story_id=story.id)))
         title = plain_text(story.headline)
         if not title:
             raise RenderError("headline: no text is left once markup is removed; give the story a text headline")
@@ -576,30 +606,28 @@ class RssAdapter(Adapter[RssOptions, dict[str, Any]]):
             updated=story.updated_at,
             enclosure=None if cover is None else Enclosure(href=cover.href, type=image_type(cover.href)),
         )
-        return Payload(data={"entry": entry.model_dump(mode="json")}, warnings=tuple(warnings))
+        return Payload(data=RssPayload(entry=entry), warnings=tuple(warnings))
 
     # delivering -----------------------------------------------------------------------------------------------
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def publish(self, payload: Payload[RssPayload], ctx: DeliveryContext) -> Receipt:
         return await self._upsert(payload)
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def update(self, payload: Payload[RssPayload], ctx: DeliveryContext) -> Receipt:
         return await self._upsert(payload)
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        try:
-            retraction = Retraction.model_validate(payload.data["retraction"])
-        except (KeyError, ValidationError) as exc:
-            raise Permanent(f"the payload is not an rss retraction ({exc}); re-render it with this channel") from exc
+    async def retract(self, payload: Payload[RssPayload], ctx: DeliveryContext) -> Receipt:
+        retraction = payload.data.retraction
+        if retraction is None:
+            raise Permanent("the payload is an rss entry, not a retraction; re-render it with this channel")
         now = _now()
         removed = await self._transaction(lambda m: remove(m, retraction.story_id, now=now), now)
         return Receipt(remote_id=retraction.guid, url=None, raw={"removed": removed})
 
-    async def _upsert(self, payload: JsonPayload) -> Receipt:
-        try:
-            entry = FeedEntry.model_validate(payload.data["entry"])
-        except (KeyError, ValidationError) as exc:
-            raise Permanent(f"the payload is not an rss entry ({exc}); re-render it with this channel") from exc
+    async def _upsert(self, payload: Payload[RssPayload]) -> Receipt:
+        entry = payload.data.entry
+        if entry is None:
+            raise Permanent("the payload is an rss retraction, not an entry; re-render it with this channel")
         now = _now()
         stored = await self._transaction(lambda m: upsert(m, entry, items=self.options.items, now=now), now)
         return Receipt(

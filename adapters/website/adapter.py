@@ -36,10 +36,19 @@ from urllib.parse import quote, urlsplit
 import jinja2
 from aiohttp import web
 from markupsafe import Markup
-from pydantic import field_validator
+from pydantic import ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
 from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
-from syndicate.delivery import Action, AuthRevoked, JsonPayload, Payload, Permanent, Receipt, RenderError, Retryable
+from syndicate.delivery import (
+    Action,
+    AuthRevoked,
+    Payload,
+    PayloadModel,
+    Permanent,
+    Receipt,
+    RenderError,
+    Retryable,
+)
 from syndicate.files import write_atomic
 from syndicate.sanitize import clean_html, html_blocks, plain_text
 from syndicate.story import ChannelStory, Image, Story
@@ -157,6 +166,9 @@ def is_page_path(path: str) -> bool:
 @dataclass(frozen=True)
 class PageEntry:
     """One live page as the manifest, the indexes and the sitemap know it."""
+
+    #: As a field of the payload model: unknown keys are refused there too.
+    __pydantic_config__ = ConfigDict(extra="forbid")
 
     story_id: str
     version: int
@@ -442,12 +454,52 @@ class WebRoot:
         return document + b"\n"
 
 
+# --- the payload ---------------------------------------------------------------------------------------------
+
+
+class WebsitePayload(PayloadModel):
+    """What a delivery stores: a page (publish, update: ``story_id``, ``entry``, ``html``, ``moved_html``) or a
+    withdrawal (retract: ``story_id``, ``path`` when the story still names one, ``html`` the tombstone).
+
+    The JSON form carries only the keys of its own kind, exactly the shape deliveries queued before the payload
+    model hold; a payload mixing both kinds is refused when it is loaded.
+    """
+
+    story_id: str
+    #: The article page, or the tombstone of a withdrawal.
+    html: str
+    entry: PageEntry | None = None
+    #: The page left at an earlier path when a story moves (publish and update only).
+    moved_html: str | None = None
+    #: Where the withdrawn story's page is by its own dates (withdrawal only; None for a bare cancel).
+    path: str | None = None
+
+    @property
+    def is_page(self) -> bool:
+        return self.entry is not None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> WebsitePayload:
+        if (self.entry is None) != (self.moved_html is None):
+            raise ValueError("a page payload has both entry and moved_html, a withdrawal neither")
+        if self.entry is not None and self.path is not None:
+            raise ValueError("a page payload's path is entry.path; path belongs to a withdrawal")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _own_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        other = ("path",) if self.is_page else ("entry", "moved_html")
+        return {key: value for key, value in data.items() if key not in other}
+
+
 # --- the adapter -----------------------------------------------------------------------------------------------
 
 
-class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
+class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
     kind: ClassVar[str] = "website"
     options_model = WebsiteOptions
+    payload_model = WebsitePayload
     idempotent: ClassVar[bool] = True
     actions: ClassVar[frozenset[Action]] = frozenset(Action)
     options: WebsiteOptions
@@ -460,7 +512,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
 
     # rendering --------------------------------------------------------------------------------------------------
 
-    def format(self, story: ChannelStory, action: Action) -> JsonPayload:
+    def format(self, story: ChannelStory, action: Action) -> Payload[WebsitePayload]:
         if action is Action.RETRACT:
             return self._render_withdrawal(story)
         headline = story.headline
@@ -526,10 +578,10 @@ class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
             cover_src=cover.href if cover is not None else None,
             cover_alt=Figure.of(cover).alt if cover is not None else "",
         )
-        data = {"story_id": story.id, "entry": entry.to_json(), "html": html, "moved_html": moved_html}
+        data = WebsitePayload(story_id=story.id, entry=entry, html=html, moved_html=moved_html)
         return Payload(data=data, warnings=tuple(warnings))
 
-    def _render_withdrawal(self, story: Story) -> JsonPayload:
+    def _render_withdrawal(self, story: Story) -> Payload[WebsitePayload]:
         """The tombstone says only that the story is gone: no headline (a withdrawal may be for legal reasons)."""
         try:
             path: str | None = page_path(story)
@@ -541,7 +593,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
             labels=_labels(story.language),
             home_url=f"{self.options.base_url}/",
         )
-        return Payload(data={"story_id": story.id, "path": path, "html": html})
+        return Payload(data=WebsitePayload(story_id=story.id, path=path, html=html))
 
     # delivering -------------------------------------------------------------------------------------------------
 
@@ -562,26 +614,26 @@ class WebsiteAdapter(Adapter[WebsiteOptions, dict[str, Any]]):
     def _receipt(self, path: str, **raw: Any) -> Receipt:
         return Receipt(remote_id=path, url=self.options.base_url + _url_path(path), raw={"path": path, **raw})
 
-    async def publish(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        return await self._put(payload, ctx)
+    async def publish(self, payload: Payload[WebsitePayload], ctx: DeliveryContext) -> Receipt:
+        return await self._put(payload.data, ctx)
 
-    async def update(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        return await self._put(payload, ctx)
+    async def update(self, payload: Payload[WebsitePayload], ctx: DeliveryContext) -> Receipt:
+        return await self._put(payload.data, ctx)
 
-    async def _put(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
-        entry = PageEntry.from_json(payload.data["entry"])
+    async def _put(self, page: WebsitePayload, ctx: DeliveryContext) -> Receipt:
+        entry, moved_html = page.entry, page.moved_html
+        if entry is None or moved_html is None:
+            raise Permanent(f"the payload of this {ctx.action.value} is a withdrawal, not a page; re-render it")
         earlier = {ctx.receipt.remote_id} if ctx.receipt is not None and ctx.receipt.remote_id else set()
-        moved = await self._in_root(
-            lambda: self.site.put_page(entry, payload.data["html"], payload.data["moved_html"], earlier)
-        )
+        moved = await self._in_root(lambda: self.site.put_page(entry, page.html, moved_html, earlier))
         return self._receipt(entry.path, **({"moved_from": moved} if moved else {}))
 
-    async def retract(self, payload: JsonPayload, ctx: DeliveryContext) -> Receipt:
+    async def retract(self, payload: Payload[WebsitePayload], ctx: DeliveryContext) -> Receipt:
         live_path = ctx.receipt.remote_id if ctx.receipt is not None else None
-        data = payload.data
-        withdrawn = await self._in_root(
-            lambda: self.site.withdraw(data["story_id"], live_path, data.get("path"), data["html"])
-        )
+        gone = payload.data
+        if gone.is_page:
+            raise Permanent("the payload of this retraction is a page, not a withdrawal; re-render it")
+        withdrawn = await self._in_root(lambda: self.site.withdraw(gone.story_id, live_path, gone.path, gone.html))
         if not withdrawn:
             return Receipt(raw={"withdrawn": [], "note": "no page of this story was found to withdraw"})
         return self._receipt(withdrawn[0], withdrawn=withdrawn)

@@ -21,8 +21,13 @@ from adapters.app.adapter import (
     ALERT_MAX_CHARS,
     CID_REUSE_SECONDS,
     AppAdapter,
+    AppDocument,
     AppOptions,
+    ImageBlock,
+    PushExtras,
     QuietHours,
+    RetractedStory,
+    TextBlock,
     is_urgent,
 )
 from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET, SandboxApp, pushes, register_app
@@ -39,6 +44,7 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.engine import Engine
+from syndicate.httputil import HttpAnswer
 from syndicate.sandbox import ReceiverStats, RunningSandbox
 from syndicate.server import create_app
 from syndicate.store import open_store
@@ -176,45 +182,52 @@ def test_publish_renders_the_app_document_and_the_push(make_adapter: AdapterFact
     story = example_stories()[0]
     payload = adapter.render(story, Action.PUBLISH)
     assert payload == adapter.render(story, Action.PUBLISH)  # deterministic
-    json.dumps(payload.data)  # storable
-    doc = payload.data["story"]
-    assert doc["id"] == story.id and doc["version"] == 1
-    assert doc["headline"] == story.headline and doc["byline"] == "轩召强 葛俊俊"
-    assert doc["section"] == "shanghai" and doc["tags"] == ["融媒体", "宝山汇", "上海"]
-    assert doc["published_at"] == "2019-09-18T18:30:00+08:00"
-    assert doc["share_url"] == story.url
-    assert doc["cover"]["href"].endswith("story-amber-1200x675.png") and doc["cover"]["role"] == "cover"
-    assert doc["cover"]["renditions"] == [
-        {"name": "original", "href": doc["cover"]["href"], "width": 1200, "height": 675}
+    assert json.loads(json.dumps(payload.to_json())) == payload.to_json()  # storable
+    assert adapter.load_payload(Payload.from_json(json.loads(json.dumps(payload.to_json())))) == payload
+    doc = payload.data.story
+    assert isinstance(doc, AppDocument)
+    assert doc.id == story.id and doc.version == 1
+    assert doc.headline == story.headline and doc.byline == "轩召强 葛俊俊"
+    assert doc.section == "shanghai" and doc.tags == ["融媒体", "宝山汇", "上海"]
+    assert doc.published_at == "2019-09-18T18:30:00+08:00"
+    assert doc.share_url == story.url
+    assert doc.cover is not None
+    assert doc.cover.href.endswith("story-amber-1200x675.png") and doc.cover.role == "cover"
+    assert doc.cover.model_dump(mode="json")["renditions"] == [
+        {"name": "original", "href": doc.cover.href, "width": 1200, "height": 675}
     ]
-    assert [image["width"] for image in doc["images"]] == [640, 1200, 800]
-    kinds = [block["type"] for block in doc["blocks"]]
+    assert [image.width for image in doc.images] == [640, 1200, 800]
+    kinds = [block.type for block in doc.blocks]
     assert kinds[:3] == ["paragraph", "paragraph", "image"] and "heading" in kinds
-    first_image = next(block for block in doc["blocks"] if block["type"] == "image")
-    assert first_image["caption"] == "上海16区融媒体客户端入驻人民号 (主办方供图)"
-    assert (first_image["width"], first_image["height"]) == (640, 360)
-    assert not any("<" in block.get("text", "") for block in doc["blocks"])
+    first_image = next(block for block in doc.blocks if isinstance(block, ImageBlock))
+    assert first_image.caption == "上海16区融媒体客户端入驻人民号 (主办方供图)"
+    assert (first_image.width, first_image.height) == (640, 360)
+    assert not any("<" in block.text for block in doc.blocks if isinstance(block, TextBlock))
 
-    push = payload.data["push"]
-    assert push["platform"] == "all" and push["audience"] == "all"
-    notification = push["notification"]
+    push = payload.data.push
+    assert push is not None
+    assert push.platform == "all" and push.audience == "all"
+    notification = payload.to_json()["data"]["push"]["notification"]  # the wire JSON JPush gets
     assert notification["alert"] == story.headline
     assert notification["android"]["title"] == story.headline
     assert notification["android"]["alert"] == story.summary
     assert notification["android"]["extras"] == {"story_id": story.id, "url": story.url}
     assert notification["ios"]["extras"] == {"story_id": story.id, "url": story.url}
     assert notification["ios"]["alert"]["title"] == story.headline
-    assert push["options"]["apns_production"] is True and push["options"]["time_to_live"] == 86400
-    assert 0 <= push["options"]["sendno"] < 2**31
+    assert push.options.apns_production is True and push.options.time_to_live == 86400
+    assert 0 <= push.options.sendno < 2**31
     assert payload.warnings == () and payload.text_length == len(story.summary or "")
 
 
 def test_long_push_texts_are_cut_with_a_warning(make_adapter: AdapterFactory) -> None:
     payload = make_adapter().render(make_story(headline="快" * 200, summary="讯" * 300), Action.PUBLISH)
-    android = payload.data["push"]["notification"]["android"]
-    assert android["title"] == "快" * (ALERT_MAX_CHARS - 1) + "…"
-    assert android["alert"] == "讯" * (ALERT_MAX_CHARS - 1) + "…"
-    assert payload.data["story"]["headline"] == "快" * 200  # the app itself shows the whole headline
+    assert payload.data.push is not None
+    android = payload.data.push.notification.android
+    assert android is not None
+    assert android.title == "快" * (ALERT_MAX_CHARS - 1) + "…"
+    assert android.alert == "讯" * (ALERT_MAX_CHARS - 1) + "…"
+    assert isinstance(payload.data.story, AppDocument)
+    assert payload.data.story.headline == "快" * 200  # the app itself shows the whole headline
     assert payload.warnings == (
         f"push title cut to {ALERT_MAX_CHARS} characters",
         f"push text cut to {ALERT_MAX_CHARS} characters",
@@ -230,15 +243,16 @@ def test_updates_push_only_when_urgent(make_adapter: AdapterFactory, urgency: in
     story = make_story(version=2, urgency=urgency)
     payload = make_adapter().render(story, Action.UPDATE)
     assert is_urgent(story) is pushes_again
-    assert (payload.data["push"] is not None) is pushes_again
-    assert payload.data["story"]["version"] == 2  # the content updates either way
+    assert (payload.data.push is not None) is pushes_again
+    assert isinstance(payload.data.story, AppDocument)
+    assert payload.data.story.version == 2  # the content updates either way
     if not pushes_again:
-        assert "update without urgency" in payload.data["push_note"]
+        assert "update without urgency" in payload.data.push_note
 
 
 def test_retract_never_pushes(make_adapter: AdapterFactory) -> None:
     payload = make_adapter().render(make_story(version=3, pubstatus="canceled", urgency=1), Action.RETRACT)
-    assert payload.data == {
+    assert payload.to_json()["data"] == {
         "action": "retract",
         "story": {"id": "story-1", "version": 3},
         "push": None,
@@ -254,14 +268,15 @@ def test_overrides_share_base_url_and_platform(make_adapter: AdapterFactory) -> 
         overrides={"app": {"headline": "App 标题", "text": "推送正文"}, "web": {"headline": "Web only"}},
     )
     payload = adapter.render(story, Action.PUBLISH)
-    doc, push = payload.data["story"], payload.data["push"]
-    assert doc["headline"] == "App 标题"
-    assert doc["share_url"] == "https://app.example.cn/s/%E6%B2%AA%2F2019-001"
+    doc, push = payload.data.story, payload.to_json()["data"]["push"]
+    assert isinstance(doc, AppDocument)
+    assert doc.headline == "App 标题"
+    assert doc.share_url == "https://app.example.cn/s/%E6%B2%AA%2F2019-001"
     assert push["platform"] == ["android"] and "ios" not in push["notification"]
     assert push["notification"]["android"] == {
         "alert": "推送正文",
         "title": "App 标题",
-        "extras": {"story_id": "沪/2019-001", "url": doc["share_url"]},
+        "extras": {"story_id": "沪/2019-001", "url": doc.share_url},
     }
 
 
@@ -273,9 +288,11 @@ def test_a_headline_that_is_only_markup_cannot_be_rendered(make_adapter: Adapter
 def test_an_oversized_ios_push_drops_the_url_then_refuses(make_adapter: AdapterFactory) -> None:
     long_url = "https://news.example.cn/" + "a" * 1900
     payload = make_adapter().render(make_story(url=long_url), Action.PUBLISH)
-    assert payload.data["push"]["notification"]["ios"]["extras"] == {"story_id": "story-1"}
+    assert payload.to_json()["data"]["push"]["notification"]["ios"]["extras"] == {"story_id": "story-1"}
+    assert payload.data.push is not None and payload.data.push.notification.ios is not None
+    assert payload.data.push.notification.ios.extras == PushExtras(story_id="story-1")
     assert any("share url left out" in w for w in payload.warnings)
-    assert payload.data["story"]["share_url"] == long_url
+    assert payload.data.share_url == long_url
 
 
 # --- pushing against the stand-in ------------------------------------------------------------------------------
@@ -291,11 +308,12 @@ async def test_publish_pushes_once_with_basic_auth_and_a_cid(
     receipt = await adapter.publish(payload, ctx)
     [made] = pushes(sandbox.sandbox)
     assert receipt.remote_id == made["msg_id"] and receipt.url == story.url
-    assert receipt.raw["sendno"] == str(payload.data["push"]["options"]["sendno"])
+    assert payload.data.push is not None
+    assert receipt.raw["sendno"] == str(payload.data.push.options.sendno)
     [request] = push_requests(sandbox)
     token = base64.b64encode(f"{DEFAULT_APP_KEY}:{DEFAULT_MASTER_SECRET}".encode()).decode()
     assert request.header("Authorization") == f"Basic {token}"
-    assert request.body == {**payload.data["push"], "cid": ctx.state["cid"]}
+    assert request.body == {**payload.to_json()["data"]["push"], "cid": ctx.state["cid"]}
     assert ctx.state["msg_id"] == made["msg_id"] and ctx.state["cid_unanswered"] is False
 
     # A retry of a delivery whose push was checkpointed sends nothing at all.
@@ -416,11 +434,13 @@ async def test_a_refused_push_is_permanent_with_jpush_code_and_message(
 ) -> None:
     adapter = await started(make_adapter())
     good = adapter.render(make_story(), Action.PUBLISH)
-    broken = json.loads(json.dumps(good.data))
-    del broken["push"]["notification"]["android"]["extras"]
+    stored = good.to_json()
+    stored["data"]["push"]["platform"] = ["android"]  # and the notification still has its ios section
     ctx = ctx_for()
-    with pytest.raises(Permanent, match=r"JPush 1003: notification\.android\.extras is missing") as caught:
-        await adapter.publish(Payload(data=broken), ctx)
+    with pytest.raises(
+        Permanent, match=r"JPush 1003: notification\.ios is given but platform does not include"
+    ) as caught:
+        await adapter.publish(adapter.load_payload(Payload.from_json(stored)), ctx)
     assert caught.value.platform_code == "1003"
     assert ctx.state["cid_unanswered"] is False  # JPush answered: nothing went out with that cid
 
@@ -444,6 +464,172 @@ async def test_connection_refused_is_retryable(make_adapter: AdapterFactory) -> 
     adapter = await started(make_adapter(api_base="http://127.0.0.1:9"))
     with pytest.raises(Retryable, match="cid"):
         await adapter.publish(adapter.render(make_story(), Action.PUBLISH), ctx_for())
+
+
+# --- payloads stored before the payload model ------------------------------------------------------------------
+
+#: An urgent update (document and push) and a retraction as deliveries queued before the payload model stored them
+#: (rendered by the untyped channel, named "app").
+STORED_UPDATE: dict[str, Any] = {
+    "data": {
+        "action": "update",
+        "story": {
+            "id": "shape-1",
+            "version": 2,
+            "headline": "宝山汇 上线",
+            "subheadline": None,
+            "summary": "摘要",
+            "byline": "记者 王",
+            "section": "本地",
+            "tags": [
+                "宝山",
+            ],
+            "language": "zh-CN",
+            "urgency": 1,
+            "published_at": "2026-11-30T08:00:00+08:00",
+            "updated_at": None,
+            "share_url": "https://news.example.cn/shape-1.html",
+            "cover": {
+                "href": "https://cdn.example/a.png",
+                "width": 640,
+                "height": 360,
+                "alt": "图",
+                "caption": None,
+                "role": "cover",
+                "renditions": [
+                    {
+                        "name": "original",
+                        "href": "https://cdn.example/a.png",
+                        "width": 640,
+                        "height": 360,
+                    },
+                ],
+            },
+            "images": [
+                {
+                    "href": "https://cdn.example/a.png",
+                    "width": 640,
+                    "height": 360,
+                    "alt": "图",
+                    "caption": None,
+                    "role": "cover",
+                    "renditions": [
+                        {
+                            "name": "original",
+                            "href": "https://cdn.example/a.png",
+                            "width": 640,
+                            "height": 360,
+                        },
+                    ],
+                },
+            ],
+            "blocks": [
+                {
+                    "type": "heading",
+                    "text": "小标题",
+                },
+                {
+                    "type": "paragraph",
+                    "text": "第一段",
+                },
+                {
+                    "type": "image",
+                    "src": "https://cdn.example/a.png",
+                    "alt": "图",
+                    "caption": "说明",
+                    "width": 640,
+                    "height": 360,
+                },
+            ],
+        },
+        "push": {
+            "platform": "all",
+            "audience": "all",
+            "notification": {
+                "alert": "宝山汇 上线",
+                "android": {
+                    "alert": "摘要",
+                    "title": "宝山汇 上线",
+                    "extras": {
+                        "story_id": "shape-1",
+                        "url": "https://news.example.cn/shape-1.html",
+                    },
+                },
+                "ios": {
+                    "alert": {
+                        "title": "宝山汇 上线",
+                        "body": "摘要",
+                    },
+                    "sound": "default",
+                    "extras": {
+                        "story_id": "shape-1",
+                        "url": "https://news.example.cn/shape-1.html",
+                    },
+                },
+            },
+            "options": {
+                "sendno": 270462792,
+                "time_to_live": 86400,
+                "apns_production": True,
+                "apns_collapse_id": "shape-1",
+            },
+        },
+        "push_note": "urgent update (urgency 1): push",
+    },
+    "text_length": 2,
+    "warnings": [],
+}
+STORED_RETRACT: dict[str, Any] = {
+    "data": {
+        "action": "retract",
+        "story": {
+            "id": "shape-1",
+            "version": 3,
+        },
+        "push": None,
+        "push_note": "a retraction never pushes",
+    },
+    "text_length": None,
+    "warnings": [],
+}
+
+
+async def test_payloads_stored_before_the_payload_model_still_load_and_push_the_same_bytes(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox
+) -> None:
+    adapter = await started(make_adapter())
+    update = adapter.load_payload(Payload.from_json(STORED_UPDATE))
+    retract = adapter.load_payload(Payload.from_json(STORED_RETRACT))
+    assert update.to_json() == STORED_UPDATE and retract.to_json() == STORED_RETRACT
+    assert isinstance(update.data.story, AppDocument) and isinstance(retract.data.story, RetractedStory)
+
+    sent: list[bytes] = []
+    transmit = adapter.request
+
+    async def recording(method: str, url: str, **kwargs: Any) -> HttpAnswer:
+        if method == "POST":
+            sent.append(kwargs["data"])
+        return await transmit(method, url, **kwargs)
+
+    adapter.request = recording  # type: ignore[method-assign]
+    ctx = ctx_for(version=2, action=Action.UPDATE, story_id="shape-1")
+    receipt = await adapter.update(update, ctx)
+    assert receipt.url == "https://news.example.cn/shape-1.html" and receipt.remote_id == ctx.state["msg_id"]
+    # What the untyped channel sent for this stored payload: the stored push object with the attempt's cid.
+    push = {**STORED_UPDATE["data"]["push"], "cid": ctx.state["cid"]}
+    assert sent == [json.dumps(push, ensure_ascii=False, separators=(",", ":")).encode()]
+    assert (await adapter.retract(retract, ctx_for(version=3, action=Action.RETRACT))).raw["push"] is None
+
+
+def test_a_stored_payload_of_the_wrong_shape_is_refused_on_load(make_adapter: AdapterFactory) -> None:
+    adapter = make_adapter()
+    data = STORED_UPDATE["data"]
+    retract_with_document = {**data, "action": "retract", "push": None}
+    without_extras = json.loads(json.dumps(data))
+    del without_extras["push"]["notification"]["android"]["extras"]
+    for broken in (retract_with_document, without_extras, {**data, "push": {**data["push"], "cid": "c"}}):
+        with pytest.raises(Permanent, match="app' payload model"):
+            adapter.load_payload(Payload.from_json({"data": broken}))
 
 
 # --- through the engine ----------------------------------------------------------------------------------------

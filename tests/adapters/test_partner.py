@@ -20,6 +20,7 @@ from aiohttp import web
 from adapters.partner.adapter import (
     PARTNER_FIELDS,
     PartnerAdapter,
+    PartnerBody,
     PartnerOptions,
     encode_body,
     partner_signature,
@@ -118,7 +119,7 @@ def test_render_sends_the_documented_fields_of_an_example_story() -> None:
     story = example_stories()[0]
     adapter = PartnerAdapter("peoples_account", options(), timeout=1)
     payload = adapter.render(story, Action.PUBLISH)
-    data = payload.data
+    data = payload.to_json()["data"]  # the wire JSON
     assert set(data) == set(PARTNER_FIELDS)
     assert data["idempotency_key"] == "sh-rmt-20190918-001:1:peoples_account:publish"
     assert data["title"] == story.headline and data["summary"] == story.summary
@@ -132,10 +133,11 @@ def test_render_sends_the_documented_fields_of_an_example_story() -> None:
     assert payload.warnings == ()
     # Pure and deterministic, and it survives the store's JSON round trip byte for byte.
     assert adapter.render(story, Action.PUBLISH) == payload
-    assert encode_body(Payload.from_json(json.loads(json.dumps(payload.to_json()))).data) == encode_body(data)
-    update = adapter.render(story, Action.UPDATE).data
+    stored = adapter.load_payload(Payload.from_json(json.loads(json.dumps(payload.to_json()))))
+    assert stored == payload and stored.data.encoded() == encode_body(data)
+    update = adapter.render(story, Action.UPDATE).to_json()["data"]
     assert update["idempotency_key"] == "sh-rmt-20190918-001:1:peoples_account:update"
-    assert adapter.render(story, Action.RETRACT).data == {}  # DELETE by id carries no body
+    assert adapter.render(story, Action.RETRACT).to_json()["data"] == {}  # DELETE by id carries no body
 
 
 def test_render_converts_times_to_shanghai_and_uses_channel_overrides() -> None:
@@ -144,15 +146,19 @@ def test_render_converts_times_to_shanghai_and_uses_channel_overrides() -> None:
         published_at="2019-09-18T10:30:05.250Z",
         overrides={"shangguan": {"headline": "上观号专用标题", "summary": "上观号摘要"}, "other": {"headline": "x"}},
     )
-    data = adapter.render(story, Action.PUBLISH).data
+    data = adapter.render(story, Action.PUBLISH).data.fields
     assert data["published_at"] == "2019-09-18T18:30:05+08:00"
     assert data["title"] == "上观号专用标题" and data["summary"] == "上观号摘要"
     assert data["idempotency_key"] == "story-1:1:shangguan:publish"
     # Without an override the story's own text; without a date or images, explicit nulls and a warning.
     plain = PartnerAdapter("peoples_account", options(), timeout=1).render(story, Action.PUBLISH)
-    assert plain.data["title"] == story.headline
+    assert plain.data.fields["title"] == story.headline
     bare = adapter.render(make_story(overrides={}), Action.PUBLISH)
-    assert bare.data["published_at"] is None and bare.data["cover"] is None and bare.data["images"] == []
+    assert {key: bare.data.fields[key] for key in ("published_at", "cover", "images")} == {
+        "published_at": None,
+        "cover": None,
+        "images": [],
+    }
     assert any("published_at" in w for w in bare.warnings)
 
 
@@ -161,7 +167,7 @@ def test_mapping_renames_our_fields_and_extra_adds_static_ones() -> None:
         "shangguan", options(name="shangguan", mapping=SHANGGUAN_MAPPING, extra=SHANGGUAN_EXTRA), timeout=1
     )
     story = example_stories()[1]
-    data = adapter.render(story, Action.PUBLISH).data
+    data = adapter.render(story, Action.PUBLISH).to_json()["data"]  # the wire JSON
     assert data["headline_cn"] == story.headline and data["content"] == clean_html(story.body_html)
     assert data["pub_time"] == "2019-09-18T19:00:00+08:00"
     assert not {"title", "content_html", "published_at"} & set(data)
@@ -175,9 +181,9 @@ def test_render_refuses_an_empty_title_and_warns_about_an_empty_body() -> None:
     with pytest.raises(RenderError, match="headline"):
         adapter.render(make_story(pubstatus="canceled", headline=""), Action.UPDATE)
     blank_override = make_story(overrides={"peoples_account": {"headline": "  ", "summary": ""}})
-    assert adapter.render(blank_override, Action.PUBLISH).data["title"] == blank_override.headline
+    assert adapter.render(blank_override, Action.PUBLISH).data.fields["title"] == blank_override.headline
     empty = adapter.render(make_story(body_html="<script>x()</script>"), Action.PUBLISH)
-    assert empty.data["content_html"] == ""
+    assert empty.data.fields["content_html"] == ""
     assert any("body_html" in w for w in empty.warnings)
 
 
@@ -385,7 +391,7 @@ async def test_publish_signs_each_request_freshly_over_the_same_bytes(
     assert len(articles(sandbox.sandbox, "peoples_account")) == 1
 
     a, b = sandbox.sandbox.received("partner", "peoples_account")
-    assert a.body == b.body == payload.data
+    assert a.body == b.body == payload.to_json()["data"]
     assert a.idempotency_key == b.idempotency_key == "story-1:1:peoples_account:publish"
     assert a.header("X-Nonce") != b.header("X-Nonce")
     for rec in (a, b):
@@ -406,7 +412,9 @@ async def test_update_and_retract_address_the_article_by_id(
     payload = adapter.render(make_story(version=2, headline="更正后的标题"), Action.UPDATE)
     updated = await adapter.update(payload, ctx_for(version=2, action=Action.UPDATE, receipt=receipt))
     assert updated.remote_id == receipt.remote_id and updated.raw["status"] == "published"
-    retracted = await adapter.retract(Payload(data={}), ctx_for(version=3, action=Action.RETRACT, receipt=updated))
+    retracted = await adapter.retract(
+        Payload(data=PartnerBody()), ctx_for(version=3, action=Action.RETRACT, receipt=updated)
+    )
     assert retracted.remote_id == receipt.remote_id and retracted.raw["status"] == "retracted"
 
     _post, put, delete = sandbox.sandbox.received("partner", "peoples_account")
@@ -418,7 +426,9 @@ async def test_update_and_retract_address_the_article_by_id(
     assert article.status == "retracted" and article.body["title"] == "更正后的标题"
 
     # Retracting what is already gone is delivered (the goal is reached); updating it is not.
-    again = await adapter.retract(Payload(data={}), ctx_for(version=3, action=Action.RETRACT, receipt=updated))
+    again = await adapter.retract(
+        Payload(data=PartnerBody()), ctx_for(version=3, action=Action.RETRACT, receipt=updated)
+    )
     assert again.raw["status"] == "already_gone" and again.remote_id == receipt.remote_id
     with pytest.raises(Permanent, match="no article") as info:
         await adapter.update(payload, ctx_for(version=4, action=Action.UPDATE, receipt=receipt))
@@ -542,8 +552,8 @@ async def test_lookup_of_update_and_retract_asks_nothing(sandbox: RunningSandbox
     """PUT and DELETE by id are safe to resend, so reconciling them means sending them again."""
     adapter = await started(make_adapter())
     receipt = Receipt(remote_id="peoples_account-99")
-    assert await adapter.lookup(Payload(data={}), ctx_for(action=Action.UPDATE, receipt=receipt)) is None
-    assert await adapter.lookup(Payload(data={}), ctx_for(action=Action.RETRACT, receipt=receipt)) is None
+    assert await adapter.lookup(Payload(data=PartnerBody()), ctx_for(action=Action.UPDATE, receipt=receipt)) is None
+    assert await adapter.lookup(Payload(data=PartnerBody()), ctx_for(action=Action.RETRACT, receipt=receipt)) is None
     assert sandbox.sandbox.stats("partner") == {}
 
 
@@ -587,7 +597,9 @@ async def test_raw_body_is_html_safe_json_and_identical_across_retries(capture: 
     try:
         payload = publish_payload(adapter, headline="</script><script>alert(1)</script> 宝山汇 & 闵行")
         await adapter.publish(payload, ctx_for())
-        await adapter.publish(Payload.from_json(json.loads(json.dumps(payload.to_json()))), ctx_for())
+        await adapter.publish(
+            adapter.load_payload(Payload.from_json(json.loads(json.dumps(payload.to_json())))), ctx_for()
+        )
     finally:
         await adapter.close()
     (m1, p1, raw1, h1), (_, _, raw2, h2) = capture.seen
@@ -602,6 +614,66 @@ async def test_raw_body_is_html_safe_json_and_identical_across_retries(capture: 
         assert headers["X-Signature"] == partner_signature(
             DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], raw
         )
+
+
+#: A publish (of a channel with mapping and extra) and a retraction as deliveries queued before the payload model
+#: stored them (rendered by the untyped channel).
+STORED_MAPPED_PUBLISH: dict[str, Any] = {
+    "data": {
+        "idempotency_key": "shape-1:2:shangguan:publish",
+        "headline_cn": "宝山汇 <上线> & 闵行",
+        "summary": "摘要",
+        "content": "<p>第一段</p>",
+        "author": "记者 王",
+        "source_url": "https://news.example.cn/shape-1.html",
+        "published_at": "2026-11-30T08:00:00+08:00",
+        "cover": "https://cdn.example/a.png",
+        "images": [
+            "https://cdn.example/a.png",
+        ],
+        "tags": [
+            "宝山",
+        ],
+        "source": "宝山汇",
+        "column_id": 1207,
+        "weight": 1.5,
+        "top": False,
+    },
+    "text_length": None,
+    "warnings": [],
+}
+STORED_RETRACT: dict[str, Any] = {
+    "data": {},
+    "text_length": None,
+    "warnings": [],
+}
+
+
+async def test_payloads_stored_before_the_payload_model_still_load_and_send_the_same_bytes(capture: Capture) -> None:
+    # Today's config of the channel has neither that mapping nor that extra: a stored body is sent as it was
+    # rendered, whatever the config says now.
+    adapter = PartnerAdapter("shangguan", options(capture.url), timeout=2)
+    publish = adapter.load_payload(Payload.from_json(STORED_MAPPED_PUBLISH))
+    retract = adapter.load_payload(Payload.from_json(STORED_RETRACT))
+    assert publish.to_json() == STORED_MAPPED_PUBLISH and retract.to_json() == STORED_RETRACT
+    await adapter.start()
+    try:
+        receipt = await adapter.publish(publish, ctx_for())
+        await adapter.retract(retract, ctx_for(action=Action.RETRACT, receipt=receipt))
+    finally:
+        await adapter.close()
+    (method, _, raw, headers), (gone, path, empty, _) = capture.seen
+    # The bytes the untyped channel sent for this stored payload, signed as always.
+    assert method == "POST" and raw == encode_body(STORED_MAPPED_PUBLISH["data"])
+    assert headers["X-Signature"] == partner_signature(DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], raw)
+    assert (gone, path.rsplit("/", 1)[-1], empty) == ("DELETE", "cap-1", b"")
+
+
+def test_a_stored_body_that_is_not_flat_json_is_refused_on_load() -> None:
+    adapter = PartnerAdapter("peoples_account", options(), timeout=1)
+    for data in ({"title": {"nested": "object"}}, {"images": [1, 2]}):
+        with pytest.raises(Permanent, match="partner' payload model"):
+            adapter.load_payload(Payload.from_json({"data": data}))
 
 
 async def test_partner_codes_redirects_and_odd_answers(capture: Capture) -> None:
@@ -643,7 +715,9 @@ async def test_partner_codes_redirects_and_odd_answers(capture: Capture) -> None
         with pytest.raises(Retryable) as retry:
             await adapter.publish(payload, ctx_for())
         assert retry.value.retry_after == 42.0 and retry.value.platform_code == "50300"
-        gone = await adapter.retract(Payload(data={}), ctx_for(action=Action.RETRACT, receipt=Receipt(remote_id="a/b")))
+        gone = await adapter.retract(
+            Payload(data=PartnerBody()), ctx_for(action=Action.RETRACT, receipt=Receipt(remote_id="a/b"))
+        )
         assert gone.remote_id == "a/b" and gone.raw == {"status": "retracted"}
     finally:
         await adapter.close()

@@ -36,7 +36,7 @@ from adapters.rss.adapter import (
 )
 from syndicate.channel import register
 from syndicate.config import ConfigError, Settings
-from syndicate.delivery import Action, AuthRevoked, Payload, Retryable
+from syndicate.delivery import Action, AuthRevoked, Payload, Permanent, Retryable
 from syndicate.engine import Engine
 from syndicate.ninjs import read_document
 from syndicate.sanitize import clean_html
@@ -358,11 +358,12 @@ def test_render_is_deterministic_and_uses_the_channel_override() -> None:
     story = make_story(overrides={"feed": {"headline": "订阅源专用标题", "summary": "订阅源摘要"}})
     payload = adapter.render(story, Action.PUBLISH)
     assert payload == adapter.render(story, Action.PUBLISH)
-    entry = payload.data["entry"]
-    assert entry["title"] == "订阅源专用标题"
-    assert entry["summary_html"] == "订阅源摘要"
-    assert entry["guid"] == "urn:syndicate:story:story-1"
-    assert entry["published"] is None and entry["enclosure"] is None
+    entry = payload.data.entry
+    assert entry is not None and payload.data.retraction is None
+    assert entry.title == "订阅源专用标题"
+    assert entry.summary_html == "订阅源摘要"
+    assert entry.guid == "urn:syndicate:story:story-1"
+    assert entry.published is None and entry.enclosure is None
     assert json.loads(json.dumps(payload.to_json())) == payload.to_json()
 
 
@@ -370,9 +371,10 @@ def test_render_derives_a_summary_and_warns() -> None:
     adapter = adapter_for(Path("/nonexistent"))
     body = "<p>" + "宝山" * 200 + "</p>"
     payload = adapter.render(make_story(summary=None, body_html=body, url=None), Action.UPDATE)
-    entry = payload.data["entry"]
-    assert entry["summary_html"].startswith("宝山宝山") and entry["summary_html"].endswith("…")
-    assert len(entry["summary_html"]) == 200
+    entry = payload.data.entry
+    assert entry is not None
+    assert entry.summary_html.startswith("宝山宝山") and entry.summary_html.endswith("…")
+    assert len(entry.summary_html) == 200
     assert any(w.startswith("summary:") for w in payload.warnings)
     assert any(w.startswith("url:") for w in payload.warnings)
 
@@ -380,7 +382,9 @@ def test_render_derives_a_summary_and_warns() -> None:
 def test_render_retraction_needs_only_the_id() -> None:
     adapter = adapter_for(Path("/nonexistent"))
     payload = adapter.render(Story.from_dict({"id": "撤稿/1", "pubstatus": "canceled"}), Action.RETRACT)
-    assert payload.data == {"retraction": {"guid": "urn:syndicate:story:%E6%92%A4%E7%A8%BF/1", "story_id": "撤稿/1"}}
+    assert payload.to_json()["data"] == {
+        "retraction": {"guid": "urn:syndicate:story:%E6%92%A4%E7%A8%BF/1", "story_id": "撤稿/1"}
+    }
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -536,4 +540,55 @@ async def test_served_feeds_answer_304_to_matching_validators(tmp_path: Path, ne
 def test_payload_round_trips_through_the_store_format() -> None:
     adapter = adapter_for(Path("/nonexistent"))
     payload = adapter.render(example(STORY_1), Action.PUBLISH)
-    assert Payload.from_json(json.loads(json.dumps(payload.to_json()))) == payload
+    assert adapter.load_payload(Payload.from_json(json.loads(json.dumps(payload.to_json())))) == payload
+
+
+#: Payloads as deliveries queued before the payload model stored them (rendered by the untyped channel).
+STORED_PUBLISH: dict[str, Any] = {
+    "data": {
+        "entry": {
+            "guid": "urn:syndicate:story:shape-1",
+            "story_id": "shape-1",
+            "version": 2,
+            "title": "宝山汇 上线",
+            "link": "https://news.example.cn/shape-1.html",
+            "summary_html": "摘要 &amp; 更多",
+            "content_html": '<h2>小标题</h2><p>第一段 <a href="https://x.example/" rel="noopener noreferrer">'
+            '链接</a></p><figure><img src="https://cdn.example/a.png" alt="图"><figcaption>说明</figcaption></figure>',
+            "author": "记者 王",
+            "categories": ["融媒体", "宝山"],
+            "published": "2026-11-30T08:00:00+08:00",
+            "updated": "2026-11-30T09:30:00+08:00",
+            "enclosure": {"href": "https://cdn.example/cover.jpg", "type": "image/jpeg", "length": None},
+        }
+    },
+    "text_length": None,
+    "warnings": [],
+}
+STORED_RETRACT: dict[str, Any] = {
+    "data": {"retraction": {"guid": "urn:syndicate:story:shape-1", "story_id": "shape-1"}},
+    "text_length": None,
+    "warnings": [],
+}
+
+
+async def test_payloads_stored_before_the_payload_model_still_load_and_send(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path)
+    publish = adapter.load_payload(Payload.from_json(STORED_PUBLISH))
+    retract = adapter.load_payload(Payload.from_json(STORED_RETRACT))
+    assert publish.to_json() == STORED_PUBLISH and retract.to_json() == STORED_RETRACT
+    receipt = await adapter.publish(publish, ctx_for("shape-1", 2, "feed"))
+    assert receipt.remote_id == "urn:syndicate:story:shape-1"
+    item = entry_for(parse(tmp_path, RSS_FILE), "shape-1")
+    assert item.title == "宝山汇 上线" and item.link == "https://news.example.cn/shape-1.html"
+    assert item.content[0].value == STORED_PUBLISH["data"]["entry"]["content_html"]
+    assert entry_for(parse(tmp_path, ATOM_FILE), "shape-1").enclosures[0].href == "https://cdn.example/cover.jpg"
+    await adapter.retract(retract, ctx_for("shape-1", 3, "feed", Action.RETRACT))
+    assert parse(tmp_path, RSS_FILE).entries == []
+
+
+def test_a_payload_of_the_wrong_shape_is_refused_on_load() -> None:
+    adapter = adapter_for(Path("/nonexistent"))
+    for data in ({}, {**STORED_PUBLISH["data"], **STORED_RETRACT["data"]}, {"entry": {"guid": "g"}}):
+        with pytest.raises(Permanent, match="rss' payload model"):
+            adapter.load_payload(Payload.from_json({"data": data}))

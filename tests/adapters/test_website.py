@@ -31,7 +31,7 @@ from adapters.website.adapter import (
 )
 from syndicate.channel import register
 from syndicate.config import ConfigError
-from syndicate.delivery import Action, AuthRevoked, Permanent, Receipt, RenderError
+from syndicate.delivery import Action, AuthRevoked, Payload, Permanent, Receipt, RenderError
 from syndicate.engine import Engine
 from syndicate.files import write_atomic
 from syndicate.ninjs import read_document
@@ -445,8 +445,9 @@ def test_render_is_deterministic_and_survives_the_stores_json(tmp_path: Path) ->
     first = adapter.render(S1, Action.PUBLISH)
     assert adapter.render(S1, Action.PUBLISH) == first
     assert json.loads(json.dumps(first.to_json())) == first.to_json()
-    assert first.data["entry"]["path"] == P1
-    assert first.data["entry"]["cover_src"] == "http://127.0.0.1:8765/media/story-amber-1200x675.png"
+    assert first.data.entry is not None and first.data.entry.path == P1
+    assert first.data.entry.cover_src == "http://127.0.0.1:8765/media/story-amber-1200x675.png"
+    assert adapter.load_payload(Payload.from_json(json.loads(json.dumps(first.to_json())))) == first
     assert adapter.render(S1.model_copy(update={"headline": "另一个标题"}), Action.PUBLISH) != first
 
 
@@ -460,7 +461,7 @@ def test_images_missing_from_the_body_lead_and_follow_it(tmp_path: Path) -> None
         ],
     )
     payload = adapter_for(tmp_path).render(story, Action.PUBLISH)
-    page = parse_page(payload.data["html"])
+    page = parse_page(payload.data.html)
     assert [(img["src"] or "").rsplit("/", 1)[1] for img in page.images] == [
         "story-blue-640x360.png",  # the cover leads, before the body
         "story-green-800x800.png",
@@ -731,3 +732,99 @@ def test_adapter_capabilities() -> None:
     assert WebsiteAdapter.idempotent is True  # rewriting the same files is harmless
     assert WebsiteAdapter.actions == frozenset(Action)
     assert set(WebsiteOptions.model_fields) == {"root", "base_url", "templates"}
+
+
+# --- payloads stored before the payload model -------------------------------------------------------------------
+
+#: A page and a withdrawal as deliveries queued before the payload model stored them (rendered by the untyped
+#: channel).
+STORED_PAGE: dict[str, Any] = {
+    "data": {
+        "story_id": "shape-1",
+        "entry": {
+            "story_id": "shape-1",
+            "version": 2,
+            "path": "/本地/2026/11/shape-1.html",
+            "headline": "宝山汇上线",
+            "summary": "摘要",
+            "section": "本地",
+            "section_slug": "本地",
+            "language": "zh-CN",
+            "published": "2026-11-30T08:00:00+08:00",
+            "modified": "2026-11-30T08:00:00+08:00",
+            "cover_src": None,
+            "cover_alt": "",
+        },
+        "html": (
+            '<!DOCTYPE html>\n<html lang="zh-CN">\n<head>\n<meta charset="ut'
+            'f-8">\n<meta name="viewport" content="width=device-width, ini'
+            'tial-scale=1">\n<title>宝山汇上线</title>\n<link rel="canonical" hr'
+            'ef="https://news.example.cn/%E6%9C%AC%E5%9C%B0/2026/11/shape'
+            '-1.html">\n<meta name="description" content="摘要">\n<meta prope'
+            'rty="og:type" content="article">\n<meta property="og:title" c'
+            'ontent="宝山汇上线">\n<meta property="og:description" content="摘要"'
+            '>\n<meta property="og:url" content="https://news.example.cn/%'
+            'E6%9C%AC%E5%9C%B0/2026/11/shape-1.html">\n<meta property="og:'
+            'locale" content="zh_CN">\n<meta property="article:published_t'
+            'ime" content="2026-11-30T08:00:00+08:00">\n<meta property="ar'
+            'ticle:modified_time" content="2026-11-30T08:00:00+08:00">\n<m'
+            'eta property="article:section" content="本地">\n</head>\n<body>\n'
+            '<nav><a href="../../../">首页</a> › <a href="../../">本地</a></n'
+            'av>\n<article>\n<header>\n<h1>宝山汇上线</h1>\n<p class="meta"><time '
+            'datetime="2026-11-30T08:00:00+08:00">2026-11-30 08:00</time>'
+            '</p>\n<p class="summary">摘要</p>\n</header>\n<div class="body">\n'
+            "<p>第一段</p>\n</div>\n</article>\n</body>\n</html>\n"
+        ),
+        "moved_html": (
+            '<!DOCTYPE html>\n<html lang="zh-CN">\n<head>\n<meta charset="ut'
+            'f-8">\n<meta name="viewport" content="width=device-width, ini'
+            'tial-scale=1">\n<title>本文已移至新地址</title>\n<meta name="robots" c'
+            'ontent="noindex">\n<link rel="canonical" href="https://news.e'
+            'xample.cn/%E6%9C%AC%E5%9C%B0/2026/11/shape-1.html">\n<meta ht'
+            'tp-equiv="refresh" content="0; url=https://news.example.cn/%'
+            'E6%9C%AC%E5%9C%B0/2026/11/shape-1.html">\n</head>\n<body>\n<p>本'
+            '文已移至新地址: <a href="https://news.example.cn/%E6%9C%AC%E5%9C%B0'
+            '/2026/11/shape-1.html">https://news.example.cn/%E6%9C%AC%E5%'
+            "9C%B0/2026/11/shape-1.html</a></p>\n</body>\n</html>\n"
+        ),
+    },
+    "text_length": None,
+    "warnings": [],
+}
+STORED_WITHDRAWAL: dict[str, Any] = {
+    "data": {
+        "story_id": "shape-1",
+        "path": "/本地/2026/11/shape-1.html",
+        "html": (
+            '<!DOCTYPE html>\n<html lang="zh-CN">\n<head>\n<meta charset="ut'
+            'f-8">\n<meta name="viewport" content="width=device-width, ini'
+            'tial-scale=1">\n<title>本文已撤回</title>\n<meta name="robots" cont'
+            'ent="noindex">\n</head>\n<body>\n<h1>本文已撤回</h1>\n<p><a href="htt'
+            'ps://news.example.cn/">首页</a></p>\n</body>\n</html>\n'
+        ),
+    },
+    "text_length": None,
+    "warnings": [],
+}
+
+
+async def test_payloads_stored_before_the_payload_model_still_load_and_send(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path)
+    page = adapter.load_payload(Payload.from_json(STORED_PAGE))
+    withdrawal = adapter.load_payload(Payload.from_json(STORED_WITHDRAWAL))
+    assert page.to_json() == STORED_PAGE and withdrawal.to_json() == STORED_WITHDRAWAL
+    path = "/本地/2026/11/shape-1.html"
+    receipt = await adapter.publish(page, ctx_for("shape-1", Action.PUBLISH))
+    assert receipt.remote_id == path
+    assert (tmp_path / path.lstrip("/")).read_text(encoding="utf-8") == STORED_PAGE["data"]["html"]
+    await adapter.retract(withdrawal, ctx_for("shape-1", Action.RETRACT, receipt))
+    assert (tmp_path / path.lstrip("/")).read_text(encoding="utf-8") == STORED_WITHDRAWAL["data"]["html"]
+
+
+def test_a_payload_mixing_a_page_and_a_withdrawal_is_refused_on_load(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path)
+    mixed = {**STORED_PAGE["data"], "path": STORED_WITHDRAWAL["data"]["path"]}
+    half = {key: value for key, value in STORED_PAGE["data"].items() if key != "moved_html"}
+    for data in (mixed, half, {"story_id": "s"}):
+        with pytest.raises(Permanent, match="website' payload model"):
+            adapter.load_payload(Payload.from_json({"data": data}))

@@ -495,7 +495,7 @@ async def check_app(client: TestClient, h: HostileStory) -> None:
 def check_wechat_and_partner(settings: Settings, h: HostileStory) -> None:
     content = settings.channels["wechat"].create_adapter().render(h.story, Action.PUBLISH).data.root.content
     assert assert_clean(content, "WeChat content").shows("正文⟦body_html⟧")
-    data = settings.channels["partner"].create_adapter().render(h.story, Action.PUBLISH).data
+    data = settings.channels["partner"].create_adapter().render(h.story, Action.PUBLISH).to_json()["data"]
     assert assert_clean(data["content_html"], "partner content_html").shows("正文⟦body_html⟧")
 
 
