@@ -40,7 +40,7 @@ from syndicate.story import ChannelStory, Story
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from syndicate.store.base import Store
+    from syndicate.store.base import ChannelAccess
 
 
 # --- what an adapter sees while it delivers --------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
         verified, or a DeliveryError saying what is wrong. Sends nothing that publishes."""
         return "no live check for this channel kind"
 
-    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+    def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
         """Routes this channel serves from `syndicate serve` (a content API, feeds, a site
         preview). The core mounts them without knowing what they are."""
         return []

@@ -41,7 +41,14 @@ from syndicate.operations import (
 )
 from syndicate.signing import SIGNATURE_HEADER, SignatureError, verify
 from syndicate.store import open_store
-from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, StaleVersion, VersionConflict
+from syndicate.store.base import (
+    PAUSED_INDEFINITELY,
+    ChannelAccess,
+    DeliveryFilter,
+    NotFound,
+    StaleVersion,
+    VersionConflict,
+)
 from syndicate.story import Story, StoryValidationError
 
 log = logging.getLogger("syndicate.server")
@@ -543,7 +550,7 @@ def _channel_routes(settings: Settings, engine: Engine) -> list[web.AbstractRout
     served: dict[tuple[str, str], str] = {}
     routes: list[web.AbstractRouteDef] = []
     for name, runtime in engine.channels.items():
-        for route in runtime.adapter.web_routes(engine.store):
+        for route in runtime.adapter.web_routes(ChannelAccess.of(engine.store, name)):
             method: str = getattr(route, "method", "GET")
             path: str = getattr(route, "path", "") or getattr(route, "prefix", "")
             other = served.setdefault((method, path), name)

@@ -69,7 +69,7 @@ from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
 from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
-    from syndicate.store.base import Store
+    from syndicate.store.base import ChannelAccess, ChannelDeliveries
 
 log = logging.getLogger("syndicate.adapters.app.adapter")
 
@@ -707,8 +707,8 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
 
     # ---- the content API
 
-    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
-        return ContentApi(self.name, store, prefix=self.options.api_prefix).routes()
+    def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
+        return ContentApi(access.deliveries, prefix=self.options.api_prefix).routes()
 
     def openapi_paths(self) -> dict[str, Any]:
         error = {"description": "JSON error", "content": {"application/json": {"schema": {"type": "object"}}}}
@@ -811,9 +811,9 @@ class ContentApi:
     ``>`` and ``&`` escaped (``\\u003c``...), so the bytes never carry markup even where a story's text does.
     """
 
-    def __init__(self, channel: str, store: Store, *, prefix: str = API_PREFIX) -> None:
-        self.channel = channel
-        self.store = store
+    def __init__(self, deliveries: ChannelDeliveries, *, prefix: str = API_PREFIX) -> None:
+        self.channel = deliveries.channel
+        self.deliveries = deliveries
         self.prefix = prefix
 
     def routes(self) -> list[web.AbstractRouteDef]:
@@ -824,9 +824,7 @@ class ContentApi:
 
     async def _deferred(self, story_id: str | None = None) -> dict[str, DeliveryRecord]:
         """Per story, the newest not-yet-delivered delivery whose content is already live (quiet hours)."""
-        rows = await self.store.list_deliveries(
-            DeliveryFilter(channels=[self.channel], states=list(_DEFERRED_STATES), story_id=story_id)
-        )
+        rows = await self.deliveries.list_deliveries(DeliveryFilter(states=list(_DEFERRED_STATES), story_id=story_id))
         newest: dict[str, DeliveryRecord] = {}
         for row in rows:
             if row.payload is not None and row.checkpoint.get("content_live") and row.action is not Action.RETRACT:
@@ -842,7 +840,7 @@ class ContentApi:
         )
         cursor = before
         while True:
-            page = await self.store.latest_delivered(self.channel, before_id=cursor, limit=_PAGE)
+            page = await self.deliveries.latest_delivered(before_id=cursor, limit=_PAGE)
             for record in page:
                 while waiting and waiting[0].id > record.id:
                     yield waiting.pop(0)
@@ -857,7 +855,7 @@ class ContentApi:
             yield record
 
     async def _current(self, story_id: str) -> DeliveryRecord | None:
-        delivered = await self.store.latest_delivered(self.channel, story_id=story_id, limit=1)
+        delivered = await self.deliveries.latest_delivered(story_id=story_id, limit=1)
         deferred = (await self._deferred(story_id)).get(story_id)
         candidates = [*delivered, *([deferred] if deferred else [])]
         return max(candidates, key=lambda d: d.id) if candidates else None

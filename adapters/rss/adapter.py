@@ -73,7 +73,7 @@ from syndicate.sanitize import clean_html, plain_text
 from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
-    from syndicate.store.base import Store
+    from syndicate.store.base import ChannelAccess
 
 RSS_FILE = "rss.xml"
 ATOM_FILE = "atom.xml"
@@ -653,7 +653,7 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
 
     # serving --------------------------------------------------------------------------------------------------
 
-    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+    def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
         """``GET /feeds/rss.xml`` and ``/feeds/atom.xml`` (and HEAD), from the files, with ETag/Last-Modified."""
 
         async def rss(request: web.Request) -> web.StreamResponse:

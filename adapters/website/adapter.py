@@ -54,7 +54,7 @@ from syndicate.sanitize import clean_html, html_blocks, plain_text
 from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
-    from syndicate.store.base import Store
+    from syndicate.store.base import ChannelAccess
 
 log = logging.getLogger("syndicate.adapters.website.adapter")
 
@@ -651,7 +651,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
         count = await self._in_root(probe)
         return f"web root {self.options.root} is writable; {count} live pages; public at {self.options.base_url}/"
 
-    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+    def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
         """Serve the web root read-only under /site/ for preview (no listings, no symlinks, no dot-files)."""
         root = self.options.root
         if not root.is_dir():

@@ -79,7 +79,7 @@ from syndicate.sanitize import ALLOWED_ATTRIBUTES, ALLOWED_TAGS, clean_html, pla
 from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
-    from syndicate.store.base import Store
+    from syndicate.store.base import ChannelAccess, SharedKeys
 
 log = logging.getLogger("syndicate.adapters.wechat.adapter")
 
@@ -882,11 +882,11 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     # ---- the callback
 
-    def web_routes(self, store: Store) -> list[web.AbstractRouteDef]:
+    def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
         if not self.options.token:
             return []
         path = f"/wechat/{self.name}/callback"
-        return [web.get(path, self._verify_url), web.post(path, CallbackHandler(self, store).handle)]
+        return [web.get(path, self._verify_url), web.post(path, CallbackHandler(self, access.keys).handle)]
 
     async def _verify_url(self, request: web.Request) -> web.Response:
         """WeChat's server-URL check: echo ``echostr`` when the signature is right."""
@@ -928,9 +928,9 @@ class CallbackHandler:
     """``POST /wechat/<channel>/callback``: checks WeChat's signature (plaintext and safe mode) and stores a
     ``PUBLISHJOBFINISH`` result where the confirm step looks first."""
 
-    def __init__(self, adapter: WeChatAdapter, store: Store) -> None:
+    def __init__(self, adapter: WeChatAdapter, keys: SharedKeys) -> None:
         self.adapter = adapter
-        self.store = store
+        self.keys = keys
 
     async def handle(self, request: web.Request) -> web.Response:
         options = self.adapter.options
@@ -975,7 +975,7 @@ class CallbackHandler:
             "article_url": first.get("article_url") if isinstance(first, dict) else None,
         }
         now = self.adapter.clock()
-        await self.store.kv_set(
+        await self.keys.kv_set(
             self.adapter._event_key(publish_id), json.dumps(result), expires_at=now + EVENT_TTL, now=now
         )
         log.info("WeChat PUBLISHJOBFINISH %s: status %s", publish_id, result["publish_status"])

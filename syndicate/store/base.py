@@ -554,3 +554,32 @@ class ChannelDeliveries:
         if flt.channels is not None and self._channel not in flt.channels:
             return []
         return await self._read.list_deliveries(replace(flt, channels=[self._channel]))
+
+
+class SharedKeys:
+    """The store's shared key/value (tokens, events a platform calls back with), and nothing else of the store: what
+    a channel's web routes may write. Keys are shared with the channel's deliveries (``DeliveryContext.kv_*``)."""
+
+    __slots__ = ("_control",)
+
+    def __init__(self, control: ChannelControl) -> None:
+        self._control = control
+
+    async def kv_get(self, key: str, *, now: float) -> str | None:
+        return await self._control.kv_get(key, now=now)
+
+    async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None:
+        await self._control.kv_set(key, value, expires_at=expires_at, now=now)
+
+
+@dataclass(frozen=True)
+class ChannelAccess:
+    """What a channel's web routes get of the store (``Adapter.web_routes``): its own deliveries read-only, and the
+    shared keys. Never the whole store."""
+
+    deliveries: ChannelDeliveries
+    keys: SharedKeys
+
+    @classmethod
+    def of(cls, store: Store, channel: str) -> ChannelAccess:
+        return cls(deliveries=store.channel_view(channel), keys=SharedKeys(store))

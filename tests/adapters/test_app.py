@@ -48,7 +48,7 @@ from syndicate.httputil import HttpAnswer
 from syndicate.sandbox import ReceiverStats, RunningSandbox
 from syndicate.server import create_app
 from syndicate.store import open_store
-from syndicate.store.base import DeliveryFilter, State, Store
+from syndicate.store.base import ChannelAccess, DeliveryFilter, State, Store
 from syndicate.story import Story
 from tests.support import FakeClock, example_stories, make_settings, make_story, started
 from tests.support import ctx_for as support_ctx
@@ -153,7 +153,7 @@ def test_config_defaults(tmp_path: Path) -> None:
     assert options.api_prefix == "/app/v1"
 
 
-def test_two_app_channels_serve_their_content_apis_at_their_own_prefixes(tmp_path: Path) -> None:
+def test_two_app_channels_serve_their_content_apis_at_their_own_prefixes(tmp_path: Path, store: Store) -> None:
     from aiohttp import web
 
     settings = make_settings(
@@ -164,7 +164,9 @@ def test_two_app_channels_serve_their_content_apis_at_their_own_prefixes(tmp_pat
         },
     )
     paths = {
-        name: {r.path for r in ch.create_adapter().web_routes(None) if isinstance(r, web.RouteDef)}  # type: ignore[arg-type]
+        name: {
+            r.path for r in ch.create_adapter().web_routes(ChannelAccess.of(store, name)) if isinstance(r, web.RouteDef)
+        }
         for name, ch in settings.channels.items()
     }
     assert paths == {

@@ -99,6 +99,19 @@ def test_capabilities_are_declared(kind: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_the_payload_is_a_declared_model(kind: str, tmp_path: Path, stories: list[Story]) -> None:
+    """Every channel types what it stores: a payload model, and every rendered payload an instance of it."""
+    cls = registered_kinds()[kind]
+    assert cls.payload_model is not None, f"{kind}: declare payload_model (a PayloadModel or a RootModel over some)"
+    for adapter in adapters_of(kind, tmp_path)[0]:
+        for story in stories:
+            for action in sorted(adapter.actions, key=lambda a: a.value):
+                payload = rendered(adapter, story, action)
+                if isinstance(payload, Payload):
+                    assert isinstance(payload.data, cls.payload_model), (adapter.name, story.id, action)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_render_is_deterministic_and_the_payload_round_trips(kind: str, tmp_path: Path, stories: list[Story]) -> None:
     adapters = adapters_of(kind, tmp_path)[0]
     rendered_any = False

@@ -723,9 +723,9 @@ def listed_hrefs(html: str) -> list[str]:
 
 
 def test_no_preview_routes_without_a_web_root(tmp_path: Path) -> None:
-    store: Any = None
-    assert adapter_for(tmp_path / "missing").web_routes(store) == []
-    assert len(adapter_for(tmp_path).web_routes(store)) > 0
+    access: Any = None  # the website serves its files and reads nothing of the store
+    assert adapter_for(tmp_path / "missing").web_routes(access) == []
+    assert len(adapter_for(tmp_path).web_routes(access)) > 0
 
 
 def test_adapter_capabilities() -> None:
@@ -814,10 +814,10 @@ async def test_payloads_stored_before_the_payload_model_still_load_and_send(tmp_
     withdrawal = adapter.load_payload(Payload.from_json(STORED_WITHDRAWAL))
     assert page.to_json() == STORED_PAGE and withdrawal.to_json() == STORED_WITHDRAWAL
     path = "/本地/2026/11/shape-1.html"
-    receipt = await adapter.publish(page, ctx_for("shape-1", Action.PUBLISH))
+    receipt = await adapter.publish(page, ctx_for("shape-1", action=Action.PUBLISH))
     assert receipt.remote_id == path
     assert (tmp_path / path.lstrip("/")).read_text(encoding="utf-8") == STORED_PAGE["data"]["html"]
-    await adapter.retract(withdrawal, ctx_for("shape-1", Action.RETRACT, receipt))
+    await adapter.retract(withdrawal, ctx_for("shape-1", action=Action.RETRACT, receipt=receipt))
     assert (tmp_path / path.lstrip("/")).read_text(encoding="utf-8") == STORED_WITHDRAWAL["data"]["html"]
 
 

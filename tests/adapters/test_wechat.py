@@ -28,7 +28,7 @@ from syndicate.config import Settings
 from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
 from tests.support import make_settings, make_story
 
@@ -324,7 +324,7 @@ async def callback_server(store: Store, tmp_path: Path, sandbox: RunningSandbox)
         settings = make_settings(tmp_path, {"wechat": channel(sandbox, **kw)})
         adapter = settings.channels["wechat"].create_adapter()
         app = web.Application()
-        app.add_routes(adapter.web_routes(store))
+        app.add_routes(adapter.web_routes(ChannelAccess.of(store, "wechat")))
         runner = web.AppRunner(app)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
