@@ -135,7 +135,8 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     payload_model: ClassVar[type[BaseModel] | None] = None
     #: Re-sending cannot duplicate (file outputs, PUT-by-id APIs, receivers that honour Idempotency-Key).
     idempotent: ClassVar[bool] = False
-    actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
+    #: What the channel does: per class, or per instance where options decide (an update policy of "skip").
+    actions: frozenset[Action] = frozenset({Action.PUBLISH})
     #: Adapters that can ask the platform whether an attempt landed set this (per class or per instance, e.g.
     #: only when a lookup URL is configured) and implement ``lookup``.
     supports_lookup: bool = False

@@ -202,16 +202,16 @@ def _variants(secret: str) -> set[str]:
     """The secret as it may appear in a log line: raw, inside a repr, inside JSON, and URL-encoded. The last is
     how a platform quotes back a form body or a query string it refuses (e.g. ``access_token=2.00ab%2Fcd&...``
     with no ``?`` or ``&`` before it for the parameter pattern to catch), so a secret with ``+``, ``/`` or ``=``
-    in it would otherwise come out of an error message whole."""
+    in it would otherwise come out of an error message whole. Encoded twice is how OAuth 1.0a's signature base
+    string carries the consumer key and token (oauthlib logs it at debug)."""
+    encoded = {quote(secret, safe=""), quote(secret, safe="/"), quote_plus(secret), quote_plus(secret, safe="/")}
     return {
         secret,
         repr(secret)[1:-1],
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
-        quote(secret, safe=""),
-        quote(secret, safe="/"),
-        quote_plus(secret),
-        quote_plus(secret, safe="/"),
+        *encoded,
+        *(quote(once, safe="") for once in encoded),
     }
 
 

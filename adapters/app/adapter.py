@@ -419,7 +419,7 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
     payload_model = AppPayload
     #: JPush's cid makes a re-sent push a no-op (see the module docstring).
     idempotent: ClassVar[bool] = True
-    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    actions = frozenset(Action)
     options: AppOptions
 
     def __init__(self, name: str, options: AppOptions, **deps: Unpack[AdapterDeps]) -> None:

@@ -22,11 +22,13 @@ import binascii
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from aiohttp import web
 
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox
 
 PLATFORM = "jpush"
@@ -331,3 +333,28 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     wrap = sandbox.handler(PLATFORM, receiver=app_key_of)
     app.router.add_post("/v3/push", wrap(push))
     app.router.add_get("/v3/push/cid", wrap(issue_cids))
+
+
+def point(base: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Pushes go to the stand-in at the root; the channel's content API gets a prefix of its own (``/<name>/v1``,
+    the default for a channel named ``app``), so several app channels can share one server."""
+    return {**options, "api_base": base, "api_prefix": f"/{name}/v1"}
+
+
+def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    register_app(sandbox, SandboxApp(options["app_key"], options["master_secret"]))
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every push made, by what the reader's phone shows (its notification): the same one twice is a double push."""
+    return [json.dumps(p["body"].get("notification"), sort_keys=True, ensure_ascii=False) for p in pushes(sandbox)]
+
+
+def lift_limits(sandbox: Sandbox) -> None:
+    for app in _apps(sandbox).values():
+        register_app(sandbox, replace(app, rate_limit=10**9))
+
+
+STANDIN = Standin(
+    platform=PLATFORM, setup=setup, point=point, accept=accept, posts_made=posts_made, lift_limits=lift_limits
+)

@@ -239,7 +239,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
     options_model = PartnerOptions
     payload_model = PartnerBody
     idempotent: ClassVar[bool] = False
-    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    actions = frozenset(Action)
     options: PartnerOptions
 
     def __init__(self, name: str, options: PartnerOptions, **deps: Unpack[AdapterDeps]) -> None:

@@ -25,11 +25,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
 PLATFORM = "partner"
@@ -148,7 +150,7 @@ def _authenticate(request: web.Request, state: PartnerState, raw: bytes) -> web.
     return None
 
 
-async def _json_object(request: web.Request) -> dict[str, Any] | web.Response:
+async def _read_article(request: web.Request) -> dict[str, Any] | web.Response:
     try:
         body = await read_json(request)
     except web.HTTPBadRequest:
@@ -169,7 +171,7 @@ async def create(request: web.Request, call: Call) -> web.Response:
     refused = _authenticate(request, state, await request.read())
     if refused is not None:
         return refused
-    body = await _json_object(request)
+    body = await _read_article(request)
     if isinstance(body, web.Response):
         return body
     field_key = body.get("idempotency_key")
@@ -223,7 +225,7 @@ async def replace(request: web.Request, call: Call) -> web.Response:
     refused = _authenticate(request, state, await request.read())
     if refused is not None:
         return refused
-    body = await _json_object(request)
+    body = await _read_article(request)
     if isinstance(body, web.Response):
         return body
     call.record(body)
@@ -274,3 +276,21 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
 
     app.router.add_post("/_sandbox/partner/{name}/review", post_review)
     app.router.add_post("/_sandbox/partner/{name}/credentials", post_credentials)
+
+
+def point(base: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The channel is partner ``name`` of the stand-in (each name has its own credentials and articles)."""
+    articles_url = f"{base}/partner/{name}/articles"
+    return {**options, "url": articles_url, **({"lookup_url": articles_url} if "lookup_url" in options else {})}
+
+
+def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    set_credentials(sandbox, name, app_key=options["app_key"], secret=options["secret"])
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every create the partners processed, by idempotency key (a key twice: the story was sent twice)."""
+    return [r.idempotency_key for r in sandbox.received(PLATFORM) if r.method == "POST" and r.idempotency_key]
+
+
+STANDIN = Standin(platform=PLATFORM, setup=setup, point=point, accept=accept, posts_made=posts_made)

@@ -562,7 +562,7 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
     options_model = RssOptions
     payload_model = RssPayload
     idempotent: ClassVar[bool] = True
-    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    actions = frozenset(Action)
     options: RssOptions
 
     def __init__(self, name: str, options: RssOptions, **deps: Unpack[AdapterDeps]) -> None:

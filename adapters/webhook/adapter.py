@@ -43,7 +43,7 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
     options_model = WebhookOptions
     payload_model = WebhookPayload
     idempotent: ClassVar[bool] = False
-    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    actions = frozenset(Action)
     options: WebhookOptions
 
     def __init__(self, name: str, options: WebhookOptions, **deps: Unpack[AdapterDeps]) -> None:

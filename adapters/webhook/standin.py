@@ -8,8 +8,12 @@ learn whether an attempt that timed out actually landed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from aiohttp import web
 
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, bad_request, json_error, read_json
 
 PLATFORM = "webhook"
@@ -49,3 +53,17 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     wrap = sandbox.handler(PLATFORM, receiver=lambda request: request.match_info["name"])
     app.router.add_post("/webhook/{name}", wrap(deliver))
     app.router.add_get("/webhook/{name}", wrap(lookup))
+
+
+def point(base: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The channel posts to (and looks receipts up at, when it does) the receiver named after it."""
+    receiver = f"{base}/webhook/{name}"
+    return {**options, "url": receiver, **({"lookup_url": receiver} if "lookup_url" in options else {})}
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every delivery POST processed, by idempotency key: a key twice is a receiver that got the story twice."""
+    return [r.idempotency_key or repr(r.body) for r in sandbox.received(PLATFORM) if r.method == "POST"]
+
+
+STANDIN = Standin(platform=PLATFORM, setup=setup, point=point, posts_made=posts_made)

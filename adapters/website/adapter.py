@@ -501,7 +501,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
     options_model = WebsiteOptions
     payload_model = WebsitePayload
     idempotent: ClassVar[bool] = True
-    actions: ClassVar[frozenset[Action]] = frozenset(Action)
+    actions = frozenset(Action)
     options: WebsiteOptions
 
     def __init__(self, name: str, options: WebsiteOptions, **deps: Unpack[AdapterDeps]) -> None:

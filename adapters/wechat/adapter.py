@@ -308,7 +308,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     def __init__(self, name: str, options: WeChatOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
-        self.actions = (  # type: ignore[misc]  # narrows the Adapter.actions ClassVar per instance, from options
+        self.actions = (  # from options: the update policy
             frozenset(Action) if options.update_policy == "republish" else frozenset({Action.PUBLISH, Action.RETRACT})
         )
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"

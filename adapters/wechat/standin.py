@@ -29,7 +29,7 @@ import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from syndicate.media import sniff_image_type
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
 PLATFORM = "wechat"
@@ -553,3 +554,19 @@ __all__ = [
     "signed_callback",
     "tokens_issued",
 ]
+
+
+def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    """Know the channel's app (id and secret) and, when it takes callbacks, sign them with its token."""
+    cfg = config(sandbox)
+    cfg.apps[options["app_id"]] = options["app_secret"]
+    if options.get("token"):
+        cfg.callback_token = options["token"]
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every article submitted for publication, by title (WeChat takes no idempotency key)."""
+    return [title for title, c in counts(sandbox).items() for _ in range(c["submits"])]
+
+
+STANDIN = Standin(platform=PLATFORM, setup=setup, accept=accept, posts_made=posts_made)

@@ -110,7 +110,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
     options_model = WeiboOptions
     payload_model = WeiboPayload
     idempotent: ClassVar[bool] = False
-    actions: ClassVar[frozenset[Action]] = frozenset({Action.PUBLISH})
+    actions = frozenset({Action.PUBLISH})
     supports_lookup = True
     options: WeiboOptions
 

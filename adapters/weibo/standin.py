@@ -26,12 +26,14 @@ import hashlib
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
 PLATFORM = "weibo"
@@ -274,3 +276,19 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
 
     app.router.add_post("/_sandbox/weibo/rate_limit", post_rate_limit)
     app.router.add_post("/_sandbox/weibo/token", post_token)
+
+
+def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    set_token(sandbox, options["access_token"])
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every status posted on any account, by its text (Weibo takes no idempotency key)."""
+    return [s["_sent_text"] for account in weibo_state(sandbox).accounts.values() for s in account.statuses]
+
+
+def lift_limits(sandbox: Sandbox) -> None:
+    set_rate_limit(sandbox, 10**9)
+
+
+STANDIN = Standin(platform=PLATFORM, setup=setup, accept=accept, posts_made=posts_made, lift_limits=lift_limits)

@@ -138,7 +138,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
 
     def __init__(self, name: str, options: XOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
-        self.actions = frozenset(  # type: ignore[misc]  # narrows the Adapter.actions ClassVar per instance, from options
+        self.actions = frozenset(  # from options: the update policy
             {Action.PUBLISH, Action.RETRACT} | ({Action.UPDATE} if options.update_policy != "skip" else set())
         )
         self._session: aiohttp.ClientSession | None = None

@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -35,6 +36,7 @@ from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from oauthlib.oauth1.rfc5849.utils import escape as oauth_escape
 from twitter_text import parse_tweet
 
+from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
 PLATFORM = "x"
@@ -76,11 +78,14 @@ def set_rate_limit(sandbox: Sandbox, per_window: int) -> None:
     state.rate_limit, state.window_start, state.window_count = per_window, 0.0, 0
 
 
+CREDENTIALS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
+
+
 def set_credentials(sandbox: Sandbox, **credentials: str) -> None:
     """Change what the stand-in accepts (consumer_key, consumer_secret, access_token, access_token_secret)."""
     state = x_state(sandbox)
     for name, value in credentials.items():
-        if name not in ("consumer_key", "consumer_secret", "access_token", "access_token_secret"):
+        if name not in CREDENTIALS:
             raise TypeError(f"unknown credential {name!r}")
         setattr(state, name, value)
 
@@ -295,3 +300,19 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
         return web.json_response({"per_window": per_window})
 
     app.router.add_post("/_sandbox/x/rate_limit", post_rate_limit)
+
+
+def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    set_credentials(sandbox, **{key: options[key] for key in CREDENTIALS})
+
+
+def posts_made(sandbox: Sandbox) -> list[str]:
+    """Every post made, deleted ones too, by its text (X takes no idempotency key)."""
+    return [p["sent_text"] for p in posts(sandbox, include_deleted=True)]
+
+
+def lift_limits(sandbox: Sandbox) -> None:
+    set_rate_limit(sandbox, 10**9)
+
+
+STANDIN = Standin(platform=PLATFORM, setup=setup, accept=accept, posts_made=posts_made, lift_limits=lift_limits)

@@ -29,6 +29,7 @@ from syndicate.cli.common import (
 from syndicate.cli.documents import Document, print_bad, read_files
 from syndicate.config import Settings
 from syndicate.engine import Engine
+from syndicate.httputil import json_object
 from syndicate.ninjs import read_document
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store.base import StaleVersion, VersionConflict
@@ -191,7 +192,7 @@ async def _publish_remote(url: str, secret: str, docs: Sequence[Document]) -> tu
                     headers[SIGNATURE_HEADER] = signer(body)
                     async with session.post(url, data=body, headers=headers) as resp:
                         status, text = resp.status, await resp.text(errors="replace")
-                    answer = _json_object(text)
+                    answer = json_object(text)
                     if status == 401 and answer.get("error") == "replayed_signature" and attempt == 0:
                         # Another run sent the same bytes within this second: sign again in the next one.
                         await asyncio.sleep(1.0 - time.time() % 1.0 + 0.01)
@@ -208,14 +209,6 @@ async def _publish_remote(url: str, secret: str, docs: Sequence[Document]) -> tu
                 )
             results.append(_hook_result(doc.where, url, status, answer, text))
     return results, None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _hook_result(source: str, url: str, status: int, answer: dict[str, Any], text: str) -> dict[str, Any]:

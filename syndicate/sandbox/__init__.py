@@ -12,7 +12,7 @@ HTTP (``/_sandbox/*``):
         assert running.sandbox.received(platform)
 """
 
-from syndicate.sandbox.app import RunningSandbox, StandinSetup, create_app, run, running_sandbox, standins
+from syndicate.sandbox.app import RunningSandbox, Standin, StandinSetup, create_app, run, running_sandbox, standins
 from syndicate.sandbox.core import (
     IDEMPOTENCY_HEADER,
     MEDIA_DIR,
@@ -43,6 +43,7 @@ __all__ = [
     "ReceiverStats",
     "RunningSandbox",
     "Sandbox",
+    "Standin",
     "StandinSetup",
     "bad_request",
     "create_app",

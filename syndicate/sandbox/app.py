@@ -1,7 +1,8 @@
 """Assembling and running the sandbox app: one aiohttp server hosting every platform stand-in.
 
 Stand-ins live with their channel (``adapters/<kind>/standin.py``) and register through the ``syndicate.sandboxes``
-entry point group as ``name = "module:setup"``; this module serves whatever it finds and names none of them.
+entry point group as ``<kind> = "adapters.<kind>.standin:STANDIN"`` (a ``Standin``); this module serves whatever it
+finds and names none of them.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Any
 
 from aiohttp import web
 
@@ -23,20 +25,50 @@ StandinSetup = Callable[[web.Application, Sandbox], None]
 ENTRY_POINT_GROUP = "syndicate.sandboxes"
 
 
-def standins() -> dict[str, StandinSetup]:
+def at_root(base: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """The usual pointing: the platform's paths live at the sandbox root, so ``api_base`` is the sandbox."""
+    return {**options, "api_base": base}
+
+
+def accepts_anything(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
+    """For receivers that check no credentials."""
+
+
+def no_limits(sandbox: Sandbox) -> None:
+    """For stand-ins that simulate no posting quota."""
+
+
+@dataclass(frozen=True)
+class Standin:
+    """One platform's stand-in as its channel kind registers it, with what tests, the demo and the benchmarks need
+    to use it without knowing the platform: every stand-in answers these the same way."""
+
+    #: The name its requests are recorded, faulted and counted under (``Sandbox.received``, ``set_faults``, ``stats``).
+    platform: str
+    setup: StandinSetup
+    #: ``(sandbox base URL, channel name, channel options) -> the options with every endpoint on this stand-in``.
+    point: Callable[[str, str, Mapping[str, Any]], dict[str, Any]] = at_root
+    #: ``(sandbox, channel name, resolved channel options)``: make the stand-in accept that channel's credentials.
+    accept: Callable[[Sandbox, str, Mapping[str, Any]], None] = accepts_anything
+    #: One entry per post the platform made, identified by what makes two posts the same one (the idempotency key
+    #: where the platform takes one, else the content): an entry seen twice is a post made twice.
+    posts_made: Callable[[Sandbox], list[str]] | None = None
+    #: Lift the posting quotas the stand-in simulates (hourly caps and the like), for soaks and benchmarks.
+    lift_limits: Callable[[Sandbox], None] = no_limits
+
+
+def standins() -> dict[str, Standin]:
     """Every installed stand-in by the channel kind it stands in for, in name order (the route order)."""
-    found: dict[str, StandinSetup] = {}
+    found: dict[str, Standin] = {}
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-        setup = ep.load()
-        if not callable(setup):
-            raise ValueError(f"sandbox entry point {ep.name!r} loads {setup!r}, which is not a setup function")
-        found[ep.name] = setup
+        standin = ep.load()
+        if not isinstance(standin, Standin):
+            raise ValueError(f"sandbox entry point {ep.name!r} loads {standin!r}, which is not a Standin")
+        found[ep.name] = standin
     return found
 
 
-def create_app(
-    sandbox: Sandbox | None = None, *, platforms: Mapping[str, StandinSetup] | None = None
-) -> web.Application:
+def create_app(sandbox: Sandbox | None = None, *, platforms: Mapping[str, Standin] | None = None) -> web.Application:
     """The sandbox as an aiohttp app: control API, media, and every stand-in in ``platforms`` (default: every
     installed one, see ``standins``)."""
     sb = sandbox if sandbox is not None else Sandbox()
@@ -53,8 +85,8 @@ def create_app(
     app.on_shutdown.append(on_shutdown)
     setup_control(app, sb)
     setup_media(app, sb)
-    for setup in (standins() if platforms is None else platforms).values():
-        setup(app, sb)
+    for standin in (standins() if platforms is None else platforms).values():
+        standin.setup(app, sb)
     return app
 
 
@@ -93,7 +125,7 @@ async def running_sandbox(
     seed: int | None = None,
     hold_seconds: float = 30.0,
     shutdown_timeout: float = 5.0,
-    platforms: Mapping[str, StandinSetup] | None = None,
+    platforms: Mapping[str, Standin] | None = None,
 ) -> AsyncIterator[RunningSandbox]:
     """Serve the sandbox for the duration of the block (port 0 picks a free port; see ``.url``).
 

@@ -41,7 +41,7 @@ def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
     try:
         coro.send(None)
     except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
+        return done.value  # type: ignore[no-any-return]  # StopIteration.value is Any; the coroutine returns T
     coro.close()
     raise RuntimeError("a SQLite store operation awaited something other than its connection")
 

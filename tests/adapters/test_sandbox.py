@@ -17,6 +17,7 @@ from syndicate.sandbox import (
     FaultRuleError,
     RunningSandbox,
     Sandbox,
+    Standin,
     read_form,
     running_sandbox,
     standins,
@@ -370,7 +371,9 @@ async def test_new_platform_reuses_the_shared_wrapper(
     def setup(app: web.Application, sandbox: Sandbox) -> None:
         app.router.add_post("/partner/inbox", sandbox.handler("partner", receiver="inbox")(accept_form))
 
-    async with running_sandbox(hold_seconds=HOLD, platforms={**standins(), "inbox": setup}) as running:
+    async with running_sandbox(
+        hold_seconds=HOLD, platforms={**standins(), "inbox": Standin("partner", setup)}
+    ) as running:
         form = aiohttp.FormData()
         form.add_field("title", "Hello")
         form.add_field("tag", "a")

@@ -26,6 +26,7 @@ import base64
 import contextlib
 import copy
 import io
+import itertools
 import json
 import logging
 import re
@@ -45,18 +46,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import BaseModel
 
-from adapters.app import standin as jpush
 from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
-from adapters.partner import standin as partner
-from adapters.wechat import standin as wechat
 from adapters.weibo import standin as weibo
-from adapters.x import standin as x
 from syndicate.config import Settings, load_config, parse_config
 from syndicate.delivery import Action, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, reset_logging
 from syndicate.media import MediaFetcher, MediaRefused, MediaSettings
-from syndicate.sandbox import RunningSandbox
+from syndicate.sandbox import RunningSandbox, standins
 from syndicate.server import create_app, serve
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store import open_store
@@ -64,7 +61,18 @@ from syndicate.store.base import DeliveryFilter, State
 from syndicate.story import Story, StoryValidationError
 from tests.e2e.test_dashboard import Dash
 from tests.e2e.test_server import HOOK_SECRET, STORY, Server, server_settings
-from tests.support import ScriptedAdapter, assert_clean, audit_markup, make_settings, make_story, run_cli, scripted
+from tests.support import (
+    ScriptedAdapter,
+    accept_credentials,
+    assert_clean,
+    audit_markup,
+    make_settings,
+    make_story,
+    run_cli,
+    scripted,
+    standin_channels,
+    toml_text,
+)
 from tests.unit.test_media import PNG, no_network_fetcher, only_loopback
 
 # ============================================================================================ a hostile platform
@@ -528,24 +536,14 @@ async def check_dashboard(dash: Dash, h: HostileStory) -> None:
 
 # ============================================================================================== 2. secrets
 
-#: Distinctive values for every secret a deployment configures. "+" and "/" make their URL encodings differ from
-#: them (base64-style secrets are common), so a secret that leaks URL-encoded is caught too.
+#: Distinctive values for the server's secrets and the echoing webhook's; the platform channels' secrets come with
+#: their tables (``standin_channels``). "+" and "/" make their URL encodings differ from them (base64-style secrets
+#: are common), so a secret that leaks URL-encoded is caught too.
 SECRETS = {
     "hook_secret": "hkQ7f+/Kz93mXa1vB",
     "api_token": "apW2e+/Lr58nYc3dF",
     "webhook_secret": "whR4t+/Pq71kJe5gH",
     "webhook_header": "whA8u+/Ms26hVi9jK",
-    "jpush_master_secret": "jpM3y+/Nx45bTo7lP",
-    "jpush_app_key": "jpK6a9Ds2Wq4Zr8uE",
-    "partner_secret": "paS5i+/Bv63cGu1mQ",
-    "partner_app_key": "paK2o7Fh4Jn6Lt9wR",
-    "wechat_app_secret": "wxS8p+/Cz19dHy2nT",
-    "wechat_token": "wxT4s7Gk1Mb3Np6q",
-    "weibo_access_token": "2.00wbA+/Dw82eIr4oU",
-    "x_consumer_key": "xcK1d5Hl8Pc2Rv7sV",
-    "x_consumer_secret": "xcS9f+/Ea37gKt5pW",
-    "x_access_token": "1900000000000000001-xtA3g6Jm9Qd4Sw",
-    "x_access_token_secret": "xtS6h+/Fb54jLx8rY",
 }
 
 
@@ -553,124 +551,50 @@ def env_of(secrets: Mapping[str, str]) -> dict[str, str]:
     return {f"SEC_{name.upper()}": value for name, value in secrets.items()}
 
 
-def channel_tables(base: str, suffix: str) -> str:
-    """Every kind of channel that talks to a platform, as TOML, its secrets as ${ENV} references."""
-    return f"""
-[channels.hook{suffix}]
-kind = "webhook"
-url = "{base}/webhook/hook"
-lookup_url = "{base}/webhook/hook"
-secret = "${{SEC_WEBHOOK_SECRET}}"
-headers = {{ Authorization = "Bearer ${{SEC_WEBHOOK_HEADER}}" }}
-retry = [0]
-timeout = 3
-
-[channels.app{suffix}]
-kind = "app"
-api_base = "{base}"
-api_prefix = "/app{suffix}/v1"
-app_key = "${{SEC_JPUSH_APP_KEY}}"
-master_secret = "${{SEC_JPUSH_MASTER_SECRET}}"
-retry = [0]
-timeout = 3
-
-[channels.people{suffix}]
-kind = "partner"
-url = "{base}/partner/people/articles"
-lookup_url = "{base}/partner/people/articles"
-app_key = "${{SEC_PARTNER_APP_KEY}}"
-secret = "${{SEC_PARTNER_SECRET}}"
-retry = [0]
-timeout = 3
-
-[channels.wechat{suffix}]
-kind = "wechat"
-api_base = "{base}"
-app_id = "wx-sweep{suffix}"
-app_secret = "${{SEC_WECHAT_APP_SECRET}}"
-token = "${{SEC_WECHAT_TOKEN}}"
-retry = [0]
-timeout = 3
-
-[channels.weibo{suffix}]
-kind = "weibo"
-api_base = "{base}"
-access_token = "${{SEC_WEIBO_ACCESS_TOKEN}}"
-safe_domain = "news.example.cn"
-retry = [0]
-timeout = 3
-
-[channels.x{suffix}]
-kind = "x"
-api_base = "{base}"
-consumer_key = "${{SEC_X_CONSUMER_KEY}}"
-consumer_secret = "${{SEC_X_CONSUMER_SECRET}}"
-access_token = "${{SEC_X_ACCESS_TOKEN}}"
-access_token_secret = "${{SEC_X_ACCESS_TOKEN_SECRET}}"
-retry = [0]
-timeout = 3
-"""
+@dataclass(frozen=True)
+class SweepConfig:
+    path: Path
+    env: dict[str, str]
+    #: Every secret configured, by where (``channel.option`` or the server's name for it).
+    secrets: dict[str, str]
+    #: The channels that talk to a platform, one per registered kind with a stand-in (each also as ``<name>-echo``).
+    talkers: list[str]
 
 
-def sweep_config(tmp_path: Path, sandbox_url: str, hostile_url: str) -> Path:
-    """Every channel kind twice: against the sandbox (which knows these credentials, so deliveries land) and against
-    the hostile platform (which quotes every request back in its errors); plus a webhook whose receiver answers
-    success with the request quoted in its receipt, and the website and feeds."""
-    (tmp_path / "site").mkdir(exist_ok=True)
-    text = f"""
-[store]
-url = "sqlite:///{tmp_path / "sweep.db"}"
-
-[media]
-allow_private = true
-cache_dir = "{tmp_path / "media"}"
-
-[engine]
-lease_seconds = 5
-poll_interval = 0.05
-retry_jitter = 0
-
-[server]
-hook_secret = "${{SEC_HOOK_SECRET}}"
-api_token = "${{SEC_API_TOKEN}}"
-
-[channels.site]
-kind = "website"
-root = "{tmp_path / "site"}"
-base_url = "https://news.example.cn"
-
-[channels.feed]
-kind = "rss"
-root = "{tmp_path / "feeds"}"
-title = "新闻"
-link = "https://news.example.cn/"
-
-[channels.hook-ok]
-kind = "webhook"
-url = "{hostile_url}/ok/hook"
-secret = "${{SEC_WEBHOOK_SECRET}}"
-headers = {{ Authorization = "Bearer ${{SEC_WEBHOOK_HEADER}}" }}
-retry = [0]
-"""
-    text += channel_tables(sandbox_url, "") + channel_tables(hostile_url, "-echo")
-    path = tmp_path / "sweep.toml"
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def accept_sweep_credentials(running: RunningSandbox) -> None:
-    sb = running.sandbox
-    jpush.register_app(sb, jpush.SandboxApp(SECRETS["jpush_app_key"], SECRETS["jpush_master_secret"]))
-    partner.set_credentials(sb, "people", app_key=SECRETS["partner_app_key"], secret=SECRETS["partner_secret"])
-    wechat.configure(sb, apps={"wx-sweep": SECRETS["wechat_app_secret"]}, callback_token=SECRETS["wechat_token"])
-    weibo.set_token(sb, SECRETS["weibo_access_token"])
-    x.set_credentials(
-        sb,
-        consumer_key=SECRETS["x_consumer_key"],
-        consumer_secret=SECRETS["x_consumer_secret"],
-        access_token=SECRETS["x_access_token"],
-        access_token_secret=SECRETS["x_access_token_secret"],
-    )
+def sweep_config(tmp_path: Path, sandbox_url: str, hostile_url: str) -> SweepConfig:
+    """Every registered channel kind (``standin_channels``); each that talks to a platform twice: against the
+    sandbox (which accepts these credentials, so deliveries land) and, as ``<name>-echo``, against the hostile
+    platform (which quotes every request back in its errors); plus a webhook whose receiver answers success with the
+    request quoted in its receipt. The store and this file sit next to the website's web root (to reach for)."""
+    near = standin_channels(tmp_path, sandbox_url)
+    far = standin_channels(tmp_path, hostile_url, suffix="-echo")
+    talking = standins()
+    talkers = sorted(name for name, table in near.tables.items() if table["kind"] in talking)
+    channels: dict[str, Any] = dict(near.tables)
+    for name in talkers:
+        channels[f"{name}-echo"] = far.tables[f"{name}-echo"]
+    for name in [*talkers, *(f"{n}-echo" for n in talkers)]:
+        channels[name] = {**channels[name], "retry": [0], "timeout": 3}
+    channels["hook-ok"] = {
+        "kind": "webhook",
+        "url": f"{hostile_url}/ok/hook",
+        "secret": "${SEC_WEBHOOK_SECRET}",
+        "headers": {"Authorization": "Bearer ${SEC_WEBHOOK_HEADER}"},
+        "retry": [0],
+    }
+    [site] = [table["root"] for table in near.tables.values() if table["kind"] == "website"]
+    home = Path(site).parent
+    raw = {
+        "store": {"url": f"sqlite:///{home / 'sweep.db'}"},
+        "media": {"allow_private": True, "cache_dir": str(tmp_path / "media")},
+        "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0},
+        "server": {"hook_secret": "${SEC_HOOK_SECRET}", "api_token": "${SEC_API_TOKEN}"},
+        "channels": channels,
+    }
+    path = home / "sweep.toml"
+    path.write_text(toml_text(raw), encoding="utf-8")
+    secrets = {**SECRETS, **near.secrets, **far.secrets}
+    return SweepConfig(path, {**env_of(SECRETS), **near.env}, secrets, talkers)
 
 
 def secret_forms(name: str, value: str) -> dict[str, str]:
@@ -695,9 +619,11 @@ def secret_forms(name: str, value: str) -> dict[str, str]:
 def find_leaks(answers: list[Answer], secrets: Mapping[str, str]) -> list[str]:
     """``where: secret (how)`` for each answer that shows a secret in any form, the most complete form only."""
     forms = {name: secret_forms(name, value) for name, value in secrets.items()}
-    if "jpush_app_key" in secrets:  # JPush's Basic credentials
-        pair = f"{secrets['jpush_app_key']}:{secrets['jpush_master_secret']}".encode()
-        forms["JPush app_key:master_secret"] = {"base64": base64.b64encode(pair).decode().rstrip("=")}
+    # Two secrets of one channel as HTTP Basic credentials (JPush's app key and master secret travel so).
+    for (first, one), (second, other) in itertools.permutations(secrets.items(), 2):
+        if "." in first and first.split(".")[0] == second.split(".")[0]:
+            pair = base64.b64encode(f"{one}:{other}".encode()).decode().rstrip("=")
+            forms[f"{first}:{second}"] = {"base64 (Basic)": pair}
     leaks = []
     for answer in answers:
         for name, ways in forms.items():
@@ -814,10 +740,10 @@ async def serving(settings: Settings) -> AsyncIterator[str]:
 async def test_no_secret_in_any_answer_error_log_or_cli_output(
     tmp_path: Path, sandbox: RunningSandbox, hostile: str
 ) -> None:
-    accept_sweep_credentials(sandbox)
-    env = env_of(SECRETS)
-    config = sweep_config(tmp_path, sandbox.url, hostile)
+    sweep = sweep_config(tmp_path, sandbox.url, hostile)
+    config, env = sweep.path, sweep.env
     settings = load_config(config, env=env)
+    accept_credentials(sandbox.sandbox, settings)
     with captured_logs(settings) as logs:
         async with serving(settings) as url, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
             rec = Recorder(url, s)
@@ -835,15 +761,16 @@ async def test_no_secret_in_any_answer_error_log_or_cli_output(
     assert len(logs.getvalue().splitlines()) > 50
 
     issued = list(sandbox.sandbox.store("wechat").get("tokens", {}))  # the access tokens WeChat handed out
-    leaks = find_leaks(rec.answers, {**SECRETS, **{f"WeChat access token {i}": t for i, t in enumerate(issued)}})
+    leaks = find_leaks(rec.answers, {**sweep.secrets, **{f"WeChat access token {i}": t for i, t in enumerate(issued)}})
     assert leaks == [], "secrets leaked:\n" + "\n".join(leaks)
 
     # The sweep saw what it came for: every platform channel landed on the sandbox and failed on the echoing
     # platform, which quoted our credentials in each error (and the receiver in its receipt): all masked.
     state = {d["channel"]: d["state"] for d in rows if d["story_id"] == "sec-1"}
-    kinds = ("hook", "app", "people", "wechat", "weibo", "x")
-    assert {k: state[k] for k in kinds} == dict.fromkeys(kinds, "delivered")
-    assert {k: state[f"{k}-echo"] for k in kinds} == dict.fromkeys(kinds, "failed")
+    talkers = sweep.talkers
+    assert {settings.channels[name].kind for name in talkers} == set(standins())  # every registered platform kind
+    assert {k: state[k] for k in talkers} == dict.fromkeys(talkers, "delivered")
+    assert {k: state[f"{k}-echo"] for k in talkers} == dict.fromkeys(talkers, "failed")
     failed = [d for d in rows if d["state"] == "failed"]
     unmasked = [(d["channel"], d["last_error"]) for d in failed if "***" not in (d["last_error"] or "")]
     assert unmasked == [], unmasked
@@ -857,7 +784,7 @@ async def publish_and_settle(rec: Recorder, sandbox: RunningSandbox) -> None:
     )
     assert answer.status == 202, answer.text
     # Without a picture Weibo gets a form-encoded body: the token travels URL-encoded, and comes back so.
-    nopic = sweep_story(sandbox.url, "sec-2", images=[], targets=["weibo-echo", "hook-echo"])
+    nopic = sweep_story(sandbox.url, "sec-2", images=[], targets=["weibo-echo", "webhook-echo"])
     assert (await rec.hook("POST", "/v1/stories", nopic, where="publish", route="/v1/stories")).status == 202
     await rec.settle()
     retract = json.dumps({"id": "sec-2"}).encode()
@@ -875,7 +802,7 @@ async def sweep_api(rec: Recorder, rows: list[dict[str, Any]]) -> None:
     """
     doc = _body(await rec.call("GET", "/openapi.json", route="/openapi.json", token=None))
     failed = next(d["id"] for d in rows if d["state"] == "failed")
-    valid = {"story_id": "sec-1", "delivery_id": str(failed), "channel": "hook", "path": "index.html"}
+    valid = {"story_id": "sec-1", "delivery_id": str(failed), "channel": "webhook", "path": "index.html"}
     wrong = {"story_id": "nope", "delivery_id": "999999", "channel": "nope", "path": "nope.html"}
     bodies: dict[tuple[str, str], Any] = {
         ("post", "/v1/deliveries/{delivery_id}/replay"): {"force": False},
@@ -900,14 +827,14 @@ async def sweep_api(rec: Recorder, rows: list[dict[str, Any]]) -> None:
             )
             if route.startswith("/v1/") and token != SECRETS["api_token"]:
                 assert answer.status == 401, (method, path, where, answer.text)
-    await rec.call("POST", "/v1/channels/hook/resume", route="/v1/channels/{channel}/resume")
+    await rec.call("POST", "/v1/channels/webhook/resume", route="/v1/channels/{channel}/resume")
 
     # Bad filters, bad bodies, a path out of the web root (the store next to it holds the raw error texts).
-    for query in ["state=bogus", "since=yesterday-ish", "limit=0", "cursor=x", "channel=hook-echo&state=failed"]:
+    for query in ["state=bogus", "since=yesterday-ish", "limit=0", "cursor=x", "channel=webhook-echo&state=failed"]:
         await rec.call("GET", f"/v1/deliveries?{query}", where=query)
     await rec.call("POST", "/v1/replay", where="bad body", json_body={"chanel": SECRETS["api_token"]})
     await rec.call("POST", "/v1/replay", where="bad json", body=b"{", headers={"Content-Type": "application/json"})
-    await rec.call("POST", "/v1/channels/hook/pause", where="bad body", json_body={"until": "2001-01-01T00:00:00Z"})
+    await rec.call("POST", "/v1/channels/webhook/pause", where="bad body", json_body={"until": "2001-01-01T00:00:00Z"})
     await rec.call("POST", f"/v1/deliveries/{failed}/replay", where="bad body", json_body={"force": "maybe"})
     for path in [
         "/site/..%2Fsweep.db",
@@ -927,7 +854,7 @@ async def sweep_api(rec: Recorder, rows: list[dict[str, Any]]) -> None:
         ("forged with the API token", story, {"secret": SECRETS["api_token"]}),
         ("malformed JSON", b'{"id": ', {}),
         ("invalid story", json.dumps({"id": "bad", "images": [{"href": "ftp://x/y.png"}]}).encode(), {}),
-        ("unknown target", json.dumps({"id": "t", "headline": "h", "targets": ["hook", "nowhere"]}).encode(), {}),
+        ("unknown target", json.dumps({"id": "t", "headline": "h", "targets": ["webhook", "nowhere"]}).encode(), {}),
         ("older version", json.dumps({"id": "sec-1", "version": 1, "headline": "别的"}).encode(), {}),
     ]:
         answer = await rec.hook("POST", "/v1/stories", raw, where=where, route="/v1/stories", **kw)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from syndicate.config import Settings, parse_config
 from syndicate.delivery import Action, DeliveryError, JsonPayload, Payload, Receipt
 from syndicate.engine import Engine
 from syndicate.ninjs import read_document
+from syndicate.sandbox import Sandbox, standins
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, Store
 from syndicate.story import ChannelStory, Story
@@ -543,10 +545,11 @@ def write_config(
 #: security sweep configure their channels from it, so a new kind is covered once it is documented there.
 CHANNELS_EXAMPLE = REPO / "config" / "channels.example.toml"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
-#: The option names whose values are secrets (the README's masking rule: secret, token, password, credential, key).
 #: The option names of the endpoints a channel talks to (public links such as base_url or share_base_url stay).
 ENDPOINT_OPTIONS = frozenset({"url", "lookup_url", "api_base"})
-SECRET_OPTION = re.compile(r"secret|token|passw|credential|key", re.IGNORECASE)
+#: The option names whose values are secrets (the README's masking rule: secret, token, password, credential, key;
+#: and a header carrying credentials).
+SECRET_OPTION = re.compile(r"secret|token|passw|credential|key|authorization", re.IGNORECASE)
 
 
 def registered_kinds() -> dict[str, type[Adapter]]:
@@ -556,8 +559,10 @@ def registered_kinds() -> dict[str, type[Adapter]]:
 
 
 def distinctive(var: str) -> str:
-    """A value for ``${var}`` that shows up wherever it leaks (with '+' and '/', so its URL encodings differ)."""
-    return f"{var.lower().replace('_', '-')}-Qz7+/k9"
+    """A value for ``${var}`` that shows up wherever it leaks, and only there: hex from the name's hash (no piece of
+    it reads like a word that a log could say), with '+' and '/' so its URL encodings differ from it."""
+    digest = hashlib.sha256(var.encode()).hexdigest()
+    return f"{digest[:8]}+/{digest[8:20]}"
 
 
 @dataclass(frozen=True)
@@ -608,12 +613,76 @@ def example_channels(tmp_path: Path, remote_base: str) -> ExampleChannels:
                 table[key] = str(folder)
             elif key in ENDPOINT_OPTIONS and isinstance(value, str) and value.startswith(("http://", "https://")):
                 table[key] = _rebase(value, remote_base)
-            for var in _ENV_REF.findall(value) if isinstance(value, str) else []:
-                env[var] = distinctive(var)
-                if SECRET_OPTION.search(key):
-                    secrets[f"{name}.{key}"] = env[var]
+            # A table option (headers) is searched key by key: an Authorization header carries a credential.
+            for where, text in _option_texts(key, value):
+                for var in _ENV_REF.findall(text):
+                    env[var] = distinctive(var)
+                    if SECRET_OPTION.search(where):
+                        secrets[f"{name}.{where}"] = env[var]
         tables[name] = table
     return ExampleChannels(tables, env, secrets)
+
+
+def _option_texts(key: str, value: Any) -> list[tuple[str, str]]:
+    if isinstance(value, str):
+        return [(key, value)]
+    if isinstance(value, dict):
+        return [(f"{key}.{k}", v) for k, v in value.items() if isinstance(v, str)]
+    return []
+
+
+#: What the example sets for production that would make a test wait for hours (quiet hours, hour-long pauses and
+#: reconcile windows), per kind: ``None`` removes the key. Speed-ups only: a kind not named here runs as documented.
+WITHOUT_WAITS: dict[str, dict[str, Any]] = {
+    "app": {"quiet_hours": None},
+    "wechat": {"reconcile_window": 5},
+    "weibo": {"rate_limit_pause": 1},
+}
+
+
+def standin_channels(tmp_path: Path, base: str, *, suffix: str = "") -> ExampleChannels:
+    """One channel of every registered kind, the first the example documents, named after its kind (plus
+    ``suffix``): each platform kind pointed at its stand-in served at ``base`` (``Standin.point``: the platform's
+    paths, and a content API of its own per channel), each file kind writing under ``tmp_path``, and the waits of
+    ``WITHOUT_WAITS`` taken out. From the registries, never a list: a kind is in once registered and documented."""
+    example = example_channels(tmp_path / f"channels{suffix}", base)
+    found = standins()
+    tables: dict[str, dict[str, Any]] = {}
+    secrets: dict[str, str] = {}
+    for documented, table in example.first_of_each_kind().items():
+        kind = table["kind"]
+        name = f"{kind}{suffix}"
+        table = found[kind].point(base, name, table) if kind in found else dict(table)
+        for key, value in WITHOUT_WAITS.get(kind, {}).items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+        tables[name] = table
+        for where, secret in example.secrets.items():
+            owner, option = where.split(".", 1)
+            if owner == documented:
+                secrets[f"{name}.{option}"] = secret
+    return ExampleChannels(tables, example.env, secrets)
+
+
+def with_env(value: Any, env: Mapping[str, str]) -> Any:
+    """``value`` (a table, a list or a string) with every ``${VAR}`` replaced by its value in ``env``."""
+    if isinstance(value, str):
+        return _ENV_REF.sub(lambda m: env[m.group(1)], value)
+    if isinstance(value, dict):
+        return {k: with_env(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [with_env(v, env) for v in value]
+    return value
+
+
+def accept_credentials(sandbox: Sandbox, settings: Settings) -> None:
+    """Make every stand-in accept the credentials of each configured channel of its kind (``Standin.accept``)."""
+    found = standins()
+    for name, channel in settings.channels.items():
+        if channel.kind in found:
+            found[channel.kind].accept(sandbox, name, channel.options.model_dump())
 
 
 def sample_stories() -> list[Story]:

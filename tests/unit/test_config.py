@@ -395,6 +395,7 @@ def test_shipped_default_config_loads() -> None:
 #: Every secret channels.example.toml references.
 EXAMPLE_ENV = {
     "MIRROR_WEBHOOK_SECRET": "m1rror",
+    "MIRROR_WEBHOOK_TOKEN": "m1rror-bearer",
     "JPUSH_APP_KEY": "jpush-key",
     "JPUSH_MASTER_SECRET": "jpush-master-secret",
     "PEOPLES_ACCOUNT_APP_KEY": "pa-key",
@@ -420,7 +421,7 @@ def test_shipped_example_config_loads_with_its_secret() -> None:
     assert settings.server.hook_secret == "hook-secret-0123456789"
     ch = settings.channels["cms-mirror"]
     assert ch.options.secret == "m1rror"
-    assert ch.options.headers == {"X-Newsroom": "baoshan"}
+    assert ch.options.headers == {"X-Newsroom": "baoshan", "Authorization": "Bearer m1rror-bearer"}
     assert ch.concurrency == 4 and ch.timeout == 30 and ch.retry == DEFAULT_RETRY
     assert settings.engine.claim_batch == 64 and settings.media.allow_private is False
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from syndicate.channel import adapter_kinds
 from syndicate.sandbox import standins
+from tests.support import ENDPOINT_OPTIONS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,9 +89,7 @@ def _platform_words() -> set[str]:
     words = set(installed) | set(standins())
     for cls in installed.values():
         words.add(cls.__name__.removesuffix("Adapter").lower())
-    for setup in standins().values():
-        module = __import__(setup.__module__, fromlist=["PLATFORM"])
-        words.add(str(module.PLATFORM).lower())
+    words.update(standin.platform.lower() for standin in standins().values())
     # "x" cannot be searched for as a word; the X channel's other names (its library) are.
     return {w for w in words if len(w) > 1} - GENERIC_WORDS | {"twitter", "tweepy"}
 
@@ -112,6 +111,17 @@ def test_each_kind_is_one_folder_with_its_stand_in() -> None:
         if not cls.__module__.startswith("adapters."):
             continue  # registered at run time by a test
         assert cls.__module__ == f"adapters.{kind}.adapter", f"{kind}: the adapter belongs in adapters/{kind}/"
-    for kind, setup in standins().items():
+    for kind, standin in standins().items():
         assert kind in adapter_kinds(), f"stand-in {kind!r} stands in for no registered channel kind"
-        assert setup.__module__ == f"adapters.{kind}.standin", f"{kind}: the stand-in belongs in adapters/{kind}/"
+        where = standin.setup.__module__
+        assert where == f"adapters.{kind}.standin", f"{kind}: the stand-in belongs in adapters/{kind}/"
+
+
+def test_every_kind_that_talks_to_a_platform_brings_a_whole_stand_in() -> None:
+    """The soak and the security sweep reach each platform kind through its stand-in alone (``Standin``: how to
+    point a channel at it, accept its credentials, and say what it posted), so a kind without one would go untested."""
+    found = standins()
+    for kind, cls in adapter_kinds().items():
+        if cls.__module__.startswith("adapters.") and ENDPOINT_OPTIONS & set(cls.options_model.model_fields):
+            assert kind in found, f"{kind} talks to a platform but registers no syndicate.sandboxes stand-in"
+            assert found[kind].posts_made is not None, f"the {kind} stand-in does not say what it posted"

@@ -239,6 +239,14 @@ def test_redactor_masks_the_longest_secret_whole_and_escaped_forms() -> None:
     assert r.redact(repr("secret-part")) == f"'{MASK}'"
 
 
+def test_a_secret_encoded_twice_is_masked() -> None:
+    """OAuth 1.0a's signature base string percent-encodes the encoded consumer key and token again (oauthlib logs it
+    at debug): ``e52c68b6+/f37b`` shows as ``e52c68b6%252B%252Ff37b``, whose tail a once-encoded mask misses."""
+    r = Redactor(["e52c68b6+/f37be122abd5"])
+    base_string = "POST&https%3A%2F%2Fapi.x.com%2F2%2Ftweets&oauth_consumer_key%3De52c68b6%252B%252Ff37be122abd5%26"
+    assert "f37be122abd5" not in r.redact(base_string)
+
+
 def test_short_secrets_are_not_masked_by_substring_but_never_shown_in_config(capture: Any, tmp_path: Path) -> None:
     settings = make_settings(tmp_path, {"hook": webhook("http://127.0.0.1:9/hook", secret="ab12")})
     buf = capture(settings)
