@@ -289,8 +289,9 @@ def accept(sandbox: Sandbox, name: str, options: Mapping[str, Any]) -> None:
 
 
 def posts_made(sandbox: Sandbox) -> list[str]:
-    """Every create the partners processed, by idempotency key (a key twice: the story was sent twice)."""
-    return [r.idempotency_key for r in sandbox.received(PLATFORM) if r.method == "POST" and r.idempotency_key]
+    """Every article the partners created, by idempotency key (a resend with a known key is a 409, not an article)."""
+    partners: dict[str, PartnerState] = sandbox.store(PLATFORM).get("partners", {})
+    return [article.idempotency_key for state in partners.values() for article in state.articles.values()]
 
 
 STANDIN = Standin(platform=PLATFORM, setup=setup, point=point, accept=accept, posts_made=posts_made)

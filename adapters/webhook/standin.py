@@ -62,8 +62,12 @@ def point(base: str, name: str, options: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def posts_made(sandbox: Sandbox) -> list[str]:
-    """Every delivery POST processed, by idempotency key: a key twice is a receiver that got the story twice."""
-    return [r.idempotency_key or repr(r.body) for r in sandbox.received(PLATFORM) if r.method == "POST"]
+    """Every delivery a receiver took as new: by idempotency key (a resend with the same key is answered with the
+    first receipt and makes nothing), and by body for a POST without a key (each of those is new)."""
+    by_receiver: dict[str, dict[str, str]] = sandbox.store(PLATFORM).get("receipts", {})
+    keyed = [key for receipts in by_receiver.values() for key in receipts]
+    unkeyed = [repr(r.body) for r in sandbox.received(PLATFORM) if r.method == "POST" and r.idempotency_key is None]
+    return keyed + unkeyed
 
 
 STANDIN = Standin(platform=PLATFORM, setup=setup, point=point, posts_made=posts_made)

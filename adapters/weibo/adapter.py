@@ -18,9 +18,13 @@ multipart). So:
 
 Error codes (open.weibo.com/wiki/Error_code): 10022/10023/10024 (IP, user, user-per-API rate limits) and 20016
 (posting too fast) pause the channel for ``rate_limit_pause`` seconds (Weibo says nothing about when the window
-ends); 20017/20019 (similar/repeated content) and 20012 (too long: our counting should prevent it) fail the
-delivery; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
-AuthRevoked saying so; 21332 and 10014 pause the channel as AuthRevoked; 5xx retries.
+ends); 20017/20019 (similar/repeated content) fail the delivery, unless an earlier attempt of the same delivery
+may have posted it: then the timeline is read and the status found there is the delivery's (a blind resend after
+a lost answer must never end as "failed" while the status is live); 20012 (too long: our counting should prevent
+it) fails; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
+AuthRevoked saying so; 21332 and 10014 pause the channel as AuthRevoked. A 5xx to the share is an unknown outcome
+(a gateway's error says nothing about whether the status was posted): the timeline is read before any resend; a 5xx
+to a read retries.
 """
 
 from __future__ import annotations
@@ -168,7 +172,13 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         found = answer.json()
         if answer.ok and found.get("idstr"):
             return _receipt(found)
-        raise self._error(answer, doing="share")
+        error = self._error(answer, doing="share", may_land=True)
+        if error.platform_code in {str(code) for code in DUPLICATE_CODES} and ctx.attempt > 1:
+            # "Repeated content" after an earlier attempt of ours: most likely that attempt's status, which landed.
+            landed = await self.lookup(payload, ctx)
+            if landed is not None:
+                return landed
+        raise error
 
     async def _fetch_pic(self, url: str) -> MediaBlob:
         return await self.fetch_image(
@@ -215,8 +225,10 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             raise self._error(answer, doing="check")
         return f"Weibo at {self.options.api_base} accepted the access token (timeline read; nothing posted)"
 
-    def _error(self, response: HttpAnswer, *, doing: str) -> DeliveryError:
-        """Weibo's answer mapped onto the taxonomy: by ``error_code`` first, HTTP status second."""
+    def _error(self, response: HttpAnswer, *, doing: str, may_land: bool = False) -> DeliveryError:
+        """Weibo's answer mapped onto the taxonomy: by ``error_code`` first, HTTP status second. A 5xx to a call
+        that may have landed (``may_land``) is an uncertain outcome: a gateway's error says nothing about whether
+        the status was posted, so the engine looks it up before it posts again."""
         status, headers, raw, answer = response.status, response.headers, response.body, response.json()
         code = answer.get("error_code")
         code = code if isinstance(code, int) and not isinstance(code, bool) else None
@@ -241,6 +253,8 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         if code == TEXT_TOO_LONG:
             return Permanent(f"{detail}: the status is over Weibo's 140", platform_code=code)
         if status >= 500 or status in (408, 425):
+            if may_land:
+                return OutcomeUnknown(f"{detail} on {doing}; it may have been posted", platform_code=platform_code)
             return Retryable(f"{detail} on {doing}", platform_code=platform_code)
         if 300 <= status < 400:
             return Permanent(f"HTTP {status}: Weibo redirects; set the channel's api_base to the final address")

@@ -18,9 +18,10 @@ and hands the call to our aiohttp session. The request still carries the signatu
 which is what X verifies (and what the stand-in verifies); the v2 media upload is signed the same way. Nothing of
 tweepy is replaced: its request building, signing and error classes run for real against the stand-in.
 
-Errors: 429 pauses the channel until ``x-rate-limit-reset``; 403 duplicate content fails; 401 pauses the channel
-(credentials); other 4xx fail; 5xx retries; a connection refused retries; a timeout after sending is unknown and
-reconciled.
+Errors: 429 pauses the channel until ``x-rate-limit-reset``; 403 duplicate content fails, unless an earlier
+attempt of the same delivery may have posted it (then the post found among the recent ones is the delivery's);
+401 pauses the channel (credentials); other 4xx fail; a 5xx or a timeout after sending a post is an unknown outcome,
+reconciled through the recent posts before any resend; a 5xx to a read and a connection refused retry.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
         if post.text is None:
             raise Permanent(f"the {ctx.action.value} payload of story {ctx.story_id!r} has no post text")
         media_ids = await self._upload_images(post.images, ctx)
-        return await self._create(post.text, media_ids)
+        return await self._create(payload, ctx, post.text, media_ids)
 
     async def update(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt:
         """delete_and_repost: delete the live post (checkpointed), then post the new version."""
@@ -257,13 +258,20 @@ class XAdapter(Adapter[XOptions, XPayload]):
 
     # ---- the calls
 
-    async def _create(self, text: str, media_ids: list[str]) -> Receipt:
+    async def _create(
+        self, payload: Payload[XPayload], ctx: DeliveryContext, text: str, media_ids: list[str]
+    ) -> Receipt:
         try:
             # A lost answer may mean a live post: OutcomeUnknown, and the account's recent posts tell (lookup).
             with self._transport("post", may_land=True):
                 answer = await self.client.create_tweet(text=text, media_ids=media_ids or None, user_auth=True)
         except tweepy.HTTPException as exc:
-            raise self._error(exc, doing="post") from exc
+            if _is_duplicate(exc) and ctx.attempt > 1:
+                # Duplicate content after an earlier attempt of ours: most likely that attempt's post, live.
+                landed = await self.lookup(payload, ctx)
+                if landed is not None:
+                    return landed
+            raise self._error(exc, doing="post", may_land=True) from exc
         return _receipt(answer["data"])
 
     async def _delete(self, post_id: str) -> bool:
@@ -341,7 +349,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
             raise Retryable(f"HTTP {resp.status} on media upload: {detail}", platform_code=resp.status)
         raise Permanent(f"HTTP {resp.status}: X refused the image {blob.url}: {detail}", platform_code=resp.status)
 
-    def _error(self, exc: tweepy.HTTPException, *, doing: str) -> DeliveryError:
+    def _error(self, exc: tweepy.HTTPException, *, doing: str, may_land: bool = False) -> DeliveryError:
         status = exc.response.status
         detail = "; ".join(str(m) for m in exc.api_messages) or str(exc)
         if isinstance(exc, tweepy.TooManyRequests):
@@ -355,11 +363,19 @@ class XAdapter(Adapter[XOptions, XPayload]):
                 f"consumer_secret, access_token, access_token_secret): {detail}",
                 platform_code=status,
             )
-        if isinstance(exc, tweepy.Forbidden) and "duplicate" in detail.lower():
+        if _is_duplicate(exc):
             return Permanent(f"HTTP 403: X refuses duplicate content: {detail}", platform_code=status)
         if isinstance(exc, tweepy.TwitterServerError):
+            if may_land:  # a gateway's 5xx says nothing about whether the post went live: look before posting again
+                return OutcomeUnknown(f"HTTP {status} from X on {doing}; it may be live", platform_code=status)
             return Retryable(f"HTTP {status} from X on {doing}: {detail}", platform_code=status)
         return Permanent(f"HTTP {status}: X refused the {doing}: {detail}", platform_code=status)
+
+
+def _is_duplicate(exc: tweepy.HTTPException) -> bool:
+    """X's refusal of a post identical to a recent one (a 403 whose detail says so; v2 gives it no code)."""
+    detail = "; ".join(str(m) for m in exc.api_messages) or str(exc)
+    return isinstance(exc, tweepy.Forbidden) and "duplicate" in detail.lower()
 
 
 def _reset(value: str | None, now: float) -> dt.datetime:

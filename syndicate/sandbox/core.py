@@ -9,6 +9,7 @@ re-implements the plumbing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import math
@@ -97,7 +98,7 @@ def _parse_fault(fault: str) -> tuple[str, float | None]:
         value = float(arg) if kind == "slow" else int(arg)
     except ValueError:
         raise FaultRuleError("fault", f"{fault!r}: expected {FaultRule.FORMS[kind]}") from None
-    if kind == "status" and not 200 <= value <= 599:
+    if kind in ("status", "status_after") and not 200 <= value <= 599:
         raise FaultRuleError("fault", f"{fault!r}: status must be 200..599")
     if kind in ("rate_limit", "slow") and (value < 0 or not math.isfinite(value)):
         raise FaultRuleError("fault", f"{fault!r}: must be a non-negative number")
@@ -119,6 +120,7 @@ class FaultRule:
 
     FORMS: ClassVar[dict[str, str]] = {
         "status": "status:<code>",
+        "status_after": "status_after:<code>",
         "rate_limit": "rate_limit:<seconds>",
         "timeout_before": "timeout_before",
         "timeout_after": "timeout_after",
@@ -526,6 +528,11 @@ class Sandbox:
 
         stats.processed += 1
         call = Call(sandbox=self, platform=platform, receiver=name, request=request)
+        if kind == "status_after":  # the dangerous 5xx: the platform did the work, the gateway answered an error
+            code = int(arg or 500)
+            with contextlib.suppress(web.HTTPException):
+                await func(request, call)
+            return json_error(code, "injected_fault", f"sandbox processed the request, then answered {code}")
         if kind != "timeout_after":
             return await func(request, call)
         try:

@@ -207,6 +207,21 @@ async def test_timeout_after_is_processed_but_unanswered(sb: RunningSandbox, htt
     assert time.monotonic() - started >= HOLD * 0.9
 
 
+async def test_status_after_processes_the_request_then_answers_the_error(
+    sb: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    """The dangerous 5xx: the platform did the work and a gateway answered an error; a blind resend duplicates."""
+    await set_faults(http, sb, {"fault": "status_after:502", "methods": ["POST"]})
+    status, body, _ = await post(http, sb.url_for("/webhook/news"), {"a": 1}, key="sa")
+    assert status == 502 and body["error"] == "injected_fault"
+    assert [r.body for r in sb.sandbox.received("webhook")] == [{"a": 1}]  # it landed all the same
+    async with http.get(sb.url_for("/webhook/news"), params={"key": "sa"}) as resp:
+        assert resp.status == 200
+    assert sb.sandbox.stats("webhook")["news"].faults == {"status_after:502": 1}
+    with pytest.raises(FaultRuleError, match=r"status must be 200\.\.599"):
+        FaultRule("status_after:99")
+
+
 async def test_reset_fault(sb: RunningSandbox, http: aiohttp.ClientSession) -> None:
     await set_faults(http, sb, {"fault": "reset"})
     with pytest.raises(aiohttp.ClientConnectionError):

@@ -25,7 +25,7 @@ from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import FakeClock, engine_for, example_stories, make_settings, make_story
+from tests.support import FakeClock, ctx_for, engine_for, example_stories, make_settings, make_story
 
 register(WeiboAdapter)
 
@@ -258,18 +258,48 @@ async def test_token_problems_pause_the_channel_and_lose_nothing(
     assert pause.paused_at(time.time()) and statuses(sandbox.sandbox) == []
 
 
-async def test_server_errors_retry(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+async def test_a_server_error_on_sharing_is_looked_up_before_sharing_again(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
     sandbox.sandbox.set_faults("weibo", [{"fault": "status:502", "probability": 1.0}])
     # The retry waits longer than a PostgreSQL round trip, so the first run stops before it is due.
     async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url, retry=[0, 0.5])}) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True, idle_horizon=0)
         [first] = await deliveries(store)
-        assert first.state is State.RETRY_WAIT and first.last_error_class == "Retryable"
+        assert first.state is State.RETRY_WAIT and first.last_error_class == "OutcomeUnknown"
         sandbox.sandbox.clear_faults("weibo")
         await engine.run(until_idle=True, idle_horizon=1)
     [delivery] = await deliveries(store)
     assert delivery.state is State.DELIVERED and len(statuses(sandbox.sandbox)) == 1
+
+
+async def test_a_status_that_landed_behind_a_5xx_is_found_not_posted_twice(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.set_faults("weibo", [{"fault": "status_after:503", "methods": ["POST"]}])
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url, retry=[0, 0.5])}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+        sandbox.sandbox.clear_faults("weibo")
+        await engine.run(until_idle=True, idle_horizon=1)
+    [delivery] = await deliveries(store)
+    [posted] = statuses(sandbox.sandbox)
+    assert delivery.state is State.DELIVERED and delivery.receipt and delivery.receipt.remote_id == posted["idstr"]
+    assert [a.outcome for a in await store.attempts(delivery.id)] == ["retry", "reconciled"]
+
+
+async def test_repeated_content_after_our_own_earlier_attempt_is_that_attempt_landed(sandbox: RunningSandbox) -> None:
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    weibo = WeiboAdapter("weibo", WeiboOptions(**options), timeout=2)
+    await weibo.start()
+    try:
+        payload = weibo.render(make_story(), Action.PUBLISH)
+        first = await weibo.publish(payload, ctx())
+        again = await weibo.publish(payload, ctx_for(channel="weibo", attempt=2))
+    finally:
+        await weibo.close()
+    assert again.remote_id == first.remote_id and len(statuses(sandbox.sandbox)) == 1
 
 
 async def test_a_lost_answer_is_reconciled_through_the_timeline_without_posting_twice(

@@ -25,7 +25,7 @@ from syndicate.delivery import Action, Payload, Permanent, Receipt
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import FakeClock, engine_for, example_stories, make_settings, make_story
+from tests.support import FakeClock, ctx_for, engine_for, example_stories, make_settings, make_story
 
 register(XAdapter)
 
@@ -195,16 +195,53 @@ async def test_wrong_secret_pauses_the_channel(tmp_path: Path, store: Store, san
     assert (await store.channel_states())["x"].paused_at(time.time()) and posts(sandbox.sandbox) == []
 
 
-async def test_server_errors_retry(tmp_path: Path, store: Store, sandbox: RunningSandbox) -> None:
+async def test_a_server_error_on_posting_is_looked_up_before_posting_again(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    """A 5xx to create_tweet says nothing about whether the post went live: the next attempt looks first."""
     sandbox.sandbox.set_faults("x", [{"fault": "status:503"}])
     async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True, idle_horizon=0)
         [first] = await deliveries(store)
-        assert first.last_error_class == "Retryable" and first.last_platform_code == "503"
+        assert first.last_error_class == "OutcomeUnknown" and first.last_platform_code == "503"
         sandbox.sandbox.clear_faults("x")
         await engine.run(until_idle=True, idle_horizon=1)
     assert [d.state for d in await deliveries(store)] == [State.DELIVERED]
+    assert len(posts(sandbox.sandbox)) == 1
+
+
+async def test_a_post_that_landed_behind_a_5xx_is_found_not_posted_twice(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    sandbox.sandbox.set_faults("x", [{"fault": "status_after:503", "methods": ["POST"]}])
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+        sandbox.sandbox.clear_faults("x")
+        await engine.run(until_idle=True, idle_horizon=1)
+    [delivery] = await deliveries(store)
+    [live] = posts(sandbox.sandbox)
+    assert delivery.state is State.DELIVERED and delivery.receipt and delivery.receipt.remote_id == live["id"]
+    assert [a.outcome for a in await store.attempts(delivery.id)] == ["retry", "reconciled"]
+
+
+async def test_duplicate_content_after_our_own_earlier_attempt_is_that_attempt_landed(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    """Had the lookup missed it, the platform's "duplicate" answer to the resend is our first post: delivered."""
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    x = XAdapter("x", XOptions(**options), timeout=2)
+    post = x.render(make_story(), Action.PUBLISH)
+    await x.start()
+    try:
+        first = await x.publish(post, ctx(Action.PUBLISH))
+        again = await x.publish(post, ctx_for(channel="x", attempt=2))
+        with pytest.raises(Permanent, match="duplicate content"):  # a first attempt's duplicate is someone else's
+            await x.publish(post, ctx_for(channel="x", attempt=1))
+    finally:
+        await x.close()
+    assert again.remote_id == first.remote_id and len(posts(sandbox.sandbox)) == 1
 
 
 async def test_a_lost_answer_is_reconciled_through_recent_posts(

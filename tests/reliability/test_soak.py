@@ -20,7 +20,15 @@ from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox, running_sandbox, standins
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
-from tests.support import accept_credentials, make_story, standin_channels, start_worker, toml_text, with_env
+from tests.support import (
+    accept_credentials,
+    make_story,
+    registered_kinds,
+    standin_channels,
+    start_worker,
+    toml_text,
+    with_env,
+)
 
 STORIES = 250
 RETRY = [0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.5, 0.5, *[1] * 16]
@@ -33,6 +41,9 @@ FAULTS: list[dict[str, Any]] = [
     {"fault": "timeout_after", "probability": 0.02},
     {"fault": "reset", "probability": 0.01},
 ]
+#: The dangerous 5xx (processed, then answered with an error), on the calls that create something, for the kinds
+#: whose create call is not idempotent: a blind resend would post twice.
+PROCESSED_THEN_5XX = {"fault": "status_after:503", "probability": 0.02, "methods": ["POST"]}
 #: X's adapter pauses 15 minutes on a 429 without x-rate-limit-reset (the real X always sends it; the generic
 #: injected 429 carries only Retry-After), which would stall the soak: X gets every other fault.
 NO_RATE_LIMIT = [rule for rule in FAULTS if not rule["fault"].startswith("rate_limit")]
@@ -151,7 +162,8 @@ async def test_fault_soak_every_channel_two_kills_nothing_lost_twice_or_stuck(tm
         channels = sorted(settings.channels)
         total = STORIES * len(channels)
         for kind, standin in talkers.items():
-            sandbox.set_faults(standin.platform, FAULTS_BY_KIND.get(kind, FAULTS))
+            dangerous = [] if registered_kinds()[kind].idempotent else [PROCESSED_THEN_5XX]
+            sandbox.set_faults(standin.platform, [*FAULTS_BY_KIND.get(kind, FAULTS), *dangerous])
 
         log = tmp_path / "workers.log"
         store = open_store(settings.store.url)

@@ -319,6 +319,7 @@ def ctx_for(
     *,
     state: dict[str, Any] | None = None,
     receipt: Receipt | None = None,
+    attempt: int = 1,
 ) -> DeliveryContext:
     """A delivery context for calling an adapter directly: checkpoints are kept in memory (``saved`` on the
     context), the key/value store is a dict of its own."""
@@ -340,7 +341,7 @@ def ctx_for(
         version=version,
         channel=channel,
         action=action,
-        attempt=1,
+        attempt=attempt,
         state=state or {},
         receipt=receipt,
         save_checkpoint=save_checkpoint,
