@@ -69,6 +69,7 @@ class DeliveryContext:
         kv_get: Callable[[str], Awaitable[str | None]],
         kv_set: Callable[[str, str, float | None], Awaitable[None]],
         kv_add: Callable[[str, str, float | None], Awaitable[bool]] | None = None,
+        queued_at: float | None = None,
     ) -> None:
         self.delivery_id = delivery_id
         self.story_id = story_id
@@ -76,6 +77,8 @@ class DeliveryContext:
         self.channel = channel
         self.action = action
         self.attempt = attempt
+        #: When the delivery was queued: nothing it posted is older, so a lookup pages back to here and no further.
+        self.queued_at = queued_at
         self.state = dict(state)
         self.receipt = receipt
         self._save_checkpoint = save_checkpoint

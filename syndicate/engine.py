@@ -537,6 +537,7 @@ class Engine:
             channel=d.channel,
             action=d.action,
             attempt=claim.attempt_number,
+            queued_at=d.created_at,
             state=d.checkpoint,
             receipt=claim.live_receipt,
             save_checkpoint=lambda data: self.store.save_checkpoint(d.id, self.worker_id, data),

@@ -43,7 +43,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Unpack
 
@@ -102,6 +102,11 @@ CONFIRM_BACKOFF = (2.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 #: "Still publishing" checks that wait without spending the retry budget (about 24 h at 600 s each); after that
 #: the checks go on the channel's retry schedule, so a job WeChat never finishes ends up failed with its reason.
 MAX_PENDING_CHECKS = 150
+#: batchget pages: WeChat's largest page (20) and the pages a reconciliation reads at most (1,000 items, back to
+#: the delivery's queueing, with this much clock skew allowed).
+LIST_PAGE = 20
+LIST_PAGES = 50
+CLOCK_SKEW = 300
 #: A PUBLISHJOBFINISH event is kept this long in the store's key/value.
 EVENT_TTL = 7 * 86400.0
 #: Callback timestamps older or newer than this are refused (replayed or forged requests).
@@ -670,21 +675,32 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     async def _find_draft(self, ctx: DeliveryContext, thumb_media_id: str) -> str | None:
         """The draft an unanswered draft/add made: the one whose cover is this delivery's own upload."""
-        for offset in range(0, 100, 20):
+        async for item in self._listed(ctx, "draft/batchget", "the draft list (draft/batchget)"):
+            for article in (item.get("content") or {}).get("news_item") or []:
+                if article.get("thumb_media_id") == thumb_media_id:
+                    return str(item["media_id"])
+        return None
+
+    async def _listed(self, ctx: DeliveryContext, path: str, what: str) -> AsyncIterator[dict[str, Any]]:
+        """The items of a batchget list (newest first), page by page, back to the time the delivery was queued
+        (nothing it made is older) or to the list's end; at most LIST_PAGES pages, then OutcomeUnknown."""
+        for page in range(LIST_PAGES):
             answer = await self._api_call(
                 ctx,
                 "POST",
-                "draft/batchget",
-                what="the draft list (draft/batchget)",
-                json_body={"offset": offset, "count": 20, "no_content": 1},
+                path,
+                what=what,
+                json_body={"offset": page * LIST_PAGE, "count": LIST_PAGE, "no_content": 1},
             )
-            for item in answer.get("item") or []:
-                for article in (item.get("content") or {}).get("news_item") or []:
-                    if article.get("thumb_media_id") == thumb_media_id:
-                        return str(item["media_id"])
-            if offset + 20 >= int(answer.get("total_count", 0)):
-                break
-        return None
+            items = [item for item in answer.get("item") or [] if isinstance(item, dict)]
+            for item in items:
+                yield item
+            if (page + 1) * LIST_PAGE >= int(answer.get("total_count", 0)) or not items:
+                return
+            oldest = items[-1].get("update_time")
+            if ctx.queued_at is not None and isinstance(oldest, int) and oldest < ctx.queued_at - CLOCK_SKEW:
+                return
+        raise OutcomeUnknown(f"{what}: not found among the newest {LIST_PAGES * LIST_PAGE}; check the account")
 
     async def _submit(self, ctx: DeliveryContext) -> None:
         await ctx.checkpoint({"submit_pending": self.clock()})
@@ -717,27 +733,12 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         submit meanwhile); found nowhere after it: OutcomeUnknown for an operator.
         """
         thumb = ctx.state.get("thumb_media_id")
-        for offset in range(0, 100, 20):
-            answer = await self._api_call(
-                ctx,
-                "POST",
-                "freepublish/batchget",
-                what="the published list (freepublish/batchget)",
-                json_body={"offset": offset, "count": 20, "no_content": 1},
-            )
-            for item in answer.get("item") or []:
-                for article in (item.get("content") or {}).get("news_item") or []:
-                    if article.get("thumb_media_id") == thumb and article.get("title") == data.title:
-                        await ctx.checkpoint(
-                            {
-                                "article_id": str(item["article_id"]),
-                                "article_url": article.get("url"),
-                                "submit_pending": None,
-                            }
-                        )
-                        return self._receipt(ctx.state)
-            if offset + 20 >= int(answer.get("total_count", 0)):
-                break
+        async for item in self._listed(ctx, "freepublish/batchget", "the published list (freepublish/batchget)"):
+            for article in (item.get("content") or {}).get("news_item") or []:
+                if article.get("thumb_media_id") == thumb and article.get("title") == data.title:
+                    found = {"article_id": str(item["article_id"]), "article_url": article.get("url")}
+                    await ctx.checkpoint({**found, "submit_pending": None})
+                    return self._receipt(ctx.state)
         waited = self.clock() - float(ctx.state["submit_pending"])
         if waited < self.options.reconcile_window:
             raise Retryable(

@@ -63,7 +63,12 @@ TIMELINE_PATH = "/2/statuses/user_timeline.json"
 PIC_TYPES = ("image/jpeg", "image/gif", "image/png")
 PIC_MAX_BYTES = 5 * 1024 * 1024 - 1
 #: How many of the account's newest statuses a lookup reads.
-LOOKUP_COUNT = 50
+#: Statuses per timeline page (Weibo's most) and the pages a lookup reads at most: far more statuses than an
+#: account posts while one delivery is retried, so "not found" means not posted.
+LOOKUP_COUNT = 100
+LOOKUP_PAGES = 20
+#: How far our clock and Weibo's may differ when a page is judged older than the delivery.
+CLOCK_SKEW = 300
 
 RATE_LIMIT_CODES = frozenset({10022, 10023, 10024, 20016})
 DUPLICATE_CODES = frozenset({20017, 20019})
@@ -190,25 +195,33 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         )
 
     async def lookup(self, payload: Payload[WeiboPayload], ctx: DeliveryContext) -> Receipt | None:
-        """Did the status land? Read the account's newest statuses and match the text."""
-        params = {"access_token": self.options.access_token, "count": str(LOOKUP_COUNT)}
-        answer = await self.request(
-            "GET", self._timeline_url, doing="Weibo timeline lookup", may_land=False, params=params
-        )
-        if not answer.ok:
-            raise self._error(answer, doing="timeline lookup")
-        found = answer.json().get("statuses")
-        if not isinstance(found, list):
-            raise Retryable(f"the Weibo timeline answer has no statuses: {answer.body[:200]!r}")
+        """Did the status land? Page back through the account's timeline to the time the delivery was queued (no
+        status of it is older), matching the text."""
         sent = payload.data.status
-        for status in found:
-            if isinstance(status, dict) and same_post_text(sent, str(status.get("text", "")), WEIBO_COUNTER.url_spans):
-                return _receipt(status)
-        if len(found) >= LOOKUP_COUNT:
-            raise OutcomeUnknown(
-                f"the status is not among the account's {LOOKUP_COUNT} newest; check the Weibo account before resending"
+        for page in range(1, LOOKUP_PAGES + 1):
+            params = {"access_token": self.options.access_token, "count": str(LOOKUP_COUNT), "page": str(page)}
+            answer = await self.request(
+                "GET", self._timeline_url, doing="Weibo timeline lookup", may_land=False, params=params
             )
-        return None
+            if not answer.ok:
+                raise self._error(answer, doing="timeline lookup")
+            found = answer.json().get("statuses")
+            if not isinstance(found, list):
+                raise Retryable(f"the Weibo timeline answer has no statuses: {answer.body[:200]!r}")
+            for status in found:
+                if isinstance(status, dict) and same_post_text(
+                    sent, str(status.get("text", "")), WEIBO_COUNTER.url_spans
+                ):
+                    return _receipt(status)
+            if len(found) < LOOKUP_COUNT:
+                return None  # the whole timeline is read
+            oldest = _created_at(found[-1])
+            if ctx.queued_at is not None and oldest is not None and oldest < ctx.queued_at - CLOCK_SKEW:
+                return None  # read back past the moment the delivery was queued
+        raise OutcomeUnknown(
+            f"the status is not among the account's {LOOKUP_COUNT * LOOKUP_PAGES} newest; check the Weibo account "
+            "before resending"
+        )
 
     async def refresh_auth(self, ctx: DeliveryContext) -> None:
         raise AuthRevoked(
@@ -259,6 +272,14 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         if 300 <= status < 400:
             return Permanent(f"HTTP {status}: Weibo redirects; set the channel's api_base to the final address")
         return Permanent(f"{detail}: Weibo refused the {doing}", platform_code=platform_code)
+
+
+def _created_at(status: Any) -> float | None:
+    """A status's ``created_at`` ("Tue May 31 17:46:55 +0800 2011") as a timestamp; None when absent or unreadable."""
+    try:
+        return dt.datetime.strptime(str(status["created_at"]), "%a %b %d %H:%M:%S %z %Y").timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _receipt(status: dict[str, Any]) -> Receipt:

@@ -238,9 +238,10 @@ async def user_timeline(request: web.Request, call: Call) -> web.Response:
         return account
     try:
         count = min(max(int(request.query.get("count", "20")), 1), 100)
+        page = max(int(request.query.get("page", "1")), 1)
     except ValueError:
-        return _error(TIMELINE_PATH, PARAM_ERROR, "count must be an integer")
-    newest_first = list(reversed(account.statuses))[:count]
+        return _error(TIMELINE_PATH, PARAM_ERROR, "count and page must be integers")
+    newest_first = list(reversed(account.statuses))[(page - 1) * count : page * count]
     return web.json_response(
         {
             "statuses": [{k: v for k, v in s.items() if not k.startswith("_")} for s in newest_first],

@@ -66,7 +66,12 @@ IMAGE_MAX_BYTES = 5 * 1024 * 1024
 MEDIA_REUSE_SECONDS = 20 * 3600
 #: Pause when a 429 names no reset time (X's windows are 15 minutes).
 DEFAULT_RATE_LIMIT_PAUSE = 15 * 60.0
+#: Posts per page of the account's timeline (X's most) and the pages a lookup reads at most (X serves the newest
+#: 3,200): with start_time at the delivery's queueing, "not found" means not posted.
 LOOKUP_COUNT = 100
+LOOKUP_PAGES = 32
+#: How far our clock and X's may differ when asking for the posts made since the delivery was queued.
+CLOCK_SKEW = 300
 
 
 class XOptions(AdapterOptions):
@@ -232,21 +237,34 @@ class XAdapter(Adapter[XOptions, XPayload]):
         sent = payload.data.text
         if ctx.action is Action.RETRACT or sent is None:
             return None
-        try:
-            with self._transport("read the account's recent posts", may_land=False):
-                if self._user_id is None:
-                    me = await self.client.get_me(user_auth=True)
-                    self._user_id = str(me["data"]["id"])
-                answer = await self.client.get_users_tweets(self._user_id, max_results=LOOKUP_COUNT, user_auth=True)
-        except tweepy.HTTPException as exc:
-            raise self._error(exc, doing="recent posts lookup") from exc
-        recent = answer.get("data") or []
-        for post in recent:
-            if same_post_text(sent, str(post.get("text", "")), X_COUNTER.url_spans):
-                return _receipt(post)
-        if len(recent) >= LOOKUP_COUNT:
-            raise OutcomeUnknown(f"the post is not among the account's {LOOKUP_COUNT} newest; check X before resending")
-        return None
+        since = None
+        if ctx.queued_at is not None:  # nothing this delivery posted is older than its queueing
+            since = dt.datetime.fromtimestamp(ctx.queued_at - CLOCK_SKEW, dt.UTC)
+        page_token: str | None = None
+        for _ in range(LOOKUP_PAGES):
+            try:
+                with self._transport("read the account's recent posts", may_land=False):
+                    if self._user_id is None:
+                        me = await self.client.get_me(user_auth=True)
+                        self._user_id = str(me["data"]["id"])
+                    answer = await self.client.get_users_tweets(
+                        self._user_id,
+                        max_results=LOOKUP_COUNT,
+                        start_time=since,
+                        pagination_token=page_token,
+                        user_auth=True,
+                    )
+            except tweepy.HTTPException as exc:
+                raise self._error(exc, doing="recent posts lookup") from exc
+            for post in answer.get("data") or []:
+                if same_post_text(sent, str(post.get("text", "")), X_COUNTER.url_spans):
+                    return _receipt(post)
+            page_token = (answer.get("meta") or {}).get("next_token")
+            if not page_token:
+                return None
+        raise OutcomeUnknown(
+            f"the post is not among the account's {LOOKUP_COUNT * LOOKUP_PAGES} newest; check X before resending"
+        )
 
     async def check(self) -> str:
         try:

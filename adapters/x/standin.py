@@ -4,7 +4,8 @@ Routes, on X's own paths so a channel whose ``api_base`` is the sandbox root rea
 
 * ``POST /2/tweets`` ``{"text", "media": {"media_ids": [...]}}`` -> 201 ``{"data": {"id", "text",
   "edit_history_tweet_ids"}}``. ``DELETE /2/tweets/{id}`` -> ``{"data": {"deleted": true}}`` (404 when unknown).
-* ``GET /2/users/me`` and ``GET /2/users/{id}/tweets?max_results=`` (newest first, links shown as t.co links).
+* ``GET /2/users/me`` and ``GET /2/users/{id}/tweets?max_results=&start_time=&pagination_token=`` (newest first,
+  links shown as t.co links; ``meta.next_token`` while older posts remain, as X pages them).
 * ``POST /2/media/upload`` (multipart ``media``, ``media_category``) -> ``{"data": {"id", "media_key", "size",
   "expires_after_secs", "image"}}``: JPEG, PNG, GIF or WEBP by content, at most 5 MB.
 
@@ -21,6 +22,7 @@ window (``set_rate_limit``; 429 when exceeded). Errors are RFC 7807 problems as 
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import hashlib
 import hmac
 import re
@@ -179,6 +181,7 @@ async def create_tweet(request: web.Request, call: Call) -> web.Response:
         "sent_text": text,
         "media_ids": list(media_ids),
         "deleted": False,
+        "at": time.time(),
     }
     return web.json_response({"data": _public(state.posts[post_id])}, status=201, headers=headers)
 
@@ -231,10 +234,23 @@ async def user_tweets(request: web.Request, call: Call) -> web.Response:
         limit = min(max(int(request.query.get("max_results", "10")), 5), 100)
     except ValueError:
         return _invalid("max_results must be an integer from 5 to 100", {})
-    live = [_public(p) for p in reversed(state.posts.values()) if not p["deleted"]][:limit]
+    newest_first = [p for p in reversed(state.posts.values()) if not p["deleted"]]
+    if "start_time" in request.query:
+        try:
+            since = dt.datetime.fromisoformat(request.query["start_time"].replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return _invalid("start_time must be an RFC 3339 time (YYYY-MM-DDTHH:mm:ssZ)", {})
+        newest_first = [p for p in newest_first if p["at"] >= since]
+    token = request.query.get("pagination_token", "")
+    offset = int(token.removeprefix("page-")) if token.startswith("page-") and token[5:].isdigit() else 0
+    if token and not offset:
+        return _invalid(f"pagination_token {token!r} is not one this endpoint handed out", {})
+    live = [_public(p) for p in newest_first[offset : offset + limit]]
     meta: dict[str, Any] = {"result_count": len(live)}
     if live:
         meta.update(newest_id=live[0]["id"], oldest_id=live[-1]["id"])
+    if offset + limit < len(newest_first):
+        meta["next_token"] = f"page-{offset + limit}"
     return web.json_response({"data": live, "meta": meta} if live else {"meta": meta})
 
 

@@ -365,3 +365,25 @@ async def test_a_payload_stored_in_the_earlier_shape_loads_and_is_sent_the_same_
     assert receipt.remote_id == posted["idstr"]
     with pytest.raises(Permanent, match=r"weibo.*payload model \(surprise: Extra inputs"):
         weibo.load_payload(Payload.from_json({"data": {**raw["data"], "surprise": 1}}))
+
+
+async def test_the_lookup_pages_back_through_the_timeline(sandbox: RunningSandbox) -> None:
+    """A busy account: 150 statuses since ours, more than one timeline page; the lookup still finds ours."""
+    set_rate_limit(sandbox.sandbox, 10_000)
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    weibo = WeiboAdapter("weibo", WeiboOptions(**options), timeout=5)
+    queued = time.time()
+    ours = weibo.render(make_story(), Action.PUBLISH)
+    await weibo.start()
+    try:
+        landed = await weibo.publish(ours, ctx())
+        for i in range(150):
+            later = make_story(id=f"later{i}", headline=f"第{i}号稿件：宝山区发布第{i * 7 + 1}期")
+            await weibo.publish(weibo.render(later, Action.PUBLISH), ctx())
+        found = await weibo.lookup(ours, ctx_for(channel="weibo", attempt=2, queued_at=queued))
+        never = weibo.render(make_story(id="never", headline="从未发出的稿件"), Action.PUBLISH)
+        missing = await weibo.lookup(never, ctx_for(channel="weibo", attempt=2, queued_at=queued))
+    finally:
+        await weibo.close()
+    assert found is not None and found.remote_id == landed.remote_id
+    assert missing is None

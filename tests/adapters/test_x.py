@@ -353,3 +353,24 @@ async def test_payloads_stored_in_the_earlier_shape_load_and_are_sent_the_same_w
     ]
     with pytest.raises(Permanent, match=r"'x' payload model .*images without text"):
         x.load_payload(Payload.from_json({"data": {"images": raw["data"]["images"]}}))
+
+
+async def test_the_lookup_pages_back_to_the_delivery_not_just_the_newest_posts(sandbox: RunningSandbox) -> None:
+    """A busy account: 150 posts since ours. The lookup reads page after page (since the delivery was queued)."""
+    set_rate_limit(sandbox.sandbox, 10_000)
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    x = XAdapter("x", XOptions(**options), timeout=5)
+    queued = time.time()
+    ours = x.render(make_story(), Action.PUBLISH)
+    await x.start()
+    try:
+        landed = await x.publish(ours, ctx(Action.PUBLISH))
+        for i in range(150):
+            await x.publish(x.render(make_story(id=f"later{i}", headline=f"后来的第{i}条"), Action.PUBLISH), ctx_for())
+        found = await x.lookup(ours, ctx_for(channel="x", attempt=2, queued_at=queued))
+        never = x.render(make_story(id="never", headline="从未发出"), Action.PUBLISH)
+        missing = await x.lookup(never, ctx_for(channel="x", attempt=2, queued_at=queued))
+    finally:
+        await x.close()
+    assert found is not None and found.remote_id == landed.remote_id
+    assert missing is None  # every page read: not posted, so a resend is safe

@@ -320,6 +320,7 @@ def ctx_for(
     state: dict[str, Any] | None = None,
     receipt: Receipt | None = None,
     attempt: int = 1,
+    queued_at: float | None = None,
 ) -> DeliveryContext:
     """A delivery context for calling an adapter directly: checkpoints are kept in memory (``saved`` on the
     context), the key/value store is a dict of its own."""
@@ -342,6 +343,7 @@ def ctx_for(
         channel=channel,
         action=action,
         attempt=attempt,
+        queued_at=queued_at,
         state=state or {},
         receipt=receipt,
         save_checkpoint=save_checkpoint,
