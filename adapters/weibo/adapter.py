@@ -34,7 +34,7 @@ from typing import Any, ClassVar, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
-from pydantic import Field, HttpUrl, field_validator
+from pydantic import Field, HttpUrl, IPvAnyAddress, field_validator
 
 from adapters.textfit import WEIBO_COUNTER, FitError, fit_story, same_post_text
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
@@ -86,6 +86,9 @@ class WeiboOptions(AdapterOptions):
     access_token: str = Field(min_length=1)
     #: The app's safe domain (我的应用 > 应用信息 > 安全域名): every story URL must be on it or a subdomain.
     safe_domain: str = Field(min_length=1)
+    #: The public IP address of the server that posts, as Weibo sees it: statuses/share requires it (``rip``, "the
+    #: real IP of the operating user"), and Weibo refuses a share without it (10016).
+    rip: IPvAnyAddress
     #: How long a rate limit pauses the channel, in seconds (Weibo does not say when its window ends).
     rate_limit_pause: float = Field(default=3600.0, gt=0)
 
@@ -169,9 +172,10 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             form = aiohttp.FormData()
             form.add_field("access_token", self.options.access_token)
             form.add_field("status", status)
+            form.add_field("rip", str(self.options.rip))
             form.add_field("pic", blob.data, filename=blob.filename, content_type=blob.content_type)
         else:
-            form = {"access_token": self.options.access_token, "status": status}
+            form = {"access_token": self.options.access_token, "status": status, "rip": str(self.options.rip)}
         # A lost answer may mean a posted status: OutcomeUnknown, and the account's timeline tells (lookup).
         answer = await self.request("POST", self._share_url, doing="Weibo share", may_land=True, data=form)
         found = answer.json()

@@ -8,6 +8,8 @@ What it checks, as Weibo does (https://open.weibo.com/wiki/2/statuses/share and 
   adapter: a half-width character (U+0000-U+00FF) is half, other BMP characters one, others two, every link the
   10 of its t.cn short link, rounded up; it must contain a link on the app's safe domain (10017 otherwise, like
   Weibo's parameter errors) and no ``#topic#``.
+* ``rip``: required, "the real IP of the user the developer reports" (an IP address; 10016 when missing, 10017
+  when not an address).
 * ``pic`` (multipart): JPEG, GIF or PNG by content (20005 otherwise), under 5 MB (20006).
 * Duplicates: a status equal to one this account already posted is refused with 20019 (repeated weibo text); the
   same text with other links or spacing with 20017 (similar content).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import math
 import re
 import time
@@ -48,6 +51,7 @@ MAX_LENGTH = 140
 # Weibo's error codes (open.weibo.com/wiki/Error_code).
 NO_PERMISSION = 10014
 PARAM_ERROR = 10017
+MISSING_PARAM = 10016
 RATE_LIMITED_USER = 10023
 UNSUPPORTED_IMAGE = 20005
 IMAGE_TOO_LARGE = 20006
@@ -191,7 +195,15 @@ async def share(request: web.Request, call: Call) -> web.Response:
         return _error(SHARE_PATH, RATE_LIMITED_USER, "User requests out of rate limit!", 403)
     text = form.get("status")
     if not isinstance(text, str) or not text.strip():
-        return _error(SHARE_PATH, PARAM_ERROR, "miss required parameter (status), see doc for more info.")
+        return _error(SHARE_PATH, MISSING_PARAM, "miss required parameter (status), see doc for more info.")
+    # rip (true): the real IP of the user (or server) posting, e.g. 211.156.0.1 (open.weibo.com/wiki/2/statuses/share)
+    rip = form.get("rip")
+    if not isinstance(rip, str) or not rip:
+        return _error(SHARE_PATH, MISSING_PARAM, "miss required parameter (rip), see doc for more info.")
+    try:
+        ipaddress.ip_address(rip)
+    except ValueError:
+        return _error(SHARE_PATH, PARAM_ERROR, f"parameter (rip)'s value invalid, expect (ip), but get ({rip})")
     if weibo_count(text) > MAX_LENGTH:
         return _error(SHARE_PATH, TEXT_TOO_LONG, "Text too long, please input text less than 140 characters!")
     if _TOPIC.search(_LINK.sub("", text)):

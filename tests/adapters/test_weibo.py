@@ -7,7 +7,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from pydantic import ValidationError
 
 from adapters.textfit import ELLIPSIS, weibo_length
 from adapters.weibo.adapter import WeiboAdapter, WeiboOptions, WeiboPayload
@@ -38,6 +40,7 @@ def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
         "api_base": sandbox_url,
         "access_token": DEFAULT_ACCESS_TOKEN,
         "safe_domain": "news.example.cn",
+        "rip": "203.0.113.10",
         "timeout": 2,
         "retry": [0, 0.05, 0.05, 0.05],
         **kw,
@@ -45,7 +48,7 @@ def channel(sandbox_url: str, **kw: Any) -> dict[str, Any]:
 
 
 def adapter(**kw: Any) -> WeiboAdapter:
-    values: dict[str, Any] = {"access_token": "t", "safe_domain": "news.example.cn", **kw}
+    values: dict[str, Any] = {"access_token": "t", "safe_domain": "news.example.cn", "rip": "203.0.113.10", **kw}
     return WeiboAdapter("weibo", WeiboOptions(**values), timeout=1)
 
 
@@ -387,3 +390,23 @@ async def test_the_lookup_pages_back_through_the_timeline(sandbox: RunningSandbo
         await weibo.close()
     assert found is not None and found.remote_id == landed.remote_id
     assert missing is None
+
+
+async def test_every_share_reports_the_posting_ip_and_weibo_refuses_one_without(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    """statuses/share's ``rip`` is required (open.weibo.com/wiki/2/statuses/share): without it Weibo answers 10016."""
+    async with engine_for(tmp_path, store, {"weibo": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+    [share] = [r for r in sandbox.sandbox.received("weibo") if r.method == "POST"]
+    assert share.body["rip"] == "203.0.113.10"
+    async with aiohttp.ClientSession() as http:
+        form = {"access_token": DEFAULT_ACCESS_TOKEN, "status": "没有IP https://news.example.cn/a.html"}
+        async with http.post(sandbox.url_for("/2/statuses/share.json"), data=form) as resp:
+            answer = await resp.json()
+    assert answer["error_code"] == 10016 and "(rip)" in answer["error"]
+    with pytest.raises(ValidationError, match="rip"):
+        WeiboOptions(access_token="t", safe_domain="news.example.cn")
+    with pytest.raises(ValidationError, match="rip"):
+        WeiboOptions(access_token="t", safe_domain="news.example.cn", rip="not-an-ip")

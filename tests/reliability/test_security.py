@@ -1119,6 +1119,7 @@ def weibo_channel(sandbox_url: str) -> dict[str, dict[str, Any]]:
             "api_base": sandbox_url,
             "access_token": weibo.DEFAULT_ACCESS_TOKEN,
             "safe_domain": "news.example.cn",
+            "rip": "203.0.113.10",
             "retry": [0],
             "timeout": 3,
         }
