@@ -14,9 +14,10 @@
 Pointing tweepy at ``api_base``: tweepy builds every URL as ``"https://api.twitter.com" + route`` and signs that
 URL, then calls ``self.session.request(...)``. Its ``session`` attribute may be any object with that method, so
 ``AsyncClient.session`` is a ``RebasedSession`` that swaps the ``https://api.twitter.com`` prefix for ``api_base``
-and hands the call to our aiohttp session. The request still carries the signature over the api.twitter.com URL,
-which is what X verifies (and what the stand-in verifies); the v2 media upload is signed the same way. Nothing of
-tweepy is replaced: its request building, signing and error classes run for real against the stand-in.
+and hands the call to our aiohttp session, signed again over the URL it now goes to: X verifies the signature
+over the URL the request is sent to (so api.x.com, the host in X's current documentation, works), and so does the
+stand-in; the v2 media upload is signed over its own URL. Nothing of tweepy is replaced: its request building,
+signing and error classes run for real against the stand-in.
 
 Errors: 429 pauses the channel until ``x-rate-limit-reset``; 403 duplicate content fails, unless an earlier
 attempt of the same delivery may have posted it (then the post found among the recent ones is the delivery's);
@@ -90,16 +91,25 @@ class XOptions(AdapterOptions):
 
 class RebasedSession:
     """What tweepy's ``AsyncClient.session`` needs (``request``), sending tweepy's api.twitter.com URLs to
-    ``api_base`` through a real aiohttp session."""
+    ``api_base`` through a real aiohttp session, signed again over the URL actually called: X verifies the OAuth
+    1.0a signature over the request's own URL (docs.x.com, "Creating a signature"), so a signature over
+    api.twitter.com is refused at api.x.com."""
 
-    def __init__(self, session: aiohttp.ClientSession, api_base: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, api_base: str, signer: OAuthClient) -> None:
         self.session = session
         self.api_base = api_base.rstrip("/")
+        self.signer = signer
 
     def request(self, method: str, url: str | URL, **kwargs: Any) -> Any:
         text = str(url)  # tweepy's URLs are already percent-encoded (it signs the encoded form)
-        if text.startswith(TWEEPY_BASE):
+        if text.startswith(TWEEPY_BASE) and self.api_base != TWEEPY_BASE:
             text = self.api_base + text[len(TWEEPY_BASE) :]
+            headers = dict(kwargs.pop("headers", None) or {})
+            if headers.get("Authorization", "").startswith("OAuth "):
+                verb = method.upper()  # tweepy passes "GET", "POST", "DELETE"
+                _, signed, _ = self.signer.sign(text, verb, headers={"Authorization": ""})  # type: ignore[arg-type]  # types-oauthlib wants a verb Literal; any str works
+                headers["Authorization"] = signed["Authorization"]
+            kwargs["headers"] = headers
         # Never follow redirects: aiohttp would turn a POST into a body-less GET.
         return self.session.request(method, URL(text, encoded=True), allow_redirects=False, **kwargs)
 
@@ -193,7 +203,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
                 access_token_secret=self.options.access_token_secret,
                 return_type=dict,
             )
-            client.session = RebasedSession(self._session, self._api)
+            client.session = RebasedSession(self._session, self._api, self._signer())
             self._client = client
 
     async def close(self) -> None:
@@ -334,15 +344,17 @@ class XAdapter(Adapter[XOptions, XPayload]):
             requirement="JPEG, PNG, GIF or WEBP up to 5 MB; fix the story's images",
         )
 
-    async def _upload(self, blob: MediaBlob) -> str:
-        """``POST /2/media/upload`` (multipart), signed like tweepy signs: over the api.twitter.com URL."""
-        signer = OAuthClient(
+    def _signer(self) -> OAuthClient:
+        return OAuthClient(
             self.options.consumer_key,
             self.options.consumer_secret,
             self.options.access_token,
             self.options.access_token_secret,
         )
-        _, headers, _ = signer.sign(f"{TWEEPY_BASE}{MEDIA_UPLOAD_PATH}", "POST")
+
+    async def _upload(self, blob: MediaBlob) -> str:
+        """``POST /2/media/upload`` (multipart; the form is not part of the signature), signed over its URL."""
+        _, headers, _ = self._signer().sign(f"{self._api}{MEDIA_UPLOAD_PATH}", "POST")
         form = aiohttp.FormData()
         form.add_field("media", blob.data, filename=blob.filename, content_type=blob.content_type)
         form.add_field("media_category", "tweet_image")
@@ -371,7 +383,17 @@ class XAdapter(Adapter[XOptions, XPayload]):
         status = exc.response.status
         detail = "; ".join(str(m) for m in exc.api_messages) or str(exc)
         if isinstance(exc, tweepy.TooManyRequests):
-            reset = exc.response.headers.get("x-rate-limit-reset")
+            heads = exc.response.headers
+            for cap in ("x-user-limit-24hour", "x-app-limit-24hour"):  # a spent daily cap outlasts the 15-minute window
+                if heads.get(f"{cap}-remaining") == "0":
+                    until = _reset(heads.get(f"{cap}-reset"), self.clock())
+                    spent = f"the {cap.removeprefix('x-')} posting cap is spent until {until:%Y-%m-%d %H:%M} UTC"
+                    return RateLimited(
+                        f"HTTP 429 on {doing}: {spent}: {detail}",
+                        until=until,
+                        platform_code=status,
+                    )
+            reset = heads.get("x-rate-limit-reset")
             return RateLimited(
                 f"HTTP 429 on {doing}: {detail}", until=_reset(reset, self.clock()), platform_code=status
             )
@@ -383,6 +405,12 @@ class XAdapter(Adapter[XOptions, XPayload]):
             )
         if _is_duplicate(exc):
             return Permanent(f"HTTP 403: X refuses duplicate content: {detail}", platform_code=status)
+        if isinstance(exc, tweepy.Forbidden):  # the app or account may not do this: every delivery would meet it
+            return AuthRevoked(
+                f"HTTP 403 on {doing}: X forbids it for channel {self.name!r} (check that the app's permissions are "
+                f"Read and Write and the access token was made after that, and the account's standing): {detail}",
+                platform_code=status,
+            )
         if isinstance(exc, tweepy.TwitterServerError):
             if may_land:  # a gateway's 5xx says nothing about whether the post went live: look before posting again
                 return OutcomeUnknown(f"HTTP {status} from X on {doing}; it may be live", platform_code=status)

@@ -10,8 +10,9 @@ Routes, on X's own paths so a channel whose ``api_base`` is the sandbox root rea
   "expires_after_secs", "image"}}``: JPEG, PNG, GIF or WEBP by content, at most 5 MB.
 
 Every request must be signed with OAuth 1.0a user context (HMAC-SHA1) by the sandbox account's four credentials
-(``DEFAULT_*``; 401 otherwise). The signature is checked over ``https://api.twitter.com`` + path + query, the URL
-X's clients sign (tweepy signs it whatever host the request then goes to), with oauthlib's server-side helpers.
+(``DEFAULT_*``; 401 otherwise). The signature is checked over the URL the request was sent to (scheme, host and
+port as received, path, query), as X checks it (docs.x.com "Creating a signature": the base URL is the one the
+request is sent to), with oauthlib's server-side helpers: a signature over another host is refused.
 
 X's own checks: the text's twitter-text weighted length (over 280 -> 400 invalid request), duplicate content (the
 same text as a live post -> 403 "duplicate content"), media ids that this account uploaded, at most 4. Every
@@ -46,9 +47,10 @@ DEFAULT_CONSUMER_KEY = "sandbox-x-consumer-key"
 DEFAULT_CONSUMER_SECRET = "sandbox-x-consumer-secret"
 DEFAULT_ACCESS_TOKEN = "1900000000000000001-sandbox-x-access-token"
 DEFAULT_ACCESS_TOKEN_SECRET = "sandbox-x-access-token-secret"
-SIGNED_BASE = "https://api.twitter.com"
 RATE_WINDOW_SECONDS = 15 * 60
 DEFAULT_RATE_LIMIT = 100
+DEFAULT_DAILY_LIMIT = 10_000
+DAY_SECONDS = 24 * 3600
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
 MAX_MEDIA = 4
 _LINK = re.compile(r"https?://[\x21-\x7e]+")
@@ -65,6 +67,12 @@ class XState:
     rate_limit: int = DEFAULT_RATE_LIMIT
     window_start: float = 0.0
     window_count: int = 0
+    #: Posts per 24 hours for the user (X's x-user-limit-24hour-* caps, per access tier), and that window.
+    #: False: the app has Read permission only (or the token predates Read and Write): posts and deletes are 403.
+    can_write: bool = True
+    daily_limit: int = DEFAULT_DAILY_LIMIT
+    day_start: float = 0.0
+    day_count: int = 0
     posts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, insertion order = oldest first
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -121,7 +129,7 @@ def _verify(request: web.Request, state: XState) -> web.Response | None:
     params += [(k, v) for k, v in oauth.items() if k != "oauth_signature" and k != "realm"]
     base = oauth_signature.signature_base_string(
         request.method.upper(),  # type: ignore[arg-type]  # types-oauthlib wants a verb Literal; any str works
-        oauth_signature.base_string_uri(SIGNED_BASE + request.path),
+        oauth_signature.base_string_uri(f"{request.scheme}://{request.host}{request.path}"),
         oauth_signature.normalize_parameters(params),  # type: ignore[arg-type]  # stub says dict; it takes pairs
     )
     key = f"{oauth_escape(state.consumer_secret)}&{oauth_escape(state.access_token_secret)}"
@@ -144,6 +152,31 @@ def _rate(state: XState) -> tuple[dict[str, str], bool]:
     return headers, state.window_count > state.rate_limit
 
 
+def _daily(state: XState) -> tuple[dict[str, str], bool]:
+    """The user's 24-hour posting cap, counted and announced as X does on POST /2/tweets."""
+    now = time.time()
+    if now - state.day_start >= DAY_SECONDS:
+        state.day_start, state.day_count = now, 0
+    state.day_count += 1
+    headers = {
+        "x-user-limit-24hour-limit": str(state.daily_limit),
+        "x-user-limit-24hour-remaining": str(max(state.daily_limit - state.day_count, 0)),
+        "x-user-limit-24hour-reset": str(int(state.day_start + DAY_SECONDS)),
+    }
+    return headers, state.day_count > state.daily_limit
+
+
+def set_can_write(sandbox: Sandbox, can_write: bool) -> None:
+    """Give the app Read and Write permission, or Read only (posting then answers 403, as X does)."""
+    x_state(sandbox).can_write = can_write
+
+
+def set_daily_limit(sandbox: Sandbox, per_day: int) -> None:
+    """Allow ``per_day`` posts per 24 hours from now on (a fresh day starts)."""
+    state = x_state(sandbox)
+    state.daily_limit, state.day_start, state.day_count = per_day, 0.0, 0
+
+
 def _shown(text: str) -> str:
     return _LINK.sub(lambda m: "https://t.co/" + hashlib.sha256(m.group().encode()).hexdigest()[:10], text)
 
@@ -161,6 +194,12 @@ async def create_tweet(request: web.Request, call: Call) -> web.Response:
     call.record(body)
     headers, limited = _rate(state)
     if limited:
+        return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
+    if not state.can_write:
+        return problem(403, "Forbidden", "You are not permitted to perform this action.", headers=headers)
+    daily, capped = _daily(state)
+    headers.update(daily)
+    if capped:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
     text = body.get("text") if isinstance(body, dict) else None
     media_ids = ((body.get("media") or {}).get("media_ids") or []) if isinstance(body, dict) else []
@@ -329,6 +368,7 @@ def posts_made(sandbox: Sandbox) -> list[str]:
 
 def lift_limits(sandbox: Sandbox) -> None:
     set_rate_limit(sandbox, 10**9)
+    set_daily_limit(sandbox, 10**9)
 
 
 STANDIN = Standin(platform=PLATFORM, setup=setup, accept=accept, posts_made=posts_made, lift_limits=lift_limits)

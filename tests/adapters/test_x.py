@@ -8,7 +8,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+import tweepy
+import tweepy.asynchronous
+from yarl import URL
 
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
 from adapters.x.adapter import XAdapter, XOptions, XPayload
@@ -18,6 +22,8 @@ from adapters.x.standin import (
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
     posts,
+    set_can_write,
+    set_daily_limit,
     set_rate_limit,
 )
 from syndicate.channel import DeliveryContext, register
@@ -374,3 +380,66 @@ async def test_the_lookup_pages_back_to_the_delivery_not_just_the_newest_posts(s
         await x.close()
     assert found is not None and found.remote_id == landed.remote_id
     assert missing is None  # every page read: not posted, so a resend is safe
+
+
+class _RebasedUnsigned:
+    """Sends tweepy's api.twitter.com URLs to the sandbox with tweepy's own signature (over api.twitter.com)."""
+
+    def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
+        self.session, self.base = session, base
+
+    def request(self, method: str, url: Any, **kwargs: Any) -> Any:
+        text = str(url).replace("https://api.twitter.com", self.base, 1)
+        return self.session.request(method, URL(text, encoded=True), **kwargs)
+
+
+async def test_requests_are_signed_over_the_host_they_go_to(sandbox: RunningSandbox) -> None:
+    """X checks the signature over the URL called (docs.x.com, Creating a signature): a signature over
+    api.twitter.com sent to another host is refused, and the adapter, at any api_base, signs over that base."""
+    options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
+    x = XAdapter("x", XOptions(**options), timeout=2)
+    await x.start()
+    try:
+        assert "accepted the credentials" in await x.check()
+    finally:
+        await x.close()
+    client = tweepy.asynchronous.AsyncClient(
+        consumer_key=DEFAULT_CONSUMER_KEY,
+        consumer_secret=DEFAULT_CONSUMER_SECRET,
+        access_token=DEFAULT_ACCESS_TOKEN,
+        access_token_secret=DEFAULT_ACCESS_TOKEN_SECRET,
+    )
+    async with aiohttp.ClientSession() as session:
+        client.session = _RebasedUnsigned(session, sandbox.url)
+        with pytest.raises(tweepy.Unauthorized):
+            await client.get_me(user_auth=True)
+
+
+async def test_a_spent_daily_cap_pauses_until_its_own_reset_not_the_15_minute_window(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    set_daily_limit(sandbox.sandbox, 1)
+    clock = FakeClock(time.time())
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}, clock) as engine:
+        await engine.accept(make_story(id="a"))
+        await engine.accept(make_story(id="b", headline="第二条"))
+        await engine.run(until_idle=True, idle_horizon=0)
+    [limited] = [d for d in await deliveries(store) if d.state is State.RETRY_WAIT]
+    assert "24hour posting cap" in (limited.last_error or "")
+    pause = (await store.channel_states())["x"]
+    day_reset = float(sandbox.sandbox.store("x")["state"].day_start + 24 * 3600)
+    assert pause.paused_at(clock.now() + 3600) and not pause.paused_at(day_reset + 1)
+
+
+async def test_a_forbidden_post_pauses_the_channel_with_the_fix(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    """An app with Read permission only: every post would be refused, so the channel pauses instead of failing all."""
+    set_can_write(sandbox.sandbox, False)
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.RETRY_WAIT and delivery.last_error_class == "AuthRevoked"
+    assert "Read and Write" in (delivery.last_error or "")
+    assert (await store.channel_states())["x"].paused_at(time.time())
