@@ -22,7 +22,9 @@ ends); 20017/20019 (similar/repeated content) fail the delivery, unless an earli
 may have posted it: then the timeline is read and the status found there is the delivery's (a blind resend after
 a lost answer must never end as "failed" while the status is live); 20012 (too long: our counting should prevent
 it) fails; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
-AuthRevoked saying so; 21332 and 10014 pause the channel as AuthRevoked. A 5xx to the share is an unknown outcome
+AuthRevoked saying so; the other token and app codes (21315-21319, 21324-21326, 21330, 21332, 10014) and 10004
+(this server's IP not on the app's allow-list) pause the channel as AuthRevoked; 20032 (posted, server slow) is an
+unknown outcome settled by the timeline; 10001-10003 and 21331 are Weibo's own failures, retried. A 5xx to the share is an unknown outcome
 (a gateway's error says nothing about whether the status was posted): the timeline is read before any resend; a 5xx
 to a read retries.
 """
@@ -74,7 +76,17 @@ RATE_LIMIT_CODES = frozenset({10022, 10023, 10024, 20016})
 DUPLICATE_CODES = frozenset({20017, 20019})
 TEXT_TOO_LONG = 20012
 EXPIRED_TOKEN = 21327
-REVOKED_CODES = frozenset({21332, 10014})
+#: Codes no retry can fix, only the account owner or the app's settings (docs/platforms.md, Weibo's error tables):
+#: invalid token 21332, OAuth1-era token expired/revoked/rejected 21315-21317 and 21319, OAuth2 invalid_client,
+#: invalid_grant, unauthorized_client and access_denied (21324-21326, 21330), app without the permission (10014).
+REVOKED_CODES = frozenset({21332, 21315, 21316, 21317, 21319, 21324, 21325, 21326, 21330, 10014})
+#: The calling server's IP is not on the app's IP allow-list: a setting of the app, like a credential.
+IP_REFUSED = 10004
+#: Weibo's own failures (system error, service unavailable, remote service error) and OAuth2
+#: temporarily_unavailable: worth another try.
+SERVER_CODES = frozenset({10001, 10002, 10003, 21331})
+#: "Update success, server slow, wait 1-2 minutes": the status is posted, its id not known yet.
+POSTED_SLOWLY = 20032
 
 
 class WeiboOptions(AdapterOptions):
@@ -259,6 +271,14 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             return RateLimited(f"{detail} on {doing}", until=until, platform_code=platform_code)
         if code == EXPIRED_TOKEN:
             return AuthExpired(f"{detail}: the access token expired", platform_code=code)
+        if code == IP_REFUSED:
+            return AuthRevoked(
+                f"{detail}: Weibo refuses calls from this server's IP for channel {self.name!r} (add it to the app's "
+                "IP allow-list in the Weibo open platform, or post from an allowed address)",
+                platform_code=code,
+            )
+        if code == POSTED_SLOWLY:  # look it up in a minute or two rather than post it again
+            return OutcomeUnknown(f"{detail} on {doing}: Weibo posted it but is slow", platform_code=code)
         if code in REVOKED_CODES or (status in (401, 403) and code is None):
             return AuthRevoked(
                 f"{detail}: Weibo rejected the access token of channel {self.name!r} (check access_token and the "
@@ -269,7 +289,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             return Permanent(f"{detail}: Weibo refuses repeated or similar content", platform_code=code)
         if code == TEXT_TOO_LONG:
             return Permanent(f"{detail}: the status is over Weibo's 140", platform_code=code)
-        if status >= 500 or status in (408, 425):
+        if status >= 500 or status in (408, 425) or code in SERVER_CODES:
             if may_land:
                 return OutcomeUnknown(f"{detail} on {doing}; it may have been posted", platform_code=platform_code)
             return Retryable(f"{detail} on {doing}", platform_code=platform_code)

@@ -24,6 +24,7 @@ from adapters.weibo.standin import (
 )
 from syndicate.channel import DeliveryContext, register
 from syndicate.delivery import Action, Payload, Permanent, RenderError
+from syndicate.httputil import HttpAnswer
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
@@ -410,3 +411,27 @@ async def test_every_share_reports_the_posting_ip_and_weibo_refuses_one_without(
         WeiboOptions(access_token="t", safe_domain="news.example.cn")
     with pytest.raises(ValidationError, match="rip"):
         WeiboOptions(access_token="t", safe_domain="news.example.cn", rip="not-an-ip")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "expected"),
+    [
+        *[(code, 401, "AuthRevoked") for code in (21315, 21316, 21317, 21319, 21324, 21325, 21326, 21330, 21332)],
+        (10014, 403, "AuthRevoked"),
+        (10004, 403, "AuthRevoked"),
+        (21327, 401, "AuthExpired"),
+        (10001, 400, "OutcomeUnknown"),  # Weibo's own failure, to a share that may have posted: look first
+        (10002, 400, "OutcomeUnknown"),
+        (21331, 400, "OutcomeUnknown"),
+        (20032, 200, "OutcomeUnknown"),  # posted, answer slow: never post it again blindly
+        (20019, 400, "Permanent"),
+        (10016, 400, "Permanent"),
+    ],
+)
+def test_weibos_error_codes_map_onto_what_fixes_them(code: int, status: int, expected: str) -> None:
+    """Weibo's error tables (docs/platforms.md): a credential or app-setting code pauses the channel, never fails
+    delivery after delivery; a server code retries (after a lookup for a share)."""
+    weibo = adapter()
+    body = json.dumps({"error": "from the table", "error_code": code, "request": "/2/statuses/share.json"}).encode()
+    error = weibo._error(HttpAnswer(status, {}, body), doing="share", may_land=True)
+    assert type(error).__name__ == expected and error.platform_code == str(code)
