@@ -178,6 +178,9 @@ class AppOptions(AdapterOptions):
     share_base_url: HttpUrl | None = None
     #: JPush "platform": "all" or a list of "android" / "ios".
     platform: Literal["all"] | list[Literal["android", "ios"]] = "all"
+    #: JPush options.apns_production: true pushes through APNs production (App Store and TestFlight builds), false
+    #: through the development environment (builds signed with a development certificate get only those).
+    apns_production: bool = True
     #: Where `syndicate serve` mounts this channel's content API; a second app channel needs its own.
     api_prefix: str = Field(default=API_PREFIX, pattern=r"^(/[A-Za-z0-9._~-]+)+$")
 
@@ -546,7 +549,7 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
             options=PushOptions(
                 sendno=_sendno(key),
                 time_to_live=PUSH_TIME_TO_LIVE,
-                apns_production=True,
+                apns_production=self.options.apns_production,
                 apns_collapse_id=_collapse_id(story.id),
             ),
         )

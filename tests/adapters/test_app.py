@@ -218,6 +218,9 @@ def test_publish_renders_the_app_document_and_the_push(make_adapter: AdapterFact
     assert notification["ios"]["alert"]["title"] == story.headline
     assert push.options.apns_production is True and push.options.time_to_live == 86400
     assert 0 <= push.options.sendno < 2**31
+    # Apps on APNs' development certificate get pushes only through the development environment.
+    development = make_adapter(apns_production=False).render(story, Action.PUBLISH).data.push
+    assert development is not None and development.options.apns_production is False
     assert payload.warnings == () and payload.text_length == len(story.summary or "")
 
 
