@@ -40,7 +40,7 @@ from syndicate.story import ChannelStory, Story
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from syndicate.store.base import ChannelAccess
+    from syndicate.store.base import ChannelAccess, SharedKeys
 
 
 # --- what an adapter sees while it delivers --------------------------------------------------------------------
@@ -202,9 +202,10 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
         """Renew an expired token (called once after AuthExpired). Adapters without tokens keep the default."""
         raise AuthRevoked(f"channel kind {self.kind!r} cannot refresh its credentials")
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """A live credential/connectivity check (``syndicate channels --check``): a short description of what was
-        verified, or a DeliveryError saying what is wrong. Sends nothing that publishes."""
+        verified, or a DeliveryError saying what is wrong. Sends nothing that publishes. ``keys`` are the store's
+        shared keys, so a check uses the tokens the workers share instead of replacing them."""
         return "no live check for this channel kind"
 
     def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:

@@ -69,7 +69,7 @@ from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
 from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
-    from syndicate.store.base import ChannelAccess, ChannelDeliveries
+    from syndicate.store.base import ChannelAccess, ChannelDeliveries, SharedKeys
 
 log = logging.getLogger("syndicate.adapters.app.adapter")
 
@@ -703,7 +703,7 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
             )
         return Permanent(f"{detail}: JPush refused {what}", platform_code=platform_code)
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """Ask JPush for a cid: proves the URL and the credentials without pushing anything."""
         await self._new_cid()
         return f"JPush at {self.options.api_base} accepted the credentials (a push cid was issued; nothing pushed)"

@@ -32,7 +32,7 @@ import math
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import quote
 
 from pydantic import ConfigDict, Field, HttpUrl, ValidationInfo, field_validator
@@ -54,6 +54,9 @@ from syndicate.delivery import (
 from syndicate.httputil import HttpAnswer, http_failure
 from syndicate.sanitize import clean_html
 from syndicate.story import ChannelStory
+
+if TYPE_CHECKING:
+    from syndicate.store.base import SharedKeys
 
 #: The fields a publish or update sends, in our names; ``mapping`` may rename any of them.
 PARTNER_FIELDS: tuple[str, ...] = (
@@ -349,7 +352,7 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
             raise self._error(answer, doing="lookup")
         raise Retryable(f"lookup answered HTTP {answer.status}{answer.detail}", platform_code=answer.status)
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """A signed lookup of a key that cannot exist: 404 proves the app key and secret are accepted."""
         if self.options.lookup_url is None:
             return "not checked: without lookup_url the only signed request is a publish"

@@ -73,7 +73,7 @@ from syndicate.sanitize import clean_html, plain_text
 from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
-    from syndicate.store.base import ChannelAccess
+    from syndicate.store.base import ChannelAccess, SharedKeys
 
 RSS_FILE = "rss.xml"
 ATOM_FILE = "atom.xml"
@@ -643,7 +643,7 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
             except (OSError, FeedStateError, LockTimeout) as exc:
                 raise _delivery_error(exc, self.options.root) from exc
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """The root is a folder we can create files in, and the manifest (if any) is readable."""
         try:
             count = await asyncio.to_thread(self.folder.probe)

@@ -9,7 +9,7 @@ the key landed, and without one it parks the delivery for an operator instead of
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 from pydantic import Field, HttpUrl
 
@@ -18,6 +18,9 @@ from syndicate.delivery import Action, AuthRevoked, Payload, PayloadModel, Recei
 from syndicate.httputil import HttpAnswer, http_failure
 from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.story import ChannelStory
+
+if TYPE_CHECKING:
+    from syndicate.store.base import SharedKeys
 
 
 class WebhookOptions(AdapterOptions):
@@ -96,7 +99,7 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
             detail=_detail(found, answer.body),
         )
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """Reach the receiver without publishing: the lookup endpoint for a key that cannot exist, else HEAD."""
         target = self.options.lookup_url or self.options.url
         if self.options.lookup_url is not None:

@@ -54,7 +54,7 @@ from syndicate.sanitize import clean_html, html_blocks, plain_text
 from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
-    from syndicate.store.base import ChannelAccess
+    from syndicate.store.base import ChannelAccess, SharedKeys
 
 log = logging.getLogger("syndicate.adapters.website.adapter")
 
@@ -638,7 +638,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
             return Receipt(raw={"withdrawn": [], "note": "no page of this story was found to withdraw"})
         return self._receipt(withdrawn[0], withdrawn=withdrawn)
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """The root exists and this process can create, fsync and rename files in it."""
 
         def probe() -> int:

@@ -117,11 +117,10 @@ BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
 # WeChat errcodes.
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
-CREDENTIAL_ERRORS = frozenset({40013, 40125, 40164, 41002, 41004, 48001, 50001, 50002})
+CREDENTIAL_ERRORS = frozenset({40013, 40125, 40164, 40243, 41002, 41004, 48001, 50001, 50002, 50004, 50007})
 DAILY_QUOTA, MINUTE_QUOTA = 45009, 45011
 SYSTEM_BUSY = -1
 INVALID_MEDIA_ID = 40007
-ARTICLE_GONE = 53600
 PUBLISH_STATUS_REASONS = {
     2: "originality check failed (原创失败)",
     3: "publishing failed (常规失败)",
@@ -431,7 +430,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             try:
                 answer = await self._call("GET", "token", None, what="the access token", params=self._credentials())
             except WeChatClientException as exc:
-                raise self._error(exc, "the access token") from exc
+                raise self._token_error(exc) from exc
             value, expires_in = str(answer["access_token"]), float(answer.get("expires_in", 7200))
             await storage.aset(self._token_key, value, expires_in)
             log.info("WeChat access token refreshed", extra={"channel": self.name})
@@ -527,6 +526,17 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 return await self._call(method, endpoint, token, what=what, **kw)
         except WeChatClientException as exc:
             raise self._error(exc, what) from exc
+
+    def _token_error(self, exc: WeChatClientException) -> DeliveryError:
+        """The token request's refusal. There 40001 means the AppSecret is wrong (the token page lists it so), not
+        a stale token: no refresh can fix it, so the channel pauses."""
+        if exc.errcode in TOKEN_ERRORS:
+            return AuthRevoked(
+                f"WeChat {exc.errcode}: {exc.errmsg or 'no message'} (the access token): WeChat refused app_secret of "
+                f"channel {self.name!r}; check it (and whether it was reset) in the WeChat console",
+                platform_code=exc.errcode,
+            )
+        return self._error(exc, "the access token")
 
     def _error(self, exc: WeChatClientException, what: str) -> DeliveryError:
         """A WeChat errcode mapped onto the taxonomy."""
@@ -842,19 +852,17 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         article_id = receipt.raw.get("article_id") or receipt.remote_id
         outcome: dict[str, Any] = {"article_id": article_id}
         if article_id:
-            try:
-                await self._api_call(
-                    ctx,
-                    "POST",
-                    "freepublish/delete",
-                    what=f"deleting article {article_id} (freepublish/delete)",
-                    json_body={"article_id": article_id, "index": 0},
-                )
-                outcome["article"] = "deleted"
-            except Permanent as exc:
-                if exc.platform_code != str(ARTICLE_GONE):
-                    raise
-                outcome["article"] = "already gone"
+            # freepublish/delete documents only 0 and 48001: no answer is known to mean "already deleted", so any
+            # other errcode fails the retraction with WeChat's words (an editor who deleted it by hand can mark the
+            # delivery landed) rather than guess.
+            await self._api_call(
+                ctx,
+                "POST",
+                "freepublish/delete",
+                what=f"deleting article {article_id} (freepublish/delete)",
+                json_body={"article_id": article_id, "index": 0},
+            )
+            outcome["article"] = "deleted"
         draft = receipt.raw.get("draft_media_id")
         if draft:
             try:
@@ -872,14 +880,19 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 outcome["draft"] = "already gone"
         return outcome
 
-    async def check(self) -> str:
-        """Fetch a token: proves api_base, app_id and app_secret. WeChat keeps the previous token working for
-        five minutes and the workers refresh on 40001, so the shared token is not disturbed for long."""
-        try:
-            await self._call("GET", "token", None, what="the access token", params=self._credentials())
-        except WeChatClientException as exc:
-            raise self._error(exc, "the access token") from exc
-        return f"WeChat at {self._api} issued an access token for app {self.options.app_id}"
+    async def check(self, keys: SharedKeys | None = None) -> str:
+        """Prove api_base, app_id, app_secret and the draft permission with the token the workers share (taken, or
+        refreshed, through the store like theirs): a fresh token of our own would end the shared one minutes later
+        (WeChat keeps the previous token working for five minutes only). Without the store, fetch one and say so."""
+        if keys is None:
+            try:
+                await self._call("GET", "token", None, what="the access token", params=self._credentials())
+            except WeChatClientException as exc:
+                raise self._token_error(exc) from exc
+            return f"WeChat at {self._api} issued an access token for app {self.options.app_id} (not the shared one)"
+        ctx = _keys_context(keys, self.name, self.clock)
+        await self._api_call(ctx, "GET", "draft/count", what="the draft count (draft/count)")
+        return f"WeChat at {self._api} accepted the shared access token of app {self.options.app_id} (draft/count)"
 
     # ---- the callback
 
@@ -980,3 +993,30 @@ class CallbackHandler:
             self.adapter._event_key(publish_id), json.dumps(result), expires_at=now + EVENT_TTL, now=now
         )
         log.info("WeChat PUBLISHJOBFINISH %s: status %s", publish_id, result["publish_status"])
+
+
+def _keys_context(keys: SharedKeys, channel: str, clock: Callable[[], float]) -> DeliveryContext:
+    """A context for a call outside any delivery (the live check) that reaches the shared keys and nothing else."""
+
+    async def no_checkpoint(data: dict[str, Any]) -> None:
+        raise RuntimeError("a check makes no checkpoint")
+
+    async def kv_get(key: str) -> str | None:
+        return await keys.kv_get(key, now=clock())
+
+    async def kv_set(key: str, value: str, expires_at: float | None) -> None:
+        await keys.kv_set(key, value, expires_at=expires_at, now=clock())
+
+    return DeliveryContext(
+        delivery_id=0,
+        story_id="",
+        version=0,
+        channel=channel,
+        action=Action.PUBLISH,
+        attempt=1,
+        state={},
+        receipt=None,
+        save_checkpoint=no_checkpoint,
+        kv_get=kv_get,
+        kv_set=kv_set,
+    )

@@ -13,7 +13,9 @@ What it does as WeChat does, in WeChat's JSON shapes (``{"errcode", "errmsg"}`` 
 * ``freepublish/submit`` -> ``publish_id``; the job completes ``publish_delay`` seconds later
   (``freepublish/get`` answers ``publish_status`` 1 until then, then 0 with ``article_id`` and the article URL,
   or the status ``set_outcome`` scripted for the title), ``freepublish/batchget`` lists published articles,
-  ``freepublish/delete`` deletes one (53600 for an unknown article id).
+  ``freepublish/delete`` deletes one (for an unknown article id it answers 53600 "Article ID 无效", which WeChat
+  documents for freepublish/getarticle; the delete page lists only 0 and 48001, so the adapter reads no meaning
+  into it).
 * When ``configure(callback_url=...)`` is set, a finished job POSTs the ``PUBLISHJOBFINISH`` event to it, signed
   with ``callback_token``, in plaintext or (with ``callback_aes_key``) safe mode.
 
@@ -69,6 +71,9 @@ class WeChatConfig:
     publish_delay: float = 0.0
     callback_url: str | None = None
     callback_token: str = "sandbox-callback-token"
+    #: What a wrong secret gets from cgi-bin/token: 40125 (invalid appsecret), or 40001, which the token page also
+    #: lists for a wrong AppSecret ("获取 access_token 时 AppSecret 错误").
+    wrong_secret_errcode: int = 40125
     callback_aes_key: str | None = None
     apps: dict[str, str] = field(default_factory=lambda: {DEFAULT_APP_ID: DEFAULT_APP_SECRET})
 
@@ -219,7 +224,7 @@ async def token(request: web.Request, call: Call, _app: str) -> web.Response:
     if app_id not in cfg.apps:
         raise _WeChatError(40013, "invalid appid")
     if q.get("secret") != cfg.apps[app_id]:
-        raise _WeChatError(40125, "invalid appsecret")
+        raise _WeChatError(cfg.wrong_secret_errcode, "invalid appsecret")
     now = time.time()
     known: dict[str, _Token] = _state(call.sandbox).setdefault("tokens", {})
     for entry in known.values():
@@ -333,6 +338,13 @@ async def draft_delete(request: web.Request, call: Call, app_id: str) -> web.Res
         raise _WeChatError(40007, "invalid media_id")
     del found[body["media_id"]]
     return _ok()
+
+
+async def draft_count(request: web.Request, call: Call, app_id: str) -> web.Response:
+    """``GET draft/count``: the account's drafts ({"total_count": n}), a read that proves token and permission."""
+    call.record({})
+    mine = [d for d in _state(call.sandbox).get("drafts", {}).values() if d["app_id"] == app_id]
+    return web.json_response({"total_count": len(mine)})
 
 
 async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
@@ -520,6 +532,7 @@ def callbacks(sandbox: Sandbox) -> list[dict[str, Any]]:
 def setup(app: web.Application, sandbox: Sandbox) -> None:
     """Add the WeChat routes under /cgi-bin/; the receiver (stats key, fault ``name``) is the endpoint path."""
     app.router.add_get(f"{PREFIX}/token", _wrap(sandbox, "token", token))
+    app.router.add_get(f"{PREFIX}/draft/count", _wrap(sandbox, "draft/count", draft_count))
     posts = {
         "material/add_material": add_material,
         "media/uploadimg": uploadimg,

@@ -24,15 +24,15 @@ a lost answer must never end as "failed" while the status is live); 20012 (too l
 it) fails; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
 AuthRevoked saying so; the other token and app codes (21315-21319, 21324-21326, 21330, 21332, 10014) and 10004
 (this server's IP not on the app's allow-list) pause the channel as AuthRevoked; 20032 (posted, server slow) is an
-unknown outcome settled by the timeline; 10001-10003 and 21331 are Weibo's own failures, retried. A 5xx to the share is an unknown outcome
-(a gateway's error says nothing about whether the status was posted): the timeline is read before any resend; a 5xx
-to a read retries.
+unknown outcome settled by the timeline; 10001-10003 and 21331 are Weibo's own failures, retried. A 5xx to the
+share is an unknown outcome (a gateway's error says nothing about whether the status was posted): the timeline is
+read before any resend; a 5xx to a read retries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -57,6 +57,9 @@ from syndicate.delivery import (
 from syndicate.httputil import HttpAnswer, retry_after_seconds
 from syndicate.media import MediaBlob
 from syndicate.story import ChannelStory
+
+if TYPE_CHECKING:
+    from syndicate.store.base import SharedKeys
 
 WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"
@@ -246,7 +249,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             platform_code=EXPIRED_TOKEN,
         )
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         """Read one status of the account's timeline: proves the token without posting."""
         params = {"access_token": self.options.access_token, "count": "1"}
         answer = await self.request("GET", self._timeline_url, doing="Weibo check", may_land=False, params=params)

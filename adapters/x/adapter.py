@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import math
-from typing import Any, ClassVar, Literal, Self, Unpack
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, Unpack
 
 import aiohttp
 import tweepy
@@ -57,6 +57,9 @@ from syndicate.delivery import (
 from syndicate.httputil import MAX_RETRY_AFTER, json_object, map_transport_errors
 from syndicate.media import MediaBlob
 from syndicate.story import ChannelStory, Image, Story
+
+if TYPE_CHECKING:
+    from syndicate.store.base import SharedKeys
 
 TWEEPY_BASE = "https://api.twitter.com"
 MEDIA_UPLOAD_PATH = "/2/media/upload"
@@ -276,7 +279,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
             f"the post is not among the account's {LOOKUP_COUNT * LOOKUP_PAGES} newest; check X before resending"
         )
 
-    async def check(self) -> str:
+    async def check(self, keys: SharedKeys | None = None) -> str:
         try:
             with self._transport("check", may_land=False):
                 me = await self.client.get_me(user_auth=True)

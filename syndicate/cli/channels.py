@@ -33,7 +33,7 @@ from syndicate.config import ChannelSettings, Settings
 from syndicate.delivery import DeliveryError
 from syndicate.logs import redact
 from syndicate.operations import channel_state_json, parse_duration
-from syndicate.store.base import PAUSED_INDEFINITELY, ChannelState, State
+from syndicate.store.base import PAUSED_INDEFINITELY, ChannelState, SharedKeys, State
 
 # --- channels --------------------------------------------------------------------------------------------------
 
@@ -42,21 +42,21 @@ def _retry_summary(delays: Sequence[float]) -> str:
     return f"{plural(len(delays), 'attempt')}: " + ", ".join(human_seconds(d) for d in delays)
 
 
-async def _check_channel(ch: ChannelSettings) -> dict[str, Any]:
+async def _check_channel(ch: ChannelSettings, keys: SharedKeys) -> dict[str, Any]:
     """Start the adapter, run its live check, close it. Whatever goes wrong becomes a failing result, not a crash.
 
     The detail is masked: a platform's refusal can quote our credentials back."""
-    result = await _run_check(ch)
+    result = await _run_check(ch, keys)
     return {**result, "detail": redact(result["detail"])}
 
 
-async def _run_check(ch: ChannelSettings) -> dict[str, Any]:
+async def _run_check(ch: ChannelSettings, keys: SharedKeys) -> dict[str, Any]:
     adapter = ch.create_adapter()
     limit = ch.timeout * 2 + 5
     try:
         await adapter.start()
         async with asyncio.timeout(limit):
-            detail = await adapter.check()
+            detail = await adapter.check(keys)
         return {"ok": True, "error_class": None, "platform_code": None, "detail": detail}
     except DeliveryError as exc:
         return {
@@ -84,13 +84,14 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
     settings = load_settings(ctx, config_path)
 
     async def _gather() -> tuple[dict[str, ChannelState], dict[tuple[str, State], int], dict[str, dict[str, Any]]]:
+        checks: dict[str, dict[str, Any]] = {}
         async with connected_store(settings) as store:
             states, depth = await store.channel_states(), await store.queue_depth()
-        checks: dict[str, dict[str, Any]] = {}
-        if check:
-            enabled = list(settings.enabled_channels.values())
-            found = await asyncio.gather(*(_check_channel(ch) for ch in enabled))
-            checks = {ch.name: result for ch, result in zip(enabled, found, strict=True)}
+            if check:  # with the store's shared keys: a check uses the workers' tokens, never replaces them
+                enabled = list(settings.enabled_channels.values())
+                keys = SharedKeys(store)
+                found = await asyncio.gather(*(_check_channel(ch, keys) for ch in enabled))
+                checks = {ch.name: result for ch, result in zip(enabled, found, strict=True)}
         return states, depth, checks
 
     states, depth, checks = run_async(_gather())

@@ -28,7 +28,7 @@ from syndicate.config import Settings
 from syndicate.delivery import Action, Payload, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
-from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, State, Store
+from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, SharedKeys, State, Store
 from syndicate.story import Story
 from tests.support import make_settings, make_story
 
@@ -223,7 +223,12 @@ async def test_token_expiring_mid_flow_is_refreshed_and_the_flow_resumes(
     assert len(covers) == 1
 
 
-async def test_wrong_secret_pauses_the_channel(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+@pytest.mark.parametrize("errcode", [40125, 40001])
+async def test_wrong_secret_pauses_the_channel(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path, errcode: int
+) -> None:
+    """WeChat's token page gives 40001 for a wrong AppSecret too: from the token call it is no stale token."""
+    wx.configure(sandbox.sandbox, wrong_secret_errcode=errcode)
     settings = make_settings(tmp_path, {"wechat": channel(sandbox, app_secret="wrong")})
     [d] = await run_once(settings, store, story(sandbox), horizon=0)
     assert d.state is State.RETRY_WAIT and d.last_error_class == "AuthRevoked"
@@ -494,3 +499,20 @@ async def test_an_article_stored_in_the_earlier_shape_is_sent_the_same_way(
     assert len(sources) == 2 and all(s.startswith("http://mmbiz.qpic.cn/") for s in sources)
     uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
     assert len(uploads) == 2
+
+
+async def test_the_live_check_uses_the_shared_token_and_never_replaces_it(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """`channels --check` used to fetch a token of its own, which ends the workers' shared one minutes later."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED and wx.tokens_issued(sandbox.sandbox) == 1
+    adapter = settings.channels["wechat"].create_adapter()
+    await adapter.start()
+    try:
+        detail = await adapter.check(SharedKeys(store))
+    finally:
+        await adapter.close()
+    assert "shared access token" in detail
+    assert wx.tokens_issued(sandbox.sandbox) == 1  # the workers' token still stands
