@@ -48,6 +48,9 @@ PACKAGE_DIR = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
 STATIC_ROUTE = "dashboard_static"
 FAILURES_LIMIT = 500
+#: Delivery ids are signed 64-bit keys in both stores.
+MAX_DELIVERY_ID = 2**63 - 1
+MAX_ID_DIGITS = len(str(MAX_DELIVERY_ID))
 PAUSE_CHOICES = ("15m", "1h", "4h", "1d", "")
 FLASHES = {
     "requeued",
@@ -198,12 +201,13 @@ async def _checked_form(request: web.Request) -> tuple[auth.Session, MultiDictPr
     session = _need_session(request)
     form = await request.post()
     if not _same_origin(request) or not auth.csrf_matches(_field(form, "csrf"), session.csrf):
-        raise _Forbidden(_render(request, "message.html.j2", session=session, status=403, message_key="csrf_failed"))
+        raise _Refused(_render(request, "message.html.j2", session=session, status=403, message_key="csrf_failed"))
     return session, form
 
 
-class _Forbidden(web.HTTPForbidden):
-    """A 403 carrying the HTML page (the server's error middleware would otherwise turn it into JSON)."""
+class _Refused(web.HTTPForbidden):
+    """A refusal (403, or the 4xx of the page it carries) with its HTML page: the server's error middleware would
+    otherwise turn it into JSON."""
 
     def __init__(self, response: web.Response) -> None:
         super().__init__()
@@ -235,7 +239,7 @@ def _form_lang(request: web.Request, form: MultiDictProxy[Any]) -> str:
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except _Forbidden as exc:
+    except _Refused as exc:
         return exc.page
 
 
@@ -361,12 +365,7 @@ def _selection_from(form: MultiDictProxy[Any], now: float) -> ReplaySelection:
             error_classes=[e for e in [_field(form, "error_class")] if e],
             since=parse_time(since_text, now=now) if since_text else None,
         )
-    ids = []
-    for value in form.getall("id", []):
-        try:
-            ids.append(int(value))
-        except (TypeError, ValueError):
-            raise ValueError(f"delivery id {value!r} is not a number") from None
+    ids = [_form_delivery_id(value) for value in form.getall("id", [])]
     if not ids:
         raise ValueError("tick at least one delivery")
     return ReplaySelection(ids=ids)
@@ -378,6 +377,16 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     try:
         selection = _selection_from(form, now)
+    except BadDeliveryId as exc:
+        page = _render(
+            request,
+            "message.html.j2",
+            session=session,
+            status=400,
+            message_key="bad_input",
+            message_params={"problem": str(exc)},
+        )
+        raise _Refused(page) from None
     except ValueError as exc:
         raise _back(request, form, "/dashboard/failures", flash="bad_input", problem=str(exc)) from None
     plan = await plan_replay(engine.store, selection)
@@ -401,11 +410,34 @@ async def replay_action(request: web.Request) -> web.StreamResponse:
     return await _guard(request, _replay)
 
 
+class BadDeliveryId(ValueError):
+    """A ticked id that no delivery can have: the failures page never sends one, so the form was forged."""
+
+
+def _parse_delivery_id(value: object) -> int | None:
+    """A delivery id, or None when ``value`` cannot be one: ids are the store's BIGINT keys, and a larger number
+    would overflow the database driver (a 500) instead of being simply "no such delivery"."""
+    text = value if isinstance(value, str) else ""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_DELIVERY_ID else None
+
+
+def _form_delivery_id(value: object) -> int:
+    number = _parse_delivery_id(value)
+    if number is None:
+        raise BadDeliveryId(f"id: {str(value)[:40]!r} is not a delivery id (an integer 1..{MAX_DELIVERY_ID})")
+    return number
+
+
 def _delivery_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["delivery_id"])
-    except ValueError:
-        raise web.HTTPNotFound(text="delivery ids are integers") from None
+    number = _parse_delivery_id(request.match_info["delivery_id"])
+    if number is None:
+        raise web.HTTPNotFound(
+            text=f"no delivery {request.match_info['delivery_id'][:40]!r}: ids are integers 1..{MAX_DELIVERY_ID}"
+        )
+    return number
 
 
 async def _landed(request: web.Request) -> web.StreamResponse:

@@ -49,9 +49,9 @@ def read_session(cookie: str | None, token: str, *, now: float) -> Session | Non
     if len(parts) != 3:
         return None
     nonce, expires_text, mac = parts
-    if not expires_text.isdigit():
+    if not (expires_text.isascii() and expires_text.isdigit()):
         return None
-    if not hmac.compare_digest(mac, _mac(token, f"session|{nonce}|{expires_text}")):
+    if not _same(mac, _mac(token, f"session|{nonce}|{expires_text}")):
         return None
     expires = int(expires_text)
     if expires <= now:
@@ -60,4 +60,10 @@ def read_session(cookie: str | None, token: str, *, now: float) -> Session | Non
 
 
 def csrf_matches(given: str | None, expected: str) -> bool:
-    return bool(given) and bool(expected) and hmac.compare_digest(str(given), expected)
+    return bool(given) and bool(expected) and _same(str(given), expected)
+
+
+def _same(given: str, expected: str) -> bool:
+    """Constant-time equality of two texts. As bytes: ``compare_digest`` raises TypeError on a ``str`` with
+    non-ASCII characters, and a cookie or form field is whatever the client sent."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass"))

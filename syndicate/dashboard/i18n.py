@@ -102,6 +102,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "flash_paused": ("渠道已暂停。", "Channel paused."),
     "flash_resumed": ("渠道已恢复。", "Channel resumed."),
     "flash_bad_input": ("输入有误：{problem}", "Bad input: {problem}"),
+    "bad_input": ("输入有误：{problem}", "Bad input: {problem}"),
     "channels_title": ("渠道健康", "Channel health"),
     "ch_kind": ("类型", "Kind"),
     "ch_circuit": ("通道", "Circuit"),

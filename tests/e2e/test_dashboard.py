@@ -304,3 +304,49 @@ async def test_static_files_are_served_from_the_package(dash: Dash) -> None:
     assert script
     resp = await dash.client.get(script.group(1).replace("&amp;", "&"))
     assert resp.status == 200 and "refreshBoard" in await resp.text()
+
+
+# --- issue 14 (2): ids past int64, non-ASCII cookies and CSRF fields -----------------------------------------------
+
+PAST_INT64 = [str(2**63), str(2**64), "9" * 40]
+
+
+@pytest.mark.parametrize("delivery_id", PAST_INT64)
+async def test_delivery_ids_past_int64_are_a_4xx_in_every_dashboard_action(dash: Dash, delivery_id: str) -> None:
+    await dash.login()
+    csrf = await dash.csrf("/dashboard/failures")
+    for action in ("landed", "resend"):
+        resp = await dash.client.post(
+            f"/dashboard/deliveries/{delivery_id}/{action}", data={"csrf": csrf, "remote": "x"}, allow_redirects=False
+        )
+        assert resp.status == 404, action
+        assert "no delivery" in (await resp.json())["message"]
+    for scope in ("selected", None):
+        data = {"csrf": csrf, "id": delivery_id, "confirm": "yes", **({"scope": scope} if scope else {})}
+        resp = await dash.client.post("/dashboard/replay", data=data, allow_redirects=False)
+        text = await resp.text()
+        assert resp.status == 400 and "id" in text and "9223372036854775807" in text
+
+
+async def test_a_non_ascii_csrf_field_is_refused_not_a_500(dash: Dash) -> None:
+    await dash.login()
+    await dash.csrf()
+    resp = await dash.client.post("/dashboard/channels/web/pause", data={"csrf": "令牌é", "for": "1h"})
+    assert resp.status == 403
+    dash.client.session.cookie_jar.clear()
+    page = await dash.client.get("/dashboard/login")
+    assert page.status == 200
+    resp = await dash.client.post("/dashboard/login", data={"csrf": "令牌é", "token": API_TOKEN})
+    assert resp.status == 403
+
+
+@pytest.mark.parametrize(
+    "cookie",
+    ["é.9999999999.é", "nonce.9999999999.令牌", "nonce.١٢٣٤٥٦٧٨٩٠١.abc", "é", "..", "a.b.c.d"],
+)
+async def test_a_non_ascii_or_malformed_session_cookie_is_no_session(dash: Dash, cookie: str) -> None:
+    raw = f"syndicate_session={cookie}".encode().decode("latin-1")
+    resp = await dash.client.get("/", headers={"Cookie": raw}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/dashboard/login")
+    resp = await dash.client.get("/dashboard/login", headers={"Cookie": raw}, allow_redirects=False)
+    assert resp.status == 200
