@@ -34,6 +34,7 @@ from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, 
 
 from . import auth
 from .i18n import pick_lang, translate
+from .urls import local_path
 from .views import (
     board_rows,
     channel_health,
@@ -121,11 +122,10 @@ def _url(lang: str, path: str, **params: Any) -> str:
     return path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
 
 
-def _local_path(value: str | None, default: str) -> str:
-    """Only a path on this site is a valid place to go back to (no open redirect)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+def _see_other(request: web.Request, target: str | None, default: str) -> web.HTTPSeeOther:
+    """Every redirect the dashboard makes: to ``target`` when it is a path of this dashboard, else ``default``
+    (``target`` may come from the request: no open redirect)."""
+    return web.HTTPSeeOther(local_path(target, default), headers=SECURITY_HEADERS)
 
 
 def _token(request: web.Request) -> str:
@@ -177,8 +177,10 @@ def _render(
 
 
 def _to_login(request: web.Request) -> web.HTTPSeeOther:
-    target = request.path_qs if request.method == "GET" else "/"
-    return web.HTTPSeeOther(_url(_lang(request), "/dashboard/login", next=target), headers=SECURITY_HEADERS)
+    # The raw path: a story id with "?" or "%" in it must come back as the same page.
+    target = request.rel_url.raw_path_qs if request.method == "GET" else "/"
+    login = _url(_lang(request), "/dashboard/login", next=local_path(target, "/"))
+    return _see_other(request, login, "/dashboard/login")
 
 
 def _need_session(request: web.Request) -> auth.Session:
@@ -221,15 +223,13 @@ def _field(form: MultiDictProxy[Any], name: str) -> str:
 
 def _back(request: web.Request, form: MultiDictProxy[Any], default: str, **flash: Any) -> web.HTTPSeeOther:
     """Redirect after an action (post/redirect/get), with a flash message in the query."""
-    target = _local_path(_field(form, "back"), default)
+    target = local_path(_field(form, "back"), default)
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in ("flash", "n", "problem", "lang")]
     query += [(k, str(v)) for k, v in flash.items()]
     if _lang(request) == "en" or _field(form, "lang") == "en":
         query.append(("lang", "en"))
-    return web.HTTPSeeOther(
-        parts.path + ("?" + urllib.parse.urlencode(query) if query else ""), headers=SECURITY_HEADERS
-    )
+    return _see_other(request, parts.path + ("?" + urllib.parse.urlencode(query) if query else ""), default)
 
 
 def _form_lang(request: web.Request, form: MultiDictProxy[Any]) -> str:
@@ -399,7 +399,7 @@ async def _replay(request: web.Request) -> web.StreamResponse:
             session=session,
             plan=plan,
             count_text=translate(lang, "confirm_text", n=len(plan.replayable), channels="、".join(channels)),
-            back=_local_path(_field(form, "back"), "/dashboard/failures"),
+            back=local_path(_field(form, "back"), "/dashboard/failures"),
         )
     done = await requeue(engine.store, plan.replayable, now=now, force=False)
     engine.wake()
@@ -523,7 +523,7 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
         login_csrf=csrf,
         wrong=wrong,
         off=not _token(request),
-        next=_local_path(request.query.get("next"), "/"),
+        next=local_path(request.query.get("next"), "/"),
     )
     response.set_cookie(
         auth.LOGIN_CSRF_COOKIE,
@@ -541,7 +541,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     if not _token(request):
         return _login_form(request, status=503)
     if _session(request) is not None:
-        raise web.HTTPSeeOther(_local_path(request.query.get("next"), _url(_lang(request), "/")))
+        raise _see_other(request, request.query.get("next"), _url(_lang(request), "/"))
     return _login_form(request)
 
 
@@ -555,10 +555,10 @@ async def login_action(request: web.Request) -> web.StreamResponse:
         return _render(request, "message.html.j2", session=None, status=403, message_key="csrf_failed")
     if not auth.token_matches(_field(form, "token"), token):
         return _login_form(request, status=401, wrong=True)
-    target = _local_path(_field(form, "next"), "/")
+    target = local_path(_field(form, "next"), "/")
     if _field(form, "lang") == "en" and "lang=" not in target:
         target += ("&" if "?" in target else "?") + "lang=en"
-    response = web.HTTPSeeOther(target, headers=SECURITY_HEADERS)
+    response = _see_other(request, target, "/")
     response.set_cookie(
         auth.SESSION_COOKIE,
         auth.new_session_cookie(token, now=request.app[CLOCK]()),
@@ -574,7 +574,7 @@ async def login_action(request: web.Request) -> web.StreamResponse:
 
 async def _logout(request: web.Request) -> web.StreamResponse:
     _, form = await _checked_form(request)
-    response = web.HTTPSeeOther(_url(_form_lang(request, form), "/dashboard/login"), headers=SECURITY_HEADERS)
+    response = _see_other(request, _url(_form_lang(request, form), "/dashboard/login"), "/dashboard/login")
     response.del_cookie(auth.SESSION_COOKIE, path="/")
     raise response
 

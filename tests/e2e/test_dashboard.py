@@ -4,6 +4,7 @@ login and the session cookie, CSRF and origin checks, escaping of story text, ev
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -350,3 +351,100 @@ async def test_a_non_ascii_or_malformed_session_cookie_is_no_session(dash: Dash,
     assert resp.status == 303 and resp.headers["Location"].startswith("/dashboard/login")
     resp = await dash.client.get("/dashboard/login", headers={"Cookie": raw}, allow_redirects=False)
     assert resp.status == 200
+
+
+# --- issue 14 (4): no open redirect, however `next` or `back` is spelled ------------------------------------------
+
+#: Values of `next` / `back` (as the server reads them, after the query or form decoding) that a browser would
+#: follow off the site, or off the dashboard.
+OFF_SITE = [
+    "//evil.example/",
+    "/\t/evil.example/",
+    "/\n/evil.example/",
+    "/\r\n/evil.example/",
+    "\t//evil.example/",
+    " //evil.example/",
+    "\x00//evil.example/",
+    "/\\evil.example/",
+    "\\\\evil.example/",
+    "\\/evil.example/",
+    "/\\/evil.example/",
+    "/%09/evil.example/",
+    "/%0a/evil.example/",
+    "/%2F/evil.example/",
+    "%2F%2Fevil.example/",
+    "/%5Cevil.example/",
+    "/%5C%5Cevil.example/",
+    "/%252F/evil.example/",
+    "/%25%30%39/evil.example/",
+    "https://evil.example/",
+    "HTTPS://evil.example/dashboard/",
+    "http:evil.example",
+    "https:/\\evil.example",
+    "javascript:alert(1)",
+    "JavaScript:alert(document.cookie)",
+    "\tjavascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "evil.example",
+    "//evil.example@127.0.0.1/",
+    "/dashboard/../../evil",
+    "/dashboard/%2e%2e/%2e%2e/v1/replay",
+    "/v1/replay",
+    "/healthz",
+]
+ON_SITE = {
+    "/": "/",
+    "/dashboard/failures?channel=web": "/dashboard/failures?channel=web",
+    "/dashboard/stories/s%3F1": "/dashboard/stories/s%3F1",
+    "/dashboard/stories/稿件": "/dashboard/stories/%E7%A8%BF%E4%BB%B6",
+    "/dash\tboard/channels": "/dashboard/channels",
+}
+
+
+def _leaves_the_dashboard(location: str) -> bool:
+    read = location.translate(str.maketrans("", "", "\t\n\r")).strip().replace("\\", "/")
+    return not read.startswith("/") or read.startswith("//") or ":" in read.split("?")[0]
+
+
+@pytest.mark.parametrize("target", OFF_SITE)
+async def test_next_and_back_never_lead_off_the_dashboard(dash: Dash, target: str) -> None:
+    page = await dash.client.get("/dashboard/login", params={"next": target})
+    html = await page.text()
+    assert _hidden(html, "next") == "/"
+    resp = await dash.client.post(
+        "/dashboard/login",
+        data={"csrf": _hidden(html, "csrf"), "token": API_TOKEN, "next": target},
+        allow_redirects=False,
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/", target
+    resp = await dash.client.get("/dashboard/login", params={"next": target}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == "/", target
+    csrf = await dash.csrf()
+    resp = await dash.client.post(
+        "/dashboard/channels/web/resume", data={"csrf": csrf, "back": target}, allow_redirects=False
+    )
+    assert resp.status == 303 and resp.headers["Location"] == "/dashboard/channels?flash=resumed", target
+    resp = await dash.client.post(
+        "/dashboard/replay", data={"csrf": csrf, "scope": "all", "back": target}, allow_redirects=False
+    )
+    assert 'href="/dashboard/failures"' in await resp.text()  # the confirmation page's way back
+    assert not _leaves_the_dashboard(resp.headers.get("Location", "/"))
+
+
+@pytest.mark.parametrize(("target", "location"), ON_SITE.items())
+async def test_next_and_back_keep_a_dashboard_path(dash: Dash, target: str, location: str) -> None:
+    await dash.login()
+    resp = await dash.client.get("/dashboard/login", params={"next": target}, allow_redirects=False)
+    assert resp.status == 303 and resp.headers["Location"] == location
+    csrf = await dash.csrf()
+    resp = await dash.client.post(
+        "/dashboard/channels/web/resume", data={"csrf": csrf, "back": target}, allow_redirects=False
+    )
+    expected = urllib.parse.urlsplit(location)
+    got = urllib.parse.urlsplit(resp.headers["Location"])
+    assert got.path == expected.path and "flash=resumed" in got.query
+
+
+async def test_the_login_redirect_keeps_a_story_id_with_a_question_mark(dash: Dash) -> None:
+    resp = await dash.client.get("/dashboard/stories/a%3Fb", allow_redirects=False)
+    assert resp.headers["Location"] == "/dashboard/login?next=/dashboard/stories/a%253Fb"
