@@ -34,6 +34,7 @@ from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, 
 
 from . import auth
 from .i18n import pick_lang, translate
+from .site import Site, site_of
 from .urls import local_path
 from .views import (
     board_rows,
@@ -125,7 +126,11 @@ def _url(lang: str, path: str, **params: Any) -> str:
 def _see_other(request: web.Request, target: str | None, default: str) -> web.HTTPSeeOther:
     """Every redirect the dashboard makes: to ``target`` when it is a path of this dashboard, else ``default``
     (``target`` may come from the request: no open redirect)."""
-    return web.HTTPSeeOther(local_path(target, default), headers=SECURITY_HEADERS)
+    return web.HTTPSeeOther(_site(request).base + local_path(target, default), headers=SECURITY_HEADERS)
+
+
+def _site(request: web.Request) -> Site:
+    return site_of(request, request.app[SETTINGS].server)
 
 
 def _token(request: web.Request) -> str:
@@ -195,7 +200,8 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # older browsers omit it on same-origin posts; the CSRF token still has to match
-    return origin == f"{request.scheme}://{request.host}"
+    # Behind a TLS-terminating proxy the browser's origin is https://public.host, not what this process sees.
+    return origin == _site(request).origin
 
 
 async def _checked_form(request: web.Request) -> tuple[auth.Session, MultiDictProxy[Any]]:
@@ -262,7 +268,8 @@ async def board_page(request: web.Request) -> web.StreamResponse:
 async def board_fragment(request: web.Request) -> web.StreamResponse:
     """The board's rows as HTML, for the page's live refresh (escaped here, inserted as is by the script)."""
     if _session(request) is None:
-        return web.json_response({"error": "unauthorized", "login": "/dashboard/login"}, status=401)
+        login = _site(request).base + "/dashboard/login"
+        return web.json_response({"error": "unauthorized", "login": login}, status=401)
     lang = _lang(request)
     now = request.app[CLOCK]()
     channels = _channel_names(request)
@@ -531,7 +538,7 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
         path="/dashboard/login",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_site(request).secure,
         max_age=3600,
     )
     return response
@@ -565,7 +572,7 @@ async def login_action(request: web.Request) -> web.StreamResponse:
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_site(request).secure,
         max_age=auth.SESSION_SECONDS,
     )
     response.del_cookie(auth.LOGIN_CSRF_COOKIE, path="/dashboard/login")

@@ -3,6 +3,7 @@ login and the session cookie, CSRF and origin checks, escaping of story text, ev
 
 from __future__ import annotations
 
+import contextlib
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import pytest
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
-from syndicate.config import Settings, parse_config
+from syndicate.config import ConfigError, Settings, parse_config
 from syndicate.delivery import OutcomeUnknown, Permanent
 from syndicate.engine import Engine
 from syndicate.server import create_app
@@ -448,3 +449,105 @@ async def test_next_and_back_keep_a_dashboard_path(dash: Dash, target: str, loca
 async def test_the_login_redirect_keeps_a_story_id_with_a_question_mark(dash: Dash) -> None:
     resp = await dash.client.get("/dashboard/stories/a%3Fb", allow_redirects=False)
     assert resp.headers["Location"] == "/dashboard/login?next=/dashboard/stories/a%253Fb"
+
+
+# --- issue 14 (5): behind a TLS-terminating proxy -----------------------------------------------------------------
+
+PUBLIC = "https://syndicate.newsroom.example"
+
+
+@contextlib.asynccontextmanager
+async def dash_with(tmp_path: Path, **server: Any) -> AsyncIterator[Dash]:
+    settings = dashboard_settings(tmp_path, **server)
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                yield Dash(client, engine)
+    finally:
+        await store.close()
+
+
+async def _login_from(dash: Dash, headers: dict[str, str]) -> ClientResponse:
+    page = await dash.client.get("/dashboard/login", headers=headers)
+    # Sent by hand: the test client keeps a Secure cookie for https only.
+    login_csrf = _set_cookie(page, "syndicate_login_csrf").split(";", 1)[0]
+    return await dash.client.post(
+        "/dashboard/login",
+        data={"csrf": _hidden(await page.text(), "csrf"), "token": API_TOKEN, "next": "/dashboard/failures"},
+        headers={**headers, "Cookie": login_csrf},
+        allow_redirects=False,
+    )
+
+
+def _set_cookie(resp: ClientResponse, name: str) -> str:
+    [header] = [h for h in resp.headers.getall("Set-Cookie") if h.startswith(name + "=")]
+    return header
+
+
+async def test_behind_a_tls_proxy_public_url_sets_the_origin_the_secure_cookie_and_absolute_links(
+    tmp_path: Path,
+) -> None:
+    async with dash_with(tmp_path, public_url=PUBLIC + "/") as dash:
+        page = await dash.client.get("/dashboard/login")
+        assert "Secure" in _set_cookie(page, "syndicate_login_csrf")
+        # What this process sees (http://127.0.0.1:port) is not where the browser is.
+        direct = f"http://{dash.client.host}:{dash.client.port}"
+        assert (await _login_from(dash, {"Origin": direct})).status == 403
+        resp = await _login_from(dash, {"Origin": PUBLIC})
+        assert resp.status == 303 and resp.headers["Location"] == PUBLIC + "/dashboard/failures"
+        cookie = _set_cookie(resp, "syndicate_session")
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+        session = {"Cookie": cookie.split(";", 1)[0]}  # the test client keeps Secure cookies for https only
+        page = await dash.client.get("/dashboard/channels", headers=session)
+        assert page.status == 200
+        csrf = _hidden(await page.text(), "csrf")
+        resp = await dash.client.post(
+            "/dashboard/channels/web/pause",
+            data={"csrf": csrf, "for": "1h"},
+            headers={**session, "Origin": PUBLIC},
+            allow_redirects=False,
+        )
+        assert resp.status == 303 and resp.headers["Location"] == PUBLIC + "/dashboard/channels?flash=paused"
+        resp = await dash.client.post(
+            "/dashboard/channels/web/resume", data={"csrf": csrf}, headers={**session, "Origin": direct}
+        )
+        assert resp.status == 403
+        fragment = await dash.client.get("/dashboard/board.json")
+        assert (await fragment.json())["login"] == PUBLIC + "/dashboard/login"
+
+
+async def test_forwarded_headers_are_ignored_unless_the_proxy_is_trusted(tmp_path: Path) -> None:
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "syndicate.newsroom.example", "Origin": PUBLIC}
+    async with dash_with(tmp_path) as dash:
+        assert (await _login_from(dash, forwarded)).status == 403
+        resp = await _login_from(dash, {})
+        assert resp.status == 303 and "Secure" not in _set_cookie(resp, "syndicate_session")
+    async with dash_with(tmp_path, trusted_proxies=["127.0.0.1/32", "::1"]) as dash:
+        resp = await _login_from(dash, forwarded)
+        assert resp.status == 303 and "Secure" in _set_cookie(resp, "syndicate_session")
+        assert resp.headers["Location"] == "/dashboard/failures"
+        plain = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "syndicate.newsroom.example"}
+        resp = await _login_from(dash, {**plain, "Origin": "http://syndicate.newsroom.example"})
+        assert resp.status == 303 and "Secure" not in _set_cookie(resp, "syndicate_session")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "problem"),
+    [
+        ("public_url", "syndicate.newsroom.example", "not an absolute http(s) URL"),
+        ("public_url", "ftp://syndicate.newsroom.example", "not an absolute http(s) URL"),
+        ("public_url", "https://syndicate.newsroom.example/desk", "origin only"),
+        ("public_url", "https://syndicate.newsroom.example/?x=1", "origin only"),
+        ("public_url", "https://ops:pw@syndicate.newsroom.example", "user name or password"),
+        ("public_url", "https://syndicate.newsroom.example:99999", "invalid port"),
+        ("trusted_proxies", ["10.0.0.0/8", "proxy.local"], "not an IP address or network"),
+    ],
+)
+def test_public_url_and_trusted_proxies_are_validated_at_load(
+    tmp_path: Path, key: str, value: Any, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        dashboard_settings(tmp_path, **{key: value})
+    assert f"[server] {key}" in str(caught.value) and problem in str(caught.value)
