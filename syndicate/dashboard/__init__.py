@@ -2,13 +2,17 @@
 
 Server-rendered with Jinja2 (autoescape on: story text is escaped everywhere) plus one small plain JavaScript file
 for the board's live refresh and the failure list's "select all". Every page needs the API token, entered once on
-the login page and kept as an HMAC-derived session cookie (HttpOnly, SameSite=Strict); every POST carries the
-session's CSRF token and must come from this origin. Every action goes through ``syndicate.operations``, the same
-layer as the CLI and the API, so `replay` here selects exactly what `syndicate replay` would.
+the login page (wrong tokens throttled, ``throttle``) and kept as a signed cookie (HttpOnly, SameSite=Strict)
+naming a session the store keeps (``auth``: logout and ``syndicate sessions revoke-all`` end it for good); every
+POST carries the session's CSRF token and must come from the dashboard's origin (``site``: ``[server] public_url``
+behind a proxy); every redirect goes through ``urls.local_path``. Every action goes through
+``syndicate.operations``, the same layer as the CLI and the API, so `replay` here selects exactly what `syndicate
+replay` would.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import urllib.parse
 from dataclasses import dataclass
@@ -35,6 +39,7 @@ from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, 
 from . import auth
 from .i18n import pick_lang, translate
 from .site import Site, site_of
+from .throttle import LoginThrottle
 from .urls import local_path
 from .views import (
     board_rows,
@@ -45,6 +50,8 @@ from .views import (
 )
 
 __all__ = ["setup_dashboard"]
+
+log = logging.getLogger("syndicate.dashboard")
 
 PACKAGE_DIR = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
@@ -76,6 +83,7 @@ SECURITY_HEADERS = {
 @dataclass(frozen=True)
 class Dashboard:
     templates: jinja2.Environment
+    throttle: LoginThrottle
 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
@@ -91,7 +99,7 @@ def setup_dashboard(app: web.Application) -> None:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    app[DASHBOARD] = Dashboard(templates=env)
+    app[DASHBOARD] = Dashboard(templates=env, throttle=LoginThrottle())
     app.router.add_get("/", board_page)
     app.router.add_get("/dashboard/board.json", board_fragment)
     app.router.add_get("/dashboard/stories/{story_id}", story_page)
@@ -137,8 +145,9 @@ def _token(request: web.Request) -> str:
     return request.app[SETTINGS].server.api_token or ""
 
 
-def _session(request: web.Request) -> auth.Session | None:
-    return auth.read_session(request.cookies.get(auth.SESSION_COOKIE), _token(request), now=request.app[CLOCK]())
+async def _session(request: web.Request) -> auth.Session | None:
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    return await auth.read_session(request.app[ENGINE].store, cookie, _token(request), now=request.app[CLOCK]())
 
 
 def _render(
@@ -188,8 +197,8 @@ def _to_login(request: web.Request) -> web.HTTPSeeOther:
     return _see_other(request, login, "/dashboard/login")
 
 
-def _need_session(request: web.Request) -> auth.Session:
-    session = _session(request)
+async def _need_session(request: web.Request) -> auth.Session:
+    session = await _session(request)
     if session is None:
         raise _to_login(request)
     return session
@@ -206,7 +215,7 @@ def _same_origin(request: web.Request) -> bool:
 
 async def _checked_form(request: web.Request) -> tuple[auth.Session, MultiDictProxy[Any]]:
     """The session and the form of a dashboard action, after the CSRF token and origin checks."""
-    session = _need_session(request)
+    session = await _need_session(request)
     form = await request.post()
     if not _same_origin(request) or not auth.csrf_matches(_field(form, "csrf"), session.csrf):
         raise _Refused(_render(request, "message.html.j2", session=session, status=403, message_key="csrf_failed"))
@@ -257,7 +266,7 @@ def _channel_names(request: web.Request) -> list[str]:
 
 
 async def board_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     lang = _lang(request)
     now = request.app[CLOCK]()
     channels = _channel_names(request)
@@ -267,7 +276,7 @@ async def board_page(request: web.Request) -> web.StreamResponse:
 
 async def board_fragment(request: web.Request) -> web.StreamResponse:
     """The board's rows as HTML, for the page's live refresh (escaped here, inserted as is by the script)."""
-    if _session(request) is None:
+    if await _session(request) is None:
         login = _site(request).base + "/dashboard/login"
         return web.json_response({"error": "unauthorized", "login": login}, status=401)
     lang = _lang(request)
@@ -288,7 +297,7 @@ async def board_fragment(request: web.Request) -> web.StreamResponse:
 
 
 async def story_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     story_id = request.match_info["story_id"]
     store = request.app[ENGINE].store
     lang = _lang(request)
@@ -309,7 +318,7 @@ async def story_page(request: web.Request) -> web.StreamResponse:
 
 
 async def failures_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     lang = _lang(request)
     now = request.app[CLOCK]()
     store = request.app[ENGINE].store
@@ -348,7 +357,7 @@ async def failures_page(request: web.Request) -> web.StreamResponse:
 
 
 async def channels_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     settings = request.app[SETTINGS]
     health = await channel_health(
         request.app[ENGINE].store,
@@ -520,7 +529,9 @@ async def resume_action(request: web.Request) -> web.StreamResponse:
 # --- login -------------------------------------------------------------------------------------------------------
 
 
-def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False) -> web.Response:
+def _login_form(
+    request: web.Request, *, status: int = 200, wrong: bool = False, wait: int | None = None
+) -> web.Response:
     csrf = request.cookies.get(auth.LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
     response = _render(
         request,
@@ -529,9 +540,12 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
         status=status,
         login_csrf=csrf,
         wrong=wrong,
+        wait=wait,
         off=not _token(request),
         next=local_path(request.query.get("next"), "/"),
     )
+    if wait is not None:
+        response.headers["Retry-After"] = str(wait)
     response.set_cookie(
         auth.LOGIN_CSRF_COOKIE,
         csrf,
@@ -547,7 +561,7 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
 async def login_page(request: web.Request) -> web.StreamResponse:
     if not _token(request):
         return _login_form(request, status=503)
-    if _session(request) is not None:
+    if await _session(request) is not None:
         raise _see_other(request, request.query.get("next"), _url(_lang(request), "/"))
     return _login_form(request)
 
@@ -560,27 +574,47 @@ async def login_action(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(auth.LOGIN_CSRF_COOKIE)
     if not _same_origin(request) or not cookie or not auth.csrf_matches(_field(form, "csrf"), cookie):
         return _render(request, "message.html.j2", session=None, status=403, message_key="csrf_failed")
+    site = _site(request)
+    now = request.app[CLOCK]()
+    throttle = request.app[DASHBOARD].throttle
+    # Checked before the token: a refused attempt must not tell a guesser whether it was right.
+    refusal = throttle.check(site.client, now=now)
+    if refusal is not None:
+        log.warning(
+            "dashboard login refused for %s: too many failed logins (%s), retry after %d s",
+            site.client,
+            "from this address" if refusal.scope == "client" else "from all addresses",
+            refusal.retry_after,
+            extra={"client": site.client, "scope": refusal.scope},
+        )
+        return _login_form(request, status=429, wait=refusal.retry_after)
     if not auth.token_matches(_field(form, "token"), token):
+        throttle.failed(site.client, now=now)
+        log.warning("dashboard login with a wrong token from %s", site.client, extra={"client": site.client})
         return _login_form(request, status=401, wrong=True)
+    throttle.succeeded(site.client)
     target = local_path(_field(form, "next"), "/")
     if _field(form, "lang") == "en" and "lang=" not in target:
         target += ("&" if "?" in target else "?") + "lang=en"
     response = _see_other(request, target, "/")
     response.set_cookie(
         auth.SESSION_COOKIE,
-        auth.new_session_cookie(token, now=request.app[CLOCK]()),
+        await auth.new_session(request.app[ENGINE].store, token, now=now),
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=_site(request).secure,
+        secure=site.secure,
         max_age=auth.SESSION_SECONDS,
     )
     response.del_cookie(auth.LOGIN_CSRF_COOKIE, path="/dashboard/login")
+    log.info("dashboard login from %s", site.client, extra={"client": site.client})
     raise response
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    _, form = await _checked_form(request)
+    session, form = await _checked_form(request)
+    # Ended in the store, not just in this browser: a copy of the cookie is worth nothing from now on.
+    await auth.end_session(request.app[ENGINE].store, session, now=request.app[CLOCK]())
     response = _see_other(request, _url(_form_lang(request, form), "/dashboard/login"), "/dashboard/login")
     response.del_cookie(auth.SESSION_COOKIE, path="/")
     raise response

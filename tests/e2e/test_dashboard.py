@@ -4,6 +4,7 @@ login and the session cookie, CSRF and origin checks, escaping of story text, ev
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -16,12 +17,13 @@ from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient, TestServer
 
 from syndicate.config import ConfigError, Settings, parse_config
+from syndicate.dashboard.throttle import OVERALL, PER_CLIENT, WINDOW_SECONDS, LoginThrottle, Refusal
 from syndicate.delivery import OutcomeUnknown, Permanent
 from syndicate.engine import Engine
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from tests.support import ScriptedAdapter, make_story, scripted
+from tests.support import FakeClock, ScriptedAdapter, make_story, run_cli, scripted
 
 API_TOKEN = "dash-token-0123456789abcdef"
 EVIL = "<script>alert('x')</script>"
@@ -551,3 +553,125 @@ def test_public_url_and_trusted_proxies_are_validated_at_load(
     with pytest.raises(ConfigError) as caught:
         dashboard_settings(tmp_path, **{key: value})
     assert f"[server] {key}" in str(caught.value) and problem in str(caught.value)
+
+
+# --- issue 14 (6): login throttling, logout and revoke-all ----------------------------------------------------------
+
+
+def test_the_throttle_counts_failures_per_client_and_overall_in_a_sliding_window() -> None:
+    throttle = LoginThrottle(per_client=3, overall=5, window=60)
+    for i in range(3):
+        assert throttle.check("10.0.0.1", now=100 + i) is None
+        throttle.failed("10.0.0.1", now=100 + i)
+    assert throttle.check("10.0.0.1", now=103) == Refusal("client", 57)  # until the first failure leaves
+    assert throttle.check("10.0.0.2", now=103) is None  # another address is not held up
+    assert throttle.check("10.0.0.1", now=160.5) is None  # the first left the window: one more try
+    throttle.failed("10.0.0.1", now=160.5)
+    assert throttle.check("10.0.0.1", now=160.5) == Refusal("client", 1)  # 101, 102 and 160.5 in the window
+    throttle.succeeded("10.0.0.1")
+    assert throttle.check("10.0.0.1", now=160.5) is None
+    # Many addresses guessing together: the overall limit (5 in the window: 160.5 and these four).
+    for n in range(4):
+        throttle.failed(f"10.1.0.{n}", now=170)
+    assert throttle.check("10.9.9.9", now=171) == Refusal("overall", 50)  # 101 and 102 were pruned on the way
+    assert throttle.check("10.9.9.9", now=230.5) is None
+    small = LoginThrottle(per_client=1, overall=10**6, window=60, max_clients=100)
+    for n in range(1000):
+        small.failed(f"client-{n}", now=1)
+    assert len(small._clients) == 100  # bounded memory under a flood of addresses
+
+
+@contextlib.asynccontextmanager
+async def dash_clocked(tmp_path: Path, clock: FakeClock, **server: Any) -> AsyncIterator[Dash]:
+    settings = dashboard_settings(tmp_path, **server)
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            async with TestClient(TestServer(create_app(settings, engine, clock=clock.now))) as client:
+                yield Dash(client, engine)
+    finally:
+        await store.close()
+
+
+async def test_wrong_tokens_are_throttled_per_address_and_overall_with_retry_after(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    async with dash_clocked(tmp_path, clock, trusted_proxies=["127.0.0.1", "::1"]) as dash:
+
+        async def attempt(token: str, client: str) -> ClientResponse:
+            dash.client.session.cookie_jar.clear()  # a fresh login form each time, as a script would
+            page = await dash.client.get("/dashboard/login")
+            csrf = _hidden(await page.text(), "csrf")
+            return await dash.client.post(
+                "/dashboard/login",
+                data={"csrf": csrf, "token": token, "next": "/"},
+                headers={"X-Forwarded-For": client},
+                allow_redirects=False,
+            )
+
+        guesses = [f"guess-{n:04d}-0123456789abcdef" for n in range(PER_CLIENT)]
+        with caplog.at_level(logging.WARNING, logger="syndicate.dashboard"):
+            for guess in guesses:
+                assert (await attempt(guess, "203.0.113.7")).status == 401
+            refused = await attempt(API_TOKEN, "203.0.113.7")  # even the right token: it is not even checked
+        assert refused.status == 429 and int(refused.headers["Retry-After"]) == int(WINDOW_SECONDS)
+        assert "请 300 秒后再试" in await refused.text()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == PER_CLIENT + 1 and all("203.0.113.7" in w for w in warnings)
+        assert not any(g in w or API_TOKEN in w for g in guesses for w in warnings)
+        assert (await attempt(API_TOKEN, "198.51.100.1")).status == 303  # another address is not held up
+        clock.advance(WINDOW_SECONDS + 1)
+        assert (await attempt(API_TOKEN, "203.0.113.7")).status == 303
+
+        # Overall: many addresses, a few guesses each.
+        for n in range(OVERALL):
+            assert (await attempt(f"guess-{n:04d}-0123456789abcdef", f"192.0.2.{n % 50}")).status == 401
+        refused = await attempt(API_TOKEN, "198.51.100.99")
+        assert refused.status == 429 and int(refused.headers["Retry-After"]) >= 1
+
+
+async def _fresh_session(dash: Dash) -> str:
+    """Log in as a new browser would; the session cookie's value."""
+    dash.client.session.cookie_jar.clear()
+    cookie = (await dash.login_response()).cookies["syndicate_session"].value
+    dash.client.session.cookie_jar.clear()
+    return cookie
+
+
+async def _page_with(dash: Dash, cookie: str, path: str = "/") -> ClientResponse:
+    return await dash.client.get(path, headers={"Cookie": f"syndicate_session={cookie}"}, allow_redirects=False)
+
+
+async def test_logout_revokes_the_session_on_the_server(dash: Dash) -> None:
+    mine, other = await _fresh_session(dash), await _fresh_session(dash)
+    page = await _page_with(dash, mine, "/dashboard/channels")
+    csrf = _hidden(await page.text(), "csrf")
+    resp = await dash.client.post(
+        "/dashboard/logout",
+        data={"csrf": csrf},
+        headers={"Cookie": f"syndicate_session={mine}"},
+        allow_redirects=False,
+    )
+    assert resp.status == 303
+    # The cookie, replayed after the logout (as a copy of it would be), is no session any more...
+    resp = await _page_with(dash, mine)
+    assert resp.status == 303 and resp.headers["Location"].startswith("/dashboard/login")
+    assert (await _page_with(dash, mine, "/dashboard/board.json")).status == 401
+    # ...and another browser's session is untouched.
+    assert (await _page_with(dash, other)).status == 200
+
+
+async def test_sessions_revoke_all_ends_every_session(dash: Dash, tmp_path: Path) -> None:
+    cookies = [await _fresh_session(dash), await _fresh_session(dash)]
+    for cookie in cookies:
+        assert (await _page_with(dash, cookie)).status == 200
+    config = tmp_path / "ops.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{tmp_path / "dash.db"}"\n', encoding="utf-8")
+    run = await run_cli("sessions", "revoke-all", "--config", config, cwd=tmp_path)
+    assert run.code == 0 and "revoked" in run.out, run.err
+    for cookie in cookies:
+        assert (await _page_with(dash, cookie)).status == 303
+    assert await dash.login() == 303  # a new login works at once
+    assert (await dash.client.get("/", allow_redirects=False)).status == 200

@@ -50,6 +50,7 @@ from pydantic import BaseModel
 from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
 from adapters.weibo import standin as weibo
 from syndicate.config import Settings, load_config, parse_config
+from syndicate.dashboard import auth
 from syndicate.dashboard.urls import local_path
 from syndicate.delivery import Action, Permanent, RenderError
 from syndicate.engine import Engine
@@ -1185,3 +1186,50 @@ def test_no_spelling_of_a_redirect_target_leaves_the_dashboard() -> None:
         checked += 1
     assert checked == len(REDIRECT_SCHEMES) * len(REDIRECT_LEADS) * len(REDIRECT_SLASHES) * len(REDIRECT_HOSTS)
     assert local_path("/dashboard/stories/a?lang=en", "/") == "/dashboard/stories/a?lang=en"
+
+
+async def test_dashboard_sessions_end_on_the_server_and_forwarded_headers_are_not_trusted(tmp_path: Path) -> None:
+    """A cookie copied before logout or before `sessions revoke-all` opens nothing; X-Forwarded-* from a client
+    that is not a configured proxy neither moves the accepted origin nor hides the address the throttle counts."""
+    settings = parse_config(
+        {"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}, "server": {"api_token": DASH_TOKEN}},
+        source="sessions.toml",
+        env={},
+    )
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine, TestClient(TestServer(create_app(settings, engine))) as client:
+            dash = Dash(client, engine)
+            assert await dash.login(DASH_TOKEN) == 303
+            jar = client.session.cookie_jar
+            session = jar.filter_cookies(client.make_url("/"))["syndicate_session"].value
+            cookie = {"Cookie": f"syndicate_session={session}"}
+            csrf = await dash.csrf()
+            assert (await client.post("/dashboard/logout", data={"csrf": csrf}, allow_redirects=False)).status == 303
+            assert (await client.get("/", headers=cookie, allow_redirects=False)).status == 303
+            assert await dash.login(DASH_TOKEN) == 303
+            await auth.revoke_all(store, now=time.time())
+            assert (await client.get("/", allow_redirects=False)).status == 303
+            jar.clear()
+            forged = {
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "Origin": "https://evil.example",
+            }
+            page = await client.get("/dashboard/login", headers=forged)
+            login_csrf = re.search(r'name="csrf" value="([^"]*)"', await page.text())
+            assert login_csrf and "Secure" not in page.headers["Set-Cookie"]
+            resp = await client.post(
+                "/dashboard/login", data={"csrf": login_csrf.group(1), "token": DASH_TOKEN}, headers=forged
+            )
+            assert resp.status == 403
+            for n in range(12):  # a new X-Forwarded-For each time: still one address to the throttle
+                resp = await client.post(
+                    "/dashboard/login",
+                    data={"csrf": login_csrf.group(1), "token": f"wrong-{n}-0123456789abcdef"},
+                    headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                )
+            assert resp.status == 429 and "Retry-After" in resp.headers
+    finally:
+        await store.close()
