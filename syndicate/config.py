@@ -6,9 +6,11 @@ Unknown keys, unknown channel kinds and missing environment variables are errors
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -83,6 +85,44 @@ class ServerSettings(_Table):
     max_body_bytes: int = Field(default=5 * 1024 * 1024, gt=0)
     #: How old a hook signature may be (seconds).
     signature_tolerance: float = Field(default=300.0, gt=0)
+    #: The address people open the dashboard at when it is not host:port, e.g. behind a TLS-terminating proxy
+    #: ("https://syndicate.newsroom.example"): the origin login and actions must come from, the cookies' Secure
+    #: flag (an https URL) and the base of the redirects.
+    public_url: str | None = None
+    #: Proxies (addresses or networks) whose X-Forwarded-Proto, -Host and -For are believed; none by default, as
+    #: any client can send those headers.
+    trusted_proxies: tuple[str, ...] = ()
+
+    @field_validator("public_url")
+    @classmethod
+    def _origin_only(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urllib.parse.urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{value!r} is not an absolute http(s) URL (e.g. https://syndicate.newsroom.example)")
+        try:
+            parts.port  # noqa: B018 -- raises on a port out of range or not a number
+        except ValueError:
+            raise ValueError(f"{value!r} has an invalid port") from None
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry a user name or password")
+        if parts.path not in ("", "/") or parts.query or parts.fragment:
+            raise ValueError(
+                f"{value!r} must be the origin only (scheme, host, optional port): the dashboard is served at the root"
+            )
+        # The origin as a browser sends it in Origin: lower-case, no trailing slash.
+        return f"{parts.scheme}://{parts.netloc.lower()}"
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network (e.g. 127.0.0.1 or 10.0.0.0/8)") from None
+        return value
 
 
 class _ChannelCommon(_Table):

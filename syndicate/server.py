@@ -624,7 +624,8 @@ async def serve(
             await site.start()
             bound = runner.addresses[0]
             url = f"http://{host}:{bound[1]}"
-            log.info("serving on %s (%s)", url, "with workers" if workers else "API only")
+            public = f", dashboard at {settings.server.public_url}/" if settings.server.public_url else ""
+            log.info("serving on %s (%s)%s", url, "with workers" if workers else "API only", public)
             if on_ready is not None:
                 on_ready(url)
             worker = asyncio.create_task(engine.run(stop=stop)) if workers else None

@@ -11,7 +11,7 @@ here, so every command is listed in one place:
 * ``rendering``: preview
 * ``deliveries``: status, failed, landed, retract; ``replay``: replay
 * ``channels``: channels (``--check``), pause, resume
-* ``admin``: serve, work, db migrate / db stats, sandbox
+* ``admin``: serve, work, db migrate / db stats, sessions revoke-all, sandbox
 * ``common``: what they share (options, settings, store, formatting). Command modules import ``common``, never
   this package, so there is no import cycle.
 """
@@ -61,6 +61,7 @@ cli.add_command(channels.resume)
 cli.add_command(admin.serve)
 cli.add_command(admin.work)
 cli.add_command(admin.db)
+cli.add_command(admin.sessions)
 cli.add_command(admin.sandbox)
 
 

@@ -1,10 +1,12 @@
 """Running syndicate and its store: `serve` (the HTTP service with embedded workers), `work` (delivery workers
-alone), `db migrate` and `db stats`, and `sandbox` (the local stand-ins for the remote platforms)."""
+alone), `db migrate` and `db stats`, `sessions revoke-all` (the dashboard's logins) and `sandbox` (the local
+stand-ins for the remote platforms)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +191,36 @@ def db_stats(ctx: click.Context, config_path: Path | None, as_json: bool) -> Non
     table.add_row("attempts", str(counts.attempts))
     table.add_row("oldest pending due", local_time(counts.oldest_pending_due) or "-")
     out.print(table)
+
+
+# --- sessions ------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def sessions() -> None:
+    """The dashboard's login sessions."""
+
+
+@sessions.command("revoke-all")
+@config_option
+@json_option
+@click.pass_context
+def sessions_revoke_all(ctx: click.Context, config_path: Path | None, as_json: bool) -> None:
+    """End every dashboard session on every process sharing the store (a lost laptop, a person leaving the desk):
+    everyone logs in again with the API token. Changing [server] api_token does the same."""
+    from syndicate.dashboard.auth import revoke_all
+
+    settings = load_settings(ctx, config_path)
+
+    async def _revoke() -> None:
+        async with connected_store(settings) as store:
+            await revoke_all(store, now=time.time())
+
+    run_async(_revoke())
+    if as_json:
+        print_json({"revoked": "all"})
+    else:
+        out.print("every dashboard session is revoked: log in again with the API token")
 
 
 # --- sandbox ---------------------------------------------------------------------------------------------------

@@ -2,13 +2,17 @@
 
 Server-rendered with Jinja2 (autoescape on: story text is escaped everywhere) plus one small plain JavaScript file
 for the board's live refresh and the failure list's "select all". Every page needs the API token, entered once on
-the login page and kept as an HMAC-derived session cookie (HttpOnly, SameSite=Strict); every POST carries the
-session's CSRF token and must come from this origin. Every action goes through ``syndicate.operations``, the same
-layer as the CLI and the API, so `replay` here selects exactly what `syndicate replay` would.
+the login page (wrong tokens throttled, ``throttle``) and kept as a signed cookie (HttpOnly, SameSite=Strict)
+naming a session the store keeps (``auth``: logout and ``syndicate sessions revoke-all`` end it for good); every
+POST carries the session's CSRF token and must come from the dashboard's origin (``site``: ``[server] public_url``
+behind a proxy); every redirect goes through ``urls.local_path``. Every action goes through
+``syndicate.operations``, the same layer as the CLI and the API, so `replay` here selects exactly what `syndicate
+replay` would.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import urllib.parse
 from dataclasses import dataclass
@@ -34,6 +38,9 @@ from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, 
 
 from . import auth
 from .i18n import pick_lang, translate
+from .site import Site, site_of
+from .throttle import LoginThrottle
+from .urls import local_path
 from .views import (
     board_rows,
     channel_health,
@@ -44,10 +51,15 @@ from .views import (
 
 __all__ = ["setup_dashboard"]
 
+log = logging.getLogger("syndicate.dashboard")
+
 PACKAGE_DIR = Path(__file__).parent
 STATIC_PREFIX = "/dashboard/static"
 STATIC_ROUTE = "dashboard_static"
 FAILURES_LIMIT = 500
+#: Delivery ids are signed 64-bit keys in both stores.
+MAX_DELIVERY_ID = 2**63 - 1
+MAX_ID_DIGITS = len(str(MAX_DELIVERY_ID))
 PAUSE_CHOICES = ("15m", "1h", "4h", "1d", "")
 FLASHES = {
     "requeued",
@@ -71,6 +83,7 @@ SECURITY_HEADERS = {
 @dataclass(frozen=True)
 class Dashboard:
     templates: jinja2.Environment
+    throttle: LoginThrottle
 
 
 DASHBOARD = web.AppKey("dashboard", Dashboard)
@@ -86,7 +99,7 @@ def setup_dashboard(app: web.Application) -> None:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    app[DASHBOARD] = Dashboard(templates=env)
+    app[DASHBOARD] = Dashboard(templates=env, throttle=LoginThrottle())
     app.router.add_get("/", board_page)
     app.router.add_get("/dashboard/board.json", board_fragment)
     app.router.add_get("/dashboard/stories/{story_id}", story_page)
@@ -118,19 +131,23 @@ def _url(lang: str, path: str, **params: Any) -> str:
     return path + ("?" + urllib.parse.urlencode(query, doseq=True) if query else "")
 
 
-def _local_path(value: str | None, default: str) -> str:
-    """Only a path on this site is a valid place to go back to (no open redirect)."""
-    if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
-        return value
-    return default
+def _see_other(request: web.Request, target: str | None, default: str) -> web.HTTPSeeOther:
+    """Every redirect the dashboard makes: to ``target`` when it is a path of this dashboard, else ``default``
+    (``target`` may come from the request: no open redirect)."""
+    return web.HTTPSeeOther(_site(request).base + local_path(target, default), headers=SECURITY_HEADERS)
+
+
+def _site(request: web.Request) -> Site:
+    return site_of(request, request.app[SETTINGS].server)
 
 
 def _token(request: web.Request) -> str:
     return request.app[SETTINGS].server.api_token or ""
 
 
-def _session(request: web.Request) -> auth.Session | None:
-    return auth.read_session(request.cookies.get(auth.SESSION_COOKIE), _token(request), now=request.app[CLOCK]())
+async def _session(request: web.Request) -> auth.Session | None:
+    cookie = request.cookies.get(auth.SESSION_COOKIE)
+    return await auth.read_session(request.app[ENGINE].store, cookie, _token(request), now=request.app[CLOCK]())
 
 
 def _render(
@@ -174,12 +191,14 @@ def _render(
 
 
 def _to_login(request: web.Request) -> web.HTTPSeeOther:
-    target = request.path_qs if request.method == "GET" else "/"
-    return web.HTTPSeeOther(_url(_lang(request), "/dashboard/login", next=target), headers=SECURITY_HEADERS)
+    # The raw path: a story id with "?" or "%" in it must come back as the same page.
+    target = request.rel_url.raw_path_qs if request.method == "GET" else "/"
+    login = _url(_lang(request), "/dashboard/login", next=local_path(target, "/"))
+    return _see_other(request, login, "/dashboard/login")
 
 
-def _need_session(request: web.Request) -> auth.Session:
-    session = _session(request)
+async def _need_session(request: web.Request) -> auth.Session:
+    session = await _session(request)
     if session is None:
         raise _to_login(request)
     return session
@@ -190,20 +209,22 @@ def _same_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return True  # older browsers omit it on same-origin posts; the CSRF token still has to match
-    return origin == f"{request.scheme}://{request.host}"
+    # Behind a TLS-terminating proxy the browser's origin is https://public.host, not what this process sees.
+    return origin == _site(request).origin
 
 
 async def _checked_form(request: web.Request) -> tuple[auth.Session, MultiDictProxy[Any]]:
     """The session and the form of a dashboard action, after the CSRF token and origin checks."""
-    session = _need_session(request)
+    session = await _need_session(request)
     form = await request.post()
     if not _same_origin(request) or not auth.csrf_matches(_field(form, "csrf"), session.csrf):
-        raise _Forbidden(_render(request, "message.html.j2", session=session, status=403, message_key="csrf_failed"))
+        raise _Refused(_render(request, "message.html.j2", session=session, status=403, message_key="csrf_failed"))
     return session, form
 
 
-class _Forbidden(web.HTTPForbidden):
-    """A 403 carrying the HTML page (the server's error middleware would otherwise turn it into JSON)."""
+class _Refused(web.HTTPForbidden):
+    """A refusal (403, or the 4xx of the page it carries) with its HTML page: the server's error middleware would
+    otherwise turn it into JSON."""
 
     def __init__(self, response: web.Response) -> None:
         super().__init__()
@@ -217,15 +238,13 @@ def _field(form: MultiDictProxy[Any], name: str) -> str:
 
 def _back(request: web.Request, form: MultiDictProxy[Any], default: str, **flash: Any) -> web.HTTPSeeOther:
     """Redirect after an action (post/redirect/get), with a flash message in the query."""
-    target = _local_path(_field(form, "back"), default)
+    target = local_path(_field(form, "back"), default)
     parts = urllib.parse.urlsplit(target)
     query = [(k, v) for k, v in urllib.parse.parse_qsl(parts.query) if k not in ("flash", "n", "problem", "lang")]
     query += [(k, str(v)) for k, v in flash.items()]
     if _lang(request) == "en" or _field(form, "lang") == "en":
         query.append(("lang", "en"))
-    return web.HTTPSeeOther(
-        parts.path + ("?" + urllib.parse.urlencode(query) if query else ""), headers=SECURITY_HEADERS
-    )
+    return _see_other(request, parts.path + ("?" + urllib.parse.urlencode(query) if query else ""), default)
 
 
 def _form_lang(request: web.Request, form: MultiDictProxy[Any]) -> str:
@@ -235,7 +254,7 @@ def _form_lang(request: web.Request, form: MultiDictProxy[Any]) -> str:
 async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
-    except _Forbidden as exc:
+    except _Refused as exc:
         return exc.page
 
 
@@ -247,7 +266,7 @@ def _channel_names(request: web.Request) -> list[str]:
 
 
 async def board_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     lang = _lang(request)
     now = request.app[CLOCK]()
     channels = _channel_names(request)
@@ -257,8 +276,9 @@ async def board_page(request: web.Request) -> web.StreamResponse:
 
 async def board_fragment(request: web.Request) -> web.StreamResponse:
     """The board's rows as HTML, for the page's live refresh (escaped here, inserted as is by the script)."""
-    if _session(request) is None:
-        return web.json_response({"error": "unauthorized", "login": "/dashboard/login"}, status=401)
+    if await _session(request) is None:
+        login = _site(request).base + "/dashboard/login"
+        return web.json_response({"error": "unauthorized", "login": login}, status=401)
     lang = _lang(request)
     now = request.app[CLOCK]()
     channels = _channel_names(request)
@@ -277,7 +297,7 @@ async def board_fragment(request: web.Request) -> web.StreamResponse:
 
 
 async def story_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     story_id = request.match_info["story_id"]
     store = request.app[ENGINE].store
     lang = _lang(request)
@@ -298,7 +318,7 @@ async def story_page(request: web.Request) -> web.StreamResponse:
 
 
 async def failures_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     lang = _lang(request)
     now = request.app[CLOCK]()
     store = request.app[ENGINE].store
@@ -337,7 +357,7 @@ async def failures_page(request: web.Request) -> web.StreamResponse:
 
 
 async def channels_page(request: web.Request) -> web.StreamResponse:
-    session = _need_session(request)
+    session = await _need_session(request)
     settings = request.app[SETTINGS]
     health = await channel_health(
         request.app[ENGINE].store,
@@ -361,12 +381,7 @@ def _selection_from(form: MultiDictProxy[Any], now: float) -> ReplaySelection:
             error_classes=[e for e in [_field(form, "error_class")] if e],
             since=parse_time(since_text, now=now) if since_text else None,
         )
-    ids = []
-    for value in form.getall("id", []):
-        try:
-            ids.append(int(value))
-        except (TypeError, ValueError):
-            raise ValueError(f"delivery id {value!r} is not a number") from None
+    ids = [_form_delivery_id(value) for value in form.getall("id", [])]
     if not ids:
         raise ValueError("tick at least one delivery")
     return ReplaySelection(ids=ids)
@@ -378,6 +393,16 @@ async def _replay(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     try:
         selection = _selection_from(form, now)
+    except BadDeliveryId as exc:
+        page = _render(
+            request,
+            "message.html.j2",
+            session=session,
+            status=400,
+            message_key="bad_input",
+            message_params={"problem": str(exc)},
+        )
+        raise _Refused(page) from None
     except ValueError as exc:
         raise _back(request, form, "/dashboard/failures", flash="bad_input", problem=str(exc)) from None
     plan = await plan_replay(engine.store, selection)
@@ -390,7 +415,7 @@ async def _replay(request: web.Request) -> web.StreamResponse:
             session=session,
             plan=plan,
             count_text=translate(lang, "confirm_text", n=len(plan.replayable), channels="、".join(channels)),
-            back=_local_path(_field(form, "back"), "/dashboard/failures"),
+            back=local_path(_field(form, "back"), "/dashboard/failures"),
         )
     done = await requeue(engine.store, plan.replayable, now=now, force=False)
     engine.wake()
@@ -401,11 +426,34 @@ async def replay_action(request: web.Request) -> web.StreamResponse:
     return await _guard(request, _replay)
 
 
+class BadDeliveryId(ValueError):
+    """A ticked id that no delivery can have: the failures page never sends one, so the form was forged."""
+
+
+def _parse_delivery_id(value: object) -> int | None:
+    """A delivery id, or None when ``value`` cannot be one: ids are the store's BIGINT keys, and a larger number
+    would overflow the database driver (a 500) instead of being simply "no such delivery"."""
+    text = value if isinstance(value, str) else ""
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_ID_DIGITS:
+        return None
+    number = int(text)
+    return number if 1 <= number <= MAX_DELIVERY_ID else None
+
+
+def _form_delivery_id(value: object) -> int:
+    number = _parse_delivery_id(value)
+    if number is None:
+        raise BadDeliveryId(f"id: {str(value)[:40]!r} is not a delivery id (an integer 1..{MAX_DELIVERY_ID})")
+    return number
+
+
 def _delivery_id(request: web.Request) -> int:
-    try:
-        return int(request.match_info["delivery_id"])
-    except ValueError:
-        raise web.HTTPNotFound(text="delivery ids are integers") from None
+    number = _parse_delivery_id(request.match_info["delivery_id"])
+    if number is None:
+        raise web.HTTPNotFound(
+            text=f"no delivery {request.match_info['delivery_id'][:40]!r}: ids are integers 1..{MAX_DELIVERY_ID}"
+        )
+    return number
 
 
 async def _landed(request: web.Request) -> web.StreamResponse:
@@ -481,7 +529,9 @@ async def resume_action(request: web.Request) -> web.StreamResponse:
 # --- login -------------------------------------------------------------------------------------------------------
 
 
-def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False) -> web.Response:
+def _login_form(
+    request: web.Request, *, status: int = 200, wrong: bool = False, wait: int | None = None
+) -> web.Response:
     csrf = request.cookies.get(auth.LOGIN_CSRF_COOKIE) or secrets.token_urlsafe(24)
     response = _render(
         request,
@@ -490,16 +540,19 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
         status=status,
         login_csrf=csrf,
         wrong=wrong,
+        wait=wait,
         off=not _token(request),
-        next=_local_path(request.query.get("next"), "/"),
+        next=local_path(request.query.get("next"), "/"),
     )
+    if wait is not None:
+        response.headers["Retry-After"] = str(wait)
     response.set_cookie(
         auth.LOGIN_CSRF_COOKIE,
         csrf,
         path="/dashboard/login",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=_site(request).secure,
         max_age=3600,
     )
     return response
@@ -508,8 +561,8 @@ def _login_form(request: web.Request, *, status: int = 200, wrong: bool = False)
 async def login_page(request: web.Request) -> web.StreamResponse:
     if not _token(request):
         return _login_form(request, status=503)
-    if _session(request) is not None:
-        raise web.HTTPSeeOther(_local_path(request.query.get("next"), _url(_lang(request), "/")))
+    if await _session(request) is not None:
+        raise _see_other(request, request.query.get("next"), _url(_lang(request), "/"))
     return _login_form(request)
 
 
@@ -521,28 +574,48 @@ async def login_action(request: web.Request) -> web.StreamResponse:
     cookie = request.cookies.get(auth.LOGIN_CSRF_COOKIE)
     if not _same_origin(request) or not cookie or not auth.csrf_matches(_field(form, "csrf"), cookie):
         return _render(request, "message.html.j2", session=None, status=403, message_key="csrf_failed")
+    site = _site(request)
+    now = request.app[CLOCK]()
+    throttle = request.app[DASHBOARD].throttle
+    # Checked before the token: a refused attempt must not tell a guesser whether it was right.
+    refusal = throttle.check(site.client, now=now)
+    if refusal is not None:
+        log.warning(
+            "dashboard login refused for %s: too many failed logins (%s), retry after %d s",
+            site.client,
+            "from this address" if refusal.scope == "client" else "from all addresses",
+            refusal.retry_after,
+            extra={"client": site.client, "scope": refusal.scope},
+        )
+        return _login_form(request, status=429, wait=refusal.retry_after)
     if not auth.token_matches(_field(form, "token"), token):
+        throttle.failed(site.client, now=now)
+        log.warning("dashboard login with a wrong token from %s", site.client, extra={"client": site.client})
         return _login_form(request, status=401, wrong=True)
-    target = _local_path(_field(form, "next"), "/")
+    throttle.succeeded(site.client)
+    target = local_path(_field(form, "next"), "/")
     if _field(form, "lang") == "en" and "lang=" not in target:
         target += ("&" if "?" in target else "?") + "lang=en"
-    response = web.HTTPSeeOther(target, headers=SECURITY_HEADERS)
+    response = _see_other(request, target, "/")
     response.set_cookie(
         auth.SESSION_COOKIE,
-        auth.new_session_cookie(token, now=request.app[CLOCK]()),
+        await auth.new_session(request.app[ENGINE].store, token, now=now),
         path="/",
         httponly=True,
         samesite="Strict",
-        secure=request.secure,
+        secure=site.secure,
         max_age=auth.SESSION_SECONDS,
     )
     response.del_cookie(auth.LOGIN_CSRF_COOKIE, path="/dashboard/login")
+    log.info("dashboard login from %s", site.client, extra={"client": site.client})
     raise response
 
 
 async def _logout(request: web.Request) -> web.StreamResponse:
-    _, form = await _checked_form(request)
-    response = web.HTTPSeeOther(_url(_form_lang(request, form), "/dashboard/login"), headers=SECURITY_HEADERS)
+    session, form = await _checked_form(request)
+    # Ended in the store, not just in this browser: a copy of the cookie is worth nothing from now on.
+    await auth.end_session(request.app[ENGINE].store, session, now=request.app[CLOCK]())
+    response = _see_other(request, _url(_form_lang(request, form), "/dashboard/login"), "/dashboard/login")
     response.del_cookie(auth.SESSION_COOKIE, path="/")
     raise response
 

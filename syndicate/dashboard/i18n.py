@@ -20,6 +20,10 @@ TEXTS: dict[str, tuple[str, str]] = {
     "login_token": ("令牌", "Token"),
     "login_submit": ("登录", "Log in"),
     "login_wrong": ("令牌不正确。", "That token is not valid."),
+    "login_throttled": (
+        "登录失败次数过多，请 {seconds} 秒后再试。",
+        "Too many failed logins: try again in {seconds} s.",
+    ),
     "login_off": (
         "运营台未启用：请在配置中设置 [server] api_token。",
         "The dashboard is off: set [server] api_token in the config.",
@@ -102,6 +106,7 @@ TEXTS: dict[str, tuple[str, str]] = {
     "flash_paused": ("渠道已暂停。", "Channel paused."),
     "flash_resumed": ("渠道已恢复。", "Channel resumed."),
     "flash_bad_input": ("输入有误：{problem}", "Bad input: {problem}"),
+    "bad_input": ("输入有误：{problem}", "Bad input: {problem}"),
     "channels_title": ("渠道健康", "Channel health"),
     "ch_kind": ("类型", "Kind"),
     "ch_circuit": ("通道", "Circuit"),

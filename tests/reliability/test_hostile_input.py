@@ -307,3 +307,95 @@ def test_pause_answers_any_json(live: LiveApp, document: Any, channel: str) -> N
 def test_admin_posts_answer_arbitrary_bytes(live: LiveApp, raw: bytes, path: str) -> None:
     headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
     assert_documented(live.request("POST", path, raw, headers), f"POST {path} {raw[:100]!r}")
+
+
+# --- the dashboard (issue 14): ids, cookies and CSRF fields of any spelling --------------------------------------
+
+DASHBOARD_REFUSALS = {303, 400, 403, 404}
+COOKIE_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters=";,"), max_size=60)
+
+
+def _cookie_value(answer_headers: http.client.HTTPMessage, name: str) -> str:
+    for header in answer_headers.get_all("Set-Cookie") or []:
+        if header.startswith(name + "="):
+            return header.split(";", 1)[0].split("=", 1)[1]
+    raise AssertionError(f"no {name} cookie set")
+
+
+def _hidden_csrf(html: bytes) -> str:
+    marker = b'name="csrf" value="'
+    start = html.index(marker) + len(marker)
+    return html[start : html.index(b'"', start)].decode()
+
+
+def _raw_request(
+    live: LiveApp, method: str, path: str, body: bytes, headers: dict[str, str]
+) -> http.client.HTTPResponse:
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    conn.request(method, path, body=body, headers=headers)
+    resp = conn.getresponse()
+    resp.read()
+    conn.close()
+    return resp
+
+
+@dataclass(frozen=True)
+class DashboardSession:
+    cookie: str
+    csrf: str
+
+
+@pytest.fixture(scope="module")
+def dashboard_session(live: LiveApp) -> DashboardSession:
+    conn = http.client.HTTPConnection("127.0.0.1", live.port, timeout=30)
+    conn.request("GET", "/dashboard/login")
+    page = conn.getresponse()
+    html = page.read()
+    login_csrf = _cookie_value(page.headers, "syndicate_login_csrf")
+    form = urlencode({"csrf": _hidden_csrf(html), "token": API_TOKEN, "next": "/"}).encode()
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": f"syndicate_login_csrf={login_csrf}"}
+    conn.request("POST", "/dashboard/login", body=form, headers=headers)
+    answer = conn.getresponse()
+    answer.read()
+    assert answer.status == 303
+    cookie = "syndicate_session=" + _cookie_value(answer.headers, "syndicate_session")
+    conn.request("GET", "/dashboard/failures", headers={"Cookie": cookie})
+    failures = conn.getresponse()
+    csrf = _hidden_csrf(failures.read())
+    conn.close()
+    return DashboardSession(cookie, csrf)
+
+
+DELIVERY_IDS = (
+    st.integers(min_value=-(2**70), max_value=2**80).map(str)
+    | st.sampled_from([str(2**63), str(2**64), str(2**63 - 1), "0", "-1", "1e3", "٣", "9" * 5000])
+    | SAFE_TEXT.filter(bool)
+)
+
+
+@FUZZ
+@given(delivery_id=DELIVERY_IDS, action=st.sampled_from(["landed", "resend", "replay"]))
+def test_dashboard_actions_answer_any_delivery_id(
+    live: LiveApp, dashboard_session: DashboardSession, delivery_id: str, action: str
+) -> None:
+    headers = {"Content-Type": "application/x-www-form-urlencoded", "Cookie": dashboard_session.cookie}
+    if action == "replay":
+        path = "/dashboard/replay"
+        body = urlencode({"csrf": dashboard_session.csrf, "id": delivery_id, "confirm": "yes"}).encode()
+    else:
+        path = f"/dashboard/deliveries/{quote(delivery_id, safe='')}/{action}"
+        body = urlencode({"csrf": dashboard_session.csrf, "remote": "https://example.cn/p/1"}).encode()
+    answer = _raw_request(live, "POST", path, body, headers)
+    assert answer.status in DASHBOARD_REFUSALS, f"POST {path} id={delivery_id[:60]!r}: {answer.status}"
+
+
+@FUZZ
+@given(cookie=COOKIE_TEXT, csrf=COOKIE_TEXT)
+def test_dashboard_answers_any_session_cookie_or_csrf_field(live: LiveApp, cookie: str, csrf: str) -> None:
+    raw_cookie = f"syndicate_session={cookie}; syndicate_login_csrf={cookie}".encode().decode("latin-1")
+    answer = _raw_request(live, "GET", "/", b"", {"Cookie": raw_cookie})
+    assert answer.status == 303, f"GET / with cookie {cookie!r}: {answer.status}"  # no session: to the login
+    form = urlencode({"csrf": csrf, "token": "not-the-token-0123456789"}).encode()
+    headers = {"Cookie": raw_cookie, "Content-Type": "application/x-www-form-urlencoded"}
+    answer = _raw_request(live, "POST", "/dashboard/login", form, headers)
+    assert answer.status in (401, 403, 429), f"POST /dashboard/login csrf={csrf!r} cookie={cookie!r}: {answer.status}"

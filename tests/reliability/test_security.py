@@ -32,6 +32,7 @@ import logging
 import re
 import socket
 import time
+import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -49,6 +50,8 @@ from pydantic import BaseModel
 from adapters.app.standin import DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET
 from adapters.weibo import standin as weibo
 from syndicate.config import Settings, load_config, parse_config
+from syndicate.dashboard import auth
+from syndicate.dashboard.urls import local_path
 from syndicate.delivery import Action, Permanent, RenderError
 from syndicate.engine import Engine
 from syndicate.logs import configure_logging, reset_logging
@@ -1150,3 +1153,84 @@ async def test_a_story_image_on_a_private_address_fails_its_delivery_unless_allo
     assert (delivery.state, delivery.last_error_class, posted) == (State.FAILED, "Permanent", [])
     assert f"{sandbox.url}/media/story-amber-1200x675.png" in (delivery.last_error or "")
     assert LOOPBACK in (delivery.last_error or "") and "allow_private = true" in (delivery.last_error or "")
+
+
+# ================================================================ 5. the dashboard's redirects and sessions (issue 14)
+
+REDIRECT_LEADS = ["", "/", "\t", " ", "\x00", "\n", "\\"]
+REDIRECT_SLASHES = ["//", "/\\", "\\\\", "\\/", "/\t/", "/\n/", "/%2F", "%2F%2F", "/%5C", "%5C%5C", "/%09/", "/%252F"]
+REDIRECT_HOSTS = ["evil.example/", "evil.example@127.0.0.1/", "127.0.0.1.evil.example/dashboard/"]
+REDIRECT_SCHEMES = ["", "https:", "http:", "HTTPS:", "javascript:", "java\tscript:", "data:"]
+
+
+def _where_a_browser_goes(location: str) -> urllib.parse.SplitResult:
+    """Resolve a Location against the dashboard's own URL, after the clean-up a browser does (tabs and newlines
+    dropped, backslashes read as slashes)."""
+    read = location.translate(str.maketrans("", "", "\t\n\r")).strip("".join(map(chr, range(0x21))))
+    return urllib.parse.urlsplit(urllib.parse.urljoin("https://dash.example/dashboard/x", read.replace("\\", "/")))
+
+
+def test_no_spelling_of_a_redirect_target_leaves_the_dashboard() -> None:
+    """Every combination of scheme, leading junk, double slash (plain, backslashed, tab-split, percent-encoded once
+    or twice) and host: `local_path`, the one check every dashboard redirect goes through, gives the fallback or a
+    path that a browser resolves on the dashboard's own origin, under /dashboard/ or at /."""
+    checked = 0
+    for scheme, lead, slashes, host in itertools.product(
+        REDIRECT_SCHEMES, REDIRECT_LEADS, REDIRECT_SLASHES, REDIRECT_HOSTS
+    ):
+        target = f"{scheme}{lead}{slashes}{host}"
+        got = local_path(target, "/dashboard/failures")
+        lands = _where_a_browser_goes(got)
+        assert (lands.scheme, lands.netloc) == ("https", "dash.example"), (target, got)
+        assert lands.path == "/" or lands.path.startswith("/dashboard/"), (target, got)
+        assert got == "/dashboard/failures", (target, got)  # none of these is a dashboard path
+        checked += 1
+    assert checked == len(REDIRECT_SCHEMES) * len(REDIRECT_LEADS) * len(REDIRECT_SLASHES) * len(REDIRECT_HOSTS)
+    assert local_path("/dashboard/stories/a?lang=en", "/") == "/dashboard/stories/a?lang=en"
+
+
+async def test_dashboard_sessions_end_on_the_server_and_forwarded_headers_are_not_trusted(tmp_path: Path) -> None:
+    """A cookie copied before logout or before `sessions revoke-all` opens nothing; X-Forwarded-* from a client
+    that is not a configured proxy neither moves the accepted origin nor hides the address the throttle counts."""
+    settings = parse_config(
+        {"store": {"url": f"sqlite:///{tmp_path / 's.db'}"}, "server": {"api_token": DASH_TOKEN}},
+        source="sessions.toml",
+        env={},
+    )
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine, TestClient(TestServer(create_app(settings, engine))) as client:
+            dash = Dash(client, engine)
+            assert await dash.login(DASH_TOKEN) == 303
+            jar = client.session.cookie_jar
+            session = jar.filter_cookies(client.make_url("/"))["syndicate_session"].value
+            cookie = {"Cookie": f"syndicate_session={session}"}
+            csrf = await dash.csrf()
+            assert (await client.post("/dashboard/logout", data={"csrf": csrf}, allow_redirects=False)).status == 303
+            assert (await client.get("/", headers=cookie, allow_redirects=False)).status == 303
+            assert await dash.login(DASH_TOKEN) == 303
+            await auth.revoke_all(store, now=time.time())
+            assert (await client.get("/", allow_redirects=False)).status == 303
+            jar.clear()
+            forged = {
+                "X-Forwarded-Proto": "https",
+                "X-Forwarded-Host": "evil.example",
+                "Origin": "https://evil.example",
+            }
+            page = await client.get("/dashboard/login", headers=forged)
+            login_csrf = re.search(r'name="csrf" value="([^"]*)"', await page.text())
+            assert login_csrf and "Secure" not in page.headers["Set-Cookie"]
+            resp = await client.post(
+                "/dashboard/login", data={"csrf": login_csrf.group(1), "token": DASH_TOKEN}, headers=forged
+            )
+            assert resp.status == 403
+            for n in range(12):  # a new X-Forwarded-For each time: still one address to the throttle
+                resp = await client.post(
+                    "/dashboard/login",
+                    data={"csrf": login_csrf.group(1), "token": f"wrong-{n}-0123456789abcdef"},
+                    headers={"X-Forwarded-For": f"198.51.100.{n}"},
+                )
+            assert resp.status == 429 and "Retry-After" in resp.headers
+    finally:
+        await store.close()
