@@ -11,12 +11,15 @@ so every worker on every host uses one token per app id).
 
 **One resumable step at a time**, each result checkpointed before the next step starts (``ctx.checkpoint``):
 
-1. cover -> ``material/add_material`` (type image; ≤ 10 MB bmp/png/jpeg/gif) -> ``thumb_media_id``;
+1. cover -> ``material/add_material`` (type image; ≤ 10 MB bmp/png/jpeg/gif) -> ``thumb_media_id``; the same
+   image (by the hash of the bytes sent) reuses the material already uploaded, and a retraction deletes it once
+   no live story shows it (the account's material quota is finite);
 2. every body image -> ``media/uploadimg`` (jpg/png under 1 MB) -> WeChat URL, and the body's ``<img src>``
-   rewritten to it (WeChat drops external images);
+   rewritten to it (WeChat drops external images). An image WeChat would refuse (a press photo over 1 MB, a GIF,
+   a WebP) is converted and, only if quality alone cannot fit it, downscaled with Pillow (``images.fit_image``);
 3. ``draft/add`` -> draft ``media_id``. Before the request the attempt records ``draft_pending``; a retry after
-   a lost answer finds the draft with ``draft/batchget`` by its ``thumb_media_id`` (uploaded by this delivery
-   alone) instead of creating a second one;
+   a lost answer finds the draft with ``draft/batchget`` by its cover, title and source link instead of creating
+   a second one;
 4. ``freepublish/submit`` -> ``publish_id``. Accepted is not published. ``submit_pending`` is recorded first; a
    lost answer is ``OutcomeUnknown`` and ``lookup`` reconciles it with ``freepublish/batchget`` (title and
    ``thumb_media_id``), retrying while WeChat may still be publishing, never submitting twice meanwhile;
@@ -57,6 +60,7 @@ from wechatpy.exceptions import InvalidAppIdException, InvalidSignatureException
 from wechatpy.session import SessionStorage
 from wechatpy.utils import check_signature
 
+from adapters.wechat.images import ImageRefused, fit_image
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
     Action,
@@ -87,6 +91,8 @@ WECHAT_API_BASE = "https://api.weixin.qq.com"
 #: WeChat's article limits (characters, bytes).
 TITLE_MAX, AUTHOR_MAX, DIGEST_MAX = 32, 16, 128
 CONTENT_MAX_CHARS, CONTENT_MAX_BYTES = 20_000, 1024 * 1024
+#: What is fetched before conversion: any image the media fetcher knows (fit_image makes it one WeChat takes).
+FETCHED_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")
 COVER_MAX_BYTES = 10 * 1024 * 1024
 COVER_TYPES = ("image/bmp", "image/png", "image/jpeg", "image/gif")
 BODY_IMAGE_MAX_BYTES = 1024 * 1024 - 1
@@ -317,6 +323,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         )
         self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
         self._refresh_lock = asyncio.Lock()
+        self._cover_locks: dict[str, asyncio.Lock] = {}
 
     def unsupported_reason(self, action: Action) -> str:
         if action is Action.UPDATE:
@@ -565,13 +572,18 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     # ---- images
 
     async def _fetch(self, url: str, *, field: str, max_bytes: int, types: tuple[str, ...]) -> MediaBlob:
-        return await self.fetch_image(
-            url,
-            max_bytes=max_bytes,
-            allowed_types=types,
-            what=field,
-            requirement=f"WeChat takes {', '.join(t.split('/')[1] for t in types)} up to {max_bytes // 1_000_000} MB",
+        """The image as WeChat takes it: fetched within the media limits (any image type), then converted and
+        downscaled when WeChat would refuse it as it is (``images.fit_image``)."""
+        requirement = f"WeChat takes {', '.join(t.split('/')[1] for t in types)} up to {max_bytes // 1_000_000} MB"
+        limit = self.media_settings.max_bytes
+        blob = await self.fetch_image(
+            url, max_bytes=limit, allowed_types=FETCHED_TYPES, what=field, requirement=requirement
         )
+        try:
+            # Pillow decodes on a thread: a large photo must not hold the event loop the other deliveries share.
+            return await asyncio.to_thread(fit_image, blob, max_bytes=max_bytes, types=types)
+        except ImageRefused as exc:
+            raise Permanent(f"{field} {url} cannot go to WeChat ({requirement}): {exc}") from exc
 
     @staticmethod
     def _form(blob: MediaBlob) -> Callable[[], aiohttp.FormData]:
@@ -582,8 +594,25 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
         return build
 
-    async def _upload_cover(self, article: WeChatArticle, ctx: DeliveryContext) -> str:
+    def _cover_key(self, sha256: str) -> str:
+        return f"wechat:{self.options.app_id}:cover:{sha256}"
+
+    def _cover_users_key(self, sha256: str) -> str:
+        return f"wechat:{self.options.app_id}:cover-users:{sha256}"
+
+    async def _upload_cover(self, article: WeChatArticle, ctx: DeliveryContext) -> dict[str, str]:
+        """The cover as a permanent material: the one already uploaded for the same image (by the converted bytes'
+        hash: the account's material quota is finite), or a new upload. The checkpoint it returns names both."""
         blob = await self._fetch(article.cover, field="images (cover)", max_bytes=COVER_MAX_BYTES, types=COVER_TYPES)
+        # One upload per image in this process; two workers uploading the same new cover at once make two materials
+        # (both work; the spare is only quota).
+        async with self._cover_locks.setdefault(blob.sha256, asyncio.Lock()):
+            return await self._cover_material(blob, ctx)
+
+    async def _cover_material(self, blob: MediaBlob, ctx: DeliveryContext) -> dict[str, str]:
+        known = await ctx.kv_get(self._cover_key(blob.sha256))
+        if known:
+            return {"thumb_media_id": known, "cover_sha256": blob.sha256}
         answer = await self._api_call(
             ctx,
             "POST",
@@ -592,7 +621,61 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             params={"type": "image"},
             form=self._form(blob),
         )
-        return str(answer["media_id"])
+        media_id = str(answer["media_id"])
+        await ctx.kv_set(self._cover_key(blob.sha256), media_id, None)
+        return {"thumb_media_id": media_id, "cover_sha256": blob.sha256}
+
+    async def _cover_users(self, ctx: DeliveryContext, sha256: str) -> list[str]:
+        raw = await ctx.kv_get(self._cover_users_key(sha256))
+        try:
+            found = json.loads(raw) if raw else []
+        except ValueError:
+            found = []
+        return [str(u) for u in found] if isinstance(found, list) else []
+
+    async def _note_cover_user(self, ctx: DeliveryContext) -> None:
+        """This story's live article shows the cover: it stays until the last such story is retracted."""
+        sha = ctx.state.get("cover_sha256")
+        if sha:
+            async with self._cover_locks.setdefault(sha, asyncio.Lock()):
+                users = await self._cover_users(ctx, sha)
+                if ctx.story_id not in users:
+                    await ctx.kv_set(self._cover_users_key(sha), json.dumps([*users, ctx.story_id]), None)
+
+    async def _release_cover(self, ctx: DeliveryContext, receipt: Receipt) -> str | None:
+        """On retraction: the cover material is deleted once no live story of this channel's account shows it.
+
+        The users list is read and written under this process's lock for the image; workers in other processes
+        publishing or retracting a story with the same cover at the same instant could still lose an update (the
+        cost: a spare material, or, rarely, a cover removed while a live article uses it; whether a published
+        article still shows a deleted material, WeChat's documentation does not say)."""
+        sha, media_id = receipt.raw.get("cover_sha256"), receipt.raw.get("thumb_media_id")
+        if not sha or not media_id:
+            return None  # published before covers were shared: its material is left as it was
+        async with self._cover_locks.setdefault(sha, asyncio.Lock()):
+            return await self._release_cover_locked(ctx, sha, str(media_id))
+
+    async def _release_cover_locked(self, ctx: DeliveryContext, sha: str, media_id: str) -> str:
+        users = [u for u in await self._cover_users(ctx, sha) if u != ctx.story_id]
+        if users:
+            await ctx.kv_set(self._cover_users_key(sha), json.dumps(users), None)
+            return "kept (another live story shows it)"
+        try:
+            await self._api_call(
+                ctx,
+                "POST",
+                "material/del_material",
+                what=f"deleting the cover material {media_id} (material/del_material)",
+                json_body={"media_id": media_id},
+            )
+            outcome = "deleted"
+        except Permanent as exc:
+            if exc.platform_code != str(INVALID_MEDIA_ID):
+                raise
+            outcome = "already gone"
+        await ctx.kv_set(self._cover_key(sha), "", self.clock())  # expired now: the next story uploads afresh
+        await ctx.kv_set(self._cover_users_key(sha), "", self.clock())
+        return outcome
 
     async def _upload_body_image(self, src: str, ctx: DeliveryContext) -> str:
         blob = await self._fetch(src, field="body_html <img>", max_bytes=BODY_IMAGE_MAX_BYTES, types=BODY_IMAGE_TYPES)
@@ -615,15 +698,15 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     async def _publish(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         state = ctx.state
-        if state.get("article_id"):
-            return self._receipt(state)
-        return await self._steps(_article(payload, ctx), ctx)
+        receipt = self._receipt(state) if state.get("article_id") else await self._steps(_article(payload, ctx), ctx)
+        await self._note_cover_user(ctx)  # also when resuming: a crash may have come between confirm and this
+        return receipt
 
     async def _steps(self, data: WeChatArticle, ctx: DeliveryContext) -> Receipt:
         state = ctx.state
         # 1. cover -> permanent material
         if not state.get("thumb_media_id"):
-            await ctx.checkpoint({"thumb_media_id": await self._upload_cover(data, ctx)})
+            await ctx.checkpoint(await self._upload_cover(data, ctx))
         # 2. body images -> uploadimg, one checkpoint per image
         urls: dict[str, str] = dict(state.get("body_images") or {})
         for src in data.body_images:
@@ -652,7 +735,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     async def _make_draft(self, data: WeChatArticle, content: str, ctx: DeliveryContext) -> None:
         thumb = ctx.state["thumb_media_id"]
         if ctx.state.get("draft_pending"):
-            existing = await self._find_draft(ctx, thumb)
+            existing = await self._find_draft(ctx, thumb, data)
             if existing is not None:
                 await ctx.checkpoint({"draft_media_id": existing, "draft_pending": None})
                 return
@@ -673,8 +756,10 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             )
         except Permanent as exc:
             if exc.platform_code == str(INVALID_MEDIA_ID):
-                # WeChat no longer knows the cover: start again from the step that made it.
-                await ctx.checkpoint({"thumb_media_id": None, "draft_pending": None})
+                # WeChat no longer knows the cover (deleted by hand?): forget it, start again from its upload.
+                if ctx.state.get("cover_sha256"):
+                    await ctx.kv_set(self._cover_key(ctx.state["cover_sha256"]), "", self.clock())
+                await ctx.checkpoint({"thumb_media_id": None, "cover_sha256": None, "draft_pending": None})
                 raise Retryable(f"{exc.reason}: uploading the cover again", retry_after=0) from exc
             await ctx.checkpoint({"draft_pending": None})
             raise
@@ -683,11 +768,16 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             raise exc
         await ctx.checkpoint({"draft_media_id": str(answer["media_id"]), "draft_pending": None})
 
-    async def _find_draft(self, ctx: DeliveryContext, thumb_media_id: str) -> str | None:
-        """The draft an unanswered draft/add made: the one whose cover is this delivery's own upload."""
+    async def _find_draft(self, ctx: DeliveryContext, thumb_media_id: str, data: WeChatArticle) -> str | None:
+        """The draft an unanswered draft/add made: this delivery's cover, title and source link (a cover can be
+        shared by several stories' drafts)."""
         async for item in self._listed(ctx, "draft/batchget", "the draft list (draft/batchget)"):
             for article in (item.get("content") or {}).get("news_item") or []:
-                if article.get("thumb_media_id") == thumb_media_id:
+                if (
+                    article.get("thumb_media_id") == thumb_media_id
+                    and article.get("title") == data.title
+                    and article.get("content_source_url") == data.content_source_url
+                ):
                     return str(item["media_id"])
         return None
 
@@ -822,6 +912,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 "publish_id": state.get("publish_id"),
                 "draft_media_id": state.get("draft_media_id"),
                 "thumb_media_id": state.get("thumb_media_id"),
+                "cover_sha256": state.get("cover_sha256"),
             },
         )
 
@@ -846,6 +937,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     async def retract(self, payload: Payload[WeChatPayload], ctx: DeliveryContext) -> Receipt:
         assert ctx.receipt is not None  # the engine skips a retraction of what never landed
         deleted = await self._delete_article(ctx, ctx.receipt)
+        cover = await self._release_cover(ctx, ctx.receipt)
+        if cover is not None:
+            deleted["cover"] = cover
         return Receipt(remote_id=ctx.receipt.remote_id, url=None, raw={"deleted": deleted})
 
     async def _delete_article(self, ctx: DeliveryContext, receipt: Receipt) -> dict[str, Any]:

@@ -265,6 +265,23 @@ async def add_material(request: web.Request, call: Call, app_id: str) -> web.Res
     return web.json_response({"media_id": media_id, "url": url})
 
 
+async def del_material(request: web.Request, call: Call, app_id: str) -> web.Response:
+    """``material/del_material {"media_id"}``: a permanent material deleted (40007 when unknown)."""
+    body = await read_json(request)
+    call.record(body)
+    materials = _state(call.sandbox).get("materials", {})
+    found = materials.get(body.get("media_id") if isinstance(body, dict) else None)
+    if found is None or found["app_id"] != app_id:
+        raise _WeChatError(40007, "invalid media_id")
+    del materials[body["media_id"]]
+    return _ok()
+
+
+def materials(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
+    """The permanent materials (covers) the account holds, by media id."""
+    return {k: dict(v) for k, v in _state(sandbox).get("materials", {}).items()}
+
+
 async def uploadimg(request: web.Request, call: Call, app_id: str) -> web.Response:
     filename, data = await _upload(request)
     call.record({"filename": filename, "size": len(data)})
@@ -388,6 +405,8 @@ def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
             "update_time": int(time.time()),
             "deleted": False,
         }
+        # A published draft leaves the draft box, as on WeChat (a later draft/delete of it answers 40007).
+        _state(sandbox).get("drafts", {}).pop(job["draft"], None)
     return job
 
 
@@ -535,6 +554,7 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_get(f"{PREFIX}/draft/count", _wrap(sandbox, "draft/count", draft_count))
     posts = {
         "material/add_material": add_material,
+        "material/del_material": del_material,
         "media/uploadimg": uploadimg,
         "draft/add": draft_add,
         "draft/batchget": draft_batchget,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import time
@@ -13,6 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.test_utils import TestServer
+from PIL import Image
 
 from adapters.wechat import standin as wx
 from adapters.wechat.adapter import (
@@ -516,3 +519,55 @@ async def test_the_live_check_uses_the_shared_token_and_never_replaces_it(
         await adapter.close()
     assert "shared access token" in detail
     assert wx.tokens_issued(sandbox.sandbox) == 1  # the workers' token still stands
+
+
+@pytest.fixture
+async def photo_desk() -> AsyncIterator[str]:
+    """A newsroom's image server on loopback: a press photo over 1 MB and a WebP, as editors upload them."""
+    from tests.adapters.test_wechat_images import press_photo
+
+    photo = press_photo(quality=97)
+    webp = io.BytesIO()
+    Image.open(io.BytesIO(press_photo(800, 450, "PNG"))).save(webp, "WEBP")
+    files = {"photo.jpg": (photo, "image/jpeg"), "cover.webp": (webp.getvalue(), "image/webp")}
+
+    async def serve(request: web.Request) -> web.Response:
+        data, kind = files[request.match_info["name"]]
+        return web.Response(body=data, content_type=kind)
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield f"http://127.0.0.1:{server.port}"
+    finally:
+        await server.close()
+
+
+async def test_photos_wechat_would_refuse_are_converted_and_a_shared_cover_is_uploaded_once(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path, photo_desk: str
+) -> None:
+    """A 1 MB+ JPEG in the body and a WebP cover used to fail the article; two stories with the same cover made two
+    permanent materials (the account's quota is finite), and none was ever removed."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    cover = [{"href": f"{photo_desk}/cover.webp", "role": "cover"}]
+    body = f'<p>现场</p><img src="{photo_desk}/photo.jpg" alt="现场">'
+    one = story(sandbox, id="one", images=cover, body_html=body)
+    two = story(sandbox, id="two", headline="第二条：同一张封面", images=cover, body_html=body)
+    found = await run_once(settings, store, one, two)
+    assert [d.state for d in found] == [State.DELIVERED, State.DELIVERED], [d.last_error for d in found]
+    [material] = wx.materials(sandbox.sandbox)
+    uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
+    assert uploads and all(r.body["size"] < 1024 * 1024 for r in uploads)
+
+    withdraw = {"version": 2, "pubstatus": "canceled"}
+    await run_once(settings, store, Story.from_dict({"id": "one", **withdraw}))
+    assert list(wx.materials(sandbox.sandbox)) == [material]  # story two's article still shows it
+    await run_once(settings, store, Story.from_dict({"id": "two", **withdraw}))
+    assert wx.materials(sandbox.sandbox) == {}
+    retractions = [d for d in await deliveries(store) if d.action is Action.RETRACT]
+    assert {d.receipt.raw["deleted"]["cover"] for d in retractions if d.receipt} == {
+        "kept (another live story shows it)",
+        "deleted",
+    }
