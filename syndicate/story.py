@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
@@ -89,7 +89,15 @@ class StoryValidationError(ValueError):
     @classmethod
     def from_pydantic(cls, exc: ValidationError) -> StoryValidationError:
         """Translate pydantic's loc tuples and messages into ``path: problem`` pairs a sender can act on."""
-        return cls(FieldError(error_path(error["loc"]), _problem(error)) for error in exc.errors())
+        found: list[FieldError] = []
+        for error in exc.errors():
+            inner = error.get("ctx", {}).get("error")
+            if error["type"] == "value_error" and isinstance(inner, StoryValidationError):
+                # A model-level check that names its own fields (the text walk): keep its paths.
+                found.extend(inner.errors)
+            else:
+                found.append(FieldError(error_path(error["loc"]), _problem(error)))
+        return cls(found)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -145,6 +153,39 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+
 _URI_SAFE = "-._~:/?#[]@!$&'()*+,;=%"
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2})?)(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+#: What XML 1.0's Char production excludes: C0 controls but tab, LF and CR; surrogates; U+FFFE and U+FFFF. Feeds,
+#: sitemaps and every XML-speaking platform refuse them, so one such character would make a story undeliverable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_problem(text: str) -> str | None:
+    """Why ``text`` cannot travel in XML 1.0 (the first offending character, position counted from 0), or None."""
+    found = _NOT_XML.search(text)
+    if found is None:
+        return None
+    return f"contains U+{ord(found.group()):04X} at position {found.start()}, a character XML 1.0 cannot carry"
+
+
+def text_errors(value: Any, loc: tuple[int | str, ...] = ()) -> Iterator[FieldError]:
+    """Every text of ``value`` (a model, walked through its declared fields, so a field added later is covered;
+    lists; dicts, keys too) that XML 1.0 cannot carry."""
+    if isinstance(value, str):
+        problem = xml_problem(value)
+        if problem is not None:
+            yield FieldError(error_path(loc), problem)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from text_errors(getattr(value, name), (*loc, name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := xml_problem(key)) is not None:
+                yield FieldError(error_path(loc), f"key {key!r} {problem}")
+            yield from text_errors(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from text_errors(item, (*loc, index))
 
 
 def is_uri(value: str) -> bool:
@@ -368,6 +409,14 @@ class Story(_Model):
         if len(covers) > 1:
             raise ValueError(f"at most one image may have role cover ({' and '.join(covers)} do)")
         return images
+
+    @model_validator(mode="after")
+    def _xml_text(self) -> Self:
+        # Refused here, at intake, rather than stripped per channel: one rule, and the sender hears of it.
+        errors = list(text_errors(self))
+        if errors:
+            raise StoryValidationError(errors)
+        return self
 
     @field_validator("overrides")
     @classmethod

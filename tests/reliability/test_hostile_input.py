@@ -307,3 +307,36 @@ def test_pause_answers_any_json(live: LiveApp, document: Any, channel: str) -> N
 def test_admin_posts_answer_arbitrary_bytes(live: LiveApp, raw: bytes, path: str) -> None:
     headers = {"Authorization": f"Bearer {API_TOKEN}", "Content-Type": "application/json"}
     assert_documented(live.request("POST", path, raw, headers), f"POST {path} {raw[:100]!r}")
+
+
+# --- issue 14: intake hardening (text, numbers, dates, sizes) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "character"),
+    [
+        ({"id": "xml-1", "headline": "ab\x01c"}, "headline", "U+0001 at position 2"),
+        ({"id": "xml-2", "headline": "标题", "summary": "\x00"}, "summary", "U+0000 at position 0"),
+        ({"id": "xml-3", "headline": "标题", "tags": ["a", "b\ufffe"]}, "tags[1]", "U+FFFE at position 1"),
+        (
+            {"id": "xml-4", "headline": "标题", "images": [{"href": "https://n.example.cn/a.png", "alt": "\uffff"}]},
+            "images[0].alt",
+            "U+FFFF at position 0",
+        ),
+        ({"id": "xml-5", "headline": "标题", "overrides": {"web": {"text": "x\x1b"}}}, "overrides.web.text", "U+001B"),
+    ],
+)
+def test_text_xml_cannot_carry_is_422_naming_the_field_and_character(
+    live: LiveApp, document: dict[str, Any], path: str, character: str
+) -> None:
+    answer = live.hook(json.dumps(document).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and character in error["problem"] and "XML 1.0" in error["problem"], error
+
+
+def test_ninjs_text_xml_cannot_carry_is_422_naming_the_ninjs_field(live: LiveApp) -> None:
+    document = {"uri": "urn:x:xml-n", "headlines": [{"role": "main", "value": "坏\x01"}]}
+    answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
+    assert answer.status == 422, answer.raw[:300]
+    assert [e["path"] for e in answer.body["errors"]] == ["headlines[0].value"]
