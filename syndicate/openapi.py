@@ -22,6 +22,8 @@ def _error(description: str) -> dict[str, Any]:
 _ERRORS_401 = {"401": _error("Missing or wrong bearer token")}
 _SIGNED: list[dict[str, list[str]]] = [{"signature": []}]
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+#: Delivery ids are the stores' 64-bit keys.
+_DELIVERY_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 _FANOUT_RESPONSES = {
     "202": _json_body(_ref("FanOut"), "Accepted: the story version and all its deliveries are committed"),
@@ -216,7 +218,12 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                     "summary": "Re-queue one failed or unknown delivery (delivered ones need force)",
                     "security": _BEARER,
                     "parameters": [
-                        {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                        {
+                            "name": "delivery_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": _DELIVERY_ID,
+                        }
                     ],
                     "requestBody": {
                         "required": False,
@@ -247,7 +254,7 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                                     "type": "object",
                                     "additionalProperties": False,
                                     "properties": {
-                                        "ids": {"type": "array", "items": {"type": "integer"}},
+                                        "ids": {"type": "array", "items": _DELIVERY_ID},
                                         "channel": {"type": ["string", "array"]},
                                         "story": {"type": "string"},
                                         "since": {"type": "string"},

@@ -296,11 +296,51 @@ def rfc3339(value: datetime) -> str:
     return f"{text[:-6]}Z" if text.endswith("+00:00") else text
 
 
+#: Bounds of every number and date a story carries, checked at intake so no store column or renderer overflows.
+#: ``version`` fits PostgreSQL's INTEGER (the smaller of the two stores' columns).
+VERSION_MAX = 2**31 - 1
+#: Image width and height in pixels.
+PIXELS_MAX = 100_000
+#: Dates: any instant from 1900 to 2999, in UTC and in the sender's own offset (renderers convert both ways).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+#: A JSON integer literal longer than this is clamped (see ``parse_json_int``).
+_INT_DIGITS_MAX = 30
+
+
+def parse_json_int(digits: str) -> int:
+    """``json.loads(parse_int=...)``: an integer literal of any length, without Python's 4,300-digit limit
+    (``int()`` of a longer string raises ValueError). One too long for any field becomes a huge number of the same
+    sign, so the field's own bound refuses it, by name, instead of the parser failing as a whole."""
+    if len(digits.lstrip("-")) <= _INT_DIGITS_MAX:
+        return int(digits)
+    huge: int = 10**_INT_DIGITS_MAX
+    return -huge if digits.startswith("-") else huge
+
+
+def _between(low: int, high: int) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _in_range(value: datetime) -> datetime:
+    # Checked in the sender's offset first: 0001-01-01T00:30:00+01:00 cannot even be converted to UTC.
+    local = value.replace(tzinfo=None)
+    if not EARLIEST.replace(tzinfo=None) <= local <= LATEST.replace(tzinfo=None) or not (EARLIEST <= value <= LATEST):
+        raise ValueError(f"must lie between {rfc3339(EARLIEST)} and {rfc3339(LATEST)}")
+    return value
+
+
 _StoryId = Annotated[str, AfterValidator(_story_id)]
 _NonBlank = Annotated[str, AfterValidator(_non_blank)]
 _Language = Annotated[str, AfterValidator(_language)]
 _HttpUrl = Annotated[str, AfterValidator(_http_url)]
-_Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+_Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp), AfterValidator(_in_range)]
+_Pixels = Annotated[StrictInt, _between(1, PIXELS_MAX)]
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -343,8 +383,8 @@ class Image(_Model):
 
     href: _HttpUrl
     caption: str | None = None
-    width: StrictInt | None = Field(default=None, ge=1)
-    height: StrictInt | None = Field(default=None, ge=1)
+    width: _Pixels | None = None
+    height: _Pixels | None = None
     alt: str | None = None
     role: Literal["cover", "inline"] = "inline"
 
@@ -366,7 +406,7 @@ class Story(_Model):
     """
 
     id: _StoryId
-    version: StrictInt = Field(default=1, ge=1)
+    version: Annotated[StrictInt, _between(1, VERSION_MAX)] = 1
     pubstatus: Literal["usable", "withheld", "canceled"] = "usable"
     headline: str
     subheadline: str | None = None
@@ -378,7 +418,7 @@ class Story(_Model):
     published_at: _Timestamp | None = None
     updated_at: _Timestamp | None = None
     embargo_until: _Timestamp | None = None
-    urgency: StrictInt | None = Field(default=None, ge=1, le=9)
+    urgency: Annotated[StrictInt, _between(1, 9)] | None = None
     images: list[Image] = Field(default_factory=list)
     tags: list[_NonBlank] = Field(default_factory=list)
     section: _NonBlank | None = None
@@ -486,7 +526,7 @@ class Story(_Model):
     def from_json(cls, raw: bytes | str) -> Story:
         """Parse and validate canonical story JSON; malformed JSON is reported at ``$`` with its position."""
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_int=parse_json_int)
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno} (char {exc.pos})"
             raise StoryValidationError.at("$", f"malformed JSON: {exc.msg} at {where}") from None

@@ -76,6 +76,7 @@ class LiveApp:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
+        self._signed: dict[bytes, dict[str, str]] = {}
 
     def start(self) -> None:
         self.thread.start()
@@ -118,6 +119,14 @@ class LiveApp:
 
     def hook(self, body: bytes, content_type: str = "application/json") -> Answer:
         headers = {"Content-Type": content_type, SIGNATURE_HEADER: sign(HOOK_SECRET, body, timestamp=int(time.time()))}
+        return self.request("POST", "/v1/stories", body, headers)
+
+    def signed_headers(self, body: bytes, content_type: str = "application/json") -> dict[str, str]:
+        return {"Content-Type": content_type, SIGNATURE_HEADER: sign(HOOK_SECRET, body, timestamp=int(time.time()))}
+
+    def hook_signed(self, body: bytes) -> Answer:
+        """The same signed request on every call (for checking a refusal did not spend the signature)."""
+        headers = self._signed.setdefault(body, self.signed_headers(body))
         return self.request("POST", "/v1/stories", body, headers)
 
     def api(self, method: str, path: str, document: Any = None) -> Answer:
@@ -340,3 +349,66 @@ def test_ninjs_text_xml_cannot_carry_is_422_naming_the_ninjs_field(live: LiveApp
     answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
     assert answer.status == 422, answer.raw[:300]
     assert [e["path"] for e in answer.body["errors"]] == ["headlines[0].value"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "bound"),
+    [
+        (b'{"id": "big-v1", "headline": "h", "version": 9223372036854775808}', "version", "1 to 2147483647"),
+        (b'{"id": "big-v2", "headline": "h", "version": 18446744073709551616}', "version", "1 to 2147483647"),
+        (b'{"id": "big-v3", "headline": "h", "version": ' + b"9" * 5000 + b"}", "version", "1 to 2147483647"),
+        (b'{"id": "big-u", "headline": "h", "urgency": -' + b"1" * 4400 + b"}", "urgency", "1 to 9"),
+        (
+            b'{"id": "big-w", "headline": "h", "images": [{"href": "https://n.example.cn/a.png", "width": 1e400}]}',
+            "images[0].width",
+            "",
+        ),
+        (b'{"id": "d-1", "headline": "h", "published_at": "0001-01-01T00:30:00+01:00"}', "published_at", "1900"),
+        (b'{"id": "d-2", "headline": "h", "embargo_until": "9999-12-31T23:59:59-05:00"}', "embargo_until", "2999"),
+        (b'{"id": "d-3", "headline": "h", "updated_at": "1899-12-31T23:59:59Z"}', "updated_at", "1900"),
+        (b'{"id": "d-4", "headline": "h", "published_at": "2999-12-31T23:30:00-01:00"}', "published_at", "2999"),
+    ],
+)
+def test_numbers_and_dates_out_of_range_are_422_naming_the_field(
+    live: LiveApp, body: bytes, path: str, bound: str
+) -> None:
+    for attempt in ("first", "the same signed request again"):
+        answer = live.hook_signed(body)
+        assert answer.status == 422, (attempt, answer.raw[:300])
+        [error] = answer.body["errors"]
+        assert error["path"] == path and bound in error["problem"], error
+
+
+def test_ninjs_version_past_the_store_bound_is_422(live: LiveApp) -> None:
+    for version in ("9223372036854775808", "9" * 5000):
+        document = {"uri": "urn:x:big-nv", "version": version, "headlines": [{"value": "h"}]}
+        answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
+        assert answer.status == 422, answer.raw[:300]
+        assert answer.body["errors"][0]["path"] == "version", answer.body
+
+
+def test_a_refused_request_does_not_spend_its_signature(live: LiveApp) -> None:
+    assert live.hook(json.dumps({"id": "spend-1", "version": 2, "headline": "第一版"}).encode()).status == 202
+    # The same version with other content is a 409; sent again with the same signature it is still a 409, not a
+    # 401 "replayed": the signature was never spent on it.
+    body = json.dumps({"id": "spend-1", "version": 2, "headline": "另一版"}).encode()
+    headers = live.signed_headers(body)
+    for _ in range(2):
+        answer = live.request("POST", "/v1/stories", body, headers)
+        assert answer.status == 409, answer.raw[:300]
+    # An accepted request's signature stays spent.
+    body = json.dumps({"id": "spend-1", "version": 3, "headline": "第三版"}).encode()
+    headers = live.signed_headers(body)
+    assert live.request("POST", "/v1/stories", body, headers).status == 202
+    replay = live.request("POST", "/v1/stories", body, headers)
+    assert (replay.status, replay.body["error"]) == (401, "replayed_signature")
+
+
+@pytest.mark.parametrize("delivery_id", [str(2**63), str(2**64), "9" * 5000, "0", "-1"])
+def test_delivery_ids_past_int64_are_404_or_422(live: LiveApp, delivery_id: str) -> None:
+    answer = live.api("POST", f"/v1/deliveries/{delivery_id}/replay", {})
+    assert answer.status == 404 and "from 1 to" in answer.body["message"], answer.raw[:300]
+    raw = b'{"ids": [' + delivery_id.encode() + b"]}"
+    answer = live.request("POST", "/v1/replay", raw, {"Authorization": f"Bearer {API_TOKEN}"})
+    assert answer.status == 422, answer.raw[:300]
+    assert answer.body["errors"][0]["path"].startswith("ids"), answer.body

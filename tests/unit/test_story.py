@@ -368,7 +368,7 @@ def test_every_problem_is_reported_on_its_own_line() -> None:
         Story.from_dict({"id": "cms 1", "headline": HEADLINE, "version": 0, "urgency": "3", "url": "ftp://x"})
     assert str(exc_info.value).splitlines() == [
         "id: must not contain whitespace or control characters (found U+0020)",
-        "version: must be at least 1",
+        "version: must be an integer from 1 to 2147483647",
         "url: must be an http(s) URL",
         "urgency: must be an integer",
     ]
@@ -383,7 +383,7 @@ def test_direct_construction_raises_story_validation_error() -> None:
     assert list(_errors(exc_info)) == ["images"]
     with pytest.raises(StoryValidationError) as exc_info:
         Image(href="https://a.example/x.png", width=0)
-    assert _errors(exc_info) == {"width": "must be at least 1"}
+    assert _errors(exc_info) == {"width": "must be an integer from 1 to 100000"}
     with pytest.raises(StoryValidationError):
         Story.model_validate({"id": "cms-1"})
 
