@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from syndicate.store.base import State
+from syndicate.story import Story
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -13,6 +14,14 @@ def _ref(name: str) -> dict[str, str]:
 
 def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _canonical_story() -> dict[str, Any]:
+    """The canonical story's schema from the model itself, so its size, number and date bounds are never out of
+    step with what intake enforces; its nested models (Image, ChannelOverride) become components too."""
+    schema = Story.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested: dict[str, Any] = schema.pop("$defs", {})
+    return {**nested, "CanonicalStory": schema}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -131,10 +140,11 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                     },
                 },
                 "Story": {
-                    "type": "object",
-                    "description": "The canonical story (id, version, pubstatus, headline, ...) or an IPTC ninjs 2.x "
-                    "document (uri, headlines, bodies, ...).",
+                    "description": "The canonical story or an IPTC ninjs 2.2 document (uri, headlines, bodies, ...; "
+                    "its texts, numbers and dates take the canonical story's bounds).",
+                    "anyOf": [_ref("CanonicalStory"), {"type": "object", "required": ["uri"]}],
                 },
+                **_canonical_story(),
             },
         },
         "paths": {

@@ -138,6 +138,10 @@ def _problem(error: ErrorDetails) -> str:
         return f"must be at least {ctx['ge']}"
     if kind == "less_than_equal":
         return f"must be at most {ctx['le']}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
     if kind in _PROBLEMS:
         return _PROBLEMS[kind]
     message = error["msg"]
@@ -304,6 +308,19 @@ PIXELS_MAX = 100_000
 #: Dates: any instant from 1900 to 2999, in UTC and in the sender's own offset (renderers convert both ways).
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+#: Sizes, in characters (list bounds in items), so no one story can hold intake or a renderer for long.
+HEADLINE_MAX = 1_000
+SUMMARY_MAX = 5_000
+BODY_MAX = 1_000_000
+NAME_MAX = 200  # section, tag, channel name
+BYLINE_MAX = 500
+CAPTION_MAX = 2_000
+URL_MAX = 2_048
+LANGUAGE_MAX = 64
+TAGS_MAX = 50
+TAG_MAX = 100
+IMAGES_MAX = 50
+CHANNELS_MAX = 100  # targets, and overrides keys
 #: A JSON integer literal longer than this is clamped (see ``parse_json_int``).
 _INT_DIGITS_MAX = 30
 
@@ -318,13 +335,16 @@ def parse_json_int(digits: str) -> int:
     return -huge if digits.startswith("-") else huge
 
 
-def _between(low: int, high: int) -> AfterValidator:
+def _between(low: int, high: int) -> Any:
+    """An integer bound whose refusal names the whole range (pydantic's ge/le name only the side crossed), shown
+    in the JSON schema too."""
+
     def check(value: int) -> int:
         if not low <= value <= high:
             raise ValueError(f"must be an integer from {low} to {high}")
         return value
 
-    return AfterValidator(check)
+    return [AfterValidator(check), Field(json_schema_extra={"minimum": low, "maximum": high})]
 
 
 def _in_range(value: datetime) -> datetime:
@@ -336,11 +356,22 @@ def _in_range(value: datetime) -> datetime:
 
 
 _StoryId = Annotated[str, AfterValidator(_story_id)]
-_NonBlank = Annotated[str, AfterValidator(_non_blank)]
-_Language = Annotated[str, AfterValidator(_language)]
-_HttpUrl = Annotated[str, AfterValidator(_http_url)]
-_Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp), AfterValidator(_in_range)]
-_Pixels = Annotated[StrictInt, _between(1, PIXELS_MAX)]
+_Name = Annotated[str, Field(max_length=NAME_MAX), AfterValidator(_non_blank)]
+_Tag = Annotated[str, Field(max_length=TAG_MAX), AfterValidator(_non_blank)]
+_Language = Annotated[str, Field(max_length=LANGUAGE_MAX), AfterValidator(_language)]
+_HttpUrl = Annotated[str, Field(max_length=URL_MAX), AfterValidator(_http_url)]
+_Headline = Annotated[str, Field(max_length=HEADLINE_MAX)]
+_Summary = Annotated[str, Field(max_length=SUMMARY_MAX)]
+_Caption = Annotated[str, Field(max_length=CAPTION_MAX)]
+_Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    AfterValidator(_in_range),
+    Field(json_schema_extra={"description": f"RFC 3339, between {rfc3339(EARLIEST)} and {rfc3339(LATEST)}"}),
+]
+_Pixels = Annotated[StrictInt, *_between(1, PIXELS_MAX)]
+_Version = Annotated[StrictInt, *_between(1, VERSION_MAX)]
+_Urgency = Annotated[StrictInt, *_between(1, 9)]
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -382,19 +413,19 @@ class Image(_Model):
     """A picture attached to a story. ``href`` is kept in URI form so it survives every export unchanged."""
 
     href: _HttpUrl
-    caption: str | None = None
+    caption: _Caption | None = None
     width: _Pixels | None = None
     height: _Pixels | None = None
-    alt: str | None = None
+    alt: _Caption | None = None
     role: Literal["cover", "inline"] = "inline"
 
 
 class ChannelOverride(_Model):
     """Per-channel replacement text, for the desk that wants a different headline on one platform."""
 
-    headline: str | None = None
-    summary: str | None = None
-    text: str | None = None
+    headline: _Headline | None = None
+    summary: _Summary | None = None
+    text: _Summary | None = None
 
 
 class Story(_Model):
@@ -406,24 +437,26 @@ class Story(_Model):
     """
 
     id: _StoryId
-    version: Annotated[StrictInt, _between(1, VERSION_MAX)] = 1
+    version: _Version = 1
     pubstatus: Literal["usable", "withheld", "canceled"] = "usable"
-    headline: str
-    subheadline: str | None = None
-    summary: str | None = None
-    body_html: str = ""
-    by: str | None = None
+    headline: _Headline
+    subheadline: _Headline | None = None
+    summary: _Summary | None = None
+    body_html: Annotated[str, Field(max_length=BODY_MAX)] = ""
+    by: Annotated[str, Field(max_length=BYLINE_MAX)] | None = None
     language: _Language = "zh-CN"
     url: _HttpUrl | None = None
     published_at: _Timestamp | None = None
     updated_at: _Timestamp | None = None
     embargo_until: _Timestamp | None = None
-    urgency: Annotated[StrictInt, _between(1, 9)] | None = None
-    images: list[Image] = Field(default_factory=list)
-    tags: list[_NonBlank] = Field(default_factory=list)
-    section: _NonBlank | None = None
-    targets: list[_NonBlank] | None = None
-    overrides: dict[str, ChannelOverride] = Field(default_factory=dict)
+    urgency: _Urgency | None = None
+    images: list[Image] = Field(default_factory=list, max_length=IMAGES_MAX)
+    tags: list[_Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+    section: _Name | None = None
+    targets: list[_Name] | None = Field(default=None, max_length=CHANNELS_MAX)
+    overrides: dict[Annotated[str, Field(max_length=NAME_MAX)], ChannelOverride] = Field(
+        default_factory=dict, max_length=CHANNELS_MAX
+    )
 
     # ---- validation
 

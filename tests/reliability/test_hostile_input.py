@@ -412,3 +412,41 @@ def test_delivery_ids_past_int64_are_404_or_422(live: LiveApp, delivery_id: str)
     answer = live.request("POST", "/v1/replay", raw, {"Authorization": f"Bearer {API_TOKEN}"})
     assert answer.status == 422, answer.raw[:300]
     assert answer.body["errors"][0]["path"].startswith("ids"), answer.body
+
+
+SIZE_CASES = [
+    ("headline", {"headline": "标题" + "x" * 1_000_000}, "headline", "1000 characters"),
+    ("subheadline", {"subheadline": "x" * 1001}, "subheadline", "1000 characters"),
+    ("summary", {"summary": "x" * 5001}, "summary", "5000 characters"),
+    ("body_html", {"body_html": "<p>" + "x" * 1_000_000 + "</p>"}, "body_html", "1000000 characters"),
+    ("by", {"by": "x" * 501}, "by", "500 characters"),
+    ("section", {"section": "x" * 201}, "section", "200 characters"),
+    ("url", {"url": "https://n.example.cn/" + "x" * 2048}, "url", "2048 characters"),
+    ("tags", {"tags": [f"t{n}" for n in range(51)]}, "tags", "50 items"),
+    ("tag", {"tags": ["x" * 101]}, "tags[0]", "100 characters"),
+    ("images", {"images": [{"href": f"https://n.example.cn/{n}.png"} for n in range(51)]}, "images", "50 items"),
+    ("caption", {"images": [{"href": "https://n.example.cn/a.png", "alt": "x" * 2001}]}, "images[0].alt", "2000"),
+    ("targets", {"targets": [f"c{n}" for n in range(101)]}, "targets", "100 items"),
+    ("overrides", {"overrides": {f"c{n}": {} for n in range(101)}}, "overrides", "100 items"),
+    ("override text", {"overrides": {"web": {"text": "x" * 5001}}}, "overrides.web.text", "5000 characters"),
+    ("language", {"language": "-".join(["abcdefgh"] * 8)}, "language", "64 characters"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "path", "bound"), SIZE_CASES, ids=[c[0] for c in SIZE_CASES])
+def test_fields_over_their_size_bound_are_422_naming_the_field_and_bound(
+    live: LiveApp, name: str, fields: dict[str, Any], path: str, bound: str
+) -> None:
+    started = time.monotonic()
+    answer = live.hook(json.dumps({"id": f"size-{name.replace(' ', '-')}", "headline": "标题", **fields}).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and bound in error["problem"], error
+    assert time.monotonic() - started < 10  # a 1 MB headline used to hold intake for 30 s
+
+
+def test_the_openapi_story_schema_states_the_bounds(live: LiveApp) -> None:
+    schemas = live.request("GET", "/openapi.json").body["components"]["schemas"]
+    story = schemas["CanonicalStory"]["properties"]
+    assert story["headline"]["maxLength"] == 1000 and story["tags"]["maxItems"] == 50
+    assert story["version"]["maximum"] == 2**31 - 1 and "1900" in json.dumps(story["published_at"])
