@@ -39,6 +39,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from syndicate.sanitize import plain_text
+
 __all__ = [
     "ChannelOverride",
     "FieldError",
@@ -420,10 +422,17 @@ class Image(_Model):
     role: Literal["cover", "inline"] = "inline"
 
 
+def _has_text(value: str) -> str:
+    # Feeds and the app show headlines as plain text: one that is only markup would be empty on every channel.
+    if value.strip() and not plain_text(value):
+        raise ValueError("has no text once markup is removed: give it words, not only tags")
+    return value
+
+
 class ChannelOverride(_Model):
     """Per-channel replacement text, for the desk that wants a different headline on one platform."""
 
-    headline: _Headline | None = None
+    headline: Annotated[_Headline, AfterValidator(_has_text)] | None = None
     summary: _Summary | None = None
     text: _Summary | None = None
 
@@ -471,9 +480,11 @@ class Story(_Model):
     @field_validator("headline")
     @classmethod
     def _headline_not_blank(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip() and info.data.get("pubstatus") != "canceled":
+        if info.data.get("pubstatus") == "canceled":
+            return value
+        if not value.strip():
             raise ValueError("must not be blank (only a canceled story may have an empty headline)")
-        return value
+        return _has_text(value)
 
     @field_validator("images")
     @classmethod
@@ -497,6 +508,13 @@ class Story(_Model):
         if any(not name.strip() for name in overrides):
             raise ValueError("channel names must not be blank")
         return overrides
+
+    def dated(self, first_accepted: float) -> Self:
+        """This story with ``published_at`` set to ``first_accepted`` (unix seconds) when it gives none, for the
+        renderers: every channel then shows one date, the first acceptance, whichever version it renders."""
+        if self.published_at is not None:
+            return self
+        return self.model_copy(update={"published_at": datetime.fromtimestamp(first_accepted, UTC)})
 
     def for_channel(self, channel: str) -> ChannelStory:
         """This story as ``channel`` renders it: the channel's override (headline, summary) applied where it gives

@@ -450,3 +450,40 @@ def test_the_openapi_story_schema_states_the_bounds(live: LiveApp) -> None:
     story = schemas["CanonicalStory"]["properties"]
     assert story["headline"]["maxLength"] == 1000 and story["tags"]["maxItems"] == 50
     assert story["version"]["maximum"] == 2**31 - 1 and "1900" in json.dumps(story["published_at"])
+
+
+def test_an_override_for_an_unknown_channel_is_422_like_an_unknown_target(live: LiveApp) -> None:
+    document = {"id": "ov-1", "headline": "标题", "overrides": {"web": {"headline": "网站标题"}, "nope": {}}}
+    answer = live.hook(json.dumps(document).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == "overrides.nope" and "unknown channel 'nope'" in error["problem"], error
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"headline": "<b></b><script>alert(1)</script>"}, "headline"),
+        ({"headline": "<img src=x onerror=alert(1)>"}, "headline"),
+        ({"headline": "标题", "overrides": {"web": {"headline": "<br><hr>"}}}, "overrides.web.headline"),
+    ],
+)
+def test_a_headline_that_is_only_markup_is_422_naming_it(live: LiveApp, fields: dict[str, Any], path: str) -> None:
+    answer = live.hook(json.dumps({"id": "markup-1", **fields}).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and "markup" in error["problem"], error
+
+
+def test_a_story_without_published_at_carries_its_first_acceptance_on_every_version(live: LiveApp) -> None:
+    assert live.hook(json.dumps({"id": "undated-1", "headline": "第一版"}).encode()).status == 202
+    time.sleep(0.01)
+    assert live.hook(json.dumps({"id": "undated-1", "version": 2, "headline": "第二版"}).encode()).status == 202
+    status = live.api("GET", "/v1/stories/undated-1").body
+    dates = {
+        d["payload"]["data"]["story"]["published_at"]
+        for deliveries in status["channels"].values()
+        for d in deliveries
+        if d["payload"] is not None
+    }
+    assert len(dates) == 1 and None not in dates, status  # one date for every channel and version
