@@ -188,7 +188,8 @@ async def _refuse_used_signature(request: web.Request) -> None:
 
 async def _use_signature(request: web.Request) -> None:
     """A valid signature is good once: a captured request replayed within the window is refused. Marked only
-    when the request is about to take effect, so a rejected request (415, 422...) does not burn it."""
+    once the request is valid and allowed (a publish: once accepted), so a refused one (415, 404, 409, 422...)
+    does not burn it."""
     _, timestamp = request[SIGNATURE]
     expires = timestamp + request.app[SETTINGS].server.signature_tolerance + 1
     store = request.app[ENGINE].store
