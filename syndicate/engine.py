@@ -50,7 +50,7 @@ from syndicate.store.base import (
     Store,
     Transition,
 )
-from syndicate.story import FieldError, Story, StoryValidationError
+from syndicate.story import FieldError, Story, StoryValidationError, error_path
 
 if TYPE_CHECKING:
     from syndicate.metrics import Metrics
@@ -144,7 +144,12 @@ def _may_have_story(deliveries: Sequence[DeliveryRecord]) -> bool:
 
 
 def plan_fan_out(
-    story: Story, existing: Sequence[DeliveryRecord], channels: dict[str, ChannelRuntime], *, now: float
+    story: Story,
+    existing: Sequence[DeliveryRecord],
+    channels: dict[str, ChannelRuntime],
+    *,
+    now: float,
+    first_accepted: float | None = None,
 ) -> FanOutPlan:
     """Which deliveries a new story version creates, and which earlier not-yet-started ones it replaces.
 
@@ -152,6 +157,8 @@ def plan_fan_out(
     delivery whose earlier attempt may have landed is never replaced: it first finds out (lookup), and the new
     version follows it as an update or a retract.
     """
+    # Every channel renders the same date for a story that gives none: when syndicate first accepted it.
+    story = story.dated(now if first_accepted is None else first_accepted)
     by_channel: dict[str, list[DeliveryRecord]] = {}
     for d in existing:
         by_channel.setdefault(d.channel, []).append(d)
@@ -318,14 +325,16 @@ class Engine:
     # accepting stories ----------------------------------------------------------------------------------------
 
     def check_targets(self, story: Story) -> None:
-        if story.targets is None:
-            return
+        """Every channel the story names, in ``targets`` or as an ``overrides`` key, is configured."""
+        configured = f"configured: {', '.join(sorted(self.settings.channels))}"
         errors = [
-            FieldError(
-                f"targets[{i}]",
-                f"unknown channel {name!r} (configured: {', '.join(sorted(self.settings.channels))})",
-            )
-            for i, name in enumerate(story.targets)
+            FieldError(f"targets[{i}]", f"unknown channel {name!r} ({configured})")
+            for i, name in enumerate(story.targets or [])
+            if name not in self.settings.channels
+        ]
+        errors += [
+            FieldError(error_path(("overrides", name)), f"unknown channel {name!r} ({configured})")
+            for name in story.overrides
             if name not in self.settings.channels
         ]
         if errors:
@@ -336,7 +345,9 @@ class Engine:
         self.check_targets(story)
         now = self.clock.now()
         result = await self.store.fan_out(
-            story, lambda existing: plan_fan_out(story, existing, self.channels, now=now), now=now
+            story,
+            lambda existing, first: plan_fan_out(story, existing, self.channels, now=now, first_accepted=first),
+            now=now,
         )
         if result.created:
             self.wake()
@@ -700,7 +711,7 @@ class Engine:
             # The publish this update was meant to follow never landed: the channel still needs the story.
             record = await self.store.get_story(d.story_id, d.version)
             try:
-                payload = adapter.render(record.story, Action.PUBLISH)
+                payload = adapter.render(record.story.dated(record.first_accepted_at), Action.PUBLISH)
             except RenderError as exc:
                 raise Permanent(f"cannot render for this channel: {exc}") from exc
             converted = ctx.action = Action.PUBLISH

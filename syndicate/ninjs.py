@@ -20,6 +20,7 @@ from referencing.jsonschema import DRAFT202012
 
 from syndicate.story import (
     RFC3339,
+    VERSION_MAX,
     FieldError,
     Image,
     Story,
@@ -355,10 +356,13 @@ class _NinjsImport:
             self.put("id", story_id, "uri")
         if "version" in obj:
             version = obj["version"]
-            if isinstance(version, str) and re.fullmatch(r"[0-9]+", version) and int(version) >= 1:
-                self.put("version", int(version), "version")
-            else:
+            # Digits counted before int(): Python refuses to convert over 4,300 of them (a ValueError, not an answer).
+            if not isinstance(version, str) or re.fullmatch(r"[0-9]+", version) is None:
                 self.fail("version", 'must be a positive integer string such as "3"')
+            elif len(version.lstrip("0")) > len(str(VERSION_MAX)) or not 1 <= int(version) <= VERSION_MAX:
+                self.fail("version", f"must be an integer string from 1 to {VERSION_MAX}")
+            else:
+                self.put("version", int(version), "version")
         if "pubstatus" in obj:
             self.put("pubstatus", obj["pubstatus"], "pubstatus")
 

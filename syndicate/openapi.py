@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from syndicate.store.base import State
+from syndicate.story import Story
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -15,6 +16,14 @@ def _json_body(schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
+def _canonical_story() -> dict[str, Any]:
+    """The canonical story's schema from the model itself, so its size, number and date bounds are never out of
+    step with what intake enforces; its nested models (Image, ChannelOverride) become components too."""
+    schema = Story.model_json_schema(ref_template="#/components/schemas/{model}")
+    nested: dict[str, Any] = schema.pop("$defs", {})
+    return {**nested, "CanonicalStory": schema}
+
+
 def _error(description: str) -> dict[str, Any]:
     return _json_body(_ref("Error"), description)
 
@@ -22,6 +31,8 @@ def _error(description: str) -> dict[str, Any]:
 _ERRORS_401 = {"401": _error("Missing or wrong bearer token")}
 _SIGNED: list[dict[str, list[str]]] = [{"signature": []}]
 _BEARER: list[dict[str, list[str]]] = [{"bearer": []}]
+#: Delivery ids are the stores' 64-bit keys.
+_DELIVERY_ID = {"type": "integer", "minimum": 1, "maximum": 2**63 - 1}
 
 _FANOUT_RESPONSES = {
     "202": _json_body(_ref("FanOut"), "Accepted: the story version and all its deliveries are committed"),
@@ -129,10 +140,11 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                     },
                 },
                 "Story": {
-                    "type": "object",
-                    "description": "The canonical story (id, version, pubstatus, headline, ...) or an IPTC ninjs 2.x "
-                    "document (uri, headlines, bodies, ...).",
+                    "description": "The canonical story or an IPTC ninjs 2.2 document (uri, headlines, bodies, ...; "
+                    "its texts, numbers and dates take the canonical story's bounds).",
+                    "anyOf": [_ref("CanonicalStory"), {"type": "object", "required": ["uri"]}],
                 },
+                **_canonical_story(),
             },
         },
         "paths": {
@@ -216,7 +228,12 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                     "summary": "Re-queue one failed or unknown delivery (delivered ones need force)",
                     "security": _BEARER,
                     "parameters": [
-                        {"name": "delivery_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+                        {
+                            "name": "delivery_id",
+                            "in": "path",
+                            "required": True,
+                            "schema": _DELIVERY_ID,
+                        }
                     ],
                     "requestBody": {
                         "required": False,
@@ -247,7 +264,7 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                                     "type": "object",
                                     "additionalProperties": False,
                                     "properties": {
-                                        "ids": {"type": "array", "items": {"type": "integer"}},
+                                        "ids": {"type": "array", "items": _DELIVERY_ID},
                                         "channel": {"type": ["string", "array"]},
                                         "story": {"type": "string"},
                                         "since": {"type": "string"},

@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -49,7 +49,7 @@ from syndicate.store.base import (
     StaleVersion,
     VersionConflict,
 )
-from syndicate.story import Story, StoryValidationError
+from syndicate.story import Story, StoryValidationError, parse_json_int
 
 log = logging.getLogger("syndicate.server")
 
@@ -57,6 +57,8 @@ SIGNATURE = web.RequestKey("signature", tuple[str, int])
 
 JSON_TYPES = ("application/json", "application/ninjs+json")
 MAX_PAGE = 1000
+#: Delivery ids are the stores' 64-bit keys: a larger number names no delivery, and the stores cannot bind it.
+DELIVERY_ID_MAX = 2**63 - 1
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -171,14 +173,28 @@ async def _verify_hook(request: web.Request, body: bytes) -> None:
     request[SIGNATURE] = (signed, timestamp)
 
 
+def _signature_marker(request: web.Request) -> str:
+    return "hook-signature:" + request[SIGNATURE][0]
+
+
+_REPLAYED = (401, "replayed_signature", "this signature was already used: sign each request anew")
+
+
+async def _refuse_used_signature(request: web.Request) -> None:
+    """A signature already spent on an accepted request is refused before anything else is done with it."""
+    if await request.app[ENGINE].store.kv_get(_signature_marker(request), now=request.app[CLOCK]()) is not None:
+        raise ApiError(*_REPLAYED)
+
+
 async def _use_signature(request: web.Request) -> None:
     """A valid signature is good once: a captured request replayed within the window is refused. Marked only
-    when the request is about to take effect, so a rejected request (415, 422...) does not burn it."""
-    signed, timestamp = request[SIGNATURE]
-    marker = "hook-signature:" + signed
+    once the request is valid and allowed (a publish: once accepted), so a refused one (415, 404, 409, 422...)
+    does not burn it."""
+    _, timestamp = request[SIGNATURE]
     expires = timestamp + request.app[SETTINGS].server.signature_tolerance + 1
-    if not await request.app[ENGINE].store.kv_add(marker, "1", expires_at=expires, now=request.app[CLOCK]()):
-        raise ApiError(401, "replayed_signature", "this signature was already used: sign each request anew")
+    store = request.app[ENGINE].store
+    if not await store.kv_add(_signature_marker(request), "1", expires_at=expires, now=request.app[CLOCK]()):
+        raise ApiError(*_REPLAYED)
 
 
 def _parse_story(request: web.Request, body: bytes) -> Story:
@@ -189,7 +205,7 @@ def _parse_story(request: web.Request, body: bytes) -> Story:
             f"Content-Type {request.content_type or '(none)'} is not accepted; send {' or '.join(JSON_TYPES)}",
         )
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), parse_int=parse_json_int)
     except UnicodeDecodeError as exc:
         raise ApiError(400, "malformed_json", f"the body is not UTF-8 (byte {exc.start})") from None
     except json.JSONDecodeError as exc:
@@ -239,13 +255,16 @@ async def publish_hook(request: web.Request) -> web.StreamResponse:
             request.app[ENGINE].check_targets(story)
         except StoryValidationError as exc:
             raise _invalid(exc) from None
-        await _use_signature(request)
+        await _refuse_used_signature(request)
         try:
             result = await request.app[ENGINE].accept(story)
         except StoryValidationError as exc:
             raise _invalid(exc) from None
         except (StaleVersion, VersionConflict) as exc:
             raise ApiError(409, "version_conflict", str(exc)) from None
+        # Spent only once the story is accepted: a refused request (409, a store failure) keeps its signature. A
+        # replay racing the original past the check above finds the same version accepted: it changes nothing.
+        await _use_signature(request)
         log.info(
             "story %s v%d accepted: %d deliveries",
             result.story_id,
@@ -280,8 +299,10 @@ async def retract_hook(request: web.Request) -> web.StreamResponse:
         await _verify_hook(request, body)
         story_id = request.match_info["story_id"]
         _check_retract_body(body, story_id)
-        await _use_signature(request)
         try:
+            await request.app[ENGINE].store.get_story(story_id)  # a 404 does not spend the signature
+            # Spent before the retraction, not after: each retraction is a new version, so a replay would act.
+            await _use_signature(request)
             result = await retract_story(request.app[ENGINE], story_id)
         except NotFound:
             raise ApiError(404, "not_found", f"no story {story_id!r} has been published") from None
@@ -365,7 +386,7 @@ class ReplayOne(_Body):
 
 
 class ReplayFilters(_Body):
-    ids: list[int] = Field(default_factory=list)
+    ids: list[Annotated[int, Field(ge=1, le=DELIVERY_ID_MAX)]] = Field(default_factory=list)
     channel: str | list[str] | None = None
     story: str | None = None
     since: str | None = None
@@ -386,7 +407,7 @@ class PauseBody(_Body):
 async def _body(request: web.Request, model: type[B]) -> B:
     raw = await request.read()
     try:
-        data = json.loads(raw) if raw.strip() else {}
+        data = json.loads(raw, parse_int=parse_json_int) if raw.strip() else {}
     except (ValueError, RecursionError):
         raise ApiError(400, "malformed_json", "the body is not valid JSON") from None
     try:
@@ -404,10 +425,11 @@ def _as_list(value: str | list[str] | None) -> list[str]:
 
 
 async def replay_one(request: web.Request) -> web.StreamResponse:
-    try:
-        delivery_id = int(request.match_info["delivery_id"])
-    except ValueError:
-        raise ApiError(404, "not_found", "delivery ids are integers") from None
+    text = request.match_info["delivery_id"]
+    # Length first: int() refuses over 4,300 digits, and past int64 the store cannot look the id up.
+    delivery_id = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else 0
+    if not 1 <= delivery_id <= DELIVERY_ID_MAX:
+        raise ApiError(404, "not_found", f"delivery ids are integers from 1 to {DELIVERY_ID_MAX}")
     body = await _body(request, ReplayOne)
     engine = request.app[ENGINE]
     plan = await plan_replay(engine.store, ReplaySelection(ids=[delivery_id], force=body.force))

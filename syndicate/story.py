@@ -18,7 +18,7 @@ import hashlib
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal, Self
@@ -38,6 +38,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import ErrorDetails
+
+from syndicate.sanitize import plain_text
 
 __all__ = [
     "ChannelOverride",
@@ -89,7 +91,15 @@ class StoryValidationError(ValueError):
     @classmethod
     def from_pydantic(cls, exc: ValidationError) -> StoryValidationError:
         """Translate pydantic's loc tuples and messages into ``path: problem`` pairs a sender can act on."""
-        return cls(FieldError(error_path(error["loc"]), _problem(error)) for error in exc.errors())
+        found: list[FieldError] = []
+        for error in exc.errors():
+            inner = error.get("ctx", {}).get("error")
+            if error["type"] == "value_error" and isinstance(inner, StoryValidationError):
+                # A model-level check that names its own fields (the text walk): keep its paths.
+                found.extend(inner.errors)
+            else:
+                found.append(FieldError(error_path(error["loc"]), _problem(error)))
+        return cls(found)
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
@@ -130,6 +140,10 @@ def _problem(error: ErrorDetails) -> str:
         return f"must be at least {ctx['ge']}"
     if kind == "less_than_equal":
         return f"must be at most {ctx['le']}"
+    if kind == "string_too_long":
+        return f"must be at most {ctx['max_length']} characters"
+    if kind == "too_long":
+        return f"must have at most {ctx['max_length']} items"
     if kind in _PROBLEMS:
         return _PROBLEMS[kind]
     message = error["msg"]
@@ -145,6 +159,39 @@ _URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:(?:[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+
 _URI_SAFE = "-._~:/?#[]@!$&'()*+,;=%"
 _TIMESTAMP = re.compile(r"(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}(?::\d{2})?)(\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?")
 RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(?:\.\d+)?(?:[Zz]|[+-]\d{2}:\d{2})")
+
+
+#: What XML 1.0's Char production excludes: C0 controls but tab, LF and CR; surrogates; U+FFFE and U+FFFF. Feeds,
+#: sitemaps and every XML-speaking platform refuse them, so one such character would make a story undeliverable.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
+def xml_problem(text: str) -> str | None:
+    """Why ``text`` cannot travel in XML 1.0 (the first offending character, position counted from 0), or None."""
+    found = _NOT_XML.search(text)
+    if found is None:
+        return None
+    return f"contains U+{ord(found.group()):04X} at position {found.start()}, a character XML 1.0 cannot carry"
+
+
+def text_errors(value: Any, loc: tuple[int | str, ...] = ()) -> Iterator[FieldError]:
+    """Every text of ``value`` (a model, walked through its declared fields, so a field added later is covered;
+    lists; dicts, keys too) that XML 1.0 cannot carry."""
+    if isinstance(value, str):
+        problem = xml_problem(value)
+        if problem is not None:
+            yield FieldError(error_path(loc), problem)
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from text_errors(getattr(value, name), (*loc, name))
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := xml_problem(key)) is not None:
+                yield FieldError(error_path(loc), f"key {key!r} {problem}")
+            yield from text_errors(item, (*loc, key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from text_errors(item, (*loc, index))
 
 
 def is_uri(value: str) -> bool:
@@ -255,11 +302,78 @@ def rfc3339(value: datetime) -> str:
     return f"{text[:-6]}Z" if text.endswith("+00:00") else text
 
 
+#: Bounds of every number and date a story carries, checked at intake so no store column or renderer overflows.
+#: ``version`` fits PostgreSQL's INTEGER (the smaller of the two stores' columns).
+VERSION_MAX = 2**31 - 1
+#: Image width and height in pixels.
+PIXELS_MAX = 100_000
+#: Dates: any instant from 1900 to 2999, in UTC and in the sender's own offset (renderers convert both ways).
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
+#: Sizes, in characters (list bounds in items), so no one story can hold intake or a renderer for long.
+HEADLINE_MAX = 1_000
+SUMMARY_MAX = 5_000
+BODY_MAX = 1_000_000
+NAME_MAX = 200  # section, tag, channel name
+BYLINE_MAX = 500
+CAPTION_MAX = 2_000
+URL_MAX = 2_048
+LANGUAGE_MAX = 64
+TAGS_MAX = 50
+TAG_MAX = 100
+IMAGES_MAX = 50
+CHANNELS_MAX = 100  # targets, and overrides keys
+#: A JSON integer literal longer than this is clamped (see ``parse_json_int``).
+_INT_DIGITS_MAX = 30
+
+
+def parse_json_int(digits: str) -> int:
+    """``json.loads(parse_int=...)``: an integer literal of any length, without Python's 4,300-digit limit
+    (``int()`` of a longer string raises ValueError). One too long for any field becomes a huge number of the same
+    sign, so the field's own bound refuses it, by name, instead of the parser failing as a whole."""
+    if len(digits.lstrip("-")) <= _INT_DIGITS_MAX:
+        return int(digits)
+    huge: int = 10**_INT_DIGITS_MAX
+    return -huge if digits.startswith("-") else huge
+
+
+def _between(low: int, high: int) -> Any:
+    """An integer bound whose refusal names the whole range (pydantic's ge/le name only the side crossed), shown
+    in the JSON schema too."""
+
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}")
+        return value
+
+    return [AfterValidator(check), Field(json_schema_extra={"minimum": low, "maximum": high})]
+
+
+def _in_range(value: datetime) -> datetime:
+    # Checked in the sender's offset first: 0001-01-01T00:30:00+01:00 cannot even be converted to UTC.
+    local = value.replace(tzinfo=None)
+    if not EARLIEST.replace(tzinfo=None) <= local <= LATEST.replace(tzinfo=None) or not (EARLIEST <= value <= LATEST):
+        raise ValueError(f"must lie between {rfc3339(EARLIEST)} and {rfc3339(LATEST)}")
+    return value
+
+
 _StoryId = Annotated[str, AfterValidator(_story_id)]
-_NonBlank = Annotated[str, AfterValidator(_non_blank)]
-_Language = Annotated[str, AfterValidator(_language)]
-_HttpUrl = Annotated[str, AfterValidator(_http_url)]
-_Timestamp = Annotated[datetime, BeforeValidator(parse_timestamp)]
+_Name = Annotated[str, Field(max_length=NAME_MAX), AfterValidator(_non_blank)]
+_Tag = Annotated[str, Field(max_length=TAG_MAX), AfterValidator(_non_blank)]
+_Language = Annotated[str, Field(max_length=LANGUAGE_MAX), AfterValidator(_language)]
+_HttpUrl = Annotated[str, Field(max_length=URL_MAX), AfterValidator(_http_url)]
+_Headline = Annotated[str, Field(max_length=HEADLINE_MAX)]
+_Summary = Annotated[str, Field(max_length=SUMMARY_MAX)]
+_Caption = Annotated[str, Field(max_length=CAPTION_MAX)]
+_Timestamp = Annotated[
+    datetime,
+    BeforeValidator(parse_timestamp),
+    AfterValidator(_in_range),
+    Field(json_schema_extra={"description": f"RFC 3339, between {rfc3339(EARLIEST)} and {rfc3339(LATEST)}"}),
+]
+_Pixels = Annotated[StrictInt, *_between(1, PIXELS_MAX)]
+_Version = Annotated[StrictInt, *_between(1, VERSION_MAX)]
+_Urgency = Annotated[StrictInt, *_between(1, 9)]
 
 
 # ---------------------------------------------------------------------------------------------------- models
@@ -301,19 +415,26 @@ class Image(_Model):
     """A picture attached to a story. ``href`` is kept in URI form so it survives every export unchanged."""
 
     href: _HttpUrl
-    caption: str | None = None
-    width: StrictInt | None = Field(default=None, ge=1)
-    height: StrictInt | None = Field(default=None, ge=1)
-    alt: str | None = None
+    caption: _Caption | None = None
+    width: _Pixels | None = None
+    height: _Pixels | None = None
+    alt: _Caption | None = None
     role: Literal["cover", "inline"] = "inline"
+
+
+def _has_text(value: str) -> str:
+    # Feeds and the app show headlines as plain text: one that is only markup would be empty on every channel.
+    if value.strip() and not plain_text(value):
+        raise ValueError("has no text once markup is removed: give it words, not only tags")
+    return value
 
 
 class ChannelOverride(_Model):
     """Per-channel replacement text, for the desk that wants a different headline on one platform."""
 
-    headline: str | None = None
-    summary: str | None = None
-    text: str | None = None
+    headline: Annotated[_Headline, AfterValidator(_has_text)] | None = None
+    summary: _Summary | None = None
+    text: _Summary | None = None
 
 
 class Story(_Model):
@@ -325,24 +446,26 @@ class Story(_Model):
     """
 
     id: _StoryId
-    version: StrictInt = Field(default=1, ge=1)
+    version: _Version = 1
     pubstatus: Literal["usable", "withheld", "canceled"] = "usable"
-    headline: str
-    subheadline: str | None = None
-    summary: str | None = None
-    body_html: str = ""
-    by: str | None = None
+    headline: _Headline
+    subheadline: _Headline | None = None
+    summary: _Summary | None = None
+    body_html: Annotated[str, Field(max_length=BODY_MAX)] = ""
+    by: Annotated[str, Field(max_length=BYLINE_MAX)] | None = None
     language: _Language = "zh-CN"
     url: _HttpUrl | None = None
     published_at: _Timestamp | None = None
     updated_at: _Timestamp | None = None
     embargo_until: _Timestamp | None = None
-    urgency: StrictInt | None = Field(default=None, ge=1, le=9)
-    images: list[Image] = Field(default_factory=list)
-    tags: list[_NonBlank] = Field(default_factory=list)
-    section: _NonBlank | None = None
-    targets: list[_NonBlank] | None = None
-    overrides: dict[str, ChannelOverride] = Field(default_factory=dict)
+    urgency: _Urgency | None = None
+    images: list[Image] = Field(default_factory=list, max_length=IMAGES_MAX)
+    tags: list[_Tag] = Field(default_factory=list, max_length=TAGS_MAX)
+    section: _Name | None = None
+    targets: list[_Name] | None = Field(default=None, max_length=CHANNELS_MAX)
+    overrides: dict[Annotated[str, Field(max_length=NAME_MAX)], ChannelOverride] = Field(
+        default_factory=dict, max_length=CHANNELS_MAX
+    )
 
     # ---- validation
 
@@ -357,9 +480,11 @@ class Story(_Model):
     @field_validator("headline")
     @classmethod
     def _headline_not_blank(cls, value: str, info: ValidationInfo) -> str:
-        if not value.strip() and info.data.get("pubstatus") != "canceled":
+        if info.data.get("pubstatus") == "canceled":
+            return value
+        if not value.strip():
             raise ValueError("must not be blank (only a canceled story may have an empty headline)")
-        return value
+        return _has_text(value)
 
     @field_validator("images")
     @classmethod
@@ -369,12 +494,27 @@ class Story(_Model):
             raise ValueError(f"at most one image may have role cover ({' and '.join(covers)} do)")
         return images
 
+    @model_validator(mode="after")
+    def _xml_text(self) -> Self:
+        # Refused here, at intake, rather than stripped per channel: one rule, and the sender hears of it.
+        errors = list(text_errors(self))
+        if errors:
+            raise StoryValidationError(errors)
+        return self
+
     @field_validator("overrides")
     @classmethod
     def _channel_names(cls, overrides: dict[str, ChannelOverride]) -> dict[str, ChannelOverride]:
         if any(not name.strip() for name in overrides):
             raise ValueError("channel names must not be blank")
         return overrides
+
+    def dated(self, first_accepted: float) -> Self:
+        """This story with ``published_at`` set to ``first_accepted`` (unix seconds) when it gives none, for the
+        renderers: every channel then shows one date, the first acceptance, whichever version it renders."""
+        if self.published_at is not None:
+            return self
+        return self.model_copy(update={"published_at": datetime.fromtimestamp(first_accepted, UTC)})
 
     def for_channel(self, channel: str) -> ChannelStory:
         """This story as ``channel`` renders it: the channel's override (headline, summary) applied where it gives
@@ -437,7 +577,7 @@ class Story(_Model):
     def from_json(cls, raw: bytes | str) -> Story:
         """Parse and validate canonical story JSON; malformed JSON is reported at ``$`` with its position."""
         try:
-            obj = json.loads(raw)
+            obj = json.loads(raw, parse_int=parse_json_int)
         except json.JSONDecodeError as exc:
             where = f"line {exc.lineno}, column {exc.colno} (char {exc.pos})"
             raise StoryValidationError.at("$", f"malformed JSON: {exc.msg} at {where}") from None

@@ -31,6 +31,7 @@ import errno
 import fcntl
 import hashlib
 import html
+import logging
 import os
 import tempfile
 import time
@@ -74,6 +75,8 @@ from syndicate.story import ChannelStory
 
 if TYPE_CHECKING:
     from syndicate.store.base import ChannelAccess, SharedKeys
+
+log = logging.getLogger("syndicate.adapters.rss.adapter")
 
 RSS_FILE = "rss.xml"
 ATOM_FILE = "atom.xml"
@@ -384,6 +387,19 @@ class LockTimeout(Exception):
     """Another writer held the feed lock for the whole wait."""
 
 
+class UnrenderableEntry(Exception):
+    """The story's entry cannot be written into the feeds (the message says why): this delivery fails, no other."""
+
+
+def entry_problem(meta: FeedMeta, entry: StoredEntry) -> str | None:
+    """Why the feeds cannot carry ``entry`` (tried in a feed of its own), or None when they can."""
+    try:
+        build_feeds(meta, [entry], entry.updated)
+    except Exception as exc:  # whatever feedgen or lxml refuse it with
+        return f"the feeds cannot carry it: {type(exc).__name__}: {exc}"
+    return None
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, timeout: float) -> Iterator[None]:
     """flock on ``path``: one writer at a time across processes (and across adapter instances in one)."""
@@ -439,19 +455,57 @@ class FeedFolder:
             after, result = change(before)
             if after.changed_at is None:  # the first write of all: date the (empty) feeds once, not per rewrite
                 after = after.model_copy(update={"changed_at": now})
+            # The feeds are built before anything is written: a manifest that described feeds which cannot be
+            # built would fail every later delivery, the retraction of the culprit included.
+            after, feeds = self.build(before, after)
             if after is not before:
                 payload = after.model_dump_json(indent=1).encode()
                 write_atomic(self.manifest_path, payload)
-            # Always (re)generate: a crash between the manifest and the feeds is repaired by the next delivery,
+            # Always (re)write: a crash between the manifest and the feeds is repaired by the next delivery,
             # and identical bytes are not rewritten.
-            self.write_feeds(after)
+            rss, atom = feeds
+            write_atomic(self.root / RSS_FILE, rss)
+            write_atomic(self.root / ATOM_FILE, atom)
             return result
 
-    def write_feeds(self, manifest: Manifest) -> None:
+    def _feeds(self, manifest: Manifest) -> tuple[bytes, bytes]:
         assert manifest.changed_at is not None
-        rss, atom = build_feeds(self.meta, _newest_first(manifest.entries)[: self.items], manifest.changed_at)
-        write_atomic(self.root / RSS_FILE, rss)
-        write_atomic(self.root / ATOM_FILE, atom)
+        return build_feeds(self.meta, _newest_first(manifest.entries)[: self.items], manifest.changed_at)
+
+    def build(self, before: Manifest, after: Manifest) -> tuple[Manifest, tuple[bytes, bytes]]:
+        """The manifest to keep and the feeds it gives. An entry this change brings that the feeds cannot carry
+        raises UnrenderableEntry (nothing is written); one already in the manifest (written by an older syndicate,
+        or by hand) is dropped with a warning, so it cannot stop the channel delivering the other stories."""
+        try:
+            return after, self._feeds(after)
+        except Exception as exc:  # feedgen and lxml raise ValueError, TypeError...; found out per entry below
+            failure: Exception = exc
+        assert after.changed_at is not None
+        build_feeds(self.meta, [], after.changed_at)  # a feed-level problem (the config) fails as itself
+        prior = {entry.guid: entry for entry in before.entries}
+        entries = list(after.entries)
+        while True:
+            shown = _newest_first(entries)[: self.items]
+            bad = {entry.guid: problem for entry in shown if (problem := entry_problem(self.meta, entry))}
+            if not bad:
+                raise failure
+            for entry in shown:
+                if entry.guid not in bad:
+                    continue
+                if prior.get(entry.guid) != entry:
+                    raise UnrenderableEntry(f"story {entry.story_id!r}: {bad[entry.guid]}")
+                log.warning(
+                    "dropped story %s from the feeds: %s",
+                    entry.story_id,
+                    bad[entry.guid],
+                    extra={"story_id": entry.story_id, "path": str(self.manifest_path)},
+                )
+            entries = [entry for entry in entries if entry.guid not in bad]
+            repaired = Manifest(changed_at=after.changed_at, entries=entries)
+            try:
+                return repaired, self._feeds(repaired)
+            except Exception as exc:  # another entry moved into the window and fails too: go round again
+                failure = exc
 
     def probe(self) -> int:
         """Prove the folder is writable (create, fsync and remove a file in it); the manifest's entry count."""
@@ -479,6 +533,8 @@ def _delivery_error(exc: Exception, root: Path) -> DeliveryError:
     """
     if isinstance(exc, FeedStateError):
         return AuthRevoked(f"{exc}; then `syndicate resume` the channel")
+    if isinstance(exc, UnrenderableEntry):
+        return Permanent(str(exc))
     if isinstance(exc, LockTimeout):
         return Retryable(str(exc))
     if isinstance(exc, OSError) and exc.errno in _OPERATOR_ERRNOS:
@@ -606,6 +662,12 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
             updated=story.updated_at,
             enclosure=None if cover is None else Enclosure(href=cover.href, type=image_type(cover.href)),
         )
+        # Found out now, so the delivery fails at once with the reason instead of at every write.
+        published = entry.published or _now()
+        trial = StoredEntry(**{**entry.model_dump(), "published": published, "updated": entry.updated or published})
+        problem = entry_problem(self.folder.meta, trial)
+        if problem is not None:
+            raise RenderError(problem)
         return Payload(data=RssPayload(entry=entry), warnings=tuple(warnings))
 
     # delivering -----------------------------------------------------------------------------------------------
@@ -640,7 +702,7 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
         async with self._lock:
             try:
                 return await asyncio.to_thread(self.folder.transaction, change, now)
-            except (OSError, FeedStateError, LockTimeout) as exc:
+            except (OSError, FeedStateError, LockTimeout, UnrenderableEntry) as exc:
                 raise _delivery_error(exc, self.options.root) from exc
 
     async def check(self, keys: SharedKeys | None = None) -> str:

@@ -144,7 +144,8 @@ def page_file_stem(story_id: str) -> str:
 
 def page_path(story: Story, *, section: str | None = None) -> str:
     """``/<section>/<yyyy>/<mm>/<id>.html``; year and month from published_at (else updated_at), in the story's
-    own UTC offset, so the path never depends on when or where it was rendered."""
+    own UTC offset, so the path never depends on when or where it was rendered. The engine sets published_at,
+    for a story that gives none, to the time syndicate first accepted it (``Story.dated``)."""
     when = story.published_at or story.updated_at
     if when is None:
         raise RenderError(

@@ -88,6 +88,8 @@ class StoryRecord:
     story: Story
     content_hash: str
     received_at: float
+    #: When syndicate first accepted any version of the story: the date of a story that gives none.
+    first_accepted_at: float
 
     @property
     def story_id(self) -> str:
@@ -165,8 +167,9 @@ class FanOutPlan:
     transitions: list[Transition] = field(default_factory=list)
 
 
-#: Called by the backend inside the fan-out transaction with the story's existing deliveries.
-Planner = Callable[[Sequence[DeliveryRecord]], FanOutPlan]
+#: Called by the backend inside the fan-out transaction with the story's existing deliveries and the time its
+#: first version was accepted (this one's, for a new story).
+Planner = Callable[[Sequence[DeliveryRecord], float], FanOutPlan]
 
 
 @dataclass(frozen=True)

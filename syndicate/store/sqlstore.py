@@ -73,6 +73,7 @@ class Q(enum.StrEnum):
     INSERT_DELIVERY = "insert_delivery"
     NEWEST_STORY = "newest_story"
     STORY_VERSION = "story_version"
+    FIRST_ACCEPTED = "first_accepted"
     CHANNELS_WITH_DUE_WORK = "channels_with_due_work"
     PAUSED_CHANNELS = "paused_channels"
     COUNT_BUSY = "count_busy"
@@ -373,7 +374,9 @@ class SQLStore(Store):
                 now=now,
             )
             existing = [delivery_from_row(r) for r in await conn.fetch(Q.DELIVERIES_OF_STORY, story_id=story.id)]
-            transitions, new = plan_params(story, planner(existing), now)
+            first = await conn.fetchrow(Q.FIRST_ACCEPTED, story_id=story.id)
+            first_accepted = now if first is None or first["first_accepted_at"] is None else first["first_accepted_at"]
+            transitions, new = plan_params(story, planner(existing, first_accepted), now)
             if transitions:
                 await conn.executemany(Q.TRANSITION_DELIVERY, transitions)
             inserted = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
@@ -391,7 +394,9 @@ class SQLStore(Store):
             row = await self._read(lambda conn: conn.fetchrow(Q.STORY_VERSION, story_id=story_id, version=version))
         if row is None:
             raise NotFound(f"story {story_id!r}" + (f" version {version}" if version else "") + " not found")
-        return StoryRecord(Story.from_json(row["body"]), row["content_hash"], row["received_at"])
+        return StoryRecord(
+            Story.from_json(row["body"]), row["content_hash"], row["received_at"], row["first_accepted_at"]
+        )
 
     # --- claiming and finishing -----------------------------------------------------------------------------
 

@@ -592,3 +592,65 @@ def test_a_payload_of_the_wrong_shape_is_refused_on_load() -> None:
     for data in ({}, {**STORED_PUBLISH["data"], **STORED_RETRACT["data"]}, {"entry": {"guid": "g"}}):
         with pytest.raises(Permanent, match="rss' payload model"):
             adapter.load_payload(Payload.from_json({"data": data}))
+
+
+# ------------------------------------------------------------------------------- entries the feeds cannot carry
+
+
+def poisoned_payload(story_id: str = "poison-1") -> Payload[Any]:
+    from adapters.rss.adapter import FeedEntry, RssPayload
+
+    entry = FeedEntry(
+        guid=story_guid(story_id),
+        story_id=story_id,
+        version=1,
+        title="控制\x01字符",
+        summary_html="摘要",
+        content_html="<p>正文</p>",
+    )
+    return Payload(data=RssPayload(entry=entry))
+
+
+async def test_an_entry_the_feeds_cannot_carry_fails_alone_and_writes_nothing(tmp_path: Path) -> None:
+    root = tmp_path / "feeds"
+    adapter = adapter_for(root)
+    await adapter.publish(adapter.render(make_story(id="good-1"), Action.PUBLISH), ctx_for(story_id="good-1"))
+    manifest_before = (root / STATE_DIR / MANIFEST_FILE).read_bytes()
+    rss_before = (root / RSS_FILE).read_bytes()
+
+    # A payload queued before intake refused such text: its own delivery fails, with the reason.
+    with pytest.raises(Permanent, match=r"poison-1.*XML compatible"):
+        await adapter.publish(poisoned_payload(), ctx_for(story_id="poison-1"))
+    assert (root / STATE_DIR / MANIFEST_FILE).read_bytes() == manifest_before  # the manifest never names it
+    assert (root / RSS_FILE).read_bytes() == rss_before
+
+    await adapter.publish(adapter.render(make_story(id="good-2"), Action.PUBLISH), ctx_for(story_id="good-2"))
+    for kind, feed in both(root).items():
+        assert sorted(e.id for e in feed.entries) == [story_guid("good-1"), story_guid("good-2")], kind
+
+
+async def test_a_poisoned_entry_already_in_the_manifest_does_not_stop_the_feeds(tmp_path: Path) -> None:
+    root = tmp_path / "feeds"
+    adapter = adapter_for(root)
+    await adapter.publish(adapter.render(make_story(id="old-1"), Action.PUBLISH), ctx_for(story_id="old-1"))
+    # The state an older syndicate left: the entry went into the manifest, then the feed build failed.
+    path = root / STATE_DIR / MANIFEST_FILE
+    manifest = Manifest.model_validate_json(path.read_bytes())
+    poison = stored(guid=story_guid("poison-1"), story_id="poison-1", title="控制\x00字符")
+    path.write_bytes(manifest.model_copy(update={"entries": [poison, *manifest.entries]}).model_dump_json().encode())
+
+    await adapter.publish(adapter.render(make_story(id="next-1"), Action.PUBLISH), ctx_for(story_id="next-1"))
+    for kind, feed in both(root).items():
+        assert sorted(e.id for e in feed.entries) == [story_guid("next-1"), story_guid("old-1")], kind
+    kept = Manifest.model_validate_json(path.read_bytes())
+    assert sorted(e.story_id for e in kept.entries) == ["next-1", "old-1"]  # dropped once, not tried forever
+
+
+def test_render_refuses_a_story_the_feeds_cannot_carry() -> None:
+    from syndicate.delivery import RenderError
+
+    adapter = adapter_for(Path("/nonexistent"))
+    # Built without validation, as a story stored before intake refused such text comes back.
+    story = make_story().model_copy(update={"summary": "摘要\x08"})
+    with pytest.raises(RenderError, match="XML compatible"):
+        adapter.render(story, Action.PUBLISH)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import fcntl
 import functools
 import json
@@ -479,11 +480,21 @@ def test_a_story_without_any_timestamp_cannot_be_placed(tmp_path: Path) -> None:
     assert page_path(make_story(updated_at="2024-01-31T23:30:00-05:00")) == "/news/2024/01/story-1.html"
 
 
-async def test_a_story_the_site_cannot_render_fails_at_enqueue_and_says_why(site: Site) -> None:
+async def test_a_story_without_published_at_is_placed_by_its_first_acceptance(site: Site) -> None:
     await site.send(make_story(id="no-time"))
-    [delivery] = await site.deliveries("no-time")
-    assert delivery.state is State.FAILED
-    assert delivery.note is not None and "published_at is needed" in delivery.note
+    first = (await site.store.get_story("no-time")).first_accepted_at
+    await asyncio.sleep(0.01)
+    await site.send(make_story(id="no-time", version=2, headline="第二版"))
+    record = await site.store.get_story("no-time")
+    assert record.first_accepted_at == first < record.received_at  # the first acceptance, not this version's
+    delivered = [d for d in await site.deliveries("no-time") if d.state is State.DELIVERED]
+    assert [d.action for d in delivered] == [Action.PUBLISH, Action.UPDATE]
+    when = dt.datetime.fromtimestamp(first, dt.UTC)
+    for d in delivered:
+        assert d.payload is not None
+        entry = d.payload.data["entry"]  # as the store keeps it
+        assert dt.datetime.fromisoformat(entry["published"]) == when
+        assert entry["path"] == f"/news/{when.year:04d}/{when.month:02d}/no-time.html"
 
 
 XSS = make_story(

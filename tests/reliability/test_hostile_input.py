@@ -76,6 +76,7 @@ class LiveApp:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
+        self._signed: dict[bytes, dict[str, str]] = {}
 
     def start(self) -> None:
         self.thread.start()
@@ -118,6 +119,14 @@ class LiveApp:
 
     def hook(self, body: bytes, content_type: str = "application/json") -> Answer:
         headers = {"Content-Type": content_type, SIGNATURE_HEADER: sign(HOOK_SECRET, body, timestamp=int(time.time()))}
+        return self.request("POST", "/v1/stories", body, headers)
+
+    def signed_headers(self, body: bytes, content_type: str = "application/json") -> dict[str, str]:
+        return {"Content-Type": content_type, SIGNATURE_HEADER: sign(HOOK_SECRET, body, timestamp=int(time.time()))}
+
+    def hook_signed(self, body: bytes) -> Answer:
+        """The same signed request on every call (for checking a refusal did not spend the signature)."""
+        headers = self._signed.setdefault(body, self.signed_headers(body))
         return self.request("POST", "/v1/stories", body, headers)
 
     def api(self, method: str, path: str, document: Any = None) -> Answer:
@@ -399,3 +408,174 @@ def test_dashboard_answers_any_session_cookie_or_csrf_field(live: LiveApp, cooki
     headers = {"Cookie": raw_cookie, "Content-Type": "application/x-www-form-urlencoded"}
     answer = _raw_request(live, "POST", "/dashboard/login", form, headers)
     assert answer.status in (401, 403, 429), f"POST /dashboard/login csrf={csrf!r} cookie={cookie!r}: {answer.status}"
+
+
+# --- issue 14: intake hardening (text, numbers, dates, sizes) --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("document", "path", "character"),
+    [
+        ({"id": "xml-1", "headline": "ab\x01c"}, "headline", "U+0001 at position 2"),
+        ({"id": "xml-2", "headline": "标题", "summary": "\x00"}, "summary", "U+0000 at position 0"),
+        ({"id": "xml-3", "headline": "标题", "tags": ["a", "b\ufffe"]}, "tags[1]", "U+FFFE at position 1"),
+        (
+            {"id": "xml-4", "headline": "标题", "images": [{"href": "https://n.example.cn/a.png", "alt": "\uffff"}]},
+            "images[0].alt",
+            "U+FFFF at position 0",
+        ),
+        ({"id": "xml-5", "headline": "标题", "overrides": {"web": {"text": "x\x1b"}}}, "overrides.web.text", "U+001B"),
+    ],
+)
+def test_text_xml_cannot_carry_is_422_naming_the_field_and_character(
+    live: LiveApp, document: dict[str, Any], path: str, character: str
+) -> None:
+    answer = live.hook(json.dumps(document).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and character in error["problem"] and "XML 1.0" in error["problem"], error
+
+
+def test_ninjs_text_xml_cannot_carry_is_422_naming_the_ninjs_field(live: LiveApp) -> None:
+    document = {"uri": "urn:x:xml-n", "headlines": [{"role": "main", "value": "坏\x01"}]}
+    answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
+    assert answer.status == 422, answer.raw[:300]
+    assert [e["path"] for e in answer.body["errors"]] == ["headlines[0].value"]
+
+
+@pytest.mark.parametrize(
+    ("body", "path", "bound"),
+    [
+        (b'{"id": "big-v1", "headline": "h", "version": 9223372036854775808}', "version", "1 to 2147483647"),
+        (b'{"id": "big-v2", "headline": "h", "version": 18446744073709551616}', "version", "1 to 2147483647"),
+        (b'{"id": "big-v3", "headline": "h", "version": ' + b"9" * 5000 + b"}", "version", "1 to 2147483647"),
+        (b'{"id": "big-u", "headline": "h", "urgency": -' + b"1" * 4400 + b"}", "urgency", "1 to 9"),
+        (
+            b'{"id": "big-w", "headline": "h", "images": [{"href": "https://n.example.cn/a.png", "width": 1e400}]}',
+            "images[0].width",
+            "",
+        ),
+        (b'{"id": "d-1", "headline": "h", "published_at": "0001-01-01T00:30:00+01:00"}', "published_at", "1900"),
+        (b'{"id": "d-2", "headline": "h", "embargo_until": "9999-12-31T23:59:59-05:00"}', "embargo_until", "2999"),
+        (b'{"id": "d-3", "headline": "h", "updated_at": "1899-12-31T23:59:59Z"}', "updated_at", "1900"),
+        (b'{"id": "d-4", "headline": "h", "published_at": "2999-12-31T23:30:00-01:00"}', "published_at", "2999"),
+    ],
+)
+def test_numbers_and_dates_out_of_range_are_422_naming_the_field(
+    live: LiveApp, body: bytes, path: str, bound: str
+) -> None:
+    for attempt in ("first", "the same signed request again"):
+        answer = live.hook_signed(body)
+        assert answer.status == 422, (attempt, answer.raw[:300])
+        [error] = answer.body["errors"]
+        assert error["path"] == path and bound in error["problem"], error
+
+
+def test_ninjs_version_past_the_store_bound_is_422(live: LiveApp) -> None:
+    for version in ("9223372036854775808", "9" * 5000):
+        document = {"uri": "urn:x:big-nv", "version": version, "headlines": [{"value": "h"}]}
+        answer = live.hook(json.dumps(document).encode(), "application/ninjs+json")
+        assert answer.status == 422, answer.raw[:300]
+        assert answer.body["errors"][0]["path"] == "version", answer.body
+
+
+def test_a_refused_request_does_not_spend_its_signature(live: LiveApp) -> None:
+    assert live.hook(json.dumps({"id": "spend-1", "version": 2, "headline": "第一版"}).encode()).status == 202
+    # The same version with other content is a 409; sent again with the same signature it is still a 409, not a
+    # 401 "replayed": the signature was never spent on it.
+    body = json.dumps({"id": "spend-1", "version": 2, "headline": "另一版"}).encode()
+    headers = live.signed_headers(body)
+    for _ in range(2):
+        answer = live.request("POST", "/v1/stories", body, headers)
+        assert answer.status == 409, answer.raw[:300]
+    # An accepted request's signature stays spent.
+    body = json.dumps({"id": "spend-1", "version": 3, "headline": "第三版"}).encode()
+    headers = live.signed_headers(body)
+    assert live.request("POST", "/v1/stories", body, headers).status == 202
+    replay = live.request("POST", "/v1/stories", body, headers)
+    assert (replay.status, replay.body["error"]) == (401, "replayed_signature")
+
+
+@pytest.mark.parametrize("delivery_id", [str(2**63), str(2**64), "9" * 5000, "0", "-1"])
+def test_delivery_ids_past_int64_are_404_or_422(live: LiveApp, delivery_id: str) -> None:
+    answer = live.api("POST", f"/v1/deliveries/{delivery_id}/replay", {})
+    assert answer.status == 404 and "from 1 to" in answer.body["message"], answer.raw[:300]
+    raw = b'{"ids": [' + delivery_id.encode() + b"]}"
+    answer = live.request("POST", "/v1/replay", raw, {"Authorization": f"Bearer {API_TOKEN}"})
+    assert answer.status == 422, answer.raw[:300]
+    assert answer.body["errors"][0]["path"].startswith("ids"), answer.body
+
+
+SIZE_CASES = [
+    ("headline", {"headline": "标题" + "x" * 1_000_000}, "headline", "1000 characters"),
+    ("subheadline", {"subheadline": "x" * 1001}, "subheadline", "1000 characters"),
+    ("summary", {"summary": "x" * 5001}, "summary", "5000 characters"),
+    ("body_html", {"body_html": "<p>" + "x" * 1_000_000 + "</p>"}, "body_html", "1000000 characters"),
+    ("by", {"by": "x" * 501}, "by", "500 characters"),
+    ("section", {"section": "x" * 201}, "section", "200 characters"),
+    ("url", {"url": "https://n.example.cn/" + "x" * 2048}, "url", "2048 characters"),
+    ("tags", {"tags": [f"t{n}" for n in range(51)]}, "tags", "50 items"),
+    ("tag", {"tags": ["x" * 101]}, "tags[0]", "100 characters"),
+    ("images", {"images": [{"href": f"https://n.example.cn/{n}.png"} for n in range(51)]}, "images", "50 items"),
+    ("caption", {"images": [{"href": "https://n.example.cn/a.png", "alt": "x" * 2001}]}, "images[0].alt", "2000"),
+    ("targets", {"targets": [f"c{n}" for n in range(101)]}, "targets", "100 items"),
+    ("overrides", {"overrides": {f"c{n}": {} for n in range(101)}}, "overrides", "100 items"),
+    ("override text", {"overrides": {"web": {"text": "x" * 5001}}}, "overrides.web.text", "5000 characters"),
+    ("language", {"language": "-".join(["abcdefgh"] * 8)}, "language", "64 characters"),
+]
+
+
+@pytest.mark.parametrize(("name", "fields", "path", "bound"), SIZE_CASES, ids=[c[0] for c in SIZE_CASES])
+def test_fields_over_their_size_bound_are_422_naming_the_field_and_bound(
+    live: LiveApp, name: str, fields: dict[str, Any], path: str, bound: str
+) -> None:
+    started = time.monotonic()
+    answer = live.hook(json.dumps({"id": f"size-{name.replace(' ', '-')}", "headline": "标题", **fields}).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and bound in error["problem"], error
+    assert time.monotonic() - started < 10  # a 1 MB headline used to hold intake for 30 s
+
+
+def test_the_openapi_story_schema_states_the_bounds(live: LiveApp) -> None:
+    schemas = live.request("GET", "/openapi.json").body["components"]["schemas"]
+    story = schemas["CanonicalStory"]["properties"]
+    assert story["headline"]["maxLength"] == 1000 and story["tags"]["maxItems"] == 50
+    assert story["version"]["maximum"] == 2**31 - 1 and "1900" in json.dumps(story["published_at"])
+
+
+def test_an_override_for_an_unknown_channel_is_422_like_an_unknown_target(live: LiveApp) -> None:
+    document = {"id": "ov-1", "headline": "标题", "overrides": {"web": {"headline": "网站标题"}, "nope": {}}}
+    answer = live.hook(json.dumps(document).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == "overrides.nope" and "unknown channel 'nope'" in error["problem"], error
+
+
+@pytest.mark.parametrize(
+    ("fields", "path"),
+    [
+        ({"headline": "<b></b><script>alert(1)</script>"}, "headline"),
+        ({"headline": "<img src=x onerror=alert(1)>"}, "headline"),
+        ({"headline": "标题", "overrides": {"web": {"headline": "<br><hr>"}}}, "overrides.web.headline"),
+    ],
+)
+def test_a_headline_that_is_only_markup_is_422_naming_it(live: LiveApp, fields: dict[str, Any], path: str) -> None:
+    answer = live.hook(json.dumps({"id": "markup-1", **fields}).encode())
+    assert answer.status == 422, answer.raw[:300]
+    [error] = answer.body["errors"]
+    assert error["path"] == path and "markup" in error["problem"], error
+
+
+def test_a_story_without_published_at_carries_its_first_acceptance_on_every_version(live: LiveApp) -> None:
+    assert live.hook(json.dumps({"id": "undated-1", "headline": "第一版"}).encode()).status == 202
+    time.sleep(0.01)
+    assert live.hook(json.dumps({"id": "undated-1", "version": 2, "headline": "第二版"}).encode()).status == 202
+    status = live.api("GET", "/v1/stories/undated-1").body
+    dates = {
+        d["payload"]["data"]["story"]["published_at"]
+        for deliveries in status["channels"].values()
+        for d in deliveries
+        if d["payload"] is not None
+    }
+    assert len(dates) == 1 and None not in dates, status  # one date for every channel and version

@@ -28,7 +28,7 @@ LIMITS = {"a": 4, "b": 4}
 
 
 def plan_for(*channels: str, action: Action = Action.PUBLISH, due: float = NOW):
-    def planner(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+    def planner(existing: Sequence[DeliveryRecord], first_accepted: float) -> FanOutPlan:
         return FanOutPlan(
             new=[NewDelivery(ch, action, State.QUEUED, Payload({"ch": ch, "n": len(existing)}), due) for ch in channels]
         )
@@ -69,7 +69,7 @@ async def test_fan_out_records_story_and_deliveries(store: Store) -> None:
 
 
 async def test_fan_out_is_atomic(store: Store) -> None:
-    def broken(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+    def broken(existing: Sequence[DeliveryRecord], first_accepted: float) -> FanOutPlan:
         raise RuntimeError("planner failed")
 
     with pytest.raises(RuntimeError):
@@ -101,7 +101,7 @@ async def test_transitions_only_touch_pending_deliveries(store: Store) -> None:
     [claim] = [c for c in await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1}) if c]
     assert claim.delivery.channel == "a"
 
-    def supersede(existing: Sequence[DeliveryRecord]) -> FanOutPlan:
+    def supersede(existing: Sequence[DeliveryRecord], first_accepted: float) -> FanOutPlan:
         return FanOutPlan(transitions=[Transition(d.id, State.SUPERSEDED, "superseded by version 2") for d in existing])
 
     await store.fan_out(make_story(version=2, headline="新标题"), supersede, now=NOW + 1)
@@ -359,3 +359,18 @@ async def test_latest_delivered_per_story(store: Store) -> None:
     assert [d.story_id for d in await store.latest_delivered("a", before_id=rows[0].id)] == ["a2"]
     assert [d.version for d in await store.latest_delivered("a", story_id="a1")] == [2]
     assert await store.latest_delivered("b") == []
+
+
+async def test_the_first_acceptance_is_kept_across_versions(store: Store) -> None:
+    seen: list[float] = []
+
+    def planner(existing: Sequence[DeliveryRecord], first_accepted: float) -> FanOutPlan:
+        seen.append(first_accepted)
+        return plan_for("a")(existing, first_accepted)
+
+    await store.fan_out(make_story(), planner, now=NOW)
+    await store.fan_out(make_story(version=2, headline="新标题"), planner, now=NOW + 60)
+    assert seen == [NOW, NOW]  # the planner dates an undated story by its first acceptance, not this version's
+    newest, first = await store.get_story("story-1"), await store.get_story("story-1", version=1)
+    assert (newest.received_at, newest.first_accepted_at) == (NOW + 60, NOW)
+    assert (first.received_at, first.first_accepted_at) == (NOW, NOW)

@@ -31,7 +31,7 @@ async def test_sqlite_every_write_waits_for_the_disk(tmp_path: Path) -> None:
     store._tx = spying_tx  # type: ignore[method-assign]
     try:
         plan = FanOutPlan(new=[NewDelivery("a", Action.PUBLISH, State.QUEUED, Payload({"n": 1}), NOW)])
-        await store.fan_out(make_story(), lambda existing: plan, now=NOW)
+        await store.fan_out(make_story(), lambda existing, first_accepted: plan, now=NOW)
         [claim] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1})
         done = Completion(claim.delivery.id, claim.attempt_id, "w1", State.DELIVERED, "delivered", NOW, 1.0)
         assert await store.complete([done]) == []

@@ -368,7 +368,7 @@ def test_every_problem_is_reported_on_its_own_line() -> None:
         Story.from_dict({"id": "cms 1", "headline": HEADLINE, "version": 0, "urgency": "3", "url": "ftp://x"})
     assert str(exc_info.value).splitlines() == [
         "id: must not contain whitespace or control characters (found U+0020)",
-        "version: must be at least 1",
+        "version: must be an integer from 1 to 2147483647",
         "url: must be an http(s) URL",
         "urgency: must be an integer",
     ]
@@ -383,7 +383,7 @@ def test_direct_construction_raises_story_validation_error() -> None:
     assert list(_errors(exc_info)) == ["images"]
     with pytest.raises(StoryValidationError) as exc_info:
         Image(href="https://a.example/x.png", width=0)
-    assert _errors(exc_info) == {"width": "must be at least 1"}
+    assert _errors(exc_info) == {"width": "must be an integer from 1 to 100000"}
     with pytest.raises(StoryValidationError):
         Story.model_validate({"id": "cms-1"})
 
@@ -576,3 +576,67 @@ def test_content_hash_changes_with_content(change: dict[str, Any]) -> None:
         "images": [{"href": "https://media.example.cn/a.png", "caption": CAPTION}],
     }
     assert Story.from_dict({**base, **change}).content_hash != Story.from_dict(base).content_hash
+
+
+# --- text XML 1.0 cannot carry ---------------------------------------------------------------------------------
+
+
+def _text_paths(model: type[Any], prefix: str, sample: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(path, document with a control character at that path) for every text field the model declares."""
+    import typing
+
+    from pydantic import BaseModel
+
+    out: list[tuple[str, Any]] = []
+    for name, field in model.model_fields.items():
+        if field.exclude or typing.get_origin(field.annotation) in (list, dict):
+            continue  # containers: the cases below
+        args = typing.get_args(field.annotation) or (field.annotation,)
+        text_like = any(
+            a is str or (typing.get_origin(a) is typing.Annotated and typing.get_args(a)[0] is str) for a in args
+        )
+        nested = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
+        if text_like and name != "id":
+            out.append((f"{prefix}{name}", {**sample, name: "坏\x01字"}))
+        for inner in nested:
+            for path, doc in _text_paths(inner, f"{prefix}{name}.", {}):
+                out.append((path, {**sample, name: doc}))
+    return out
+
+
+def test_every_text_field_of_the_model_refuses_what_xml_cannot_carry() -> None:
+    from syndicate.story import Image, StoryValidationError
+
+    base = {"id": "x-1", "headline": "标题"}
+    cases = _text_paths(Story, "", base)
+    assert {"headline", "summary", "body_html", "by", "subheadline", "section"} <= {p for p, _ in cases}
+    for path, document in cases:
+        with pytest.raises(StoryValidationError) as caught:
+            Story.from_dict(document)
+        [error] = caught.value.errors
+        assert error.path == path
+        if path not in ("language", "url"):  # those two have stricter rules of their own, which speak first
+            assert error.problem == "contains U+0001 at position 1, a character XML 1.0 cannot carry", path
+    # Lists, nested models and keys are walked too.
+    image = {"href": "https://news.example.cn/a.png"}
+    for document, path in [
+        ({**base, "tags": ["好", "坏\x1f"]}, "tags[1]"),
+        ({**base, "images": [image, {**image, "caption": "\ufffe"}]}, "images[1].caption"),
+        ({**base, "images": [{**image, "alt": "\uffff"}]}, "images[0].alt"),
+        ({**base, "overrides": {"web": {"headline": "\x00"}}}, "overrides.web.headline"),
+        ({**base, "targets": ["web\x02"]}, "targets[0]"),
+    ]:
+        with pytest.raises(StoryValidationError) as caught:
+            Story.from_dict(document)
+        assert [e.path for e in caught.value.errors] == [path]
+    assert Image.model_fields  # the walk reads declared fields, so a new one is covered without a change here
+    # Tab, line feed and carriage return are XML characters: accepted.
+    assert Story.from_dict({**base, "body_html": "<p>a\tb\r\nc</p>"}).body_html == "<p>a\tb\r\nc</p>"
+
+
+def test_ninjs_names_the_ninjs_field_carrying_a_control_character() -> None:
+    from syndicate.story import StoryValidationError
+
+    with pytest.raises(StoryValidationError) as caught:
+        from_ninjs({"uri": "urn:x:1", "headlines": [{"role": "main", "value": "坏\x07"}]})
+    assert [e.path for e in caught.value.errors] == ["headlines[0].value"]

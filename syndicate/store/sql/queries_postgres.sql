@@ -62,11 +62,17 @@ INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_
 VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
 RETURNING *;
 
+-- A story's first acceptance is the received_at of its oldest version row (versions are never deleted).
 -- name: newest_story
-SELECT * FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
+SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
+FROM stories s WHERE s.story_id = :story_id ORDER BY s.version DESC LIMIT 1;
 
 -- name: story_version
-SELECT * FROM stories WHERE story_id = :story_id AND version = :version;
+SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
+FROM stories s WHERE s.story_id = :story_id AND s.version = :version;
+
+-- name: first_accepted
+SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :story_id;
 
 -- claiming ------------------------------------------------------------------------------------------------------
 
