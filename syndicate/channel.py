@@ -14,6 +14,7 @@ decides what to do from the class alone and never knows a platform by name.
 from __future__ import annotations
 
 import abc
+import functools
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import entry_points
@@ -293,10 +294,16 @@ class HttpAdapter(Adapter[OptionsT, DataT]):
         taxonomy in one place (``map_transport_errors``). Redirects are never followed: aiohttp would turn a POST
         into a body-less GET and its 200 would look delivered; the answer is returned for the adapter to map."""
         kwargs.setdefault("allow_redirects", False)
-        with map_transport_errors(doing, target=URL(url).host or url, may_land=may_land):
+        with map_transport_errors(doing, target=_host_of(url), may_land=may_land):
             async with self.session.request(method, url, **kwargs) as resp:
                 body = await resp.read()
         return HttpAnswer(status=resp.status, headers=resp.headers, body=body)
+
+
+@functools.lru_cache(maxsize=256)
+def _host_of(url: str) -> str:
+    """The host an error names; a channel calls the same few URLs over and over, so each is parsed once."""
+    return URL(url).host or url
 
 
 def register(adapter_cls: type[AdapterT]) -> type[AdapterT]:
