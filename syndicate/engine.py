@@ -125,6 +125,8 @@ class ChannelRuntime:
 #: Past this many outcomes waiting for the store, finished attempts count against their channel's limit again, so
 #: a store that keeps failing writes stops new claims instead of piling up outcomes in memory.
 MAX_UNWRITTEN_OUTCOMES = 1024
+#: How often a worker deletes expired shared keys (each accepted hook signature leaves one for its tolerance).
+KEY_PURGE_SECONDS = 300.0
 
 
 def _may_land(d: DeliveryRecord) -> bool:
@@ -340,6 +342,14 @@ class Engine:
         if errors:
             raise StoryValidationError(errors)
 
+    async def _purge_expired_keys(self, now: float) -> None:
+        """The worker owns the purge (it runs wherever deliveries run, and every worker's purge is harmless)."""
+        purged = await self.store.purge_expired_keys(now=now)
+        if purged:
+            log.info("purged %d expired keys", purged, extra={"worker": self.worker_id})
+            if self.metrics is not None:
+                self.metrics.keys_purged_total.inc(purged)
+
     async def accept(self, story: Story) -> FanOutResult:
         """Record a story version and its deliveries in one transaction (the transactional outbox)."""
         self.check_targets(story)
@@ -376,7 +386,7 @@ class Engine:
         names = list(self.channels)
         flusher = asyncio.create_task(self._flush_loop(), name="syndicate-flush")
         heart = asyncio.create_task(self._heartbeat_loop(), name="syndicate-heartbeat")
-        last_reclaim = -1e18
+        last_reclaim = last_purge = -1e18
         try:
             while not stop.is_set():
                 try:
@@ -385,6 +395,9 @@ class Engine:
                         if await self.store.reclaim_expired(now=now):
                             log.warning("reclaimed expired leases", extra={"worker": self.worker_id})
                         last_reclaim = now
+                    if now - last_purge >= KEY_PURGE_SECONDS:
+                        await self._purge_expired_keys(now)
+                        last_purge = now
                     self._wake.clear()
                     limits = {
                         n: min(rt.settings.concurrency, engine_cfg.claim_batch) for n, rt in self.channels.items()

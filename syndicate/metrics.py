@@ -76,6 +76,12 @@ class Metrics:
             namespace=namespace,
             registry=self.registry,
         )
+        self.keys_purged_total = Counter(
+            "keys_purged",
+            "Expired shared keys (used hook signatures, released locks, old tokens) deleted from the store.",
+            namespace=namespace,
+            registry=self.registry,
+        )
         self._depth_labels: set[tuple[str, str]] = set()
         self._paused_labels: set[str] = set()
 

@@ -460,6 +460,10 @@ class ChannelControl(abc.ABC):
     async def kv_set(self, key: str, value: str, *, expires_at: float | None, now: float) -> None: ...
 
     @abc.abstractmethod
+    async def purge_expired_keys(self, *, now: float, batch: int = 500) -> int:
+        """Delete keys expired by ``now``, ``batch`` rows per statement until none is left; how many went."""
+
+    @abc.abstractmethod
     async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
         """Set ``key`` only if it is absent or expired (atomically); True if this call set it.
 

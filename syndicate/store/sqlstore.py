@@ -14,6 +14,7 @@ the decisions do not.
 from __future__ import annotations
 
 import abc
+import asyncio
 import enum
 import functools
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
@@ -101,6 +102,7 @@ class Q(enum.StrEnum):
     KV_GET = "kv_get"
     KV_SET = "kv_set"
     KV_ADD = "kv_add"
+    PURGE_EXPIRED_KV = "purge_expired_kv"
     GET_DELIVERY = "get_delivery"
     LIST_DELIVERIES = "list_deliveries"
     ATTEMPTS = "attempts"
@@ -610,6 +612,17 @@ class SQLStore(Store):
             lambda conn: conn.execute(Q.KV_SET, key=key, value=value, expires_at=expires_at, now=now),
             single_statement=True,
         )
+
+    async def purge_expired_keys(self, *, now: float, batch: int = 500) -> int:
+        purged = 0
+        while True:
+            gone = await self._write(
+                lambda conn: conn.execute(Q.PURGE_EXPIRED_KV, now=now, batch=batch), single_statement=True
+            )
+            purged += gone
+            if gone < batch:
+                return purged
+            await asyncio.sleep(0)  # between batches, other writers take the lock
 
     async def kv_add(self, key: str, value: str, *, expires_at: float | None, now: float) -> bool:
         changed = await self._write(

@@ -306,6 +306,20 @@ async def test_list_filters_and_requeue(store: Store) -> None:
     assert await store.requeue([cb.delivery.id], now=NOW + 30, force=True) == [cb.delivery.id]
 
 
+async def test_expired_keys_are_purged_in_bounded_batches_and_live_ones_stay(store: Store) -> None:
+    """Every accepted hook signature leaves a key for its tolerance; without a purge they pile up for ever."""
+    for i in range(1_234):
+        await store.kv_add(f"hook-sig:{i}", "1", expires_at=NOW + 300, now=NOW)
+    await store.kv_set("wechat:token:app", "T", expires_at=NOW + 7200, now=NOW)
+    await store.kv_set("cover:abc", "thumb-1", expires_at=None, now=NOW)
+    assert await store.purge_expired_keys(now=NOW + 299, batch=500) == 0
+    assert await store.purge_expired_keys(now=NOW + 300, batch=500) == 1_234  # three batches
+    assert await store.purge_expired_keys(now=NOW + 301, batch=500) == 0
+    assert await store.kv_get("wechat:token:app", now=NOW + 301) == "T"
+    assert await store.kv_get("cover:abc", now=NOW + 10**6) == "thumb-1"
+    assert await store.kv_add("hook-sig:7", "again", expires_at=NOW + 900, now=NOW + 301)  # a purged key is free
+
+
 async def test_kv_add_is_set_once_until_expiry(store: Store) -> None:
     assert await store.kv_add("hook-sig:abc", "1", expires_at=NOW + 300, now=NOW)
     assert not await store.kv_add("hook-sig:abc", "2", expires_at=NOW + 300, now=NOW + 299)

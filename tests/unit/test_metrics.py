@@ -175,3 +175,18 @@ def test_each_metrics_has_its_own_registry() -> None:
     assert deliveries(two, "a", "delivered") is None
     # Nothing went into the process-wide default registry.
     assert REGISTRY.get_sample_value("syndicate_deliveries_total", {"channel": "a", "outcome": "delivered"}) is None
+
+
+async def test_a_running_worker_purges_expired_keys_and_counts_them(tmp_path: Path, sqlite_store: Store) -> None:
+    clock = FakeClock()
+    for i in range(40):  # used hook signatures, expired by now
+        await sqlite_store.kv_add(f"hook-sig:{i}", "1", expires_at=clock.now() - 1, now=clock.now() - 301)
+    await sqlite_store.kv_set("token", "live", expires_at=clock.now() + 3600, now=clock.now())
+    metrics = Metrics()
+    settings = make_settings(tmp_path, {"a": scripted()})
+    async with Engine(settings, sqlite_store, clock=clock, metrics=metrics) as engine:
+        await engine.accept(make_story())
+        await engine.run(until_idle=True, idle_horizon=0)
+    assert metrics.registry.get_sample_value("syndicate_keys_purged_total") == 40
+    assert await sqlite_store.purge_expired_keys(now=clock.now()) == 0
+    assert await sqlite_store.kv_get("token", now=clock.now()) == "live"

@@ -214,6 +214,13 @@ ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.ex
     updated_at = excluded.updated_at
 WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now;
 
+-- Expired keys (used hook signatures, released locks, old tokens), a bounded batch at a time: a long DELETE would
+-- hold the write lock other writers wait on.
+-- name: purge_expired_kv
+DELETE FROM kv WHERE key IN (
+    SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT :batch
+);
+
 -- reading -------------------------------------------------------------------------------------------------------
 
 -- name: get_delivery
