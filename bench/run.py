@@ -461,6 +461,9 @@ async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
             return conn.execute("SELECT count(*) FROM deliveries WHERE state = 'delivered'").fetchone()[0]
 
         already = delivered()
+        # The claim probe above has already delivered up to 20 x 32 rows: drain only what is still queued, or the
+        # loop below waits for deliveries that can never happen (e.g. --backlog 1000 --drain 1000).
+        drain = min(drain, size - already)
         with tempfile.NamedTemporaryFile("w", suffix=".toml", delete=False) as config:
             config.write(
                 f'[store]\nurl = "{url}"\n[engine]\npoll_interval = 0.5\nclaim_batch = 256\nretry_jitter = 0\n'
@@ -479,6 +482,8 @@ async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
         started = time.perf_counter()
         try:
             while delivered() - already < drain:
+                if worker.returncode is not None:
+                    raise RuntimeError(f"syndicate work exited with {worker.returncode} before draining {drain}")
                 rss.append(process_memory_mb(worker.pid, "VmRSS"))
                 await asyncio.sleep(0.1)
             elapsed = time.perf_counter() - started
