@@ -10,6 +10,7 @@ mkdir -p var/site var/feeds   # the website's web root and the feeds' folder
 SANDBOX_PORT="${SYNDICATE_SANDBOX_PORT:-8765}"
 SERVE_PORT="${SYNDICATE_SERVE_PORT:-8780}"
 export SYNDICATE_SANDBOX_URL="http://127.0.0.1:${SANDBOX_PORT}"
+export SYNDICATE_SANDBOX_HOST="127.0.0.1:${SANDBOX_PORT}"   # the one private host [media] may fetch images from
 export SYNDICATE_CONFIG="${SYNDICATE_CONFIG:-config/syndicate.toml}"
 SERVER="http://127.0.0.1:${SERVE_PORT}"
 

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, adapter_kinds
-from syndicate.media import MediaFetcher, MediaSettings
+from syndicate.media import MediaFetcher, MediaSettings, parse_allowed_host
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -56,6 +56,7 @@ class StoreSettings(_Table):
 
 class MediaTable(_Table):
     allow_private: bool = False
+    allow_hosts: tuple[str, ...] = ()
     max_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     allowed_types: tuple[str, ...] = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")
     cache_dir: str | None = "var/media-cache"
@@ -231,8 +232,13 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
     media_table = _model(MediaTable, raw.get("media", {}), source, "media", env)
     engine = _model(EngineSettings, raw.get("engine", {}), source, "engine", env)
     server = _model(ServerSettings, raw.get("server", {}), source, "server", env)
+    try:
+        allow_hosts = frozenset(parse_allowed_host(entry) for entry in media_table.allow_hosts)
+    except ValueError as exc:
+        raise ConfigError(source, "media", "allow_hosts", str(exc)) from None
     media = MediaSettings(
         allow_private=media_table.allow_private,
+        allow_hosts=allow_hosts,
         max_bytes=media_table.max_bytes,
         allowed_types=media_table.allowed_types,
         cache_dir=Path(media_table.cache_dir) if media_table.cache_dir else None,

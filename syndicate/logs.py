@@ -305,6 +305,7 @@ def redacted_config(settings: Settings) -> dict[str, Any]:
         "server": dump(settings.server),
         "media": {
             "allow_private": settings.media.allow_private,
+            "allow_hosts": sorted(f"{host}:{port}" for host, port in settings.media.allow_hosts),
             "max_bytes": settings.media.max_bytes,
             "allowed_types": list(settings.media.allowed_types),
             "cache_dir": None if settings.media.cache_dir is None else str(settings.media.cache_dir),

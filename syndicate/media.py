@@ -51,7 +51,7 @@ AddressPredicate = Callable[[IPAddress], bool]
 DEFAULT_ALLOWED_TYPES: tuple[str, ...] = ("image/jpeg", "image/png", "image/gif", "image/webp", "image/bmp")
 DEFAULT_MEMORY_CACHE_BYTES = 64 * 1024 * 1024
 
-_ALLOW_HINT = "set [media] allow_private = true to allow"
+_ALLOW_HINT = "to allow it, name its host:port in [media] allow_hosts"
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _RETRYABLE_STATUSES = frozenset({408, 425, 429})
 _UNTYPED = frozenset({"", "application/octet-stream"})
@@ -71,7 +71,10 @@ _READ_CHUNK = 64 * 1024
 class MediaSettings:
     """The ``[media]`` table: what may be fetched, how much, and where blobs are cached."""
 
+    #: Test-only escape hatch: every private, loopback and link-local address allowed. No shipped config sets it.
     allow_private: bool = False
+    #: Exact ``host:port`` pairs fetched even on a private or loopback address (the sandbox's own host).
+    allow_hosts: frozenset[tuple[str, int]] = frozenset()
     max_bytes: int = 10 * 1024 * 1024
     allowed_types: tuple[str, ...] = DEFAULT_ALLOWED_TYPES
     cache_dir: Path | None = None
@@ -220,6 +223,23 @@ class _AddressRefused(Exception):
         self.reason = reason
 
 
+def _exempt(url: URL, allow_hosts: frozenset[tuple[str, int]]) -> bool:
+    """Whether ``url``'s exact host and port are in ``[media] allow_hosts``."""
+    return bool(allow_hosts) and url.host is not None and (url.host.lower(), url.port or 0) in allow_hosts
+
+
+def parse_allowed_host(entry: str) -> tuple[str, int]:
+    """``"host:port"`` (``"[::1]:8765"`` for IPv6) as the pair ``allow_hosts`` holds; ValueError saying why."""
+    text = entry.strip().lower()
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{entry!r} is not host:port (an exact host and a port 1-65535, e.g. 127.0.0.1:8765)")
+    host = host.removeprefix("[").removesuffix("]")
+    if "/" in host or "*" in host or " " in host:
+        raise ValueError(f"{entry!r}: name one exact host (no wildcards, networks or paths)")
+    return host, int(port)
+
+
 class GuardedResolver(AbstractResolver):
     """A resolver that refuses a hostname when any address it resolves to fails the policy.
 
@@ -227,14 +247,24 @@ class GuardedResolver(AbstractResolver):
     resolves to a public address now and to 127.0.0.1 a second later cannot slip through.
     """
 
-    def __init__(self, allowed: AddressPredicate, inner: AbstractResolver | None = None) -> None:
+    def __init__(
+        self,
+        allowed: AddressPredicate,
+        inner: AbstractResolver | None = None,
+        *,
+        exempt: frozenset[tuple[str, int]] = frozenset(),
+    ) -> None:
         self._allowed = allowed
+        #: ``(host, port)`` pairs let through whatever they resolve to (``[media] allow_hosts``).
+        self._exempt = exempt
         self._inner = inner if inner is not None else DefaultResolver()
 
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
+        if (host.lower(), port) in self._exempt:
+            return results
         for result in results:
             addr = _parse_ip(result["host"])
             if addr is None:
@@ -533,7 +563,7 @@ class MediaFetcher:
     def _get_resolver(self) -> GuardedResolver:
         # Created lazily: aiohttp's resolvers bind to the running loop.
         if self._resolver is None:
-            self._resolver = GuardedResolver(self._allowed)
+            self._resolver = GuardedResolver(self._allowed, exempt=self.settings.allow_hosts)
         return self._resolver
 
     def _get_session(self) -> aiohttp.ClientSession:
@@ -555,6 +585,8 @@ class MediaFetcher:
         host = target.host
         if not host:
             raise MediaRefused(f"refusing {where}: the URL has no host", url=original)
+        if _exempt(target, self.settings.allow_hosts):
+            return
         addr = _parse_ip(host)
         if addr is None:
             if _looks_like_ip(host):
@@ -577,7 +609,7 @@ class MediaFetcher:
         if not isinstance(peer, tuple) or not peer:
             return
         addr = _parse_ip(str(peer[0]))
-        if addr is not None and not self._allowed(addr):
+        if addr is not None and not self._allowed(addr) and not _exempt(resp.url, self.settings.allow_hosts):
             resp.close()
             raise _AddressRefused(
                 resp.url.host or str(peer[0]), f"connected to a refused address: {refusal_reason(addr)}"

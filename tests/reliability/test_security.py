@@ -1066,7 +1066,7 @@ async def test_more_spellings_of_private_hosts_are_refused_before_any_request(ur
         await fetcher.fetch(url)
     assert str(info.value).startswith(f"refusing {url}: ") and named in str(info.value), str(info.value)
     if "canonical" not in named:
-        assert "allow_private = true" in str(info.value)  # and it says how to allow it
+        assert "allow_hosts" in str(info.value)  # and it says how to allow it
 
 
 @pytest.fixture
@@ -1152,7 +1152,7 @@ async def test_a_story_image_on_a_private_address_fails_its_delivery_unless_allo
         return
     assert (delivery.state, delivery.last_error_class, posted) == (State.FAILED, "Permanent", [])
     assert f"{sandbox.url}/media/story-amber-1200x675.png" in (delivery.last_error or "")
-    assert LOOPBACK in (delivery.last_error or "") and "allow_private = true" in (delivery.last_error or "")
+    assert LOOPBACK in (delivery.last_error or "") and "allow_hosts" in (delivery.last_error or "")
 
 
 # ================================================================ 5. the dashboard's redirects and sessions (issue 14)

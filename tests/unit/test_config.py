@@ -358,7 +358,8 @@ def test_load_config_follows_the_precedence(tmp_path: Path, monkeypatch: pytest.
 def test_shipped_default_config_loads() -> None:
     settings = load_config(REPO / "config" / "syndicate.toml", env={})
     assert settings.store.url == DEFAULT_STORE_URL
-    assert settings.media.allow_private is True
+    assert settings.media.allow_private is False  # a test-only escape hatch: no shipped config sets it
+    assert settings.media.allow_hosts == {("127.0.0.1", 8765)}  # the sandbox's own host, and only it
     assert list(settings.channels) == [
         "cms-mirror",
         "archive",

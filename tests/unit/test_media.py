@@ -264,7 +264,7 @@ def test_public_addresses_allowed(address: str) -> None:
 
 def test_refusal_reason_names_address_and_setting() -> None:
     reason = refusal_reason(ipaddress.ip_address("10.0.0.5"))
-    assert reason == "10.0.0.5 is a private address (set [media] allow_private = true to allow)"
+    assert reason == "10.0.0.5 is a private address (to allow it, name its host:port in [media] allow_hosts)"
     mapped = refusal_reason(ipaddress.ip_address("::ffff:127.0.0.1"))
     assert "127.0.0.1" in mapped and "loopback" in mapped
     assert "an unspecified address" in refusal_reason(ipaddress.ip_address("0.0.0.0"))
@@ -276,7 +276,7 @@ async def test_loopback_refused_by_default(server: Server) -> None:
             await f.fetch(server.url("/img.png"))
     message = str(info.value)
     assert message.startswith(f"refusing {server.url('/img.png')}: 127.0.0.1 is a loopback address")
-    assert "allow_private = true" in message
+    assert "allow_hosts" in message
     assert info.value.url == server.url("/img.png")
     assert server.hits["/img.png"] == 0
 
@@ -309,7 +309,7 @@ async def test_private_literals_refused_without_network(url: str, named: str) ->
         await f.fetch(url)
     assert str(info.value).startswith(f"refusing {url}: ")
     assert named in str(info.value)
-    assert "allow_private" in str(info.value)
+    assert "allow_hosts" in str(info.value)
     await f.close()
 
 
@@ -342,7 +342,7 @@ async def test_hostname_resolving_to_loopback_refused_by_resolver(server: Server
             await f.fetch(url)
     message = str(info.value)
     assert message.startswith(f"refusing {url}: localhost resolves to a refused address: ")
-    assert "loopback address" in message and "allow_private" in message
+    assert "loopback address" in message and "allow_hosts" in message
     assert server.hits["/img.png"] == 0
 
 
@@ -451,7 +451,7 @@ async def test_redirect_hop_to_private_address_refused(server: Server, path: str
         with pytest.raises(MediaRefused) as info:
             await f.fetch(server.url(path))
     assert named in str(info.value)
-    assert "allow_private" in str(info.value)
+    assert "allow_hosts" in str(info.value)
     assert server.hits[path] == 1
 
 
@@ -775,3 +775,52 @@ async def test_adapters_fetch_images_through_one_mapping_onto_the_taxonomy() -> 
         await adapter.close_media()
     assert "cover image http://10.0.0.5/cover.png" in info.value.reason and "10.0.0.5" in str(info.value)
     assert "private" in info.value.reason
+
+
+# --- [media] allow_hosts: the shipped default config -------------------------------------------------------
+
+
+def shipped_media() -> MediaSettings:
+    from syndicate.config import load_config
+
+    return load_config(Path(__file__).resolve().parents[2] / "config" / "syndicate.toml", env={}).media
+
+
+@pytest.mark.parametrize(
+    ("url", "named"),
+    [
+        ("http://169.254.169.254/latest/meta-data/iam.png", "169.254.169.254 is a link-local address"),
+        ("http://10.0.0.1/a.png", "10.0.0.1 is a private address"),
+        ("http://127.0.0.1:9/a.png", "127.0.0.1 is a loopback address"),  # loopback, but not the sandbox's port
+        ("http://[::1]:8765/a.png", "is a loopback address"),  # the sandbox's port on another host
+    ],
+)
+async def test_the_shipped_config_refuses_every_private_address_but_the_sandboxs(url: str, named: str) -> None:
+    """It used to ship allow_private = true, so an image on a cloud metadata address was fetched."""
+    async with MediaFetcher(shipped_media()) as f:
+        with pytest.raises(MediaRefused, match=re.escape(named)):
+            await f.fetch(url)
+
+
+async def test_a_name_resolving_to_a_private_address_is_refused_by_the_shipped_config(server: Server) -> None:
+    url = f"http://localhost:{server.port}/img.png"
+    async with MediaFetcher(shipped_media()) as f:
+        with pytest.raises(MediaRefused, match="localhost resolves to a refused address"):
+            await f.fetch(url)
+    assert server.hits["/img.png"] == 0
+
+
+async def test_an_allowed_host_and_port_is_fetched_and_only_that_pair(server: Server) -> None:
+    allowed = MediaSettings(allow_hosts=frozenset({("127.0.0.1", server.port)}))
+    async with MediaFetcher(allowed) as f:
+        assert (await f.fetch(server.url("/img.png"))).data == PNG
+        with pytest.raises(MediaRefused, match="localhost resolves to a refused address"):
+            await f.fetch(f"http://localhost:{server.port}/img.png")  # the same address by another name
+
+
+@pytest.mark.parametrize("entry", ["127.0.0.1", "10.0.0.0/8:80", "*.example.cn:443", "host:0", "host:99999", ":80"])
+def test_allow_hosts_entries_must_be_exact_host_and_port(entry: str) -> None:
+    from syndicate.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=r"\[media\] allow_hosts"):
+        parse_config({"media": {"allow_hosts": [entry]}}, source="t.toml", env={})
