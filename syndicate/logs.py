@@ -183,6 +183,12 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
         _mask_auth,
     ),
     (re.compile(r"\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE), rf"\1 {MASK}"),
+    # OAuth 1.0a parameters wherever they show: an Authorization header (oauth_signature="..."), a query, a
+    # signature base string (percent-encoded once or twice, as oauthlib and tweepy log them at debug).
+    (
+        re.compile(r"""(oauth_(?:signature|token|consumer_key|verifier)["']?\s*(?:=|%3D|%253D)\s*["']?)[^"'&\s,]+"""),
+        rf"\1{MASK}",
+    ),
     (re.compile(r"""\b(x-syndicate-signature["']?\s*[:=]\s*["']?)[^\s"'}\]]+""", re.IGNORECASE), rf"\1{MASK}"),
     (re.compile(r"\b(v1=)[0-9a-fA-F]{16,}"), rf"\1{MASK}"),
     (_URL_PASSWORD, rf"\1{MASK}@"),
@@ -468,3 +474,6 @@ def configure_logging(
     root.handlers.remove(handler)
     root.handlers.insert(0, handler)
     root.setLevel(level)
+    # oauthlib's debug lines are the signing itself (parameters, base string, "Signature: <value>"): credential
+    # material at any verbosity, so it never logs below INFO.
+    logging.getLogger("oauthlib").setLevel(max(level, logging.INFO))

@@ -378,3 +378,50 @@ async def test_a_receiver_echoing_our_credentials_does_not_leak_them(capture: An
         await store.close()
     assert delivery.state is State.FAILED and delivery.last_error
     assert_no_secrets(redact(delivery.last_error or ""))
+
+
+async def test_oauth_signing_leaves_no_signature_or_key_in_the_logs_at_any_verbosity(
+    sandbox: RunningSandbox, tmp_path: Path
+) -> None:
+    """At -vv oauthlib logged every signing (parameters, base string, "Signature: ...") and tweepy each request's
+    Authorization header: real libraries, real requests, at DEBUG through the real logging configuration."""
+    from oauthlib.oauth1 import Client
+
+    from adapters.x.adapter import XAdapter, XOptions
+    from adapters.x.standin import (
+        DEFAULT_ACCESS_TOKEN,
+        DEFAULT_ACCESS_TOKEN_SECRET,
+        DEFAULT_CONSUMER_KEY,
+        DEFAULT_CONSUMER_SECRET,
+    )
+
+    stream = io.StringIO()
+    configure_logging(None, fmt="json", level=logging.DEBUG, stream=stream)
+    try:
+        _, signed, _ = Client("ck-0123456789ab", "cs-0123456789ab", "tk-0123456789ab", "ts-0123456789ab").sign(
+            "https://api.x.com/2/tweets?x=1", "POST"
+        )
+        x = XAdapter(
+            "x",
+            XOptions(
+                api_base=sandbox.url,
+                consumer_key=DEFAULT_CONSUMER_KEY,
+                consumer_secret=DEFAULT_CONSUMER_SECRET,
+                access_token=DEFAULT_ACCESS_TOKEN,
+                access_token_secret=DEFAULT_ACCESS_TOKEN_SECRET,
+            ),
+            timeout=2,
+        )
+        await x.start()
+        try:
+            await x.check()
+        finally:
+            await x.close()
+    finally:
+        reset_logging()
+    logs = stream.getvalue()
+    signature = re.search(r'oauth_signature="([^"]+)"', signed["Authorization"])
+    assert signature and signature.group(1) not in logs
+    assert "Making API request" in logs  # tweepy did log the request, masked
+    assert re.findall(r'oauth_signature="?(?!\*\*\*)[A-Za-z0-9%]', logs) == []
+    assert "ck-0123456789ab" not in logs and DEFAULT_CONSUMER_KEY not in logs
