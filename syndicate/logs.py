@@ -184,7 +184,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Any], ...] = (
     ),
     (re.compile(r"\b(bearer)\s+[A-Za-z0-9\-._~+/]+=*", re.IGNORECASE), rf"\1 {MASK}"),
     # OAuth 1.0a parameters wherever they show: an Authorization header (oauth_signature="..."), a query, a
-    # signature base string (percent-encoded once or twice, as oauthlib and tweepy log them at debug).
+    # signature base string (percent-encoded once or twice, as OAuth client libraries log them at debug).
     (
         re.compile(r"""(oauth_(?:signature|token|consumer_key|verifier)["']?\s*(?:=|%3D|%253D)\s*["']?)[^"'&\s,]+"""),
         rf"\1{MASK}",
