@@ -13,6 +13,7 @@ from typing import Any
 from rich.markup import escape
 
 from syndicate.cli.common import err
+from syndicate.story import parse_json_int
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class Document:
 def read_documents(name: str, text: str) -> Iterator[Document]:
     """A JSON document, a JSON array of documents, or JSON Lines (one document per line)."""
     try:
-        whole = json.loads(text)
+        whole = json.loads(text, parse_int=parse_json_int)
     except json.JSONDecodeError as exc:
         lines = [ln for ln in text.splitlines() if ln.strip()]
         if len(lines) <= 1 or not _looks_like_json_lines(lines):
@@ -41,7 +42,7 @@ def read_documents(name: str, text: str) -> Iterator[Document]:
             if not line.strip():
                 continue
             try:
-                yield Document(f"{name}:{number}", json.loads(line), raw=line)
+                yield Document(f"{name}:{number}", json.loads(line, parse_int=parse_json_int), raw=line)
             except json.JSONDecodeError as line_exc:
                 yield Document(f"{name}:{number}", None, f"malformed JSON: {line_exc.msg} (column {line_exc.colno})")
         return
@@ -60,7 +61,7 @@ def _looks_like_json_lines(lines: list[str]) -> bool:
     """
     for line in lines[:2]:
         try:
-            if isinstance(json.loads(line), dict):
+            if isinstance(json.loads(line, parse_int=parse_json_int), dict):
                 return True
         except json.JSONDecodeError:
             continue

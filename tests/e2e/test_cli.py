@@ -170,6 +170,15 @@ async def test_a_pretty_printed_document_with_one_syntax_error_is_one_error(tmp_
     assert "0 accepted, 1 rejected" in result.out
 
 
+async def test_an_integer_literal_of_any_length_in_a_file_is_a_field_error_not_a_traceback(tmp_path: Path) -> None:
+    """Python's int() refuses over 4,300 digits; the hook's parser already clamps them, the file reader did not."""
+    cli = make_cli(tmp_path)
+    (tmp_path / "huge.json").write_text('{"id": "huge-1", "headline": "x", "version": ' + "9" * 5000 + "}")
+    result = await cli("publish", "huge.json")
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    assert "version" in result.err and "0 accepted, 1 rejected" in result.out
+
+
 async def test_text_that_looks_like_markup_is_printed_verbatim(tmp_path: Path) -> None:
     cli = make_cli(tmp_path)
     story_id = "wire-[/]-[bold]x"
