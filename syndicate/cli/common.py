@@ -26,7 +26,7 @@ from syndicate.delivery import ERROR_CLASSES
 from syndicate.logs import redact, set_secrets
 from syndicate.operations import parse_states, parse_time, split_list
 from syndicate.store import open_store
-from syndicate.store.base import PAUSED_INDEFINITELY, ChannelState, DeliveryRecord, State, Store
+from syndicate.store.base import PAUSED_INDEFINITELY, ChannelState, DeliveryRecord, State, Store, StoreError
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -84,10 +84,16 @@ def load_settings(ctx: click.Context, config_path: Path | None) -> Settings:
 async def connect_store(settings: Settings, *, migrate: bool = True) -> Store:
     try:
         store = open_store(settings.store.url)
+    except StoreError as exc:  # it names the path and the fix
+        raise click.ClickException(f"{settings.source}: [store] url: {exc}") from None
     except ValueError as exc:
         raise click.UsageError(f"{settings.source}: [store] url: {exc}") from None
     if migrate:
-        await store.migrate()
+        try:
+            await store.migrate()
+        except StoreError as exc:  # it says what to fix (the path, the directory): no traceback
+            await store.close()
+            raise click.ClickException(str(exc)) from None
     return store
 
 

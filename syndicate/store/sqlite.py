@@ -9,6 +9,7 @@ read while we write; ``BEGIN IMMEDIATE`` plus a busy timeout serialises writers 
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from syndicate.store.base import Row, dumps_json
+from syndicate.store.base import Row, StoreError, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
 from syndicate.store.sqlstore import Lock, Op, Q, SQLStore
 
@@ -119,7 +120,14 @@ class SQLiteStore(SQLStore):
             )
         self.path = str(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            folder = Path(self.path).resolve().parent
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot open the store {Path(self.path).resolve()}: its directory {folder} cannot be created "
+                    f"({exc.strerror or exc}): fix the path or its permissions, or set [store] url"
+                ) from None
         self._busy_timeout = busy_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-sqlite")
         self._conn: sqlite3.Connection | None = None
@@ -136,7 +144,11 @@ class SQLiteStore(SQLStore):
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+            try:
+                conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
+                conn.execute("PRAGMA journal_mode=WAL")  # the first write: a directory we cannot write fails here
+            except sqlite3.OperationalError as exc:
+                raise StoreError(_open_failure(self.path, exc)) from None
             conn.row_factory = sqlite3.Row
             try:
                 # List parameters are JSON arrays read with json_each (built in since 3.38, and in every
@@ -148,7 +160,6 @@ class SQLiteStore(SQLStore):
                     f"SQLite {sqlite3.sqlite_version} lacks the JSON functions syndicate needs (json_each): "
                     "use a build with JSON1 (standard since 3.38), or PostgreSQL"
                 ) from None
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
             # 64 MiB of page cache instead of the default 2 MiB: stored payloads make the hot rows large.
@@ -197,3 +208,18 @@ class SQLiteStore(SQLStore):
         if self._conn is not None:
             await self._run(_close)
         self._executor.shutdown(wait=True)
+
+
+def _open_failure(path: str, exc: sqlite3.OperationalError) -> str:
+    """Why the store file cannot be opened, with the fix: SQLite itself says only "unable to open database file"."""
+    where = Path(path).resolve()
+    folder = where.parent
+    if not folder.is_dir():
+        fix = f"the directory {folder} does not exist: create it, or set [store] url to a path that exists"
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        fix = f"the directory {folder} is not writable by uid {os.geteuid()}: fix its permissions, or set [store] url"
+    elif where.exists() and not os.access(where, os.R_OK | os.W_OK):
+        fix = f"the file is not readable and writable by uid {os.geteuid()}: fix its permissions, or set [store] url"
+    else:
+        fix = "check the file, its directory and the free disk space, or set [store] url"
+    return f"cannot open the store {where}: {exc} ({fix})"

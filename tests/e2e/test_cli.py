@@ -374,3 +374,15 @@ async def test_config_errors_name_file_table_and_key(tmp_path: Path) -> None:
         "--config", missing_env, "status", "--json", cwd=tmp_path, env={"SYNDICATE_TEST_NOT_SET": "from-env"}
     )
     assert ok.code == 0, ok.err
+
+
+async def test_a_store_that_cannot_be_opened_names_the_path_and_the_fix(tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file", and the CLI printed a traceback."""
+    (tmp_path / "a-file").write_text("not a directory")
+    missing = tmp_path / "a-file" / "syndicate.db"  # chmod cannot make a directory unwritable for root: a file can
+    config = tmp_path / "bad-store.toml"
+    config.write_text(f'[store]\nurl = "sqlite:///{missing}"\n', encoding="utf-8")
+    result = await run_cli("--config", config, "status", cwd=tmp_path)
+    assert result.code == 1 and "Traceback" not in result.err, result.err
+    assert f"cannot open the store {missing}" in result.err
+    assert f"its directory {missing.parent} cannot be created" in result.err and "[store] url" in result.err
