@@ -48,6 +48,7 @@ from syndicate.store.base import (
     NewDelivery,
     State,
     Store,
+    StoreUnavailable,
     Transition,
 )
 from syndicate.story import FieldError, Story, StoryValidationError, error_path
@@ -424,6 +425,9 @@ class Engine:
                     next_due = await self.store.next_due_at(names, now=now)
                     if next_due is not None and next_due > now:
                         timeout = min(timeout, next_due - self.clock.now())
+                except StoreUnavailable as exc:
+                    log.warning("the dispatcher waits for the store: %s", exc, extra={"worker": self.worker_id})
+                    timeout = engine_cfg.poll_interval
                 except Exception:
                     log.exception("store error in the dispatcher; retrying", extra={"worker": self.worker_id})
                     timeout = engine_cfg.poll_interval
@@ -481,17 +485,27 @@ class Engine:
 
     async def _write(self, batch: list[Completion]) -> None:
         """Write outcomes, retrying a failing store with backoff: a receipt we hold must not be thrown away."""
-        for delay in (0.1, 0.5, 1, 2, 5, 10):
+        delays = iter((0.1, 0.5, 1, 2, 5, 10))
+        while True:
             try:
                 lost = await self.store.complete(batch)
+            except StoreUnavailable as exc:
+                # The store takes no writes at all (disk full): nothing else progresses either, so keep the
+                # receipts until it is back rather than leave landed posts to reconciliation.
+                delay = next(delays, 10)
+                log.warning("could not write %d delivery outcomes: %s; retrying in %s s", len(batch), exc, delay)
             except Exception:
+                next_delay = next(delays, None)
+                if next_delay is None:
+                    log.error("gave up writing %d outcomes; their leases expire and they are reconciled", len(batch))
+                    return
+                delay = next_delay
                 log.exception("could not write %d delivery outcomes; retrying in %s s", len(batch), delay)
-                await asyncio.sleep(delay)
-                continue
-            for delivery_id in lost:
-                log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
-            return
-        log.error("gave up writing %d outcomes; their leases expire and they are reconciled", len(batch))
+            else:
+                for delivery_id in lost:
+                    log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
+                return
+            await asyncio.sleep(delay)
 
     async def _write_batch(self, batch: list[Completion]) -> None:
         try:
@@ -536,6 +550,9 @@ class Engine:
                 held = set(
                     await self.store.heartbeat(self.worker_id, list(running), lease_until=self.clock.now() + lease)
                 )
+            except StoreUnavailable as exc:
+                log.warning("heartbeat failed: %s", exc)
+                continue
             except Exception:
                 log.exception("heartbeat failed")
                 continue

@@ -43,6 +43,10 @@ _FANOUT_RESPONSES = {
     "413": _error("Body over [server] max_body_bytes"),
     "415": _error("Content-Type is not application/json or application/ninjs+json"),
     "422": _json_body(_ref("ValidationError"), "The story is not valid; each field path and problem listed"),
+    "503": _error(
+        "The store cannot write now (disk full, database down): nothing was accepted and the signature is not spent;"
+        " send the same request again after Retry-After seconds"
+    ),
 }
 
 
@@ -182,6 +186,7 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                         "401": _FANOUT_RESPONSES["401"],
                         "404": _error("No such story"),
                         "413": _FANOUT_RESPONSES["413"],
+                        "503": _FANOUT_RESPONSES["503"],
                     },
                 },
             },
@@ -340,8 +345,11 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
             "/healthz": {"get": {"summary": "The process is up", "responses": {"200": {"description": "up"}}}},
             "/readyz": {
                 "get": {
-                    "summary": "The store is reachable and migrations are current",
-                    "responses": {"200": {"description": "ready"}, "503": {"description": "not ready (reason given)"}},
+                    "summary": "The store is reachable, migrations are current and it takes a write",
+                    "responses": {
+                        "200": {"description": "ready"},
+                        "503": {"description": "not ready, reason given: unreachable, schema behind, or no writes"},
+                    },
                 }
             },
             "/metrics": {

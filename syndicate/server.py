@@ -47,6 +47,7 @@ from syndicate.store.base import (
     DeliveryFilter,
     NotFound,
     StaleVersion,
+    StoreUnavailable,
     VersionConflict,
 )
 from syndicate.story import Story, StoryValidationError, parse_json_int
@@ -59,6 +60,8 @@ JSON_TYPES = ("application/json", "application/ninjs+json")
 MAX_PAGE = 1000
 #: Delivery ids are the stores' 64-bit keys: a larger number names no delivery, and the stores cannot bind it.
 DELIVERY_ID_MAX = 2**63 - 1
+#: How long a client waits before trying again while the store takes no writes (disk full, database down).
+STORE_RETRY_AFTER = 30
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,6 +75,14 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
         super().__init__(message)
         self.response = problem(status, error, message, **extra)
+
+
+def store_unavailable(exc: StoreUnavailable, request: web.Request) -> web.Response:
+    """503 with Retry-After: nothing was written, so the sender keeps the request and tries again later."""
+    log.warning("%s %s refused: %s", request.method, request.path, exc, extra={"path": request.path})
+    response = problem(503, "store_unavailable", f"{exc}; nothing was accepted, send it again later")
+    response.headers["Retry-After"] = str(STORE_RETRY_AFTER)
+    return response
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -89,6 +100,8 @@ async def errors_and_access_log(request: web.Request, handler: Handler) -> web.S
         response = await handler(request)
     except ApiError as exc:
         response = exc.response
+    except StoreUnavailable as exc:
+        response = store_unavailable(exc, request)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -264,7 +277,12 @@ async def publish_hook(request: web.Request) -> web.StreamResponse:
             raise ApiError(409, "version_conflict", str(exc)) from None
         # Spent only once the story is accepted: a refused request (409, a store failure) keeps its signature. A
         # replay racing the original past the check above finds the same version accepted: it changes nothing.
-        await _use_signature(request)
+        try:
+            await _use_signature(request)
+        except StoreUnavailable as exc:
+            # The story is durable: answering 503 now would be a false failure. The signature stays usable, and a
+            # replay of it finds this version accepted and changes nothing.
+            log.warning("story %s accepted but its signature not marked used: %s", story.id, exc)
         log.info(
             "story %s v%d accepted: %d deliveries",
             result.story_id,
@@ -275,6 +293,8 @@ async def publish_hook(request: web.Request) -> web.StreamResponse:
         response = _fan_out_answer(result, 202 if result.created else 200)
     except ApiError as exc:
         response = exc.response
+    except StoreUnavailable as exc:
+        response = store_unavailable(exc, request)
     _count_hook(request, response.status)
     return response
 
@@ -309,6 +329,8 @@ async def retract_hook(request: web.Request) -> web.StreamResponse:
         response = _fan_out_answer(result, 202 if result.created else 200)
     except ApiError as exc:
         response = exc.response
+    except StoreUnavailable as exc:
+        response = store_unavailable(exc, request)
     _count_hook(request, response.status)
     return response
 
@@ -531,6 +553,8 @@ async def readyz(request: web.Request) -> web.StreamResponse:
     store = request.app[ENGINE].store
     try:
         version = await asyncio.wait_for(store.schema_version(), timeout=5)
+    except StoreUnavailable as exc:
+        return _json({"ready": False, "reason": str(exc)}, status=503)
     except Exception as exc:
         return _json({"ready": False, "reason": f"store unreachable: {type(exc).__name__}"}, status=503)
     if version != store.SCHEMA_VERSION:
@@ -541,6 +565,13 @@ async def readyz(request: web.Request) -> web.StreamResponse:
             },
             status=503,
         )
+    # Readable is not enough: a store that cannot write (disk full) would answer every story with 503.
+    try:
+        await asyncio.wait_for(store.check_writable(now=request.app[CLOCK]()), timeout=5)
+    except StoreUnavailable as exc:
+        return _json({"ready": False, "reason": str(exc)}, status=503)
+    except TimeoutError:
+        return _json({"ready": False, "reason": "the store took more than 5 s to take a write"}, status=503)
     return _json({"ready": True, "schema_version": version})
 
 

@@ -71,6 +71,15 @@ class NotFound(StoreError):
     pass
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot write now (disk full, read-only, unreachable, locked): the operation wrote nothing and may
+    be tried again once the cause is fixed. ``reason`` says what is wrong, ``fix`` what an operator does."""
+
+    def __init__(self, reason: str, fix: str) -> None:
+        super().__init__(f"the store cannot write: {reason} ({fix})")
+        self.reason, self.fix = reason, fix
+
+
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer syndicate: running older code against it could corrupt it."""
 
@@ -528,6 +537,11 @@ class Store(Outbox, ChannelControl, ReadModel):
 
     @abc.abstractmethod
     async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def check_writable(self, *, now: float) -> None:
+        """One story-sized write that changes nothing anyone reads; raises StoreUnavailable when it cannot be made.
+        Readiness: a store that can be read but not written (disk full) must not receive stories."""
 
     def channel_view(self, channel: str) -> ChannelDeliveries:
         """The read-only view a channel serving its own content gets: its own deliveries, nothing else."""

@@ -19,7 +19,7 @@ from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
-from syndicate.store.base import Row
+from syndicate.store.base import Row, StoreUnavailable
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
 from syndicate.store.sqlstore import Lock, LockScope, Op, Q, SQLStore
 
@@ -106,6 +106,7 @@ class PostgresStore(SQLStore):
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]] = (asyncpg.UndefinedTableError,)
 
     def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 10) -> None:
+        super().__init__()
         self.dsn = dsn
         self.schema = schema
         self._min_size, self._max_size = min_size, max_size
@@ -131,6 +132,32 @@ class PostgresStore(SQLStore):
             )
         return self._pool
 
+    def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
+        server = self._server_name()
+        if isinstance(exc, asyncpg.DiskFullError):
+            return StoreUnavailable(f"the database server {server} is out of disk ({exc})", "free disk space there")
+        if isinstance(exc, asyncpg.InsufficientResourcesError):  # out of memory, too many connections (53xxx)
+            return StoreUnavailable(
+                f"the database server {server} is out of resources ({exc})",
+                "check its memory and max_connections, or lower [store] pool sizes",
+            )
+        if isinstance(exc, asyncpg.ReadOnlySQLTransactionError):
+            return StoreUnavailable(
+                f"{server} takes no writes ({exc})", "point [store] url at the primary, not a standby"
+            )
+        if isinstance(exc, asyncpg.OperatorInterventionError | asyncpg.PostgresConnectionError):
+            return StoreUnavailable(f"the database server {server} went away ({exc})", "check that it is running")
+        if isinstance(exc, OSError):  # refused, unreachable, timed out connecting
+            return StoreUnavailable(
+                f"the database server {server} cannot be reached ({type(exc).__name__}: {exc})",
+                "check that it is running and that [store] url is right",
+            )
+        return None
+
+    def _server_name(self) -> str:
+        parts = urllib.parse.urlsplit(self.dsn)
+        return f"{parts.hostname or 'localhost'}:{parts.port or 5432}"
+
     async def close(self) -> None:
         if self._listener is not None:
             await self._listener.close()
@@ -152,12 +179,12 @@ class PostgresStore(SQLStore):
         # One notification channel per schema, so isolated test runs (or tenants) do not wake each other.
         return f"{NOTIFY_CHANNEL}_{self.schema}" if self.schema else NOTIFY_CHANNEL
 
-    async def _read(self, op: Op[T]) -> T:
+    async def _run_read(self, op: Op[T]) -> T:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             return await op(_Conn(conn, self._notify_name))
 
-    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             pg = _Conn(conn, self._notify_name)

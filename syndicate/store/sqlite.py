@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from syndicate.store.base import Row, StoreError, dumps_json
+from syndicate.store.base import Row, StoreError, StoreUnavailable, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
 from syndicate.store.sqlstore import Lock, Op, Q, SQLStore
 
@@ -118,6 +118,7 @@ class SQLiteStore(SQLStore):
                 f"{'.'.join(map(str, MIN_SQLITE))} or newer (Python's sqlite3 module links the system library; "
                 "upgrade it, or use PostgreSQL)"
             )
+        super().__init__()
         self.path = str(path)
         if self.path != ":memory:":
             folder = Path(self.path).resolve().parent
@@ -187,10 +188,10 @@ class SQLiteStore(SQLStore):
                 conn.execute("ROLLBACK")
             raise
 
-    async def _read(self, op: Op[T]) -> T:
+    async def _run_read(self, op: Op[T]) -> T:
         return await self._run(lambda conn: run_to_completion(op(_Conn(conn))))
 
-    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
         # BEGIN IMMEDIATE takes the database's one write lock: it covers every lock scope, and even a single
         # statement goes through it, so every write waits for the disk the same way (synchronous=FULL).
         def work(conn: sqlite3.Connection) -> T:
@@ -198,6 +199,33 @@ class SQLiteStore(SQLStore):
                 return run_to_completion(op(_Conn(conn)))
 
         return await self._run(work)
+
+    def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
+        if not isinstance(exc, sqlite3.DatabaseError):
+            return None
+        primary = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # extended codes carry the primary one in the low byte
+        where = Path(self.path).resolve()
+        if primary == sqlite3.SQLITE_FULL:
+            return StoreUnavailable(
+                f"the disk holding {where} is full ({exc})", "free space on that disk; writes resume by themselves"
+            )
+        if primary == sqlite3.SQLITE_READONLY:
+            return StoreUnavailable(
+                f"{where} is read-only ({exc})",
+                f"make the file, its -wal and -shm files and {where.parent} writable by uid {os.geteuid()}",
+            )
+        if primary == sqlite3.SQLITE_IOERR:
+            return StoreUnavailable(
+                f"the disk holding {where} reported an I/O error ({exc})", "check the disk (dmesg) and its free space"
+            )
+        if primary in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            return StoreUnavailable(
+                f"another process held {where} locked for more than {self._busy_timeout:g} s ({exc})",
+                "look for a stuck syndicate process or a long transaction on the file",
+            )
+        if primary == sqlite3.SQLITE_CANTOPEN:
+            return StoreUnavailable(f"{where} cannot be opened ({exc})", "check the file, its directory and the disk")
+        return None
 
     async def close(self) -> None:
         def _close(_: sqlite3.Connection) -> None:

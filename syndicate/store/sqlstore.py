@@ -43,6 +43,7 @@ from syndicate.store.base import (
     State,
     Store,
     StoreCounts,
+    StoreUnavailable,
     StoryRecord,
     VersionConflict,
     attempt_from_row,
@@ -309,6 +310,11 @@ class LeaseRequest:
     finished: list[int]
 
 
+#: The kv row readiness rewrites to prove the store takes writes (check_writable); it expires like any other.
+WRITE_PROBE_KEY = "syndicate:write-probe"
+WRITE_PROBE_VALUE = "0" * 16384
+
+
 class SQLStore(Store):
     """The contract over named queries; a dialect subclass supplies the queries, the migrations and how an
     operation runs (``_read``/``_write``)."""
@@ -324,13 +330,46 @@ class SQLStore(Store):
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
 
     @abc.abstractmethod
-    async def _read(self, op: Op[T]) -> T:
+    async def _run_read(self, op: Op[T]) -> T:
         """Run ``op`` outside any transaction (each statement sees committed data)."""
 
     @abc.abstractmethod
-    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
         """Run ``op`` in one write transaction holding ``lock``. ``single_statement``: ``op`` runs one statement,
         atomic by itself, so a server-side database may skip the BEGIN/COMMIT round trips."""
+
+    @abc.abstractmethod
+    def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
+        """The driver's exception as StoreUnavailable when it means "cannot write now, fix this and try again"
+        (disk full, read-only, unreachable, locked past the timeout); None for anything else (a bug, a constraint).
+        The one place a dialect's failures are read, as httpx's map_httpcore_exceptions."""
+
+    async def _read(self, op: Op[T]) -> T:
+        try:
+            return await self._run_read(op)
+        except Exception as exc:
+            self._raise_unavailable(exc)
+            raise
+
+    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+        try:
+            return await self._run_write(op, lock=lock, single_statement=single_statement)
+        except Exception as exc:
+            self._raise_unavailable(exc)
+            raise
+
+    def _raise_unavailable(self, exc: Exception) -> None:
+        if (unavailable := self._unavailable(exc)) is not None:
+            raise unavailable from exc
+
+    async def check_writable(self, *, now: float) -> None:
+        # As large as a typical story, so that a disk with room for a tiny row only does not pass for writable.
+        await self._write(
+            lambda conn: conn.execute(
+                Q.KV_SET, key=WRITE_PROBE_KEY, value=WRITE_PROBE_VALUE, expires_at=now + 60, now=now
+            ),
+            single_statement=True,
+        )
 
     # --- migrations -----------------------------------------------------------------------------------------
 

@@ -281,6 +281,13 @@ async def test_kv_with_expiry(store: Store) -> None:
     assert await store.kv_get("wechat:token:app", now=NOW + 10**6) == "T2"
 
 
+async def test_the_write_probe_leaves_one_expiring_row(store: Store) -> None:
+    for tick in range(3):
+        await store.check_writable(now=NOW + tick)  # readiness probes: each rewrites the same key
+    assert await store.purge_expired_keys(now=NOW + 59) == 0
+    assert await store.purge_expired_keys(now=NOW + 63) == 1  # and it expires like any other key
+
+
 async def test_list_filters_and_requeue(store: Store) -> None:
     await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
     ca, cb = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)

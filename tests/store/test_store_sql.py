@@ -355,4 +355,9 @@ def test_the_roles_compose_into_the_store() -> None:
     roles = [Outbox, ChannelControl, ReadModel]
     methods = [set(role.__abstractmethods__) for role in roles]
     assert not (methods[0] & methods[1] or methods[0] & methods[2] or methods[1] & methods[2])  # each in one role
-    assert set(Store.__abstractmethods__) == set().union(*methods) | {"migrate", "schema_version", "close"}
+    assert set(Store.__abstractmethods__) == set().union(*methods) | {
+        "migrate",
+        "schema_version",
+        "check_writable",
+        "close",
+    }
