@@ -1,6 +1,7 @@
 """Named queries and numbered migrations, read from ``syndicate/store/sql/`` (package data).
 
-A query file holds statements each introduced by ``-- name: <name>`` (procrastinate's ``queries.sql`` style).
+A query file holds statements each introduced by ``-- name: <name>`` (procrastinate's ``queries.sql`` style):
+``queries.sql`` those both dialects run as written, ``queries_<dialect>.sql`` those that differ.
 Parameters are written ``:name`` in every dialect; the dialect's paramstyle decides what the driver sees (SQLite
 binds ``:name`` itself; asyncpg wants ``$1, $2 ...``), so the code above the connectors passes values by name and
 never counts placeholders. ``{UPPER}`` tokens are constants filled in at load (the state lists, whose only source
@@ -194,9 +195,17 @@ def _sql_root() -> Path:
     return Path(str(resources.files(SQL_PACKAGE).joinpath(SQL_FOLDER)))
 
 
-def load_queries(dialect: str, style: ParamStyle) -> QuerySet:
-    path = _sql_root() / f"queries_{dialect}.sql"
-    return parse_queries(path.read_text(encoding="utf-8"), source=f"sql/{path.name}", style=style)
+def load_queries(dialect: str, style: ParamStyle, folder: Path | None = None) -> QuerySet:
+    """The statements every dialect shares (``queries.sql``) with the dialect's own (``queries_<dialect>.sql``).
+    A name in both files is an error: each statement has one home, so a fix cannot reach one dialect only."""
+    root = folder if folder is not None else _sql_root()
+    shared_path, own_path = root / "queries.sql", root / f"queries_{dialect}.sql"
+    shared = parse_queries(shared_path.read_text(encoding="utf-8"), source=f"sql/{shared_path.name}", style=style)
+    own = parse_queries(own_path.read_text(encoding="utf-8"), source=f"sql/{own_path.name}", style=style)
+    twice = sorted(set(shared) & set(own))
+    if twice:
+        raise QueryError(f"sql/{own_path.name} defines {', '.join(twice)}, which sql/{shared_path.name} has already")
+    return QuerySet(f"sql/{shared_path.name} + sql/{own_path.name}", {**shared, **own})
 
 
 @dataclass(frozen=True)

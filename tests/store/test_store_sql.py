@@ -34,6 +34,7 @@ from syndicate.store.queries import (
     UnknownQuery,
     compile_sql,
     load_migrations,
+    load_queries,
     parse_queries,
 )
 from syndicate.store.sqlstore import Q, SQLStore
@@ -47,7 +48,9 @@ DIALECTS = {"sqlite": sqlite_store, "postgres": pg_store}
 
 
 def test_an_unknown_query_name_is_an_error_naming_it() -> None:
-    with pytest.raises(UnknownQuery, match=r"no query named 'claim_everything' in sql/queries_sqlite\.sql"):
+    with pytest.raises(
+        UnknownQuery, match=r"no query named 'claim_everything' in sql/queries\.sql \+ sql/queries_sqlite\.sql"
+    ):
         sqlite_store.QUERIES["claim_everything"]
     with pytest.raises(QueryError, match="lacks the queries claim_everything, no_such"):
         sqlite_store.QUERIES.require(["claim_deliveries", "no_such", "claim_everything"])
@@ -61,6 +64,24 @@ def test_every_query_the_decisions_run_exists_in_both_dialects_and_no_other(dial
     for name in module.QUERIES:  # each compiles: no stray slot or constant left behind
         query = module.QUERIES[name]
         assert query.slots or query.statement.sql
+
+
+def test_a_statement_has_one_home_shared_or_the_dialects_own(tmp_path: Path) -> None:
+    (tmp_path / "queries.sql").write_text("-- name: kv_get\nSELECT 1;\n")
+    (tmp_path / "queries_sqlite.sql").write_text("-- name: kv_get\nSELECT 2;\n-- name: own\nSELECT 3;\n")
+    with pytest.raises(QueryError, match=r"sql/queries_sqlite\.sql defines kv_get, which sql/queries\.sql has"):
+        load_queries("sqlite", ParamStyle.NAMED, tmp_path)
+    (tmp_path / "queries_sqlite.sql").write_text("-- name: own\nSELECT 3;\n")
+    assert set(load_queries("sqlite", ParamStyle.NAMED, tmp_path)) == {"kv_get", "own"}
+
+
+def test_the_dialect_files_hold_only_what_differs() -> None:
+    sqlite, postgres = sqlite_store.QUERIES, pg_store.QUERIES
+    same = {n for n in sqlite if n in postgres and sqlite[n].text == postgres[n].text}
+    folder = Path(sqlite_store.__file__).parent / "sql"
+    for dialect in DIALECTS:
+        own = parse_queries((folder / f"queries_{dialect}.sql").read_text(), source=dialect, style=ParamStyle.NAMED)
+        assert same & set(own) == set()  # the same SQL in both dialects lives once, in queries.sql
 
 
 def test_every_shared_query_name_is_used_by_the_decisions() -> None:

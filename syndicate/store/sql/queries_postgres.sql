@@ -1,4 +1,5 @@
--- The PostgreSQL store's statements, by name (syndicate/store/queries.py parses this file once at import).
+-- The PostgreSQL store's own statements, by name: those whose SQL differs from the other dialect's (the
+-- shared ones are in queries.sql; syndicate/store/queries.py merges both files once at import).
 -- Parameters are :name (sent to asyncpg as $1, $2 ...). A list parameter is one array: = ANY(:ids::bigint[]).
 -- {PENDING_STATES} and {OPEN_STATES} are literal state lists filled in at load; {where} is a per-call slot.
 -- Rows another process may be writing are locked in id order everywhere (FOR UPDATE ... ORDER BY id), so two
@@ -8,6 +9,7 @@
 
 -- Transaction-level: released at commit or rollback. Keys as before the SQL moved here ('story:' || id,
 -- 'claim:' || channel), so processes of the old and the new code exclude each other during a rolling upgrade.
+
 -- name: advisory_lock
 SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
 
@@ -24,29 +26,10 @@ SELECT pg_notify(:channel, '');
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ);
 
--- name: applied_migrations
-SELECT version FROM schema_migrations;
-
 -- name: record_migration
 INSERT INTO schema_migrations (version, applied_at) VALUES (:version, now());
 
--- name: schema_version
-SELECT max(version) FROM schema_migrations;
-
 -- stories and fan-out -------------------------------------------------------------------------------------------
-
--- name: newest_story_version
-SELECT version, content_hash FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
-
--- name: story_version_hash
-SELECT content_hash FROM stories WHERE story_id = :story_id AND version = :version;
-
--- name: deliveries_of_version
-SELECT * FROM deliveries WHERE story_id = :story_id AND version = :version ORDER BY id;
-
--- name: insert_story
-INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)
-VALUES (:story_id, :version, :content_hash, :pubstatus, :body, :now);
 
 -- Locked: a claim or an outcome write cannot change what the planner decides on until this commits.
 -- name: deliveries_of_story
@@ -57,23 +40,6 @@ SELECT * FROM deliveries WHERE story_id = :story_id ORDER BY id FOR UPDATE;
 UPDATE deliveries SET state = :state, note = :note, due_at = NULL, updated_at = :now
 WHERE id = :id AND state IN {PENDING_STATES} AND NOT reconcile;
 
--- name: insert_delivery
-INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, note, created_at, updated_at)
-VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
-RETURNING *;
-
--- A story's first acceptance is the received_at of its oldest version row (versions are never deleted).
--- name: newest_story
-SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
-FROM stories s WHERE s.story_id = :story_id ORDER BY s.version DESC LIMIT 1;
-
--- name: story_version
-SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
-FROM stories s WHERE s.story_id = :story_id AND s.version = :version;
-
--- name: first_accepted
-SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :story_id;
-
 -- claiming ------------------------------------------------------------------------------------------------------
 
 -- Read before any lock or transaction: an idle poll costs one index probe per channel.
@@ -81,9 +47,6 @@ SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :stor
 SELECT c.channel FROM unnest(:channels::text[]) AS c(channel)
 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.channel AND d.state IN {PENDING_STATES}
               AND d.due_at <= :now);
-
--- name: paused_channels
-SELECT channel FROM channel_state WHERE paused_until > :now;
 
 -- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request). Read under
 -- the channel's claim lock, so the count and the claim below are one atomic step across processes.
@@ -111,11 +74,6 @@ INSERT INTO attempts (delivery_id, number, worker, started_at)
 SELECT id, attempts, :worker, :now FROM deliveries WHERE id = ANY(:ids::bigint[])
 RETURNING delivery_id, id;
 
--- name: live_receipt
-SELECT action, receipt FROM deliveries
-WHERE story_id = :story_id AND channel = :channel AND id < :id AND state = 'delivered'
-ORDER BY id DESC LIMIT 1;
-
 -- leases and outcomes -------------------------------------------------------------------------------------------
 
 -- Locked in id order, as lease_holders locks them: a heartbeat and an outcome write of this worker overlapping on
@@ -126,26 +84,10 @@ WITH held AS (SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_owne
 UPDATE deliveries d SET lease_expires = :lease_until FROM held WHERE d.id = held.id
 RETURNING d.id;
 
--- name: save_checkpoint
-UPDATE deliveries SET checkpoint = :checkpoint WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
-
 -- Read once for the batch and locked until commit; then one statement per table.
 -- name: lease_holders
 SELECT id, lease_owner, attempts FROM deliveries
 WHERE state = 'in_flight' AND id = ANY(:ids::bigint[]) ORDER BY id FOR UPDATE;
-
--- name: record_outcome
-UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
-       retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
-       note = :note, last_error = :last_error, last_error_class = :error_class,
-       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action),
-       payload = coalesce(:payload, payload)
-WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
-
--- name: finish_attempt
-UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
-       platform_code = :platform_code, duration_ms = :duration_ms
-WHERE id = :id AND finished_at IS NULL;
 
 -- SKIP LOCKED: two workers reclaiming at once each take different rows, and neither waits on a live outcome write.
 -- name: expired_leases
@@ -176,9 +118,6 @@ WHERE d.channel = ANY(:channels::text[]) AND d.state IN {PENDING_STATES} AND d.d
   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
                   AND p.id < d.id AND p.state IN {OPEN_STATES});
 
--- name: count_in_flight_all
-SELECT count(*) FROM deliveries WHERE state = 'in_flight';
-
 -- name: count_in_flight
 SELECT count(*) FROM deliveries WHERE state = 'in_flight' AND channel = ANY(:channels::text[]);
 
@@ -199,10 +138,6 @@ UPDATE deliveries SET state = 'delivered', receipt = :receipt, attempts = attemp
 WHERE id = :id AND state = 'unknown'
 RETURNING attempts;
 
--- name: insert_operator_attempt
-INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)
-VALUES (:id, :number, :worker, :now, :now, :outcome, :note);
-
 -- channel state and key/value -----------------------------------------------------------------------------------
 
 -- An existing longer pause is kept (two workers hitting a limit agree), with its reason.
@@ -214,46 +149,11 @@ ON CONFLICT (channel) DO UPDATE SET
     paused_until = greatest(coalesce(channel_state.paused_until, 0), excluded.paused_until),
     updated_at = excluded.updated_at;
 
--- name: resume_channel
-INSERT INTO channel_state (channel, paused_until, reason, updated_at) VALUES (:channel, NULL, NULL, :now)
-ON CONFLICT (channel) DO UPDATE SET paused_until = NULL, reason = NULL, updated_at = excluded.updated_at;
-
--- name: channel_states
-SELECT * FROM channel_state;
-
--- name: kv_get
-SELECT value FROM kv WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
-
--- name: kv_set
-INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
-    updated_at = excluded.updated_at;
-
--- Takes the key only when it is absent or expired: one row changed means this call set it.
--- name: kv_add
-INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
-    updated_at = excluded.updated_at
-WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now;
-
--- Expired keys (used hook signatures, released locks, old tokens), a bounded batch at a time: a long DELETE would
--- hold the write lock other writers wait on.
--- name: purge_expired_kv
-DELETE FROM kv WHERE key IN (
-    SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT :batch
-);
-
 -- reading -------------------------------------------------------------------------------------------------------
-
--- name: get_delivery
-SELECT * FROM deliveries WHERE id = :id;
 
 -- {where} comes from the DeliveryFilter builder; LIMIT NULL is no limit.
 -- name: list_deliveries
 SELECT * FROM deliveries WHERE {where} ORDER BY id LIMIT :limit;
-
--- name: attempts
-SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY number;
 
 -- Per story, the newest delivered delivery on the channel; no before_id pages from the top.
 -- name: latest_delivered
@@ -270,27 +170,6 @@ SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered' 
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id::bigint, 9223372036854775807)
 ORDER BY d.id DESC LIMIT :limit;
-
--- name: queue_depth
-SELECT channel, state, count(*) AS n FROM deliveries GROUP BY channel, state;
-
--- name: count_by_state
-SELECT state, count(*) AS n FROM deliveries GROUP BY state;
-
--- name: count_stories
-SELECT count(DISTINCT story_id) FROM stories;
-
--- name: count_story_versions
-SELECT count(*) FROM stories;
-
--- name: count_attempts
-SELECT count(*) FROM attempts;
-
--- name: oldest_pending_due
-SELECT min(due_at) FROM deliveries WHERE state IN {PENDING_STATES};
-
--- name: recent_story_ids
-SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT :limit;
 
 -- Operator rows and skipped ones are not transmissions: left out of the health chart.
 -- name: attempt_buckets

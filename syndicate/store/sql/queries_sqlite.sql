@@ -1,4 +1,5 @@
--- The SQLite store's statements, by name (syndicate/store/queries.py parses this file once at import).
+-- The SQLite store's own statements, by name: those whose SQL differs from the other dialect's (the
+-- shared ones are in queries.sql; syndicate/store/queries.py merges both files once at import).
 -- Parameters are :name. A list parameter arrives as one JSON array and is read with json_each: one statement
 -- text whatever the list's length (sqlite3 caches it prepared) and no bound-parameter limit to chunk around.
 -- {PENDING_STATES} and {OPEN_STATES} are literal state lists filled in at load; {where} is a per-call slot.
@@ -8,29 +9,10 @@
 -- name: create_migrations_table
 CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY, applied_at REAL);
 
--- name: applied_migrations
-SELECT version FROM schema_migrations;
-
 -- name: record_migration
 INSERT INTO schema_migrations (version, applied_at) VALUES (:version, strftime('%s','now'));
 
--- name: schema_version
-SELECT max(version) FROM schema_migrations;
-
 -- stories and fan-out -------------------------------------------------------------------------------------------
-
--- name: newest_story_version
-SELECT version, content_hash FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
-
--- name: story_version_hash
-SELECT content_hash FROM stories WHERE story_id = :story_id AND version = :version;
-
--- name: deliveries_of_version
-SELECT * FROM deliveries WHERE story_id = :story_id AND version = :version ORDER BY id;
-
--- name: insert_story
-INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)
-VALUES (:story_id, :version, :content_hash, :pubstatus, :body, :now);
 
 -- The planner reads these; the write lock BEGIN IMMEDIATE took keeps them as read until commit.
 -- name: deliveries_of_story
@@ -41,23 +23,6 @@ SELECT * FROM deliveries WHERE story_id = :story_id ORDER BY id;
 UPDATE deliveries SET state = :state, note = :note, due_at = NULL, updated_at = :now
 WHERE id = :id AND state IN {PENDING_STATES} AND reconcile = 0;
 
--- name: insert_delivery
-INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, note, created_at, updated_at)
-VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
-RETURNING *;
-
--- A story's first acceptance is the received_at of its oldest version row (versions are never deleted).
--- name: newest_story
-SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
-FROM stories s WHERE s.story_id = :story_id ORDER BY s.version DESC LIMIT 1;
-
--- name: story_version
-SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
-FROM stories s WHERE s.story_id = :story_id AND s.version = :version;
-
--- name: first_accepted
-SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :story_id;
-
 -- claiming ------------------------------------------------------------------------------------------------------
 
 -- Read before any write lock is taken: an idle poll costs one index probe per channel.
@@ -65,9 +30,6 @@ SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :stor
 SELECT c.value AS channel FROM json_each(:channels) c
 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.value AND d.state IN {PENDING_STATES}
               AND d.due_at <= :now);
-
--- name: paused_channels
-SELECT channel FROM channel_state WHERE paused_until > :now;
 
 -- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request).
 -- name: count_busy
@@ -94,11 +56,6 @@ INSERT INTO attempts (delivery_id, number, worker, started_at)
 SELECT id, attempts, :worker, :now FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids))
 RETURNING delivery_id, id;
 
--- name: live_receipt
-SELECT action, receipt FROM deliveries
-WHERE story_id = :story_id AND channel = :channel AND id < :id AND state = 'delivered'
-ORDER BY id DESC LIMIT 1;
-
 -- leases and outcomes -------------------------------------------------------------------------------------------
 
 -- name: extend_leases
@@ -106,26 +63,10 @@ UPDATE deliveries SET lease_expires = :lease_until
 WHERE state = 'in_flight' AND lease_owner = :worker AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id;
 
--- name: save_checkpoint
-UPDATE deliveries SET checkpoint = :checkpoint WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
-
 -- Read once for the batch; the write lock is held, so nothing changes between this read and the writes.
 -- name: lease_holders
 SELECT id, lease_owner, attempts FROM deliveries
 WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
-
--- name: record_outcome
-UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
-       retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
-       note = :note, last_error = :last_error, last_error_class = :error_class,
-       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action),
-       payload = coalesce(:payload, payload)
-WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
-
--- name: finish_attempt
-UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
-       platform_code = :platform_code, duration_ms = :duration_ms
-WHERE id = :id AND finished_at IS NULL;
 
 -- name: expired_leases
 SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_expires < :now;
@@ -155,9 +96,6 @@ WHERE d.channel IN (SELECT value FROM json_each(:channels)) AND d.state IN {PEND
   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
                   AND p.id < d.id AND p.state IN {OPEN_STATES});
 
--- name: count_in_flight_all
-SELECT count(*) FROM deliveries WHERE state = 'in_flight';
-
 -- name: count_in_flight
 SELECT count(*) FROM deliveries WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels));
 
@@ -178,10 +116,6 @@ UPDATE deliveries SET state = 'delivered', receipt = :receipt, attempts = attemp
 WHERE id = :id AND state = 'unknown'
 RETURNING attempts;
 
--- name: insert_operator_attempt
-INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)
-VALUES (:id, :number, :worker, :now, :now, :outcome, :note);
-
 -- channel state and key/value -----------------------------------------------------------------------------------
 
 -- An existing longer pause is kept (two workers hitting a limit agree), with its reason.
@@ -192,46 +126,11 @@ ON CONFLICT (channel) DO UPDATE SET
     paused_until = max(coalesce(paused_until, 0), excluded.paused_until),
     updated_at = excluded.updated_at;
 
--- name: resume_channel
-INSERT INTO channel_state (channel, paused_until, reason, updated_at) VALUES (:channel, NULL, NULL, :now)
-ON CONFLICT (channel) DO UPDATE SET paused_until = NULL, reason = NULL, updated_at = excluded.updated_at;
-
--- name: channel_states
-SELECT * FROM channel_state;
-
--- name: kv_get
-SELECT value FROM kv WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
-
--- name: kv_set
-INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
-    updated_at = excluded.updated_at;
-
--- Takes the key only when it is absent or expired: one row changed means this call set it.
--- name: kv_add
-INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
-    updated_at = excluded.updated_at
-WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now;
-
--- Expired keys (used hook signatures, released locks, old tokens), a bounded batch at a time: a long DELETE would
--- hold the write lock other writers wait on.
--- name: purge_expired_kv
-DELETE FROM kv WHERE key IN (
-    SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT :batch
-);
-
 -- reading -------------------------------------------------------------------------------------------------------
-
--- name: get_delivery
-SELECT * FROM deliveries WHERE id = :id;
 
 -- {where} comes from the DeliveryFilter builder; no limit is LIMIT -1 in SQLite.
 -- name: list_deliveries
 SELECT * FROM deliveries WHERE {where} ORDER BY id LIMIT coalesce(:limit, -1);
-
--- name: attempts
-SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY number;
 
 -- Per story, the newest delivered delivery on the channel; no before_id pages from the top.
 -- name: latest_delivered
@@ -248,27 +147,6 @@ SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered' 
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id, 9223372036854775807)
 ORDER BY d.id DESC LIMIT :limit;
-
--- name: queue_depth
-SELECT channel, state, count(*) AS n FROM deliveries GROUP BY channel, state;
-
--- name: count_by_state
-SELECT state, count(*) AS n FROM deliveries GROUP BY state;
-
--- name: count_stories
-SELECT count(DISTINCT story_id) FROM stories;
-
--- name: count_story_versions
-SELECT count(*) FROM stories;
-
--- name: count_attempts
-SELECT count(*) FROM attempts;
-
--- name: oldest_pending_due
-SELECT min(due_at) FROM deliveries WHERE state IN {PENDING_STATES};
-
--- name: recent_story_ids
-SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT :limit;
 
 -- Operator rows and skipped ones are not transmissions: left out of the health chart.
 -- name: attempt_buckets

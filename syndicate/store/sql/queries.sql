@@ -1,0 +1,141 @@
+-- The statements both dialects run as written, by name (syndicate/store/queries.py merges this file with
+-- queries_<dialect>.sql; a name in both is an error, so each statement has one home).
+-- Parameters are :name; {PENDING_STATES} and {OPEN_STATES} are literal state lists filled in at load.
+-- A statement goes to the dialect's own file only when the dialects need different SQL for it.
+
+-- migrations ----------------------------------------------------------------------------------------------------
+
+-- name: applied_migrations
+SELECT version FROM schema_migrations;
+
+-- name: schema_version
+SELECT max(version) FROM schema_migrations;
+
+-- stories and fan-out -------------------------------------------------------------------------------------------
+
+-- name: newest_story_version
+SELECT version, content_hash FROM stories WHERE story_id = :story_id ORDER BY version DESC LIMIT 1;
+
+-- name: story_version_hash
+SELECT content_hash FROM stories WHERE story_id = :story_id AND version = :version;
+
+-- name: deliveries_of_version
+SELECT * FROM deliveries WHERE story_id = :story_id AND version = :version ORDER BY id;
+
+-- name: insert_story
+INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)
+VALUES (:story_id, :version, :content_hash, :pubstatus, :body, :now);
+
+-- name: insert_delivery
+INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, note, created_at, updated_at)
+VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
+RETURNING *;
+
+-- A story's first acceptance is the received_at of its oldest version row (versions are never deleted).
+-- name: newest_story
+SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
+FROM stories s WHERE s.story_id = :story_id ORDER BY s.version DESC LIMIT 1;
+
+-- name: story_version
+SELECT s.*, (SELECT min(f.received_at) FROM stories f WHERE f.story_id = s.story_id) AS first_accepted_at
+FROM stories s WHERE s.story_id = :story_id AND s.version = :version;
+
+-- name: first_accepted
+SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :story_id;
+
+-- claiming ------------------------------------------------------------------------------------------------------
+
+-- name: paused_channels
+SELECT channel FROM channel_state WHERE paused_until > :now;
+
+-- name: live_receipt
+SELECT action, receipt FROM deliveries
+WHERE story_id = :story_id AND channel = :channel AND id < :id AND state = 'delivered'
+ORDER BY id DESC LIMIT 1;
+
+-- leases and outcomes -------------------------------------------------------------------------------------------
+
+-- name: save_checkpoint
+UPDATE deliveries SET checkpoint = :checkpoint WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+
+-- name: record_outcome
+UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
+       retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
+       note = :note, last_error = :last_error, last_error_class = :error_class,
+       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action),
+       payload = coalesce(:payload, payload)
+WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+
+-- name: finish_attempt
+UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
+       platform_code = :platform_code, duration_ms = :duration_ms
+WHERE id = :id AND finished_at IS NULL;
+
+-- name: count_in_flight_all
+SELECT count(*) FROM deliveries WHERE state = 'in_flight';
+
+-- operator repair -----------------------------------------------------------------------------------------------
+
+-- name: insert_operator_attempt
+INSERT INTO attempts (delivery_id, number, worker, started_at, finished_at, outcome, message)
+VALUES (:id, :number, :worker, :now, :now, :outcome, :note);
+
+-- channel state and key/value -----------------------------------------------------------------------------------
+
+-- name: resume_channel
+INSERT INTO channel_state (channel, paused_until, reason, updated_at) VALUES (:channel, NULL, NULL, :now)
+ON CONFLICT (channel) DO UPDATE SET paused_until = NULL, reason = NULL, updated_at = excluded.updated_at;
+
+-- name: channel_states
+SELECT * FROM channel_state;
+
+-- name: kv_get
+SELECT value FROM kv WHERE key = :key AND (expires_at IS NULL OR expires_at > :now);
+
+-- name: kv_set
+INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at;
+
+-- Takes the key only when it is absent or expired: one row changed means this call set it.
+-- name: kv_add
+INSERT INTO kv (key, value, expires_at, updated_at) VALUES (:key, :value, :expires_at, :now)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at,
+    updated_at = excluded.updated_at
+WHERE kv.expires_at IS NOT NULL AND kv.expires_at <= :now;
+
+-- Expired keys (used hook signatures, released locks, old tokens), a bounded batch at a time: a long DELETE would
+-- hold the write lock other writers wait on.
+-- name: purge_expired_kv
+DELETE FROM kv WHERE key IN (
+    SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= :now LIMIT :batch
+);
+
+-- reading -------------------------------------------------------------------------------------------------------
+
+-- name: get_delivery
+SELECT * FROM deliveries WHERE id = :id;
+
+-- name: attempts
+SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY number;
+
+-- name: queue_depth
+SELECT channel, state, count(*) AS n FROM deliveries GROUP BY channel, state;
+
+-- name: count_by_state
+SELECT state, count(*) AS n FROM deliveries GROUP BY state;
+
+-- name: count_stories
+SELECT count(DISTINCT story_id) FROM stories;
+
+-- name: count_story_versions
+SELECT count(*) FROM stories;
+
+-- name: count_attempts
+SELECT count(*) FROM attempts;
+
+-- name: oldest_pending_due
+SELECT min(due_at) FROM deliveries WHERE state IN {PENDING_STATES};
+
+-- name: recent_story_ids
+SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT :limit;
