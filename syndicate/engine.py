@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import random
@@ -15,6 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -46,6 +48,7 @@ from syndicate.store.base import (
     FanOutPlan,
     FanOutResult,
     NewDelivery,
+    Planner,
     State,
     Store,
     StoreUnavailable,
@@ -146,6 +149,11 @@ def _may_have_story(deliveries: Sequence[DeliveryRecord]) -> bool:
     return live or in_air
 
 
+#: How a plan gets one channel's new delivery: rendered there and then (``render_delivery``), or taken from the
+#: renderings made before the transaction (``Engine.accept``).
+RenderDelivery = Callable[["ChannelRuntime", Story, Action, float], NewDelivery]
+
+
 def plan_fan_out(
     story: Story,
     existing: Sequence[DeliveryRecord],
@@ -153,13 +161,15 @@ def plan_fan_out(
     *,
     now: float,
     first_accepted: float | None = None,
+    render: RenderDelivery | None = None,
 ) -> FanOutPlan:
     """Which deliveries a new story version creates, and which earlier not-yet-started ones it replaces.
 
-    Pure: the store runs it inside the fan-out transaction over the story's existing deliveries. A pending
-    delivery whose earlier attempt may have landed is never replaced: it first finds out (lookup), and the new
-    version follows it as an update or a retract.
+    Pure: the store runs it inside the fan-out transaction over the story's existing deliveries, with ``render``
+    looking up renderings made before it. A pending delivery whose earlier attempt may have landed is never
+    replaced: it first finds out (lookup), and the new version follows it as an update or a retract.
     """
+    render = render or render_delivery
     # Every channel renders the same date for a story that gives none: when syndicate first accepted it.
     story = story.dated(now if first_accepted is None else first_accepted)
     by_channel: dict[str, list[DeliveryRecord]] = {}
@@ -210,11 +220,11 @@ def plan_fan_out(
             action = Action.RETRACT
         else:
             action = Action.UPDATE if has_it else Action.PUBLISH
-        plan.new.append(_render(runtime, story, action, due + runtime.policy.delays[0]))
+        plan.new.append(render(runtime, story, action, due + runtime.policy.delays[0]))
     return plan
 
 
-def _render(runtime: ChannelRuntime, story: Story, action: Action, due: float) -> NewDelivery:
+def render_delivery(runtime: ChannelRuntime, story: Story, action: Action, due: float) -> NewDelivery:
     adapter = runtime.adapter
     if action not in adapter.actions:
         return NewDelivery(runtime.name, action, State.SKIPPED, None, None, adapter.unsupported_reason(action))
@@ -222,7 +232,38 @@ def _render(runtime: ChannelRuntime, story: Story, action: Action, due: float) -
         payload = adapter.render(story, action)
     except RenderError as exc:
         return NewDelivery(runtime.name, action, State.FAILED, None, None, f"cannot render for this channel: {exc}")
-    return NewDelivery(runtime.name, action, State.QUEUED, payload, due)
+    delivery = NewDelivery(runtime.name, action, State.QUEUED, payload, due)
+    _ = delivery.payload_text  # encoded here, where it renders: not inside the fan-out transaction
+    return delivery
+
+
+class _NotRendered(Exception):
+    """Internal: the transaction's plan needs a rendering the pass before it did not make (the story's deliveries
+    or first acceptance changed in between). The transaction rolls back; ``accept`` renders again outside it."""
+
+
+@dataclass(frozen=True)
+class _Rendered:
+    """The renderings made before a fan-out transaction, for the first acceptance they were dated by."""
+
+    first_accepted: float
+    deliveries: dict[tuple[str, Action], NewDelivery]
+
+    def lookup(self, first_accepted: float) -> RenderDelivery:
+        def taken(runtime: ChannelRuntime, story: Story, action: Action, due: float) -> NewDelivery:
+            made = self.deliveries.get((runtime.name, action))
+            if made is None or first_accepted != self.first_accepted:
+                raise _NotRendered
+            return made
+
+        return taken
+
+
+#: Fan-out passes before rendering inside the transaction after all: only when the story's deliveries change
+#: between every read and its transaction (workers settling them as fast as hooks arrive).
+FAN_OUT_PASSES = 3
+#: Threads that render stories: several, so a maximum-size story does not queue the small ones behind it.
+RENDER_THREADS = 4
 
 
 # --- the engine ------------------------------------------------------------------------------------------------
@@ -294,6 +335,7 @@ class Engine:
         #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
         self._unwritten: dict[int, int] = {}  # delivery id -> attempt id of the ended, unwritten attempt
         self._started = False
+        self._render_pool: ThreadPoolExecutor | None = None
         if metrics is not None:
             metrics.register_channels(self.channels)
 
@@ -313,6 +355,9 @@ class Engine:
                 await runtime.adapter.close()
             await self.media.close()
             self._started = False
+        if self._render_pool is not None:
+            self._render_pool.shutdown(wait=False, cancel_futures=True)
+            self._render_pool = None
 
     async def __aenter__(self) -> Engine:
         await self.start()
@@ -352,17 +397,46 @@ class Engine:
                 self.metrics.keys_purged_total.inc(purged)
 
     async def accept(self, story: Story) -> FanOutResult:
-        """Record a story version and its deliveries in one transaction (the transactional outbox)."""
+        """Record a story version and its deliveries in one transaction (the transactional outbox).
+
+        Rendering happens before the transaction, in the render threads: the transaction only checks the version,
+        plans from what it reads and writes, so no store connection (nor SQLite's one store thread) waits on a
+        renderer, and other stories' intake goes on while a large one renders."""
         self.check_targets(story)
         now = self.clock.now()
-        result = await self.store.fan_out(
-            story,
-            lambda existing, first: plan_fan_out(story, existing, self.channels, now=now, first_accepted=first),
-            now=now,
-        )
+        for _ in range(FAN_OUT_PASSES):
+            rendered = await self._render_ahead(story, now)
+            try:
+                result = await self.store.fan_out(story, self._planner(story, now, rendered), now=now)
+                break
+            except _NotRendered:
+                continue
+        else:
+            log.warning("story %s: its deliveries kept changing; rendering inside the transaction", story.id)
+            result = await self.store.fan_out(story, self._planner(story, now, None), now=now)
         if result.created:
             self.wake()
         return result
+
+    def _planner(self, story: Story, now: float, rendered: _Rendered | None) -> Planner:
+        def plan(existing: Sequence[DeliveryRecord], first: float) -> FanOutPlan:
+            render = rendered.lookup(first) if rendered is not None else None
+            return plan_fan_out(story, existing, self.channels, now=now, first_accepted=first, render=render)
+
+        return plan
+
+    async def _render_ahead(self, story: Story, now: float) -> _Rendered:
+        basis = await self.store.fan_out_basis(story.id)
+        first = now if basis.first_accepted is None else basis.first_accepted
+        if basis.newest_version is not None and basis.newest_version >= story.version:
+            return _Rendered(first, {})  # a re-send or a stale version: the transaction renders nothing
+        if self._render_pool is None:
+            self._render_pool = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="syndicate-render")
+        plan = await asyncio.get_running_loop().run_in_executor(
+            self._render_pool,
+            functools.partial(plan_fan_out, story, basis.existing, self.channels, now=now, first_accepted=first),
+        )
+        return _Rendered(first, {(d.channel, d.action): d for d in plan.new})
 
     # running --------------------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -160,6 +161,12 @@ class NewDelivery:
     due_at: float | None
     note: str | None = None
 
+    @functools.cached_property
+    def payload_text(self) -> str | None:
+        """The payload as the store keeps it. Cached: the engine serialises it where it renders, outside the
+        fan-out transaction, so a large payload does not hold the write lock while it is encoded."""
+        return dumps_json(self.payload.to_json()) if self.payload is not None else None
+
 
 @dataclass(frozen=True)
 class Transition:
@@ -174,6 +181,17 @@ class Transition:
 class FanOutPlan:
     new: list[NewDelivery] = field(default_factory=list)
     transitions: list[Transition] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FanOutBasis:
+    """What a story's fan-out plan depends on, read before the transaction so renderers run outside it: the
+    newest accepted version, the story's deliveries and its first acceptance. Only a basis: the transaction reads
+    them again and decides."""
+
+    newest_version: int | None
+    existing: list[DeliveryRecord]
+    first_accepted: float | None
 
 
 #: Called by the backend inside the fan-out transaction with the story's existing deliveries and the time its
@@ -380,6 +398,10 @@ class Outbox(abc.ABC):
     async def subscribe(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` when another process enqueues or frees work. Backends without a push channel keep
         this no-op and workers fall back to the poll interval."""
+
+    @abc.abstractmethod
+    async def fan_out_basis(self, story_id: str) -> FanOutBasis:
+        """The story's newest version, deliveries and first acceptance, read outside any transaction."""
 
     @abc.abstractmethod
     async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:

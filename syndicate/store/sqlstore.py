@@ -34,6 +34,7 @@ from syndicate.store.base import (
     Completion,
     DeliveryFilter,
     DeliveryRecord,
+    FanOutBasis,
     FanOutPlan,
     FanOutResult,
     NotFound,
@@ -290,7 +291,7 @@ def plan_params(story: Story, plan: FanOutPlan, now: float) -> tuple[list[dict[s
             "channel": nd.channel,
             "action": nd.action.value,
             "state": nd.state.value,
-            "payload": dumps_json(nd.payload.to_json()) if nd.payload is not None else None,
+            "payload": nd.payload_text,
             "due_at": nd.due_at,
             "note": nd.note,
             "now": now,
@@ -396,6 +397,15 @@ class SQLStore(Store):
         return value or 0
 
     # --- stories and fan-out --------------------------------------------------------------------------------
+
+    async def fan_out_basis(self, story_id: str) -> FanOutBasis:
+        async def op(conn: Conn) -> FanOutBasis:
+            newest = await conn.fetchrow(Q.NEWEST_STORY_VERSION, story_id=story_id)
+            existing = [delivery_from_row(r) for r in await conn.fetch(Q.DELIVERIES_OF_STORY, story_id=story_id)]
+            first = await conn.fetchval(Q.FIRST_ACCEPTED, story_id=story_id)
+            return FanOutBasis(None if newest is None else newest["version"], existing, first)
+
+        return await self._read(op)
 
     async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
         content_hash = story.content_hash
