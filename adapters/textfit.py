@@ -85,6 +85,9 @@ class TextCounter:
     hashtag: Callable[[str], str | None] | None
     #: Why there are no hashtags on this platform (a warning when the story has tags).
     no_hashtags_reason: str = ""
+    #: A cheap lower bound of what appending a text adds to the count: hashtags that cannot fit are left out
+    #: without counting the whole post again.
+    least_added: Callable[[str], int] = lambda text: 0
 
     def fits(self, text: str) -> bool:
         return self.length(text) <= self.limit
@@ -120,7 +123,19 @@ def x_hashtag(tag: str) -> str | None:
     return f"#{word}"
 
 
-X_COUNTER = TextCounter(name="X", limit=280, length=x_weighted_length, url_spans=x_url_spans, hashtag=x_hashtag)
+def grapheme_count(text: str) -> int:
+    return len(regex.findall(r"\X", text))
+
+
+#: twitter-text weighs every code point 1 or 2 and an emoji sequence 2: a cluster never counts less than 1.
+X_COUNTER = TextCounter(
+    name="X",
+    limit=280,
+    length=x_weighted_length,
+    url_spans=x_url_spans,
+    hashtag=x_hashtag,
+    least_added=grapheme_count,
+)
 
 # ---- Weibo
 #
@@ -265,24 +280,36 @@ def _best_cut(segment: str, fits: Callable[[str], bool], url_spans: Callable[[st
     """The longest cut of ``segment`` (prefix + ellipsis) that ``fits``, at the best boundary available."""
     spans = url_spans(segment)
     allowed = [b for b in grapheme_boundaries(segment) if 0 < b < len(segment) and not _inside(b, spans)]
-    # Binary search the last boundary that fits: longer prefixes never count less.
-    low, high, best = 0, len(allowed) - 1, -1
+
+    def fits_at(index: int) -> bool:  # an empty cut is short: it "fits" for the search, and is no answer
+        candidate = _cut(segment, allowed[index])
+        return not candidate or fits(candidate)
+
+    # The last boundary that fits (longer prefixes never count less): gallop from the start, then bisect, so no
+    # probe is much longer than what fits. Bisecting the whole segment would count a 5,000-character summary
+    # a dozen times to keep 140 of it (twitter-text's count is the slow part, about 30 µs a character).
+    best, probe, high = -1, 0, len(allowed) - 1
+    while probe <= high:
+        if not fits_at(probe):
+            high = probe - 1
+            break
+        best, probe = probe, 2 * probe + 1
+    low = best + 1
     while low <= high:
         middle = (low + high) // 2
-        candidate = _cut(segment, allowed[middle])
-        if candidate and fits(candidate):
+        if fits_at(middle):
             best, low = middle, middle + 1
         else:
             high = middle - 1
-    if best < 0:
+    if best < 0 or not _cut(segment, allowed[best]):
         return None
     room = allowed[best]
     cjk_text = _is_cjk(None, segment[:room])
     sentence = {m.end() for m in _SENTENCE_END.finditer(segment)}
     clause = {m.end() for m in _CLAUSE_END.finditer(segment)}
-    word = {i for i in range(1, len(segment)) if segment[i].isspace() or segment[i - 1].isspace()}
+    word = {i for i in range(1, room + 1) if segment[i].isspace() or segment[i - 1].isspace()}
     if cjk_text:  # no spaces between words: any cut between two ideographs is a word boundary
-        word |= {i for i in range(1, len(segment)) if _CJK.match(segment[i - 1]) and _CJK.match(segment[i])}
+        word |= {i for i in range(1, room + 1) if _CJK.match(segment[i - 1]) and _CJK.match(segment[i])}
     candidates = allowed[: best + 1]
     for kind, marks, share in (
         ("sentence", sentence, PREFERRED_BOUNDARY_SHARE),
@@ -326,21 +353,34 @@ def fit_post(
     def fits(lead: str) -> bool:
         return counter.fits(f"{lead}{tail}")
 
+    def fits_whole(lead: str) -> bool:
+        # Growing prefixes first (cut between grapheme clusters): when one is over the limit the whole is, and an
+        # over-long lead costs the count of a short prefix instead of its own.
+        size = 64
+        while size < len(lead):
+            prefix = regex.match(rf"\X{{{size}}}", lead)  # whole clusters only
+            if prefix is not None and not fits(prefix.group()):
+                return False
+            size *= 4
+        return fits(lead)
+
     if override:
         prefix, body, what = "", override, "the channel's text override"
     else:
         prefix, body = compose_lead(headline, summary, cjk=_is_cjk(language, headline + summary))
         what = "summary"
     lead = prefix + body
-    if not fits(lead):
-        cut = _best_cut(body, lambda candidate: fits(prefix + candidate), counter.url_spans) if body else None
+    if not fits_whole(lead):
+        # A headline that does not fit alone leaves no room for any of the summary: no probe needed.
+        summary_room = bool(body) and (not prefix or fits_whole(prefix))
+        cut = _best_cut(body, lambda candidate: fits(prefix + candidate), counter.url_spans) if summary_room else None
         if cut is not None and (override or len(grapheme_boundaries(body[: cut.kept])) - 1 >= MIN_SUMMARY_CLUSTERS):
             lead = prefix + cut.text
             warnings.append(
                 f"{what} cut at a {cut.kind} boundary to fit {where}: kept {cut.kept} of {len(body)} characters, "
                 f"left out {_quote(body[cut.kept :])}"
             )
-        elif not override and fits(headline):
+        elif not override and fits_whole(headline):
             lead = headline
             if summary:
                 warnings.append(f"summary left out to fit {where}: {_quote(summary)}")
@@ -365,12 +405,15 @@ def fit_post(
         warnings.append(f"tags not added as hashtags: {counter.no_hashtags_reason}")
     elif counter.hashtag is not None:
         left_out: list[str] = []
+        used = counter.length(post)
         for tag in tags:
             hashtag = counter.hashtag(tag)
             if hashtag is None or hashtag in hashtags:
                 continue
-            if counter.fits(f"{post} {hashtag}"):
-                post = f"{post} {hashtag}"
+            longer = f"{post} {hashtag}"
+            if used + counter.least_added(f" {hashtag}") <= counter.limit and counter.fits(longer):
+                post = longer
+                used = counter.length(post)
                 hashtags.append(hashtag)
             else:
                 left_out.append(hashtag)

@@ -206,7 +206,8 @@ async def test_a_server_error_on_posting_is_looked_up_before_posting_again(
 ) -> None:
     """A 5xx to create_tweet says nothing about whether the post went live: the next attempt looks first."""
     sandbox.sandbox.set_faults("x", [{"fault": "status:503"}])
-    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+    # The retry waits long enough that a loaded machine cannot reach the next attempt before the first run idles.
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url, retry=[0, 0.5, 0.5])}) as engine:
         await engine.accept(make_story())
         await engine.run(until_idle=True, idle_horizon=0)
         [first] = await deliveries(store)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -13,6 +14,7 @@ from adapters.textfit import (
     WEIBO_COUNTER,
     X_COUNTER,
     FitError,
+    TextCounter,
     fit_post,
     grapheme_boundaries,
     same_post_text,
@@ -217,3 +219,38 @@ def test_same_post_text_compares_links_as_short_links() -> None:
     assert same_post_text(ours, "【标题】摘要 http://t.cn/A6xYz123", WEIBO_COUNTER.url_spans)
     assert same_post_text(ours, "【标题】摘要 https://t.co/abc", X_COUNTER.url_spans)
     assert not same_post_text(ours, "【标题】别的 http://t.cn/A6xYz123", WEIBO_COUNTER.url_spans)
+
+
+def _counting(counter: TextCounter) -> tuple[TextCounter, list[int]]:
+    """``counter`` with every text it is asked to count recorded by length."""
+    counted: list[int] = []
+
+    def length(text: str) -> int:
+        counted.append(len(text))
+        return counter.length(text)
+
+    return dataclasses.replace(counter, length=length), counted
+
+
+@pytest.mark.parametrize("counter", [X_COUNTER, WEIBO_COUNTER], ids=["x", "weibo"])
+@pytest.mark.parametrize("language", ["zh-CN", "en"])
+def test_fitting_counts_about_what_fits_not_the_whole_text(counter: TextCounter, language: str) -> None:
+    """Issue 15 item 3: twitter-text's count is quadratic on long CJK runs (a 5,000-character summary took seconds
+    to count, and the fitter counted it a dozen times). What the fitter counts is bounded by what fits: the same
+    for a summary of 5,000 characters as of 1,000, and a headline at its 1,000-character bound costs no more."""
+    sentence = "宝山、闵行两个区级融媒体中心正式挂牌，" if language == "zh-CN" else "The centre opened on Monday. "
+    totals = []
+    for size in (1_000, 5_000):
+        measured, counted = _counting(counter)
+        post = fit_post(
+            measured,
+            headline=("上海16区融媒体中心全部建成" if language == "zh-CN" else "All 16 centres are open") * 80,
+            summary=(sentence * 300)[:size],
+            url="https://news.example.cn/shanghai/2026/12/story.html",
+            tags=[f"tag{i}" for i in range(50)],
+            language=language,
+        )
+        assert post.length <= counter.limit and post.trimmed
+        totals.append(sum(counted))
+        assert max(counted) <= 8 * counter.limit, counted  # no count of the whole text
+    assert totals[1] <= totals[0] * 1.2, totals
