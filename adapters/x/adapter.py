@@ -2,9 +2,13 @@
 
 * ``render`` fits the text with ``adapters.textfit.X_COUNTER`` (twitter-text weighted length, 280) and picks up to
   4 images (the cover first).
-* ``publish`` uploads the images through X's v2 media endpoint (``POST /2/media/upload``, multipart, OAuth 1.0a
-  user context, signed here with oauthlib because tweepy 4.17 only offers the retiring v1.1 upload) and posts with
-  tweepy's ``AsyncClient.create_tweet``. Uploaded media ids are checkpointed, so a retry does not upload again.
+* ``publish`` uploads the images through X's v2 media endpoints (OAuth 1.0a user context, signed here with oauthlib
+  because tweepy 4.17 only offers the retiring v1.1 upload) and posts with tweepy's ``AsyncClient.create_tweet``.
+  X takes "up to 4 photos, 1 animated GIF or 1 video in a Post", so the first image decides: an animated GIF goes
+  alone, through the chunked upload (``/2/media/upload/initialize`` with ``tweet_gif``, ``/{id}/append``,
+  ``/{id}/finalize``, ``GET /2/media/upload?command=STATUS`` while X processes it); still images go one-shot
+  (``POST /2/media/upload``, ``tweet_image``), up to 4, GIFs among them left out. What is left out is logged and
+  listed in the receipt (``media_left_out``). Uploaded media ids are checkpointed, so a retry does not upload again.
 * ``retract`` deletes the post (``delete_tweet``; already gone counts as done). ``update`` follows
   ``update_policy``: ``skip`` (the default: X's API cannot edit a post, so the engine records the update as skipped
   with that reason) or ``delete_and_repost`` (delete, checkpoint, post the new version).
