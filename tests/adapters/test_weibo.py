@@ -197,7 +197,8 @@ async def test_the_fixed_pause_is_kept_when_rate_limit_status_cannot_be_read(san
     set_rate_limit(sandbox.sandbox, 0)
     sandbox.sandbox.set_faults("weibo", [{"fault": "status:502", "methods": ["GET"]}])
     clock = FakeClock(time.time())
-    values = {k: v for k, v in channel(sandbox.url, rate_limit_pause=1800).items() if k not in ("kind", "retry", "timeout")}
+    settings = channel(sandbox.url, rate_limit_pause=1800)
+    values = {k: v for k, v in settings.items() if k not in ("kind", "retry", "timeout")}
     weibo = WeiboAdapter("weibo", WeiboOptions(**values), timeout=2, clock=clock.now)
     await weibo.start()
     try:
