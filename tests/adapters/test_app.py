@@ -935,6 +935,7 @@ async def test_the_sendno_is_never_zero_and_the_cid_count_is_one_every_app_may_a
     """JPush reads sendno 0 as "no sendno" (its range is a non-zero int) and the stand-in refuses it: a key whose
     hash starts with four zero bytes must still get a sendno the console can show. The cid request asks for one:
     an app without VIP may ask for 1 to 10."""
+
     class ZeroHashlib:
         @staticmethod
         def sha256(data: bytes = b"") -> Any:
