@@ -359,7 +359,9 @@ class XAdapter(Adapter[XOptions, XPayload]):
                 continue
             known = uploaded.get(href)
             blob: MediaBlob | None = None
+            known_id: str | None = None
             if known and self.clock() - float(known["at"]) < MEDIA_REUSE_SECONDS:
+                known_id = str(known["id"])
                 is_gif = bool(known.get("gif"))  # checkpoints older than GIF support are images
             else:
                 blob = await self._fetch(href, index)
@@ -369,9 +371,10 @@ class XAdapter(Adapter[XOptions, XPayload]):
             elif is_gif:
                 left_out.append(href)
                 continue
-            if blob is None:
-                ids.append(str(known["id"]))  # type: ignore[index]  # known is set when blob is None
+            if known_id is not None:
+                ids.append(known_id)
                 continue
+            assert blob is not None  # fetched whenever no checkpointed id is reused
             media_id = await (self._upload_gif(blob) if is_gif else self._upload(blob))
             uploaded[href] = {"id": media_id, "at": self.clock(), "gif": is_gif}
             await ctx.checkpoint({"media": uploaded})
