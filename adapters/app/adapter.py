@@ -404,8 +404,10 @@ def _block(block: Block, images: dict[str, Image]) -> TextBlock | ImageBlock:
 
 
 def _sendno(key: str) -> int:
-    """A stable JPush sendno (0..2^31-1) for an idempotency key, so the console's push matches a delivery."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF
+    """A stable JPush sendno (1..2^31-1) for an idempotency key, so the console's push matches a delivery. Never 0:
+    JPush reads 0 as "this push has no sendno" and documents the field's range as a non-zero int (docs.jiguang.cn
+    push API v3, options.sendno)."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") & 0x7FFFFFFF or 1
 
 
 def _collapse_id(story_id: str) -> str:
@@ -626,7 +628,12 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
     async def _new_cid(self) -> str:
         """One cid from ``GET /v3/push/cid``. Pushes nothing, so every failure here is at most Retryable."""
         answer = await self.request(
-            "GET", self._cid_url, doing="JPush cid request", may_land=False, params={"count": "1", "type": "push"}
+            # One cid per attempt: within the count JPush allows every app (1 to 10 without VIP, 1 to 1000 with).
+            "GET",
+            self._cid_url,
+            doing="JPush cid request",
+            may_land=False,
+            params={"count": "1", "type": "push"},
         )
         found = answer.json()
         if answer.ok:

@@ -2,10 +2,12 @@
 
 What it checks, as JPush does: HTTP Basic auth ``base64(appKey:masterSecret)`` (401, code 1004 when wrong; an
 unknown app key is 400, code 1008), the push object's shape (1002 a required field is missing, 1003 a value is
-invalid, 1009 an unsupported key, 1005 the iOS/Android notification is too large), ``cid`` (issued by
-``GET /v3/push/cid`` for that app key; a repeated cid answers the first push's result and pushes nothing: JPush's
-guard against client retries), and a per-app rate limit with ``X-Rate-Limit-Limit/Remaining/Reset`` on every
-answer (429, code 2002, when exceeded). Errors have JPush's shape ``{"error": {"code": ..., "message": ...}}``.
+invalid, 1009 an unsupported key, 1005 the iOS/Android notification is too large; ``options.sendno`` must be a
+non-zero int, 1003 otherwise, and an absent one is answered as ``"sendno": "0"``), ``cid`` (issued by
+``GET /v3/push/cid`` for that app key, ``count`` 1 to 10, or to 1000 for a VIP app, 1003 otherwise; a repeated
+cid answers the first push's result and pushes nothing: JPush's guard against client retries), and a per-app rate
+limit with ``X-Rate-Limit-Limit/Remaining/Reset`` on every answer (429, code 2002, when exceeded). Errors have
+JPush's shape ``{"error": {"code": ..., "message": ...}}``.
 
 One sandbox rule JPush does not have: every platform section of a notification must carry ``extras`` (syndicate's
 app pushes always carry the story id there, so a push without them is a bug worth failing loudly on).
@@ -41,6 +43,13 @@ DEFAULT_RATE_LIMIT = 600
 IOS_NOTIFICATION_MAX_BYTES = 2000
 ANDROID_MAX_BYTES = 4000
 MAX_TIME_TO_LIVE = 864000  # ten days
+#: ``GET /v3/push/cid`` ``count``: "范围为 [1, 1000]" (push API v3, cid), [1, 10] for apps without VIP (the 2022
+#: revision of the advanced push page).
+MAX_CIDS_VIP = 1000
+MAX_CIDS = 10
+#: options.sendno is "非 0 的 int": 0 means "this push has no sendno", which is what an absent sendno is echoed as.
+MAX_SENDNO = 2**31 - 1
+NO_SENDNO = 0
 
 PUSH_KEYS = frozenset(
     {"platform", "audience", "notification", "message", "options", "cid", "sms_message", "inapp_message", "callback"}
@@ -59,6 +68,8 @@ class SandboxApp:
     devices: bool = True
     #: Calls allowed per RATE_WINDOW_SECONDS before 429 / 2002.
     rate_limit: int = DEFAULT_RATE_LIMIT
+    #: A VIP app may ask ``GET /v3/push/cid`` for up to 1000 cids at once, any other app for up to 10.
+    vip: bool = False
 
 
 DEFAULT_APP = SandboxApp(DEFAULT_APP_KEY, DEFAULT_MASTER_SECRET)
@@ -217,9 +228,12 @@ def _check_notification(notification: Any, platforms: list[str]) -> None:
 def _check_options(options: Any) -> None:
     if not isinstance(options, dict):
         raise _invalid("options must be an object")
-    sendno = options.get("sendno", 0)
-    if isinstance(sendno, bool) or not isinstance(sendno, int) or not 0 <= sendno <= 2**31 - 1:
-        raise _invalid("options.sendno must be an integer from 0 to 2147483647")
+    if "sendno" in options:
+        sendno = options["sendno"]
+        if isinstance(sendno, bool) or not isinstance(sendno, int) or not 1 <= sendno <= MAX_SENDNO:
+            raise _invalid(
+                f"options.sendno must be a non-zero integer from 1 to {MAX_SENDNO} (0 means no sendno: leave it out)"
+            )
     ttl = options.get("time_to_live", 86400)
     if isinstance(ttl, bool) or not isinstance(ttl, int) or not 0 <= ttl <= MAX_TIME_TO_LIVE:
         raise _invalid(f"options.time_to_live must be an integer from 0 to {MAX_TIME_TO_LIVE} seconds")
@@ -295,7 +309,7 @@ async def push(request: web.Request, call: Call) -> web.Response:
         return _error(JPushError(400, 1011, "cannot find user to push: no device matches the audience"), headers)
     number = int(call.next_id("jpush-msg").rsplit("-", 1)[1])
     result = {
-        "sendno": str((body.get("options") or {}).get("sendno", 0)),
+        "sendno": str((body.get("options") or {}).get("sendno", NO_SENDNO)),
         "msg_id": str(18_100_000_000 + number),
     }
     if cid is not None:
@@ -316,8 +330,10 @@ async def issue_cids(request: web.Request, call: Call) -> web.Response:
         count = int(request.query.get("count", "1"))
     except ValueError:
         count = 0
-    if not 1 <= count <= 1000:
-        return _error(_invalid("count must be an integer from 1 to 1000"), headers)
+    most = MAX_CIDS_VIP if app.vip else MAX_CIDS
+    if not 1 <= count <= most:
+        scope = "" if app.vip else " for an app without VIP"
+        return _error(_invalid(f"count must be an integer from 1 to {most}{scope}"), headers)
     if request.query.get("type", "push") not in ("push", "schedule"):
         return _error(_invalid("type must be push or schedule"), headers)
     call.record({"count": count, "type": request.query.get("type", "push")})

@@ -16,22 +16,26 @@ multipart). So:
   the text (Weibo shows links as t.cn short links, so links compare as placeholders); when the timeline cannot be
   read the delivery stays unknown rather than risk a second post.
 
-Error codes (open.weibo.com/wiki/Error_code): 10022/10023/10024 (IP, user, user-per-API rate limits) and 20016
-(posting too fast) pause the channel for ``rate_limit_pause`` seconds (Weibo says nothing about when the window
-ends); 20017/20019 (similar/repeated content) fail the delivery, unless an earlier attempt of the same delivery
-may have posted it: then the timeline is read and the status found there is the delivery's (a blind resend after
-a lost answer must never end as "failed" while the status is live); 20012 (too long: our counting should prevent
-it) fails; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends as
-AuthRevoked saying so; the other token and app codes (21315-21319, 21324-21326, 21330, 21332, 10014) and 10004
+Error codes (open.weibo.com/wiki/Error_code): 10022/10023/10024 (IP, user, user-per-API rate limits) pause the
+channel until the window resets, as ``account/rate_limit_status.json`` tells (``reset_time_in_seconds``, bounded to
+a minute .. a day; when the hour's budget is not what is spent, a 10023 is the user's daily total and the pause
+lasts to the next Beijing midnight); when that call fails the pause is ``rate_limit_pause``, as it is for 20016
+(posting too fast); 20017/20019 (similar/repeated content) fail the delivery, unless an earlier attempt of the same
+delivery may have posted it: then the timeline is read and the status found there is the delivery's (a blind resend
+after a lost answer must never end as "failed" while the status is live); 20012 (too long: our counting should
+prevent it) fails; 21327 (expired token) is AuthExpired and, as the token cannot be refreshed without the user, ends
+as AuthRevoked saying so; the other token and app codes (21315-21319, 21324-21326, 21330, 21332, 10014) and 10004
 (this server's IP not on the app's allow-list) pause the channel as AuthRevoked; 20032 (posted, server slow) is an
-unknown outcome settled by the timeline; 10001-10003 and 21331 are Weibo's own failures, retried. A 5xx to the
-share is an unknown outcome (a gateway's error says nothing about whether the status was posted): the timeline is
-read before any resend; a 5xx to a read retries.
+unknown outcome settled by the timeline; 10001-10003 and 21331 are Weibo's own failures, retried. A 5xx to the share
+is an unknown outcome (a gateway's error says nothing about whether the status was posted): the timeline is read
+before any resend; a 5xx to a read retries.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import urlsplit
 
@@ -64,6 +68,7 @@ if TYPE_CHECKING:
 WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"
 TIMELINE_PATH = "/2/statuses/user_timeline.json"
+RATE_STATUS_PATH = "/2/account/rate_limit_status.json"
 #: statuses/share: "仅支持JPEG、GIF、PNG图片,上传图片大小限制为<5M".
 PIC_TYPES = ("image/jpeg", "image/gif", "image/png")
 PIC_MAX_BYTES = 5 * 1024 * 1024 - 1
@@ -76,6 +81,17 @@ LOOKUP_PAGES = 20
 CLOCK_SKEW = 300
 
 RATE_LIMIT_CODES = frozenset({10022, 10023, 10024, 20016})
+#: The rate limits of a counting window (IP per hour, user per hour or day, user per interface per hour), whose end
+#: ``account/rate_limit_status`` reports; 20016 ("posting too fast") is not one of them.
+WINDOW_CODES = frozenset({10022, 10023, 10024})
+USER_OUT_OF_LIMIT = 10023
+#: Bounds of a pause read from rate_limit_status: at least a minute (a window "resetting in 0 s" must not turn into a
+#: tight loop of refused calls), at most a day.
+MIN_WINDOW_PAUSE = 60.0
+MAX_WINDOW_PAUSE = 24 * 3600.0
+#: reset_time_in_seconds above this is a unix time (the v1 interface's meaning), not seconds from now (v2's).
+UNIX_TIME_FLOOR = 1_000_000_000
+BEIJING = dt.timezone(dt.timedelta(hours=8))
 DUPLICATE_CODES = frozenset({20017, 20019})
 TEXT_TOO_LONG = 20012
 EXPIRED_TOKEN = 21327
@@ -104,7 +120,8 @@ class WeiboOptions(AdapterOptions):
     #: The public IP address of the server that posts, as Weibo sees it: statuses/share requires it (``rip``, "the
     #: real IP of the operating user"), and Weibo refuses a share without it (10016).
     rip: IPvAnyAddress
-    #: How long a rate limit pauses the channel, in seconds (Weibo does not say when its window ends).
+    #: How long a rate limit pauses the channel, in seconds, when account/rate_limit_status cannot say when the
+    #: window ends (the call failed), and after 20016 (posting too fast).
     rate_limit_pause: float = Field(default=3600.0, gt=0)
 
     @field_validator("safe_domain")
@@ -146,6 +163,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         api = str(options.api_base).rstrip("/")
         self._share_url = f"{api}{SHARE_PATH}"
         self._timeline_url = f"{api}{TIMELINE_PATH}"
+        self._rate_status_url = f"{api}{RATE_STATUS_PATH}"
 
     def unsupported_reason(self, action: Action) -> str:
         return (
@@ -196,7 +214,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         found = answer.json()
         if answer.ok and found.get("idstr"):
             return _receipt(found)
-        error = self._error(answer, doing="share", may_land=True)
+        error = await self._refusal(answer, doing="share", may_land=True)
         if error.platform_code in {str(code) for code in DUPLICATE_CODES} and ctx.attempt > 1:
             # "Repeated content" after an earlier attempt of ours: most likely that attempt's status, which landed.
             landed = await self.lookup(payload, ctx)
@@ -223,7 +241,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
                 "GET", self._timeline_url, doing="Weibo timeline lookup", may_land=False, params=params
             )
             if not answer.ok:
-                raise self._error(answer, doing="timeline lookup")
+                raise await self._refusal(answer, doing="timeline lookup")
             found = answer.json().get("statuses")
             if not isinstance(found, list):
                 raise Retryable(f"the Weibo timeline answer has no statuses: {answer.body[:200]!r}")
@@ -254,8 +272,41 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         params = {"access_token": self.options.access_token, "count": "1"}
         answer = await self.request("GET", self._timeline_url, doing="Weibo check", may_land=False, params=params)
         if not answer.ok:
-            raise self._error(answer, doing="check")
+            raise await self._refusal(answer, doing="check")
         return f"Weibo at {self.options.api_base} accepted the access token (timeline read; nothing posted)"
+
+    async def _refusal(self, response: HttpAnswer, *, doing: str, may_land: bool = False) -> DeliveryError:
+        """``_error``, with a window rate limit's pause read from ``account/rate_limit_status``."""
+        error = self._error(response, doing=doing, may_land=may_land)
+        if isinstance(error, RateLimited) and error.platform_code in {str(code) for code in WINDOW_CODES}:
+            return await self._until_window_resets(error)
+        return error
+
+    async def _until_window_resets(self, error: RateLimited) -> RateLimited:
+        """The rate limit ``error`` with its pause ending when Weibo's window resets. The call is not counted
+        against the limits ("Count Limitation: false"); when it fails, ``error`` keeps its ``rate_limit_pause``."""
+        params = {"access_token": self.options.access_token}
+        try:
+            answer = await self.request(
+                "GET", self._rate_status_url, doing="Weibo rate_limit_status", may_land=False, params=params
+            )
+        except DeliveryError:
+            return error
+        status = RateLimitStatus.read(answer)
+        if status is None:
+            return error
+        now = self.clock()
+        if error.platform_code == str(USER_OUT_OF_LIMIT) and status.remaining_user_hits > 0:
+            # The user's hourly budget is not spent: the daily total is (接口访问频次权限: 每天累计), and it is
+            # not in rate_limit_status; Weibo's day is taken to be Beijing's calendar day.
+            wait = _next_beijing_midnight(now) - now
+            why = "the account's daily call budget is spent until Beijing midnight"
+        else:
+            wait = status.seconds_to_reset(now)
+            why = f"Weibo's rate_limit_status: the window resets in {wait:.0f} s"
+        wait = min(max(wait, MIN_WINDOW_PAUSE), MAX_WINDOW_PAUSE)
+        until = dt.datetime.fromtimestamp(now + wait, dt.UTC)
+        return RateLimited(f"{error.reason} ({why})", until=until, platform_code=error.platform_code)
 
     def _error(self, response: HttpAnswer, *, doing: str, may_land: bool = False) -> DeliveryError:
         """Weibo's answer mapped onto the taxonomy: by ``error_code`` first, HTTP status second. A 5xx to a call
@@ -299,6 +350,40 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         if 300 <= status < 400:
             return Permanent(f"HTTP {status}: Weibo redirects; set the channel's api_base to the final address")
         return Permanent(f"{detail}: Weibo refused the {doing}", platform_code=platform_code)
+
+
+@dataclass(frozen=True)
+class RateLimitStatus:
+    """What ``account/rate_limit_status.json`` reports (open.weibo.com/wiki/2/account/rate_limit_status/en)."""
+
+    remaining_user_hits: int
+    remaining_ip_hits: int
+    #: Seconds until the window resets (v2); a value above UNIX_TIME_FLOOR is read as a unix time (v1).
+    reset_time_in_seconds: float
+
+    @classmethod
+    def read(cls, answer: HttpAnswer) -> RateLimitStatus | None:
+        """The status in a 2xx answer; None when the answer is not one (an error, a missing or odd field)."""
+        if not answer.ok:
+            return None
+        found = answer.json()
+        values: list[float] = []
+        for key in ("remaining_user_hits", "remaining_ip_hits", "reset_time_in_seconds"):
+            value = found.get(key)
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                return None
+            values.append(float(value))
+        user_hits, ip_hits, reset = values
+        return cls(remaining_user_hits=int(user_hits), remaining_ip_hits=int(ip_hits), reset_time_in_seconds=reset)
+
+    def seconds_to_reset(self, now: float) -> float:
+        reset = self.reset_time_in_seconds
+        return reset - now if reset > UNIX_TIME_FLOOR else reset
+
+
+def _next_beijing_midnight(now: float) -> float:
+    today = dt.datetime.fromtimestamp(now, BEIJING).replace(hour=0, minute=0, second=0, microsecond=0)
+    return (today + dt.timedelta(days=1)).timestamp()
 
 
 def _created_at(status: Any) -> float | None:

@@ -1,4 +1,5 @@
-"""Sina Weibo open API stand-in: ``POST /2/statuses/share.json`` and ``GET /2/statuses/user_timeline.json``.
+"""Sina Weibo open API stand-in: ``POST /2/statuses/share.json``, ``GET /2/statuses/user_timeline.json`` and
+``GET /2/account/rate_limit_status.json``.
 
 What it checks, as Weibo does (https://open.weibo.com/wiki/2/statuses/share and the error code list):
 
@@ -13,11 +14,19 @@ What it checks, as Weibo does (https://open.weibo.com/wiki/2/statuses/share and 
 * ``pic`` (multipart): JPEG, GIF or PNG by content (20005 otherwise), under 5 MB (20006).
 * Duplicates: a status equal to one this account already posted is refused with 20019 (repeated weibo text); the
   same text with other links or spacing with 20017 (similar content).
-* Rate limit: ``per_hour`` posts per token (``set_rate_limit``), then 10023 (user requests out of rate limit).
+* Rate limits, as Weibo's 接口访问频次权限 page describes them: ``per_hour`` share requests per authorised user
+  (``set_rate_limit``; "发微博接口单授权用户每小时只能请求 30 次"), then 10024 (user requests for statuses/share out
+  of rate limit); ``user_limit`` calls of any interface per user and hour (150, the figure in Weibo's tables and in
+  rate_limit_status's example) and ``per_day`` per user and day (``set_daily_limit``; the page's example is 100),
+  then 10023; ``ip_limit`` calls per hour from all callers (15000), then 10022. The hourly windows are clock hours
+  (rate_limit_status's example ``reset_time`` is on the hour), the day a Beijing calendar day.
+* ``GET /2/account/rate_limit_status.json`` answers ``ip_limit``, ``limit_time_unit`` ("HOURS"),
+  ``remaining_ip_hits``, ``remaining_user_hits``, ``reset_time`` (Beijing time), ``reset_time_in_seconds`` (seconds
+  until the hour's window resets) and ``user_limit`` from those counters, and is not counted itself.
 
 Errors have Weibo's shape ``{"error", "error_code", "request"}``. Posted statuses come back from the timeline
 newest first, their links replaced by t.cn short links as Weibo shows them. Controls: ``set_rate_limit``,
-``set_token`` (``expired`` / ``revoked`` / ``no_permission``), ``set_safe_domain``, and
+``set_daily_limit``, ``set_token`` (``expired`` / ``revoked`` / ``no_permission``), ``set_safe_domain``, and
 ``POST /_sandbox/weibo/{rate_limit,token}``.
 """
 
@@ -43,8 +52,17 @@ PLATFORM = "weibo"
 DEFAULT_ACCESS_TOKEN = "sandbox-weibo-token"
 DEFAULT_SAFE_DOMAIN = "news.example.cn"
 DEFAULT_PER_HOUR = 30
+#: Calls of any interface per authorised user per hour, and from all callers per hour (Weibo's rate tables).
+DEFAULT_USER_LIMIT = 150
+DEFAULT_IP_LIMIT = 15000
+#: Calls per authorised user per day: the page's example is 100, too few for the sandbox's demos and soaks, so the
+#: daily limit is off unless a test sets one.
+DEFAULT_PER_DAY: int | None = None
+HOUR = 3600
+BEIJING = dt.timezone(dt.timedelta(hours=8))
 SHARE_PATH = "/2/statuses/share.json"
 TIMELINE_PATH = "/2/statuses/user_timeline.json"
+RATE_STATUS_PATH = "/2/account/rate_limit_status.json"
 MAX_PIC_BYTES = 5 * 1024 * 1024
 MAX_LENGTH = 140
 
@@ -52,7 +70,9 @@ MAX_LENGTH = 140
 NO_PERMISSION = 10014
 PARAM_ERROR = 10017
 MISSING_PARAM = 10016
+RATE_LIMITED_IP = 10022
 RATE_LIMITED_USER = 10023
+RATE_LIMITED_USER_API = 10024
 UNSUPPORTED_IMAGE = 20005
 IMAGE_TOO_LARGE = 20006
 TEXT_TOO_LONG = 20012
@@ -67,20 +87,31 @@ _TOPIC = re.compile(r"#[^#\s]+#")
 
 @dataclass
 class WeiboAccount:
-    """One authorised user: its token's state, its posts (newest last) and its hourly post counter."""
+    """One authorised user: its token's state, its posts (newest last) and its call counters."""
 
     uid: int
     token_state: str = "valid"  # valid | expired | revoked | no_permission
     statuses: list[dict[str, Any]] = field(default_factory=list)
+    #: The clock hour the hourly counters count (its start), and the share requests and all calls in it.
     window_start: float = 0.0
     window_count: int = 0
+    hour_calls: int = 0
+    #: The Beijing day the daily counter counts (its start), and the calls in it.
+    day_start: float = 0.0
+    day_calls: int = 0
 
 
 @dataclass
 class WeiboState:
     safe_domain: str = DEFAULT_SAFE_DOMAIN
     per_hour: int = DEFAULT_PER_HOUR
+    user_limit: int = DEFAULT_USER_LIMIT
+    ip_limit: int = DEFAULT_IP_LIMIT
+    per_day: int | None = DEFAULT_PER_DAY
     accounts: dict[str, WeiboAccount] = field(default_factory=dict)
+    #: Calls from every caller in the current clock hour (the sandbox has one caller IP).
+    ip_window_start: float = 0.0
+    ip_calls: int = 0
 
 
 def weibo_state(sandbox: Sandbox) -> WeiboState:
@@ -92,12 +123,58 @@ def weibo_state(sandbox: Sandbox) -> WeiboState:
     return state
 
 
-def set_rate_limit(sandbox: Sandbox, per_hour: int) -> None:
-    """Allow ``per_hour`` posts per account from now on (and start a fresh window)."""
+def set_rate_limit(sandbox: Sandbox, per_hour: int, *, user_limit: int | None = None) -> None:
+    """Allow ``per_hour`` share requests (and ``user_limit`` calls of any kind, when given) per account and hour
+    from now on; the counts start again."""
     state = weibo_state(sandbox)
     state.per_hour = per_hour
+    if user_limit is not None:
+        state.user_limit = user_limit
+    state.ip_window_start, state.ip_calls = 0.0, 0
     for account in state.accounts.values():
-        account.window_start, account.window_count = 0.0, 0
+        account.window_start, account.window_count, account.hour_calls = 0.0, 0, 0
+
+
+def set_daily_limit(sandbox: Sandbox, per_day: int | None) -> None:
+    """Allow ``per_day`` calls per account and Beijing day from now on (None: no daily limit); the count starts
+    again."""
+    state = weibo_state(sandbox)
+    state.per_day = per_day
+    for account in state.accounts.values():
+        account.day_start, account.day_calls = 0.0, 0
+
+
+def _hour_start(now: float) -> float:
+    return now - now % HOUR
+
+
+def _day_start(now: float) -> float:
+    local = dt.datetime.fromtimestamp(now, BEIJING)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+
+
+def _roll_windows(state: WeiboState, account: WeiboAccount, now: float) -> None:
+    hour = _hour_start(now)
+    if account.window_start != hour:
+        account.window_start, account.window_count, account.hour_calls = hour, 0, 0
+    if state.ip_window_start != hour:
+        state.ip_window_start, state.ip_calls = hour, 0
+    day = _day_start(now)
+    if account.day_start != day:
+        account.day_start, account.day_calls = day, 0
+
+
+def _count_call(state: WeiboState, account: WeiboAccount, path: str, now: float) -> web.Response | None:
+    """Count one call of an authorised user; Weibo's refusal when a limit is spent (the call counts anyway)."""
+    _roll_windows(state, account, now)
+    account.hour_calls += 1
+    account.day_calls += 1
+    state.ip_calls += 1
+    if state.ip_calls > state.ip_limit:
+        return _error(path, RATE_LIMITED_IP, "IP requests out of rate limit!", 403)
+    if account.hour_calls > state.user_limit or (state.per_day is not None and account.day_calls > state.per_day):
+        return _error(path, RATE_LIMITED_USER, "User requests out of rate limit!", 403)
+    return None
 
 
 def set_token(sandbox: Sandbox, token: str, token_state: str = "valid") -> None:
@@ -189,10 +266,12 @@ async def share(request: web.Request, call: Call) -> web.Response:
     if isinstance(account, web.Response):
         return account
     now = time.time()
-    if now - account.window_start >= 3600:
-        account.window_start, account.window_count = now, 0
-    if account.window_count >= state.per_hour:
-        return _error(SHARE_PATH, RATE_LIMITED_USER, "User requests out of rate limit!", 403)
+    refused = _count_call(state, account, SHARE_PATH, now)
+    if refused is not None:
+        return refused
+    account.window_count += 1  # share requests, as Weibo counts them ("只能请求 30 次"), refused ones too
+    if account.window_count > state.per_hour:
+        return _error(SHARE_PATH, RATE_LIMITED_USER_API, "User requests for (statuses/share) out of rate limit!", 403)
     text = form.get("status")
     if not isinstance(text, str) or not text.strip():
         return _error(SHARE_PATH, MISSING_PARAM, "miss required parameter (status), see doc for more info.")
@@ -222,7 +301,6 @@ async def share(request: web.Request, call: Call) -> web.Response:
             return _error(SHARE_PATH, REPEATED_TEXT, "repeated weibo text!")
         if _similar_key(earlier["_sent_text"]) == _similar_key(text):
             return _error(SHARE_PATH, SIMILAR_CONTENT, "You just posted a similar message, please try again later.")
-    account.window_count += 1
     number = int(call.next_id("weibo").split("-")[1])
     status_id = 4_400_000_000_000_000 + number
     created = dt.datetime.fromtimestamp(now, tz=dt.timezone(dt.timedelta(hours=8)))
@@ -248,6 +326,9 @@ async def user_timeline(request: web.Request, call: Call) -> web.Response:
     account = _account(state, _token(request, {}), TIMELINE_PATH)
     if isinstance(account, web.Response):
         return account
+    refused = _count_call(state, account, TIMELINE_PATH, time.time())
+    if refused is not None:
+        return refused
     try:
         count = min(max(int(request.query.get("count", "20")), 1), 100)
         page = max(int(request.query.get("page", "1")), 1)
@@ -262,11 +343,35 @@ async def user_timeline(request: web.Request, call: Call) -> web.Response:
     )
 
 
+async def rate_limit_status(request: web.Request, call: Call) -> web.Response:
+    """The user's and the caller IP's hourly budget, from the counters the other routes keep; not counted itself
+    ("Count Limitation: false", open.weibo.com/wiki/2/account/rate_limit_status/en)."""
+    state = weibo_state(call.sandbox)
+    account = _account(state, _token(request, {}), RATE_STATUS_PATH)
+    if isinstance(account, web.Response):
+        return account
+    now = time.time()
+    _roll_windows(state, account, now)
+    reset = account.window_start + HOUR
+    return web.json_response(
+        {
+            "ip_limit": state.ip_limit,
+            "limit_time_unit": "HOURS",
+            "remaining_ip_hits": max(state.ip_limit - state.ip_calls, 0),
+            "remaining_user_hits": max(state.user_limit - account.hour_calls, 0),
+            "reset_time": dt.datetime.fromtimestamp(reset, BEIJING).strftime("%Y-%m-%d %H:%M:%S"),
+            "reset_time_in_seconds": max(math.ceil(reset - now), 0),
+            "user_limit": state.user_limit,
+        }
+    )
+
+
 def setup(app: web.Application, sandbox: Sandbox) -> None:
     """Weibo's own paths, so a channel whose ``api_base`` is the sandbox root reaches them unchanged."""
     wrap = sandbox.handler(PLATFORM)
     app.router.add_post(SHARE_PATH, wrap(share))
     app.router.add_get(TIMELINE_PATH, wrap(user_timeline))
+    app.router.add_get(RATE_STATUS_PATH, wrap(rate_limit_status))
 
     async def post_rate_limit(request: web.Request) -> web.Response:
         data = await read_json(request)
@@ -301,7 +406,9 @@ def posts_made(sandbox: Sandbox) -> list[str]:
 
 
 def lift_limits(sandbox: Sandbox) -> None:
-    set_rate_limit(sandbox, 10**9)
+    set_rate_limit(sandbox, 10**9, user_limit=10**9)
+    weibo_state(sandbox).ip_limit = 10**9
+    set_daily_limit(sandbox, None)
 
 
 STANDIN = Standin(platform=PLATFORM, setup=setup, accept=accept, posts_made=posts_made, lift_limits=lift_limits)

@@ -2,9 +2,13 @@
 
 * ``render`` fits the text with ``adapters.textfit.X_COUNTER`` (twitter-text weighted length, 280) and picks up to
   4 images (the cover first).
-* ``publish`` uploads the images through X's v2 media endpoint (``POST /2/media/upload``, multipart, OAuth 1.0a
-  user context, signed here with oauthlib because tweepy 4.17 only offers the retiring v1.1 upload) and posts with
-  tweepy's ``AsyncClient.create_tweet``. Uploaded media ids are checkpointed, so a retry does not upload again.
+* ``publish`` uploads the images through X's v2 media endpoints (OAuth 1.0a user context, signed here with oauthlib
+  because tweepy 4.17 only offers the retiring v1.1 upload) and posts with tweepy's ``AsyncClient.create_tweet``.
+  X takes "up to 4 photos, 1 animated GIF or 1 video in a Post", so the first image decides: an animated GIF goes
+  alone, through the chunked upload (``/2/media/upload/initialize`` with ``tweet_gif``, ``/{id}/append``,
+  ``/{id}/finalize``, ``GET /2/media/upload?command=STATUS`` while X processes it); still images go one-shot
+  (``POST /2/media/upload``, ``tweet_image``), up to 4, GIFs among them left out. What is left out is logged and
+  listed in the receipt (``media_left_out``). Uploaded media ids are checkpointed, so a retry does not upload again.
 * ``retract`` deletes the post (``delete_tweet``; already gone counts as done). ``update`` follows
   ``update_policy``: ``skip`` (the default: X's API cannot edit a post, so the engine records the update as skipped
   with that reason) or ``delete_and_repost`` (delete, checkpoint, post the new version).
@@ -27,8 +31,10 @@ reconciled through the recent posts before any resend; a 5xx to a read and a con
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
+import logging
 import math
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self, Unpack
 
@@ -61,11 +67,22 @@ from syndicate.story import ChannelStory, Image, Story
 if TYPE_CHECKING:
     from syndicate.store.base import SharedKeys
 
+log = logging.getLogger("syndicate.adapters.x.adapter")
+
 TWEEPY_BASE = "https://api.twitter.com"
 MEDIA_UPLOAD_PATH = "/2/media/upload"
 MAX_IMAGES = 4
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+GIF_TYPE = "image/gif"
+#: docs.x.com media upload: images up to 5 MB (one-shot ``POST /2/media/upload``), animated GIFs up to 15 MB
+#: (chunked: initialize with media_category tweet_gif, append, finalize, STATUS while processing).
 IMAGE_MAX_BYTES = 5 * 1024 * 1024
+GIF_MAX_BYTES = 15 * 1024 * 1024
+#: APPEND segments: "Keep each segment at or below 5 MB".
+GIF_SEGMENT_BYTES = 4 * 1024 * 1024
+#: How long a delivery waits for X to process a GIF, and the longest single wait X's check_after_secs may ask.
+GIF_PROCESSING_BUDGET = 120.0
+MAX_CHECK_AFTER = 10.0
 #: Media ids expire after a day; reuse checkpointed ones only well inside that.
 MEDIA_REUSE_SECONDS = 20 * 3600
 #: Pause when a 429 names no reset time (X's windows are 15 minutes).
@@ -228,8 +245,13 @@ class XAdapter(Adapter[XOptions, XPayload]):
         post = payload.data
         if post.text is None:
             raise Permanent(f"the {ctx.action.value} payload of story {ctx.story_id!r} has no post text")
-        media_ids = await self._upload_images(post.images, ctx)
-        return await self._create(payload, ctx, post.text, media_ids)
+        media_ids, left_out = await self._upload_images(post.images, ctx)
+        receipt = await self._create(payload, ctx, post.text, media_ids)
+        if left_out:
+            receipt = Receipt(
+                remote_id=receipt.remote_id, url=receipt.url, raw={**receipt.raw, "media_left_out": left_out}
+            )
+        return receipt
 
     async def update(self, payload: Payload[XPayload], ctx: DeliveryContext) -> Receipt:
         """delete_and_repost: delete the live post (checkpointed), then post the new version."""
@@ -322,30 +344,65 @@ class XAdapter(Adapter[XOptions, XPayload]):
         tweepy's own HTTP errors are mapped by ``_error``."""
         return map_transport_errors(doing, target=URL(self._api).host or self._api, may_land=may_land)
 
-    async def _upload_images(self, hrefs: list[str], ctx: DeliveryContext) -> list[str]:
-        """Upload each image once (v2 media upload); ids are checkpointed per URL and reused for a day."""
+    async def _upload_images(self, hrefs: list[str], ctx: DeliveryContext) -> tuple[list[str], list[str]]:
+        """Upload the post's media once each (ids checkpointed per URL, reused for a day); the media ids and the URLs
+        left out. X takes "up to 4 photos, 1 animated GIF or 1 video in a Post": the first image (the cover) decides.
+        An animated GIF first goes alone (a story's other images and GIFs are left out); a still image first takes
+        the other stills (GIFs after it are left out)."""
         uploaded: dict[str, Any] = dict(ctx.state.get("media") or {})
         ids: list[str] = []
-        for href in hrefs:
-            known = uploaded.get(href)
-            if known and self.clock() - float(known["at"]) < MEDIA_REUSE_SECONDS:
-                ids.append(str(known["id"]))
+        left_out: list[str] = []
+        lead_is_gif: bool | None = None
+        for index, href in enumerate(hrefs):
+            if lead_is_gif:
+                left_out.append(href)
                 continue
-            blob = await self._fetch(href)
-            media_id = await self._upload(blob)
-            uploaded[href] = {"id": media_id, "at": self.clock()}
+            known = uploaded.get(href)
+            blob: MediaBlob | None = None
+            known_id: str | None = None
+            if known and self.clock() - float(known["at"]) < MEDIA_REUSE_SECONDS:
+                known_id = str(known["id"])
+                is_gif = bool(known.get("gif"))  # checkpoints older than GIF support are images
+            else:
+                blob = await self._fetch(href, index)
+                is_gif = blob.content_type == GIF_TYPE
+            if lead_is_gif is None:
+                lead_is_gif = is_gif
+            elif is_gif:
+                left_out.append(href)
+                continue
+            if known_id is not None:
+                ids.append(known_id)
+                continue
+            assert blob is not None  # fetched whenever no checkpointed id is reused
+            media_id = await (self._upload_gif(blob) if is_gif else self._upload(blob))
+            uploaded[href] = {"id": media_id, "at": self.clock(), "gif": is_gif}
             await ctx.checkpoint({"media": uploaded})
             ids.append(media_id)
-        return ids
+        if left_out:
+            kept = "the animated GIF alone" if lead_is_gif else f"{len(ids)} still image(s)"
+            log.warning(
+                "X takes up to 4 photos or 1 animated GIF in a post: posting %s, leaving out %s",
+                kept,
+                ", ".join(left_out),
+                extra={"story_id": ctx.story_id, "channel": ctx.channel},
+            )
+        return ids, left_out
 
-    async def _fetch(self, href: str) -> MediaBlob:
-        return await self.fetch_image(
+    async def _fetch(self, href: str, index: int) -> MediaBlob:
+        blob = await self.fetch_image(
             href,
-            max_bytes=IMAGE_MAX_BYTES,
+            max_bytes=GIF_MAX_BYTES,
             allowed_types=IMAGE_TYPES,
-            what="image",
-            requirement="JPEG, PNG, GIF or WEBP up to 5 MB; fix the story's images",
+            what=f"images[{index}]",
+            requirement="JPEG, PNG or WEBP up to 5 MB, or an animated GIF up to 15 MB; fix the story's images",
         )
+        if blob.content_type != GIF_TYPE and len(blob.data) > IMAGE_MAX_BYTES:
+            raise Permanent(
+                f"images[{index}] {href} is {len(blob.data)} bytes: X takes images up to {IMAGE_MAX_BYTES} bytes "
+                "(animated GIFs up to 15 MB); fix the story's images"
+            )
+        return blob
 
     def _signer(self) -> OAuthClient:
         return OAuthClient(
@@ -355,32 +412,96 @@ class XAdapter(Adapter[XOptions, XPayload]):
             self.options.access_token_secret,
         )
 
-    async def _upload(self, blob: MediaBlob) -> str:
-        """``POST /2/media/upload`` (multipart; the form is not part of the signature), signed over its URL."""
-        _, headers, _ = self._signer().sign(f"{self._api}{MEDIA_UPLOAD_PATH}", "POST")
-        form = aiohttp.FormData()
-        form.add_field("media", blob.data, filename=blob.filename, content_type=blob.content_type)
-        form.add_field("media_category", "tweet_image")
+    async def _media_call(
+        self, method: str, path: str, *, doing: str, what: str, params: dict[str, str] | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
+        """One call to X's media endpoints, signed over its own URL (query included; a multipart or JSON body is
+        not part of an OAuth 1.0a signature); the answer's ``data``, or the refusal mapped onto the taxonomy. An
+        upload that landed only costs an unused media id: every media call is safe to retry (may_land=False)."""
+        url = f"{self._api}{path}"
+        signed_url = str(URL(url).with_query(params)) if params else url
+        _, headers, _ = self._signer().sign(signed_url, method)  # type: ignore[arg-type]  # types-oauthlib wants a verb Literal
         assert self._session is not None
-        url = f"{self._api}{MEDIA_UPLOAD_PATH}"
-        # An upload that landed only costs an unused media id: retrying is safe (may_land=False).
-        with self._transport("media upload", may_land=False):
-            async with self._session.post(url, data=form, headers=headers, allow_redirects=False) as resp:
+        with self._transport(doing, may_land=False):
+            async with self._session.request(
+                method, signed_url, headers=headers, allow_redirects=False, **kwargs
+            ) as resp:
                 raw = await resp.read()
         answer = json_object(raw)
         data = answer.get("data")
-        if 200 <= resp.status < 300 and isinstance(data, dict) and data.get("id"):
-            return str(data["id"])
+        if 200 <= resp.status < 300 and isinstance(data, dict):
+            return data
         detail = _problem_detail(answer, raw)
-        now = self.clock()
         if resp.status == 429:
-            return_at = _reset(resp.headers.get("x-rate-limit-reset"), now)
-            raise RateLimited(f"HTTP 429 on media upload: {detail}", until=return_at, platform_code=429)
+            return_at = _reset(resp.headers.get("x-rate-limit-reset"), self.clock())
+            raise RateLimited(f"HTTP 429 on {doing}: {detail}", until=return_at, platform_code=429)
         if resp.status == 401:
-            raise AuthRevoked(f"HTTP 401 on media upload: {detail} (check the channel's keys)", platform_code=401)
+            raise AuthRevoked(f"HTTP 401 on {doing}: {detail} (check the channel's keys)", platform_code=401)
         if resp.status >= 500:
-            raise Retryable(f"HTTP {resp.status} on media upload: {detail}", platform_code=resp.status)
-        raise Permanent(f"HTTP {resp.status}: X refused the image {blob.url}: {detail}", platform_code=resp.status)
+            raise Retryable(f"HTTP {resp.status} on {doing}: {detail}", platform_code=resp.status)
+        raise Permanent(f"HTTP {resp.status}: X refused {what}: {detail}", platform_code=resp.status)
+
+    async def _upload(self, blob: MediaBlob) -> str:
+        """``POST /2/media/upload`` (multipart, media_category tweet_image): the one-shot upload, for images."""
+        form = aiohttp.FormData()
+        form.add_field("media", blob.data, filename=blob.filename, content_type=blob.content_type)
+        form.add_field("media_category", "tweet_image")
+        data = await self._media_call(
+            "POST", MEDIA_UPLOAD_PATH, doing="media upload", what=f"the image {blob.url}", data=form
+        )
+        if not data.get("id"):
+            raise Retryable(f"X answered the media upload of {blob.url} without a media id")
+        return str(data["id"])
+
+    async def _upload_gif(self, blob: MediaBlob) -> str:
+        """An animated GIF through X's chunked upload: initialize (media_type image/gif, media_category tweet_gif,
+        total_bytes), append each segment in order, finalize, then ask STATUS while ``processing_info`` says
+        pending or in_progress, waiting the ``check_after_secs`` X gives (docs.x.com chunked media upload)."""
+        what = f"the animated GIF {blob.url}"
+        init = await self._media_call(
+            "POST",
+            f"{MEDIA_UPLOAD_PATH}/initialize",
+            doing="GIF upload initialize",
+            what=what,
+            json={"media_type": GIF_TYPE, "media_category": "tweet_gif", "total_bytes": len(blob.data)},
+        )
+        media_id = str(init.get("id") or "")
+        if not media_id:
+            raise Retryable(f"X answered the GIF upload initialize for {blob.url} without a media id")
+        for index, start in enumerate(range(0, len(blob.data), GIF_SEGMENT_BYTES)):
+            form = aiohttp.FormData()
+            form.add_field("segment_index", str(index))
+            form.add_field(
+                "media", blob.data[start : start + GIF_SEGMENT_BYTES], filename=blob.filename, content_type=GIF_TYPE
+            )
+            await self._media_call(
+                "POST", f"{MEDIA_UPLOAD_PATH}/{media_id}/append", doing="GIF upload append", what=what, data=form
+            )
+        done = await self._media_call(
+            "POST", f"{MEDIA_UPLOAD_PATH}/{media_id}/finalize", doing="GIF upload finalize", what=what
+        )
+        waited = 0.0
+        while True:
+            info = done.get("processing_info")
+            state = info.get("state") if isinstance(info, dict) else None
+            if not isinstance(info, dict) or state == "succeeded":
+                return media_id  # no processing_info: "the media is ready to use"
+            if state == "failed":
+                raise _processing_failed(info, what, media_id)
+            if waited >= GIF_PROCESSING_BUDGET:
+                raise Retryable(f"X is still processing {what} (media {media_id}) after {waited:.0f} s")
+            check_after = info.get("check_after_secs")
+            pause = float(check_after) if isinstance(check_after, int | float) and check_after > 0 else 1.0
+            pause = min(pause, MAX_CHECK_AFTER, GIF_PROCESSING_BUDGET - waited)
+            await asyncio.sleep(pause)
+            waited += pause
+            done = await self._media_call(
+                "GET",
+                MEDIA_UPLOAD_PATH,
+                doing="GIF upload status",
+                what=what,
+                params={"command": "STATUS", "media_id": media_id},
+            )
 
     def _error(self, exc: tweepy.HTTPException, *, doing: str, may_land: bool = False) -> DeliveryError:
         status = exc.response.status
@@ -419,6 +540,19 @@ class XAdapter(Adapter[XOptions, XPayload]):
                 return OutcomeUnknown(f"HTTP {status} from X on {doing}; it may be live", platform_code=status)
             return Retryable(f"HTTP {status} from X on {doing}: {detail}", platform_code=status)
         return Permanent(f"HTTP {status}: X refused the {doing}: {detail}", platform_code=status)
+
+
+def _processing_failed(info: dict[str, Any], what: str, media_id: str) -> DeliveryError:
+    """``processing_info.state == failed``. X documents one error, ``{"code": 1, "name": "InvalidMedia"}``: the
+    file itself is bad, and sending the same bytes again fails the same way. Any other failure of X's processing
+    is worth one more upload."""
+    found = info.get("error")
+    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    name, message = str(error.get("name") or ""), str(error.get("message") or "")
+    detail = f"{name}: {message}" if name else message or "no reason given"
+    if name == "InvalidMedia" or error.get("code") == 1:
+        return Permanent(f"X could not process {what} ({detail}); fix the story's images", platform_code=name or 1)
+    return Retryable(f"X's processing of {what} (media {media_id}) failed: {detail}", platform_code=name or None)
 
 
 def _is_duplicate(exc: tweepy.HTTPException) -> bool:

@@ -7,7 +7,18 @@ Routes, on X's own paths so a channel whose ``api_base`` is the sandbox root rea
 * ``GET /2/users/me`` and ``GET /2/users/{id}/tweets?max_results=&start_time=&pagination_token=`` (newest first,
   links shown as t.co links; ``meta.next_token`` while older posts remain, as X pages them).
 * ``POST /2/media/upload`` (multipart ``media``, ``media_category``) -> ``{"data": {"id", "media_key", "size",
-  "expires_after_secs", "image"}}``: JPEG, PNG, GIF or WEBP by content, at most 5 MB.
+  "expires_after_secs", "image"}}``: JPEG, PNG or WEBP by content, at most 5 MB. An animated GIF is refused here:
+  X takes GIFs through the chunked upload, with ``media_category`` ``tweet_gif``, up to 15 MB:
+* ``POST /2/media/upload/initialize`` (JSON ``media_type``, ``total_bytes``, ``media_category``) -> ``{"data":
+  {"id", "media_key", "expires_after_secs"}}``; ``POST /2/media/upload/{id}/append`` (multipart ``media``,
+  ``segment_index`` 0-999, each segment at most 8 MB) -> ``{"data": {"expires_at"}}``; ``POST
+  /2/media/upload/{id}/finalize`` -> ``{"data": {"id", "media_key", "size", "expires_after_secs",
+  "processing_info": {"state": "pending", "check_after_secs"}}}``; ``GET /2/media/upload?command=STATUS&media_id=``
+  -> ``processing_info`` ``pending`` -> ``in_progress`` -> ``succeeded`` (or ``failed`` with ``error`` ``{"code": 1,
+  "name": "InvalidMedia", "message"}`` for a file that is not a whole GIF). Refused (400): a GIF over 15 MB, an
+  image category over 5 MB, an APPEND to an unknown or finalized upload, a segment index out of 0-999 or past the
+  next one (a missing segment), a FINALIZE whose segments do not add up to ``total_bytes`` ("Segments do not add up
+  to provided total file size.").
 
 Every request must be signed with OAuth 1.0a user context (HMAC-SHA1) by the sandbox account's four credentials
 (``DEFAULT_*``; 401 otherwise). The signature is checked over the URL the request was sent to (scheme, host and
@@ -15,9 +26,10 @@ port as received, path, query), as X checks it (docs.x.com "Creating a signature
 request is sent to), with oauthlib's server-side helpers: a signature over another host is refused.
 
 X's own checks: the text's twitter-text weighted length (over 280 -> 400 invalid request), duplicate content (the
-same text as a live post -> 403 "duplicate content"), media ids that this account uploaded, at most 4. Every
-``/2/tweets`` answer carries ``x-rate-limit-limit``, ``-remaining`` and ``-reset`` (unix seconds) for a per-account
-window (``set_rate_limit``; 429 when exceeded). Errors are RFC 7807 problems as X sends them.
+same text as a live post -> 403 "duplicate content"), media ids that this account uploaded and X has finished
+processing, at most 4 images or exactly one GIF (a GIF with other media, or two GIFs, is 400). Every ``/2/tweets``
+answer carries ``x-rate-limit-limit``, ``-remaining`` and ``-reset`` (unix seconds) for a per-account window
+(``set_rate_limit``; 429 when exceeded). Errors are RFC 7807 problems as X sends them.
 """
 
 from __future__ import annotations
@@ -52,8 +64,31 @@ DEFAULT_RATE_LIMIT = 100
 DEFAULT_DAILY_LIMIT = 10_000
 DAY_SECONDS = 24 * 3600
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
+MAX_GIF_BYTES = 15 * 1024 * 1024
+#: APPEND: "Keep each segment at or below 5 MB (server maximum is 8 MB)"; segment_index 0-999.
+MAX_SEGMENT_BYTES = 8 * 1024 * 1024
+MAX_SEGMENT_INDEX = 999
+GIF_CATEGORIES = frozenset({"tweet_gif", "dm_gif"})
+IMAGE_CATEGORIES = frozenset({"tweet_image", "dm_image"})
+#: Seconds X tells a client to wait before it asks for the processing state again; STATUS calls until a GIF is done.
+DEFAULT_CHECK_AFTER_SECS = 1
+DEFAULT_PROCESSING_POLLS = 2
 MAX_MEDIA = 4
 _LINK = re.compile(r"https?://[\x21-\x7e]+")
+
+
+@dataclass
+class ChunkedUpload:
+    """One chunked upload: what INIT announced, the segments APPENDed (by index), and the processing state."""
+
+    media_type: str
+    media_category: str
+    total_bytes: int
+    segments: dict[int, bytes] = field(default_factory=dict)
+    #: None until FINALIZE; then pending, in_progress, succeeded or failed.
+    state: str | None = None
+    polls_left: int = 0
+    size: int = 0
 
 
 @dataclass
@@ -74,7 +109,12 @@ class XState:
     day_start: float = 0.0
     day_count: int = 0
     posts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, insertion order = oldest first
+    #: Media a post may carry (uploaded, processed), by id: ``{"size", "type", "sha256"}``.
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: Chunked uploads by media id, from initialize until processing ends.
+    uploads: dict[str, ChunkedUpload] = field(default_factory=dict)
+    check_after_secs: int = DEFAULT_CHECK_AFTER_SECS
+    processing_polls: int = DEFAULT_PROCESSING_POLLS
 
 
 def x_state(sandbox: Sandbox) -> XState:
@@ -208,7 +248,14 @@ async def create_tweet(request: web.Request, call: Call) -> web.Response:
     if not parse_tweet(text).valid:
         return _invalid(f"text is {parse_tweet(text).weightedLength} weighted characters; at most 280", headers)
     if len(media_ids) > MAX_MEDIA or any(m not in state.media for m in media_ids):
-        return _invalid(f"media.media_ids must be at most {MAX_MEDIA} ids this account uploaded", headers)
+        return _invalid(
+            f"media.media_ids must be at most {MAX_MEDIA} ids this account uploaded and X finished processing", headers
+        )
+    gifs = [m for m in media_ids if state.media[m]["type"] == "image/gif"]
+    if gifs and len(media_ids) > 1:
+        return _invalid(
+            "a post may carry up to 4 photos, 1 animated GIF or 1 video: not a GIF with other media", headers
+        )
     if any(p["sent_text"] == text and not p["deleted"] for p in state.posts.values()):
         return problem(
             403, "Forbidden", "You are not allowed to create a Tweet with duplicate content.", headers=headers
@@ -293,6 +340,10 @@ async def user_tweets(request: web.Request, call: Call) -> web.Response:
     return web.json_response({"data": live, "meta": meta} if live else {"meta": meta})
 
 
+def _new_media_id(call: Call) -> str:
+    return str(1_700_000_000_000_000_000 + int(call.next_id("x-media").split("-")[2]))
+
+
 def _sniff(data: bytes) -> str | None:
     if data.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
@@ -320,9 +371,15 @@ async def upload_media(request: web.Request, call: Call) -> web.Response:
     kind = _sniff(data)
     if kind is None:
         return _invalid("media type unrecognized: JPEG, PNG, GIF or WEBP", {})
+    if kind == "image/gif":
+        return _invalid(
+            "animated GIFs go through the chunked upload (/2/media/upload/initialize, append, finalize) with "
+            "media_category tweet_gif",
+            {},
+        )
     if len(data) > MAX_MEDIA_BYTES:
         return _invalid(f"media is {len(data)} bytes; images may be at most {MAX_MEDIA_BYTES}", {})
-    media_id = str(1_700_000_000_000_000_000 + int(call.next_id("x-media").split("-")[2]))
+    media_id = _new_media_id(call)
     state.media[media_id] = {"size": len(data), "type": kind, "sha256": hashlib.sha256(data).hexdigest()}
     return web.json_response(
         {
@@ -337,6 +394,151 @@ async def upload_media(request: web.Request, call: Call) -> web.Response:
     )
 
 
+async def initialize_upload(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    body = await read_json(request)
+    call.record(body)
+    if not isinstance(body, dict):
+        return _invalid("the body must be a JSON object with media_type, total_bytes and media_category", {})
+    media_type, category, total = body.get("media_type"), body.get("media_category"), body.get("total_bytes")
+    if not isinstance(media_type, str) or not media_type:
+        return _invalid("media_type is required", {})
+    if category not in GIF_CATEGORIES | IMAGE_CATEGORIES:
+        return _invalid(f"media_category must be one of {sorted(GIF_CATEGORIES | IMAGE_CATEGORIES)}", {})
+    if isinstance(total, bool) or not isinstance(total, int) or total <= 0:
+        return _invalid("total_bytes must be a positive integer", {})
+    if (category in GIF_CATEGORIES) != (media_type == "image/gif"):
+        return _invalid(f"media_category {category} does not take media_type {media_type}", {})
+    limit = MAX_GIF_BYTES if category in GIF_CATEGORIES else MAX_MEDIA_BYTES
+    if total > limit:
+        return _invalid(f"total_bytes {total} is over the {limit} bytes {category} allows", {})
+    media_id = _new_media_id(call)
+    state.uploads[media_id] = ChunkedUpload(media_type=media_type, media_category=category, total_bytes=total)
+    return web.json_response({"data": {"id": media_id, "media_key": f"16_{media_id}", "expires_after_secs": 86400}})
+
+
+def _open_upload(state: XState, media_id: str) -> ChunkedUpload | web.Response:
+    upload = state.uploads.get(media_id)
+    if upload is None:
+        return _invalid(f"media id {media_id} is not an upload this account initialized", {})
+    if upload.state is not None:
+        return _invalid(f"media id {media_id} is already finalized", {})
+    return upload
+
+
+async def append_upload(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    form = await request.post()
+    media, index_field = form.get("media"), form.get("segment_index")
+    data = media.file.read() if isinstance(media, web.FileField) else None
+    call.record({"segment_index": index_field, "size": None if data is None else len(data)})
+    upload = _open_upload(state, request.match_info["id"])
+    if isinstance(upload, web.Response):
+        return upload
+    if data is None:
+        return _invalid("media (a multipart file) is required", {})
+    try:
+        index = int(str(index_field))
+    except ValueError:
+        return _invalid("segment_index is required (an integer)", {})
+    if not 0 <= index <= MAX_SEGMENT_INDEX:
+        return _invalid(f"SegmentIndex must be between 0 and {MAX_SEGMENT_INDEX}.", {})
+    if index > len(upload.segments):
+        return _invalid(f"segment_index {index} skips segment {len(upload.segments)}: segments go in order", {})
+    if len(data) > MAX_SEGMENT_BYTES:
+        return _invalid(f"the segment is {len(data)} bytes; at most {MAX_SEGMENT_BYTES}", {})
+    upload.segments[index] = data  # a segment sent again (a retried APPEND) replaces itself
+    return web.json_response({"data": {"expires_at": int(time.time()) + 86400}})
+
+
+def _processing(upload: ChunkedUpload) -> dict[str, Any]:
+    info: dict[str, Any] = {"state": upload.state}
+    if upload.state == "failed":
+        info["error"] = {"code": 1, "name": "InvalidMedia", "message": "file is invalid"}
+    info["progress_percent"] = {"pending": 0, "in_progress": 50}.get(str(upload.state), 100)
+    return info
+
+
+def _whole_gif(data: bytes) -> bool:
+    """A GIF that decodes to its end: the signature, the logical screen, and the trailer byte 0x3B."""
+    return data[:6] in (b"GIF87a", b"GIF89a") and len(data) > 13 and data.endswith(b";")
+
+
+async def finalize_upload(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    call.record(None)
+    media_id = request.match_info["id"]
+    upload = _open_upload(state, media_id)
+    if isinstance(upload, web.Response):
+        return upload
+    data = b"".join(upload.segments[i] for i in sorted(upload.segments))
+    if len(data) != upload.total_bytes:
+        return _invalid("Segments do not add up to provided total file size.", {})
+    upload.size, upload.state, upload.polls_left = len(data), "pending", state.processing_polls
+    kind = _sniff(data)
+    if upload.media_category in GIF_CATEGORIES:
+        valid = kind == "image/gif" and _whole_gif(data)
+    else:
+        valid = kind is not None and kind != "image/gif"
+    # What processing will find: the media's type, or "invalid" (STATUS then ends in failed / InvalidMedia).
+    upload.media_type = kind if valid and kind else "invalid"
+    upload.segments = {}
+    answer = _processing(upload) | {"check_after_secs": state.check_after_secs}
+    return web.json_response(
+        {
+            "data": {
+                "id": media_id,
+                "media_key": f"16_{media_id}",
+                "size": upload.size,
+                "expires_after_secs": 86400,
+                "processing_info": answer,
+            }
+        }
+    )
+
+
+async def upload_status(request: web.Request, call: Call) -> web.Response:
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    call.record(dict(request.query))
+    if request.query.get("command") != "STATUS":
+        return _invalid("command=STATUS and media_id are required", {})
+    media_id = request.query.get("media_id", "")
+    upload = state.uploads.get(media_id)
+    if upload is None or upload.state is None:
+        return _invalid(f"media id {media_id} is not a finalized upload of this account", {})
+    if upload.state in ("pending", "in_progress"):
+        upload.polls_left -= 1
+        if upload.polls_left > 0:
+            upload.state = "in_progress"
+        elif upload.media_type == "invalid":
+            upload.state = "failed"
+        else:
+            upload.state = "succeeded"
+            state.media[media_id] = {"size": upload.size, "type": upload.media_type, "sha256": ""}
+    info = _processing(upload)
+    if upload.state in ("pending", "in_progress"):
+        info["check_after_secs"] = state.check_after_secs
+    return web.json_response({"data": {"id": media_id, "media_key": f"16_{media_id}", "processing_info": info}})
+
+
+def set_gif_processing(sandbox: Sandbox, *, polls: int, check_after_secs: int) -> None:
+    """How many STATUS calls a finalized upload takes to finish, and the check_after_secs the answers carry."""
+    state = x_state(sandbox)
+    state.processing_polls, state.check_after_secs = max(polls, 1), check_after_secs
+
+
 def setup(app: web.Application, sandbox: Sandbox) -> None:
     """Add X's paths and ``POST /_sandbox/x/rate_limit {"per_window": n}``."""
     wrap = sandbox.handler(PLATFORM)
@@ -345,6 +547,10 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_get("/2/users/me", wrap(me))
     app.router.add_get("/2/users/{id}/tweets", wrap(user_tweets))
     app.router.add_post("/2/media/upload", wrap(upload_media))
+    app.router.add_get("/2/media/upload", wrap(upload_status))
+    app.router.add_post("/2/media/upload/initialize", wrap(initialize_upload))
+    app.router.add_post("/2/media/upload/{id}/append", wrap(append_upload))
+    app.router.add_post("/2/media/upload/{id}/finalize", wrap(finalize_upload))
 
     async def post_rate_limit(request: web.Request) -> web.Response:
         data = await read_json(request)

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import functools
+import hashlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -921,3 +922,34 @@ async def test_an_xss_story_reaches_the_app_without_markup(content_api: TestClie
         p for p in pushes(sandbox.sandbox) if p["body"]["notification"]["android"]["extras"]["story_id"] == "xss-1"
     ]
     assert "<" not in json.dumps(push["body"], ensure_ascii=False)
+
+
+class _ZeroDigest:
+    def digest(self) -> bytes:
+        return bytes(32)
+
+
+async def test_the_sendno_is_never_zero_and_the_cid_count_is_one_every_app_may_ask(
+    make_adapter: AdapterFactory, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JPush reads sendno 0 as "no sendno" (its range is a non-zero int) and the stand-in refuses it: a key whose
+    hash starts with four zero bytes must still get a sendno the console can show. The cid request asks for one:
+    an app without VIP may ask for 1 to 10."""
+
+    class ZeroHashlib:
+        @staticmethod
+        def sha256(data: bytes = b"") -> Any:
+            return _ZeroDigest()
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(hashlib, name)
+
+    adapter = await started(make_adapter())
+    with monkeypatch.context() as patched:
+        patched.setattr("adapters.app.adapter.hashlib", ZeroHashlib())
+        payload = adapter.render(make_story(), Action.PUBLISH)
+    assert payload.data.push is not None and payload.data.push.options.sendno == 1
+    receipt = await adapter.publish(payload, ctx_for())
+    assert receipt.raw["sendno"] == "1"
+    [cid_request] = [r for r in sandbox.sandbox.received("jpush") if r.path == "/v3/push/cid"]
+    assert cid_request.query["count"] == "1"

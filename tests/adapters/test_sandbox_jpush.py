@@ -186,3 +186,45 @@ async def test_cid_request_checks_count_and_auth(sb: RunningSandbox, http: aioht
         assert resp.status == 401 and (await resp.json())["error"]["code"] == 1004
     async with http.get(sb.url_for("/v3/push/cid"), headers=basic(), params={"count": "3"}) as resp:
         assert len(set((await resp.json())["cidlist"])) == 3
+
+
+async def test_sendno_is_a_non_zero_int_and_an_absent_one_is_answered_as_zero(
+    sb: RunningSandbox, http: aiohttp.ClientSession
+) -> None:
+    # "值为 0 表示该 messageid 无 sendno，所以字段取值范围为非 0 的 int" (push API v3, options.sendno).
+    status, answer, _ = await send(http, sb, push_object(options={"sendno": 0}))
+    assert status == 400 and answer["error"]["code"] == 1003 and "non-zero" in answer["error"]["message"]
+    status, answer, _ = await send(http, sb, push_object(options={"sendno": 2**31}))
+    assert status == 400 and answer["error"]["code"] == 1003
+    status, answer, _ = await send(http, sb, push_object(options={"time_to_live": 60}))
+    assert status == 200 and answer["sendno"] == "0"
+    assert [p["sendno"] for p in pushes(sb.sandbox)] == ["0"]
+
+
+@pytest.mark.parametrize(
+    ("vip", "count", "accepted"),
+    [
+        (False, "1", True),
+        (False, "10", True),
+        (False, "11", False),  # the most an app without VIP may ask for
+        (False, "0", False),
+        (False, "-3", False),
+        (False, "two", False),
+        (True, "1000", True),
+        (True, "1001", False),
+    ],
+)
+async def test_cid_counts_outside_the_documented_range_are_refused_in_jpushs_shape(
+    sb: RunningSandbox, http: aiohttp.ClientSession, vip: bool, count: str, accepted: bool
+) -> None:
+    app = SandboxApp("vip-app-key", "vip-secret", vip=True) if vip else SandboxApp("plain-key", "plain-secret")
+    register_app(sb.sandbox, app)
+    headers = basic(app.app_key, app.master_secret)
+    async with http.get(sb.url_for("/v3/push/cid"), headers=headers, params={"count": count}) as resp:
+        answer = await resp.json()
+        if accepted:
+            assert resp.status == 200 and len(set(answer["cidlist"])) == int(count)
+        else:
+            assert resp.status == 400
+            assert set(answer) == {"error"} and answer["error"]["code"] == 1003
+            assert "count must be an integer from 1 to" in answer["error"]["message"]

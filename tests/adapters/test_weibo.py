@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from pathlib import Path
@@ -12,18 +13,19 @@ import pytest
 from pydantic import ValidationError
 
 from adapters.textfit import ELLIPSIS, weibo_length
-from adapters.weibo.adapter import WeiboAdapter, WeiboOptions, WeiboPayload
+from adapters.weibo.adapter import MIN_WINDOW_PAUSE, RateLimitStatus, WeiboAdapter, WeiboOptions, WeiboPayload
 from adapters.weibo.standin import (
     DEFAULT_ACCESS_TOKEN,
     REPEATED_TEXT,
     TEXT_TOO_LONG,
+    set_daily_limit,
     set_rate_limit,
     set_token,
     statuses,
     weibo_count,
 )
 from syndicate.channel import DeliveryContext, register
-from syndicate.delivery import Action, Payload, Permanent, RenderError
+from syndicate.delivery import Action, Payload, Permanent, RateLimited, RenderError
 from syndicate.httputil import HttpAnswer
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -161,28 +163,117 @@ async def test_story_off_the_safe_domain_fails_at_render_before_any_request(
     assert sandbox.sandbox.received("weibo") == []
 
 
-async def test_rate_limit_pauses_the_channel_for_the_configured_time_then_resumes(
+def seconds_to_the_next_clock_hour() -> float:
+    return 3600 - time.time() % 3600
+
+
+async def test_a_rate_limit_pauses_until_weibos_window_resets_then_resumes(
     tmp_path: Path, store: Store, sandbox: RunningSandbox
 ) -> None:
+    """10024 (30 shares an hour): the pause lasts until rate_limit_status's reset_time_in_seconds, not a fixed hour."""
     set_rate_limit(sandbox.sandbox, 1)
     clock = FakeClock(time.time())
-    channels = {"weibo": channel(sandbox.url, rate_limit_pause=1800)}
+    channels = {"weibo": channel(sandbox.url, rate_limit_pause=7200)}
     async with engine_for(tmp_path, store, channels, clock) as engine:
         await engine.accept(make_story(id="a"))
         await engine.accept(make_story(id="b", headline="第二条新闻"))
         await engine.run(until_idle=True, idle_horizon=0)
         first = {d.story_id: d for d in await deliveries(store)}
         pause = (await store.channel_states())["weibo"]
-        assert pause.paused_at(clock.now()) and "10023" in (pause.reason or "")
-        assert not pause.paused_at(clock.now() + 1801)
+        reset = max(seconds_to_the_next_clock_hour(), MIN_WINDOW_PAUSE)
+        assert pause.paused_until is not None and abs(pause.paused_until - (clock.now() + reset)) < 5
+        assert "10024" in (pause.reason or "") and "rate_limit_status" in (pause.reason or "")
         set_rate_limit(sandbox.sandbox, 30)  # Weibo's hourly window has passed
-        clock.advance(1801)
+        clock.advance(reset + 1)
         await engine.run(until_idle=True, idle_horizon=0)
     states = {d.story_id: d for d in await deliveries(store)}
     limited = next(d for d in first.values() if d.state is State.RETRY_WAIT)
-    assert limited.last_error_class == "RateLimited" and limited.last_platform_code == "10023"
+    assert limited.last_error_class == "RateLimited" and limited.last_platform_code == "10024"
     assert {d.state for d in states.values()} == {State.DELIVERED}
     assert len(statuses(sandbox.sandbox)) == 2
+
+
+async def test_the_fixed_pause_is_kept_when_rate_limit_status_cannot_be_read(sandbox: RunningSandbox) -> None:
+    set_rate_limit(sandbox.sandbox, 0)
+    sandbox.sandbox.set_faults("weibo", [{"fault": "status:502", "methods": ["GET"]}])
+    clock = FakeClock(time.time())
+    settings = channel(sandbox.url, rate_limit_pause=1800)
+    values = {k: v for k, v in settings.items() if k not in ("kind", "retry", "timeout")}
+    weibo = WeiboAdapter("weibo", WeiboOptions(**values), timeout=2, clock=clock.now)
+    await weibo.start()
+    try:
+        with pytest.raises(RateLimited) as raised:
+            await weibo.publish(weibo.render(make_story(), Action.PUBLISH), ctx())
+    finally:
+        await weibo.close()
+    assert raised.value.platform_code == "10024"
+    assert raised.value.until.timestamp() == pytest.approx(clock.now() + 1800)
+
+
+async def test_a_spent_daily_budget_pauses_until_beijing_midnight(sandbox: RunningSandbox) -> None:
+    """10023 while the hour's budget remains: the user's daily total is spent, which the hourly status does not
+    report; the pause lasts to the next Beijing midnight rather than an hour of refused calls."""
+    set_daily_limit(sandbox.sandbox, 1)
+    clock = FakeClock(time.time())
+    values = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "retry", "timeout")}
+    weibo = WeiboAdapter("weibo", WeiboOptions(**values), timeout=2, clock=clock.now)
+    await weibo.start()
+    try:
+        await weibo.publish(weibo.render(make_story(), Action.PUBLISH), ctx())
+        with pytest.raises(RateLimited) as raised:
+            await weibo.publish(weibo.render(make_story(id="b", headline="第二条新闻"), Action.PUBLISH), ctx())
+    finally:
+        await weibo.close()
+    beijing = dt.timezone(dt.timedelta(hours=8))
+    today = dt.datetime.fromtimestamp(clock.now(), beijing).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = (today + dt.timedelta(days=1)).timestamp()
+    assert raised.value.platform_code == "10023" and "daily" in raised.value.reason
+    assert raised.value.until.timestamp() == pytest.approx(max(midnight, clock.now() + MIN_WINDOW_PAUSE))
+
+
+async def test_rate_limit_status_reports_the_stand_ins_own_counters(sandbox: RunningSandbox) -> None:
+    set_rate_limit(sandbox.sandbox, 30, user_limit=150)
+    url = sandbox.url + "/2/account/rate_limit_status.json"
+    params = {"access_token": DEFAULT_ACCESS_TOKEN}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, params=params) as resp:
+            before = await resp.json()
+        async with http.get(sandbox.url + "/2/statuses/user_timeline.json", params=params) as resp:
+            assert resp.status == 200
+        async with http.get(url, params=params) as resp:
+            after = await resp.json()
+        async with http.get(url, params={"access_token": "nope"}) as resp:
+            assert resp.status == 401 and (await resp.json())["error_code"] == 21332
+    assert set(after) == {
+        "ip_limit",
+        "limit_time_unit",
+        "remaining_ip_hits",
+        "remaining_user_hits",
+        "reset_time",
+        "reset_time_in_seconds",
+        "user_limit",
+    }
+    assert after["limit_time_unit"] == "HOURS" and after["user_limit"] == 150
+    # The timeline read counts; asking for the status does not ("Count Limitation: false").
+    assert before["remaining_user_hits"] == 150 and after["remaining_user_hits"] == 149
+    assert after["remaining_ip_hits"] == before["remaining_ip_hits"] - 1
+    assert abs(after["reset_time_in_seconds"] - seconds_to_the_next_clock_hour()) <= 2
+    assert after["reset_time"].endswith(":00:00")  # windows are clock hours, as the documented example's reset_time
+
+
+@pytest.mark.parametrize(
+    ("reported", "expected"),
+    [
+        (1415, 1415),  # v2: seconds from now (the documented example)
+        (0, 0),
+        (1_900_000_600, 600),  # v1's meaning: a unix time
+    ],
+)
+def test_reset_time_in_seconds_reads_both_meanings(reported: float, expected: float) -> None:
+    body = json.dumps({"remaining_user_hits": 0, "remaining_ip_hits": 9, "reset_time_in_seconds": reported}).encode()
+    status = RateLimitStatus.read(HttpAnswer(200, {}, body))
+    assert status is not None and status.seconds_to_reset(1_900_000_000) == expected
+    assert RateLimitStatus.read(HttpAnswer(200, {}, b'{"reset_time_in_seconds": "soon"}')) is None
 
 
 async def test_duplicate_text_fails_and_over_long_text_is_refused_as_weibo_would(sandbox: RunningSandbox) -> None:
@@ -373,7 +464,7 @@ async def test_a_payload_stored_in_the_earlier_shape_loads_and_is_sent_the_same_
 
 async def test_the_lookup_pages_back_through_the_timeline(sandbox: RunningSandbox) -> None:
     """A busy account: 150 statuses since ours, more than one timeline page; the lookup still finds ours."""
-    set_rate_limit(sandbox.sandbox, 10_000)
+    set_rate_limit(sandbox.sandbox, 10_000, user_limit=10_000)
     options = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "timeout", "retry")}
     weibo = WeiboAdapter("weibo", WeiboOptions(**options), timeout=5)
     queued = time.time()

@@ -12,10 +12,11 @@ import aiohttp
 import pytest
 import tweepy
 import tweepy.asynchronous
+from oauthlib.oauth1 import Client as OAuthClient
 from yarl import URL
 
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
-from adapters.x.adapter import XAdapter, XOptions, XPayload
+from adapters.x.adapter import XAdapter, XOptions, XPayload, _processing_failed
 from adapters.x.standin import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_ACCESS_TOKEN_SECRET,
@@ -24,11 +25,13 @@ from adapters.x.standin import (
     posts,
     set_can_write,
     set_daily_limit,
+    set_gif_processing,
     set_rate_limit,
 )
 from syndicate.channel import DeliveryContext, register
-from syndicate.delivery import Action, Payload, Permanent, Receipt
+from syndicate.delivery import Action, Payload, Permanent, Receipt, Retryable
 from syndicate.sandbox import RunningSandbox
+from syndicate.sandbox.core import MEDIA_DIR
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
 from tests.support import FakeClock, ctx_for, engine_for, example_stories, make_settings, make_story
@@ -444,3 +447,203 @@ async def test_a_forbidden_post_pauses_the_channel_with_the_fix(
     assert delivery.state is State.RETRY_WAIT and delivery.last_error_class == "AuthRevoked"
     assert "Read and Write" in (delivery.last_error or "")
     assert (await store.channel_states())["x"].paused_at(time.time())
+
+
+# ------------------------------------------------------------------------------------------------ GIFs
+
+
+GIF = "breaking-320x180.gif"  # an animated GIF of the sandbox's sample media (5,478 bytes)
+
+
+async def test_an_animated_gif_goes_through_the_chunked_upload_alone_and_the_rest_is_left_out(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs.x.com: GIFs go through initialize (tweet_gif) / append / finalize / STATUS, and a post takes "up to 4
+    photos, 1 animated GIF or 1 video". The cover is a GIF: it goes alone; the other image and GIF are left out,
+    and the receipt says so."""
+    monkeypatch.setattr("adapters.x.adapter.GIF_SEGMENT_BYTES", 2000)  # three segments of the sample GIF
+    set_gif_processing(sandbox.sandbox, polls=2, check_after_secs=1)
+    images = [
+        {"href": f"{sandbox.url}/media/{GIF}", "role": "cover"},
+        {"href": f"{sandbox.url}/media/story-blue-640x360.png"},
+        {"href": f"{sandbox.url}/media/{GIF}?copy=2"},
+    ]
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story(images=images))
+        await engine.run(until_idle=True, idle_horizon=2)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.DELIVERED and delivery.receipt is not None
+    assert delivery.receipt.raw["media_left_out"] == [images[1]["href"], images[2]["href"]]
+    calls = [(r.method, r.path) for r in sandbox.sandbox.received("x")]
+    [post] = posts(sandbox.sandbox)
+    [gif_id] = post["media_ids"]
+    assert calls == [
+        ("POST", "/2/media/upload/initialize"),
+        ("POST", f"/2/media/upload/{gif_id}/append"),
+        ("POST", f"/2/media/upload/{gif_id}/append"),
+        ("POST", f"/2/media/upload/{gif_id}/append"),
+        ("POST", f"/2/media/upload/{gif_id}/finalize"),
+        ("GET", "/2/media/upload"),
+        ("GET", "/2/media/upload"),
+        ("POST", "/2/tweets"),
+    ]
+    [init] = [r for r in sandbox.sandbox.received("x") if r.path.endswith("/initialize")]
+    assert init.body == {"media_type": "image/gif", "media_category": "tweet_gif", "total_bytes": 5478}
+    appended = [r.body for r in sandbox.sandbox.received("x") if r.path.endswith("/append")]
+    assert [a["segment_index"] for a in appended] == ["0", "1", "2"]
+    assert [a["size"] for a in appended] == [2000, 2000, 1478]
+
+
+async def test_a_still_cover_takes_the_stills_and_leaves_the_gif_out(
+    tmp_path: Path, store: Store, sandbox: RunningSandbox
+) -> None:
+    images = [
+        {"href": f"{sandbox.url}/media/story-amber-1200x675.png", "role": "cover"},
+        {"href": f"{sandbox.url}/media/{GIF}"},
+        {"href": f"{sandbox.url}/media/story-blue-640x360.png"},
+    ]
+    async with engine_for(tmp_path, store, {"x": channel(sandbox.url)}) as engine:
+        await engine.accept(make_story(images=images))
+        await engine.run(until_idle=True, idle_horizon=2)
+    [delivery] = await deliveries(store)
+    assert delivery.state is State.DELIVERED and delivery.receipt is not None
+    assert delivery.receipt.raw["media_left_out"] == [images[1]["href"]]
+    [post] = posts(sandbox.sandbox)
+    assert len(post["media_ids"]) == 2
+    assert [r.path for r in sandbox.sandbox.received("x")] == ["/2/media/upload", "/2/media/upload", "/2/tweets"]
+
+
+def signed(method: str, url: str, params: dict[str, str] | None = None) -> dict[str, str]:
+    client = OAuthClient(
+        DEFAULT_CONSUMER_KEY, DEFAULT_CONSUMER_SECRET, DEFAULT_ACCESS_TOKEN, DEFAULT_ACCESS_TOKEN_SECRET
+    )
+    target = str(URL(url).with_query(params)) if params else url
+    _, headers, _ = client.sign(target, method)  # type: ignore[arg-type]
+    return dict(headers)
+
+
+async def x_call(
+    http: aiohttp.ClientSession, method: str, url: str, *, params: dict[str, str] | None = None, **kwargs: Any
+) -> tuple[int, dict[str, Any]]:
+    async with http.request(method, url, params=params, headers=signed(method, url, params), **kwargs) as resp:
+        return resp.status, await resp.json()
+
+
+async def chunked(
+    http: aiohttp.ClientSession, base: str, data: bytes, *, total: int | None = None, category: str = "tweet_gif"
+) -> tuple[str, int, dict[str, Any]]:
+    """initialize, one append, finalize: the media id and finalize's status and answer."""
+    media_type = "image/gif" if category == "tweet_gif" else "image/png"
+    status, answer = await x_call(
+        http,
+        "POST",
+        f"{base}/2/media/upload/initialize",
+        json={"media_type": media_type, "media_category": category, "total_bytes": total or len(data)},
+    )
+    assert status == 200, answer
+    media_id = answer["data"]["id"]
+    form = aiohttp.FormData()
+    form.add_field("segment_index", "0")
+    form.add_field("media", data, filename="a.gif", content_type=media_type)
+    status, answer = await x_call(http, "POST", f"{base}/2/media/upload/{media_id}/append", data=form)
+    assert status == 200 and "expires_at" in answer["data"], answer
+    status, answer = await x_call(http, "POST", f"{base}/2/media/upload/{media_id}/finalize")
+    return media_id, status, answer
+
+
+async def test_the_stand_in_refuses_what_x_refuses_in_the_chunked_upload(sandbox: RunningSandbox) -> None:
+    gif = (MEDIA_DIR / GIF).read_bytes()
+    png = (MEDIA_DIR / "story-blue-640x360.png").read_bytes()
+    base = sandbox.url
+    async with aiohttp.ClientSession() as http:
+        # Over 15 MB, a GIF is refused at initialize; an image category over 5 MB too.
+        status, answer = await x_call(
+            http,
+            "POST",
+            f"{base}/2/media/upload/initialize",
+            json={"media_type": "image/gif", "media_category": "tweet_gif", "total_bytes": 15 * 1024 * 1024 + 1},
+        )
+        assert status == 400 and "15728640" in answer["errors"][0]["message"]
+        # A GIF through the one-shot upload is refused: it goes through the chunked flow.
+        form = aiohttp.FormData()
+        form.add_field("media", gif, filename="a.gif", content_type="image/gif")
+        form.add_field("media_category", "tweet_image")
+        status, answer = await x_call(http, "POST", f"{base}/2/media/upload", data=form)
+        assert status == 400 and "chunked" in answer["errors"][0]["message"]
+        # A segment past the next one (segment 0 missing), or out of 0-999, is refused.
+        status, answer = await x_call(
+            http,
+            "POST",
+            f"{base}/2/media/upload/initialize",
+            json={"media_type": "image/gif", "media_category": "tweet_gif", "total_bytes": len(gif)},
+        )
+        media_id = answer["data"]["id"]
+        for index, fragment in (("1", "skips segment 0"), ("1000", "between 0 and 999")):
+            form = aiohttp.FormData()
+            form.add_field("segment_index", index)
+            form.add_field("media", gif, filename="a.gif", content_type="image/gif")
+            status, answer = await x_call(http, "POST", f"{base}/2/media/upload/{media_id}/append", data=form)
+            assert status == 400 and fragment in answer["errors"][0]["message"]
+        # FINALIZE with segments that do not add up to total_bytes.
+        _, status, answer = await chunked(http, base, gif, total=len(gif) + 1)
+        assert status == 400 and answer["errors"][0]["message"] == "Segments do not add up to provided total file size."
+        # A whole GIF: pending, then in_progress, then succeeded; an APPEND after FINALIZE is refused.
+        set_gif_processing(sandbox.sandbox, polls=2, check_after_secs=1)
+        gif_id, status, answer = await chunked(http, base, gif)
+        info = answer["data"]["processing_info"]
+        assert status == 200 and info["state"] == "pending" and info["check_after_secs"] == 1
+        assert answer["data"]["size"] == len(gif)
+        states = []
+        for _ in range(2):
+            status, answer = await x_call(
+                http, "GET", f"{base}/2/media/upload", params={"command": "STATUS", "media_id": gif_id}
+            )
+            states.append(answer["data"]["processing_info"]["state"])
+        assert states == ["in_progress", "succeeded"]
+        form = aiohttp.FormData()
+        form.add_field("segment_index", "0")
+        form.add_field("media", gif, filename="a.gif", content_type="image/gif")
+        status, answer = await x_call(http, "POST", f"{base}/2/media/upload/{gif_id}/append", data=form)
+        assert status == 400 and "already finalized" in answer["errors"][0]["message"]
+        # A truncated GIF: processing fails with InvalidMedia.
+        set_gif_processing(sandbox.sandbox, polls=1, check_after_secs=1)
+        broken_id, status, _ = await chunked(http, base, gif[:-200])
+        status, answer = await x_call(
+            http, "GET", f"{base}/2/media/upload", params={"command": "STATUS", "media_id": broken_id}
+        )
+        info = answer["data"]["processing_info"]
+        assert info["state"] == "failed" and info["error"] == {
+            "code": 1,
+            "name": "InvalidMedia",
+            "message": "file is invalid",
+        }
+        # One GIF per post, and never with other media.
+        png_form = aiohttp.FormData()
+        png_form.add_field("media", png, filename="a.png", content_type="image/png")
+        png_form.add_field("media_category", "tweet_image")
+        status, answer = await x_call(http, "POST", f"{base}/2/media/upload", data=png_form)
+        png_id = answer["data"]["id"]
+        second_gif, _, _ = await chunked(http, base, gif)
+        await x_call(http, "GET", f"{base}/2/media/upload", params={"command": "STATUS", "media_id": second_gif})
+        for media_ids in ([gif_id, png_id], [gif_id, second_gif]):
+            status, answer = await x_call(
+                http, "POST", f"{base}/2/tweets", json={"text": "动图", "media": {"media_ids": media_ids}}
+            )
+            assert status == 400 and "1 animated GIF" in answer["errors"][0]["message"]
+        status, answer = await x_call(
+            http, "POST", f"{base}/2/tweets", json={"text": "动图", "media": {"media_ids": [gif_id]}}
+        )
+        assert status == 201
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ({"code": 1, "name": "InvalidMedia", "message": "file is invalid"}, Permanent),
+        ({"code": 3, "name": "InternalError", "message": "try again"}, Retryable),
+    ],
+)
+def test_a_failed_processing_maps_onto_the_taxonomy(error: dict[str, Any], expected: type[Exception]) -> None:
+    """X documents InvalidMedia (the file is bad: the same bytes fail again); anything else is worth a new upload."""
+    failure = _processing_failed({"state": "failed", "error": error}, "the animated GIF g", "17")
+    assert type(failure) is expected and error["name"] in failure.reason
