@@ -20,7 +20,8 @@ so every worker on every host uses one token per app id).
 3. ``draft/add`` -> draft ``media_id``. Before the request the attempt records ``draft_pending``; a retry after
    a lost answer finds the draft with ``draft/batchget`` by its cover, title and source link instead of creating
    a second one;
-4. ``freepublish/submit`` -> ``publish_id``. Accepted is not published. ``submit_pending`` is recorded first; a
+4. ``freepublish/submit`` -> ``publish_id`` and ``msg_data_id`` (kept in the receipt: article statistics are keyed
+   by it). Accepted is not published. ``submit_pending`` is recorded first; a
    lost answer is ``OutcomeUnknown`` and ``lookup`` reconciles it with ``freepublish/batchget`` (title and
    ``thumb_media_id``), retrying while WeChat may still be publishing, never submitting twice meanwhile;
 5. confirm: the ``PUBLISHJOBFINISH`` event the callback route stored (``web_routes``), else ``freepublish/get``:
@@ -824,7 +825,16 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 raise Retryable(f"{exc.reason}: creating the draft again", retry_after=0) from exc
             await ctx.checkpoint(update)
             raise
-        await ctx.checkpoint({"publish_id": str(answer["publish_id"]), "submit_pending": None, "confirm_checks": 0})
+        msg_data_id = answer.get("msg_data_id")
+        await ctx.checkpoint(
+            {
+                "publish_id": str(answer["publish_id"]),
+                # The message's data id: article statistics (datacube ``msgid`` = msg_data_id + "_" + index) join on it.
+                "msg_data_id": str(msg_data_id) if msg_data_id not in (None, "") else None,
+                "submit_pending": None,
+                "confirm_checks": 0,
+            }
+        )
 
     async def _reconcile_submit(self, data: WeChatArticle, ctx: DeliveryContext) -> Receipt | None:
         """A submit whose answer was lost: the published article carrying this delivery's cover, if any.
@@ -859,8 +869,10 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     async def _confirm(self, ctx: DeliveryContext) -> Receipt:
         publish_id = str(ctx.state["publish_id"])
         stored = await ctx.kv_get(self._event_key(publish_id))
-        if stored:
-            result = json.loads(stored)
+        result = json.loads(stored) if stored else None
+        if result is not None and int(result.get("publish_status", -1)) == 0 and not result.get("article_id"):
+            result = None  # a success event without the article id is no receipt: ask freepublish/get instead
+        if result is not None:
             source = "the PUBLISHJOBFINISH event"
         else:
             result = await self._api_call(
@@ -878,6 +890,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             }
             source = "freepublish/get"
         status = int(result.get("publish_status", -1))
+        if status == 0 and not result.get("article_id"):
+            # WeChat documents article_id on every success; without it there is nothing to address a retraction to.
+            raise Retryable(f"WeChat reported publish job {publish_id} done without an article_id ({source})")
         if status == 0:
             await ctx.checkpoint(
                 {
@@ -910,6 +925,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 "article_id": state["article_id"],
                 "article_url": state.get("article_url"),
                 "publish_id": state.get("publish_id"),
+                "msg_data_id": state.get("msg_data_id"),
                 "draft_media_id": state.get("draft_media_id"),
                 "thumb_media_id": state.get("thumb_media_id"),
                 "cover_sha256": state.get("cover_sha256"),

@@ -10,7 +10,7 @@ What it does as WeChat does, in WeChat's JSON shapes (``{"errcode", "errmsg"}`` 
   type, 40009 for a size WeChat refuses.
 * ``draft/add`` (title ≤ 32, author ≤ 16, digest ≤ 128 characters, content < 20,000 characters and 1 MB, a known
   ``thumb_media_id``: 45003/45110/45004/45002/40007), ``draft/batchget``, ``draft/delete``.
-* ``freepublish/submit`` -> ``publish_id``; the job completes ``publish_delay`` seconds later
+* ``freepublish/submit`` -> ``publish_id`` and ``msg_data_id``; the job completes ``publish_delay`` seconds later
   (``freepublish/get`` answers ``publish_status`` 1 until then, then 0 with ``article_id`` and the article URL,
   or the status ``set_outcome`` scripted for the title), ``freepublish/batchget`` lists published articles,
   ``freepublish/delete`` deletes one (for an unknown article id it answers 53600 "Article ID 无效", which WeChat
@@ -370,7 +370,10 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
     draft = _state(call.sandbox).get("drafts", {}).get(body.get("media_id"))
     if draft is None or draft["app_id"] != app_id:
         raise _WeChatError(40007, "invalid media_id")
-    publish_id = str(2_247_000_000 + int(call.next_id("wechat-publish").rsplit("-", 1)[1]))
+    serial = int(call.next_id("wechat-publish").rsplit("-", 1)[1])
+    publish_id = str(2_247_000_000 + serial)
+    # "msg_data_id: 消息的数据ID" (a string): the id datacube's getarticletotaldetail keys articles by (msgid).
+    msg_data_id = str(2_650_000_000 + serial)
     title = draft["articles"][0]["title"]
     outcome = _state(call.sandbox).get("outcomes", {}).get(title, 0)
     job = {
@@ -380,6 +383,7 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
         "done_at": time.time() + config(call.sandbox).publish_delay,
         "status": outcome,
         "article_id": None,
+        "msg_data_id": msg_data_id,
     }
     _state(call.sandbox).setdefault("jobs", {})[publish_id] = job
     for article in draft["articles"]:
@@ -388,7 +392,7 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
         task = asyncio.get_running_loop().create_task(_finish_and_notify(call.sandbox, publish_id))
         _state(call.sandbox).setdefault("callback_tasks", set()).add(task)
         task.add_done_callback(_state(call.sandbox)["callback_tasks"].discard)
-    return _ok(publish_id=publish_id)
+    return _ok(publish_id=publish_id, msg_data_id=msg_data_id)
 
 
 def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
@@ -400,6 +404,7 @@ def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
         _state(sandbox).setdefault("articles", {})[article_id] = {
             "app_id": job["app_id"],
             "publish_id": publish_id,
+            "msg_data_id": job["msg_data_id"],
             "articles": job["articles"],
             "url": f"https://mp.weixin.qq.com/s/{article_id}",
             "update_time": int(time.time()),

@@ -163,6 +163,36 @@ async def test_whole_flow_publishes_once_with_wechat_images(
     uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
     assert len(uploads) == 2  # the two distinct body images, each once
     assert wx.tokens_issued(sandbox.sandbox) == 1
+    # freepublish/submit's msg_data_id is kept with publish_id: article statistics are keyed by it.
+    assert article["msg_data_id"] and d.checkpoint["msg_data_id"] == article["msg_data_id"]
+    assert d.receipt.raw["msg_data_id"] == article["msg_data_id"]
+    assert d.receipt.raw["publish_id"] == article["publish_id"] and d.receipt.remote_id in wx.articles(sandbox.sandbox)
+
+
+async def test_a_success_event_without_article_id_is_confirmed_with_freepublish_get(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """A PUBLISHJOBFINISH success that carries no article_id used to make the receipt's remote id the string "None":
+    nothing a retraction could delete."""
+    wx.configure(sandbox.sandbox, publish_delay=0.5)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    engine = await start(settings, store)
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=0)
+        [d] = await deliveries(store)
+        assert d.state is State.RETRY_WAIT and d.checkpoint.get("publish_id")
+        key = f"wechat:publish-event:{wx.DEFAULT_APP_ID}:{d.checkpoint['publish_id']}"
+        event = {"publish_status": 0, "article_id": None, "article_url": None}
+        await store.kv_set(key, json.dumps(event), expires_at=time.time() + 600, now=time.time())
+        await engine.run(until_idle=True, idle_horizon=3)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    [article_id] = wx.articles(sandbox.sandbox)
+    assert d.receipt is not None and d.receipt.remote_id == article_id
+    assert d.checkpoint["confirmed_by"] == "freepublish/get"
 
 
 async def test_still_publishing_waits_honestly_then_delivers(
