@@ -9,6 +9,12 @@ safe-mode decryption (``WeChatCrypto``) and the ``SessionStorage`` interface and
 (``<appid>_access_token``) the shared token is kept under (:class:`StoreSessionStorage`, over syndicate's store,
 so every worker on every host uses one token per app id).
 
+**The token comes from ``stable_token``** (wechatpy 1.8 knows only ``cgi-bin/token``, so through ``_call``): in
+normal mode it answers the token already issued, so a second caller (``channels --check``, another tool on the same
+app id) never ends the workers' token as a ``cgi-bin/token`` call does. ``force_refresh`` ends the current token
+for every holder and WeChat allows it 20 times a day, so it is sent only when an API call refused the token
+(40001/40014/42001) and normal mode hands back that very token.
+
 **One resumable step at a time**, each result checkpointed before the next step starts (``ctx.checkpoint``):
 
 1. cover -> ``material/add_material`` (type image; ≤ 10 MB bmp/png/jpeg/gif) -> ``thumb_media_id``; the same
@@ -98,8 +104,9 @@ COVER_MAX_BYTES = 10 * 1024 * 1024
 COVER_TYPES = ("image/bmp", "image/png", "image/jpeg", "image/gif")
 BODY_IMAGE_MAX_BYTES = 1024 * 1024 - 1
 BODY_IMAGE_TYPES = ("image/jpeg", "image/png")
-#: Refresh the shared token this long before WeChat says it expires.
-TOKEN_REFRESH_MARGIN = 300.0
+#: Refresh the shared token this long before WeChat says it expires: inside the last five minutes, when
+#: stable_token's normal mode hands out the next token (earlier it would hand back the same one).
+TOKEN_REFRESH_MARGIN = 240.0
 #: The cross-process refresh lock expires on its own after this long (a refresher that died never blocks others).
 TOKEN_LOCK_SECONDS = 15.0
 #: How long a worker waits for another worker's refresh before it gives up with Retryable.
@@ -126,6 +133,9 @@ BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 CREDENTIAL_ERRORS = frozenset({40013, 40125, 40164, 40243, 41002, 41004, 48001, 50001, 50002, 50004, 50007})
 DAILY_QUOTA, MINUTE_QUOTA = 45009, 45011
+#: stable_token: the caller's IP awaits an administrator's confirmation; refused twice in 24 h / once in 1 h.
+IP_AWAITS_CONFIRMATION = 89503
+IP_REFUSED_FOR = {89506: 24 * 3600.0, 89507: 3600.0}
 SYSTEM_BUSY = -1
 INVALID_MEDIA_ID = 40007
 PUBLISH_STATUS_REASONS = {
@@ -435,16 +445,35 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 raise Retryable(f"another worker is refreshing the WeChat access token of {self.options.app_id}")
             await asyncio.sleep(0.1)
         try:
-            try:
-                answer = await self._call("GET", "token", None, what="the access token", params=self._credentials())
-            except WeChatClientException as exc:
-                raise self._token_error(exc) from exc
-            value, expires_in = str(answer["access_token"]), float(answer.get("expires_in", 7200))
+            value, expires_in = await self._stable_token(force=False)
+            if stale is not None and value == stale:
+                # WeChat refused this token, yet still hands it out: only a forced refresh replaces it.
+                log.info("WeChat hands back the refused token; forcing a refresh", extra={"channel": self.name})
+                value, expires_in = await self._stable_token(force=True)
+                if value == stale:
+                    raise Retryable(
+                        f"WeChat refused the access token of {self.options.app_id} and a forced refresh did not "
+                        "replace it (at most one every 30 s, 20 a day); trying again later",
+                        retry_after=30.0,
+                    )
             await storage.aset(self._token_key, value, expires_in)
             log.info("WeChat access token refreshed", extra={"channel": self.name})
             return value
         finally:
             await ctx.kv_set(lock_key, "", self.clock())
+
+    async def _stable_token(self, *, force: bool) -> tuple[str, float]:
+        """``POST stable_token`` (JSON only): the token and its seconds left; ``force`` ends the current one."""
+        body = {**self._credentials(), "force_refresh": force}
+        what = "the access token (stable_token" + (", force_refresh)" if force else ")")
+        try:
+            answer = await self._call("POST", "stable_token", None, what=what, json_body=body)
+        except WeChatClientException as exc:
+            raise self._token_error(exc) from exc
+        token, expires_in = answer.get("access_token"), answer.get("expires_in", 7200)
+        if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
+            raise Retryable(f"WeChat answered {what} without access_token and a numeric expires_in")
+        return token, float(expires_in)
 
     async def _take_lock(self, ctx: DeliveryContext, key: str, me: str) -> bool:
         kv_add = getattr(ctx, "kv_add", None)
@@ -456,7 +485,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         await asyncio.sleep(0.02)  # let a concurrent writer land, then see whose value stuck
         return await ctx.kv_get(key) == me
 
-    def _credentials(self) -> dict[str, str]:
+    def _credentials(self) -> dict[str, str | bool]:
         return {
             "grant_type": "client_credential",
             "appid": self.options.app_id,
@@ -537,11 +566,27 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     def _token_error(self, exc: WeChatClientException) -> DeliveryError:
         """The token request's refusal. There 40001 means the AppSecret is wrong (the token page lists it so), not
-        a stale token: no refresh can fix it, so the channel pauses."""
+        a stale token: no refresh can fix it, so the channel pauses. stable_token's IP checks: 89503 waits for an
+        administrator to confirm this server's IP (a person has to act: pause until resumed); 89506/89507 say an
+        administrator refused it and how long the IP is barred (24 h / 1 h)."""
+        detail = f"WeChat {exc.errcode}: {exc.errmsg or 'no message'} (the access token)"
         if exc.errcode in TOKEN_ERRORS:
             return AuthRevoked(
-                f"WeChat {exc.errcode}: {exc.errmsg or 'no message'} (the access token): WeChat refused app_secret of "
-                f"channel {self.name!r}; check it (and whether it was reset) in the WeChat console",
+                f"{detail}: WeChat refused app_secret of channel {self.name!r}; check it (and whether it was reset) "
+                "in the WeChat console",
+                platform_code=exc.errcode,
+            )
+        if exc.errcode == IP_AWAITS_CONFIRMATION:
+            return AuthRevoked(
+                f"{detail}: an administrator of app {self.options.app_id} must confirm this server's IP in WeChat; "
+                f"resume channel {self.name!r} once confirmed",
+                platform_code=exc.errcode,
+            )
+        if exc.errcode in IP_REFUSED_FOR:
+            until = dt.datetime.fromtimestamp(self.clock() + IP_REFUSED_FOR[exc.errcode], dt.UTC)
+            return RateLimited(
+                f"{detail}: an administrator refused this server's IP; WeChat bars it until {until:%Y-%m-%d %H:%M} UTC",
+                until=until,
                 platform_code=exc.errcode,
             )
         return self._error(exc, "the access token")
@@ -995,11 +1040,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         refreshed, through the store like theirs): a fresh token of our own would end the shared one minutes later
         (WeChat keeps the previous token working for five minutes only). Without the store, fetch one and say so."""
         if keys is None:
-            try:
-                await self._call("GET", "token", None, what="the access token", params=self._credentials())
-            except WeChatClientException as exc:
-                raise self._token_error(exc) from exc
-            return f"WeChat at {self._api} issued an access token for app {self.options.app_id} (not the shared one)"
+            await self._stable_token(force=False)  # normal mode: the token the workers hold stands
+            return f"WeChat at {self._api} answered stable_token for app {self.options.app_id} (normal mode)"
         ctx = _keys_context(keys, self.name, self.clock)
         await self._api_call(ctx, "GET", "draft/count", what="the draft count (draft/count)")
         return f"WeChat at {self._api} accepted the shared access token of app {self.options.app_id} (draft/count)"
