@@ -157,6 +157,29 @@ def articles(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in _state(sandbox).get("articles", {}).items()}
 
 
+def add_article(
+    sandbox: Sandbox,
+    title: str,
+    *,
+    thumb_media_id: str = "thumb-console",
+    update_time: float | None = None,
+    app_id: str = DEFAULT_APP_ID,
+) -> str:
+    """An article published outside syndicate (an editor in the WeChat console): the newest in freepublish/batchget,
+    dated ``update_time`` (now by default). Returns its article id."""
+    article_id = f"sandbox-article-{secrets.token_hex(6)}"
+    _state(sandbox).setdefault("articles", {})[article_id] = {
+        "app_id": app_id,
+        "publish_id": None,
+        "msg_data_id": None,
+        "articles": [{"title": title, "thumb_media_id": thumb_media_id, "content": "<p>console</p>"}],
+        "url": f"https://mp.weixin.qq.com/s/{article_id}",
+        "update_time": int(time.time() if update_time is None else update_time),
+        "deleted": False,
+    }
+    return article_id
+
+
 def drafts(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
     return {k: dict(v) for k, v in _state(sandbox).get("drafts", {}).items()}
 
@@ -672,6 +695,7 @@ __all__ = [
     "DEFAULT_APP_SECRET",
     "FAILED_STATUSES",
     "WeChatConfig",
+    "add_article",
     "articles",
     "callbacks",
     "config",

@@ -28,12 +28,12 @@ from adapters.wechat.adapter import (
 )
 from syndicate.channel import register
 from syndicate.config import Settings
-from syndicate.delivery import Action, Payload, Permanent, RenderError
+from syndicate.delivery import Action, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, SharedKeys, State, Store
 from syndicate.story import Story
-from tests.support import make_settings, make_story
+from tests.support import ctx_for, make_settings, make_story
 
 register(WeChatAdapter)
 
@@ -458,6 +458,57 @@ async def test_worker_killed_between_submit_and_confirm_confirms_after_restart(
     assert d.state is State.DELIVERED, d.last_error
     assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
     assert d.receipt is not None and d.receipt.remote_id in wx.articles(sandbox.sandbox)
+
+
+# ---- reconciliation pages back through freepublish/batchget
+
+
+async def reconcile(sandbox: RunningSandbox, tmp_path: Path, *, queued_at: float | None) -> tuple[Any, list[int]]:
+    """Look up an unanswered submit of this channel's story (cover ``thumb-ours``) the way a retry does; answers
+    (receipt or the error raised, the batchget offsets read)."""
+    adapter = make_settings(tmp_path, {"wechat": channel(sandbox)}).channels["wechat"].create_adapter()
+    assert isinstance(adapter, WeChatAdapter)
+    payload = adapter.render(story(sandbox), Action.PUBLISH)
+    state = {"thumb_media_id": "thumb-ours", "draft_media_id": "draft-ours", "submit_pending": time.time() - 5}
+    ctx = ctx_for(channel="wechat", state=state, queued_at=queued_at)
+    await adapter.start()
+    try:
+        outcome: Any = await adapter.lookup(payload, ctx)
+    except Exception as exc:  # the test asserts which
+        outcome = exc
+    finally:
+        await adapter.close()
+    offsets = [
+        int(r.body["offset"]) for r in sandbox.sandbox.received("wechat") if r.receiver == "freepublish/batchget"
+    ]
+    return outcome, offsets
+
+
+async def test_reconciliation_finds_the_article_beyond_the_first_page(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    now = time.time()
+    ours = wx.add_article(sandbox.sandbox, TITLE, thumb_media_id="thumb-ours", update_time=now - 30)
+    for n in range(25):  # editors published more than a page since
+        wx.add_article(sandbox.sandbox, f"控制台发布 {n}", update_time=now - 20 + n / 10)
+    receipt, offsets = await reconcile(sandbox, tmp_path, queued_at=now - 60)
+    assert isinstance(receipt, Receipt) and receipt.remote_id == ours, receipt
+    assert receipt.url == wx.articles(sandbox.sandbox)[ours]["url"]
+    assert offsets == [0, 20]
+
+
+async def test_reconciliation_stops_paging_at_the_deliverys_queueing(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """Nothing this delivery made is older than its queueing: pages past it are not read (WeChat bills every call)."""
+    now = time.time()
+    queued_at = now - 60
+    for n in range(45):  # last month's articles, three pages of them
+        wx.add_article(sandbox.sandbox, f"上月 {n}", update_time=queued_at - 86400 + n)
+    for n in range(25):  # and a page and a bit published since the queueing, none of them ours
+        wx.add_article(sandbox.sandbox, f"控制台发布 {n}", update_time=now - 20 + n / 10)
+    outcome, offsets = await reconcile(sandbox, tmp_path, queued_at=queued_at)
+    assert isinstance(outcome, Retryable) and outcome.pending, outcome  # WeChat may still be publishing it
+    assert offsets == [0, 20]
+    sandbox.sandbox.clear("wechat")  # the log only: the articles stay
+    _, unbounded = await reconcile(sandbox, tmp_path, queued_at=None)  # without a queueing time: the whole list
+    assert unbounded == [0, 20, 40, 60]
 
 
 # ---- the callback
