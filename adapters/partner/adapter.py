@@ -7,8 +7,10 @@ adapts it with config (``mapping`` renames our fields to the partner's, ``extra`
   ``author``, ``source_url``, ``published_at`` in RFC 3339 +08:00, ``cover``, ``images``, ``tags``);
   ``PUT <url>/<remote_id>`` replaces it, ``DELETE <url>/<remote_id>`` retracts it.
 * Every request carries ``X-App-Key``, ``X-Timestamp`` (unix seconds), ``X-Nonce`` (fresh per request) and
-  ``X-Signature`` = hex HMAC-SHA256(secret, ``"<ts>\\n<nonce>\\n<raw body>"``). The body is fixed at render
-  time, so a retry sends the same bytes; only the timestamp, nonce and signature change.
+  ``X-Signature`` = hex HMAC-SHA256(secret, ``"<METHOD>\\n<path?query>\\n<ts>\\n<nonce>\\n<raw body>\\n"``), the
+  five-line string of WeChat Pay's APIv3 request signature: the method and the request target are signed, so a
+  captured signature cannot be replayed as another operation (a lookup's as a DELETE). The body is fixed at
+  render time, so a retry sends the same bytes; only the timestamp, nonce and signature change.
 * 200/201 ``{"code": 0, "remote_id", "url", "status"}`` is delivered. ``status`` may be ``pending_review``:
   the partner took the article but an editor has yet to approve it, so ``url`` may be empty or not public yet.
   That is still delivered (there is nothing to retry); the receipt's ``raw["status"]`` says so.
@@ -36,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 from urllib.parse import quote
 
 from pydantic import ConfigDict, Field, HttpUrl, ValidationInfo, field_validator
+from yarl import URL
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import (
@@ -165,9 +168,17 @@ def encode_body(data: Mapping[str, Any]) -> bytes:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").encode()
 
 
-def partner_signature(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
-    """X-Signature: hex HMAC-SHA256 over ``"<ts>\\n<nonce>\\n<raw body>"`` (an empty body for GET and DELETE)."""
-    message = f"{timestamp}\n{nonce}\n".encode() + body
+def signed_target(url: str) -> str:
+    """The request target a signature covers: the URL without scheme and host, its path and query exactly as they
+    go on the wire (percent-encoded as aiohttp sends them; ``?query`` only when there is one)."""
+    return URL(url).raw_path_qs
+
+
+def partner_signature(secret: str, method: str, target: str, timestamp: str, nonce: str, body: bytes) -> str:
+    """X-Signature: hex HMAC-SHA256 over five lines, each ending in ``\\n`` (the last too), as WeChat Pay's APIv3
+    builds its signature string: ``METHOD``, the request target (``signed_target``), the timestamp, the nonce and
+    the raw body (empty for GET and DELETE)."""
+    message = f"{method.upper()}\n{target}\n{timestamp}\n{nonce}\n".encode() + body + b"\n"
     return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
@@ -372,15 +383,17 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
     def _article_url(self, remote_id: str) -> str:
         return f"{self._collection_url.rstrip('/')}/{quote(remote_id, safe='')}"
 
-    def signed_headers(self, body: bytes) -> dict[str, str]:
-        """X-App-Key, X-Timestamp, X-Nonce and X-Signature for one request: a fresh nonce and time every call."""
+    def signed_headers(self, method: str, url: str, body: bytes) -> dict[str, str]:
+        """X-App-Key, X-Timestamp, X-Nonce and X-Signature for one request to ``url`` (query included): a fresh
+        nonce and time every call."""
         timestamp = str(int(self.clock()))
         nonce = self.new_nonce()
+        signature = partner_signature(self.options.secret, method, signed_target(url), timestamp, nonce, body)
         return {
             APP_KEY_HEADER: self.options.app_key,
             TIMESTAMP_HEADER: timestamp,
             NONCE_HEADER: nonce,
-            SIGNATURE_HEADER: partner_signature(self.options.secret, timestamp, nonce, body),
+            SIGNATURE_HEADER: signature,
         }
 
     async def _exchange(
@@ -395,7 +408,10 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
     ) -> PartnerAnswer:
         """Send one signed request and read the answer. ``ctx`` None marks a read-only request (lookup, check):
         a timeout there changed nothing on the partner, so it is Retryable rather than OutcomeUnknown."""
-        headers = self.signed_headers(body)
+        if params:
+            # The query is part of what is signed: build the URL that goes on the wire once, sign that, send that.
+            url = str(URL(url).extend_query(params))
+        headers = self.signed_headers(method, url, body)
         if body:
             headers["Content-Type"] = "application/json; charset=utf-8"
         if ctx is not None:
@@ -407,7 +423,6 @@ class PartnerAdapter(HttpAdapter[PartnerOptions, PartnerBody]):
             may_land=ctx is not None,
             data=body or None,
             headers=headers,
-            params=params,
         )
         return PartnerAnswer.of(answer)
 

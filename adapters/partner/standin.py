@@ -9,9 +9,11 @@ Routes, one keyspace per partner ``<name>`` (the receiver for stats and fault ru
 * ``PUT /partner/<name>/articles/<remote_id>`` replaces it, ``DELETE`` retracts it (404 when unknown or gone).
 
 Every request must carry ``X-App-Key``, ``X-Timestamp``, ``X-Nonce`` and ``X-Signature`` = hex
-HMAC-SHA256(secret, ``"<ts>\\n<nonce>\\n<raw body>"``). A wrong app key or signature, a timestamp more than 300 s
-off, or a nonce seen before is refused with 401. The check is written here independently of the adapter, so a
-signing bug in the adapter cannot be mirrored by the partner it is tested against.
+HMAC-SHA256(secret, ``"<METHOD>\\n<path?query>\\n<ts>\\n<nonce>\\n<raw body>\\n"``), the path and query being the
+request target as received (``request.raw_path``). A wrong app key or signature (one made for another method or
+path included), a timestamp more than 300 s off, or a nonce seen before is refused with 401. The check is
+written here independently of the adapter, so a signing bug in the adapter cannot be mirrored by the partner it is
+tested against.
 
 Credentials default to ``DEFAULT_APP_KEY`` / ``DEFAULT_SECRET`` for any name; ``set_credentials`` (or
 ``POST /_sandbox/partner/<name>/credentials {"app_key", "secret"}``) registers others. ``set_review`` (or
@@ -128,7 +130,7 @@ def _authenticate(request: web.Request, state: PartnerState, raw: bytes) -> web.
     for name in ("X-App-Key", "X-Timestamp", "X-Nonce", "X-Signature"):
         if not headers.get(name):
             return _unauthorized(MISSING_HEADER, f"missing {name} header")
-    if not hmac.compare_digest(headers["X-App-Key"], state.app_key):
+    if not hmac.compare_digest(headers["X-App-Key"].encode(), state.app_key.encode()):
         return _unauthorized(WRONG_APP_KEY, "unknown X-App-Key")
     timestamp = headers["X-Timestamp"]
     try:
@@ -142,9 +144,15 @@ def _authenticate(request: web.Request, state: PartnerState, raw: bytes) -> web.
             f"X-Timestamp is {abs(now - sent_at):.0f} s away from the partner's clock (at most {MAX_SKEW_SECONDS} s)",
         )
     nonce = headers["X-Nonce"]
-    expected = hmac.new(state.secret.encode(), f"{timestamp}\n{nonce}\n".encode() + raw, hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(headers["X-Signature"].lower(), expected):
-        return _unauthorized(WRONG_SIGNATURE, "X-Signature does not match HMAC-SHA256(secret, ts\\nnonce\\nbody)")
+    # The method and the raw request target are signed too: a signature captured on one request (a lookup) must not
+    # authorise another (a DELETE) that happens to carry the same, empty, body.
+    signed = f"{request.method}\n{request.raw_path}\n{timestamp}\n{nonce}\n".encode() + raw + b"\n"
+    expected = hmac.new(state.secret.encode(), signed, hashlib.sha256).hexdigest()
+    if not hmac.compare_digest(headers["X-Signature"].lower().encode(), expected.encode()):
+        return _unauthorized(
+            WRONG_SIGNATURE,
+            "X-Signature does not match HMAC-SHA256(secret, METHOD\\npath?query\\nts\\nnonce\\nbody\\n)",
+        )
     if not state.remember_nonce(nonce, now):  # only a correctly signed request may use up a nonce
         return _unauthorized(REUSED_NONCE, "X-Nonce was already used: replayed request refused")
     return None

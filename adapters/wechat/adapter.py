@@ -9,6 +9,12 @@ safe-mode decryption (``WeChatCrypto``) and the ``SessionStorage`` interface and
 (``<appid>_access_token``) the shared token is kept under (:class:`StoreSessionStorage`, over syndicate's store,
 so every worker on every host uses one token per app id).
 
+**The token comes from ``stable_token``** (wechatpy 1.8 knows only ``cgi-bin/token``, so through ``_call``): in
+normal mode it answers the token already issued, so a second caller (``channels --check``, another tool on the same
+app id) never ends the workers' token as a ``cgi-bin/token`` call does. ``force_refresh`` ends the current token
+for every holder and WeChat allows it 20 times a day, so it is sent only when an API call refused the token
+(40001/40014/42001) and normal mode hands back that very token.
+
 **One resumable step at a time**, each result checkpointed before the next step starts (``ctx.checkpoint``):
 
 1. cover -> ``material/add_material`` (type image; ≤ 10 MB bmp/png/jpeg/gif) -> ``thumb_media_id``; the same
@@ -20,7 +26,8 @@ so every worker on every host uses one token per app id).
 3. ``draft/add`` -> draft ``media_id``. Before the request the attempt records ``draft_pending``; a retry after
    a lost answer finds the draft with ``draft/batchget`` by its cover, title and source link instead of creating
    a second one;
-4. ``freepublish/submit`` -> ``publish_id``. Accepted is not published. ``submit_pending`` is recorded first; a
+4. ``freepublish/submit`` -> ``publish_id`` and ``msg_data_id`` (kept in the receipt: article statistics are keyed
+   by it). Accepted is not published. ``submit_pending`` is recorded first; a
    lost answer is ``OutcomeUnknown`` and ``lookup`` reconciles it with ``freepublish/batchget`` (title and
    ``thumb_media_id``), retrying while WeChat may still be publishing, never submitting twice meanwhile;
 5. confirm: the ``PUBLISHJOBFINISH`` event the callback route stored (``web_routes``), else ``freepublish/get``:
@@ -97,8 +104,9 @@ COVER_MAX_BYTES = 10 * 1024 * 1024
 COVER_TYPES = ("image/bmp", "image/png", "image/jpeg", "image/gif")
 BODY_IMAGE_MAX_BYTES = 1024 * 1024 - 1
 BODY_IMAGE_TYPES = ("image/jpeg", "image/png")
-#: Refresh the shared token this long before WeChat says it expires.
-TOKEN_REFRESH_MARGIN = 300.0
+#: Refresh the shared token this long before WeChat says it expires: inside the last five minutes, when
+#: stable_token's normal mode hands out the next token (earlier it would hand back the same one).
+TOKEN_REFRESH_MARGIN = 240.0
 #: The cross-process refresh lock expires on its own after this long (a refresher that died never blocks others).
 TOKEN_LOCK_SECONDS = 15.0
 #: How long a worker waits for another worker's refresh before it gives up with Retryable.
@@ -125,6 +133,9 @@ BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
 CREDENTIAL_ERRORS = frozenset({40013, 40125, 40164, 40243, 41002, 41004, 48001, 50001, 50002, 50004, 50007})
 DAILY_QUOTA, MINUTE_QUOTA = 45009, 45011
+#: stable_token: the caller's IP awaits an administrator's confirmation; refused twice in 24 h / once in 1 h.
+IP_AWAITS_CONFIRMATION = 89503
+IP_REFUSED_FOR = {89506: 24 * 3600.0, 89507: 3600.0}
 SYSTEM_BUSY = -1
 INVALID_MEDIA_ID = 40007
 PUBLISH_STATUS_REASONS = {
@@ -434,16 +445,35 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 raise Retryable(f"another worker is refreshing the WeChat access token of {self.options.app_id}")
             await asyncio.sleep(0.1)
         try:
-            try:
-                answer = await self._call("GET", "token", None, what="the access token", params=self._credentials())
-            except WeChatClientException as exc:
-                raise self._token_error(exc) from exc
-            value, expires_in = str(answer["access_token"]), float(answer.get("expires_in", 7200))
+            value, expires_in = await self._stable_token(force=False)
+            if stale is not None and value == stale:
+                # WeChat refused this token, yet still hands it out: only a forced refresh replaces it.
+                log.info("WeChat hands back the refused token; forcing a refresh", extra={"channel": self.name})
+                value, expires_in = await self._stable_token(force=True)
+                if value == stale:
+                    raise Retryable(
+                        f"WeChat refused the access token of {self.options.app_id} and a forced refresh did not "
+                        "replace it (at most one every 30 s, 20 a day); trying again later",
+                        retry_after=30.0,
+                    )
             await storage.aset(self._token_key, value, expires_in)
             log.info("WeChat access token refreshed", extra={"channel": self.name})
             return value
         finally:
             await ctx.kv_set(lock_key, "", self.clock())
+
+    async def _stable_token(self, *, force: bool) -> tuple[str, float]:
+        """``POST stable_token`` (JSON only): the token and its seconds left; ``force`` ends the current one."""
+        body = {**self._credentials(), "force_refresh": force}
+        what = "the access token (stable_token" + (", force_refresh)" if force else ")")
+        try:
+            answer = await self._call("POST", "stable_token", None, what=what, json_body=body)
+        except WeChatClientException as exc:
+            raise self._token_error(exc) from exc
+        token, expires_in = answer.get("access_token"), answer.get("expires_in", 7200)
+        if not isinstance(token, str) or not token or not isinstance(expires_in, int | float):
+            raise Retryable(f"WeChat answered {what} without access_token and a numeric expires_in")
+        return token, float(expires_in)
 
     async def _take_lock(self, ctx: DeliveryContext, key: str, me: str) -> bool:
         kv_add = getattr(ctx, "kv_add", None)
@@ -455,7 +485,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         await asyncio.sleep(0.02)  # let a concurrent writer land, then see whose value stuck
         return await ctx.kv_get(key) == me
 
-    def _credentials(self) -> dict[str, str]:
+    def _credentials(self) -> dict[str, str | bool]:
         return {
             "grant_type": "client_credential",
             "appid": self.options.app_id,
@@ -536,11 +566,27 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     def _token_error(self, exc: WeChatClientException) -> DeliveryError:
         """The token request's refusal. There 40001 means the AppSecret is wrong (the token page lists it so), not
-        a stale token: no refresh can fix it, so the channel pauses."""
+        a stale token: no refresh can fix it, so the channel pauses. stable_token's IP checks: 89503 waits for an
+        administrator to confirm this server's IP (a person has to act: pause until resumed); 89506/89507 say an
+        administrator refused it and how long the IP is barred (24 h / 1 h)."""
+        detail = f"WeChat {exc.errcode}: {exc.errmsg or 'no message'} (the access token)"
         if exc.errcode in TOKEN_ERRORS:
             return AuthRevoked(
-                f"WeChat {exc.errcode}: {exc.errmsg or 'no message'} (the access token): WeChat refused app_secret of "
-                f"channel {self.name!r}; check it (and whether it was reset) in the WeChat console",
+                f"{detail}: WeChat refused app_secret of channel {self.name!r}; check it (and whether it was reset) "
+                "in the WeChat console",
+                platform_code=exc.errcode,
+            )
+        if exc.errcode == IP_AWAITS_CONFIRMATION:
+            return AuthRevoked(
+                f"{detail}: an administrator of app {self.options.app_id} must confirm this server's IP in WeChat; "
+                f"resume channel {self.name!r} once confirmed",
+                platform_code=exc.errcode,
+            )
+        if exc.errcode in IP_REFUSED_FOR:
+            until = dt.datetime.fromtimestamp(self.clock() + IP_REFUSED_FOR[exc.errcode], dt.UTC)
+            return RateLimited(
+                f"{detail}: an administrator refused this server's IP; WeChat bars it until {until:%Y-%m-%d %H:%M} UTC",
+                until=until,
                 platform_code=exc.errcode,
             )
         return self._error(exc, "the access token")
@@ -824,7 +870,16 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 raise Retryable(f"{exc.reason}: creating the draft again", retry_after=0) from exc
             await ctx.checkpoint(update)
             raise
-        await ctx.checkpoint({"publish_id": str(answer["publish_id"]), "submit_pending": None, "confirm_checks": 0})
+        msg_data_id = answer.get("msg_data_id")
+        await ctx.checkpoint(
+            {
+                "publish_id": str(answer["publish_id"]),
+                # The message's data id: article statistics (datacube ``msgid`` = msg_data_id + "_" + index) join on it.
+                "msg_data_id": str(msg_data_id) if msg_data_id not in (None, "") else None,
+                "submit_pending": None,
+                "confirm_checks": 0,
+            }
+        )
 
     async def _reconcile_submit(self, data: WeChatArticle, ctx: DeliveryContext) -> Receipt | None:
         """A submit whose answer was lost: the published article carrying this delivery's cover, if any.
@@ -859,8 +914,10 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     async def _confirm(self, ctx: DeliveryContext) -> Receipt:
         publish_id = str(ctx.state["publish_id"])
         stored = await ctx.kv_get(self._event_key(publish_id))
-        if stored:
-            result = json.loads(stored)
+        result = json.loads(stored) if stored else None
+        if result is not None and int(result.get("publish_status", -1)) == 0 and not result.get("article_id"):
+            result = None  # a success event without the article id is no receipt: ask freepublish/get instead
+        if result is not None:
             source = "the PUBLISHJOBFINISH event"
         else:
             result = await self._api_call(
@@ -878,6 +935,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             }
             source = "freepublish/get"
         status = int(result.get("publish_status", -1))
+        if status == 0 and not result.get("article_id"):
+            # WeChat documents article_id on every success; without it there is nothing to address a retraction to.
+            raise Retryable(f"WeChat reported publish job {publish_id} done without an article_id ({source})")
         if status == 0:
             await ctx.checkpoint(
                 {
@@ -910,6 +970,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 "article_id": state["article_id"],
                 "article_url": state.get("article_url"),
                 "publish_id": state.get("publish_id"),
+                "msg_data_id": state.get("msg_data_id"),
                 "draft_media_id": state.get("draft_media_id"),
                 "thumb_media_id": state.get("thumb_media_id"),
                 "cover_sha256": state.get("cover_sha256"),
@@ -979,11 +1040,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         refreshed, through the store like theirs): a fresh token of our own would end the shared one minutes later
         (WeChat keeps the previous token working for five minutes only). Without the store, fetch one and say so."""
         if keys is None:
-            try:
-                await self._call("GET", "token", None, what="the access token", params=self._credentials())
-            except WeChatClientException as exc:
-                raise self._token_error(exc) from exc
-            return f"WeChat at {self._api} issued an access token for app {self.options.app_id} (not the shared one)"
+            await self._stable_token(force=False)  # normal mode: the token the workers hold stands
+            return f"WeChat at {self._api} answered stable_token for app {self.options.app_id} (normal mode)"
         ctx = _keys_context(keys, self.name, self.clock)
         await self._api_call(ctx, "GET", "draft/count", what="the draft count (draft/count)")
         return f"WeChat at {self._api} accepted the shared access token of app {self.options.app_id} (draft/count)"

@@ -5,12 +5,16 @@ What it does as WeChat does, in WeChat's JSON shapes (``{"errcode", "errmsg"}`` 
 * ``GET /cgi-bin/token`` issues an access token for ``appid``/``secret`` (40013 unknown app id, 40125 wrong
   secret) that expires after ``token_ttl`` seconds; a new token invalidates the previous one after
   ``token_grace`` seconds (WeChat's five-minute overlap). An expired token answers 42001, an unknown one 40001.
+* ``POST /cgi-bin/stable_token`` (JSON ``grant_type``, ``appid``, ``secret``, ``force_refresh``): normal mode answers
+  the same token until five minutes before its expiry, then a new one while the old works on to its own expiry;
+  ``force_refresh`` ends the current token at once (20 a day, 30 s apart, else no refresh). Its tokens and
+  cgi-bin/token's are isolated: neither kind ever ends the other. 40002/41002/41004/40013/40125 as documented.
 * ``POST /cgi-bin/material/add_material?type=image`` (multipart ``media``: bmp/png/jpeg/gif up to 10 MB) ->
   ``{"media_id", "url"}``; ``POST /cgi-bin/media/uploadimg`` (jpg/png under 1 MB) -> ``{"url"}``. 40005 for a file
   type, 40009 for a size WeChat refuses.
 * ``draft/add`` (title ≤ 32, author ≤ 16, digest ≤ 128 characters, content < 20,000 characters and 1 MB, a known
   ``thumb_media_id``: 45003/45110/45004/45002/40007), ``draft/batchget``, ``draft/delete``.
-* ``freepublish/submit`` -> ``publish_id``; the job completes ``publish_delay`` seconds later
+* ``freepublish/submit`` -> ``publish_id`` and ``msg_data_id``; the job completes ``publish_delay`` seconds later
   (``freepublish/get`` answers ``publish_status`` 1 until then, then 0 with ``article_id`` and the article URL,
   or the status ``set_outcome`` scripted for the title), ``freepublish/batchget`` lists published articles,
   ``freepublish/delete`` deletes one (for an unknown article id it answers 53600 "Article ID 无效", which WeChat
@@ -46,6 +50,8 @@ PLATFORM = "wechat"
 DEFAULT_APP_ID = "wx-sandbox-app"
 DEFAULT_APP_SECRET = "sandbox-app-secret"
 PREFIX = "/cgi-bin"
+#: The calls that issue tokens (every other call needs one).
+TOKEN_ENDPOINTS = frozenset({"token", "stable_token"})
 MATERIAL_MAX_BYTES = 10 * 1024 * 1024
 MATERIAL_TYPES = frozenset({"image/bmp", "image/png", "image/jpeg", "image/gif"})
 UPLOADIMG_MAX_BYTES = 1024 * 1024
@@ -76,6 +82,11 @@ class WeChatConfig:
     wrong_secret_errcode: int = 40125
     callback_aes_key: str | None = None
     apps: dict[str, str] = field(default_factory=lambda: {DEFAULT_APP_ID: DEFAULT_APP_SECRET})
+    #: stable_token: normal mode hands out a new token only this close to the current one's expiry ("平台会提前5分钟
+    #: 更新access_token"); forced refreshes at most ``force_per_day`` a day and ``force_spacing`` seconds apart.
+    stable_renew_before: float = 300.0
+    force_per_day: int = 20
+    force_spacing: float = 30.0
 
 
 @dataclass
@@ -84,6 +95,18 @@ class _Token:
     expires_at: float
     #: Set when a newer token was issued: this one stops working then.
     superseded_at: float | None = None
+    #: Issued by stable_token (isolated from cgi-bin/token: neither kind ever ends the other).
+    stable: bool = False
+
+
+@dataclass
+class _StableState:
+    """One app's stable_token state: the token normal mode hands out, and the forced refreshes made."""
+
+    current: str | None = None
+    last_forced_at: float | None = None
+    #: Beijing date -> forced refreshes made that day (WeChat allows 20).
+    forced_per_day: dict[str, int] = field(default_factory=dict)
 
 
 def _state(sandbox: Sandbox) -> dict[str, Any]:
@@ -132,6 +155,29 @@ def counts(sandbox: Sandbox) -> dict[str, dict[str, int]]:
 def articles(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
     """Published articles by article id (``deleted`` True once freepublish/delete removed one)."""
     return {k: dict(v) for k, v in _state(sandbox).get("articles", {}).items()}
+
+
+def add_article(
+    sandbox: Sandbox,
+    title: str,
+    *,
+    thumb_media_id: str = "thumb-console",
+    update_time: float | None = None,
+    app_id: str = DEFAULT_APP_ID,
+) -> str:
+    """An article published outside syndicate (an editor in the WeChat console): the newest in freepublish/batchget,
+    dated ``update_time`` (now by default). Returns its article id."""
+    article_id = f"sandbox-article-{secrets.token_hex(6)}"
+    _state(sandbox).setdefault("articles", {})[article_id] = {
+        "app_id": app_id,
+        "publish_id": None,
+        "msg_data_id": None,
+        "articles": [{"title": title, "thumb_media_id": thumb_media_id, "content": "<p>console</p>"}],
+        "url": f"https://mp.weixin.qq.com/s/{article_id}",
+        "update_time": int(time.time() if update_time is None else update_time),
+        "deleted": False,
+    }
+    return article_id
 
 
 def drafts(sandbox: Sandbox) -> dict[str, dict[str, Any]]:
@@ -200,7 +246,7 @@ def _wrap(sandbox: Sandbox, endpoint: str, func: Callable[[web.Request, Call, st
             call.record({"injected_errcode": injected})
             return _err(injected, f"sandbox injected errcode {injected}")
         try:
-            app_id = _authorize(call) if endpoint != "token" else ""
+            app_id = _authorize(call) if endpoint not in TOKEN_ENDPOINTS else ""
             response = await func(request, call, app_id)
         except _WeChatError as exc:
             response = _err(exc.errcode, exc.errmsg)
@@ -228,17 +274,87 @@ async def token(request: web.Request, call: Call, _app: str) -> web.Response:
     now = time.time()
     known: dict[str, _Token] = _state(call.sandbox).setdefault("tokens", {})
     for entry in known.values():
-        if entry.app_id == app_id and entry.superseded_at is None:
+        if entry.app_id == app_id and not entry.stable and entry.superseded_at is None:
             entry.superseded_at = now + cfg.token_grace
-    value = f"sandbox-token-{secrets.token_hex(12)}"
-    known[value] = _Token(app_id, now + cfg.token_ttl)
-    issued = _state(call.sandbox).setdefault("token_count", {})
-    issued[app_id] = issued.get(app_id, 0) + 1
+    value = _issue(call.sandbox, app_id, stable=False)
     return web.json_response({"access_token": value, "expires_in": int(cfg.token_ttl)})
 
 
+def _issue(sandbox: Sandbox, app_id: str, *, stable: bool) -> str:
+    value = f"sandbox-{'stable-' if stable else ''}token-{secrets.token_hex(12)}"
+    _state(sandbox).setdefault("tokens", {})[value] = _Token(
+        app_id, time.time() + config(sandbox).token_ttl, stable=stable
+    )
+    issued = _state(sandbox).setdefault("token_count", {})
+    issued[app_id] = issued.get(app_id, 0) + 1
+    return value
+
+
+def _beijing_date(at: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(at + 8 * 3600))
+
+
+async def stable_token(request: web.Request, call: Call, _app: str) -> web.Response:
+    """``POST /cgi-bin/stable_token`` (JSON only): ``grant_type``, ``appid``, ``secret``, ``force_refresh``.
+
+    Normal mode answers the app's current stable token, with the seconds it has left, until five minutes before it
+    expires; from then on it answers a new one while the old keeps working to its own expiry (the documented
+    hand-over, so ``expires_in`` is never under 300). ``force_refresh: true`` ends the current token at once and
+    answers a new one, at most ``force_per_day`` times a (Beijing) day; within ``force_spacing`` seconds of the last
+    forced refresh it does not refresh ("否则不会刷新") and answers as normal mode would.
+    """
+    cfg = config(call.sandbox)
+    try:
+        body = await read_json(request)
+    except web.HTTPBadRequest:
+        raise _WeChatError(47001, "data format error: stable_token takes a POST JSON body") from None
+    if not isinstance(body, dict):
+        raise _WeChatError(47001, "data format error: stable_token takes a JSON object")
+    force = body.get("force_refresh", False)
+    call.record({"grant_type": body.get("grant_type"), "appid": body.get("appid"), "force_refresh": force})
+    if body.get("grant_type") != "client_credential":
+        raise _WeChatError(40002, "invalid grant_type")
+    app_id, secret = body.get("appid"), body.get("secret")
+    if not app_id:
+        raise _WeChatError(41002, "appid missing")
+    if not secret:
+        raise _WeChatError(41004, "appsecret missing")
+    if not isinstance(force, bool):
+        raise _WeChatError(40097, "invalid args: force_refresh must be a boolean")
+    if app_id not in cfg.apps:
+        raise _WeChatError(40013, "invalid appid")
+    if secret != cfg.apps[app_id]:
+        raise _WeChatError(cfg.wrong_secret_errcode, "invalid appsecret")
+    now = time.time()
+    stable: _StableState = _state(call.sandbox).setdefault("stable", {}).setdefault(app_id, _StableState())
+    known: dict[str, _Token] = _state(call.sandbox).setdefault("tokens", {})
+    spaced = stable.last_forced_at is None or now - stable.last_forced_at >= cfg.force_spacing
+    if force and spaced:
+        today = _beijing_date(now)
+        if stable.forced_per_day.get(today, 0) >= cfg.force_per_day:
+            raise _WeChatError(45009, "reach max api daily quota limit (force_refresh)")
+        stable.forced_per_day[today] = stable.forced_per_day.get(today, 0) + 1
+        stable.last_forced_at = now
+        for entry in known.values():  # "会导致上次获取的access_token失效"
+            if entry.app_id == app_id and entry.stable and entry.superseded_at is None:
+                entry.superseded_at = now
+        stable.current = None
+    current = known.get(stable.current or "")
+    if current is None or current.superseded_at is not None or now >= current.expires_at - cfg.stable_renew_before:
+        stable.current = _issue(call.sandbox, app_id, stable=True)  # the old one keeps working to its expiry
+        current = known[stable.current]
+    return web.json_response({"access_token": stable.current, "expires_in": int(current.expires_at - now)})
+
+
 def tokens_issued(sandbox: Sandbox, app_id: str = DEFAULT_APP_ID) -> int:
+    """New tokens issued to ``app_id`` by cgi-bin/token and stable_token (a repeated stable token is not new)."""
     return int(_state(sandbox).get("token_count", {}).get(app_id, 0))
+
+
+def forced_refreshes(sandbox: Sandbox, app_id: str = DEFAULT_APP_ID) -> int:
+    """stable_token calls with ``force_refresh: true`` that did refresh."""
+    stable = _state(sandbox).get("stable", {}).get(app_id)
+    return sum(stable.forced_per_day.values()) if stable is not None else 0
 
 
 async def _upload(request: web.Request) -> tuple[str, bytes]:
@@ -370,7 +486,10 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
     draft = _state(call.sandbox).get("drafts", {}).get(body.get("media_id"))
     if draft is None or draft["app_id"] != app_id:
         raise _WeChatError(40007, "invalid media_id")
-    publish_id = str(2_247_000_000 + int(call.next_id("wechat-publish").rsplit("-", 1)[1]))
+    serial = int(call.next_id("wechat-publish").rsplit("-", 1)[1])
+    publish_id = str(2_247_000_000 + serial)
+    # "msg_data_id: 消息的数据ID" (a string): the id datacube's getarticletotaldetail keys articles by (msgid).
+    msg_data_id = str(2_650_000_000 + serial)
     title = draft["articles"][0]["title"]
     outcome = _state(call.sandbox).get("outcomes", {}).get(title, 0)
     job = {
@@ -380,6 +499,7 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
         "done_at": time.time() + config(call.sandbox).publish_delay,
         "status": outcome,
         "article_id": None,
+        "msg_data_id": msg_data_id,
     }
     _state(call.sandbox).setdefault("jobs", {})[publish_id] = job
     for article in draft["articles"]:
@@ -388,7 +508,7 @@ async def submit(request: web.Request, call: Call, app_id: str) -> web.Response:
         task = asyncio.get_running_loop().create_task(_finish_and_notify(call.sandbox, publish_id))
         _state(call.sandbox).setdefault("callback_tasks", set()).add(task)
         task.add_done_callback(_state(call.sandbox)["callback_tasks"].discard)
-    return _ok(publish_id=publish_id)
+    return _ok(publish_id=publish_id, msg_data_id=msg_data_id)
 
 
 def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
@@ -400,6 +520,7 @@ def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
         _state(sandbox).setdefault("articles", {})[article_id] = {
             "app_id": job["app_id"],
             "publish_id": publish_id,
+            "msg_data_id": job["msg_data_id"],
             "articles": job["articles"],
             "url": f"https://mp.weixin.qq.com/s/{article_id}",
             "update_time": int(time.time()),
@@ -553,6 +674,7 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_get(f"{PREFIX}/token", _wrap(sandbox, "token", token))
     app.router.add_get(f"{PREFIX}/draft/count", _wrap(sandbox, "draft/count", draft_count))
     posts = {
+        "stable_token": stable_token,
         "material/add_material": add_material,
         "material/del_material": del_material,
         "media/uploadimg": uploadimg,
@@ -573,6 +695,7 @@ __all__ = [
     "DEFAULT_APP_SECRET",
     "FAILED_STATUSES",
     "WeChatConfig",
+    "add_article",
     "articles",
     "callbacks",
     "config",
@@ -580,6 +703,7 @@ __all__ = [
     "counts",
     "drafts",
     "expire_tokens",
+    "forced_refreshes",
     "inject",
     "publish_event_xml",
     "set_outcome",

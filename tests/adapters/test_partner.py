@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from adapters.partner.adapter import (
     PARTNER_FIELDS,
@@ -77,9 +78,11 @@ HOSTILE_TITLE = '<img src=x onerror=alert(1)> 宝山汇 & "引号" </title>'
 HOSTILE_SUMMARY = "<b>粗体</b> & <i>斜体</i> 'quoted'"
 
 
-def sign(secret: str, timestamp: str, nonce: str, body: bytes) -> str:
-    """The partner's documented signature, computed here independently of the adapter."""
-    return hmac.new(secret.encode(), f"{timestamp}\n{nonce}\n".encode() + body, hashlib.sha256).hexdigest()
+def sign(secret: str, method: str, target: str, timestamp: str, nonce: str, body: bytes) -> str:
+    """The partner's documented signature (five lines, each ending in a newline: method, request target, timestamp,
+    nonce, body), computed here independently of the adapter."""
+    message = f"{method}\n{target}\n{timestamp}\n{nonce}\n".encode() + body + b"\n"
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def options(base: str = "http://127.0.0.1:9", name: str = "peoples_account", **kw: Any) -> PartnerOptions:
@@ -277,18 +280,26 @@ class Signed:
     sign_body: bytes | None = None  # sign other bytes than sent: a tampered body
     headers: dict[str, str] = field(default_factory=dict)
 
-    async def send(self, session: aiohttp.ClientSession, base: str) -> tuple[int, dict[str, Any]]:
+    def signed_headers(self, base: str) -> dict[str, str]:
+        """The headers of this request, signed over its method, its request target as sent and its body."""
         timestamp = str(int(time.time() + self.skew))
         signed = self.body if self.sign_body is None else self.sign_body
-        headers = {
+        target = URL(f"{base}{self.path}").raw_path_qs
+        return {
             "X-App-Key": self.app_key,
             "X-Timestamp": timestamp,
             "X-Nonce": self.nonce,
-            "X-Signature": sign(self.secret, timestamp, self.nonce, signed),
+            "X-Signature": sign(self.secret, self.method, target, timestamp, self.nonce, signed),
             "Content-Type": "application/json",
             **self.headers,
         }
-        async with session.request(self.method, f"{base}{self.path}", data=self.body, headers=headers) as resp:
+
+    async def send(
+        self, session: aiohttp.ClientSession, base: str, headers: dict[str, str] | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Send it, with its own signed headers or with ``headers`` taken from another request (a replay)."""
+        sent = headers if headers is not None else self.signed_headers(base)
+        async with session.request(self.method, f"{base}{self.path}", data=self.body, headers=sent) as resp:
             return resp.status, await resp.json()
 
 
@@ -351,6 +362,31 @@ async def test_stand_in_accepts_a_correct_signature_and_refuses_every_bad_one(sa
     assert articles(sandbox.sandbox, "peoples_account")[remote_id].status == "published"  # the replayed DELETE
 
 
+async def test_a_signature_made_for_one_method_and_path_is_refused_on_another(sandbox: RunningSandbox) -> None:
+    """A lookup and a DELETE both have an empty body: when the signature covered only timestamp, nonce and body, a
+    captured lookup whose nonce was never used could be replayed as the DELETE of any article within 300 s."""
+    path = "/partner/peoples_account/articles"
+    async with aiohttp.ClientSession() as session:
+        status, created = await Signed("POST", path, article_body("bind:1")).send(session, sandbox.url)
+        assert status == 201
+        remote_id = created["remote_id"]
+        lookup = Signed("GET", f"{path}?key=bind:1", nonce="captured-never-sent")
+        captured = lookup.signed_headers(sandbox.url)
+        replays = {
+            "another method and path": Signed("DELETE", f"{path}/{remote_id}"),
+            "another query": Signed("GET", f"{path}?key=bind:2"),
+            "another method, same target": Signed("POST", f"{path}?key=bind:1"),
+        }
+        for what, replay in replays.items():
+            status, answer = await replay.send(session, sandbox.url, headers=captured)
+            assert (status, answer["code"]) == (401, WRONG_SIGNATURE), what
+            assert "METHOD" in answer["message"], what
+        assert articles(sandbox.sandbox, "peoples_account")[remote_id].status == "published"
+        # The refused replays spent nothing: the request the signature was made for still goes through.
+        status, found = await lookup.send(session, sandbox.url, headers=captured)
+        assert status == 200 and found["remote_id"] == remote_id
+
+
 async def test_stand_in_credentials_per_partner_and_control_endpoints(sandbox: RunningSandbox) -> None:
     async with aiohttp.ClientSession() as session:
         async with session.post(
@@ -398,7 +434,12 @@ async def test_publish_signs_each_request_freshly_over_the_same_bytes(
         assert rec.header("X-App-Key") == DEFAULT_APP_KEY
         assert abs(int(rec.header("X-Timestamp") or 0) - time.time()) < 5
         expected = sign(
-            DEFAULT_SECRET, rec.header("X-Timestamp") or "", rec.header("X-Nonce") or "", encode_body(rec.body)
+            DEFAULT_SECRET,
+            "POST",
+            "/partner/peoples_account/articles",
+            rec.header("X-Timestamp") or "",
+            rec.header("X-Nonce") or "",
+            encode_body(rec.body),
         )
         assert rec.header("X-Signature") == expected
 
@@ -610,9 +651,11 @@ async def test_raw_body_is_html_safe_json_and_identical_across_retries(capture: 
     assert json.loads(raw1)["title"] == "</script><script>alert(1)</script> 宝山汇 & 闵行"  # the text, unchanged
     assert h1["Content-Type"] == "application/json; charset=utf-8"
     for raw, headers in ((raw1, h1), (raw2, h2)):
-        assert headers["X-Signature"] == sign(DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], raw)
+        assert headers["X-Signature"] == sign(
+            DEFAULT_SECRET, "POST", p1, headers["X-Timestamp"], headers["X-Nonce"], raw
+        )
         assert headers["X-Signature"] == partner_signature(
-            DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], raw
+            DEFAULT_SECRET, "POST", p1, headers["X-Timestamp"], headers["X-Nonce"], raw
         )
 
 
@@ -662,10 +705,12 @@ async def test_payloads_stored_before_the_payload_model_still_load_and_send_the_
         await adapter.retract(retract, ctx_for(action=Action.RETRACT, receipt=receipt))
     finally:
         await adapter.close()
-    (method, _, raw, headers), (gone, path, empty, _) = capture.seen
+    (method, target, raw, headers), (gone, path, empty, _) = capture.seen
     # The bytes the untyped channel sent for this stored payload, signed as always.
     assert method == "POST" and raw == encode_body(STORED_MAPPED_PUBLISH["data"])
-    assert headers["X-Signature"] == partner_signature(DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], raw)
+    assert headers["X-Signature"] == partner_signature(
+        DEFAULT_SECRET, "POST", target, headers["X-Timestamp"], headers["X-Nonce"], raw
+    )
     assert (gone, path.rsplit("/", 1)[-1], empty) == ("DELETE", "cap-1", b"")
 
 
@@ -724,7 +769,9 @@ async def test_partner_codes_redirects_and_odd_answers(capture: Capture) -> None
     assert [m for m, *_ in capture.seen].count("POST") == 7  # the redirect was not followed
     method, path, raw, headers = capture.seen[-1]
     assert (method, path, raw) == ("DELETE", "/partner/peoples_account/articles/a%2Fb", b"")
-    assert headers["X-Signature"] == sign(DEFAULT_SECRET, headers["X-Timestamp"], headers["X-Nonce"], b"")
+    assert headers["X-Signature"] == sign(
+        DEFAULT_SECRET, "DELETE", path, headers["X-Timestamp"], headers["X-Nonce"], b""
+    )
 
 
 # ------------------------------------------------------------------------------------------ through the engine

@@ -28,12 +28,12 @@ from adapters.wechat.adapter import (
 )
 from syndicate.channel import register
 from syndicate.config import Settings
-from syndicate.delivery import Action, Payload, Permanent, RenderError
+from syndicate.delivery import Action, Payload, Permanent, Receipt, RenderError, Retryable
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, SharedKeys, State, Store
 from syndicate.story import Story
-from tests.support import make_settings, make_story
+from tests.support import ctx_for, make_settings, make_story
 
 register(WeChatAdapter)
 
@@ -163,6 +163,36 @@ async def test_whole_flow_publishes_once_with_wechat_images(
     uploads = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "media/uploadimg"]
     assert len(uploads) == 2  # the two distinct body images, each once
     assert wx.tokens_issued(sandbox.sandbox) == 1
+    # freepublish/submit's msg_data_id is kept with publish_id: article statistics are keyed by it.
+    assert article["msg_data_id"] and d.checkpoint["msg_data_id"] == article["msg_data_id"]
+    assert d.receipt.raw["msg_data_id"] == article["msg_data_id"]
+    assert d.receipt.raw["publish_id"] == article["publish_id"] and d.receipt.remote_id in wx.articles(sandbox.sandbox)
+
+
+async def test_a_success_event_without_article_id_is_confirmed_with_freepublish_get(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """A PUBLISHJOBFINISH success that carries no article_id used to make the receipt's remote id the string "None":
+    nothing a retraction could delete."""
+    wx.configure(sandbox.sandbox, publish_delay=0.5)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    engine = await start(settings, store)
+    try:
+        await engine.accept(story(sandbox))
+        await engine.run(until_idle=True, idle_horizon=0)
+        [d] = await deliveries(store)
+        assert d.state is State.RETRY_WAIT and d.checkpoint.get("publish_id")
+        key = f"wechat:publish-event:{wx.DEFAULT_APP_ID}:{d.checkpoint['publish_id']}"
+        event = {"publish_status": 0, "article_id": None, "article_url": None}
+        await store.kv_set(key, json.dumps(event), expires_at=time.time() + 600, now=time.time())
+        await engine.run(until_idle=True, idle_horizon=3)
+    finally:
+        await engine.close()
+    [d] = await deliveries(store)
+    assert d.state is State.DELIVERED, d.last_error
+    [article_id] = wx.articles(sandbox.sandbox)
+    assert d.receipt is not None and d.receipt.remote_id == article_id
+    assert d.checkpoint["confirmed_by"] == "freepublish/get"
 
 
 async def test_still_publishing_waits_honestly_then_delivers(
@@ -221,9 +251,60 @@ async def test_token_expiring_mid_flow_is_refreshed_and_the_flow_resumes(
     assert d.state is State.DELIVERED, d.last_error
     assert d.attempts == 1  # refreshed inside the attempt, nothing repeated
     assert wx.tokens_issued(sandbox.sandbox) == 2
+    assert wx.forced_refreshes(sandbox.sandbox) == 0  # an expired token is replaced by normal mode
     assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
     covers = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "material/add_material"]
     assert len(covers) == 1
+
+
+def token_calls(sandbox: RunningSandbox) -> list[tuple[str, Any]]:
+    """Every token request the stand-in got: (endpoint, force_refresh)."""
+    return [
+        (r.receiver, (r.body or {}).get("force_refresh"))
+        for r in sandbox.sandbox.received("wechat")
+        if r.receiver in ("token", "stable_token")
+    ]
+
+
+async def test_tokens_come_from_stable_token_in_normal_mode(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """cgi-bin/token ends the previous token five minutes after each call; stable_token's normal mode does not."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED, d.last_error
+    assert token_calls(sandbox) == [("stable_token", False)]
+
+
+async def test_a_refused_token_wechat_still_hands_out_is_force_refreshed_once(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """40001 from an API call: normal mode first (another worker may have the next token already); only when it hands
+    back the refused token does the adapter force a refresh, which WeChat allows 20 times a day."""
+    wx.inject(sandbox.sandbox, "draft/add", errcode=40001)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED, d.last_error
+    assert d.attempts == 1
+    assert token_calls(sandbox) == [("stable_token", False), ("stable_token", False), ("stable_token", True)]
+    assert wx.forced_refreshes(sandbox.sandbox) == 1 and wx.tokens_issued(sandbox.sandbox) == 2
+    assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
+
+
+@pytest.mark.parametrize(("errcode", "error", "pause"), [(89507, "RateLimited", 3600.0), (89503, "AuthRevoked", None)])
+async def test_stable_token_ip_refusals_pause_the_channel(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path, errcode: int, error: str, pause: float | None
+) -> None:
+    wx.inject(sandbox.sandbox, "stable_token", errcode=errcode)
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox), horizon=0)
+    assert d.state is State.RETRY_WAIT and d.last_error_class == error and d.last_platform_code == str(errcode)
+    paused = (await store.channel_states())["wechat"].paused_until
+    assert paused is not None
+    if pause is not None:
+        assert abs(paused - (time.time() + pause)) < 60
+    else:
+        assert paused > time.time() + 3600 and "confirm" in (d.last_error or "")
 
 
 @pytest.mark.parametrize("errcode", [40125, 40001])
@@ -238,6 +319,65 @@ async def test_wrong_secret_pauses_the_channel(
     assert "app_secret" in (d.last_error or "")
     states = await store.channel_states()
     assert states["wechat"].paused_until is not None and states["wechat"].paused_until > time.time() + 3600
+
+
+async def test_stand_in_stable_token_follows_the_documented_modes(sandbox: RunningSandbox) -> None:
+    """Normal mode repeats the token; force_refresh ends it at once (30 s apart, 20 a day); the last five minutes
+    hand over to a new one with the old still working; cgi-bin/token's tokens and stable_token's are isolated."""
+    base = f"{sandbox.url}/cgi-bin"
+    creds = {"grant_type": "client_credential", "appid": wx.DEFAULT_APP_ID, "secret": wx.DEFAULT_APP_SECRET}
+
+    async with aiohttp.ClientSession() as session:
+
+        async def stable(**body: Any) -> dict[str, Any]:
+            async with session.post(f"{base}/stable_token", json={**creds, **body}) as resp:
+                assert resp.status == 200
+                answer: dict[str, Any] = await resp.json()
+                return answer
+
+        async def works(token: str) -> int:
+            async with session.get(f"{base}/draft/count", params={"access_token": token}) as resp:
+                return int((await resp.json()).get("errcode", 0))
+
+        first = await stable()
+        assert first["expires_in"] == 7200 and (await stable())["access_token"] == first["access_token"]
+        assert (await stable(force_refresh=False))["access_token"] == first["access_token"]
+        async with session.get(f"{base}/token", params=creds) as resp:  # the other interface
+            assert "access_token" in await resp.json()
+        wx.configure(sandbox.sandbox, token_grace=0)
+        async with session.get(f"{base}/token", params=creds) as resp:
+            plain = (await resp.json())["access_token"]
+        assert await works(first["access_token"]) == 0  # cgi-bin/token never ends a stable token...
+
+        forced = await stable(force_refresh=True)
+        assert forced["access_token"] != first["access_token"]
+        assert await works(first["access_token"]) == 40001 and await works(forced["access_token"]) == 0
+        assert await works(plain) == 0  # ...nor a forced stable_token a cgi-bin/token one
+        again = await stable(force_refresh=True)  # within 30 s: no refresh
+        assert again["access_token"] == forced["access_token"] and wx.forced_refreshes(sandbox.sandbox) == 1
+
+        wx.configure(sandbox.sandbox, stable_renew_before=7200)  # every token is now in its last minutes
+        handed_over = await stable()
+        assert handed_over["access_token"] != forced["access_token"]
+        assert await works(forced["access_token"]) == 0 and await works(handed_over["access_token"]) == 0
+        wx.configure(sandbox.sandbox, stable_renew_before=300, force_spacing=0, force_per_day=2)
+        await stable(force_refresh=True)
+        assert (await stable(force_refresh=True))["errcode"] == 45009  # the third of the day
+
+        refusals = {
+            "grant_type": ({"grant_type": "password"}, 40002),
+            "appid": ({"appid": ""}, 41002),
+            "secret": ({"secret": ""}, 41004),
+            "unknown app": ({"appid": "wx-nobody"}, 40013),
+            "wrong secret": ({"secret": "wrong"}, 40125),
+            "force_refresh": ({"force_refresh": "yes"}, 40097),
+        }
+        for what, (change, errcode) in refusals.items():
+            assert (await stable(**change)).get("errcode") == errcode, what
+        async with session.post(f"{base}/stable_token", data=b"grant_type=client_credential") as resp:
+            assert (await resp.json())["errcode"] == 47001  # POST JSON only
+        secrets_seen = [r.body for r in sandbox.sandbox.received("wechat") if r.receiver == "stable_token"]
+        assert all("secret" not in (body or {}) for body in secrets_seen)
 
 
 # ---- errors
@@ -318,6 +458,57 @@ async def test_worker_killed_between_submit_and_confirm_confirms_after_restart(
     assert d.state is State.DELIVERED, d.last_error
     assert wx.counts(sandbox.sandbox)[TITLE] == {"drafts": 1, "submits": 1}
     assert d.receipt is not None and d.receipt.remote_id in wx.articles(sandbox.sandbox)
+
+
+# ---- reconciliation pages back through freepublish/batchget
+
+
+async def reconcile(sandbox: RunningSandbox, tmp_path: Path, *, queued_at: float | None) -> tuple[Any, list[int]]:
+    """Look up an unanswered submit of this channel's story (cover ``thumb-ours``) the way a retry does; answers
+    (receipt or the error raised, the batchget offsets read)."""
+    adapter = make_settings(tmp_path, {"wechat": channel(sandbox)}).channels["wechat"].create_adapter()
+    assert isinstance(adapter, WeChatAdapter)
+    payload = adapter.render(story(sandbox), Action.PUBLISH)
+    state = {"thumb_media_id": "thumb-ours", "draft_media_id": "draft-ours", "submit_pending": time.time() - 5}
+    ctx = ctx_for(channel="wechat", state=state, queued_at=queued_at)
+    await adapter.start()
+    try:
+        outcome: Any = await adapter.lookup(payload, ctx)
+    except Exception as exc:  # the test asserts which
+        outcome = exc
+    finally:
+        await adapter.close()
+    offsets = [
+        int(r.body["offset"]) for r in sandbox.sandbox.received("wechat") if r.receiver == "freepublish/batchget"
+    ]
+    return outcome, offsets
+
+
+async def test_reconciliation_finds_the_article_beyond_the_first_page(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    now = time.time()
+    ours = wx.add_article(sandbox.sandbox, TITLE, thumb_media_id="thumb-ours", update_time=now - 30)
+    for n in range(25):  # editors published more than a page since
+        wx.add_article(sandbox.sandbox, f"控制台发布 {n}", update_time=now - 20 + n / 10)
+    receipt, offsets = await reconcile(sandbox, tmp_path, queued_at=now - 60)
+    assert isinstance(receipt, Receipt) and receipt.remote_id == ours, receipt
+    assert receipt.url == wx.articles(sandbox.sandbox)[ours]["url"]
+    assert offsets == [0, 20]
+
+
+async def test_reconciliation_stops_paging_at_the_deliverys_queueing(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    """Nothing this delivery made is older than its queueing: pages past it are not read (WeChat bills every call)."""
+    now = time.time()
+    queued_at = now - 60
+    for n in range(45):  # last month's articles, three pages of them
+        wx.add_article(sandbox.sandbox, f"上月 {n}", update_time=queued_at - 86400 + n)
+    for n in range(25):  # and a page and a bit published since the queueing, none of them ours
+        wx.add_article(sandbox.sandbox, f"控制台发布 {n}", update_time=now - 20 + n / 10)
+    outcome, offsets = await reconcile(sandbox, tmp_path, queued_at=queued_at)
+    assert isinstance(outcome, Retryable) and outcome.pending, outcome  # WeChat may still be publishing it
+    assert offsets == [0, 20]
+    sandbox.sandbox.clear("wechat")  # the log only: the articles stay
+    _, unbounded = await reconcile(sandbox, tmp_path, queued_at=None)  # without a queueing time: the whole list
+    assert unbounded == [0, 20, 40, 60]
 
 
 # ---- the callback
@@ -519,6 +710,24 @@ async def test_the_live_check_uses_the_shared_token_and_never_replaces_it(
         await adapter.close()
     assert "shared access token" in detail
     assert wx.tokens_issued(sandbox.sandbox) == 1  # the workers' token still stands
+
+
+async def test_the_check_without_the_store_leaves_the_shared_token_standing(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """Without the store the check asks for a token of its own: through stable_token's normal mode that is the
+    workers' token again, not a new one that ends theirs (cgi-bin/token's did, five minutes later)."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED
+    adapter = settings.channels["wechat"].create_adapter()
+    await adapter.start()
+    try:
+        detail = await adapter.check()
+    finally:
+        await adapter.close()
+    assert "stable_token" in detail and "normal mode" in detail
+    assert wx.tokens_issued(sandbox.sandbox) == 1
 
 
 @pytest.fixture
