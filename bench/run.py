@@ -10,6 +10,10 @@ figure is the median of several runs. These are measurements, never assertions: 
 3. isolation: healthy channels' throughput while another channel's endpoint hangs.
 4. backlog: claim latency, drain rate and worker memory with a large queued backlog.
 5. fan-out width: one story to 1, 8 and 32 channels.
+6. archive scale: website and rss deliveries/s, and bytes written per delivery, with 1,000, 10,000 and 100,000
+   stories already published (``--archive``), through the Adapter contract (``render`` then ``publish``) only.
+
+``--sections`` picks which of them run (e.g. ``make bench BENCH_ARGS="--sections archive"``).
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from adapters.webhook.adapter import WebhookAdapter  # noqa: E402
-from syndicate.channel import DeliveryContext, register  # noqa: E402
+from syndicate.channel import DeliveryContext, get_adapter_class, register  # noqa: E402
 from syndicate.config import Settings, parse_config  # noqa: E402
 from syndicate.delivery import Payload, Receipt  # noqa: E402
 from syndicate.engine import Engine  # noqa: E402
 from syndicate.store import open_store  # noqa: E402
 from syndicate.store.base import Completion, DeliveryFilter, State  # noqa: E402
-from syndicate.story import Story  # noqa: E402
+from syndicate.story import Image, Story  # noqa: E402
 
 PG_DSN = os.environ.get("SYNDICATE_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 RESULTS = REPO / "bench" / "results"
@@ -520,7 +524,194 @@ def process_memory_mb(pid: int, field: str) -> float:
     return float("nan")
 
 
+# --- 6. archive scale -------------------------------------------------------------------------------------------
+
+ARCHIVE_SECTIONS = ("shanghai", "baoshan", "minhang", "pudong", "jingan", "xuhui", "culture", "sports")
+#: The archive's stories are one every ten minutes, ending here; the timed stories come after them.
+ARCHIVE_END = 1_767_225_600.0  # 2026-01-01T00:00:00Z
+#: Fields of a page in the website channel's JSON manifest, format 1 (`.syndicate/manifest.json`): the state the
+#: website adapter has read since it was written, and that a newer one migrates on first use.
+WEBSITE_MANIFEST_FIELDS = (
+    "story_id",
+    "version",
+    "path",
+    "headline",
+    "summary",
+    "section",
+    "section_slug",
+    "language",
+    "published",
+    "modified",
+    "cover_src",
+    "cover_alt",
+)
+
+
+#: The cover's declared size (ninjs sizeinbytes), where the story model has the field (not before issue 15).
+COVER_SIZE = {"size_bytes": 48_213} if "size_bytes" in Image.model_fields else {}
+
+
+def archive_story(i: int, prefix: str = "arc") -> Story:
+    """Story i of the archive (or, with another prefix, of the timed run): a real-sized article with a cover whose
+    size is declared (ninjs sizeinbytes), so no channel fetches anything."""
+    published = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ARCHIVE_END + (i - 1_000_000) * 600))
+    if prefix != "arc":
+        published = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ARCHIVE_END + 60 + i * 60))
+    return Story.from_dict(
+        {
+            "id": f"{prefix}-{i:07d}",
+            "headline": f"第{i}条: 上海16区融媒体中心全部建成并挂牌",
+            "summary": "截至目前,上海分两批、共16个区级融媒体中心已全部建成并挂牌。",
+            "body_html": BODY,
+            "section": ARCHIVE_SECTIONS[i % len(ARCHIVE_SECTIONS)],
+            "url": f"https://news.example.cn/{prefix}/{i}.html",
+            "published_at": published,
+            "images": [{"href": "https://img.example.cn/cover.jpg", "role": "cover", "alt": "现场", **COVER_SIZE}],
+        }
+    )
+
+
+def archive_adapter(kind: str, root: Path) -> Any:
+    """The channel's adapter, made from config exactly as `syndicate work` makes it."""
+    options: dict[str, Any] = {"kind": kind, "root": str(root)}
+    if kind == "website":
+        options["base_url"] = "https://news.example.cn"
+    else:
+        options.update(title="上海新闻", link="https://news.example.cn/")
+        if "enclosure_sizes" in get_adapter_class(kind).options_model.model_fields:
+            options["enclosure_sizes"] = "declared"  # the covers state their size; no channel version fetches
+    raw = {"store": {"url": "sqlite:///unused.db"}, "channels": {kind: options}}
+    return parse_config(raw, source="bench", env={}).channels[kind].create_adapter()
+
+
+def archive_ctx(kind: str, story_id: str, n: int) -> DeliveryContext:
+    from syndicate.delivery import Action
+
+    async def refused(*_: Any) -> Any:
+        raise RuntimeError("the owned channels keep no shared keys")
+
+    return DeliveryContext(
+        delivery_id=n,
+        story_id=story_id,
+        version=1,
+        channel=kind,
+        action=Action.PUBLISH,
+        attempt=1,
+        state={},
+        receipt=None,
+        save_checkpoint=refused,
+        kv_get=refused,
+        kv_set=refused,
+        kv_add=refused,
+    )
+
+
+async def seed_archive(kind: str, adapter: Any, root: Path, size: int) -> None:
+    """Make `size` stories already published, quickly.
+
+    website: its JSON manifest (format 1) is written directly, one page entry per story cloned from entries the
+    adapter itself rendered (one per section); the article pages themselves are not written, since no later
+    delivery reads them. rss: both manifests keep only the newest stories (2 x items), trimming the rest in order,
+    so the state after `size` publishes is the state after the newest 2 x items + 1 of them: those are published
+    through the adapter."""
+    from syndicate.delivery import Action
+
+    if kind == "rss":
+        keep = 2 * adapter.options.items + 1
+        for n, i in enumerate(range(max(0, size - keep), size)):
+            sample = archive_story(i)
+            await adapter.publish(adapter.render(sample, Action.PUBLISH), archive_ctx(kind, sample.id, n))
+        return
+    templates: dict[str, dict[str, Any]] = {}
+    for i in range(len(ARCHIVE_SECTIONS)):
+        sample = archive_story(i)
+        entry = adapter.render(sample, Action.PUBLISH).to_json()["data"]["entry"]
+        templates[sample.section or ""] = {key: entry[key] for key in WEBSITE_MANIFEST_FIELDS}
+    stories: dict[str, dict[str, Any]] = {}
+    for i in range(size):
+        section = ARCHIVE_SECTIONS[i % len(ARCHIVE_SECTIONS)]
+        template = templates[section]
+        story_id = f"arc-{i:07d}"
+        published = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ARCHIVE_END + (i - 1_000_000) * 600))
+        template_year_month = template["published"][:7].replace("-", "/")
+        path = template["path"].replace(template["story_id"], story_id)
+        path = path.replace(template_year_month, published[:7].replace("-", "/"))
+        stories[story_id] = {
+            **template,
+            "story_id": story_id,
+            "path": path,
+            "headline": f"第{i}条: 上海16区融媒体中心全部建成并挂牌",
+            "published": published,
+            "modified": published,
+        }
+    state = root / ".syndicate"
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "manifest.json").write_text(json.dumps({"format": 1, "stories": stories}, ensure_ascii=False))
+
+
+def io_counters() -> dict[str, int]:
+    """This process's I/O counters (Linux): ``wchar`` bytes handed to write(), ``write_bytes`` bytes sent to the
+    storage layer (counted when pages are dirtied), ``cancelled_write_bytes`` dirty bytes dropped before writeback
+    (a temp file replaced before it reached the disk)."""
+    counters = {}
+    for line in Path("/proc/self/io").read_text().splitlines():
+        name, _, value = line.partition(":")
+        counters[name.strip()] = int(value)
+    return counters
+
+
+async def archive_scale(kind: str, size: int, deliveries: int, seconds: float) -> dict[str, Any]:
+    """Deliveries/s of `kind` publishing new stories onto an archive of `size` (up to `deliveries` of them, or
+    fewer when `seconds` run out, at least 3), and what each one writes."""
+    from syndicate.delivery import Action
+
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as folder:
+        root = Path(folder) / kind
+        root.mkdir()
+        adapter = archive_adapter(kind, root)
+        await adapter.start()
+        try:
+            started = time.perf_counter()
+            await seed_archive(kind, adapter, root, size)
+            seeded = time.perf_counter() - started
+            # One untimed delivery: a newer adapter migrates the seeded manifest on first use.
+            warm = archive_story(0, "warm")
+            started = time.perf_counter()
+            await adapter.publish(adapter.render(warm, Action.PUBLISH), archive_ctx(kind, warm.id, 0))
+            first_ms = (time.perf_counter() - started) * 1000
+            payloads = [adapter.render(archive_story(i, "new"), Action.PUBLISH) for i in range(1, deliveries + 1)]
+            durations: list[float] = []
+            io_before, cpu = io_counters(), cpu_seconds()
+            deadline = time.perf_counter() + seconds
+            for n, payload in enumerate(payloads, start=1):
+                t0 = time.perf_counter()
+                await adapter.publish(payload, archive_ctx(kind, f"new-{n:07d}", n))
+                durations.append(time.perf_counter() - t0)
+                if n >= 3 and time.perf_counter() > deadline:
+                    break
+            io_after, cpu_used = io_counters(), cpu_seconds() - cpu
+        finally:
+            await adapter.close()
+    done = len(durations)
+    return {
+        "channel": kind,
+        "archive": size,
+        "deliveries": done,
+        "per_s": done / sum(durations),
+        "ms_p50": percentile([d * 1000 for d in durations], 50),
+        "ms_max": max(durations) * 1000,
+        "cpu_ms_per_delivery": cpu_used / done * 1000,
+        "written_kb_per_delivery": (io_after["wchar"] - io_before["wchar"]) / done / 1024,
+        "disk_kb_per_delivery": (io_after["write_bytes"] - io_before["write_bytes"]) / done / 1024,
+        "seed_s": seeded,
+        "first_delivery_ms": first_ms,
+    }
+
+
 # --- main --------------------------------------------------------------------------------------------------------
+
+
+SECTIONS = ("throughput", "latency", "isolation", "fan_out_width", "backlog", "archive")
 
 
 def median_or_none(values: list[float] | None) -> float | None:
@@ -530,6 +721,53 @@ def median_or_none(values: list[float] | None) -> float | None:
 async def median_of(runs: int, fn: Callable[[], Awaitable[float | None]]) -> float | None:
     values = [v for v in [await fn() for _ in range(runs)] if v is not None]
     return statistics.median(values) if values else None
+
+
+async def queue_sections(results: dict[str, Any], sandbox: str, args: argparse.Namespace, sections: set[str]) -> None:
+    """Sections 1-5, against the sandbox's webhook stand-in."""
+    n, c, runs = args.deliveries, args.concurrency, args.runs
+    if "throughput" in sections:
+        raw = await median_of(runs, lambda: raw_loop(sandbox, n, c))
+        sqlite_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c))
+        pg_available_now = await pg_available()
+        pg_rate = (
+            await median_of(runs, lambda: syndicate_drain("postgres", sandbox, n, c)) if pg_available_now else None
+        )
+        arq_rate = await median_of(runs, lambda: arq_drain(sandbox, n, c))
+        results["throughput"] = {
+            "raw_aiohttp_per_s": raw,
+            "syndicate_sqlite_per_s": sqlite_rate,
+            "syndicate_postgres_per_s": pg_rate,
+            "arq_redis_per_s": arq_rate,
+            "ratio_sqlite_vs_raw": (sqlite_rate or 0) / raw if raw else None,
+            "ratio_postgres_vs_raw": (pg_rate or 0) / raw if raw and pg_rate else None,
+        }
+        # Where a delivery's CPU goes, in one process: the request itself (raw), the adapter's own work on top of
+        # it, and the queue's work measured with the request taken out. Their sum against the full drain shows
+        # whether the queue or the request bounds throughput.
+        adapter_rate = await median_of(runs, lambda: adapter_loop(sandbox, n, c))
+        queue_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c, adapter="bench-no-network"))
+        results["throughput"]["webhook_adapter_alone_per_s"] = adapter_rate
+        results["throughput"]["queue_alone_no_network_per_s"] = queue_rate
+        results["cpu_us_per_delivery"] = {
+            "raw_aiohttp": median_or_none(CPU_US.get("raw")),
+            "webhook_adapter_alone": median_or_none(CPU_US.get("adapter")),
+            "queue_alone_no_network": median_or_none(CPU_US.get("sqlite-bench-no-network")),
+            "syndicate_sqlite": median_or_none(CPU_US.get("sqlite-webhook")),
+            "syndicate_postgres_client_side": median_or_none(CPU_US.get("postgres-webhook")),
+        }
+    if "latency" in sections:
+        results["latency"] = await hook_latency(sandbox, rate=args.rate, seconds=args.seconds)
+    if "isolation" in sections:
+        results["isolation"] = await isolation(sandbox, n // 2, c)
+    if "fan_out_width" in sections:
+        results["fan_out_width"] = {}
+        for width in (1, 8, 32):
+            stories = max(20, n // width)
+            rate = await median_of(runs, lambda w=width, s=stories: syndicate_drain("sqlite", sandbox, s, 8, w))
+            results["fan_out_width"][str(width)] = rate
+    if "backlog" in sections:
+        results["backlog"] = [await backlog(sandbox, size, min(size, args.drain)) for size in args.backlog]
 
 
 async def main(args: argparse.Namespace) -> dict[str, Any]:
@@ -542,44 +780,18 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
         },
         "params": vars(args),
     }
-    n, c, runs = args.deliveries, args.concurrency, args.runs
-    async with sandbox_process() as sandbox:
-        raw = await median_of(runs, lambda: raw_loop(sandbox, n, c))
-        sqlite_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c))
-        pg_rate = (
-            await median_of(runs, lambda: syndicate_drain("postgres", sandbox, n, c)) if await pg_available() else None
-        )
-        arq_rate = await median_of(runs, lambda: arq_drain(sandbox, n, c))
-        results["throughput"] = {
-            "raw_aiohttp_per_s": raw,
-            "syndicate_sqlite_per_s": sqlite_rate,
-            "syndicate_postgres_per_s": pg_rate,
-            "arq_redis_per_s": arq_rate,
-            "ratio_sqlite_vs_raw": (sqlite_rate or 0) / raw if raw else None,
-            "ratio_postgres_vs_raw": (pg_rate or 0) / raw if raw and pg_rate else None,
-        }
-        # Where a delivery's CPU goes, in one process: the request itself (raw), the adapter's own work on top of it,
-        # and the queue's work measured with the request taken out. Their sum against the full drain shows whether
-        # the queue or the request bounds throughput.
-        adapter_rate = await median_of(runs, lambda: adapter_loop(sandbox, n, c))
-        queue_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c, adapter="bench-no-network"))
-        results["throughput"]["webhook_adapter_alone_per_s"] = adapter_rate
-        results["throughput"]["queue_alone_no_network_per_s"] = queue_rate
-        results["cpu_us_per_delivery"] = {
-            "raw_aiohttp": median_or_none(CPU_US.get("raw")),
-            "webhook_adapter_alone": median_or_none(CPU_US.get("adapter")),
-            "queue_alone_no_network": median_or_none(CPU_US.get("sqlite-bench-no-network")),
-            "syndicate_sqlite": median_or_none(CPU_US.get("sqlite-webhook")),
-            "syndicate_postgres_client_side": median_or_none(CPU_US.get("postgres-webhook")),
-        }
-        results["latency"] = await hook_latency(sandbox, rate=args.rate, seconds=args.seconds)
-        results["isolation"] = await isolation(sandbox, n // 2, c)
-        results["fan_out_width"] = {}
-        for width in (1, 8, 32):
-            stories = max(20, n // width)
-            rate = await median_of(runs, lambda w=width, s=stories: syndicate_drain("sqlite", sandbox, s, 8, w))
-            results["fan_out_width"][str(width)] = rate
-        results["backlog"] = [await backlog(sandbox, size, min(size, args.drain)) for size in args.backlog]
+    sections = set(args.sections)
+    if sections - {"archive"}:
+        async with sandbox_process() as sandbox:
+            await queue_sections(results, sandbox, args, sections)
+    if "archive" in sections:
+        # Channels that write files: no sandbox, one adapter at a time, each figure from its own fresh root.
+        results["archive"] = []
+        for kind in args.archive_channels:
+            for size in args.archive:
+                row = await archive_scale(kind, size, args.archive_deliveries, args.archive_seconds)
+                print(f"  archive {kind} {size:,}: {row['per_s']:,.1f} deliveries/s", file=sys.stderr, flush=True)
+                results["archive"].append(row)
     return results
 
 
@@ -591,15 +803,36 @@ def table(results: dict[str, Any]) -> str:
 
     lines = [f"machine: {results['machine']}", ""]
     for section in ("throughput", "cpu_us_per_delivery", "latency", "isolation"):
+        if section not in results:
+            continue
         lines.append(f"[{section}]")
         for key, value in results[section].items():
             lines.append(f"  {key:32s} {fmt(value)}")
-    lines.append("[fan_out_width] deliveries/s")
-    for width, value in results["fan_out_width"].items():
-        lines.append(f"  {width:>3} channels                     {fmt(value)}")
-    lines.append("[backlog]")
-    for row in results["backlog"]:
-        lines.append("  " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items()))
+    if "fan_out_width" in results:
+        lines.append("[fan_out_width] deliveries/s")
+        for width, value in results["fan_out_width"].items():
+            lines.append(f"  {width:>3} channels                     {fmt(value)}")
+    if "backlog" in results:
+        lines.append("[backlog]")
+        for row in results["backlog"]:
+            lines.append("  " + ", ".join(f"{k}={fmt(v)}" for k, v in row.items()))
+    if "archive" in results:
+        lines.append("[archive] publishing new stories onto an archive already published")
+        header = ("channel", "archive", "deliveries/s", "ms p50", "ms max", "CPU ms", "KB written", "KB to disk")
+        lines.append("  " + "".join(f"{h:>13s}" for h in header))
+        for row in results["archive"]:
+            values = (
+                row["channel"],
+                f"{row['archive']:,}",
+                f"{row['per_s']:,.1f}",
+                f"{row['ms_p50']:,.1f}",
+                f"{row['ms_max']:,.1f}",
+                f"{row['cpu_ms_per_delivery']:,.1f}",
+                f"{row['written_kb_per_delivery']:,.1f}",
+                f"{row['disk_kb_per_delivery']:,.1f}",
+            )
+            lines.append("  " + "".join(f"{v:>13s}" for v in values))
+        lines.append("  (KB written: bytes handed to write() per delivery; KB to disk: /proc/self/io write_bytes)")
     return "\n".join(lines)
 
 
@@ -609,6 +842,10 @@ def chart(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if "throughput" not in results or "fan_out_width" not in results:
+        if "archive" in results:
+            archive_chart(results["archive"], path)
+        return
     t = results["throughput"]
     labels = ["raw aiohttp", "syndicate SQLite", "syndicate PostgreSQL", "arq (Redis)"]
     values = [t["raw_aiohttp_per_s"], t["syndicate_sqlite_per_s"], t["syndicate_postgres_per_s"], t["arq_redis_per_s"]]
@@ -623,6 +860,27 @@ def chart(results: dict[str, Any], path: Path) -> None:
     right.set_xlabel("channels per story")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    if "archive" in results:
+        archive_chart(results["archive"], path.with_name("bench-archive.png"))
+
+
+def archive_chart(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axis = plt.subplots(figsize=(6, 4))
+    for kind in dict.fromkeys(row["channel"] for row in rows):
+        mine = [row for row in rows if row["channel"] == kind]
+        axis.plot([row["archive"] for row in mine], [row["per_s"] for row in mine], marker="o", label=kind)
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("stories already published")
+    axis.set_title("deliveries per second onto an archive")
+    axis.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
@@ -634,10 +892,35 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--backlog", type=int, nargs="+", default=[100_000])
     parser.add_argument("--drain", type=int, default=5000)
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="which sections to run (default: all)",
+    )
+    parser.add_argument(
+        "--archive",
+        type=int,
+        nargs="+",
+        default=[1_000, 10_000, 100_000],
+        help="archive sizes (stories already published) for the archive section",
+    )
+    parser.add_argument("--archive-channels", nargs="+", choices=("website", "rss"), default=["website", "rss"])
+    parser.add_argument("--archive-deliveries", type=int, default=200, help="new stories published per archive size")
+    parser.add_argument(
+        "--archive-seconds", type=float, default=30.0, help="stop publishing after this (at least 3 deliveries)"
+    )
     arguments = parser.parse_args()
     outcome = asyncio.run(main(arguments))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench.json").write_text(json.dumps(outcome, indent=2, ensure_ascii=False))
+    saved = RESULTS / "bench.json"
+    if set(arguments.sections) != set(SECTIONS) and saved.exists():
+        # A partial run replaces only its own sections; the others keep the figures of the run that made them.
+        earlier = json.loads(saved.read_text())
+        earlier.setdefault("runs", {})[",".join(arguments.sections)] = {k: outcome[k] for k in ("machine", "params")}
+        outcome = {**earlier, **{k: v for k, v in outcome.items() if k not in ("machine", "params")}}
+    saved.write_text(json.dumps(outcome, indent=2, ensure_ascii=False))
     chart(outcome, RESULTS / "bench.png")
     print(table(outcome))
     print(f"\nsaved {RESULTS / 'bench.json'} and {RESULTS / 'bench.png'}")

@@ -146,6 +146,8 @@ def _association(image: Image, name: str) -> dict[str, Any]:
         rendition["width"] = image.width
     if image.height is not None:
         rendition["height"] = image.height
+    if image.size_bytes is not None:
+        rendition["sizeinbytes"] = image.size_bytes
     path = urlsplit(image.href).path.lower()
     suffix = path[path.rfind(".") :] if "." in path.rsplit("/", 1)[-1] else ""
     if suffix in _IMAGE_TYPES:
@@ -453,10 +455,10 @@ class _NinjsImport:
         image: dict[str, Any] = {"href": item["href"], "role": role}
         self.source[at] = base[0] if base else rendition_path
         self.source[f"{at}.href"] = href_path
-        for key in ("width", "height"):
-            if item.get(key) is not None:
-                image[key] = _whole(item[key])
-                self.source[f"{at}.{key}"] = f"{rendition_path}.{key}"
+        for key, ninjs_key in (("width", "width"), ("height", "height"), ("size_bytes", "sizeinbytes")):
+            if item.get(ninjs_key) is not None:
+                image[key] = _whole(item[ninjs_key])
+                self.source[f"{at}.{key}"] = f"{rendition_path}.{ninjs_key}"
         if base is not None:
             path, association = base
             self.source[f"{at}.role"] = f"{path}.name"

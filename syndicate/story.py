@@ -307,6 +307,8 @@ def rfc3339(value: datetime) -> str:
 VERSION_MAX = 2**31 - 1
 #: Image width and height in pixels.
 PIXELS_MAX = 100_000
+#: An image's size in bytes (ninjs ``sizeinbytes``): 1 TiB, far above any picture, within every integer column.
+IMAGE_BYTES_MAX = 2**40
 #: Dates: any instant from 1900 to 2999, in UTC and in the sender's own offset (renderers convert both ways).
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2999, 12, 31, 23, 59, 59, tzinfo=UTC)
@@ -372,6 +374,7 @@ _Timestamp = Annotated[
     Field(json_schema_extra={"description": f"RFC 3339, between {rfc3339(EARLIEST)} and {rfc3339(LATEST)}"}),
 ]
 _Pixels = Annotated[StrictInt, *_between(1, PIXELS_MAX)]
+_ByteSize = Annotated[StrictInt, *_between(1, IMAGE_BYTES_MAX)]
 _Version = Annotated[StrictInt, *_between(1, VERSION_MAX)]
 _Urgency = Annotated[StrictInt, *_between(1, 9)]
 
@@ -418,6 +421,8 @@ class Image(_Model):
     caption: _Caption | None = None
     width: _Pixels | None = None
     height: _Pixels | None = None
+    #: The file's size in bytes when the sender states it (ninjs rendition ``sizeinbytes``); feeds need it.
+    size_bytes: _ByteSize | None = None
     alt: _Caption | None = None
     role: Literal["cover", "inline"] = "inline"
 

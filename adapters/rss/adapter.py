@@ -5,6 +5,20 @@ entries (``<root>/.syndicate/rss-manifest.json``) and regenerates ``rss.xml`` an
 ``items`` entries, all under a lock and with atomic replaces, so readers (and a web server pointed at ``root``)
 never see a half-written feed, and rewriting is harmless: the channel is idempotent.
 
+What a delivery costs does not grow with the archive: the manifest holds only what the feeds need, so parsing it,
+applying the change and rebuilding both feeds are O(``items``) however many stories were ever published.
+
+* ``entries``: the newest ``2 × items`` stories, newest first (the reserve lets a retraction move the next story
+  up instead of shortening the feed).
+* ``horizon``: the feed position (published time, GUID) of the newest entry ever trimmed off. Everything at or
+  below it is archive the manifest no longer knows, so an update of a story that fell out of the window (or a
+  replay of an old delivery for it) changes nothing: it would land below ``items`` anyway, and without its
+  version history it could bring back text older than what readers already saw.
+* ``retracted``: the story id and version of recent retractions (at most ``2 × items``, and none at or below the
+  horizon, which covers them). A publish or update older than a story's retraction (a replayed stale delivery) is
+  refused by it, while a newer version (the desk restored the story) comes back. A retraction of a story the
+  manifest does not hold is recorded the same way; it changes neither feed.
+
 Rules a feed reader relies on:
 
 * The GUID (RSS ``guid isPermaLink="false"``, Atom ``id``) is ``urn:syndicate:story:<id>`` (the story's ninjs
@@ -15,10 +29,18 @@ Rules a feed reader relies on:
   with new content, and the channel's ``lastBuildDate``.
 * The body is the sanitised HTML (``syndicate.sanitize.clean_html``) in ``content:encoded`` / Atom
   ``content type="html"``; titles and summaries are plain text, so no markup from the CMS reaches either feed.
-* The cover image is the enclosure. Its type comes from the file extension (``image/jpeg`` when there is none
-  we know); its byte size is unknown (a story carries none and ``render`` fetches nothing), so RSS carries
-  ``length="0"`` (RSS 2.0 makes the attribute mandatory and the RSS Advisory Board's profile says to write 0 when
-  the size cannot be determined) and Atom, where ``length`` is optional and advisory, leaves it out.
+* Each feed names its own address (``atom:link rel="self"``; in RSS with ``type="application/rss+xml"``, as the
+  RSS Advisory Board's profile recommends and the W3C feed validator asks): ``feeds_url`` plus the file name.
+* The cover image is the enclosure, and its ``length`` is the file's real size in bytes, never a made-up ``0``.
+  The size comes from the story when the CMS states it (ninjs rendition ``sizeinbytes``, ``Image.size_bytes``),
+  otherwise from fetching the image once at delivery through the shared media fetcher (its limits, cache and
+  address policy; the cache means an update does not download again), which also gives the real type from the
+  file's bytes. When the size cannot be known (the fetch is refused or fails, or ``enclosure_sizes = "declared"``
+  forbids fetching) the RSS item carries no enclosure: RSS 2.0 makes ``length`` mandatory, and the RSS Advisory
+  Board's profile answers an unknown size with ``0``, which readers take for an empty file and issue 15 forbids.
+  The Atom entry keeps its ``link rel="enclosure"`` without ``length``, which RFC 4287 makes optional and advisory.
+  A failed fetch is not retried: a story's place in the feed matters more than its enclosure, so it goes out at
+  once, the receipt and the log say why the enclosure is missing, and the next update tries again.
 """
 
 from __future__ import annotations
@@ -39,7 +61,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar, Unpack
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 from aiohttp import web
 from feedgen.feed import FeedGenerator
@@ -128,6 +150,13 @@ class RssOptions(AdapterOptions):
     language: str = Field(default="zh-CN", pattern=r"^[A-Za-z]{1,8}(-[A-Za-z0-9]{1,8})*$")
     #: The feed's author (Atom requires one at feed level); defaults to the title.
     author: str | None = None
+    #: The public URL of the folder the feeds are served from: each feed's ``atom:link rel="self"`` is this plus
+    #: its file name. Defaults to ``/feeds/`` on the ``link`` host, where `syndicate serve` mounts them.
+    feeds_url: HttpUrl | None = None
+    #: Where an enclosure's byte size comes from when the story does not state it: ``fetch`` the image once at
+    #: delivery through the shared media fetcher, or only what is ``declared`` (no network; the RSS item then
+    #: carries no enclosure).
+    enclosure_sizes: Literal["fetch", "declared"] = "fetch"
 
     @field_validator("title")
     @classmethod
@@ -145,11 +174,11 @@ class _Model(BaseModel):
 
 
 class Enclosure(_Model):
-    """The cover image as an enclosure; ``length`` in bytes, None when unknown."""
+    """The cover image as an enclosure; ``length`` in bytes, None while unknown (never 0: see the module doc)."""
 
     href: str
     type: str
-    length: int | None = Field(default=None, ge=0)
+    length: int | None = Field(default=None, ge=1)
 
 
 class FeedEntry(_Model):
@@ -202,32 +231,66 @@ class RssPayload(PayloadModel):
         return {key: value for key, value in data.items() if value is not None}
 
 
-class Manifest(_Model):
-    """Every entry the feeds are generated from, newest first; ``changed_at`` is the feeds' own updated time."""
+class FeedPosition(_Model):
+    """Where an entry sorts in the feeds: newest ``published`` first, the GUID breaking ties."""
 
-    format: Literal[1] = 1
+    published: dt.datetime
+    guid: str
+
+    @classmethod
+    def of(cls, entry: StoredEntry) -> FeedPosition:
+        return cls(published=entry.published, guid=entry.guid)
+
+    def key(self) -> tuple[dt.datetime, str]:
+        return (self.published, self.guid)
+
+
+class RetractedStory(_Model):
+    """A retraction the manifest remembers, so an older version delivered after it cannot bring the story back."""
+
+    story_id: str
+    version: int
+    #: Where the story stood when it was retracted; None when the manifest did not hold it.
+    position: FeedPosition | None = None
+
+
+class Manifest(_Model):
+    """What the feeds are generated from, bounded by ``items`` (see the module doc): ``entries`` newest first,
+    ``horizon`` the newest position ever trimmed off, ``retracted`` the recent retractions in the order they came.
+    ``changed_at`` is the feeds' own updated time. Format 1 (entries only, written before issue 15) still loads."""
+
+    format: Literal[1, 2] = 2
     changed_at: dt.datetime | None = None
     entries: list[StoredEntry] = Field(default_factory=list)
+    horizon: FeedPosition | None = None
+    retracted: list[RetractedStory] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class FeedMeta:
-    """The feed-level fields, from the channel's config."""
+    """The feed-level fields, from the channel's config; ``rss_url``/``atom_url`` are the feeds' own addresses."""
 
     title: str
     link: str
     description: str
     language: str
     author: str
+    rss_url: str
+    atom_url: str
 
     @classmethod
     def from_options(cls, options: RssOptions) -> FeedMeta:
+        folder = str(options.feeds_url) if options.feeds_url is not None else urljoin(str(options.link), "/feeds/")
+        if not folder.endswith("/"):
+            folder += "/"  # a folder: urljoin would otherwise replace its last segment
         return cls(
             title=options.title,
             link=str(options.link),
             description=options.description or options.title,
             language=options.language,
             author=options.author or options.title,
+            rss_url=urljoin(folder, RSS_FILE),
+            atom_url=urljoin(folder, ATOM_FILE),
         )
 
 
@@ -273,24 +336,83 @@ def merge_entry(existing: StoredEntry | None, incoming: FeedEntry, now: dt.datet
     return StoredEntry(**{**incoming.model_dump(), "published": published, "updated": updated})
 
 
-def upsert(manifest: Manifest, incoming: FeedEntry, *, items: int, now: dt.datetime) -> tuple[Manifest, StoredEntry]:
-    """The manifest with ``incoming`` applied, and the entry the feeds now show for the story."""
+@dataclass(frozen=True)
+class Upserted:
+    """What a publish or update did: the entry the manifest now holds for the story, or why it holds none."""
+
+    entry: StoredEntry | None
+    #: Why the story is not in the manifest (None when it is).
+    left_out: str | None = None
+
+
+def manifest_window(items: int) -> int:
+    """How many entries the manifest keeps: the feeds' ``items`` and as many in reserve."""
+    return items * MANIFEST_RESERVE_FACTOR
+
+
+def _retraction_of(manifest: Manifest, story_id: str) -> RetractedStory | None:
+    return next((r for r in manifest.retracted if r.story_id == story_id), None)
+
+
+def _above(position: FeedPosition | None, horizon: FeedPosition | None) -> bool:
+    return horizon is None or position is None or position.key() > horizon.key()
+
+
+def upsert(manifest: Manifest, incoming: FeedEntry, *, items: int, now: dt.datetime) -> tuple[Manifest, Upserted]:
+    """The manifest with ``incoming`` applied, and what it holds for the story now."""
     existing = next((e for e in manifest.entries if e.story_id == incoming.story_id), None)
+    if existing is None:
+        retraction = _retraction_of(manifest, incoming.story_id)
+        if retraction is not None and retraction.version >= incoming.version:
+            reason = f"version {incoming.version} is older than the story's retraction (version {retraction.version})"
+            return manifest, Upserted(None, reason)
     merged = merge_entry(existing, incoming, now)
     if merged is None:
         assert existing is not None
-        return manifest, existing
+        return manifest, Upserted(existing)
+    if existing is None and not _above(FeedPosition.of(merged), manifest.horizon):
+        # Fell out of the window earlier (or older than all of it): below the feeds, and its history is gone.
+        reason = f"published before every story the feeds' window holds (newest {manifest_window(items)})"
+        return manifest, Upserted(None, reason)
     others = [e for e in manifest.entries if e.story_id != incoming.story_id]
-    kept = _newest_first([*others, merged])[: items * MANIFEST_RESERVE_FACTOR]
-    return Manifest(changed_at=now, entries=kept), merged
+    ordered = _newest_first([*others, merged])
+    window = manifest_window(items)
+    kept, trimmed = ordered[:window], ordered[window:]
+    horizon = manifest.horizon
+    if trimmed:
+        newest_trimmed = FeedPosition.of(trimmed[0])
+        if horizon is None or newest_trimmed.key() > horizon.key():
+            horizon = newest_trimmed
+    retracted = [r for r in manifest.retracted if r.story_id != incoming.story_id and _above(r.position, horizon)]
+    after = Manifest(changed_at=now, entries=kept, horizon=horizon, retracted=retracted)
+    if all(e.story_id != merged.story_id for e in kept):
+        return after, Upserted(None, f"older than the newest {window} stories the feeds' window holds")
+    return after, Upserted(merged)
 
 
-def remove(manifest: Manifest, story_id: str, *, now: dt.datetime) -> tuple[Manifest, bool]:
-    """The manifest without the story, and whether it was there."""
-    kept = [e for e in manifest.entries if e.story_id != story_id]
-    if len(kept) == len(manifest.entries):
+def remove(manifest: Manifest, story_id: str, version: int, *, items: int, now: dt.datetime) -> tuple[Manifest, bool]:
+    """The manifest without the story, remembering the retraction, and whether the story was in it.
+
+    A retraction older than the version the manifest holds (a replayed stale delivery after the story was
+    restored) changes nothing; so does one the manifest already remembers."""
+    existing = next((e for e in manifest.entries if e.story_id == story_id), None)
+    if existing is not None and existing.version > version:
         return manifest, False
-    return Manifest(changed_at=now, entries=kept), True
+    known = _retraction_of(manifest, story_id)
+    if existing is None and known is not None and known.version >= version:
+        return manifest, False
+    # Where a story the manifest does not hold stood is unknown: its record stays until newer ones push it out.
+    position = FeedPosition.of(existing) if existing is not None else None
+    retracted = [r for r in manifest.retracted if r.story_id != story_id]
+    retracted.append(RetractedStory(story_id=story_id, version=version, position=position))
+    entries = [e for e in manifest.entries if e.story_id != story_id]
+    after = Manifest(
+        changed_at=now if existing is not None else manifest.changed_at,
+        entries=entries,
+        horizon=manifest.horizon,
+        retracted=retracted[-manifest_window(items) :],
+    )
+    return after, existing is not None
 
 
 # --- feed generation (pure) ------------------------------------------------------------------------------------
@@ -303,7 +425,6 @@ def build_feeds(meta: FeedMeta, entries: Sequence[StoredEntry], updated: dt.date
     fg.load_extension("dc", atom=False, rss=True)  # dc:creator: RSS <author> must be an e-mail address
     fg.id(meta.link)
     fg.title(meta.title)
-    fg.link(href=meta.link, rel="alternate")
     fg.description(meta.description)
     fg.language(meta.language)
     fg.author(name=meta.author)
@@ -325,10 +446,16 @@ def build_feeds(meta: FeedMeta, entries: Sequence[StoredEntry], updated: dt.date
             fe.category(term=term)
         fe.published(entry.published)
         fe.updated(entry.updated)
-        if entry.enclosure is not None:
+        if entry.enclosure is not None and entry.enclosure.length is not None:
+            # RSS only: its length is mandatory, so an enclosure of unknown size is left out (module doc). The
+            # Atom entry's links, this one included, are written by repair_atom_entry_links from our own data.
             enclosure = entry.enclosure
-            fe.enclosure(enclosure.href, str(enclosure.length or 0), enclosure.type)
+            fe.enclosure(enclosure.href, str(enclosure.length), enclosure.type)
+    # Each feed's own address first: feedgen takes the RSS channel <link> from the last link given.
+    alternate = {"href": meta.link, "rel": "alternate"}
+    fg.link([{"href": meta.rss_url, "rel": "self", "type": "application/rss+xml"}, alternate], replace=True)
     rss = fg.rss_str(pretty=True)
+    fg.link([{"href": meta.atom_url, "rel": "self", "type": "application/atom+xml"}, alternate], replace=True)
     atom = repair_atom_entry_links(fg.atom_str(pretty=True), entries)
     return rss, atom
 
@@ -339,7 +466,7 @@ def _atom_links(entry: StoredEntry) -> list[dict[str, str]]:
         links.append({"href": entry.link, "rel": "alternate", "type": "text/html"})
     if entry.enclosure is not None:
         enclosure = {"href": entry.enclosure.href, "rel": "enclosure", "type": entry.enclosure.type}
-        if entry.enclosure.length:
+        if entry.enclosure.length is not None:
             enclosure["length"] = str(entry.enclosure.length)
         links.append(enclosure)
     return links
@@ -501,7 +628,7 @@ class FeedFolder:
                     extra={"story_id": entry.story_id, "path": str(self.manifest_path)},
                 )
             entries = [entry for entry in entries if entry.guid not in bad]
-            repaired = Manifest(changed_at=after.changed_at, entries=entries)
+            repaired = after.model_copy(update={"entries": entries})
             try:
                 return repaired, self._feeds(repaired)
             except Exception as exc:  # another entry moved into the window and fails too: go round again
@@ -660,7 +787,9 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
             categories=list(dict.fromkeys(tag.strip() for tag in story.tags)),
             published=story.published_at,
             updated=story.updated_at,
-            enclosure=None if cover is None else Enclosure(href=cover.href, type=image_type(cover.href)),
+            enclosure=None
+            if cover is None
+            else Enclosure(href=cover.href, type=image_type(cover.href), length=cover.size_bytes),
         )
         # Found out now, so the delivery fails at once with the reason instead of at every write.
         published = entry.published or _now()
@@ -683,20 +812,54 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
         if retraction is None:
             raise Permanent("the payload is an rss entry, not a retraction; re-render it with this channel")
         now = _now()
-        removed = await self._transaction(lambda m: remove(m, retraction.story_id, now=now), now)
+        items = self.options.items
+        removed = await self._transaction(
+            lambda m: remove(m, retraction.story_id, ctx.version, items=items, now=now), now
+        )
         return Receipt(remote_id=retraction.guid, url=None, raw={"removed": removed})
 
     async def _upsert(self, payload: Payload[RssPayload]) -> Receipt:
         entry = payload.data.entry
         if entry is None:
             raise Permanent("the payload is an rss retraction, not an entry; re-render it with this channel")
+        entry, enclosure_note = await self._with_enclosure_size(entry)
         now = _now()
-        stored = await self._transaction(lambda m: upsert(m, entry, items=self.options.items, now=now), now)
-        return Receipt(
-            remote_id=stored.guid,
-            url=stored.link,
-            raw={"version": stored.version, "updated": stored.updated.isoformat(), "feeds": [RSS_FILE, ATOM_FILE]},
-        )
+        done = await self._transaction(lambda m: upsert(m, entry, items=self.options.items, now=now), now)
+        raw: dict[str, Any] = {"version": entry.version, "feeds": [RSS_FILE, ATOM_FILE]}
+        if done.entry is not None:
+            raw.update(version=done.entry.version, updated=done.entry.updated.isoformat())
+        else:
+            raw["left_out"] = done.left_out
+        if enclosure_note is not None:
+            raw["enclosure"] = enclosure_note
+        return Receipt(remote_id=entry.guid, url=entry.link, raw=raw)
+
+    async def _with_enclosure_size(self, entry: FeedEntry) -> tuple[FeedEntry, str | None]:
+        """The entry with its enclosure's real byte size (and type, from the file's bytes) when the story did not
+        state it, and a note when the size stays unknown (the RSS item then has no enclosure: module doc)."""
+        enclosure = entry.enclosure
+        if enclosure is None or enclosure.length is not None:
+            return entry, None
+        if self.options.enclosure_sizes == "declared":
+            return entry, "left out of RSS: the story states no size (sizeinbytes) and enclosure_sizes is declared"
+        try:
+            blob = await self.fetch_image(
+                enclosure.href,
+                max_bytes=self.media_settings.max_bytes,
+                allowed_types=self.media_settings.allowed_types,
+                what="cover image",
+                requirement="an image the [media] settings allow",
+            )
+        except (Retryable, Permanent) as exc:
+            log.warning(
+                "story %s: the cover's size is unknown, so the RSS item carries no enclosure: %s",
+                entry.story_id,
+                exc,
+                extra={"story_id": entry.story_id, "channel": self.name},
+            )
+            return entry, f"left out of RSS, size unknown: {exc}"
+        sized = enclosure.model_copy(update={"length": len(blob.data), "type": blob.content_type})
+        return entry.model_copy(update={"enclosure": sized}), None
 
     async def _transaction(self, change: Callable[[Manifest], tuple[Manifest, T]], now: dt.datetime) -> T:
         async with self._lock:
@@ -704,6 +867,9 @@ class RssAdapter(Adapter[RssOptions, RssPayload]):
                 return await asyncio.to_thread(self.folder.transaction, change, now)
             except (OSError, FeedStateError, LockTimeout, UnrenderableEntry) as exc:
                 raise _delivery_error(exc, self.options.root) from exc
+
+    async def close(self) -> None:
+        await self.close_media()  # a fetcher of its own, made when no shared one was passed
 
     async def check(self, keys: SharedKeys | None = None) -> str:
         """The root is a folder we can create files in, and the manifest (if any) is readable."""

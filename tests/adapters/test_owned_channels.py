@@ -49,7 +49,13 @@ def owned_channels(tmp_path: Path, sandbox_url: str) -> dict[str, dict[str, Any]
     (tmp_path / "site").mkdir()
     return {
         "website": {"kind": "website", "root": str(tmp_path / "site"), "base_url": "https://news.example.cn"},
-        "feed": {"kind": "rss", "root": str(tmp_path / "feeds"), "title": "新闻", "link": "https://news.example.cn/"},
+        "feed": {
+            "kind": "rss",
+            "root": str(tmp_path / "feeds"),
+            "title": "新闻",
+            "link": "https://news.example.cn/",
+            "enclosure_sizes": "declared",  # the cover's host is not on loopback: no fetch
+        },
         "app": {
             "kind": "app",
             "api_base": sandbox_url,

@@ -1,5 +1,7 @@
 """The rss channel: both feeds parsed back with feedparser after publish/update/retract through the Engine, the
-feedgen 1.0 Atom enclosure repair, atomic writes under the lock, and the served feeds' ETag/Last-Modified/304."""
+feedgen 1.0 Atom enclosure repair, enclosure sizes (declared in ninjs or fetched, never 0), the self links, a
+manifest bounded by ``items`` however large the archive (and ordered right at its edge), atomic writes under the
+lock, and the served feeds' ETag/Last-Modified/304."""
 
 from __future__ import annotations
 
@@ -38,7 +40,8 @@ from syndicate.channel import register
 from syndicate.config import ConfigError, Settings
 from syndicate.delivery import Action, AuthRevoked, Payload, Permanent, Retryable
 from syndicate.engine import Engine
-from syndicate.ninjs import read_document
+from syndicate.ninjs import read_document, to_ninjs
+from syndicate.sandbox import RunningSandbox
 from syndicate.sanitize import clean_html
 from syndicate.server import create_app
 from syndicate.store import open_store
@@ -53,8 +56,17 @@ FEED_TITLE = "上海新闻 · 区级融媒体"
 CST = dt.timezone(dt.timedelta(hours=8))
 
 
-def example(name: str, **changes: Any) -> Story:
-    raw = json.loads((REPO / "examples" / name).read_text(encoding="utf-8"))
+#: Where the examples' images live: the sandbox's /media/, on the port `syndicate sandbox` uses by default.
+EXAMPLE_MEDIA = "http://127.0.0.1:8765"
+SANDBOX_MEDIA = REPO / "syndicate" / "sandbox" / "media"
+
+
+def example(name: str, media_base: str | None = None, **changes: Any) -> Story:
+    """An example story; ``media_base`` moves its images onto a running sandbox (the test's own, on loopback)."""
+    text = (REPO / "examples" / name).read_text(encoding="utf-8")
+    if media_base is not None:
+        text = text.replace(EXAMPLE_MEDIA, media_base)
+    raw = json.loads(text)
     raw.update(changes)
     return read_document(raw)
 
@@ -64,7 +76,9 @@ STORY_2 = "02-baoshan-app.json"
 
 
 def rss_channel(root: Path, **options: Any) -> dict[str, Any]:
-    return {"kind": "rss", "root": str(root), "title": FEED_TITLE, "link": SITE, "retry": [0, 0.05], **options}
+    # Sizes only as declared unless a test asks to fetch: the examples' images point at a port nothing may serve.
+    base = {"kind": "rss", "root": str(root), "title": FEED_TITLE, "link": SITE, "retry": [0, 0.05]}
+    return {**base, "enclosure_sizes": "declared", **options}
 
 
 def parse(root: Path, filename: str) -> feedparser.FeedParserDict:
@@ -122,18 +136,19 @@ async def newsroom(tmp_path: Path) -> AsyncIterator[Newsroom]:
 
 
 def adapter_for(root: Path, **options: Any) -> RssAdapter:
-    opts = RssOptions(root=root, title=FEED_TITLE, link=SITE, **options)
+    opts = RssOptions(root=root, title=FEED_TITLE, link=SITE, **{"enclosure_sizes": "declared", **options})
     return RssAdapter("feed", opts, timeout=5)
 
 
 # ------------------------------------------------------------------------------------------- publish
 
 
-async def test_publish_writes_every_field_to_both_feeds(tmp_path: Path, newsroom: Newsroom) -> None:
-    first, second = example(STORY_1), example(STORY_2)
-    await newsroom.send(first, second)
-
-    deliveries = await newsroom.deliveries()
+async def test_publish_writes_every_field_to_both_feeds(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    first, second = example(STORY_1, sandbox.url), example(STORY_2, sandbox.url)
+    async with open_newsroom(tmp_path, enclosure_sizes="fetch") as newsroom:
+        await newsroom.send(first, second)
+        deliveries = await newsroom.deliveries()
+    cover_bytes = (SANDBOX_MEDIA / "story-amber-1200x675.png").stat().st_size
     assert [(d.story_id, d.action, d.state) for d in deliveries] == [
         (first.id, Action.PUBLISH, State.DELIVERED),
         (second.id, Action.PUBLISH, State.DELIVERED),
@@ -148,6 +163,10 @@ async def test_publish_writes_every_field_to_both_feeds(tmp_path: Path, newsroom
     for kind, feed in feeds.items():
         assert feed.feed.title == FEED_TITLE, kind
         assert feed.feed.link == SITE, kind
+        # Each feed names its own address (the W3C validator's "Missing atom:link with rel=self").
+        [self_link] = [link for link in feed.feed.links if link.rel == "self"]
+        assert self_link.href == f"{SITE}feeds/{RSS_FILE if kind == 'rss' else ATOM_FILE}", kind
+        assert self_link.type == ("application/rss+xml" if kind == "rss" else "application/atom+xml"), kind
         assert feed.feed.language == "zh-CN", kind
         # Newest first: story 2 went out half an hour after story 1.
         assert [e.id for e in feed.entries] == [story_guid(second.id), story_guid(first.id)], kind
@@ -166,21 +185,23 @@ async def test_publish_writes_every_field_to_both_feeds(tmp_path: Path, newsroom
         cover = first.cover
         assert cover is not None and cover.role == "cover"
         [enclosure] = entry.enclosures
-        assert enclosure.href == cover.href == "http://127.0.0.1:8765/media/story-amber-1200x675.png"
+        assert enclosure.href == cover.href == f"{sandbox.url}/media/story-amber-1200x675.png"
         assert enclosure.type == "image/png"
+        assert enclosure.length == str(cover_bytes)  # fetched once through the media fetcher: the real size
         alternates = [link.href for link in entry.links if link.rel == "alternate"]
         assert alternates == [first.url], kind
 
     rss_entry, atom_entry = entry_for(feeds["rss"], first.id), entry_for(feeds["atom"], first.id)
     assert rss_entry.guidislink is False  # isPermaLink="false": the GUID is an id, not the article URL
-    assert rss_entry.enclosures[0].length == "0"  # RSS requires the attribute; 0 = size unknown
-    assert "length" not in atom_entry.enclosures[0]  # Atom: optional, so no false claim
     assert epoch(atom_entry.updated_parsed) == int(first.published_at.timestamp())  # first version: updated = published
 
     raw_atom = (root / ATOM_FILE).read_text(encoding="utf-8")
     assert raw_atom.count('rel="enclosure"') == 2
     raw_rss = (root / RSS_FILE).read_text(encoding="utf-8")
     assert '<guid isPermaLink="false">urn:syndicate:story:sh-rmt-20190918-001</guid>' in raw_rss
+    assert f'<atom:link href="{SITE}feeds/rss.xml" rel="self" type="application/rss+xml"/>' in raw_rss
+    assert 'length="0"' not in raw_rss + raw_atom
+    assert sandbox.sandbox.stats("media")["story-amber-1200x675.png"].requests == 1
 
 
 async def test_update_keeps_the_guid_and_moves_updated_forward(tmp_path: Path, newsroom: Newsroom) -> None:
@@ -231,7 +252,9 @@ async def test_retraction_removes_the_entry_from_both_feeds(tmp_path: Path, news
 
     for kind, feed in both(root).items():
         assert [e.id for e in feed.entries] == [story_guid(second.id)], kind
-    assert first.id not in (root / STATE_DIR / MANIFEST_FILE).read_text(encoding="utf-8")
+    manifest = Manifest.model_validate_json((root / STATE_DIR / MANIFEST_FILE).read_bytes())
+    assert [e.story_id for e in manifest.entries] == [second.id]  # no text of the retracted story is kept
+    assert [(r.story_id, r.version) for r in manifest.retracted] == [(first.id, 2)]  # only that it was retracted
     retract = [d for d in await newsroom.deliveries() if d.action is Action.RETRACT]
     assert [d.state for d in retract] == [State.DELIVERED]
     assert retract[0].receipt is not None and retract[0].receipt.raw == {"removed": True}
@@ -309,7 +332,15 @@ def stored(**fields: Any) -> StoredEntry:
     return StoredEntry(**base)
 
 
-META = FeedMeta(title=FEED_TITLE, link=SITE, description="区级融媒体", language="zh-CN", author="编辑部")
+META = FeedMeta(
+    title=FEED_TITLE,
+    link=SITE,
+    description="区级融媒体",
+    language="zh-CN",
+    author="编辑部",
+    rss_url=f"{SITE}feeds/rss.xml",
+    atom_url=f"{SITE}feeds/atom.xml",
+)
 
 
 def test_enclosure_type_and_known_length_in_rss_and_atom() -> None:
@@ -654,3 +685,202 @@ def test_render_refuses_a_story_the_feeds_cannot_carry() -> None:
     story = make_story().model_copy(update={"summary": "摘要\x08"})
     with pytest.raises(RenderError, match="XML compatible"):
         adapter.render(story, Action.PUBLISH)
+
+
+# ------------------------------------------------------------------------------- enclosure sizes, never 0
+
+
+def covered(story_id: str, href: str, **image: Any) -> Story:
+    return make_story(id=story_id, images=[{"href": href, "role": "cover", **image}])
+
+
+async def test_a_size_the_story_declares_in_ninjs_is_the_enclosure_length_without_a_fetch(tmp_path: Path) -> None:
+    document = to_ninjs(example(STORY_1))
+    for association in document["associations"]:
+        for rendition in association.get("renditions", []):
+            rendition["sizeinbytes"] = 48_213
+    story = read_document(document)
+    assert story.cover is not None and story.cover.size_bytes == 48_213
+    exported = [a for a in to_ninjs(story)["associations"] if a["name"] == "cover"]
+    assert exported[0]["renditions"][0]["sizeinbytes"] == 48_213  # exported too
+
+    adapter = adapter_for(tmp_path)  # "declared": it may not fetch anything
+    await adapter.publish(adapter.render(story, Action.PUBLISH), ctx_for(story.id))
+    for kind, feed in both(tmp_path).items():
+        [enclosure] = entry_for(feed, story.id).enclosures
+        assert enclosure.length == "48213", kind
+
+
+async def test_an_unknown_size_leaves_the_rss_enclosure_out_and_never_writes_0(tmp_path: Path) -> None:
+    # Nothing listens on the examples' media port's neighbour; "declared" forbids fetching at all.
+    for options, story_id in (
+        ({"enclosure_sizes": "declared"}, "unsized-1"),
+        ({"enclosure_sizes": "fetch"}, "unsized-2"),
+    ):
+        root = tmp_path / story_id
+        adapter = adapter_for(root, **options)  # its own fetcher, default policy: 127.0.0.1 is refused unasked
+        story = covered(story_id, "http://127.0.0.1:9/media/cover.png")
+        receipt = await adapter.publish(adapter.render(story, Action.PUBLISH), ctx_for(story_id))
+        await adapter.close()
+        assert "left out of RSS" in receipt.raw["enclosure"], options
+        rss_entry = entry_for(parse(root, RSS_FILE), story_id)
+        assert rss_entry.get("enclosures", []) == [], options
+        [atom_enclosure] = entry_for(parse(root, ATOM_FILE), story_id).enclosures
+        assert atom_enclosure.href == "http://127.0.0.1:9/media/cover.png" and "length" not in atom_enclosure
+        raw = (root / RSS_FILE).read_bytes() + (root / ATOM_FILE).read_bytes()
+        assert b'length="0"' not in raw and b"<enclosure" not in raw
+
+
+async def test_a_fetched_size_and_type_come_from_the_file(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    settings = make_settings(tmp_path, {"feed": rss_channel(tmp_path / "feeds", enclosure_sizes="fetch")})
+    adapter = settings.channels["feed"].create_adapter()
+    assert isinstance(adapter, RssAdapter)
+    # A CDN URL without an extension: rendering guesses JPEG, the fetched bytes say PNG.
+    href = f"{sandbox.url}/media/story-green-800x800.png"
+    story = covered("fetched-1", href)
+    payload = adapter.render(story, Action.PUBLISH)
+    assert payload.data.entry is not None and payload.data.entry.enclosure is not None
+    assert payload.data.entry.enclosure.length is None  # render is pure: it fetches nothing
+    receipt = await adapter.publish(payload, ctx_for("fetched-1"))
+    again = await adapter.update(
+        adapter.render(make_story(id="fetched-1", version=2, images=story.images), Action.UPDATE),
+        ctx_for("fetched-1", 2, action=Action.UPDATE),
+    )
+    await adapter.close()
+    assert "enclosure" not in receipt.raw and "enclosure" not in again.raw
+    size = (SANDBOX_MEDIA / "story-green-800x800.png").stat().st_size
+    for kind, feed in both(tmp_path / "feeds").items():
+        [enclosure] = entry_for(feed, "fetched-1").enclosures
+        assert (enclosure.length, enclosure.type) == (str(size), "image/png"), kind
+    # Fetched once: the update found it in the media fetcher's cache.
+    assert sandbox.sandbox.stats("media")["story-green-800x800.png"].requests == 1
+
+
+def test_an_enclosure_of_length_0_is_refused() -> None:
+    with pytest.raises(ValueError, match="length"):
+        Enclosure(href="https://img.example.cn/a.png", type="image/png", length=0)
+
+
+def test_feeds_url_sets_both_self_links(tmp_path: Path) -> None:
+    meta = FeedMeta.from_options(RssOptions(root=tmp_path, title="t", link=SITE, feeds_url="https://cdn.example.cn/f"))
+    assert (meta.rss_url, meta.atom_url) == ("https://cdn.example.cn/f/rss.xml", "https://cdn.example.cn/f/atom.xml")
+    rss, atom = build_feeds(meta, [stored()], stored().updated)
+    assert feedparser.parse(rss).feed.link == SITE  # the channel <link> stays the site, not the feed
+    assert b'<link href="https://cdn.example.cn/f/atom.xml" rel="self" type="application/atom+xml"/>' in atom
+    assert b'<atom:link href="https://cdn.example.cn/f/rss.xml" rel="self" type="application/rss+xml"/>' in rss
+    with pytest.raises(ConfigError, match="feeds_url"):
+        make_settings(tmp_path, {"feed": rss_channel(tmp_path, feeds_url="not a url")})
+    with pytest.raises(ConfigError, match="enclosure_sizes"):
+        make_settings(tmp_path, {"feed": rss_channel(tmp_path, enclosure_sizes="guess")})
+
+
+# ------------------------------------------------------------------------ a manifest bounded by items, not the archive
+
+
+ITEMS = 5
+
+
+def dated(n: int, version: int = 1, **fields: Any) -> Story:
+    """Story n of an archive, one an hour; a later n is newer."""
+    published = dt.datetime(2026, 1, 1, tzinfo=CST) + dt.timedelta(hours=n)
+    fields = {"headline": f"第{n}条", "published_at": published.isoformat(), **fields}
+    return make_story(id=f"a-{n:03d}", version=version, **fields)
+
+
+async def deliver(adapter: RssAdapter, story: Story, action: Action = Action.PUBLISH) -> Any:
+    if story.pubstatus == "canceled":
+        action = Action.RETRACT
+    return await adapter.send(adapter.render(story, action), ctx_for(story.id, story.version, "feed", action))
+
+
+def manifest_of(root: Path) -> Manifest:
+    return Manifest.model_validate_json((root / STATE_DIR / MANIFEST_FILE).read_bytes())
+
+
+def snapshot(root: Path) -> tuple[bytes, bytes, bytes]:
+    return (
+        (root / STATE_DIR / MANIFEST_FILE).read_bytes(),
+        (root / RSS_FILE).read_bytes(),
+        (root / ATOM_FILE).read_bytes(),
+    )
+
+
+def shown(root: Path) -> list[str]:
+    ids = {kind: [e.id for e in feed.entries] for kind, feed in both(root).items()}
+    assert ids["rss"] == ids["atom"]
+    return [guid.rsplit(":", 1)[1] for guid in ids["rss"]]
+
+
+async def test_the_manifest_stays_bounded_after_ten_times_items_stories(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path, items=ITEMS)
+    sizes = {}
+    for n in range(10 * ITEMS):
+        await deliver(adapter, dated(n))
+        if n % 10 == 9:  # a retraction now and then: its record must not pile up either
+            await deliver(adapter, Story.from_dict({"id": f"a-{n - 1:03d}", "version": 2, "pubstatus": "canceled"}))
+        sizes[n] = (tmp_path / STATE_DIR / MANIFEST_FILE).stat().st_size
+    manifest = manifest_of(tmp_path)
+    assert len(manifest.entries) == 2 * ITEMS - 1  # the last retraction came after the last publish
+    # Retractions at or below the horizon are covered by it; only the one above is remembered.
+    assert [(r.story_id, r.version) for r in manifest.retracted] == [("a-048", 2)]
+    assert shown(tmp_path) == [f"a-{n:03d}" for n in (49, 47, 46, 45, 44)]  # 48 was retracted
+    # O(items), not O(archive): the manifest of 50 stories is no bigger than the one of 20.
+    assert sizes[49] <= sizes[19] * 1.1
+    assert manifest.horizon is not None and manifest.horizon.guid == story_guid("a-039")
+
+
+async def test_an_update_of_a_story_that_fell_out_of_the_window_changes_nothing(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path, items=ITEMS)
+    for n in range(4 * ITEMS):
+        await deliver(adapter, dated(n))
+    before = snapshot(tmp_path)
+    # Story 2 fell out long ago (the window is the newest 10): its correction must not come back as a new item.
+    receipt = await deliver(adapter, dated(2, version=2, headline="第2条(更正)"), Action.UPDATE)
+    assert receipt.raw["left_out"].startswith("published before every story")
+    assert snapshot(tmp_path) == before  # not even the feeds' lastBuildDate moved
+    # A story restored to the top by the CMS (published again, later) is news again.
+    await deliver(adapter, dated(2, version=3).model_copy(update={"published_at": dated(99).published_at}))
+    assert shown(tmp_path)[0] == "a-002"
+
+
+async def test_a_retraction_outlives_the_story_leaving_the_manifest(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path, items=ITEMS)
+    for n in range(2 * ITEMS):
+        await deliver(adapter, dated(n))
+    # The story retracted while still in the feed; then the stale publish is replayed (syndicate replay).
+    await deliver(adapter, Story.from_dict({"id": "a-009", "version": 2, "pubstatus": "canceled"}))
+    receipt = await deliver(adapter, dated(9))
+    assert "older than the story's retraction" in receipt.raw["left_out"]
+    assert "a-009" not in shown(tmp_path)
+    # A retraction of a story the manifest never held changes neither feed, and still refuses its stale publish.
+    before = snapshot(tmp_path)[1:]
+    gone = await deliver(adapter, Story.from_dict({"id": "a-050", "version": 3, "pubstatus": "canceled"}))
+    assert gone.raw == {"removed": False}
+    assert snapshot(tmp_path)[1:] == before
+    await deliver(adapter, dated(50, version=2))
+    assert "a-050" not in shown(tmp_path)
+    # The desk restores the story with a newer version: it is back.
+    await deliver(adapter, dated(9, version=3))
+    assert shown(tmp_path)[0] == "a-009"
+    assert "a-009" not in [r.story_id for r in manifest_of(tmp_path).retracted]
+
+
+async def test_a_stale_retraction_does_not_remove_a_restored_story(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path, items=ITEMS)
+    await deliver(adapter, dated(1))
+    await deliver(adapter, Story.from_dict({"id": "a-001", "version": 2, "pubstatus": "canceled"}))
+    await deliver(adapter, dated(1, version=3))
+    replayed = await deliver(adapter, Story.from_dict({"id": "a-001", "version": 2, "pubstatus": "canceled"}))
+    assert replayed.raw == {"removed": False}
+    assert shown(tmp_path) == ["a-001"]
+
+
+async def test_a_manifest_written_before_the_window_had_a_horizon_still_loads(tmp_path: Path) -> None:
+    adapter = adapter_for(tmp_path, items=ITEMS)
+    await deliver(adapter, dated(1))
+    path = tmp_path / STATE_DIR / MANIFEST_FILE
+    old = json.loads(path.read_bytes())
+    path.write_text(json.dumps({"format": 1, "changed_at": old["changed_at"], "entries": old["entries"]}))
+    await deliver(adapter, dated(2))
+    assert shown(tmp_path) == ["a-002", "a-001"]
+    assert manifest_of(tmp_path).format == 2

@@ -271,6 +271,7 @@ def owned_settings(tmp_path: Path, sandbox_url: str, receiver_url: str) -> Setti
                 "root": str(tmp_path / "feeds"),
                 "title": "新闻",
                 "link": "https://news.example.cn/",
+                "enclosure_sizes": "declared",  # the cover's host is not on loopback: no fetch
             },
             "app": {
                 "kind": "app",
