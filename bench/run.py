@@ -311,19 +311,74 @@ async def arq_drain(sandbox: str, n: int, concurrency: int) -> float | None:
 # --- 2. latency --------------------------------------------------------------------------------------------------
 
 
-async def hook_latency(sandbox: str, rate: float, seconds: float) -> dict[str, float]:
+def max_size_story(i: int) -> dict[str, Any]:
+    """A story at every text bound of the intake (README's table): 1,000-character headline, 5,000-character
+    summary, 1,000,000-character body, 50 tags: what the renderers (text fitting, HTML cleaning) find heaviest."""
+    paragraph = "<p>" + "宝山、闵行两个区级融媒体中心正式挂牌，上海16区融媒体中心全部建成。" * 20 + "</p>"
+    body = (paragraph * (1_000_000 // len(paragraph)))[:999_000]
+    body = body[: body.rfind("</p>") + 4]
+    return {
+        "id": f"heavy{i}",
+        "headline": ("上海16区融媒体中心全部建成并挂牌" * 70)[:1000],
+        "summary": ("宝山、闵行两个区级融媒体中心正式挂牌，这是上海区级融媒体中心建设的重要一步。" * 150)[:5000],
+        "body_html": body,
+        "tags": [f"融媒体{n}" for n in range(50)],
+        "url": f"https://news.example.cn/heavy/{i}.html",
+        "targets": list(HEAVY_CHANNELS),
+    }
+
+
+#: The channels a maximum-size story goes to in the latency-under-render run: those with the costly renderers.
+HEAVY_CHANNELS = ("site", "feed", "x", "weibo")
+
+
+def _heavy_channels(sandbox: str, root: Path) -> dict[str, dict[str, Any]]:
+    # Their deliveries are beside the point (the channels are paused before the run): what is measured is the
+    # hook's answer while these stories render.
+    return {
+        "site": {"kind": "website", "root": str(root / "site"), "base_url": "https://news.example.cn"},
+        "feed": {"kind": "rss", "root": str(root / "feed"), "title": "bench", "link": "https://news.example.cn/"},
+        "x": {
+            "kind": "x",
+            "api_base": sandbox,
+            "consumer_key": "k",
+            "consumer_secret": "s",
+            "access_token": "t",
+            "access_token_secret": "ts",
+        },
+        "weibo": {
+            "kind": "weibo",
+            "api_base": sandbox,
+            "access_token": "t",
+            "safe_domain": "news.example.cn",
+            "rip": "203.0.113.10",
+        },
+    }
+
+
+async def hook_latency(sandbox: str, rate: float, seconds: float, *, heavy: bool = False) -> dict[str, float]:
+    """The hook's answer for small stories at ``rate``; with ``heavy``, while maximum-size stories are accepted
+    back to back beside them (their rendering must not hold the small ones' intake)."""
     from aiohttp import web
 
     from syndicate.server import create_app
     from syndicate.signing import SIGNATURE_HEADER, sign
 
     async with store_url("sqlite") as url:
-        settings = settings_for(url, sandbox, {"lat": {"concurrency": 16}})
+        root = Path(tempfile.mkdtemp(prefix="syndicate-bench-heavy-"))
+        (root / "site").mkdir()
         raw = {
             "store": {"url": url},
             "engine": {"poll_interval": 0.5, "retry_jitter": 0},
-            "server": {"hook_secret": "bench-hook-secret-000", "api_token": "bench-api-token-0000"},
-            "channels": {"lat": {"kind": "webhook", "url": f"{sandbox}/webhook/lat", "secret": "s", "timeout": 10}},
+            "server": {
+                "hook_secret": "bench-hook-secret-000",
+                "api_token": "bench-api-token-0000",
+                "max_body_bytes": 8 * 1024 * 1024,
+            },
+            "channels": {
+                "lat": {"kind": "webhook", "url": f"{sandbox}/webhook/lat", "secret": "s", "timeout": 10},
+                **(_heavy_channels(sandbox, root) if heavy else {}),
+            },
         }
         settings = parse_config(raw, source="bench", env={})
         store = open_store(url)
@@ -335,23 +390,50 @@ async def hook_latency(sandbox: str, rate: float, seconds: float) -> dict[str, f
             port = free_port()
             await web.TCPSite(runner, "127.0.0.1", port).start()
             stop = asyncio.Event()
+            if heavy:
+                for name in ("x", "weibo"):
+                    await store.pause_channel(name, until=time.time() + 3600, reason="bench", now=time.time())
             worker = asyncio.create_task(engine.run(stop=stop))
             answers: list[float] = []
             sent_at: dict[str, float] = {}
             async with aiohttp.ClientSession() as session:
 
-                async def one(i: int) -> None:
-                    body = json.dumps(story(i, "lat").to_dict()).encode()
+                async def post(document: dict[str, Any]) -> int:
+                    body = json.dumps(document, ensure_ascii=False).encode()
                     headers = {
                         "Content-Type": "application/json",
                         SIGNATURE_HEADER: sign("bench-hook-secret-000", body),
                     }
-                    t0 = time.perf_counter()
-                    sent_at[f"lat{i}"] = time.time()
                     async with session.post(f"http://127.0.0.1:{port}/v1/stories", data=body, headers=headers) as r:
                         await r.read()
+                        return r.status
+
+                async def one(i: int) -> None:
+                    document = story(i, "lat").to_dict()
+                    if heavy:
+                        document["targets"] = ["lat"]
+                    t0 = time.perf_counter()
+                    sent_at[f"lat{i}"] = time.time()
+                    await post(document)
                     answers.append((time.perf_counter() - t0) * 1000)
 
+                heavy_answers: list[float] = []
+                first_heavy = asyncio.Event()
+
+                async def heavy_loop() -> None:
+                    for i in range(10**6):
+                        t0 = time.perf_counter()
+                        status = await post(max_size_story(i))
+                        if status != 202:
+                            raise RuntimeError(f"the maximum-size story was refused ({status})")
+                        heavy_answers.append((time.perf_counter() - t0) * 1000)
+                        first_heavy.set()
+
+                heavy_task = asyncio.create_task(heavy_loop()) if heavy else None
+                if heavy_task is not None:  # measure from the first one accepted: steady state
+                    first = asyncio.create_task(first_heavy.wait())
+                    await asyncio.wait({first, heavy_task}, return_when=asyncio.FIRST_COMPLETED)
+                    first.cancel()
                 tasks = []
                 count = int(rate * seconds)
                 t_start = time.perf_counter()
@@ -359,7 +441,11 @@ async def hook_latency(sandbox: str, rate: float, seconds: float) -> dict[str, f
                     tasks.append(asyncio.create_task(one(i)))
                     await asyncio.sleep(max(0.0, t_start + (i + 1) / rate - time.perf_counter()))
                 await asyncio.gather(*tasks)
-                deadline = time.time() + 30
+                if heavy_task is not None:
+                    heavy_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await heavy_task
+                deadline = time.time() + (0 if heavy else 30)
                 while await store.count_claimable(["lat"], now=time.time()) or await store.count_in_flight():
                     if time.time() > deadline:
                         break
@@ -367,6 +453,14 @@ async def hook_latency(sandbox: str, rate: float, seconds: float) -> dict[str, f
             stop.set()
             await worker
             await runner.cleanup()
+            if heavy:
+                await store.close()
+                return {
+                    "hook_p50_ms_beside_max_size_stories": percentile(answers, 50),
+                    "hook_p99_ms_beside_max_size_stories": percentile(answers, 99),
+                    "max_size_story_accept_ms_p50": percentile(heavy_answers, 50),
+                    "max_size_stories_accepted": float(len(heavy_answers)),
+                }
             first_attempt = []
             for d in await store.list_deliveries(DeliveryFilter(channels=["lat"])):
                 attempts = await store.attempts(d.id)
@@ -758,6 +852,7 @@ async def queue_sections(results: dict[str, Any], sandbox: str, args: argparse.N
         }
     if "latency" in sections:
         results["latency"] = await hook_latency(sandbox, rate=args.rate, seconds=args.seconds)
+        results["latency"].update(await hook_latency(sandbox, rate=args.rate, seconds=args.seconds, heavy=True))
     if "isolation" in sections:
         results["isolation"] = await isolation(sandbox, n // 2, c)
     if "fan_out_width" in sections:
