@@ -323,6 +323,13 @@ class RebuildReport:
     removed: int
 
 
+def _holds(file: Path, data: bytes) -> bool:
+    try:
+        return file.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
 #: A derived file and its new bytes, or None when it is to be removed.
 _Output = tuple[Path, bytes | None]
 
@@ -358,6 +365,8 @@ class WebRoot:
         self.layout = layout
         self.clock = clock
         self.index = SiteIndex(root / STATE_DIR / INDEX_FILE)
+        #: What the migration from an old manifest rebuilt, in the transaction now running (if it ran in it).
+        self._migration: RebuildReport | None = None
 
     @property
     def manifest_path(self) -> Path:
@@ -396,14 +405,14 @@ class WebRoot:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     @contextlib.contextmanager
-    def _indexed(self) -> Iterator[SiteIndex]:
+    def _indexed(self, progress: RebuildProgress | None = None) -> Iterator[SiteIndex]:
         """A site-index transaction (the caller holds the lock): the old manifest migrated first if there is one;
         committed when the block ends (after its files are written); index problems mapped onto the taxonomy."""
         path = self.index.path
         migrated = False
         try:
             with self.index.transaction() as index:
-                migrated = self._migrate(index)
+                migrated = self._migrate(index, progress)
                 yield index
         except SiteIndexError as exc:
             raise self._unreadable(exc) from exc
@@ -429,8 +438,8 @@ class WebRoot:
         )
 
     @contextlib.contextmanager
-    def _session(self) -> Iterator[SiteIndex]:
-        with self.locked(), self._indexed() as index:
+    def _session(self, progress: RebuildProgress | None = None) -> Iterator[SiteIndex]:
+        with self.locked(), self._indexed(progress) as index:
             yield index
 
     # the old manifest -------------------------------------------------------------------------------------------
@@ -449,7 +458,7 @@ class WebRoot:
                 "remove it and republish the live stories (the indexes are rebuilt from it)"
             ) from exc
 
-    def _migrate(self, index: SiteIndex) -> bool:
+    def _migrate(self, index: SiteIndex, progress: RebuildProgress | None) -> bool:
         """A new site index takes the stories of the manifest an older version left (oldest first, so the archive
         pages follow publication) and rebuilds every derived file from them. Whether it migrated anything."""
         found = index.meta("format")
@@ -463,7 +472,7 @@ class WebRoot:
             return False
         for entry in sorted(manifest.values(), key=lambda e: (e.published_at.timestamp(), e.story_id)):
             index.put(Listed(entry, index.take_slot(HOME), index.take_slot(entry.section_slug)))
-        self._rebuild(index, None)
+        self._migration = self._rebuild(index, progress)
         index.set_meta("migrated_from", str(self.manifest_path))
         log.info("website %s: %d stories migrated from %s", self.channel, len(manifest), self.manifest_path)
         return True
@@ -536,7 +545,10 @@ class WebRoot:
                 return index.live_count()
 
     def rebuild(self, progress: RebuildProgress | None) -> RebuildReport:
-        with self._session() as index:
+        self._migration = None
+        with self._session(progress) as index:
+            if self._migration is not None:  # the migration from an old manifest just rebuilt everything
+                return self._migration
             return self._rebuild(index, progress)
 
     def _take_slot(self, index: SiteIndex, listing: str, change: Change) -> int:
@@ -608,7 +620,12 @@ class WebRoot:
         header = len(self._urlset_open()) + len(b"</urlset>\n")
         return SitemapLimits(urls=self.layout.sitemap_urls, bytes=self.sitemap_max_bytes, header_bytes=header)
 
-    def _sitemap_files(self, index: SiteIndex, numbers: set[int], now: str) -> list[_Output]:
+    def _sitemap_files(
+        self, index: SiteIndex, numbers: set[int], now: str, earlier: dict[int, str | None] | None = None
+    ) -> list[_Output]:
+        """The sitemap files ``numbers`` as the index now has them (None for one emptied). A file written anew gets
+        ``now`` as its lastmod, unless ``earlier`` (a rebuild) knows when it last changed and its bytes are the
+        same as on disk."""
         outputs: list[_Output] = []
         for number in sorted(numbers):
             file = self.root / sitemap_file_name(number)
@@ -618,8 +635,12 @@ class WebRoot:
                 outputs.append((file, None))
                 continue
             body = b"".join(self._sitemap_url(url.path, url.lastmod) for url in index.sitemap_urls(number))
-            outputs.append((file, self._urlset_open() + body + b"</urlset>\n"))
-            index.sitemap_file_written(number, now)
+            data = self._urlset_open() + body + b"</urlset>\n"
+            outputs.append((file, data))
+            lastmod = (earlier or {}).get(number)
+            if lastmod is None or not _holds(file, data):
+                lastmod = now
+            index.sitemap_file_written(number, lastmod)
         return outputs
 
     @staticmethod
@@ -777,18 +798,26 @@ class WebRoot:
                 self._archive_page(index, HOME, 1, "")  # the archive template too, before the first write
         except RenderError as exc:
             raise AuthRevoked(f"{exc}; fix the template, then rebuild again") from exc
-        index.sitemap_clear()
-        limits = self._limits()
-        touched: set[int] = set()
+        earlier = {held.number: held.lastmod for held in index.sitemap_files()}
+        if any(held.urls > self.layout.sitemap_urls for held in index.sitemap_files()):
+            index.sitemap_clear()  # a smaller sitemap_urls_per_file: place every URL afresh
+        wanted: dict[str, str] = {}
         for key, (_, lastmod) in zip(listings, index_pages, strict=True):
             if lastmod is not None:
-                folder = listing_folder(key)
-                touched |= index.sitemap_put(folder, lastmod, len(self._sitemap_url(folder, lastmod)), limits)
+                wanted[listing_folder(key)] = lastmod
         live = 0
         for listed in index.all_pages():
             live += 1
-            e = listed.entry
-            touched |= index.sitemap_put(e.path, e.modified, len(self._sitemap_url(e.path, e.modified)), limits)
+            wanted[listed.entry.path] = listed.entry.modified
+        # Every URL stays in its file while it fits (base_url may have changed its size), so the files and their
+        # lastmod stay as they were when nothing changed; URLs the index lost track of are placed, strays dropped.
+        limits = self._limits()
+        touched: set[int] = set()
+        for path in index.sitemap_paths() - wanted.keys():
+            touched |= index.sitemap_remove(path)
+        for path, lastmod in wanted.items():
+            touched |= index.sitemap_put(path, lastmod, len(self._sitemap_url(path, lastmod)), limits)
+        touched |= {held.number for held in index.sitemap_files()}
         pages = {key: self.layout.pages(index.listing(key).slots) for key in listings}
         total = sum(pages.values()) + len(index_pages) + len(touched) + 1
         done = 0
@@ -811,7 +840,7 @@ class WebRoot:
             assert data is not None
             write_atomic(file, data)
             step()
-        sitemap_outputs = self._sitemap_files(index, touched, now)
+        sitemap_outputs = self._sitemap_files(index, touched, now, earlier)
         self._write(sitemap_outputs)
         for _ in sitemap_outputs:
             step()

@@ -350,6 +350,9 @@ class SiteIndex:
         rows = self.db.execute("SELECT number, urls, bytes, lastmod FROM sitemap_files ORDER BY number")
         return [SitemapFile(int(n), int(u), int(b), lastmod) for n, u, b, lastmod in rows]
 
+    def sitemap_paths(self) -> set[str]:
+        return {str(row[0]) for row in self.db.execute("SELECT path FROM sitemap_urls")}
+
     def sitemap_file_written(self, number: int, lastmod: str) -> None:
         self.db.execute("UPDATE sitemap_files SET lastmod = ? WHERE number = ?", (lastmod, number))
 
