@@ -323,6 +323,11 @@ class RebuildReport:
     removed: int
 
 
+def _shelf(path: str) -> str:
+    """Which sitemap files a URL goes to: the index pages' (home, sections) apart from the articles'."""
+    return "articles" if is_page_path(path) else "index pages"
+
+
 def _holds(file: Path, data: bytes) -> bool:
     try:
         return file.read_bytes() == data
@@ -596,7 +601,8 @@ class WebRoot:
             if lastmod is None:
                 touched |= index.sitemap_remove(path)
             else:
-                touched |= index.sitemap_put(path, lastmod, len(self._sitemap_url(path, lastmod)), self._limits())
+                size = len(self._sitemap_url(path, lastmod))
+                touched |= index.sitemap_put(path, lastmod, size, self._limits(), _shelf(path))
         if touched:
             outputs.extend(self._sitemap_files(index, touched, now))
             outputs.append((self.root / "sitemap.xml", self._sitemap_index(index)))
@@ -816,7 +822,7 @@ class WebRoot:
         for path in index.sitemap_paths() - wanted.keys():
             touched |= index.sitemap_remove(path)
         for path, lastmod in wanted.items():
-            touched |= index.sitemap_put(path, lastmod, len(self._sitemap_url(path, lastmod)), limits)
+            touched |= index.sitemap_put(path, lastmod, len(self._sitemap_url(path, lastmod)), limits, _shelf(path))
         touched |= {held.number for held in index.sitemap_files()}
         pages = {key: self.layout.pages(index.listing(key).slots) for key in listings}
         total = sum(pages.values()) + len(index_pages) + len(touched) + 1

@@ -10,8 +10,10 @@ of a delivery does not grow with the archive:
   newest page, and a retraction only empties its slot.
 * ``listings``: per listing (``""`` for the home page, else the section's folder name) the next free slot, plus the
   digest of its ``index.html`` and when that last changed (the sitemap's ``lastmod`` for the page).
-* ``sitemap_urls`` / ``sitemap_files``: which sitemap file each URL sits in. A new URL goes to the newest file, or
-  opens a new one when that is full, so a change rewrites only the file holding the URL.
+* ``sitemap_urls`` / ``sitemap_files``: which sitemap file each URL sits in. A new URL goes to the newest file of its
+  shelf, or opens a new one when that is full, so a change rewrites only the file holding the URL. Shelves keep the
+  index pages' URLs (whose lastmod moves with nearly every delivery) apart from the articles' (which rarely move),
+  so the file rewritten for the home page's lastmod stays small.
 
 Synchronous on purpose, like ``WebRoot``: the adapter runs every transaction in a worker thread while it holds the
 web root's locks, so one connection is never used by two threads at once.
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS sitemap_urls (
 CREATE INDEX IF NOT EXISTS sitemap_urls_file ON sitemap_urls (file);
 CREATE TABLE IF NOT EXISTS sitemap_files (
     number INTEGER PRIMARY KEY,
+    shelf TEXT NOT NULL,
     urls INTEGER NOT NULL,
     bytes INTEGER NOT NULL,
     lastmod TEXT
@@ -288,9 +291,9 @@ class SiteIndex:
 
     # the sitemap ------------------------------------------------------------------------------------------------
 
-    def sitemap_put(self, path: str, lastmod: str, size: int, limits: SitemapLimits) -> set[int]:
+    def sitemap_put(self, path: str, lastmod: str, size: int, limits: SitemapLimits, shelf: str) -> set[int]:
         """List ``path`` (its ``<url>`` entry takes ``size`` bytes): in the file that holds it if it still fits
-        there, else in the newest file, else in a new one. The files whose content changed."""
+        there, else in the newest file of ``shelf``, else in a new one. The files whose content changed."""
         row = self.db.execute("SELECT lastmod, file, bytes FROM sitemap_urls WHERE path = ?", (path,)).fetchone()
         if row is not None:
             old_lastmod, file, old_size = str(row[0]), int(row[1]), int(row[2])
@@ -303,7 +306,7 @@ class SiteIndex:
                 return {file}
         touched = self.sitemap_remove(path)
         newest = self.db.execute(
-            "SELECT number, urls, bytes FROM sitemap_files ORDER BY number DESC LIMIT 1"
+            "SELECT number, urls, bytes FROM sitemap_files WHERE shelf = ? ORDER BY number DESC LIMIT 1", (shelf,)
         ).fetchone()
         if (
             newest is not None
@@ -315,8 +318,11 @@ class SiteIndex:
                 "UPDATE sitemap_files SET urls = urls + 1, bytes = bytes + ? WHERE number = ?", (size, file)
             )
         else:
-            file = 1 if newest is None else int(newest[0]) + 1
-            self.db.execute("INSERT INTO sitemap_files (number, urls, bytes) VALUES (?, 1, ?)", (file, size))
+            last = self.db.execute("SELECT MAX(number) FROM sitemap_files").fetchone()[0]
+            file = 1 if last is None else int(last) + 1
+            self.db.execute(
+                "INSERT INTO sitemap_files (number, shelf, urls, bytes) VALUES (?, ?, 1, ?)", (file, shelf, size)
+            )
         self.db.execute(
             "INSERT INTO sitemap_urls (path, lastmod, file, bytes) VALUES (?, ?, ?, ?)", (path, lastmod, file, size)
         )

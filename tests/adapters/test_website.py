@@ -749,8 +749,10 @@ async def test_syndicate_serve_shows_the_web_root_under_site(site: Site) -> None
             "2019/09/sh-rmt-20190918-001.html",
         ]
         status, body = await get("/site/sitemap.xml")
-        assert status == 200 and f"{BASE}/sitemap-1.xml" in body
+        assert status == 200 and f"{BASE}/sitemap-1.xml" in body and f"{BASE}/sitemap-2.xml" in body
         status, body = await get("/site/sitemap-1.xml")
+        assert status == 200 and f"<loc>{BASE}/shanghai/</loc>" in body  # the index pages have files of their own
+        status, body = await get("/site/sitemap-2.xml")
         assert status == 200 and f"{BASE}{P3}" in body
         hidden_paths = ("/site/.syndicate/manifest.json", "/site/.syndicate/site.db", "/site/.syndicate/lock")
         for hidden in (*hidden_paths, "/site/shanghai/2019/"):
