@@ -124,6 +124,10 @@ class AdapterDeps(TypedDict, total=False):
     media: MediaFetcher
 
 
+#: ``progress(done, total)``: how far a rebuild is (total may grow as the work is discovered).
+RebuildProgress = Callable[[int, int], None]
+
+
 class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     """One channel kind, generic over its options model and its payload model.
 
@@ -144,6 +148,9 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     #: Adapters that can ask the platform whether an attempt landed set this (per class or per instance, e.g.
     #: only when a lookup URL is configured) and implement ``lookup``.
     supports_lookup: bool = False
+    #: Channels whose outputs are derived from state they keep themselves (index pages, sitemaps) set this and
+    #: implement ``rebuild`` (``syndicate channels rebuild NAME``).
+    supports_rebuild: ClassVar[bool] = False
 
     def __init__(self, name: str, options: OptionsT, **deps: Unpack[AdapterDeps]) -> None:
         self.name = name
@@ -202,6 +209,12 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     async def refresh_auth(self, ctx: DeliveryContext) -> None:
         """Renew an expired token (called once after AuthExpired). Adapters without tokens keep the default."""
         raise AuthRevoked(f"channel kind {self.kind!r} cannot refresh its credentials")
+
+    async def rebuild(self, progress: RebuildProgress) -> str:
+        """Regenerate every output the channel derives from its own state (after an operator changed its
+        templates or layout), calling ``progress(done, total)`` as it goes (from any thread); a short description
+        of what was rewritten, or a DeliveryError saying what is wrong."""
+        raise Permanent(f"channel kind {self.kind!r} keeps no derived outputs to rebuild")
 
     async def check(self, keys: SharedKeys | None = None) -> str:
         """A live credential/connectivity check (``syndicate channels --check``): a short description of what was

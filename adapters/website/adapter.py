@@ -1,17 +1,25 @@
 """The newsroom's own website: static pages written into a web root that nginx (or any file server) serves.
 
-One article page per story at a stable path, ``/<section>/<yyyy>/<mm>/<story id>.html``, plus a home index, one
-index per section and ``sitemap.xml``. ``render`` produces the complete page (Jinja2 templates, body sanitised by
-``syndicate.sanitize.clean_html``) and the facts the indexes need, so every retry writes the same bytes.
-``publish``/``update``/``retract`` write the page (or a "withdrawn" tombstone) atomically, then rebuild the indexes
-and the sitemap from a small JSON manifest kept in ``<root>/.syndicate/``. Writing the same files again is harmless,
-so the channel is idempotent.
+One article page per story at a stable path, ``/<section>/<yyyy>/<mm>/<story id>.html``; a home page and one index
+per section (``/<section>/index.html``) showing the newest ``page_size`` stories; archive pages per listing
+(``/page/<n>.html``, ``/<section>/page/<n>.html``) numbered from the oldest, and a sitemap index (``sitemap.xml``)
+over sitemap files (``sitemap-<n>.xml``). ``render`` produces the complete article page (Jinja2 templates, body
+sanitised by ``syndicate.sanitize.clean_html``) and the facts the indexes need, so every retry writes the same bytes.
+
+A delivery costs the same however large the archive: ``publish``/``update``/``retract`` write the page (or a
+"withdrawn" tombstone) and only the index pages, archive pages and sitemap files that change, answered from the site
+index, an SQLite file in ``<root>/.syndicate/`` (``siteindex.py``) updated per story. A new story lands on the newest
+archive page of the home listing and of its section (the archive is in order of arrival; each page lists its stories
+newest first), a retraction empties its slot on the pages that hold it, and a URL joins the newest sitemap file.
+The site index commits only after the files it describes are written, so an interrupted delivery leaves the state of
+the one before it, and its retry writes everything again. Writing the same files again is harmless, so the channel
+is idempotent. ``rebuild`` (``syndicate channels rebuild NAME``) rewrites every derived file, after a template change.
 
 Every change to the web root happens under an ``fcntl.flock`` on ``<root>/.syndicate/lock`` (several worker
 processes on one host) and an asyncio lock (several deliveries in one process), so two stories never interleave
-their manifest and index updates. Problems an operator must fix (the root is missing or not writable, the manifest
-is corrupt, an overriding index template is broken) raise ``AuthRevoked``: the taxonomy's "pause the channel until
-someone fixes it" class, since every delivery would fail the same way; nothing is lost meanwhile.
+their index updates. Problems an operator must fix (the root is missing or not writable, the site index or an old
+manifest is corrupt, an overriding index template is broken) raise ``AuthRevoked``: the taxonomy's "pause the
+channel until someone fixes it" class, since every delivery would fail the same way; nothing is lost meanwhile.
 """
 
 from __future__ import annotations
@@ -24,21 +32,27 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
+import os
+import posixpath
 import re
+import sqlite3
 import unicodedata
-import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
 from urllib.parse import quote, urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 import jinja2
 from aiohttp import web
 from markupsafe import Markup
-from pydantic import ConfigDict, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
-from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext
+from adapters.website.entry import PageEntry
+from adapters.website.siteindex import HOME, INDEX_FORMAT, Listed, SiteIndex, SiteIndexError, SitemapLimits
+from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext, RebuildProgress
 from syndicate.delivery import (
     Action,
     AuthRevoked,
@@ -56,26 +70,47 @@ from syndicate.story import ChannelStory, Image, Story
 if TYPE_CHECKING:
     from syndicate.store.base import ChannelAccess, SharedKeys
 
+__all__ = ["PageEntry", "WebsiteAdapter", "WebsiteOptions", "WebsitePayload"]
+
 log = logging.getLogger("syndicate.adapters.website.adapter")
 
 DEFAULT_SECTION = "news"
-#: Folder inside the web root for the manifest and the lock file (deny dot-paths in nginx: ``location ~ /\\.``).
+#: Folder inside the web root for the site index and the lock file (deny dot-paths in nginx: ``location ~ /\\.``).
 STATE_DIR = ".syndicate"
+INDEX_FILE = "site.db"
+#: The JSON manifest older versions kept (migrated into the site index on first use, then renamed).
+MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = 1
-HOME_LIMIT = 50
-SECTION_LIMIT = 200
 DESCRIPTION_LENGTH = 160
 SITEMAP_NS = "http://www.sitemaps.org/schemas/sitemap/0.9"
+#: The protocol's limits per sitemap file (https://www.sitemaps.org/protocol.html#index).
+SITEMAP_MAX_URLS = 50_000
+SITEMAP_MAX_BYTES = 52_428_800
 PREVIEW_PREFIX = "/site"
 
 #: Interface words per language family (the templates get them as ``labels``); anything not Chinese is English.
 LABELS: dict[str, dict[str, str]] = {
-    "zh": {"home": "首页", "withdrawn": "本文已撤回", "moved": "本文已移至新地址", "empty": "暂无稿件"},
+    "zh": {
+        "home": "首页",
+        "withdrawn": "本文已撤回",
+        "moved": "本文已移至新地址",
+        "empty": "暂无稿件",
+        "newer": "较新的稿件",
+        "older": "更早的稿件",
+        "page": "第{number}页",
+        "home_description": "{site}的最新稿件",
+        "section_description": "{site}「{section}」栏目的最新稿件",
+    },
     "en": {
         "home": "Home",
         "withdrawn": "This story has been withdrawn",
         "moved": "This story has moved",
         "empty": "No stories yet",
+        "newer": "Newer stories",
+        "older": "Older stories",
+        "page": "Page {number}",
+        "home_description": "The latest stories from {site}",
+        "section_description": "The latest {section} stories from {site}",
     },
 }
 
@@ -93,6 +128,16 @@ class WebsiteOptions(AdapterOptions):
     base_url: str
     #: Optional folder whose files replace the built-in templates of the same name (article.html.j2, ...).
     templates: Path | None = None
+    #: Stories on the home page, on each section's index and on each archive page. Changing it needs
+    #: ``syndicate channels rebuild`` (the archive pages are renumbered).
+    page_size: int = Field(50, ge=1, le=1000)
+    #: URLs per sitemap file: the protocol allows 50,000, but a delivery rewrites the file holding its URL, so
+    #: smaller files keep each delivery cheap (the sitemap index lists them all). Changing it needs a rebuild.
+    sitemap_urls_per_file: int = Field(1000, ge=1, le=SITEMAP_MAX_URLS)
+    #: The site's name for og:site_name and the index pages' descriptions (default: the host of base_url).
+    site_name: str | None = Field(None, min_length=1, max_length=200)
+    #: The home page's description (meta description, og:description); default: "the latest stories from <site>".
+    description: str | None = Field(None, min_length=1, max_length=500)
 
     @field_validator("base_url")
     @classmethod
@@ -161,39 +206,7 @@ def is_page_path(path: str) -> bool:
     return _PAGE_PATH.fullmatch(path) is not None and ".." not in path
 
 
-# --- the facts an index needs ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PageEntry:
-    """One live page as the manifest, the indexes and the sitemap know it."""
-
-    #: As a field of the payload model: unknown keys are refused there too.
-    __pydantic_config__ = ConfigDict(extra="forbid")
-
-    story_id: str
-    version: int
-    path: str
-    headline: str
-    summary: str
-    section: str
-    section_slug: str
-    language: str
-    published: str  # RFC 3339, in the story's own offset
-    modified: str
-    cover_src: str | None
-    cover_alt: str
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> PageEntry:
-        return cls(**{f.name: raw[f.name] for f in fields(cls)})
-
-    @property
-    def published_at(self) -> dt.datetime:
-        return dt.datetime.fromisoformat(self.published)
+# --- what the templates show ---------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -210,10 +223,6 @@ class Figure:
     @classmethod
     def of(cls, image: Image) -> Figure:
         return cls(image.href, image.alt or image.caption or "", image.caption, image.width, image.height)
-
-
-def newest_first(entries: list[PageEntry]) -> list[PageEntry]:
-    return sorted(entries, key=lambda e: (e.published_at.timestamp(), e.story_id), reverse=True)
 
 
 def _display_time(value: dt.datetime) -> str:
@@ -257,28 +266,119 @@ class SiteTemplates:
             raise RenderError(f"template {name}{where} failed: {type(exc).__name__}: {exc}") from exc
 
 
-# --- the web root ----------------------------------------------------------------------------------------------
+# --- the web root's layout -------------------------------------------------------------------------------------
 
+
+def listing_folder(listing: str) -> str:
+    """The site path of a listing's folder: ``/`` for the home page, ``/<section>/`` for a section."""
+    return "/" if listing == HOME else f"/{listing}/"
+
+
+def archive_page_path(listing: str, number: int) -> str:
+    return f"{listing_folder(listing)}page/{number}.html"
+
+
+def sitemap_file_name(number: int) -> str:
+    return f"sitemap-{number}.xml"
+
+
+@dataclass(frozen=True)
+class SiteLayout:
+    """How the derived files are cut: stories per page, URLs per sitemap file, and the site's own words."""
+
+    page_size: int
+    sitemap_urls: int
+    site_name: str
+    description: str | None
+
+    def page_of(self, slot: int) -> int:
+        """The archive page (from 1, the oldest) that a listing slot falls on."""
+        return slot // self.page_size + 1
+
+    def pages(self, slots: int) -> int:
+        return math.ceil(slots / self.page_size)
+
+
+@dataclass
+class Change:
+    """What one delivery changes besides the story's own page: the listings whose index page it changes (with the
+    section name to show should the section have just been emptied), the archive pages (listing, number) holding a
+    slot it filled or emptied, and the sitemap entries of article pages (path -> lastmod; None: no longer listed)."""
+
+    listings: dict[str, str] = field(default_factory=dict)
+    archive_pages: dict[tuple[str, int], str] = field(default_factory=dict)
+    sitemap: dict[str, str | None] = field(default_factory=dict)
+
+    def slot(self, listing: str, name: str, slot: int, layout: SiteLayout) -> None:
+        self.listings.setdefault(listing, name)
+        self.archive_pages.setdefault((listing, layout.page_of(slot)), name)
+
+
+@dataclass(frozen=True)
+class RebuildReport:
+    live: int
+    index_pages: int
+    archive_pages: int
+    sitemap_files: int
+    removed: int
+
+
+def _shelf(path: str) -> str:
+    """Which sitemap files a URL goes to: the index pages' (home, sections) apart from the articles'."""
+    return "articles" if is_page_path(path) else "index pages"
+
+
+def _holds(file: Path, data: bytes) -> bool:
+    try:
+        return file.read_bytes() == data
+    except FileNotFoundError:
+        return False
+
+
+#: A derived file and its new bytes, or None when it is to be removed.
+_Output = tuple[Path, bytes | None]
 
 _Result = TypeVar("_Result")
 
 
-class WebRoot:
-    """The files under the root: pages, indexes, sitemap and manifest, each changed under the root's file lock.
+# --- the web root ----------------------------------------------------------------------------------------------
 
-    Synchronous on purpose: the adapter runs each change in a worker thread, holding the lock for the whole
-    read-manifest, write-page, rebuild-indexes sequence.
+
+class WebRoot:
+    """The files under the root (pages, index pages, archive pages, sitemaps) and the site index describing them,
+    each change made under the root's file lock, in one site-index transaction committed after the files.
+
+    Synchronous on purpose: the adapter runs each change in a worker thread, holding the asyncio lock for it.
     """
 
-    def __init__(self, root: Path, base_url: str, templates: SiteTemplates, channel: str) -> None:
+    #: Per sitemap file (the protocol's ceiling; tests lower it to see the split by size).
+    sitemap_max_bytes: int = SITEMAP_MAX_BYTES
+
+    def __init__(
+        self,
+        root: Path,
+        base_url: str,
+        templates: SiteTemplates,
+        channel: str,
+        layout: SiteLayout,
+        clock: Callable[[], float],
+    ) -> None:
         self.root = root
         self.base_url = base_url
         self.templates = templates
         self.channel = channel
+        self.layout = layout
+        self.clock = clock
+        self.index = SiteIndex(root / STATE_DIR / INDEX_FILE)
+        #: What the migration from an old manifest rebuilt, in the transaction now running (if it ran in it).
+        self._migration: RebuildReport | None = None
 
     @property
     def manifest_path(self) -> Path:
-        return self.root / STATE_DIR / "manifest.json"
+        return self.root / STATE_DIR / MANIFEST_FILE
+
+    def close(self) -> None:
+        self.index.close()
 
     def file_for(self, path: str) -> Path:
         """The file a page path names, refusing any path that could leave the root."""
@@ -288,6 +388,10 @@ class WebRoot:
         if not target.resolve().is_relative_to(self.root.resolve()):
             raise Permanent(f"{path!r} resolves outside the web root {self.root} (a symlink?); refusing to write")
         return target
+
+    def _derived_file(self, site_path: str) -> Path:
+        """A file this channel derives (index, archive page, sitemap): the path is ours, never the story's."""
+        return self.root / site_path.lstrip("/")
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -305,6 +409,46 @@ class WebRoot:
             finally:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
+    @contextlib.contextmanager
+    def _indexed(self, progress: RebuildProgress | None = None) -> Iterator[SiteIndex]:
+        """A site-index transaction (the caller holds the lock): the old manifest migrated first if there is one;
+        committed when the block ends (after its files are written); index problems mapped onto the taxonomy."""
+        path = self.index.path
+        migrated = False
+        try:
+            with self.index.transaction() as index:
+                migrated = self._migrate(index, progress)
+                yield index
+        except SiteIndexError as exc:
+            raise self._unreadable(exc) from exc
+        except sqlite3.OperationalError as exc:
+            text = str(exc)
+            if "readonly" in text or "unable to open" in text:
+                raise AuthRevoked(
+                    f"cannot write the site index {path} ({text}): give this process write access to the web root"
+                    f" or fix [channels.{self.channel}] root"
+                ) from exc
+            raise Retryable(f"the site index {path} could not be written: {text}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._unreadable(exc) from exc
+        if migrated:
+            # Committed: the manifest is history now. Kept beside the index, renamed so it is never read again.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.manifest_path, self.manifest_path.with_name(MANIFEST_FILE + ".migrated"))
+
+    def _unreadable(self, exc: Exception) -> AuthRevoked:
+        return AuthRevoked(
+            f"the site index {self.index.path} is unreadable ({type(exc).__name__}: {exc}): restore it from a "
+            "backup, or move it away and republish the live stories (the index pages are built from it)"
+        )
+
+    @contextlib.contextmanager
+    def _session(self, progress: RebuildProgress | None = None) -> Iterator[SiteIndex]:
+        with self.locked(), self._indexed(progress) as index:
+            yield index
+
+    # the old manifest -------------------------------------------------------------------------------------------
+
     def load_manifest(self) -> dict[str, PageEntry]:
         try:
             raw = json.loads(self.manifest_path.read_bytes())
@@ -319,140 +463,419 @@ class WebRoot:
                 "remove it and republish the live stories (the indexes are rebuilt from it)"
             ) from exc
 
-    def _manifest_bytes(self, manifest: Mapping[str, PageEntry]) -> bytes:
-        doc = {"format": MANIFEST_FORMAT, "stories": {k: manifest[k].to_json() for k in sorted(manifest)}}
-        return json.dumps(doc, ensure_ascii=False, indent=1, sort_keys=True).encode() + b"\n"
+    def _migrate(self, index: SiteIndex, progress: RebuildProgress | None) -> bool:
+        """A new site index takes the stories of the manifest an older version left (oldest first, so the archive
+        pages follow publication) and rebuilds every derived file from them. Whether it migrated anything."""
+        found = index.meta("format")
+        if found is not None:
+            if found != str(INDEX_FORMAT):
+                raise SiteIndexError(f"format {found!r}, expected {INDEX_FORMAT}")
+            return False
+        index.set_meta("format", str(INDEX_FORMAT))
+        manifest = self.load_manifest()
+        if not manifest:
+            return False
+        for entry in sorted(manifest.values(), key=lambda e: (e.published_at.timestamp(), e.story_id)):
+            index.put(Listed(entry, index.take_slot(HOME), index.take_slot(entry.section_slug)))
+        self._migration = self._rebuild(index, progress)
+        index.set_meta("migrated_from", str(self.manifest_path))
+        log.info("website %s: %d stories migrated from %s", self.channel, len(manifest), self.manifest_path)
+        return True
+
+    # deliveries -------------------------------------------------------------------------------------------------
 
     def put_page(self, entry: PageEntry, html: str, moved_html: str, earlier_paths: set[str]) -> list[str]:
         """Write (or rewrite) a story's page, list it, and point any earlier path of it at the new one."""
         page = self.file_for(entry.path)
-        with self.locked():
-            manifest = self.load_manifest()
-            previous = manifest.get(entry.story_id)
+        with self._session() as index:
+            previous = index.get(entry.story_id)
             if previous is not None:
-                earlier_paths = earlier_paths | {previous.path}
+                earlier_paths = earlier_paths | {previous.entry.path}
             moved = sorted(p for p in earlier_paths if p != entry.path)
             moved_files = [self.file_for(p) for p in moved]
-            manifest[entry.story_id] = entry
-            touched = {entry.section_slug: entry.section}
-            if previous is not None:
-                touched.setdefault(previous.section_slug, previous.section)
-            derived = self._derived_files(manifest, touched)
+            change = Change()
+            if previous is None:
+                home_slot = self._take_slot(index, HOME, change)
+            else:
+                home_slot = previous.home_slot
+                old = previous.entry
+                change.slot(HOME, "", previous.home_slot, self.layout)
+                change.slot(old.section_slug, old.section, previous.section_slot, self.layout)
+                if old.path != entry.path:
+                    change.sitemap[old.path] = None
+            if previous is not None and previous.entry.section_slug == entry.section_slug:
+                section_slot = previous.section_slot
+            else:
+                section_slot = self._take_slot(index, entry.section_slug, change)
+            index.put(Listed(entry, home_slot, section_slot))
+            change.slot(HOME, "", home_slot, self.layout)
+            change.slot(entry.section_slug, entry.section, section_slot, self.layout)
+            change.sitemap[entry.path] = entry.modified
+            derived = self._derive(index, change)
             write_atomic(page, html.encode())
             for file in moved_files:
                 write_atomic(file, moved_html.encode())
-            self._commit(manifest, derived)
+            self._write(derived)
         return moved
 
     def withdraw(self, story_id: str, live_path: str | None, fallback_path: str | None, tombstone: str) -> list[str]:
-        """Replace the story's page by the tombstone and drop it from the indexes and the sitemap.
+        """Replace the story's page by the tombstone and drop it from the pages listing it and the sitemap.
 
-        The page is where the receipt and the manifest say it is; the path computed from the retraction itself
+        The page is where the receipt and the site index say it is; the path computed from the retraction itself
         (``fallback_path``) is used only when neither knows it, since a bare cancel may lack the section.
         """
-        with self.locked():
-            manifest = self.load_manifest()
-            previous = manifest.pop(story_id, None)
-            paths = {p for p in (live_path, previous.path if previous else None) if p}
+        with self._session() as index:
+            previous = index.get(story_id)
+            paths = {p for p in (live_path, previous.entry.path if previous else None) if p}
             targets = sorted(paths or ({fallback_path} if fallback_path else set()))
             files = [self.file_for(p) for p in targets]
-            touched = {previous.section_slug: previous.section} if previous is not None else {}
-            derived = self._derived_files(manifest, touched)
+            change = Change()
+            if previous is not None:
+                index.delete(story_id)
+                old = previous.entry
+                change.slot(HOME, "", previous.home_slot, self.layout)
+                change.slot(old.section_slug, old.section, previous.section_slot, self.layout)
+                change.sitemap[old.path] = None
+            derived = self._derive(index, change)
             for file in files:
                 write_atomic(file, tombstone.encode())
-            self._commit(manifest, derived)
+            self._write(derived)
         return targets
-
-    def _commit(self, manifest: Mapping[str, PageEntry], derived: dict[Path, bytes]) -> None:
-        # The manifest first: it is the source the derived files come from, so any later change rebuilds them
-        # even if this one stops half-way.
-        write_atomic(self.manifest_path, self._manifest_bytes(manifest))
-        for file, data in derived.items():
-            write_atomic(file, data)
 
     def live_count(self) -> int:
         with self.locked():
-            return len(self.load_manifest())
+            if not self.index.exists():  # a check must not create the index: count what an old manifest holds
+                return len(self.load_manifest())
+            with self._indexed() as index:
+                return index.live_count()
+
+    def rebuild(self, progress: RebuildProgress | None) -> RebuildReport:
+        self._migration = None
+        with self._session(progress) as index:
+            if self._migration is not None:  # the migration from an old manifest just rebuilt everything
+                return self._migration
+            return self._rebuild(index, progress)
+
+    def _take_slot(self, index: SiteIndex, listing: str, change: Change) -> int:
+        slot = index.take_slot(listing)
+        if slot and slot % self.layout.page_size == 0:
+            # A new archive page opens: the one before it now links to it instead of to the index page.
+            change.archive_pages.setdefault((listing, self.layout.page_of(slot) - 1), "")
+        return slot
+
+    def _now(self) -> str:
+        return dt.datetime.fromtimestamp(self.clock(), dt.UTC).isoformat(timespec="seconds")
+
+    def _write(self, outputs: list[_Output]) -> None:
+        """Files first, in the order given (the sitemap index last, so it never names a file not yet written),
+        removals after them."""
+        for file, data in outputs:
+            if data is not None:
+                write_atomic(file, data)
+        for file, data in outputs:
+            if data is None:
+                with contextlib.suppress(FileNotFoundError):
+                    file.unlink()
 
     # derived files ----------------------------------------------------------------------------------------------
 
-    def _derived_files(self, manifest: Mapping[str, PageEntry], touched: Mapping[str, str]) -> dict[Path, bytes]:
-        """Home index, every section index (also ones just emptied) and the sitemap, rendered before anything is
-        written, so a broken template leaves the site as it was."""
-        entries = newest_first(list(manifest.values()))
-        sections: dict[str, str] = {}  # slug -> name, in order of each section's newest story
-        for entry in entries:
-            sections.setdefault(entry.section_slug, entry.section)
-        ordered = list(sections)  # the home page links to sections that have stories
-        for slug, name in touched.items():
-            sections.setdefault(slug, name)  # a section just emptied still gets its (empty) index rewritten
-        by_section: dict[str, list[PageEntry]] = {slug: [] for slug in sections}
-        for entry in entries:
-            by_section[entry.section_slug].append(entry)
+    def _derive(self, index: SiteIndex, change: Change) -> list[_Output]:
+        """Everything ``change`` alters besides the story's page, rendered before anything is written (a broken
+        template leaves the site as it was), with the site index updated to match (committed after the writes)."""
+        now = self._now()
+        outputs: list[_Output] = []
+        sitemap: dict[str, str | None] = {}
         try:
-            files = {self.root / "index.html": self._home(entries, ordered, sections).encode()}
-            for slug in sorted(sections):
-                page = self._section(slug, sections[slug], by_section[slug]).encode()
-                files[self.root / slug / "index.html"] = page
+            for (listing, number), name in sorted(change.archive_pages.items()):
+                html = self._archive_page(index, listing, number, name)
+                outputs.append((self._derived_file(archive_page_path(listing, number)), html.encode()))
+            for listing, name in sorted(change.listings.items()):
+                output, lastmod = self._index_output(index, listing, name, now)
+                outputs.append(output)
+                sitemap[listing_folder(listing)] = lastmod
         except RenderError as exc:
             raise AuthRevoked(f"{exc}; fix the template, then `syndicate resume {self.channel}`") from exc
-        files[self.root / "sitemap.xml"] = self._sitemap(entries)
-        return files
+        sitemap.update(change.sitemap)
+        touched: set[int] = set()
+        for path, lastmod in sitemap.items():
+            if lastmod is None:
+                touched |= index.sitemap_remove(path)
+            else:
+                size = len(self._sitemap_url(path, lastmod))
+                touched |= index.sitemap_put(path, lastmod, size, self._limits(), _shelf(path))
+        if touched:
+            outputs.extend(self._sitemap_files(index, touched, now))
+            outputs.append((self.root / "sitemap.xml", self._sitemap_index(index)))
+        return outputs
 
-    def _listing(self, entries: list[PageEntry], strip: str) -> list[dict[str, Any]]:
-        return [
-            {
-                "href": _url_path(e.path.removeprefix(strip)),
-                "url": self.base_url + _url_path(e.path),
-                "headline": e.headline,
-                "summary": e.summary,
-                "section": e.section,
-                "published": e.published,
-                "published_display": _display_time(e.published_at),
-                "cover": Figure(e.cover_src, e.cover_alt, None, None, None) if e.cover_src else None,
-            }
-            for e in entries
-        ]
+    def _index_output(self, index: SiteIndex, listing: str, name: str, now: str) -> tuple[_Output, str | None]:
+        """A listing's index page and its sitemap lastmod: when its bytes last changed (None: not in the sitemap,
+        a section with no live story)."""
+        html = (self._home(index) if listing == HOME else self._section(index, listing, name)).encode()
+        digest = hashlib.sha256(html).hexdigest()
+        state = index.listing(listing)
+        changed_at = state.changed_at
+        if state.digest != digest or changed_at is None:
+            changed_at = now
+            index.set_listing_digest(listing, digest, now)
+        listed = listing == HOME or bool(index.newest(listing, 1))
+        output = (self._derived_file(listing_folder(listing) + "index.html"), html)
+        return output, changed_at if listed else None
+
+    def _limits(self) -> SitemapLimits:
+        header = len(self._urlset_open()) + len(b"</urlset>\n")
+        return SitemapLimits(urls=self.layout.sitemap_urls, bytes=self.sitemap_max_bytes, header_bytes=header)
+
+    def _sitemap_files(
+        self, index: SiteIndex, numbers: set[int], now: str, earlier: dict[int, str | None] | None = None
+    ) -> list[_Output]:
+        """The sitemap files ``numbers`` as the index now has them (None for one emptied). A file written anew gets
+        ``now`` as its lastmod, unless ``earlier`` (a rebuild) knows when it last changed and its bytes are the
+        same as on disk."""
+        outputs: list[_Output] = []
+        for number in sorted(numbers):
+            file = self.root / sitemap_file_name(number)
+            held = index.sitemap_file(number)
+            if held is None or held.urls == 0:
+                index.sitemap_drop_file(number)  # an empty urlset is not a valid sitemap: the file goes
+                outputs.append((file, None))
+                continue
+            body = b"".join(self._sitemap_url(url.path, url.lastmod) for url in index.sitemap_urls(number))
+            data = self._urlset_open() + body + b"</urlset>\n"
+            outputs.append((file, data))
+            lastmod = (earlier or {}).get(number)
+            if lastmod is None or not _holds(file, data):
+                lastmod = now
+            index.sitemap_file_written(number, lastmod)
+        return outputs
 
     @staticmethod
-    def _language(entries: list[PageEntry]) -> str:
-        return entries[0].language if entries else "zh-CN"
+    def _urlset_open() -> bytes:
+        return f'<?xml version="1.0" encoding="UTF-8"?>\n<urlset xmlns="{SITEMAP_NS}">\n'.encode()
 
-    def _home(self, entries: list[PageEntry], ordered: list[str], names: Mapping[str, str]) -> str:
-        shown = entries[:HOME_LIMIT]
-        lang = self._language(shown)
+    def _sitemap_url(self, path: str, lastmod: str) -> bytes:
+        loc = xml_escape(self.base_url + _url_path(path))
+        return f"  <url>\n    <loc>{loc}</loc>\n    <lastmod>{lastmod}</lastmod>\n  </url>\n".encode()
+
+    def _sitemap_index(self, index: SiteIndex) -> bytes:
+        parts = [f'<?xml version="1.0" encoding="UTF-8"?>\n<sitemapindex xmlns="{SITEMAP_NS}">\n']
+        for held in index.sitemap_files():
+            loc = xml_escape(f"{self.base_url}/{sitemap_file_name(held.number)}")
+            lastmod = f"\n    <lastmod>{held.lastmod}</lastmod>" if held.lastmod else ""
+            parts.append(f"  <sitemap>\n    <loc>{loc}</loc>{lastmod}\n  </sitemap>\n")
+        parts.append("</sitemapindex>\n")
+        return "".join(parts).encode()
+
+    # the listings -----------------------------------------------------------------------------------------------
+
+    def _entries(self, shown: list[Listed], page_path: str) -> list[dict[str, Any]]:
+        """Story links as a page at ``page_path`` shows them (relative, so the site works under any prefix)."""
+        here = posixpath.dirname(page_path)
+        listing: list[dict[str, Any]] = []
+        for listed in shown:
+            e = listed.entry
+            listing.append(
+                {
+                    "href": _url_path(posixpath.relpath(e.path, here)),
+                    "url": self.base_url + _url_path(e.path),
+                    "headline": e.headline,
+                    "summary": e.summary,
+                    "section": e.section,
+                    "published": e.published,
+                    "published_display": _display_time(e.published_at),
+                    "cover": Figure(e.cover_src, e.cover_alt, None, None, None) if e.cover_src else None,
+                }
+            )
+        return listing
+
+    def _head(self, shown: list[Listed], *, title: str, description: str, url_path: str) -> dict[str, Any]:
+        """What every index and archive page carries in its head: language, canonical URL, description and the
+        Open Graph properties (https://ogp.me/: og:title, og:type, og:url, og:image where a shown story has one)."""
+        lang = shown[0].entry.language if shown else "zh-CN"
+        cover = next((s.entry for s in shown if s.entry.cover_src), None)
+        image = Figure(cover.cover_src, cover.cover_alt, None, None, None) if cover and cover.cover_src else None
+        return {
+            "lang": lang,
+            "labels": _labels(lang),
+            "canonical_url": self.base_url + _url_path(url_path),
+            "description": description,
+            "og_title": title,
+            "og_locale": lang.replace("-", "_"),
+            "og_image": image,
+            "site_name": self.layout.site_name,
+        }
+
+    def _older_href(self, index: SiteIndex, listing: str, name_of_page: Callable[[int], str]) -> str | None:
+        """Where a listing's index page continues: the archive page holding the first story it no longer shows."""
+        after = index.newest(listing, 1, offset=self.layout.page_size)
+        if not after:
+            return None
+        slot = after[0].home_slot if listing == HOME else after[0].section_slot
+        return name_of_page(self.layout.page_of(slot))
+
+    def _home(self, index: SiteIndex) -> str:
+        shown = index.newest(HOME, self.layout.page_size)
+        site = self.layout.site_name
+        head = self._head(shown, title=site, description="", url_path="/")
+        labels = head["labels"]
+        head["description"] = self.layout.description or labels["home_description"].format(site=site)
+        older = self._older_href(index, HOME, lambda n: f"page/{n}.html")
         return self.templates.render(
             "home.html.j2",
-            lang=lang,
-            labels=_labels(lang),
-            canonical_url=f"{self.base_url}/",
-            sections=[{"name": names[slug], "slug": slug, "href": f"{quote(slug)}/"} for slug in ordered],
-            entries=self._listing(shown, "/"),
+            **head,
+            sections=[{"name": name, "slug": slug, "href": f"{quote(slug)}/"} for slug, name in index.sections()],
+            entries=self._entries(shown, "/index.html"),
+            newer_href=None,
+            older_href=older,
+            older_url=f"{self.base_url}/{older}" if older else None,
+            newer_url=None,
         )
 
-    def _section(self, slug: str, name: str, entries: list[PageEntry]) -> str:
-        shown = entries[:SECTION_LIMIT]
-        lang = self._language(shown)
+    def _section_name(self, index: SiteIndex, listing: str, fallback: str) -> str:
+        newest = index.newest(listing, 1)
+        return newest[0].entry.section if newest else (fallback or listing)
+
+    def _section(self, index: SiteIndex, listing: str, name: str) -> str:
+        shown = index.newest(listing, self.layout.page_size)
+        section = self._section_name(index, listing, name)
+        site = self.layout.site_name
+        head = self._head(shown, title=f"{section} | {site}", description="", url_path=listing_folder(listing))
+        head["description"] = head["labels"]["section_description"].format(site=site, section=section)
+        older = self._older_href(index, listing, lambda n: f"page/{n}.html")
         return self.templates.render(
             "section.html.j2",
-            lang=lang,
-            labels=_labels(lang),
-            section=name,
-            section_slug=slug,
-            canonical_url=f"{self.base_url}/{quote(slug)}/",
+            **head,
+            section=section,
+            section_slug=listing,
             home_href="../",
-            entries=self._listing(shown, f"/{slug}/"),
+            entries=self._entries(shown, f"/{listing}/index.html"),
+            newer_href=None,
+            older_href=older,
+            older_url=f"{head['canonical_url']}{older}" if older else None,
+            newer_url=None,
         )
 
-    def _sitemap(self, entries: list[PageEntry]) -> bytes:
-        urlset = ET.Element("urlset", xmlns=SITEMAP_NS)
-        for entry in entries:
-            url = ET.SubElement(urlset, "url")
-            ET.SubElement(url, "loc").text = self.base_url + _url_path(entry.path)
-            ET.SubElement(url, "lastmod").text = entry.modified
-        ET.indent(urlset)
-        document: bytes = ET.tostring(urlset, encoding="utf-8", xml_declaration=True)
-        return document + b"\n"
+    def _archive_page(self, index: SiteIndex, listing: str, number: int, name: str) -> str:
+        size = self.layout.page_size
+        shown = index.in_slots(listing, (number - 1) * size, number * size)
+        pages = self.layout.pages(index.listing(listing).slots)
+        path = archive_page_path(listing, number)
+        site = self.layout.site_name
+        section = None if listing == HOME else self._section_name(index, listing, name)
+        page_label = _labels(shown[0].entry.language if shown else "zh-CN")["page"].format(number=number)
+        title = f"{section or site} · {page_label}"
+        head = self._head(shown, title=title, description="", url_path=path)
+        labels = head["labels"]
+        if section is None:
+            described = self.layout.description or labels["home_description"].format(site=site)
+        else:
+            described = labels["section_description"].format(site=site, section=section)
+        head["description"] = f"{described} · {page_label}"
+        newer = "../" if number >= pages else f"{number + 1}.html"
+        older = f"{number - 1}.html" if number > 1 else None
+        folder = self.base_url + _url_path(listing_folder(listing))
+        return self.templates.render(
+            "archive.html.j2",
+            **head,
+            title=title,
+            section=section,
+            page_number=number,
+            home_href="../" if listing == HOME else "../../",
+            section_href="../" if section is not None else None,
+            entries=self._entries(shown, path),
+            newer_href=newer,
+            older_href=older,
+            newer_url=folder if number >= pages else f"{folder}page/{number + 1}.html",
+            older_url=f"{folder}page/{number - 1}.html" if older else None,
+        )
+
+    # the full rebuild -------------------------------------------------------------------------------------------
+
+    def _rebuild(self, index: SiteIndex, progress: RebuildProgress | None) -> RebuildReport:
+        """Every derived file from the site index: the index pages (rendered first, so a broken template stops it
+        before anything is written), every archive page, the sitemap placed afresh (so a new per-file limit or
+        base URL takes effect) and its index; files left over from an earlier layout are removed."""
+        now = self._now()
+        listings = sorted(set(index.listing_keys()) | {HOME})
+        names = dict(index.sections())
+        try:
+            index_pages = [self._index_output(index, key, names.get(key, key), now) for key in listings]
+            if index.listing(HOME).slots:
+                self._archive_page(index, HOME, 1, "")  # the archive template too, before the first write
+        except RenderError as exc:
+            raise AuthRevoked(f"{exc}; fix the template, then rebuild again") from exc
+        earlier = {held.number: held.lastmod for held in index.sitemap_files()}
+        if any(held.urls > self.layout.sitemap_urls for held in index.sitemap_files()):
+            index.sitemap_clear()  # a smaller sitemap_urls_per_file: place every URL afresh
+        wanted: dict[str, str] = {}
+        for key, (_, lastmod) in zip(listings, index_pages, strict=True):
+            if lastmod is not None:
+                wanted[listing_folder(key)] = lastmod
+        live = 0
+        for listed in index.all_pages():
+            live += 1
+            wanted[listed.entry.path] = listed.entry.modified
+        # Every URL stays in its file while it fits (base_url may have changed its size), so the files and their
+        # lastmod stay as they were when nothing changed; URLs the index lost track of are placed, strays dropped.
+        limits = self._limits()
+        touched: set[int] = set()
+        for path in index.sitemap_paths() - wanted.keys():
+            touched |= index.sitemap_remove(path)
+        for path, lastmod in wanted.items():
+            touched |= index.sitemap_put(path, lastmod, len(self._sitemap_url(path, lastmod)), limits, _shelf(path))
+        touched |= {held.number for held in index.sitemap_files()}
+        pages = {key: self.layout.pages(index.listing(key).slots) for key in listings}
+        total = sum(pages.values()) + len(index_pages) + len(touched) + 1
+        done = 0
+
+        def step() -> None:
+            nonlocal done
+            done += 1
+            if progress is not None:
+                progress(done, total)
+
+        try:
+            for key in listings:
+                for number in range(1, pages[key] + 1):
+                    html = self._archive_page(index, key, number, names.get(key, key))
+                    write_atomic(self._derived_file(archive_page_path(key, number)), html.encode())
+                    step()
+        except RenderError as exc:
+            raise AuthRevoked(f"{exc}; fix the template, then rebuild again") from exc
+        for (file, data), _ in index_pages:
+            assert data is not None
+            write_atomic(file, data)
+            step()
+        sitemap_outputs = self._sitemap_files(index, touched, now, earlier)
+        self._write(sitemap_outputs)
+        for _ in sitemap_outputs:
+            step()
+        write_atomic(self.root / "sitemap.xml", self._sitemap_index(index))
+        step()
+        removed = self._remove_leftovers(pages, {n for n in touched if index.sitemap_file(n) is not None})
+        return RebuildReport(
+            live=live,
+            index_pages=len(index_pages),
+            archive_pages=sum(pages.values()),
+            sitemap_files=len(index.sitemap_files()),
+            removed=removed,
+        )
+
+    def _remove_leftovers(self, pages: dict[str, int], sitemap_files: set[int]) -> int:
+        """Archive pages past a listing's last page and sitemap files the index no longer names (after a change of
+        page_size or sitemap_urls_per_file)."""
+        removed = 0
+        for key, count in pages.items():
+            for file in self._derived_file(listing_folder(key) + "page").glob("*.html"):
+                if file.stem.isdigit() and int(file.stem) > count:
+                    file.unlink()
+                    removed += 1
+        for file in self.root.glob("sitemap-*.xml"):
+            number = file.stem.removeprefix("sitemap-")
+            if number.isdigit() and int(number) not in sitemap_files:
+                file.unlink()
+                removed += 1
+        return removed
 
 
 # --- the payload ---------------------------------------------------------------------------------------------
@@ -502,13 +925,20 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
     options_model = WebsiteOptions
     payload_model = WebsitePayload
     idempotent: ClassVar[bool] = True
+    supports_rebuild: ClassVar[bool] = True
     actions = frozenset(Action)
     options: WebsiteOptions
 
     def __init__(self, name: str, options: WebsiteOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
         self.templates = SiteTemplates(options.templates)
-        self.site = WebRoot(options.root, options.base_url, self.templates, name)
+        layout = SiteLayout(
+            page_size=options.page_size,
+            sitemap_urls=options.sitemap_urls_per_file,
+            site_name=options.site_name or urlsplit(options.base_url).hostname or options.base_url,
+            description=options.description,
+        )
+        self.site = WebRoot(options.root, options.base_url, self.templates, name, layout, self.clock)
         self._lock = asyncio.Lock()
 
     # rendering --------------------------------------------------------------------------------------------------
@@ -638,6 +1068,20 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
         if not withdrawn:
             return Receipt(raw={"withdrawn": [], "note": "no page of this story was found to withdraw"})
         return self._receipt(withdrawn[0], withdrawn=withdrawn)
+
+    async def rebuild(self, progress: RebuildProgress) -> str:
+        """Every index page, archive page and sitemap file again from the site index (after changing templates,
+        page_size or sitemap_urls_per_file). Article pages keep the bytes their delivery wrote."""
+        report = await self._in_root(lambda: self.site.rebuild(progress))
+        removed = f"; {report.removed} left-over files removed" if report.removed else ""
+        return (
+            f"{report.live} live stories: {report.index_pages} index pages, {report.archive_pages} archive pages and "
+            f"{report.sitemap_files} sitemap files rewritten under {self.options.root}{removed}"
+        )
+
+    async def close(self) -> None:
+        async with self._lock:
+            await asyncio.to_thread(self.site.close)
 
     async def check(self, keys: SharedKeys | None = None) -> str:
         """The root exists and this process can create, fsync and rename files in it."""

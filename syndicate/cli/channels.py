@@ -1,5 +1,6 @@
 """The channels, for an operator: `channels` (configuration, pause state, queue depth; --check tests credentials
-live), `pause` and `resume` (for every worker, through the store)."""
+live), `channels rebuild NAME` (a channel's derived outputs again, for channels that keep them), `pause` and
+`resume` (for every worker, through the store)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from typing import Any
 
 import click
 from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from syndicate.cli.common import (
     RuntimeFailure,
     config_option,
     connected_store,
+    err,
     human_seconds,
     json_option,
     load_settings,
@@ -74,13 +77,15 @@ async def _run_check(ch: ChannelSettings, keys: SharedKeys) -> dict[str, Any]:
             await adapter.close()
 
 
-@click.command("channels")
+@click.group("channels", invoke_without_command=True)
 @config_option
 @click.option("--check", is_flag=True, help="Also run each enabled channel's live check (exit 1 if any fails).")
 @json_option
 @click.pass_context
 def channels_command(ctx: click.Context, config_path: Path | None, check: bool, as_json: bool) -> None:
     """Configured channels: kind, enabled, concurrency, timeout, retry schedule, pause state and queue depth."""
+    if ctx.invoked_subcommand is not None:
+        return
     settings = load_settings(ctx, config_path)
 
     async def _gather() -> tuple[dict[str, ChannelState], dict[tuple[str, State], int], dict[str, dict[str, Any]]]:
@@ -155,6 +160,45 @@ def channels_command(ctx: click.Context, config_path: Path | None, check: bool, 
         out.print(table)
     if failing:
         raise RuntimeFailure(f"channel check failed: {', '.join(failing)}")
+
+
+@channels_command.command("rebuild")
+@click.argument("channel")
+@config_option
+@json_option
+@click.pass_context
+def rebuild(ctx: click.Context, channel: str, config_path: Path | None, as_json: bool) -> None:
+    """Rewrite every output CHANNEL derives from its own state (index pages, sitemaps...), e.g. after changing its
+    templates, with a progress bar. Workers may keep running: the channel's own locking orders the two."""
+    parent = ctx.parent.params.get("config_path") if ctx.parent is not None else None
+    settings = load_settings(ctx, config_path or parent)
+    name = _configured_channel(settings, channel)
+    ch = settings.channels[name]
+    adapter = ch.create_adapter()
+    if not adapter.supports_rebuild:
+        raise click.UsageError(f"channel {name!r} (kind {ch.kind!r}) keeps no derived outputs to rebuild")
+
+    async def _rebuild() -> str:
+        columns = (TextColumn(f"rebuilding {escape(name)}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, disable=as_json or not err.is_terminal) as progress:
+            task = progress.add_task("rebuild", total=None)
+            try:
+                await adapter.start()
+                return await adapter.rebuild(lambda done, total: progress.update(task, completed=done, total=total))
+            finally:
+                with contextlib.suppress(Exception):
+                    await adapter.close()
+
+    started = time.monotonic()
+    try:
+        detail = run_async(_rebuild())
+    except DeliveryError as exc:
+        raise RuntimeFailure(f"rebuilding {name} failed: {type(exc).__name__}: {redact(exc.reason)}") from None
+    seconds = time.monotonic() - started
+    if as_json:
+        print_json({"channel": name, "detail": detail, "seconds": round(seconds, 3)})
+        return
+    out.print(f"{escape(name)}: {escape(detail)} in {seconds:.1f}s", highlight=False)
 
 
 # --- pause / resume --------------------------------------------------------------------------------------------

@@ -156,8 +156,20 @@ def parse_page(html: str) -> Page:
     return parser.page
 
 
-def sitemap_entries(root: Path) -> dict[str, str]:
+def sitemap_files(root: Path) -> dict[str, str]:
+    """The sitemap index (``sitemap.xml``): each sitemap file's file name -> lastmod."""
     tree = ET.parse(root / "sitemap.xml")
+    assert tree.getroot().tag == f"{SITEMAP}sitemapindex"
+    found: dict[str, str] = {}
+    for item in tree.getroot().iter(f"{SITEMAP}sitemap"):
+        loc = item.findtext(f"{SITEMAP}loc") or ""
+        assert loc.startswith(f"{BASE}/sitemap-") and loc.endswith(".xml"), loc
+        found[loc.removeprefix(f"{BASE}/")] = item.findtext(f"{SITEMAP}lastmod") or ""
+    return found
+
+
+def sitemap_urls(root: Path, name: str) -> dict[str, str]:
+    tree = ET.parse(root / name)
     assert tree.getroot().tag == f"{SITEMAP}urlset"
     return {
         url.findtext(f"{SITEMAP}loc") or "": url.findtext(f"{SITEMAP}lastmod") or ""
@@ -165,12 +177,27 @@ def sitemap_entries(root: Path) -> dict[str, str]:
     }
 
 
+def sitemap_all(root: Path) -> dict[str, str]:
+    """Every URL of every sitemap file the index names -> its lastmod (each URL in one file only)."""
+    found: dict[str, str] = {}
+    for name in sitemap_files(root):
+        urls = sitemap_urls(root, name)
+        assert not set(urls) & set(found), "a URL in two sitemap files"
+        found.update(urls)
+    return found
+
+
+def sitemap_entries(root: Path) -> dict[str, str]:
+    """The article pages the sitemap lists -> lastmod (the home and section pages left out)."""
+    return {loc: lastmod for loc, lastmod in sitemap_all(root).items() if loc.endswith(".html")}
+
+
 def listed(root: Path, index: str) -> list[str]:
     """The page paths an index links to (the story list, not navigation), resolved against the index's location."""
     page = parse_page((root / index.lstrip("/")).read_text(encoding="utf-8"))
     here = posixpath.dirname(index)
     paths = [posixpath.normpath(posixpath.join(here, href or "")) for href, _ in page.anchors]
-    return [p for p in paths if p.endswith(".html")]
+    return [p for p in paths if is_page_path(p)]  # not the pager's links to archive pages
 
 
 def files_under(folder: Path) -> list[str]:
@@ -722,8 +749,13 @@ async def test_syndicate_serve_shows_the_web_root_under_site(site: Site) -> None
             "2019/09/sh-rmt-20190918-001.html",
         ]
         status, body = await get("/site/sitemap.xml")
+        assert status == 200 and f"{BASE}/sitemap-1.xml" in body and f"{BASE}/sitemap-2.xml" in body
+        status, body = await get("/site/sitemap-1.xml")
+        assert status == 200 and f"<loc>{BASE}/shanghai/</loc>" in body  # the index pages have files of their own
+        status, body = await get("/site/sitemap-2.xml")
         assert status == 200 and f"{BASE}{P3}" in body
-        for hidden in ("/site/.syndicate/manifest.json", "/site/.syndicate/lock", "/site/shanghai/2019/"):
+        hidden_paths = ("/site/.syndicate/manifest.json", "/site/.syndicate/site.db", "/site/.syndicate/lock")
+        for hidden in (*hidden_paths, "/site/shanghai/2019/"):
             assert (await get(hidden))[0] in (403, 404), hidden
         assert (await get("/site/../syndicate.db"))[0] == 404
         assert (await get("/site/%2e%2e/syndicate.db"))[0] in (403, 404)
@@ -742,7 +774,15 @@ def test_no_preview_routes_without_a_web_root(tmp_path: Path) -> None:
 def test_adapter_capabilities() -> None:
     assert WebsiteAdapter.idempotent is True  # rewriting the same files is harmless
     assert WebsiteAdapter.actions == frozenset(Action)
-    assert set(WebsiteOptions.model_fields) == {"root", "base_url", "templates"}
+    assert set(WebsiteOptions.model_fields) == {
+        "root",
+        "base_url",
+        "templates",
+        "page_size",
+        "sitemap_urls_per_file",
+        "site_name",
+        "description",
+    }
 
 
 # --- payloads stored before the payload model -------------------------------------------------------------------
