@@ -184,7 +184,9 @@ async def test_a_rate_limit_pauses_until_weibos_window_resets_then_resumes(
         assert pause.paused_until is not None and abs(pause.paused_until - (clock.now() + reset)) < 5
         assert "10024" in (pause.reason or "") and "rate_limit_status" in (pause.reason or "")
         set_rate_limit(sandbox.sandbox, 30)  # Weibo's hourly window has passed
-        clock.advance(reset + 1)
+        # Past the pause itself, not past `reset`: the stand-in counted its seconds earlier (on a loaded machine,
+        # more than a second earlier), so its pause ends a little later than `reset` says.
+        clock.advance(pause.paused_until - clock.now() + 1)
         await engine.run(until_idle=True, idle_horizon=0)
     states = {d.story_id: d for d in await deliveries(store)}
     limited = next(d for d in first.values() if d.state is State.RETRY_WAIT)
