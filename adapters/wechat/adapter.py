@@ -44,11 +44,11 @@ Retract: ``freepublish/delete`` (53600, already gone, counts as done) and ``draf
 
 Reach (``read_reach``): ``POST /datacube/getarticletotaldetail`` for the article's publication day (Beijing),
 matched by ``msgid`` = ``msg_data_id`` + ``_1`` (one article per message). WeChat's statistics end yesterday
-(``end_date`` "最大值为昨日") and count 30 days from publication; the ``detail_list`` days are added up: read users
-are its reads, share users its shares, likes, comments (and the raw figures under WeChat's names: favourites,
-在看). A post published today has no figures yet: the sample waits (a pending Retryable) until 08:00 Beijing time
-tomorrow, when WeChat has counted today. A receipt without ``msg_data_id`` (a submit reconciled through batchget)
-cannot be matched: Permanent, saying so.
+(``end_date``: "maximum value is yesterday") and count 30 days from publication; the ``detail_list`` days are
+added up: read users are its reads, share users its shares, likes, comments (and the raw figures under WeChat's
+names: favourites, 在看). A post published today has no figures yet: the sample waits (a pending Retryable) until
+08:05 Beijing time tomorrow, when WeChat has counted today. A receipt without ``msg_data_id`` (a submit
+reconciled through batchget) cannot be matched: Permanent, saying so.
 """
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ CALLBACK_TOLERANCE = 300.0
 CALLBACK_MAX_BYTES = 64 * 1024
 #: China Standard Time: WeChat's daily quotas reset at midnight there.
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
-#: datacube: "为确保公众号数据已完成统计和处理，请于每天上午8点后查询公众号前一天的数据" — yesterday's figures are
-#: ready after 08:00 Beijing time; a sample of a post published today waits until then tomorrow.
+#: datacube: "To ensure that the Official Account data is calculated and processed, query the previous-day data
+#: each day before 08:00" ([wx-dc-legacy]; read as: yesterday's figures are complete from 08:00 Beijing time). A
+#: sample of a post published today waits until just after then tomorrow.
 STATS_READY_HOUR = 8
 ARTICLE_STATS = "/datacube/getarticletotaldetail"
 #: getarticletotaldetail's detail_list figures under the common metric each one is.
@@ -1024,13 +1025,12 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
 
     async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
         receipt = ctx.receipt
-        msg_data_id = receipt.raw.get("msg_data_id") if receipt is not None else None
-        if not msg_data_id:
+        if receipt is None or not receipt.raw.get("msg_data_id"):
             raise Permanent(
                 f"the receipt of story {ctx.story_id!r} has no msg_data_id (its submit was reconciled through "
                 "freepublish/batchget, which does not report it): WeChat's article statistics are keyed by it"
             )
-        assert receipt is not None
+        msg_data_id = receipt.raw["msg_data_id"]
         published_at = receipt.raw.get("confirmed_at") or ctx.queued_at
         if not isinstance(published_at, int | float):
             raise Permanent(f"the receipt of story {ctx.story_id!r} says not when the article was published")
@@ -1163,8 +1163,14 @@ def article_reach(answer: dict[str, Any], msgid: str, day: dt.date) -> ReachRead
         raw["stat_days"] = counted
         return ReachReading(metrics=metrics, raw=raw)
     if answer.get("is_delay"):
-        raise Retryable(f"WeChat has not counted the articles of {day} yet (is_delay)", retry_after=3600.0)
-    raise Permanent(f"WeChat keeps no statistics for article {msgid} published on {day}: it was deleted")
+        # Not a failure: WeChat's counting of the day is late; waiting spends no retry.
+        raise Retryable(
+            f"WeChat has not counted the articles of {day} yet (is_delay)", retry_after=3600.0, pending=True
+        )
+    raise Permanent(
+        f"WeChat reports no statistics for article {msgid} published on {day}: it was deleted (or is not one WeChat "
+        "counts); sampling ends"
+    )
 
 
 def _article(payload: Payload[WeChatPayload], ctx: DeliveryContext) -> WeChatArticle:

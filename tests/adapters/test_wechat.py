@@ -25,6 +25,7 @@ from adapters.wechat.adapter import (
     WeChatArticle,
     WeChatPayload,
     WeChatRetraction,
+    article_reach,
     body_image_sources,
     wechat_html,
 )
@@ -954,3 +955,12 @@ async def test_the_stand_in_refuses_dates_wechat_refuses(sandbox: RunningSandbox
             assert refused.value.platform_code == code, body
     finally:
         await adapter.close()
+
+
+def test_an_article_missing_while_wechat_is_late_waits_and_otherwise_is_gone() -> None:
+    day = dt.date(2026, 12, 1)
+    with pytest.raises(Retryable) as late:
+        article_reach({"list": [], "is_delay": True}, "2650000001_1", day)
+    assert late.value.pending
+    with pytest.raises(Permanent, match="deleted"):
+        article_reach({"list": [{"msgid": "2650000002_1", "detail_list": []}], "is_delay": False}, "2650000001_1", day)
