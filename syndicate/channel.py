@@ -30,6 +30,7 @@ from syndicate.delivery import (
     OutcomeUnknown,
     Payload,
     Permanent,
+    ReachReading,
     Receipt,
     Retryable,
     idempotency_key,
@@ -151,6 +152,9 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     #: Channels whose outputs are derived from state they keep themselves (index pages, sitemaps) set this and
     #: implement ``rebuild`` (``syndicate channels rebuild NAME``).
     supports_rebuild: ClassVar[bool] = False
+    #: Adapters that can read a live post's figures back from the platform (reads, shares, likes, comments) set
+    #: this (per class or per instance) and implement ``read_reach``.
+    supports_reach: bool = False
 
     def __init__(self, name: str, options: OptionsT, **deps: Unpack[AdapterDeps]) -> None:
         self.name = name
@@ -205,6 +209,14 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     async def lookup(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt | None:
         """Did an earlier attempt land? A Receipt if yes, None if it certainly did not; raise if it cannot tell."""
         raise OutcomeUnknown(f"channel kind {self.kind!r} cannot look up earlier attempts")
+
+    async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
+        """The figures of the post a delivered delivery left live (``ctx.receipt``: its remote id, URL and raw
+        answer; ``ctx.action`` publish or update), read from the platform now. Failures use the delivery
+        taxonomy: RateLimited pauses the channel (its sampling and its publishing alike), AuthExpired refreshes,
+        Retryable retries the sample, Permanent ends it (the post is gone, the platform keeps no figures for it).
+        Sends nothing that publishes."""
+        raise Permanent(f"channel kind {self.kind!r} reports no reach")
 
     async def refresh_auth(self, ctx: DeliveryContext) -> None:
         """Renew an expired token (called once after AuthExpired). Adapters without tokens keep the default."""

@@ -81,6 +81,28 @@ class Receipt:
         return cls(remote_id=raw.get("remote_id"), url=raw.get("url"), raw=dict(raw.get("raw") or {}))
 
 
+# --- reach (评) ----------------------------------------------------------------------------------------------------
+
+
+class ReachMetric(enum.StrEnum):
+    """The small common set every platform's figures map onto, so stories compare across channels."""
+
+    READS = "reads"
+    SHARES = "shares"
+    LIKES = "likes"
+    COMMENTS = "comments"
+
+
+@dataclass(frozen=True)
+class ReachReading:
+    """One live post's figures as its platform reports them at one moment: the common metrics the platform has
+    (one it does not report is left out, never 0) and its own figures under its own names (``raw``), kept as
+    they came so a mapping can be revisited."""
+
+    metrics: Mapping[ReachMetric, int]
+    raw: Mapping[str, int | float] = field(default_factory=dict)
+
+
 # --- error taxonomy --------------------------------------------------------------------------------------------
 
 

@@ -41,6 +41,14 @@ clears the checkpoint from the step that made that id and starts again there.
 Updates: WeChat cannot edit a published article. ``update_policy = "skip"`` (default) records updates as
 skipped with that reason; ``"republish"`` deletes the live article (and its draft) and publishes the new version.
 Retract: ``freepublish/delete`` (53600, already gone, counts as done) and ``draft/delete``.
+
+Reach (``read_reach``): ``POST /datacube/getarticletotaldetail`` for the article's publication day (Beijing),
+matched by ``msgid`` = ``msg_data_id`` + ``_1`` (one article per message). WeChat's statistics end yesterday
+(``end_date``: "maximum value is yesterday") and count 30 days from publication; the ``detail_list`` days are
+added up: read users are its reads, share users its shares, likes, comments (and the raw figures under WeChat's
+names: favourites, 在看). A post published today has no figures yet: the sample waits (a pending Retryable) until
+08:05 Beijing time tomorrow, when WeChat has counted today. A receipt without ``msg_data_id`` (a submit
+reconciled through batchget) cannot be matched: Permanent, saying so.
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ from syndicate.delivery import (
     PayloadModel,
     Permanent,
     RateLimited,
+    ReachMetric,
+    ReachReading,
     Receipt,
     RenderError,
     Retryable,
@@ -128,6 +138,18 @@ CALLBACK_TOLERANCE = 300.0
 CALLBACK_MAX_BYTES = 64 * 1024
 #: China Standard Time: WeChat's daily quotas reset at midnight there.
 BEIJING = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
+#: datacube: "To ensure that the Official Account data is calculated and processed, query the previous-day data
+#: each day before 08:00" ([wx-dc-legacy]; read as: yesterday's figures are complete from 08:00 Beijing time). A
+#: sample of a post published today waits until just after then tomorrow.
+STATS_READY_HOUR = 8
+ARTICLE_STATS = "/datacube/getarticletotaldetail"
+#: getarticletotaldetail's detail_list figures under the common metric each one is.
+DETAIL_AS_REACH: dict[str, ReachMetric] = {
+    "read_user": ReachMetric.READS,
+    "share_user": ReachMetric.SHARES,
+    "like_user": ReachMetric.LIKES,
+    "comment_count": ReachMetric.COMMENTS,
+}
 
 # WeChat errcodes.
 TOKEN_ERRORS = frozenset({40001, 40014, 42001})
@@ -325,6 +347,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
     #: A resent draft/add or submit would make a second article; the checkpoints and lookup prevent that.
     idempotent: ClassVar[bool] = False
     supports_lookup: bool = True
+    supports_reach: bool = True
     options: WeChatOptions
 
     def __init__(self, name: str, options: WeChatOptions, **deps: Unpack[AdapterDeps]) -> None:
@@ -332,7 +355,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         self.actions = (  # from options: the update policy
             frozenset(Action) if options.update_policy == "republish" else frozenset({Action.PUBLISH, Action.RETRACT})
         )
-        self._api = f"{str(options.api_base).rstrip('/')}/cgi-bin"
+        self._root = str(options.api_base).rstrip("/")
+        self._api = f"{self._root}/cgi-bin"
         self._refresh_lock = asyncio.Lock()
         self._cover_locks: dict[str, asyncio.Lock] = {}
 
@@ -527,7 +551,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         if json_body is not None:
             data = json.dumps(json_body, ensure_ascii=False).encode("utf-8")
             headers["Content-Type"] = "application/json; charset=utf-8"
-        url = f"{self._api}/{endpoint}"
+        # "/datacube/..." and other interfaces beside /cgi-bin are given from the host's root.
+        url = f"{self._root}{endpoint}" if endpoint.startswith("/") else f"{self._api}/{endpoint}"
         response = await self.request(
             method, url, doing=what, may_land=unsure_after_send, params=query, data=data, headers=headers
         )
@@ -944,6 +969,8 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                     "article_id": str(result["article_id"]),
                     "article_url": result.get("article_url"),
                     "confirmed_by": source,
+                    # When the article was seen published: its statistics are asked for by publication day.
+                    "confirmed_at": self.clock(),
                 }
             )
             return self._receipt(ctx.state)
@@ -974,6 +1001,7 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 "draft_media_id": state.get("draft_media_id"),
                 "thumb_media_id": state.get("thumb_media_id"),
                 "cover_sha256": state.get("cover_sha256"),
+                "confirmed_at": state.get("confirmed_at"),
             },
         )
 
@@ -992,6 +1020,38 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
         if state.get("submit_pending") and not state.get("publish_id"):
             return await self._reconcile_submit(_article(payload, ctx), ctx)
         return None
+
+    # ---- reach
+
+    async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
+        receipt = ctx.receipt
+        if receipt is None or not receipt.raw.get("msg_data_id"):
+            raise Permanent(
+                f"the receipt of story {ctx.story_id!r} has no msg_data_id (its submit was reconciled through "
+                "freepublish/batchget, which does not report it): WeChat's article statistics are keyed by it"
+            )
+        msg_data_id = receipt.raw["msg_data_id"]
+        published_at = receipt.raw.get("confirmed_at") or ctx.queued_at
+        if not isinstance(published_at, int | float):
+            raise Permanent(f"the receipt of story {ctx.story_id!r} says not when the article was published")
+        day = dt.datetime.fromtimestamp(published_at, BEIJING).date()
+        now = dt.datetime.fromtimestamp(self.clock(), BEIJING)
+        if day >= now.date():
+            ready = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(STATS_READY_HOUR, 5), BEIJING)
+            raise Retryable(
+                f"WeChat counts an article's figures by day, up to yesterday: those of {day} are ready after "
+                f"{ready:%Y-%m-%d %H:%M} Beijing time",
+                retry_after=max(ready.timestamp() - self.clock(), 60.0),
+                pending=True,
+            )
+        answer = await self._api_call(
+            ctx,
+            "POST",
+            ARTICLE_STATS,
+            what=f"the statistics of articles published on {day} (getarticletotaldetail)",
+            json_body={"begin_date": day.isoformat(), "end_date": day.isoformat()},
+        )
+        return article_reach(answer, f"{msg_data_id}_1", day)
 
     # ---- retract
 
@@ -1078,6 +1138,39 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
                 }
             }
         }
+
+
+def article_reach(answer: dict[str, Any], msgid: str, day: dt.date) -> ReachReading:
+    """The reading of ``msgid`` in a getarticletotaldetail answer: its ``detail_list`` days added up, each figure
+    under WeChat's name in ``raw`` (with ``stat_days``, the days counted), the common metrics from them. Absent from
+    the list: WeChat keeps no figures for it (the article was deleted), Permanent; unless WeChat says the day's
+    figures are delayed (``is_delay``), Retryable then."""
+    entries = answer.get("list")
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or str(entry.get("msgid")) != msgid:
+            continue
+        days = entry.get("detail_list")
+        raw: dict[str, int | float] = {}
+        counted = 0
+        for detail in days if isinstance(days, list) else []:
+            if not isinstance(detail, dict):
+                continue
+            counted += 1
+            for name, value in detail.items():
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    raw[name] = int(raw.get(name, 0)) + value
+        metrics = {metric: int(raw[name]) for name, metric in DETAIL_AS_REACH.items() if name in raw}
+        raw["stat_days"] = counted
+        return ReachReading(metrics=metrics, raw=raw)
+    if answer.get("is_delay"):
+        # Not a failure: WeChat's counting of the day is late; waiting spends no retry.
+        raise Retryable(
+            f"WeChat has not counted the articles of {day} yet (is_delay)", retry_after=3600.0, pending=True
+        )
+    raise Permanent(
+        f"WeChat reports no statistics for article {msgid} published on {day}: it was deleted (or is not one WeChat "
+        "counts); sampling ends"
+    )
 
 
 def _article(payload: Payload[WeChatPayload], ctx: DeliveryContext) -> WeChatArticle:

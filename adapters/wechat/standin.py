@@ -20,6 +20,14 @@ What it does as WeChat does, in WeChat's JSON shapes (``{"errcode", "errmsg"}`` 
   ``freepublish/delete`` deletes one (for an unknown article id it answers 53600 "Article ID 无效", which WeChat
   documents for freepublish/getarticle; the delete page lists only 0 and 48001, so the adapter reads no meaning
   into it).
+* ``POST /datacube/getarticletotaldetail`` (JSON ``begin_date``, ``end_date``, YYYY-MM-DD; outside ``/cgi-bin``, as
+  on WeChat): every live article of the app published (Beijing date) in that range, as ``{"ref_date", "msgid"
+  (msg_data_id + "_1"), "publish_type", "title", "content_url", "detail_list": [{"stat_date", "read_user",
+  "share_user", "like_user", "comment_count", "collection_user", "zaikan_user"}, ...]}`` with one entry per day from
+  the publication day to yesterday (at most 30 days), each day's own figures, which add up to totals growing with
+  the article's age (``adapters.reach_curve``), and ``is_delay``: true before 08:00 Beijing time, when yesterday
+  is not counted yet (and left out). Refused: a missing or malformed date (61500), ``begin_date`` after
+  ``end_date`` or ``end_date`` after yesterday (61501). Its clock is ``adapters.reach_curve.standin_clock``.
 * When ``configure(callback_url=...)`` is set, a finished job POSTs the ``PUBLISHJOBFINISH`` event to it, signed
   with ``callback_token``, in plaintext or (with ``callback_aes_key``) safe mode.
 
@@ -32,6 +40,7 @@ the common fault rules apply too (the receiver name is the endpoint, e.g. ``free
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import hashlib
 import secrets
 import time
@@ -42,6 +51,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from adapters.reach_curve import grown_figure, standin_clock
 from syndicate.media import sniff_image_type
 from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
@@ -58,6 +68,21 @@ UPLOADIMG_MAX_BYTES = 1024 * 1024
 UPLOADIMG_TYPES = frozenset({"image/png", "image/jpeg"})
 TITLE_MAX, AUTHOR_MAX, DIGEST_MAX, CONTENT_MAX_CHARS = 32, 16, 128, 20_000
 CONTENT_MAX_BYTES = 1024 * 1024
+#: datacube: the statistics of an article cover the days from its publication, at most this many.
+STAT_DAYS = 30
+#: Before this Beijing hour yesterday's figures are not ready (is_delay).
+STATS_READY_HOUR = 8
+BEIJING = dt.timezone(dt.timedelta(hours=8))
+DATE_FORMAT_ERROR, DATE_RANGE_ERROR = 61500, 61501
+#: What an article reaches in the stand-in when fully grown (before each article's own weight).
+FULL_ARTICLE_FIGURES = {
+    "read_user": 6000,
+    "share_user": 300,
+    "like_user": 150,
+    "comment_count": 40,
+    "collection_user": 60,
+    "zaikan_user": 90,
+}
 #: The reasons WeChat gives for a failed publish job (``publish_status`` 2..6).
 FAILED_STATUSES = {
     2: "原创失败 (originality check failed)",
@@ -524,6 +549,7 @@ def _settle(sandbox: Sandbox, publish_id: str) -> dict[str, Any]:
             "articles": job["articles"],
             "url": f"https://mp.weixin.qq.com/s/{article_id}",
             "update_time": int(time.time()),
+            "published_at": time.time(),
             "deleted": False,
         }
         # A published draft leaves the draft box, as on WeChat (a later draft/delete of it answers 40007).
@@ -596,6 +622,74 @@ async def publish_delete(request: web.Request, call: Call, app_id: str) -> web.R
         raise _WeChatError(53600, "Article ID 无效")
     article["deleted"] = True
     return _ok()
+
+
+# ---- datacube (article statistics)
+
+
+def _stat_date(body: dict[str, Any], name: str) -> dt.date:
+    value = body.get(name)
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise _WeChatError(
+            DATE_FORMAT_ERROR, f"invalid {name} {value!r}: date format error, expect YYYY-MM-DD"
+        ) from None
+
+
+def _day_end(day: dt.date) -> float:
+    """The end of a Beijing calendar day (unix seconds): a day's figures are counted up to here."""
+    return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), BEIJING).timestamp()
+
+
+def article_figures(article_id: str, published_at: float, through: dt.date) -> dict[str, int]:
+    """An article's totals counted up to the end of ``through`` (Beijing): deterministic, growing with its age."""
+    age = _day_end(through) - published_at
+    return {
+        name: grown_figure(f"wechat:{article_id}", name, age, full=full) for name, full in FULL_ARTICLE_FIGURES.items()
+    }
+
+
+async def article_total_detail(request: web.Request, call: Call, app_id: str) -> web.Response:
+    body = await read_json(request)
+    call.record(body)
+    if not isinstance(body, dict):
+        raise _WeChatError(DATE_FORMAT_ERROR, "the body must be a JSON object with begin_date and end_date")
+    begin, end = _stat_date(body, "begin_date"), _stat_date(body, "end_date")
+    now = dt.datetime.fromtimestamp(standin_clock(call.sandbox)(), BEIJING)
+    yesterday = now.date() - dt.timedelta(days=1)
+    if begin > end or end > yesterday:
+        raise _WeChatError(DATE_RANGE_ERROR, f"date range error: {begin}..{end} (end_date is at most {yesterday})")
+    is_delay = now.hour < STATS_READY_HOUR
+    counted_to = yesterday - dt.timedelta(days=1) if is_delay else yesterday
+    entries = []
+    for article_id, article in _state(call.sandbox).get("articles", {}).items():
+        published_at = article.get("published_at")
+        if article["app_id"] != app_id or article["deleted"] or article["msg_data_id"] is None or published_at is None:
+            continue
+        ref_date = dt.datetime.fromtimestamp(published_at, BEIJING).date()
+        if not begin <= ref_date <= end:
+            continue
+        details = []
+        before = dict.fromkeys(FULL_ARTICLE_FIGURES, 0)
+        day = ref_date
+        while day <= counted_to and day < ref_date + dt.timedelta(days=STAT_DAYS):
+            total = article_figures(article_id, published_at, day)
+            details.append({"stat_date": day.isoformat(), **{k: total[k] - before[k] for k in total}})
+            before, day = total, day + dt.timedelta(days=1)
+        entries.append(
+            {
+                "ref_date": ref_date.isoformat(),
+                "msgid": f"{article['msg_data_id']}_1",
+                "publish_type": 1,
+                "title": article["articles"][0]["title"],
+                "content_url": article["url"],
+                "detail_list": details,
+            }
+        )
+    return web.json_response({"list": entries, "is_delay": is_delay})
 
 
 # ---- the PUBLISHJOBFINISH callback
@@ -688,6 +782,9 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     }
     for endpoint, func in posts.items():
         app.router.add_post(f"{PREFIX}/{endpoint}", _wrap(sandbox, endpoint, func))
+    # The data-analysis interfaces live beside /cgi-bin, at https://api.weixin.qq.com/datacube/...
+    detail = "datacube/getarticletotaldetail"
+    app.router.add_post(f"/{detail}", _wrap(sandbox, detail, article_total_detail))
 
 
 __all__ = [
@@ -696,6 +793,7 @@ __all__ = [
     "FAILED_STATUSES",
     "WeChatConfig",
     "add_article",
+    "article_figures",
     "articles",
     "callbacks",
     "config",

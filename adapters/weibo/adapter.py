@@ -12,6 +12,10 @@ multipart). So:
   ``pic``; without a cover the request is a plain form post.
 * The API has no delete or edit for shared statuses, so update and retract are not offered: the engine records
   them as ``skipped`` with that reason.
+* ``read_reach`` reads the status's counts through ``GET /2/statuses/count.json?ids=<id>``: reposts are its
+  shares, comments its comments, attitudes (表态, the likes) its likes; the public API reports no reads (only the
+  business ``media_statuses/count_sp`` does, for media accounts), so reads are left out. Weibo leaves an unknown or
+  deleted id out of the answer without an error: a status missing from it is gone, and the sampling ends.
 * A publish whose answer was lost is reconciled by reading the account's ``statuses/user_timeline`` and matching
   the text (Weibo shows links as t.cn short links, so links compare as placeholders); when the timeline cannot be
   read the delivery stays unknown rather than risk a second post.
@@ -54,6 +58,8 @@ from syndicate.delivery import (
     PayloadModel,
     Permanent,
     RateLimited,
+    ReachMetric,
+    ReachReading,
     Receipt,
     RenderError,
     Retryable,
@@ -69,6 +75,13 @@ WEIBO_API_BASE = "https://api.weibo.com"
 SHARE_PATH = "/2/statuses/share.json"
 TIMELINE_PATH = "/2/statuses/user_timeline.json"
 RATE_STATUS_PATH = "/2/account/rate_limit_status.json"
+COUNT_PATH = "/2/statuses/count.json"
+#: statuses/count's figures under the common metric each one is.
+COUNTS_AS_REACH: dict[str, ReachMetric] = {
+    "reposts": ReachMetric.SHARES,
+    "comments": ReachMetric.COMMENTS,
+    "attitudes": ReachMetric.LIKES,
+}
 #: statuses/share: "仅支持JPEG、GIF、PNG图片,上传图片大小限制为<5M".
 PIC_TYPES = ("image/jpeg", "image/gif", "image/png")
 PIC_MAX_BYTES = 5 * 1024 * 1024 - 1
@@ -156,6 +169,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
     idempotent: ClassVar[bool] = False
     actions = frozenset({Action.PUBLISH})
     supports_lookup = True
+    supports_reach = True
     options: WeiboOptions
 
     def __init__(self, name: str, options: WeiboOptions, **deps: Unpack[AdapterDeps]) -> None:
@@ -164,6 +178,7 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
         self._share_url = f"{api}{SHARE_PATH}"
         self._timeline_url = f"{api}{TIMELINE_PATH}"
         self._rate_status_url = f"{api}{RATE_STATUS_PATH}"
+        self._count_url = f"{api}{COUNT_PATH}"
 
     def unsupported_reason(self, action: Action) -> str:
         return (
@@ -259,6 +274,19 @@ class WeiboAdapter(HttpAdapter[WeiboOptions, WeiboPayload]):
             f"the status is not among the account's {LOOKUP_COUNT * LOOKUP_PAGES} newest; check the Weibo account "
             "before resending"
         )
+
+    async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
+        status_id = ctx.receipt.remote_id if ctx.receipt is not None else None
+        if not status_id:
+            raise Permanent(f"no Weibo status id in the live receipt of story {ctx.story_id!r}: no counts to read")
+        params = {"access_token": self.options.access_token, "ids": status_id}
+        answer = await self.request("GET", self._count_url, doing="Weibo statuses/count", may_land=False, params=params)
+        if not answer.ok:
+            raise await self._refusal(answer, doing="statuses/count")
+        found = answer.json()
+        if "error_code" in found:  # Weibo's refusals come with a 4xx, but a 200 carrying one is no reading either
+            raise self._error(answer, doing="statuses/count")
+        return counts_of(status_id, found.get("value"))
 
     async def refresh_auth(self, ctx: DeliveryContext) -> None:
         raise AuthRevoked(
@@ -392,6 +420,26 @@ def _created_at(status: Any) -> float | None:
         return dt.datetime.strptime(str(status["created_at"]), "%a %b %d %H:%M:%S %z %Y").timestamp()
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def counts_of(status_id: str, counts: Any) -> ReachReading:
+    """The reading for ``status_id`` in a ``statuses/count`` answer (a JSON list): its figures mapped onto the common
+    metrics, a figure Weibo did not send left out. Not in the list: Weibo omits unknown and deleted statuses, so the
+    status is gone (Permanent). Not a list: Retryable."""
+    if not isinstance(counts, list):
+        raise Retryable(f"Weibo's statuses/count answer is not a list: {str(counts)[:200]}")
+    for entry in counts:
+        if isinstance(entry, dict) and str(entry.get("idstr") or entry.get("id")) == status_id:
+            # Every figure Weibo sent, under its own name (the id is no figure).
+            raw = {name: value for name, value in entry.items() if name not in ("id", "idstr") and _count(value)}
+            metrics = {COUNTS_AS_REACH[name]: int(value) for name, value in raw.items() if name in COUNTS_AS_REACH}
+            return ReachReading(metrics=metrics, raw=raw)
+    raise Permanent(f"Weibo reports no counts for status {status_id}: it was deleted (Weibo omits deleted statuses)")
+
+
+def _count(value: Any) -> bool:
+    """A count as Weibo sends it: a non-negative integer (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _receipt(status: dict[str, Any]) -> Receipt:

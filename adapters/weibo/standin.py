@@ -20,6 +20,11 @@ What it checks, as Weibo does (https://open.weibo.com/wiki/2/statuses/share and 
   rate_limit_status's example) and ``per_day`` per user and day (``set_daily_limit``; the page's example is 100),
   then 10023; ``ip_limit`` calls per hour from all callers (15000), then 10022. The hourly windows are clock hours
   (rate_limit_status's example ``reset_time`` is on the hour), the day a Beijing calendar day.
+* ``GET /2/statuses/count.json?ids=<id,...>`` (1-100 ids; 10016 without ``ids``, 10017 for more or for one that
+  is not a number) answers ``[{"id", "comments", "reposts", "attitudes"}]`` for the account's live statuses among
+  them, figures growing with the status's age (``adapters.reach_curve``); unknown and deleted ids are left out of
+  the list without an error, as v1's ``statuses/counts`` documents. Counted against the hourly and daily limits
+  like every call. ``delete_status`` deletes one as its owner would on weibo.com.
 * ``GET /2/account/rate_limit_status.json`` answers ``ip_limit``, ``limit_time_unit`` ("HOURS"),
   ``remaining_ip_hits``, ``remaining_user_hits``, ``reset_time`` (Beijing time), ``reset_time_in_seconds`` (seconds
   until the hour's window resets) and ``user_limit`` from those counters, and is not counted itself.
@@ -45,6 +50,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from adapters.reach_curve import grown_figure, standin_clock
 from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
@@ -63,6 +69,10 @@ BEIJING = dt.timezone(dt.timedelta(hours=8))
 SHARE_PATH = "/2/statuses/share.json"
 TIMELINE_PATH = "/2/statuses/user_timeline.json"
 RATE_STATUS_PATH = "/2/account/rate_limit_status.json"
+COUNT_PATH = "/2/statuses/count.json"
+MAX_COUNT_IDS = 100
+#: What a status reaches in the stand-in when fully grown (before each status's own weight).
+FULL_COUNTS = {"reposts": 60, "comments": 35, "attitudes": 220}
 MAX_PIC_BYTES = 5 * 1024 * 1024
 MAX_LENGTH = 140
 
@@ -313,6 +323,8 @@ async def share(request: web.Request, call: Call) -> web.Response:
         "source": '<a href="https://open.weibo.com" rel="nofollow">syndicate</a>',
         "user": {"id": account.uid, "idstr": str(account.uid)},
         "_sent_text": text,
+        "_at": now,
+        "_deleted": False,
     }
     if pic is not None:
         name = hashlib.sha256(pic).hexdigest()[:20]
@@ -334,13 +346,51 @@ async def user_timeline(request: web.Request, call: Call) -> web.Response:
         page = max(int(request.query.get("page", "1")), 1)
     except ValueError:
         return _error(TIMELINE_PATH, PARAM_ERROR, "count and page must be integers")
-    newest_first = list(reversed(account.statuses))[(page - 1) * count : page * count]
+    live = [s for s in account.statuses if not s["_deleted"]]
+    newest_first = list(reversed(live))[(page - 1) * count : page * count]
     return web.json_response(
         {
             "statuses": [{k: v for k, v in s.items() if not k.startswith("_")} for s in newest_first],
-            "total_number": len(account.statuses),
+            "total_number": len(live),
         }
     )
+
+
+def status_counts(status: dict[str, Any], now: float) -> dict[str, int]:
+    """A status's repost, comment and attitude counts at ``now``: deterministic, growing with its age."""
+    age = now - float(status["_at"])
+    return {name: grown_figure(f"weibo:{status['idstr']}", name, age, full=full) for name, full in FULL_COUNTS.items()}
+
+
+async def count(request: web.Request, call: Call) -> web.Response:
+    """``statuses/count``: the counts of the account's live statuses among ``ids``; others are left out."""
+    state = weibo_state(call.sandbox)
+    call.record({k: v for k, v in request.query.items() if k != "access_token"})
+    account = _account(state, _token(request, {}), COUNT_PATH)
+    if isinstance(account, web.Response):
+        return account
+    refused = _count_call(state, account, COUNT_PATH, time.time())
+    if refused is not None:
+        return refused
+    raw_ids = request.query.get("ids", "")
+    if not raw_ids:
+        return _error(COUNT_PATH, MISSING_PARAM, "miss required parameter (ids), see doc for more info.")
+    ids = raw_ids.split(",")
+    if len(ids) > MAX_COUNT_IDS or not all(part.isdigit() for part in ids):
+        return _error(COUNT_PATH, PARAM_ERROR, f"parameter (ids)'s value invalid, expect (1-{MAX_COUNT_IDS} ids)")
+    now = standin_clock(call.sandbox)()
+    by_id = {s["idstr"]: s for s in account.statuses if not s["_deleted"] and float(s["_at"]) <= now}
+    counts = [{"id": by_id[i]["id"], **status_counts(by_id[i], now)} for i in ids if i in by_id]
+    return web.json_response(counts)
+
+
+def delete_status(sandbox: Sandbox, status_id: str, token: str = DEFAULT_ACCESS_TOKEN) -> None:
+    """Delete a status as its owner would on weibo.com (the API offers a third-party app no delete)."""
+    for status in weibo_state(sandbox).accounts[token].statuses:
+        if status["idstr"] == status_id:
+            status["_deleted"] = True
+            return
+    raise KeyError(f"no status {status_id} on the account of token {token!r}")
 
 
 async def rate_limit_status(request: web.Request, call: Call) -> web.Response:
@@ -372,6 +422,7 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     app.router.add_post(SHARE_PATH, wrap(share))
     app.router.add_get(TIMELINE_PATH, wrap(user_timeline))
     app.router.add_get(RATE_STATUS_PATH, wrap(rate_limit_status))
+    app.router.add_get(COUNT_PATH, wrap(count))
 
     async def post_rate_limit(request: web.Request) -> web.Response:
         data = await read_json(request)

@@ -12,6 +12,11 @@
 * ``retract`` deletes the post (``delete_tweet``; already gone counts as done). ``update`` follows
   ``update_policy``: ``skip`` (the default: X's API cannot edit a post, so the engine records the update as skipped
   with that reason) or ``delete_and_repost`` (delete, checkpoint, post the new version).
+* ``read_reach`` reads the post's ``public_metrics`` (``GET /2/tweets?ids=<id>&tweet.fields=public_metrics``,
+  tweepy's ``get_tweets``, user context as every call here): impressions are its reads, reposts and quotes its
+  shares, likes, replies its comments; the figures X gives are kept as they came. An id X cannot show (deleted,
+  or never ours) comes back in ``errors[]`` with HTTP 200 (``resource-not-found``): the post is gone, the
+  sampling ends. Impressions are absent on some tiers or revisions of the API: then reads are left out, not 0.
 * A timeout after sending is reconciled through the account's recent posts (``get_me`` + ``get_users_tweets``),
   matching the text with links compared as placeholders (X shows them as t.co links).
 
@@ -56,6 +61,8 @@ from syndicate.delivery import (
     PayloadModel,
     Permanent,
     RateLimited,
+    ReachMetric,
+    ReachReading,
     Receipt,
     RenderError,
     Retryable,
@@ -91,6 +98,16 @@ DEFAULT_RATE_LIMIT_PAUSE = 15 * 60.0
 #: 3,200): with start_time at the delivery's queueing, "not found" means not posted.
 LOOKUP_COUNT = 100
 LOOKUP_PAGES = 32
+#: X's public_metrics fields under the common metric each one counts towards (reposts and quotes both put the post
+#: in front of the sharer's followers, so both are shares).
+PUBLIC_METRICS_AS_REACH: dict[str, ReachMetric] = {
+    "impression_count": ReachMetric.READS,
+    "retweet_count": ReachMetric.SHARES,
+    "quote_count": ReachMetric.SHARES,
+    "like_count": ReachMetric.LIKES,
+    "reply_count": ReachMetric.COMMENTS,
+}
+NOT_FOUND_PROBLEM = "https://api.twitter.com/2/problems/resource-not-found"
 #: How far our clock and X's may differ when asking for the posts made since the delivery was queued.
 CLOCK_SKEW = 300
 
@@ -170,6 +187,7 @@ class XAdapter(Adapter[XOptions, XPayload]):
     payload_model = XPayload
     idempotent: ClassVar[bool] = False
     supports_lookup = True
+    supports_reach = True
     options: XOptions
 
     def __init__(self, name: str, options: XOptions, **deps: Unpack[AdapterDeps]) -> None:
@@ -300,6 +318,17 @@ class XAdapter(Adapter[XOptions, XPayload]):
         raise OutcomeUnknown(
             f"the post is not among the account's {LOOKUP_COUNT * LOOKUP_PAGES} newest; check X before resending"
         )
+
+    async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
+        post_id = ctx.receipt.remote_id if ctx.receipt is not None else None
+        if not post_id:
+            raise Permanent(f"no X post id in the live receipt of story {ctx.story_id!r}: no figures to read")
+        try:
+            with self._transport("read the post's public metrics", may_land=False):
+                answer = await self.client.get_tweets([post_id], tweet_fields=["public_metrics"], user_auth=True)
+        except tweepy.HTTPException as exc:
+            raise self._error(exc, doing="public metrics lookup") from exc
+        return reach_of(post_id, answer)
 
     async def check(self, keys: SharedKeys | None = None) -> str:
         try:
@@ -572,6 +601,33 @@ def _reset(value: str | None, now: float) -> dt.datetime:
         at = now + DEFAULT_RATE_LIMIT_PAUSE
     # An absurd reset (a bug, "99999999999") is asked again after a day, as for Retry-After.
     return dt.datetime.fromtimestamp(min(at, now + MAX_RETRY_AFTER), tz=dt.UTC)
+
+
+def reach_of(post_id: str, answer: dict[str, Any]) -> ReachReading:
+    """The reading in a ``GET /2/tweets`` answer for ``post_id``: its ``public_metrics`` mapped onto the common
+    metrics (a field X did not send is left out); ``Permanent`` when X reports the post not found; ``Retryable``
+    when the answer has neither (X answered something else)."""
+    for post in answer.get("data") or []:
+        if isinstance(post, dict) and str(post.get("id")) == post_id:
+            found = post.get("public_metrics")
+            figures = found if isinstance(found, dict) else {}
+            raw = {name: value for name, value in figures.items() if _count(value)}
+            metrics: dict[ReachMetric, int] = {}
+            for name, metric in PUBLIC_METRICS_AS_REACH.items():
+                if name in raw:
+                    metrics[metric] = metrics.get(metric, 0) + int(raw[name])
+            return ReachReading(metrics=metrics, raw=raw)
+    for error in answer.get("errors") or []:
+        if isinstance(error, dict) and str(error.get("value") or error.get("resource_id")) == post_id:
+            if error.get("type") == NOT_FOUND_PROBLEM:
+                raise Permanent(f"X no longer shows post {post_id} (deleted?): {error.get('detail')}")
+            raise Permanent(f"X refuses to show post {post_id}: {error.get('title')}: {error.get('detail')}")
+    raise Retryable(f"X's answer to the lookup of post {post_id} names neither the post nor an error")
+
+
+def _count(value: Any) -> bool:
+    """A figure as X sends it: a non-negative integer (a bool is not one)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _receipt(post: dict[str, Any]) -> Receipt:

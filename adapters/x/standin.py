@@ -4,6 +4,11 @@ Routes, on X's own paths so a channel whose ``api_base`` is the sandbox root rea
 
 * ``POST /2/tweets`` ``{"text", "media": {"media_ids": [...]}}`` -> 201 ``{"data": {"id", "text",
   "edit_history_tweet_ids"}}``. ``DELETE /2/tweets/{id}`` -> ``{"data": {"deleted": true}}`` (404 when unknown).
+* ``GET /2/tweets?ids=<id,...>&tweet.fields=public_metrics`` (1-100 numeric ids): the live posts among them with
+  ``public_metrics`` (``retweet_count``, ``reply_count``, ``like_count``, ``quote_count``, ``bookmark_count``,
+  ``impression_count``) when asked for, figures that grow with the post's age (``adapters.reach_curve``), and an
+  ``errors[]`` entry (``resource-not-found``, "Could not find tweet with ids: [...]") for each unknown or deleted
+  id, with HTTP 200 as X answers a partial lookup. Its own window: 900 calls per 15 minutes (``set_lookup_rate_limit``).
 * ``GET /2/users/me`` and ``GET /2/users/{id}/tweets?max_results=&start_time=&pagination_token=`` (newest first,
   links shown as t.co links; ``meta.next_token`` while older posts remain, as X pages them).
 * ``POST /2/media/upload`` (multipart ``media``, ``media_category``) -> ``{"data": {"id", "media_key", "size",
@@ -51,6 +56,7 @@ from oauthlib.oauth1.rfc5849 import signature as oauth_signature
 from oauthlib.oauth1.rfc5849.utils import escape as oauth_escape
 from twitter_text import parse_tweet
 
+from adapters.reach_curve import grown_figure, standin_clock
 from syndicate.sandbox.app import Standin
 from syndicate.sandbox.core import Call, Sandbox, read_json
 
@@ -61,6 +67,19 @@ DEFAULT_ACCESS_TOKEN = "1900000000000000001-sandbox-x-access-token"
 DEFAULT_ACCESS_TOKEN_SECRET = "sandbox-x-access-token-secret"
 RATE_WINDOW_SECONDS = 15 * 60
 DEFAULT_RATE_LIMIT = 100
+#: GET /2/tweets (lookup by ids): 900 requests per 15 minutes per user ([x-rl-transcript] in docs/platforms.md).
+DEFAULT_LOOKUP_RATE_LIMIT = 900
+MAX_LOOKUP_IDS = 100
+#: What a post reaches in the stand-in when fully grown (before each post's own weight): impressions, then the
+#: interactions, far fewer, as on X.
+FULL_PUBLIC_METRICS = {
+    "retweet_count": 40,
+    "reply_count": 25,
+    "like_count": 180,
+    "quote_count": 8,
+    "bookmark_count": 15,
+    "impression_count": 12_000,
+}
 DEFAULT_DAILY_LIMIT = 10_000
 DAY_SECONDS = 24 * 3600
 MAX_MEDIA_BYTES = 5 * 1024 * 1024
@@ -102,6 +121,10 @@ class XState:
     rate_limit: int = DEFAULT_RATE_LIMIT
     window_start: float = 0.0
     window_count: int = 0
+    #: The lookup endpoint's own 15-minute window.
+    lookup_rate_limit: int = DEFAULT_LOOKUP_RATE_LIMIT
+    lookup_window_start: float = 0.0
+    lookup_window_count: int = 0
     #: Posts per 24 hours for the user (X's x-user-limit-24hour-* caps, per access tier), and that window.
     #: False: the app has Read permission only (or the token predates Read and Write): posts and deletes are 403.
     can_write: bool = True
@@ -126,6 +149,12 @@ def set_rate_limit(sandbox: Sandbox, per_window: int) -> None:
     """Allow ``per_window`` post/delete calls per 15 minutes from now on (a fresh window starts)."""
     state = x_state(sandbox)
     state.rate_limit, state.window_start, state.window_count = per_window, 0.0, 0
+
+
+def set_lookup_rate_limit(sandbox: Sandbox, per_window: int) -> None:
+    """Allow ``per_window`` lookups (``GET /2/tweets``) per 15 minutes from now on (a fresh window starts)."""
+    state = x_state(sandbox)
+    state.lookup_rate_limit, state.lookup_window_start, state.lookup_window_count = per_window, 0.0, 0
 
 
 CREDENTIALS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
@@ -190,6 +219,19 @@ def _rate(state: XState) -> tuple[dict[str, str], bool]:
         "x-rate-limit-reset": str(int(state.window_start + RATE_WINDOW_SECONDS)),
     }
     return headers, state.window_count > state.rate_limit
+
+
+def _lookup_rate(state: XState) -> tuple[dict[str, str], bool]:
+    now = time.time()
+    if now - state.lookup_window_start >= RATE_WINDOW_SECONDS:
+        state.lookup_window_start, state.lookup_window_count = now, 0
+    state.lookup_window_count += 1
+    headers = {
+        "x-rate-limit-limit": str(state.lookup_rate_limit),
+        "x-rate-limit-remaining": str(max(state.lookup_rate_limit - state.lookup_window_count, 0)),
+        "x-rate-limit-reset": str(int(state.lookup_window_start + RATE_WINDOW_SECONDS)),
+    }
+    return headers, state.lookup_window_count > state.lookup_rate_limit
 
 
 def _daily(state: XState) -> tuple[dict[str, str], bool]:
@@ -299,6 +341,56 @@ async def delete_tweet(request: web.Request, call: Call) -> web.Response:
         return problem(404, "Not Found Error", f"Could not find tweet with id: [{request.match_info['id']}].")
     post["deleted"] = True
     return web.json_response({"data": {"deleted": True}}, headers=headers)
+
+
+def public_metrics(post: dict[str, Any], now: float) -> dict[str, int]:
+    """The post's public metrics at ``now``: deterministic, growing with its age."""
+    age = now - float(post["at"])
+    return {name: grown_figure(f"x:{post['id']}", name, age, full=full) for name, full in FULL_PUBLIC_METRICS.items()}
+
+
+async def lookup_tweets(request: web.Request, call: Call) -> web.Response:
+    """``GET /2/tweets?ids=``: X answers the ids it can show in ``data`` and each other one in ``errors``."""
+    state = x_state(call.sandbox)
+    refused = _verify(request, state)
+    if refused is not None:
+        return refused
+    call.record(dict(request.query))
+    headers, limited = _lookup_rate(state)
+    if limited:
+        return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
+    ids = [part for part in request.query.get("ids", "").split(",") if part]
+    if not ids or len(ids) > MAX_LOOKUP_IDS or not all(part.isdigit() for part in ids):
+        return _invalid(f"ids must be 1 to {MAX_LOOKUP_IDS} comma-separated numeric post ids", headers)
+    fields = set(request.query.get("tweet.fields", "").split(","))
+    now = standin_clock(call.sandbox)()
+    found: list[dict[str, Any]] = []
+    missing: list[dict[str, Any]] = []
+    for post_id in ids:
+        post = state.posts.get(post_id)
+        if post is None or post["deleted"] or float(post["at"]) > now:
+            missing.append(
+                {
+                    "value": post_id,
+                    "detail": f"Could not find tweet with ids: [{post_id}].",
+                    "title": "Not Found Error",
+                    "resource_type": "tweet",
+                    "parameter": "ids",
+                    "resource_id": post_id,
+                    "type": "https://api.twitter.com/2/problems/resource-not-found",
+                }
+            )
+            continue
+        shown = _public(post)
+        if "public_metrics" in fields:
+            shown["public_metrics"] = public_metrics(post, now)
+        found.append(shown)
+    body: dict[str, Any] = {}
+    if found:
+        body["data"] = found
+    if missing:
+        body["errors"] = missing
+    return web.json_response(body, headers=headers)
 
 
 async def me(request: web.Request, call: Call) -> web.Response:
@@ -543,6 +635,7 @@ def setup(app: web.Application, sandbox: Sandbox) -> None:
     """Add X's paths and ``POST /_sandbox/x/rate_limit {"per_window": n}``."""
     wrap = sandbox.handler(PLATFORM)
     app.router.add_post("/2/tweets", wrap(create_tweet))
+    app.router.add_get("/2/tweets", wrap(lookup_tweets))
     app.router.add_delete("/2/tweets/{id}", wrap(delete_tweet))
     app.router.add_get("/2/users/me", wrap(me))
     app.router.add_get("/2/users/{id}/tweets", wrap(user_tweets))
@@ -574,6 +667,7 @@ def posts_made(sandbox: Sandbox) -> list[str]:
 
 def lift_limits(sandbox: Sandbox) -> None:
     set_rate_limit(sandbox, 10**9)
+    set_lookup_rate_limit(sandbox, 10**9)
     set_daily_limit(sandbox, 10**9)
 
 

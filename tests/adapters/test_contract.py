@@ -11,24 +11,40 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from pathlib import Path
 
 import pytest
 
+from adapters.reach_curve import set_standin_clock
 from syndicate.channel import Adapter
 from syndicate.config import Settings, parse_config
-from syndicate.delivery import Action, DeliveryError, Payload, RenderError, Retryable
+from syndicate.delivery import (
+    Action,
+    DeliveryError,
+    Payload,
+    Permanent,
+    ReachMetric,
+    Receipt,
+    RenderError,
+    Retryable,
+)
 from syndicate.logs import configure_logging, reset_logging
+from syndicate.sandbox import RunningSandbox, standins
+from syndicate.store.base import State
 from syndicate.story import Story
 from tests.support import (
     CHANNELS_EXAMPLE,
     ENDPOINT_OPTIONS,
+    accept_credentials,
     closed_port,
     ctx_for,
     example_channels,
     make_story,
     registered_kinds,
+    run_engine,
     sample_stories,
+    standin_channels,
 )
 
 KINDS = sorted(registered_kinds())
@@ -174,3 +190,54 @@ async def test_no_secret_in_a_payload_or_a_log_line(kind: str, tmp_path: Path, s
     seen.append(logs.getvalue())
     leaks = [f"{name} in {text[:160]!r}" for name, secret in secrets.items() for text in seen if secret in text]
     assert leaks == [], leaks
+
+
+def reach_story(sandbox_url: str) -> Story:
+    """A story every platform kind publishes to its stand-in: a cover (WeChat requires one) the sandbox serves and
+    a link on the stand-ins' safe domain (Weibo's rule), a headline within WeChat's 32 characters."""
+    cover = {"href": f"{sandbox_url}/media/story-amber-1200x675.png", "role": "cover"}
+    return make_story(id="reach-1", url="https://news.example.cn/shanghai/reach-1.html", images=[cover])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_reach_reads_common_metrics_only_as_non_negative_ints(
+    kind: str, tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    """A kind with ``supports_reach`` (the adapter built from the example's channel says) reads its delivered post's
+    figures from its stand-in three days on: only ReachMetric keys, non-negative ints, raw figures numbers, no
+    secret in the reading. A kind without it keeps the default refusal (Permanent), never an empty reading."""
+    example = standin_channels(tmp_path, sandbox.url)
+    [name] = [n for n, table in example.tables.items() if table["kind"] == kind]
+    table = {**example.tables[name], **({"retry": [0, 0.05, 0.05]} if kind in standins() else {})}
+    raw = {
+        "store": {"url": f"sqlite:///{tmp_path / 'reach.db'}"},
+        "media": {"allow_private": True, "cache_dir": str(tmp_path / "media-cache")},
+        "engine": {"poll_interval": 0.05, "retry_jitter": 0},
+        "channels": {name: table},
+    }
+    settings = parse_config(raw, source="test.toml", env=example.env)
+    later = time.time() + 3 * 86400
+    adapter = settings.channels[name].create_adapter(clock=lambda: later)
+    if not adapter.supports_reach:
+        with pytest.raises(Permanent, match="reports no reach"):
+            await adapter.read_reach(ctx_for(channel=name, receipt=Receipt(remote_id="1")))
+        return
+    accept_credentials(sandbox.sandbox, settings)
+    run = await run_engine(settings, [reach_story(sandbox.url)])
+    [delivery] = [d for d in run.deliveries if d.action is Action.PUBLISH]
+    assert delivery.state is State.DELIVERED and delivery.receipt is not None, delivery.last_error
+    set_standin_clock(sandbox.sandbox, lambda: later)
+    await adapter.start()
+    try:
+        reading = await adapter.read_reach(ctx_for(channel=name, receipt=delivery.receipt))
+    finally:
+        await adapter.close()
+    assert reading.metrics, f"{kind}'s stand-in reported no figure three days after publication"
+    for metric, value in reading.metrics.items():
+        assert isinstance(metric, ReachMetric), metric
+        assert type(value) is int and value >= 0, (metric, value)
+    for figure, value in reading.raw.items():
+        assert isinstance(figure, str) and type(value) in (int, float) and value >= 0, (figure, value)
+    shown = repr(reading)
+    leaked = [where for where, secret in example.secrets.items() if secret in shown]
+    assert not leaked, f"secrets of {leaked} in the reading"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 import re
@@ -17,18 +18,20 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from PIL import Image
 
+from adapters.reach_curve import set_standin_clock
 from adapters.wechat import standin as wx
 from adapters.wechat.adapter import (
     WeChatAdapter,
     WeChatArticle,
     WeChatPayload,
     WeChatRetraction,
+    article_reach,
     body_image_sources,
     wechat_html,
 )
 from syndicate.channel import register
 from syndicate.config import Settings
-from syndicate.delivery import Action, Payload, Permanent, Receipt, RenderError, Retryable
+from syndicate.delivery import Action, Payload, Permanent, RateLimited, ReachMetric, Receipt, RenderError, Retryable
 from syndicate.engine import Engine
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import ChannelAccess, DeliveryFilter, DeliveryRecord, SharedKeys, State, Store
@@ -780,3 +783,184 @@ async def test_photos_wechat_would_refuse_are_converted_and_a_shared_cover_is_up
         "kept (another live story shows it)",
         "deleted",
     }
+
+
+# ---- reach (datacube article statistics)
+
+
+class Now:
+    """One "now" for the adapter and the stand-in's statistics, moved by the test."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def __call__(self) -> float:
+        return self.at
+
+
+def beijing_day(at: float) -> dt.date:
+    return dt.datetime.fromtimestamp(at, wx.BEIJING).date()
+
+
+def beijing_time(day: dt.date, hour: int) -> float:
+    return dt.datetime.combine(day, dt.time(hour), wx.BEIJING).timestamp()
+
+
+async def published(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> tuple[WeChatAdapter, Receipt, str, dict[str, Any], Now]:
+    """An article published through the engine, and an adapter whose clock (shared with the stand-in's statistics)
+    the test moves."""
+    settings = make_settings(tmp_path, {"wechat": channel(sandbox)})
+    [d] = await run_once(settings, store, story(sandbox))
+    assert d.state is State.DELIVERED and d.receipt is not None, d.last_error
+    [(article_id, article)] = wx.articles(sandbox.sandbox).items()
+    now = Now(article["published_at"])
+    set_standin_clock(sandbox.sandbox, now)
+    adapter = settings.channels["wechat"].create_adapter(clock=now)
+    assert isinstance(adapter, WeChatAdapter)
+    await adapter.start()
+    return adapter, d.receipt, article_id, article, now
+
+
+async def test_a_post_published_today_waits_for_tomorrows_figures(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
+    now.at += 60
+    try:
+        with pytest.raises(Retryable) as waiting:
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+    finally:
+        await adapter.close()
+    day = beijing_day(article["published_at"])
+    ready = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(8, 5), wx.BEIJING).timestamp()
+    assert waiting.value.pending and waiting.value.retry_after == pytest.approx(max(ready - now.at, 60.0))
+    assert not [r for r in sandbox.sandbox.received("wechat") if r.receiver.startswith("datacube/")]
+
+
+async def test_read_reach_adds_up_the_days_getarticletotaldetail_reports(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    adapter, receipt, article_id, article, now = await published(sandbox, store, tmp_path)
+    day = beijing_day(article["published_at"])
+    now.at = beijing_time(day + dt.timedelta(days=3), 9)  # three days counted: the publication day and two more
+    try:
+        reading = await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+    finally:
+        await adapter.close()
+    totals = wx.article_figures(article_id, article["published_at"], day + dt.timedelta(days=2))
+    assert dict(reading.raw) == {**totals, "stat_days": 3}
+    assert dict(reading.metrics) == {
+        ReachMetric.READS: totals["read_user"],
+        ReachMetric.SHARES: totals["share_user"],
+        ReachMetric.LIKES: totals["like_user"],
+        ReachMetric.COMMENTS: totals["comment_count"],
+    }
+    [call] = [r for r in sandbox.sandbox.received("wechat") if r.receiver == "datacube/getarticletotaldetail"]
+    assert call.path == "/datacube/getarticletotaldetail"
+    assert call.body == {"begin_date": day.isoformat(), "end_date": day.isoformat()}
+    assert wx.DEFAULT_APP_SECRET not in repr(reading) and "token" not in repr(reading)
+
+
+async def test_wechat_figures_grow_day_by_day_and_stop_after_thirty(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
+    day = beijing_day(article["published_at"])
+    reads = []
+    try:
+        for days in (1, 2, 5, 5, 31, 45):
+            now.at = beijing_time(day + dt.timedelta(days=days), 10)
+            reading = await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+            reads.append((reading.metrics[ReachMetric.READS], reading.raw["stat_days"]))
+    finally:
+        await adapter.close()
+    assert reads[0][0] < reads[1][0] < reads[2][0]
+    assert reads[2] == reads[3]  # the same post at the same time: the same figures
+    assert reads[4][1] == reads[5][1] == 30 and reads[4] == reads[5]  # WeChat counts 30 days from publication
+
+
+async def test_before_eight_yesterday_is_not_counted_yet(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
+    day = beijing_day(article["published_at"])
+    now.at = beijing_time(day + dt.timedelta(days=1), 7)  # the publication day is yesterday, not counted before 08:00
+    try:
+        reading = await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+    finally:
+        await adapter.close()
+    assert dict(reading.metrics) == {} and reading.raw["stat_days"] == 0
+
+
+async def test_reach_of_a_deleted_article_is_permanent(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    adapter, receipt, _article_id, article, now = await published(sandbox, store, tmp_path)
+    now.at = beijing_time(beijing_day(article["published_at"]) + dt.timedelta(days=2), 9)
+    ctx = ctx_for(channel="wechat", receipt=receipt, action=Action.RETRACT)
+    try:
+        await adapter.retract(adapter.render(story(sandbox), Action.RETRACT), ctx)
+        with pytest.raises(Permanent, match="deleted"):
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+    finally:
+        await adapter.close()
+
+
+async def test_a_receipt_without_msg_data_id_cannot_be_read(sandbox: RunningSandbox, tmp_path: Path) -> None:
+    adapter = make_settings(tmp_path, {"wechat": channel(sandbox)}).channels["wechat"].create_adapter()
+    receipt = Receipt(remote_id="a-1", raw={"article_id": "a-1", "msg_data_id": None, "confirmed_at": time.time()})
+    with pytest.raises(Permanent, match="msg_data_id"):
+        await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+
+
+async def test_reach_quota_and_token_errors_map_onto_the_taxonomy(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
+    now.at = beijing_time(beijing_day(article["published_at"]) + dt.timedelta(days=2), 9)
+    detail = "datacube/getarticletotaldetail"
+    try:
+        wx.inject(sandbox.sandbox, detail, errcode=45009)
+        with pytest.raises(RateLimited) as limited:
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+        tomorrow = beijing_day(now.at) + dt.timedelta(days=1)
+        assert limited.value.until == dt.datetime.combine(tomorrow, dt.time(0, 0, 30), wx.BEIJING)
+        wx.inject(sandbox.sandbox, detail, errcode=-1)
+        with pytest.raises(Retryable):
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+        sandbox.sandbox.set_faults("wechat", [{"fault": "status:502", "name": detail}])
+        with pytest.raises(Retryable, match="502"):
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+        sandbox.sandbox.clear_faults("wechat")
+        wx.inject(sandbox.sandbox, detail, errcode=42001)  # an expired token is refreshed and the call made again
+        reading = await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+        assert reading.metrics[ReachMetric.READS] > 0
+    finally:
+        await adapter.close()
+
+
+async def test_the_stand_in_refuses_dates_wechat_refuses(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    adapter, receipt, _, _article, now = await published(sandbox, store, tmp_path)
+    today = beijing_day(now.at)
+    ctx = ctx_for(channel="wechat", receipt=receipt)
+    detail = "/datacube/getarticletotaldetail"
+    cases = [
+        ({"begin_date": "2026/12/01", "end_date": "2026-12-01"}, "61500"),
+        ({"end_date": today.isoformat()}, "61500"),
+        ({"begin_date": today.isoformat(), "end_date": today.isoformat()}, "61501"),  # after yesterday
+        ({"begin_date": "2026-11-20", "end_date": "2026-11-19"}, "61501"),
+    ]
+    try:
+        for body, code in cases:
+            with pytest.raises(Permanent) as refused:
+                await adapter._api_call(ctx, "POST", detail, what="datacube", json_body=body)
+            assert refused.value.platform_code == code, body
+    finally:
+        await adapter.close()
+
+
+def test_an_article_missing_while_wechat_is_late_waits_and_otherwise_is_gone() -> None:
+    day = dt.date(2026, 12, 1)
+    with pytest.raises(Retryable) as late:
+        article_reach({"list": [], "is_delay": True}, "2650000001_1", day)
+    assert late.value.pending
+    with pytest.raises(Permanent, match="deleted"):
+        article_reach({"list": [{"msgid": "2650000002_1", "detail_list": []}], "is_delay": False}, "2650000001_1", day)

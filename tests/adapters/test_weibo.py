@@ -12,20 +12,34 @@ import aiohttp
 import pytest
 from pydantic import ValidationError
 
+from adapters.reach_curve import set_standin_clock
 from adapters.textfit import ELLIPSIS, weibo_length
 from adapters.weibo.adapter import MIN_WINDOW_PAUSE, RateLimitStatus, WeiboAdapter, WeiboOptions, WeiboPayload
 from adapters.weibo.standin import (
+    COUNT_PATH,
     DEFAULT_ACCESS_TOKEN,
     REPEATED_TEXT,
     TEXT_TOO_LONG,
+    delete_status,
     set_daily_limit,
     set_rate_limit,
     set_token,
+    status_counts,
     statuses,
     weibo_count,
 )
 from syndicate.channel import DeliveryContext, register
-from syndicate.delivery import Action, Payload, Permanent, RateLimited, RenderError
+from syndicate.delivery import (
+    Action,
+    AuthExpired,
+    Payload,
+    Permanent,
+    RateLimited,
+    ReachMetric,
+    Receipt,
+    RenderError,
+    Retryable,
+)
 from syndicate.httputil import HttpAnswer
 from syndicate.sandbox import RunningSandbox
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
@@ -528,3 +542,101 @@ def test_weibos_error_codes_map_onto_what_fixes_them(code: int, status: int, exp
     body = json.dumps({"error": "from the table", "error_code": code, "request": "/2/statuses/share.json"}).encode()
     error = weibo._error(HttpAnswer(status, {}, body), doing="share", may_land=True)
     assert type(error).__name__ == expected and error.platform_code == str(code)
+
+
+# ------------------------------------------------------------------------------------------------ reach
+
+
+async def _shared(sandbox: RunningSandbox) -> tuple[WeiboAdapter, Receipt]:
+    """A started adapter against the stand-in and the receipt of a status it shared."""
+    values = {k: v for k, v in channel(sandbox.url).items() if k not in ("kind", "retry", "timeout")}
+    weibo = WeiboAdapter("weibo", WeiboOptions(**values), timeout=2)
+    await weibo.start()
+    story = make_story(images=[])
+    return weibo, await weibo.publish(weibo.render(story, Action.PUBLISH), ctx())
+
+
+async def test_read_reach_maps_statuses_count_onto_the_common_metrics(sandbox: RunningSandbox) -> None:
+    weibo, receipt = await _shared(sandbox)
+    [status] = statuses(sandbox.sandbox)
+    at = status["_at"] + 24 * 3600
+    set_standin_clock(sandbox.sandbox, lambda: at)
+    try:
+        reading = await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+    finally:
+        await weibo.close()
+    counts = status_counts(status, at)
+    assert dict(reading.raw) == counts  # Weibo's names and figures, as they came
+    assert dict(reading.metrics) == {
+        ReachMetric.SHARES: counts["reposts"],
+        ReachMetric.COMMENTS: counts["comments"],
+        ReachMetric.LIKES: counts["attitudes"],
+    }
+    assert ReachMetric.READS not in reading.metrics  # statuses/count reports no reads: left out, not 0
+    call = sandbox.sandbox.received("weibo")[-1]
+    assert call.path == COUNT_PATH and call.body == {"ids": receipt.remote_id}
+    assert DEFAULT_ACCESS_TOKEN not in repr(reading)
+
+
+async def test_weibo_counts_grow_with_the_statuss_age(sandbox: RunningSandbox) -> None:
+    weibo, receipt = await _shared(sandbox)
+    born = statuses(sandbox.sandbox)[0]["_at"]
+    likes = []
+    try:
+        for hours in (1, 6, 24, 72, 72):
+            set_standin_clock(sandbox.sandbox, lambda h=hours: born + h * 3600)
+            reading = await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+            likes.append(reading.metrics[ReachMetric.LIKES])
+    finally:
+        await weibo.close()
+    assert likes[0] < likes[1] < likes[2] < likes[3] == likes[4]
+
+
+async def test_reach_of_a_deleted_status_is_permanent(sandbox: RunningSandbox) -> None:
+    weibo, receipt = await _shared(sandbox)
+    assert receipt.remote_id is not None
+    delete_status(sandbox.sandbox, receipt.remote_id)
+    try:
+        with pytest.raises(Permanent, match="deleted"):
+            await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+    finally:
+        await weibo.close()
+
+
+async def test_reach_rate_limit_pauses_until_weibos_window_resets(sandbox: RunningSandbox) -> None:
+    weibo, receipt = await _shared(sandbox)
+    set_rate_limit(sandbox.sandbox, 30, user_limit=0)  # no call left this hour
+    try:
+        with pytest.raises(RateLimited) as limited:
+            await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+    finally:
+        await weibo.close()
+    assert limited.value.platform_code == "10023"
+    assert "window resets" in limited.value.reason
+    hour_end = (int(time.time()) // 3600 + 1) * 3600
+    assert limited.value.until.timestamp() == pytest.approx(max(hour_end, time.time() + MIN_WINDOW_PAUSE), abs=2)
+
+
+async def test_reach_expired_token_and_server_errors_map_onto_the_taxonomy(sandbox: RunningSandbox) -> None:
+    weibo, receipt = await _shared(sandbox)
+    try:
+        sandbox.sandbox.set_faults("weibo", [{"fault": "status:503", "methods": ["GET"]}])
+        with pytest.raises(Retryable):
+            await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+        sandbox.sandbox.clear_faults("weibo")
+        set_token(sandbox.sandbox, DEFAULT_ACCESS_TOKEN, "expired")
+        with pytest.raises(AuthExpired):
+            await weibo.read_reach(ctx_for(channel="weibo", receipt=receipt))
+    finally:
+        await weibo.close()
+
+
+async def test_the_stand_in_refuses_statuses_count_without_valid_ids(sandbox: RunningSandbox) -> None:
+    async with aiohttp.ClientSession() as http:
+        for ids, code in (("", 10016), ("abc", 10017), (",".join(str(n) for n in range(1, 102)), 10017)):
+            params = {"access_token": DEFAULT_ACCESS_TOKEN, "ids": ids}
+            async with http.get(f"{sandbox.url}{COUNT_PATH}", params=params) as resp:
+                assert resp.status == 400 and (await resp.json())["error_code"] == code, ids
+        params = {"access_token": DEFAULT_ACCESS_TOKEN, "ids": "4400000000009999"}
+        async with http.get(f"{sandbox.url}{COUNT_PATH}", params=params) as resp:
+            assert resp.status == 200 and await resp.json() == []  # unknown ids are left out, no error

@@ -15,26 +15,39 @@ import tweepy.asynchronous
 from oauthlib.oauth1 import Client as OAuthClient
 from yarl import URL
 
+from adapters.reach_curve import set_standin_clock
 from adapters.textfit import ELLIPSIS, x_is_valid, x_weighted_length
-from adapters.x.adapter import XAdapter, XOptions, XPayload, _processing_failed
+from adapters.x.adapter import XAdapter, XOptions, XPayload, _processing_failed, reach_of
 from adapters.x.standin import (
     DEFAULT_ACCESS_TOKEN,
     DEFAULT_ACCESS_TOKEN_SECRET,
     DEFAULT_CONSUMER_KEY,
     DEFAULT_CONSUMER_SECRET,
     posts,
+    public_metrics,
     set_can_write,
     set_daily_limit,
     set_gif_processing,
+    set_lookup_rate_limit,
     set_rate_limit,
+    x_state,
 )
 from syndicate.channel import DeliveryContext, register
-from syndicate.delivery import Action, Payload, Permanent, Receipt, Retryable
+from syndicate.delivery import (
+    Action,
+    AuthRevoked,
+    Payload,
+    Permanent,
+    RateLimited,
+    ReachMetric,
+    Receipt,
+    Retryable,
+)
 from syndicate.sandbox import RunningSandbox
 from syndicate.sandbox.core import MEDIA_DIR
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import FakeClock, ctx_for, engine_for, example_stories, make_settings, make_story
+from tests.support import FakeClock, ctx_for, engine_for, example_stories, make_settings, make_story, started
 
 register(XAdapter)
 
@@ -647,3 +660,107 @@ def test_a_failed_processing_maps_onto_the_taxonomy(error: dict[str, Any], expec
     """X documents InvalidMedia (the file is bad: the same bytes fail again); anything else is worth a new upload."""
     failure = _processing_failed({"state": "failed", "error": error}, "the animated GIF g", "17")
     assert type(failure) is expected and error["name"] in failure.reason
+
+
+# ------------------------------------------------------------------------------------------------ reach
+
+
+async def _posted(
+    sandbox: RunningSandbox, text: str = "区融媒体中心挂牌 https://example.com/a"
+) -> tuple[XAdapter, Receipt]:
+    """A started adapter against the stand-in and the receipt of a post it made."""
+    x = await started(adapter(api_base=sandbox.url))
+    receipt = await x.publish(Payload(data=XPayload(text=text)), ctx_for(channel="x"))
+    return x, receipt
+
+
+async def test_read_reach_maps_public_metrics_onto_the_common_metrics(sandbox: RunningSandbox) -> None:
+    x, receipt = await _posted(sandbox)
+    post = posts(sandbox.sandbox)[0]
+    set_standin_clock(sandbox.sandbox, lambda: post["at"] + 6 * 3600)
+    try:
+        reading = await x.read_reach(ctx_for(channel="x", receipt=receipt))
+    finally:
+        await x.close()
+    figures = public_metrics(post, post["at"] + 6 * 3600)
+    assert dict(reading.raw) == figures  # X's own names and figures, as they came
+    assert dict(reading.metrics) == {
+        ReachMetric.READS: figures["impression_count"],
+        ReachMetric.SHARES: figures["retweet_count"] + figures["quote_count"],
+        ReachMetric.LIKES: figures["like_count"],
+        ReachMetric.COMMENTS: figures["reply_count"],
+    }
+    assert reading.metrics[ReachMetric.READS] > 0
+    lookup = sandbox.sandbox.received("x")[-1]
+    assert lookup.method == "GET" and lookup.path == "/2/tweets"
+    assert lookup.body == {"ids": receipt.remote_id, "tweet.fields": "public_metrics"}
+    secrets = [DEFAULT_CONSUMER_SECRET, DEFAULT_ACCESS_TOKEN, DEFAULT_ACCESS_TOKEN_SECRET, DEFAULT_CONSUMER_KEY]
+    assert not any(secret in repr(reading) for secret in secrets)
+
+
+async def test_reach_grows_with_the_posts_age_and_is_the_same_at_the_same_age(sandbox: RunningSandbox) -> None:
+    x, receipt = await _posted(sandbox)
+    born = posts(sandbox.sandbox)[0]["at"]
+    readings = []
+    try:
+        for hours in (1, 6, 24, 72, 72):
+            set_standin_clock(sandbox.sandbox, lambda h=hours: born + h * 3600)
+            readings.append(await x.read_reach(ctx_for(channel="x", receipt=receipt)))
+    finally:
+        await x.close()
+    reads = [r.metrics[ReachMetric.READS] for r in readings]
+    assert reads[0] < reads[1] < reads[2] < reads[3]
+    assert readings[3] == readings[4]
+
+
+def test_a_field_x_does_not_send_is_left_out_not_zero() -> None:
+    answer = {"data": [{"id": "7", "text": "t", "public_metrics": {"retweet_count": 3, "like_count": 5}}]}
+    reading = reach_of("7", answer)
+    assert dict(reading.metrics) == {ReachMetric.SHARES: 3, ReachMetric.LIKES: 5}
+    assert ReachMetric.READS not in reading.metrics and ReachMetric.COMMENTS not in reading.metrics
+
+
+async def test_reach_of_a_deleted_post_is_permanent(sandbox: RunningSandbox) -> None:
+    x, receipt = await _posted(sandbox)
+    try:
+        await x.retract(Payload(data=XPayload()), ctx_for(channel="x", action=Action.RETRACT, receipt=receipt))
+        with pytest.raises(Permanent, match="no longer shows post"):
+            await x.read_reach(ctx_for(channel="x", receipt=receipt))
+    finally:
+        await x.close()
+
+
+async def test_reach_rate_limit_pauses_until_the_lookup_windows_reset(sandbox: RunningSandbox) -> None:
+    x, receipt = await _posted(sandbox)
+    set_lookup_rate_limit(sandbox.sandbox, 1)
+    try:
+        await x.read_reach(ctx_for(channel="x", receipt=receipt))
+        with pytest.raises(RateLimited) as limited:
+            await x.read_reach(ctx_for(channel="x", receipt=receipt))
+    finally:
+        await x.close()
+    assert limited.value.platform_code == "429"
+    window_end = x_state(sandbox.sandbox).lookup_window_start + 15 * 60
+    assert abs(limited.value.until.timestamp() - int(window_end)) < 1
+
+
+async def test_reach_server_errors_retry_and_the_fault_rules_apply(sandbox: RunningSandbox) -> None:
+    x, receipt = await _posted(sandbox)
+    sandbox.sandbox.set_faults("x", [{"fault": "status:503", "methods": ["GET"]}])
+    try:
+        with pytest.raises(Retryable, match="503"):
+            await x.read_reach(ctx_for(channel="x", receipt=receipt))
+        sandbox.sandbox.set_faults("x", [{"fault": "status:401", "methods": ["GET"]}])
+        with pytest.raises(AuthRevoked):
+            await x.read_reach(ctx_for(channel="x", receipt=receipt))
+    finally:
+        await x.close()
+
+
+async def test_the_stand_in_refuses_a_lookup_without_valid_ids(sandbox: RunningSandbox) -> None:
+    async with aiohttp.ClientSession() as http:
+        for ids in ("", "abc", ",".join(str(n) for n in range(1, 102))):
+            status, answer = await x_call(http, "GET", f"{sandbox.url}/2/tweets", params={"ids": ids})
+            assert status == 400 and "ids must be 1 to 100" in answer["errors"][0]["message"], ids
+        status, answer = await x_call(http, "GET", f"{sandbox.url}/2/tweets", params={"ids": "42"})
+        assert status == 200 and answer["errors"][0]["type"].endswith("/resource-not-found")
