@@ -17,8 +17,9 @@ import pytest
 
 from syndicate.channel import Adapter
 from syndicate.config import Settings, parse_config
-from syndicate.delivery import Action, DeliveryError, Payload, RenderError, Retryable
+from syndicate.delivery import Action, DeliveryError, Payload, Permanent, RenderError, Retryable, StoredPayload
 from syndicate.logs import configure_logging, reset_logging
+from syndicate.store.base import dumps_json
 from syndicate.story import Story
 from tests.support import (
     CHANNELS_EXAMPLE,
@@ -122,8 +123,11 @@ def test_render_is_deterministic_and_the_payload_round_trips(kind: str, tmp_path
                 assert rendered(adapter, story, action) == first, (adapter.name, story.id, action)
                 if isinstance(first, Payload):
                     rendered_any = True
-                    stored = json.loads(json.dumps(first.to_json(), ensure_ascii=False))
+                    text = dumps_json(first.to_json())  # exactly what the store keeps
+                    stored = json.loads(text)
                     assert adapter.load_payload(Payload.from_json(stored)) == first, (adapter.name, story.id, action)
+                    # A claim hands the adapter the stored text: parsed and validated in one pass, the same payload.
+                    assert adapter.load_payload(StoredPayload(text)) == first, (adapter.name, story.id, action)
     assert rendered_any, f"no sample story renders on {kind}"
 
 
@@ -174,3 +178,12 @@ async def test_no_secret_in_a_payload_or_a_log_line(kind: str, tmp_path: Path, s
     seen.append(logs.getvalue())
     leaks = [f"{name} in {text[:160]!r}" for name, secret in secrets.items() for text in seen if secret in text]
     assert leaks == [], leaks
+
+
+def test_a_stored_payload_that_does_not_match_the_model_fails_naming_the_field(tmp_path: Path) -> None:
+    adapter = adapters_of("webhook", tmp_path)[0][0]
+    rendered_payload = adapter.render(sample_stories()[0], Action.PUBLISH)
+    stored = rendered_payload.to_json()
+    stored["data"]["event"] = "repost"  # written by a version of the channel that had such an event
+    with pytest.raises(Permanent, match=r"event: Input should be 'publish', 'update' or 'retract'"):
+        adapter.load_payload(StoredPayload(dumps_json(stored)))
