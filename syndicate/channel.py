@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypedDict, TypeVar, Unpack, cast
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 from yarl import URL
 
 from syndicate.delivery import (
@@ -33,6 +33,7 @@ from syndicate.delivery import (
     ReachReading,
     Receipt,
     Retryable,
+    StoredPayload,
     idempotency_key,
 )
 from syndicate.httputil import HttpAnswer, map_transport_errors
@@ -129,6 +130,19 @@ class AdapterDeps(TypedDict, total=False):
 RebuildProgress = Callable[[int, int], None]
 
 
+class _StoredEnvelope(BaseModel):
+    """The stored form of a payload (``Payload.to_json``) with ``data`` typed by a channel's payload model."""
+
+    data: Any
+    text_length: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+@functools.cache
+def _stored_envelope(model: type[BaseModel]) -> type[_StoredEnvelope]:
+    return create_model(f"Stored{model.__name__}", __base__=_StoredEnvelope, data=(model, ...))
+
+
 class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     """One channel kind, generic over its options model and its payload model.
 
@@ -180,22 +194,32 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     def format(self, story: ChannelStory, action: Action) -> Payload[DataT]:
         """The formatter half: the payload for ``story`` as this channel sees it. Pure; RenderError if impossible."""
 
-    def load_payload(self, stored: Payload[Any]) -> Payload[DataT]:
+    def load_payload(self, stored: StoredPayload | Payload[Any]) -> Payload[DataT]:
         """A payload read back from the store, validated against this channel's model (a payload written by an
-        older or foreign version of the channel fails here, naming the field, before anything is sent)."""
-        if self.payload_model is None or isinstance(stored.data, self.payload_model):
+        older or foreign version of the channel fails here, naming the field, before anything is sent). From its
+        stored text it is parsed and validated in one pass (pydantic-core), not decoded and then walked again."""
+        model = self.payload_model
+        if model is None:
+            return cast(Payload[DataT], stored.decoded if isinstance(stored, StoredPayload) else stored)
+        if isinstance(stored, Payload) and isinstance(stored.data, model):
             return cast(Payload[DataT], stored)
+        envelope = _stored_envelope(model)
         try:
-            data = self.payload_model.model_validate(stored.data)
+            if isinstance(stored, StoredPayload):
+                loaded = envelope.model_validate_json(stored.text)
+            else:
+                loaded = envelope.model_validate(
+                    {"data": stored.data, "text_length": stored.text_length, "warnings": stored.warnings}
+                )
         except ValidationError as exc:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in err['loc']) or '$'}: {err['msg']}" for err in exc.errors()[:5]
+                f"{'.'.join(str(p) for p in err['loc'][1:]) or '$'}: {err['msg']}" for err in exc.errors()[:5]
             )
             raise Permanent(
                 f"the stored payload does not match the {self.kind!r} payload model ({problems}): it was written by"
                 " another version of this channel"
             ) from None
-        return Payload(data=cast(DataT, data), text_length=stored.text_length, warnings=stored.warnings)
+        return Payload(data=cast(DataT, loaded.data), text_length=loaded.text_length, warnings=loaded.warnings)
 
     @abc.abstractmethod
     async def publish(self, payload: Payload[DataT], ctx: DeliveryContext) -> Receipt: ...

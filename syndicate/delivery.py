@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import functools
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -63,6 +65,26 @@ class Payload(Generic[DataT]):
 
 #: The payload of a channel that has not declared a payload model: the plain JSON object it renders.
 JsonPayload = Payload[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class StoredPayload:
+    """A payload as the store keeps it: its JSON text, decoded only when something reads it. The channel that sends
+    it parses and validates it in one pass (``Adapter.load_payload``), so a claim costs no JSON decoding of its own
+    and no second walk over the decoded objects; operators' views read ``decoded`` (or ``data``, ``to_json``)."""
+
+    text: str
+
+    @functools.cached_property
+    def decoded(self) -> Payload[dict[str, Any]]:
+        return Payload.from_json(json.loads(self.text))
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.decoded.data
+
+    def to_json(self) -> dict[str, Any]:
+        return self.decoded.to_json()
 
 
 @dataclass(frozen=True)

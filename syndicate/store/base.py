@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from syndicate.delivery import Action, Payload, Receipt
+from syndicate.delivery import Action, Payload, Receipt, StoredPayload
 from syndicate.story import Story
 
 
@@ -118,7 +118,7 @@ class DeliveryRecord:
     channel: str
     action: Action
     state: State
-    payload: Payload[Any] | None
+    payload: StoredPayload | None
     checkpoint: dict[str, Any]
     receipt: Receipt | None
     attempts: int
@@ -327,7 +327,7 @@ def delivery_from_row(row: Row) -> DeliveryRecord:
         channel=row["channel"],
         action=Action(row["action"]),
         state=State(row["state"]),
-        payload=Payload.from_json(json.loads(row["payload"])) if row["payload"] else None,
+        payload=StoredPayload(row["payload"]) if row["payload"] else None,
         checkpoint=json.loads(row["checkpoint"]),
         receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
         attempts=row["attempts"],

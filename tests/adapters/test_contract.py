@@ -28,10 +28,11 @@ from syndicate.delivery import (
     Receipt,
     RenderError,
     Retryable,
+    StoredPayload,
 )
 from syndicate.logs import configure_logging, reset_logging
 from syndicate.sandbox import RunningSandbox, standins
-from syndicate.store.base import State
+from syndicate.store.base import State, dumps_json
 from syndicate.story import Story
 from tests.support import (
     CHANNELS_EXAMPLE,
@@ -138,8 +139,11 @@ def test_render_is_deterministic_and_the_payload_round_trips(kind: str, tmp_path
                 assert rendered(adapter, story, action) == first, (adapter.name, story.id, action)
                 if isinstance(first, Payload):
                     rendered_any = True
-                    stored = json.loads(json.dumps(first.to_json(), ensure_ascii=False))
+                    text = dumps_json(first.to_json())  # exactly what the store keeps
+                    stored = json.loads(text)
                     assert adapter.load_payload(Payload.from_json(stored)) == first, (adapter.name, story.id, action)
+                    # A claim hands the adapter the stored text: parsed and validated in one pass, the same payload.
+                    assert adapter.load_payload(StoredPayload(text)) == first, (adapter.name, story.id, action)
     assert rendered_any, f"no sample story renders on {kind}"
 
 
@@ -241,3 +245,12 @@ async def test_reach_reads_common_metrics_only_as_non_negative_ints(
     shown = repr(reading)
     leaked = [where for where, secret in example.secrets.items() if secret in shown]
     assert not leaked, f"secrets of {leaked} in the reading"
+
+
+def test_a_stored_payload_that_does_not_match_the_model_fails_naming_the_field(tmp_path: Path) -> None:
+    adapter = adapters_of("webhook", tmp_path)[0][0]
+    rendered_payload = adapter.render(sample_stories()[0], Action.PUBLISH)
+    stored = rendered_payload.to_json()
+    stored["data"]["event"] = "repost"  # written by a version of the channel that had such an event
+    with pytest.raises(Permanent, match=r"event: Input should be 'publish', 'update' or 'retract'"):
+        adapter.load_payload(StoredPayload(dumps_json(stored)))

@@ -62,7 +62,9 @@ async def test_fan_out_records_story_and_deliveries(store: Store) -> None:
         ("a", Action.PUBLISH, State.QUEUED),
         ("b", Action.PUBLISH, State.QUEUED),
     ]
-    assert result.deliveries[0].payload == Payload({"ch": "a", "n": 0})
+    assert result.deliveries[0].payload is not None and result.deliveries[0].payload.decoded == Payload(
+        {"ch": "a", "n": 0}
+    )
     record = await store.get_story(story.id)
     assert record.story == story
     assert record.content_hash == story.content_hash
