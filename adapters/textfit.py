@@ -88,6 +88,10 @@ class TextCounter:
     #: A cheap lower bound of what appending a text adds to the count: hashtags that cannot fit are left out
     #: without counting the whole post again.
     least_added: Callable[[str], int] = lambda text: 0
+    #: The count of ``lead + " " + link`` is the lead's plus the tail's: the fitter counts the lead alone while it
+    #: searches (twitter-text's link finder is quadratic on a long CJK run once a '.' is in it, and the link's
+    #: dot would put one there), then counts the whole post once and searches again exactly if that disagrees.
+    tail_adds_up: bool = False
 
     def fits(self, text: str) -> bool:
         return self.length(text) <= self.limit
@@ -135,6 +139,7 @@ X_COUNTER = TextCounter(
     url_spans=x_url_spans,
     hashtag=x_hashtag,
     least_added=grapheme_count,
+    tail_adds_up=True,
 )
 
 # ---- Weibo
@@ -346,11 +351,32 @@ def fit_post(
     headline, summary, override, url = _clean(headline), _clean(summary), _clean(text), _clean(url)
     if summary and (summary == headline or summary.startswith(headline + " ")):
         summary = ""
+    if counter.tail_adds_up:
+        post = _fit(counter, headline, summary, override, url, tags, language, split_tail=True)
+        if post.length <= counter.limit:
+            return post
+    return _fit(counter, headline, summary, override, url, tags, language, split_tail=False)
+
+
+def _fit(
+    counter: TextCounter,
+    headline: str,
+    summary: str,
+    override: str,
+    url: str,
+    tags: Sequence[str],
+    language: str | None,
+    *,
+    split_tail: bool,
+) -> FittedPost:
     tail = f" {url}" if url else ""
+    tail_units = counter.length(tail) if split_tail and tail else 0
     warnings: list[str] = []
     where = f"{counter.name}'s limit of {counter.limit}"
 
     def fits(lead: str) -> bool:
+        if split_tail and tail:
+            return counter.length(lead) + tail_units <= counter.limit
         return counter.fits(f"{lead}{tail}")
 
     def fits_whole(lead: str) -> bool:

@@ -26,7 +26,7 @@ from adapters.textfit import (
 )
 from syndicate.ninjs import read_document
 from syndicate.story import Story
-from tests.support import REPO, shared_path
+from tests.support import REPO, sample_stories, shared_path
 
 #: The sections of twitter-text's validate.yml that describe what X counts today (config v3).
 CONFORMANCE_SECTIONS = ("WeightedTweetsWithDiscountedEmojiCounterTest", "UnicodeDirectionalMarkerCounterTest")
@@ -254,3 +254,36 @@ def test_fitting_counts_about_what_fits_not_the_whole_text(counter: TextCounter,
         totals.append(sum(counted))
         assert max(counted) <= 8 * counter.limit, counted  # no count of the whole text
     assert totals[1] <= totals[0] * 1.2, totals
+
+
+def test_counting_the_lead_apart_from_the_link_gives_the_posts_an_exact_count_gives() -> None:
+    """X's fitter counts the lead without the link while it searches (``tail_adds_up``) and checks the whole post
+    after: on the sample stories and on texts at the limits, the posts are the ones the exact search finds."""
+    from adapters.textfit import _fit
+
+    leads = [
+        (s.headline, s.summary or "", s.tags, s.language, s.url or "https://news.example.cn/a.html")
+        for s in sample_stories()
+    ]
+    leads += [
+        (
+            "上海16区融媒体中心全部建成" * 30,
+            "宝山、闵行两个区级融媒体中心正式挂牌。" * 40,
+            ["融媒体"],
+            "zh-CN",
+            "https://a.cn/x.html",
+        ),
+        (
+            "Breaking: the centre opened",
+            "The district media centre opened on Monday. " * 20,
+            ["news"],
+            "en",
+            "http://t.co",
+        ),
+        ("短讯 👨‍👩‍👧 家庭", "ｆｕｌｌ　ｗｉｄｔｈ and é́ combining, 3.5% rise." * 12, [], "zh-CN", "https://b.cn/1"),
+    ]
+    for headline, summary, tags, language, url in leads:
+        kw = {"tags": tags, "language": language}
+        split = _fit(X_COUNTER, headline, summary, "", url, **kw, split_tail=True)
+        exact = _fit(X_COUNTER, headline, summary, "", url, **kw, split_tail=False)
+        assert split == exact, (headline[:20], split.text, exact.text)
