@@ -384,7 +384,7 @@ class SampleCompletion:
 @dataclass(frozen=True)
 class ReachPoint:
     """One value of the time series: a story's figure on a channel at a moment (for counted outputs, the running
-    total at the end of a bucket)."""
+    total including its bucket, stamped at the bucket's start)."""
 
     story_id: str
     channel: str

@@ -877,9 +877,11 @@ class SQLStore(Store):
             for r in await conn.fetch(Q.REACH_COUNTS_OF_STORY, story_id=story_id):
                 key = (r["channel"], r["metric"])
                 running[key] = running.get(key, 0) + r["value"]
-                # A bucket's running total holds at its end.
-                end = r["bucket_start"] + REACH_BUCKET_SECONDS
-                points.append(ReachPoint(story_id, r["channel"], ReachMetric(r["metric"]), end, running[key]))
+                # Stamped at the bucket's start: its end may lie ahead (the bucket is still counting), and a
+                # figure must not claim a time that has not come.
+                points.append(
+                    ReachPoint(story_id, r["channel"], ReachMetric(r["metric"]), r["bucket_start"], running[key])
+                )
             readings = [
                 ReachRawReading(r["story_id"], r["channel"], r["observed_at"], json.loads(r["raw"]))
                 for r in await conn.fetch(Q.REACH_READINGS_OF_STORY, story_id=story_id)
