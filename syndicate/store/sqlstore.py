@@ -748,7 +748,11 @@ class SQLStore(Store):
         names = [channel for channel, _ in channels if channel not in paused]
         if not names:
             return []
-        publishing = {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=names, now=lease.now)}
+        # Deliveries a worker could claim now go first; one that waits behind an earlier open delivery of its
+        # story (an unknown outcome an operator must settle) holds nothing up, or the samples would starve.
+        publishing = {
+            channel for channel in names if await conn.fetchval(Q.COUNT_CLAIMABLE, channels=[channel], now=lease.now)
+        }
         spare = [(channel, limit) for channel, limit in channels if channel in names and channel not in publishing]
         if not spare:
             return []

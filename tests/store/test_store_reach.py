@@ -10,6 +10,7 @@ from syndicate.store.base import (
     SampleClaim,
     SampleCompletion,
     SampleState,
+    State,
     Store,
 )
 from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
@@ -197,3 +198,15 @@ async def test_reach_totals_are_the_growth_inside_the_period(store: Store) -> No
         ReachTotal("story-1", "a", ReachMetric.READS, 150)
     ]
     assert await store.reach_totals(since=second + 1, until=second + 2) == []
+
+
+async def test_a_delivery_blocked_behind_an_unknown_one_does_not_starve_the_samples(store: Store) -> None:
+    await delivered_with_plan(store)
+    due = NOW + 1 + AGES[0]
+    # story-2's publish ends unknown; its update waits behind it, due but not claimable.
+    await store.fan_out(make_story(id="story-2"), plan_for("a"), now=NOW)
+    [publish] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    await store.complete([done(publish, State.UNKNOWN)])
+    await store.fan_out(make_story(id="story-2", version=2), plan_for("a", action=Action.UPDATE), now=NOW)
+    assert await store.count_claimable(["a"], now=due) == 0
+    assert len(await store.claim_reach_samples("w1", now=due, lease_seconds=30, limits=LIMITS)) == 1
