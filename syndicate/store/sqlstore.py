@@ -599,14 +599,13 @@ class SQLStore(Store):
         async def op(conn: Conn) -> list[int]:
             # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
             # batch inside the write transaction; then one batched statement per table.
-            holders = {
-                r["id"]: (r["lease_owner"], r["attempts"])
-                for r in await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
-            }
+            rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
+            holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
+            posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
             applied, lost = split_by_lease(items, holders)
             if applied:
                 await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
-                await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach])
+                await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
             await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
             await conn.wake()  # slots are free again, and retries may be due at once
             return [items[position].delivery_id for position in sorted(lost)]
@@ -678,35 +677,36 @@ class SQLStore(Store):
         return await self._write(op)
 
     @staticmethod
-    async def _plan_reach(conn: Conn, completions: Sequence[Completion]) -> None:
-        """Inside the outcome transaction: a delivered post's sample plan replaces the story's earlier plan on the
-        channel (the newest post is the one people see); a settled retract stops it."""
+    async def _plan_reach(conn: Conn, completions: Sequence[Completion], posts: Mapping[int, tuple[str, str]]) -> None:
+        """Inside the outcome transaction, batched like the outcomes: a delivered post's sample plan replaces the
+        story's earlier plan on the channel (the newest post is the one people see); a settled retract stops it.
+        ``posts``: each delivery's story and channel, read with its lease."""
+        if not completions:
+            return
+        stops, plans = [], []
         for c in completions:
-            row = await conn.fetchrow(Q.GET_DELIVERY, id=c.delivery_id)
-            if row is None:
-                continue
-            story_id, channel = row["story_id"], row["channel"]
+            story_id, channel = posts[c.delivery_id]
             note = (
                 "stopped: the story was retracted on this channel"
                 if c.stops_reach
                 else f"stopped: delivery {c.delivery_id} replaced the sampled post"
             )
-            await conn.execute(Q.CANCEL_REACH_SAMPLES, story_id=story_id, channel=channel, note=note, now=c.finished_at)
+            stops.append({"story_id": story_id, "channel": channel, "note": note, "now": c.finished_at})
             if c.reach_ages and not c.stops_reach:
-                await conn.executemany(
-                    Q.INSERT_REACH_SAMPLE,
-                    [
-                        {
-                            "delivery_id": c.delivery_id,
-                            "story_id": story_id,
-                            "channel": channel,
-                            "age_seconds": float(age),
-                            "due_at": c.finished_at + age,
-                            "now": c.finished_at,
-                        }
-                        for age in c.reach_ages
-                    ],
-                )
+                plans += [
+                    {
+                        "delivery_id": c.delivery_id,
+                        "story_id": story_id,
+                        "channel": channel,
+                        "age_seconds": float(age),
+                        "due_at": c.finished_at + age,
+                        "now": c.finished_at,
+                    }
+                    for age in c.reach_ages
+                ]
+        await conn.executemany(Q.CANCEL_REACH_SAMPLES, stops)
+        if plans:
+            await conn.executemany(Q.INSERT_REACH_SAMPLE, plans)
 
     # --- reach (评) ----------------------------------------------------------------------------------------
 

@@ -91,7 +91,7 @@ RETURNING d.id;
 
 -- Read once for the batch and locked until commit; then one statement per table.
 -- name: lease_holders
-SELECT id, lease_owner, attempts FROM deliveries
+SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id = ANY(:ids::bigint[]) ORDER BY id FOR UPDATE;
 
 -- SKIP LOCKED: two workers reclaiming at once each take different rows, and neither waits on a live outcome write.

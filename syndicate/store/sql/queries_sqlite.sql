@@ -71,7 +71,7 @@ RETURNING id;
 
 -- Read once for the batch; the write lock is held, so nothing changes between this read and the writes.
 -- name: lease_holders
-SELECT id, lease_owner, attempts FROM deliveries
+SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: expired_leases
