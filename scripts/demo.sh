@@ -3,7 +3,9 @@
 #   1. automatic push on publish: `syndicate serve` runs; the example stories (Chinese text, with images) arrive
 #      through the signed publish hook, as a CMS would send them; a flaky and a broken receiver are injected.
 #   2. CLI replay of failed posts: the operator lists what failed, the receiver is fixed, `syndicate replay --yes`.
-# Exits 0 only when every demo delivery is `delivered`.
+#   3. reach (评): readers open the stories in the app and on the website (counted by the app API and the page
+#      beacon); the platforms' figures are read back five seconds after delivery; `syndicate reach` ranks them.
+# Exits 0 only when every demo delivery is `delivered` and every story shows reach.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p var/site var/feeds   # the website's web root and the feeds' folder
@@ -108,6 +110,40 @@ home = urllib.request.urlopen(base + "/site/index.html").read().decode()
 print(f"   website   {base}/site/index.html ({len(home)} bytes), pages and sitemap.xml under var/site")
 PY
 
+echo "== reach (评): readers open the stories in the app and on the website; the platforms are read back"
+python - "$SERVER" <<'PY'
+import json, sys, urllib.parse, urllib.request
+base = sys.argv[1]
+stories = json.load(urllib.request.urlopen(base + "/app/v1/stories"))["stories"]
+for n, story in enumerate(stories):
+    quoted = urllib.parse.quote(story["id"], safe="")
+    for _ in range(n + 1):  # deterministic figures: the newest story is read once, the next twice ...
+        urllib.request.urlopen(f"{base}/app/v1/stories/{quoted}").read()
+        beacon = urllib.parse.urlencode({"s": story["id"], "c": "website"})
+        urllib.request.urlopen(f"{base}/reach/b.gif?{beacon}").read()
+print(f"   {len(stories)} stories read in the app and on the website")
+PY
+python - <<'PY'
+import json, subprocess, sys, time
+# The first sample of each post falls due five seconds after its delivery ([reach] ages in the sandbox config).
+ids = sorted({r["story_id"] for r in json.loads(subprocess.run(
+    ["syndicate", "status", "--json"], check=True, capture_output=True, text=True).stdout)["deliveries"]})
+deadline = time.monotonic() + 40
+while True:
+    pending = []
+    for story_id in ids:
+        reach = json.loads(subprocess.run(["syndicate", "reach", story_id, "--json"], check=True,
+                                          capture_output=True, text=True).stdout)
+        if not reach["channels"] or any(ch["samples"]["planned"] and not (ch["samples"]["done"] or
+                                        ch["samples"]["failed"]) for ch in reach["channels"]):
+            pending.append(story_id)
+    if not pending:
+        break
+    if time.monotonic() > deadline:
+        sys.exit(f"demo: no reach figures for {', '.join(pending)} after 40 s")
+    time.sleep(0.5)
+PY
+
 echo "== result"
 syndicate status
 syndicate status --json | python -c '
@@ -121,3 +157,6 @@ print(f"demo: all {len(rows)} deliveries delivered")
 kill -TERM "$SERVE_PID"
 wait "$SERVE_PID"
 echo "demo: syndicate serve stopped cleanly (SIGTERM, exit 0)"
+
+echo "== reach (评): the day's stories ranked by reads, per channel and per section"
+syndicate reach --since 1d

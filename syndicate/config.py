@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, adapter_kinds
+from syndicate.durations import parse_duration
 from syndicate.media import MediaFetcher, MediaSettings, parse_allowed_host
 
 M = TypeVar("M", bound=BaseModel)
@@ -74,6 +75,32 @@ class EngineSettings(_Table):
     retry_jitter: float = Field(default=0.1, ge=0, le=1)
     #: On SIGTERM, how long in-flight attempts may finish before they are interrupted and released.
     shutdown_grace: float = Field(default=30.0, ge=0)
+
+
+#: The post ages at which reach is read by default: an hour, six hours, a day, three days, a week.
+DEFAULT_REACH_AGES = ("1h", "6h", "24h", "3d", "7d")
+
+
+class ReachSettings(_Table):
+    """The ``[reach]`` table: whether delivered posts are sampled, and at which ages (durations such as "1h")."""
+
+    enabled: bool = True
+    ages: tuple[str, ...] = DEFAULT_REACH_AGES
+
+    @field_validator("ages")
+    @classmethod
+    def _durations(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for age in value:
+            if parse_duration(age) <= 0:
+                raise ValueError(f"{age!r}: an age must be longer than 0")
+        if len(set(value)) != len(value):
+            raise ValueError("each age may appear once")
+        return value
+
+    @property
+    def age_seconds(self) -> tuple[float, ...]:
+        """The ages in seconds, shortest first."""
+        return tuple(sorted(parse_duration(age) for age in self.ages))
 
 
 class ServerSettings(_Table):
@@ -185,6 +212,7 @@ class Settings:
     engine: EngineSettings = field(default_factory=EngineSettings)
     server: ServerSettings = field(default_factory=ServerSettings)
     channels: dict[str, ChannelSettings] = field(default_factory=dict)
+    reach: ReachSettings = field(default_factory=ReachSettings)
 
     @property
     def enabled_channels(self) -> dict[str, ChannelSettings]:
@@ -221,7 +249,7 @@ def load_config(path: str | os.PathLike[str] | None = None, *, env: Mapping[str,
 
 
 def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str]) -> Settings:
-    known = {"store", "media", "engine", "server", "channels"}
+    known = {"store", "media", "engine", "server", "channels", "reach"}
     for key in raw:
         if key not in known:
             raise ConfigError(source, None, key, f"unknown table or key (expected one of: {', '.join(sorted(known))})")
@@ -232,6 +260,7 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
     media_table = _model(MediaTable, raw.get("media", {}), source, "media", env)
     engine = _model(EngineSettings, raw.get("engine", {}), source, "engine", env)
     server = _model(ServerSettings, raw.get("server", {}), source, "server", env)
+    reach = _model(ReachSettings, raw.get("reach", {}), source, "reach", env)
     try:
         allow_hosts = frozenset(parse_allowed_host(entry) for entry in media_table.allow_hosts)
     except ValueError as exc:
@@ -248,7 +277,9 @@ def parse_config(raw: Mapping[str, Any], *, source: str, env: Mapping[str, str])
     if not isinstance(channels_raw, dict):
         raise ConfigError(source, None, "channels", "must be a table of [channels.NAME] tables")
     channels = {name: replace(_channel(name, table, source, env), media=media) for name, table in channels_raw.items()}
-    return Settings(source=source, store=store, media=media, engine=engine, server=server, channels=channels)
+    return Settings(
+        source=source, store=store, media=media, engine=engine, server=server, channels=channels, reach=reach
+    )
 
 
 def _channel(name: str, table: Any, source: str, env: Mapping[str, str]) -> ChannelSettings:

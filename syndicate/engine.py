@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypedDict, TypeVar
 
 import tenacity
 from tenacity.wait import wait_base
@@ -38,6 +38,7 @@ from syndicate.delivery import (
     Retryable,
 )
 from syndicate.media import MediaFetcher
+from syndicate.reach import decide_failure
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     PENDING_STATES,
@@ -49,6 +50,9 @@ from syndicate.store.base import (
     FanOutResult,
     NewDelivery,
     Planner,
+    SampleClaim,
+    SampleCompletion,
+    SampleState,
     State,
     Store,
     StoreUnavailable,
@@ -336,6 +340,13 @@ class Engine:
         self._unwritten: dict[int, int] = {}  # delivery id -> attempt id of the ended, unwritten attempt
         self._started = False
         self._render_pool: ThreadPoolExecutor | None = None
+        #: The ages (seconds after delivery) a delivered post is sampled at; none when [reach] is off.
+        self._reach_ages: tuple[float, ...] = settings.reach.age_seconds if settings.reach.enabled else ()
+        #: The channels whose posts are sampled: their adapter reads reach back.
+        self._reach_channels = [n for n, rt in self.channels.items() if rt.adapter.supports_reach and self._reach_ages]
+        self._sample_tasks: dict[int, asyncio.Task[None]] = {}
+        #: Samples interrupted at shutdown (or whose lease was lost), released once the attempts are drained.
+        self._interrupted_samples: list[SampleCompletion] = []
         if metrics is not None:
             metrics.register_channels(self.channels)
 
@@ -490,6 +501,10 @@ class Engine:
                         self._spawn(claim)
                     if claims:
                         continue
+                    # Publishing went first; samples take what capacity it left (the store checks again under
+                    # the claim lock: no due delivery on the channel, deliveries and samples in flight both count).
+                    if self._reach_channels and await self._claim_samples(now, limits, list(finished)):
+                        continue
                     if until_idle and await self._idle(names, idle_horizon):
                         break
                     # Work due now but not claimed is waiting for a free slot or an earlier action: a completion
@@ -499,6 +514,9 @@ class Engine:
                     next_due = await self.store.next_due_at(names, now=now)
                     if next_due is not None and next_due > now:
                         timeout = min(timeout, next_due - self.clock.now())
+                    next_sample = await self._next_sample_due(now)
+                    if next_sample is not None and next_sample > now:
+                        timeout = min(timeout, next_sample - self.clock.now())
                 except StoreUnavailable as exc:
                     log.warning("the dispatcher waits for the store: %s", exc, extra={"worker": self.worker_id})
                     timeout = engine_cfg.poll_interval
@@ -512,6 +530,7 @@ class Engine:
                 stopper.cancel()
         finally:
             await self._drain(engine_cfg.shutdown_grace if grace is None else grace)
+            await self._release_interrupted_samples()
             heart.cancel()
             self._completions.put_nowait(None)  # ask the flusher to write what is queued and stop
             try:
@@ -535,11 +554,16 @@ class Engine:
         )
 
     async def _idle(self, names: list[str], horizon: float) -> bool:
-        if self._tasks or self._unwritten:
+        if self._tasks or self._unwritten or self._sample_tasks:
             return False
         now = self.clock.now()
         await self.store.reclaim_expired(now=now)
         if await self.store.count_in_flight(names) or await self.store.count_claimable(names, now=now):
+            return False
+        if self._reach_channels and await self.store.count_reach_in_flight(self._reach_channels):
+            return False
+        next_sample = await self._next_sample_due(now)
+        if next_sample is not None and next_sample <= now + horizon:
             return False
         if horizon > 0:
             next_due = await self.store.next_due_at(names, now=now)
@@ -547,8 +571,13 @@ class Engine:
                 return False
         return True
 
+    async def _next_sample_due(self, now: float) -> float | None:
+        if not self._reach_channels:
+            return None
+        return await self.store.next_reach_due(self._reach_channels, now=now)
+
     async def _drain(self, grace: float) -> None:
-        tasks = list(self._tasks.values())
+        tasks = [*self._tasks.values(), *self._sample_tasks.values()]
         if not tasks:
             return
         _, pending = await asyncio.wait(tasks, timeout=grace)
@@ -617,6 +646,7 @@ class Engine:
         lease = self.settings.engine.lease_seconds
         while True:
             await asyncio.sleep(lease / 3)
+            await self._heartbeat_samples(lease)
             running = {i: t for i, t in self._tasks.items() if not t.done()}
             if not running:
                 continue
@@ -763,6 +793,7 @@ class Engine:
             action=outcome.action,
             payload=outcome.payload,
             attempt_number=claim.attempt_number,
+            **self._reach_plan(claim, outcome),
         )
         current = asyncio.current_task()
         if self._tasks.get(claim.delivery.id) is current:
@@ -789,6 +820,172 @@ class Engine:
                     "platform_code": err.platform_code if err else None,
                 },
             )
+
+    def _reach_plan(self, claim: Claim, outcome: _Outcome) -> _ReachPlan:
+        """A delivered publish or update on a channel that reports reach gets its sample plan with its outcome; a
+        settled retract there stops the story's samples."""
+        runtime = self.channels.get(claim.delivery.channel)
+        if runtime is None or not runtime.adapter.supports_reach or not self._reach_ages:
+            return {}
+        action = outcome.action or claim.delivery.action
+        if action is Action.RETRACT:
+            return {"stops_reach": outcome.state in (State.DELIVERED, State.SKIPPED)}
+        if outcome.state is State.DELIVERED:
+            return {"reach_ages": self._reach_ages}
+        return {}
+
+    # reach samples --------------------------------------------------------------------------------------------
+
+    async def _claim_samples(self, now: float, limits: dict[str, int], finished: Sequence[int]) -> bool:
+        claims = await self.store.claim_reach_samples(
+            self.worker_id,
+            now=now,
+            lease_seconds=self.settings.engine.lease_seconds,
+            limits={n: limits[n] for n in self._reach_channels},
+            finished=list(finished),
+        )
+        for claim in claims:
+            self._sample_tasks[claim.sample.id] = asyncio.create_task(
+                self._sample(claim), name=f"reach-sample-{claim.sample.id}"
+            )
+        return bool(claims)
+
+    async def _heartbeat_samples(self, lease: float) -> None:
+        running = {i: t for i, t in self._sample_tasks.items() if not t.done()}
+        if not running:
+            return
+        try:
+            held = set(
+                await self.store.heartbeat_reach_samples(
+                    self.worker_id, list(running), lease_until=self.clock.now() + lease
+                )
+            )
+        except Exception:
+            log.exception("reach sample heartbeat failed")
+            return
+        for sample_id, task in running.items():
+            if sample_id not in held:
+                task.cancel()  # reclaimed by another worker: its reading is the one that counts
+
+    async def _sample(self, claim: SampleClaim) -> None:
+        """Read one post's figures now and write the reading (or the sample's next try) in one transaction."""
+        sample = claim.sample
+        runtime = self.channels[sample.channel]
+        started = self.clock.now()
+        extra = {"sample_id": sample.id, "story_id": sample.story_id, "channel": sample.channel}
+        completion: SampleCompletion | None = None
+        try:
+            completion = await self._read_sample(claim, runtime)
+        except asyncio.CancelledError:
+            # Reading again sends nothing: an interrupted sample simply goes back to the queue, no retry spent.
+            self._interrupted_samples.append(
+                SampleCompletion(
+                    sample.id,
+                    self.worker_id,
+                    sample.attempts,
+                    SampleState.QUEUED,
+                    finished_at=self.clock.now(),
+                    outcome="interrupted",
+                    due_at=self.clock.now(),
+                    note="interrupted; reading again",
+                )
+            )
+            raise
+        finally:
+            self._sample_tasks.pop(sample.id, None)
+            if completion is not None:
+                try:
+                    if not await self.store.complete_reach_sample(completion):
+                        log.warning("reach sample lease lost before its reading was written", extra=extra)
+                except Exception:
+                    log.exception(
+                        "could not write the reach sample; its lease expires and it is read again", extra=extra
+                    )
+                if self.metrics is not None:
+                    self.metrics.observe_sample(sample.channel, completion.outcome, self.clock.now() - started)
+                self.wake()
+
+    async def _read_sample(self, claim: SampleClaim, runtime: ChannelRuntime) -> SampleCompletion:
+        sample, d = claim.sample, claim.delivery
+        adapter = runtime.adapter
+        now = self.clock.now()
+
+        def ended(state: SampleState, outcome: str, **kw: Any) -> SampleCompletion:
+            return SampleCompletion(
+                sample.id, self.worker_id, sample.attempts, state, finished_at=self.clock.now(), outcome=outcome, **kw
+            )
+
+        if sample.retry_count >= runtime.policy.max_attempts:
+            return ended(
+                SampleState.FAILED, "failed", note=f"gave up: {sample.retry_count} attempts ended without a reading"
+            )
+        if d.receipt is None:
+            return ended(SampleState.FAILED, "failed", note="the sampled delivery kept no receipt: no post to read")
+
+        async def no_progress(_: dict[str, Any]) -> None:
+            raise RuntimeError("reading reach keeps no progress: it sends nothing a retry could repeat")
+
+        ctx = DeliveryContext(
+            delivery_id=d.id,
+            story_id=d.story_id,
+            version=d.version,
+            channel=d.channel,
+            action=d.action,
+            attempt=sample.attempts,
+            queued_at=d.created_at,
+            state=d.checkpoint,
+            receipt=d.receipt,
+            save_checkpoint=no_progress,
+            kv_get=lambda key: self.store.kv_get(key, now=self.clock.now()),
+            kv_set=lambda key, value, expires_at: self.store.kv_set(
+                key, value, expires_at=expires_at, now=self.clock.now()
+            ),
+            kv_add=lambda key, value, expires_at: self.store.kv_add(
+                key, value, expires_at=expires_at, now=self.clock.now()
+            ),
+        )
+        guard = runtime.settings.timeout * 10
+        try:
+            try:
+                async with asyncio.timeout(guard):
+                    reading = await _refreshing_auth(adapter, ctx, lambda: adapter.read_reach(ctx))
+            except TimeoutError as exc:
+                raise Retryable(f"no answer within {guard:g} s") from exc
+            except DeliveryError:
+                raise
+            except Exception as exc:  # an adapter bug: a read sends nothing, so it is simply retried
+                log.exception("adapter raised an unexpected error reading reach", extra={"sample_id": sample.id})
+                raise Retryable(f"adapter error {type(exc).__name__}: {exc}") from exc
+        except DeliveryError as exc:
+            decision = decide_failure(exc, sample, runtime.policy.next_delay, now=self.clock.now())
+            if decision.pause_until is not None:
+                await self.store.pause_channel(
+                    sample.channel, until=decision.pause_until, reason=decision.pause_reason or "", now=now
+                )
+            log.warning(
+                "reach sample failed: %s: %s",
+                type(exc).__name__,
+                exc.reason,
+                extra={"sample_id": sample.id, "story_id": sample.story_id, "channel": sample.channel},
+            )
+            return ended(
+                decision.state,
+                decision.outcome,
+                due_at=decision.due_at,
+                count_retry=decision.count_retry,
+                error_class=type(exc).__name__,
+                message=exc.reason,
+                note=decision.note,
+            )
+        return ended(SampleState.DONE, "done", reading=reading)
+
+    async def _release_interrupted_samples(self) -> None:
+        released, self._interrupted_samples = self._interrupted_samples, []
+        for completion in released:
+            try:
+                await self.store.complete_reach_sample(completion)
+            except Exception:
+                log.exception("could not release an interrupted reach sample; its lease expires")
 
     async def _attempt(
         self, claim: Claim, runtime: ChannelRuntime, ctx: DeliveryContext, progress: _Progress
@@ -946,6 +1143,11 @@ async def _refreshing_auth(adapter: Adapter[Any, Any], ctx: DeliveryContext, cal
     except AuthExpired:
         await adapter.refresh_auth(ctx)
         return await call()
+
+
+class _ReachPlan(TypedDict, total=False):
+    reach_ages: tuple[float, ...]
+    stops_reach: bool
 
 
 @dataclass

@@ -9,6 +9,10 @@ pauses live in the store, so the ``/metrics`` handler calls ``refresh_from_store
     syndicate_queue_depth{channel, state}          deliveries per channel and state, as the store has them
     syndicate_channel_paused{channel}              1 while the channel is paused (rate limit, credentials, operator)
     syndicate_hook_requests_total{status}          publish hook requests by HTTP status
+    syndicate_reach_samples_total{channel, outcome} reach sample attempts by outcome (see SAMPLE_OUTCOMES)
+    syndicate_reach{channel, metric}               per channel, each reach metric summed over its stories (the
+                                                   latest reading of each, plus every counted read): channel
+                                                   totals only, never a per-story label
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 
 from syndicate.store.base import State, Store
 
-__all__ = ["ATTEMPT_BUCKETS", "OUTCOMES", "Metrics"]
+__all__ = ["ATTEMPT_BUCKETS", "OUTCOMES", "SAMPLE_OUTCOMES", "Metrics"]
 
 #: The outcomes an attempt can end with (the engine's ``_Outcome.outcome``).
 OUTCOMES = (
@@ -33,6 +37,8 @@ OUTCOMES = (
     "skipped",
     "interrupted",
 )
+#: The outcomes a reach sample attempt can end with (``SampleCompletion.outcome``).
+SAMPLE_OUTCOMES = ("done", "retry", "failed", "rate_limited", "auth_revoked", "interrupted")
 #: From a loopback POST (a few ms) to a platform at its timeout (30 s default, 60 s at most in practice).
 ATTEMPT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
 
@@ -82,6 +88,21 @@ class Metrics:
             namespace=namespace,
             registry=self.registry,
         )
+        self.reach_samples_total = Counter(
+            "reach_samples",
+            "Reach sample attempts (reading a post's figures back) by channel and outcome.",
+            ["channel", "outcome"],
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self.reach = Gauge(
+            "reach",
+            "Per channel, each reach metric summed over its stories (latest reading of each, plus counted reads).",
+            ["channel", "metric"],
+            namespace=namespace,
+            registry=self.registry,
+        )
+        self._reach_labels: set[tuple[str, str]] = set()
         self._depth_labels: set[tuple[str, str]] = set()
         self._paused_labels: set[str] = set()
 
@@ -98,6 +119,10 @@ class Metrics:
         """One finished attempt (the engine calls this from ``_finish``)."""
         self.deliveries_total.labels(channel, outcome).inc()
         self.attempt_seconds.labels(channel).observe(max(seconds, 0.0))
+
+    def observe_sample(self, channel: str, outcome: str, seconds: float) -> None:
+        """One finished reach sample attempt (the engine calls this as it writes the outcome)."""
+        self.reach_samples_total.labels(channel, outcome).inc()
 
     def observe_hook(self, status: int | str) -> None:
         """One publish hook request answered with ``status``."""
@@ -130,6 +155,14 @@ class Metrics:
         for channel in self._paused_labels - paused_labels:
             self.channel_paused.remove(channel)
         self._paused_labels = paused_labels
+
+        reach = await store.reach_channel_totals()
+        reach_labels = {(channel, metric.value) for channel, metric in reach}
+        for (channel, metric), value in reach.items():
+            self.reach.labels(channel, metric.value).set(value)
+        for labels in self._reach_labels - reach_labels:
+            self.reach.remove(*labels)
+        self._reach_labels = reach_labels
 
     # exposition -----------------------------------------------------------------------------------------------
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from syndicate.delivery import ReachMetric
 from syndicate.store.base import State
 from syndicate.story import Story
 
@@ -143,6 +144,77 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                         "reason": {"type": ["string", "null"]},
                     },
                 },
+                "ReachFigures": {
+                    "type": "object",
+                    "description": "Figures by common metric; a metric the platform does not report is left out",
+                    "properties": {m.value: {"type": "integer", "minimum": 0} for m in ReachMetric},
+                    "additionalProperties": False,
+                },
+                "ChannelReach": {
+                    "type": "object",
+                    "required": ["channel", "latest", "series", "raw", "samples"],
+                    "properties": {
+                        "channel": {"type": "string"},
+                        "latest": _ref("ReachFigures"),
+                        "observed_at": {"type": ["number", "null"], "description": "unix seconds"},
+                        "series": {
+                            "type": "object",
+                            "description": "per metric, [observed_at unix seconds, value] pairs, oldest first",
+                            "additionalProperties": {
+                                "type": "array",
+                                "items": {"type": "array", "prefixItems": [{"type": "number"}, {"type": "integer"}]},
+                            },
+                        },
+                        "raw": {"type": "object", "description": "the latest reading under the platform's names"},
+                        "samples": {
+                            "type": "object",
+                            "properties": {
+                                "planned": {"type": "integer"},
+                                "done": {"type": "integer"},
+                                "failed": {"type": "integer"},
+                                "stopped": {"type": "integer"},
+                                "next_at": {"type": ["number", "null"]},
+                            },
+                        },
+                    },
+                },
+                "StoryReach": {
+                    "type": "object",
+                    "required": ["story_id", "totals", "channels"],
+                    "properties": {
+                        "story_id": {"type": "string"},
+                        "headline": {"type": "string"},
+                        "section": {"type": ["string", "null"]},
+                        "totals": _ref("ReachFigures"),
+                        "channels": {"type": "array", "items": _ref("ChannelReach")},
+                    },
+                },
+                "ReachReport": {
+                    "type": "object",
+                    "required": ["since", "until", "ranked_by", "stories", "by_channel", "by_section"],
+                    "properties": {
+                        "since": {"type": "number"},
+                        "until": {"type": "number"},
+                        "ranked_by": {"enum": [m.value for m in ReachMetric]},
+                        "stories": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["story_id", "headline", "reach", "totals", "channels"],
+                                "properties": {
+                                    "story_id": {"type": "string"},
+                                    "headline": {"type": "string"},
+                                    "section": {"type": ["string", "null"]},
+                                    "reach": {"type": "integer", "description": "reads over every channel"},
+                                    "totals": _ref("ReachFigures"),
+                                    "channels": {"type": "object", "additionalProperties": _ref("ReachFigures")},
+                                },
+                            },
+                        },
+                        "by_channel": {"type": "object", "additionalProperties": _ref("ReachFigures")},
+                        "by_section": {"type": "object", "additionalProperties": _ref("ReachFigures")},
+                    },
+                },
                 "Story": {
                     "description": "The canonical story or an IPTC ninjs 2.2 document (uri, headlines, bodies, ...; "
                     "its texts, numbers and dates take the canonical story's bounds).",
@@ -189,6 +261,63 @@ def document(channel_paths: dict[str, Any] | None = None) -> dict[str, Any]:
                         "503": _FANOUT_RESPONSES["503"],
                     },
                 },
+            },
+            "/v1/stories/{story_id}/reach": {
+                "parameters": [{"name": "story_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "get": {
+                    "summary": "The story's reach per channel: latest figures, their series, raw figures, sample plan",
+                    "security": _BEARER,
+                    "responses": {
+                        "200": _json_body(_ref("StoryReach"), "Story reach"),
+                        **_ERRORS_401,
+                        "404": _error("No such story"),
+                    },
+                },
+            },
+            "/v1/reach": {
+                "get": {
+                    "summary": "Stories ranked by how much their reach (reads) grew over a period",
+                    "security": _BEARER,
+                    "parameters": [
+                        {
+                            "name": "since",
+                            "in": "query",
+                            "description": "7d (that long ago), ISO 8601 or unix seconds; default: 7d before until",
+                            "schema": {"type": "string"},
+                        },
+                        {"name": "until", "in": "query", "description": "default: now", "schema": {"type": "string"}},
+                        {"name": "channel", "in": "query", "schema": {"type": "string"}},
+                        {"name": "section", "in": "query", "schema": {"type": "string"}},
+                        {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                        {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "The ranking (CSV: one row per story × channel)",
+                            "content": {
+                                "application/json": {"schema": _ref("ReachReport")},
+                                "text/csv": {"schema": {"type": "string"}},
+                            },
+                        },
+                        "400": _error("A query parameter is malformed or names no channel"),
+                        **_ERRORS_401,
+                    },
+                }
+            },
+            "/reach/b.gif": {
+                "get": {
+                    "summary": "Page-read beacon of an owned output: counts one read, keeps nothing about the reader",
+                    "parameters": [
+                        {"name": "s", "in": "query", "required": True, "schema": {"type": "string", "maxLength": 200}},
+                        {"name": "c", "in": "query", "required": True, "schema": {"type": "string"}},
+                    ],
+                    "responses": {
+                        "200": {
+                            "description": "A 1x1 GIF, never cached, whether or not anything was counted",
+                            "content": {"image/gif": {"schema": {"type": "string", "format": "binary"}}},
+                        }
+                    },
+                }
             },
             "/v1/deliveries": {
                 "get": {

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from syndicate.delivery import Receipt
+from syndicate.durations import DURATION
+from syndicate.durations import (
+    parse_duration as parse_duration,
+)  # re-exported: the CLI, server and dashboard import it here
 from syndicate.engine import Engine
 from syndicate.logs import redact
 from syndicate.store.base import (
@@ -29,27 +33,13 @@ from syndicate.store.base import (
 from syndicate.story import Story
 
 DEFAULT_REPLAY_STATES: tuple[State, ...] = (State.FAILED, State.UNKNOWN)
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$", re.IGNORECASE)
-MAX_DURATION = 3650 * 86400.0
-_UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in ``90s`` / ``30m`` / ``2h`` / ``1d`` / ``1w``; ValueError saying what is accepted."""
-    match = _DURATION.match(text)
-    if not match:
-        raise ValueError(f"{text!r} is not a duration: use 90s, 30m, 2h, 1d or 1w")
-    seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-    if seconds > MAX_DURATION:
-        raise ValueError(f"{text!r} is too long: at most 3650d (ten years)")
-    return seconds
 
 
 def parse_time(text: str, *, now: float) -> float:
     """A point in time from ``2h`` / ``30m`` / ``1d`` (that long ago), an ISO 8601 timestamp (naive = local
     time) or unix seconds. Raises ValueError saying what is accepted."""
     value = text.strip()
-    if _DURATION.match(value):
+    if DURATION.match(value):
         return now - parse_duration(value)
     try:
         seconds = float(value)

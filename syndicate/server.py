@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from syndicate.appkeys import CLOCK, ENGINE, METRICS, SETTINGS
 from syndicate.config import ConfigError, Settings
 from syndicate.dashboard import setup_dashboard
+from syndicate.delivery import ReachMetric
 from syndicate.engine import Engine
 from syndicate.logs import set_secrets
 from syndicate.metrics import Metrics
@@ -39,6 +40,7 @@ from syndicate.operations import (
     split_list,
     story_status,
 )
+from syndicate.reach import build_report, story_reach_view
 from syndicate.signing import SIGNATURE_HEADER, SignatureError, verify
 from syndicate.store import open_store
 from syndicate.store.base import (
@@ -346,6 +348,83 @@ async def get_story(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "not_found", f"no story {story_id!r}") from None
 
 
+# --- reach (评) -----------------------------------------------------------------------------------------------------
+
+#: The default period of the reach ranking: the last week (the weekly report).
+REACH_DEFAULT_PERIOD = "7d"
+#: A beacon names a story and a channel; anything longer is no id syndicate gave out.
+BEACON_MAX_ID = 200
+#: The smallest transparent GIF: what a page's <img> beacon loads.
+BEACON_GIF = (
+    b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\x00\x00\x00!\xf9\x04\x01\x00\x00\x00\x00"
+    b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02D\x01\x00;"
+)
+
+
+async def story_reach(request: web.Request) -> web.StreamResponse:
+    story_id = request.match_info["story_id"]
+    store = request.app[ENGINE].store
+    try:
+        record = await store.get_story(story_id)
+    except NotFound:
+        raise ApiError(404, "not_found", f"no story {story_id!r}") from None
+    view = story_reach_view(story_id, await store.story_reach(story_id))
+    return _json({"headline": record.story.headline, "section": record.story.section, **view.to_json()})
+
+
+async def reach_report(request: web.Request) -> web.StreamResponse:
+    """Stories ranked by reach over a period, narrowed to a channel and a section; ``format=csv`` for the report."""
+    now = request.app[CLOCK]()
+    since = _query_time(request, "since")
+    until = _query_time(request, "until")
+    until = now if until is None else until
+    since = parse_time(REACH_DEFAULT_PERIOD, now=until) if since is None else since
+    if since >= until:
+        raise ApiError(400, "bad_query", "query parameter since: must be before until", parameter="since")
+    channel = request.query.get("channel") or None
+    if channel is not None and channel not in request.app[SETTINGS].channels:
+        raise ApiError(400, "bad_query", f"query parameter channel: no channel {channel!r}", parameter="channel")
+    section = request.query.get("section") or None
+    limit = _query_int(request, "limit", 100, 1, MAX_PAGE)
+    fmt = request.query.get("format", "json")
+    if fmt not in ("json", "csv"):
+        raise ApiError(400, "bad_query", "query parameter format: json or csv", parameter="format")
+    report = await build_report(
+        request.app[ENGINE].store, since=since, until=until, channel=channel, section=section, limit=limit
+    )
+    if fmt == "csv":
+        return web.Response(
+            text=report.to_csv(),
+            content_type="text/csv",
+            charset="utf-8",
+            headers={"Content-Disposition": 'attachment; filename="reach.csv"'},
+        )
+    return _json(report.to_json())
+
+
+async def reach_beacon(request: web.Request) -> web.StreamResponse:
+    """A page read of an owned output: ``?s=<story id>&c=<channel>``. Counts only: no cookie is read or set, no
+    address, agent or referrer is kept, and the answer is the same GIF whatever was counted, so it tells a caller
+    nothing. A story or channel syndicate does not know, or a channel that reads its reach from its platform, is
+    counted nowhere."""
+    story_id = request.query.get("s", "")
+    channel = request.query.get("c", "")
+    engine = request.app[ENGINE]
+    runtime = engine.channels.get(channel)
+    if (
+        runtime is not None
+        and not runtime.adapter.supports_reach
+        and 0 < len(story_id) <= BEACON_MAX_ID
+        and story_id.isprintable()
+    ):
+        await engine.store.add_reach_count(story_id, channel, ReachMetric.READS, now=request.app[CLOCK]())
+    return web.Response(
+        body=BEACON_GIF,
+        content_type="image/gif",
+        headers={"Cache-Control": "no-store, max-age=0", "Referrer-Policy": "no-referrer"},
+    )
+
+
 def _query_list(request: web.Request, name: str) -> list[str]:
     return split_list(request.query.getall(name, []))
 
@@ -636,6 +715,9 @@ def create_app(
     app.router.add_post("/v1/stories", publish_hook)
     app.router.add_delete("/v1/stories/{story_id}", retract_hook)
     app.router.add_get("/v1/stories/{story_id}", api(get_story))
+    app.router.add_get("/v1/stories/{story_id}/reach", api(story_reach))
+    app.router.add_get("/v1/reach", api(reach_report))
+    app.router.add_get("/reach/b.gif", reach_beacon)
     app.router.add_get("/v1/deliveries", api(list_deliveries))
     app.router.add_post("/v1/deliveries/{delivery_id}/replay", api(replay_one))
     app.router.add_post("/v1/replay", api(replay_many))

@@ -11,12 +11,13 @@ import pytest
 from syndicate.sandbox import RunningSandbox, running_sandbox
 from syndicate.store import open_store
 from syndicate.store.base import Store
-from tests.support import STORE_BACKENDS, ScriptedAdapter, pg_schema_url
+from tests.support import STORE_BACKENDS, ScriptedAdapter, ScriptedReachAdapter, pg_schema_url
 
 
 @pytest.fixture(autouse=True)
 def _reset_scripted() -> None:
     ScriptedAdapter.reset()
+    ScriptedReachAdapter.reset()
 
 
 @pytest.fixture(params=STORE_BACKENDS)

@@ -31,8 +31,9 @@ import hashlib
 import json
 import logging
 import re
+import time
 import zoneinfo
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal, Unpack
 from urllib.parse import quote
 
@@ -58,6 +59,7 @@ from syndicate.delivery import (
     PayloadModel,
     Permanent,
     RateLimited,
+    ReachMetric,
     Receipt,
     RenderError,
     Retryable,
@@ -65,11 +67,11 @@ from syndicate.delivery import (
 )
 from syndicate.httputil import HttpAnswer, retry_after_seconds
 from syndicate.sanitize import Block, html_blocks, plain_text
-from syndicate.store.base import DeliveryFilter, DeliveryRecord, State
+from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, StoreError
 from syndicate.story import ChannelStory, Image, Story
 
 if TYPE_CHECKING:
-    from syndicate.store.base import ChannelAccess, ChannelDeliveries, SharedKeys
+    from syndicate.store.base import ChannelAccess, ChannelDeliveries, ReachCounter, SharedKeys
 
 log = logging.getLogger("syndicate.adapters.app.adapter")
 
@@ -718,7 +720,9 @@ class AppAdapter(HttpAdapter[AppOptions, AppPayload]):
     # ---- the content API
 
     def web_routes(self, access: ChannelAccess) -> list[web.AbstractRouteDef]:
-        return ContentApi(access.deliveries, prefix=self.options.api_prefix).routes()
+        return ContentApi(
+            access.deliveries, prefix=self.options.api_prefix, reads=access.reach, clock=self.clock
+        ).routes()
 
     def openapi_paths(self) -> dict[str, Any]:
         error = {"description": "JSON error", "content": {"application/json": {"schema": {"type": "object"}}}}
@@ -821,10 +825,30 @@ class ContentApi:
     ``>`` and ``&`` escaped (``\\u003c``...), so the bytes never carry markup even where a story's text does.
     """
 
-    def __init__(self, deliveries: ChannelDeliveries, *, prefix: str = API_PREFIX) -> None:
+    def __init__(
+        self,
+        deliveries: ChannelDeliveries,
+        *,
+        prefix: str = API_PREFIX,
+        reads: ReachCounter | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         self.channel = deliveries.channel
         self.deliveries = deliveries
         self.prefix = prefix
+        #: Where a story served to the app counts as one read (reach); None counts nothing.
+        self.reads = reads
+        self.clock = clock or time.time
+
+    async def _count_read(self, story_id: str) -> None:
+        """One app read of a story, counted for its reach. A store that cannot count now costs the figure, never
+        the reader's answer."""
+        if self.reads is None:
+            return
+        try:
+            await self.reads.count(story_id, ReachMetric.READS, now=self.clock())
+        except StoreError as exc:
+            log.warning("could not count an app read of %s: %s", story_id, exc, extra={"story_id": story_id})
 
     def routes(self) -> list[web.AbstractRouteDef]:
         return [
@@ -927,6 +951,8 @@ class ContentApi:
             return _json_response(
                 {"error": "not_found", "message": f"no readable story {story_id!r} in the app"}, status=404, headers={}
             )
+        # A read whether the app gets the body or a 304 for the copy it holds: either way a reader opened it.
+        await self._count_read(story_id)
         return _cached_json(request, document.model_dump(mode="json"), max_age=ITEM_MAX_AGE)
 
     def _document(self, record: DeliveryRecord) -> AppDocument | None:

@@ -11,6 +11,7 @@ here, so every command is listed in one place:
 * ``rendering``: preview
 * ``deliveries``: status, failed, landed, retract; ``replay``: replay
 * ``channels``: channels (``--check``), pause, resume
+* ``reach``: reach (a story's figures per channel, or the period's ranking)
 * ``admin``: serve, work, db migrate / db stats, sessions revoke-all, sandbox
 * ``common``: what they share (options, settings, store, formatting). Command modules import ``common``, never
   this package, so there is no import cycle.
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import click
 
-from syndicate.cli import admin, channels, deliveries, publish, rendering, replay
+from syndicate.cli import admin, channels, deliveries, publish, reach, rendering, replay
 from syndicate.cli.common import config_option, err
 from syndicate.logs import configure_logging
 
@@ -58,6 +59,7 @@ cli.add_command(replay.replay)
 cli.add_command(channels.channels_command)
 cli.add_command(channels.pause)
 cli.add_command(channels.resume)
+cli.add_command(reach.reach)
 cli.add_command(admin.serve)
 cli.add_command(admin.work)
 cli.add_command(admin.db)

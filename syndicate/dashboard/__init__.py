@@ -34,10 +34,20 @@ from syndicate.operations import (
     requeue,
     story_status,
 )
+from syndicate.reach import METRICS, build_report, story_reach_view
 from syndicate.store.base import PAUSED_INDEFINITELY, DeliveryFilter, NotFound, State
 
 from . import auth
 from .i18n import pick_lang, translate
+from .reach_views import (
+    CHART_HEIGHT,
+    CHART_WIDTH,
+    channel_rows,
+    ranking_rows,
+    section_rows,
+    story_reach_rows,
+    story_reach_total,
+)
 from .site import Site, site_of
 from .throttle import LoginThrottle
 from .urls import local_path
@@ -61,6 +71,11 @@ FAILURES_LIMIT = 500
 MAX_DELIVERY_ID = 2**63 - 1
 MAX_ID_DIGITS = len(str(MAX_DELIVERY_ID))
 PAUSE_CHOICES = ("15m", "1h", "4h", "1d", "")
+#: The reach page's periods (the weekly report is the default).
+REACH_PERIODS = ("1d", "7d", "30d")
+REACH_DEFAULT_PERIOD = "7d"
+#: Stories the reach page ranks (the CSV export takes every story of the period).
+REACH_PAGE_LIMIT = 100
 FLASHES = {
     "requeued",
     "landed",
@@ -108,6 +123,8 @@ def setup_dashboard(app: web.Application) -> None:
     app.router.add_post("/dashboard/deliveries/{delivery_id}/landed", landed_action)
     app.router.add_post("/dashboard/deliveries/{delivery_id}/resend", resend_action)
     app.router.add_get("/dashboard/channels", channels_page)
+    app.router.add_get("/dashboard/reach", reach_page)
+    app.router.add_get("/dashboard/reach.csv", reach_csv)
     app.router.add_post("/dashboard/channels/{channel}/pause", pause_action)
     app.router.add_post("/dashboard/channels/{channel}/resume", resume_action)
     app.router.add_get("/dashboard/login", login_page)
@@ -314,7 +331,83 @@ async def story_page(request: web.Request) -> web.StreamResponse:
         )
     deliveries = {d.id: d for d in await store.list_deliveries(DeliveryFilter(story_id=story_id))}
     view = story_view(status, lang=lang, now=request.app[CLOCK](), deliveries=deliveries)
-    return _render(request, "story.html.j2", session=session, story=view)
+    reach = story_reach_view(story_id, await store.story_reach(story_id))
+    return _render(
+        request,
+        "story.html.j2",
+        session=session,
+        story=view,
+        metrics=[m.value for m in METRICS],
+        reach_rows=story_reach_rows(reach, counted=translate(lang, "reach_counted")),
+        reach_total=story_reach_total(reach),
+        chart_width=CHART_WIDTH,
+        chart_height=CHART_HEIGHT,
+    )
+
+
+def _reach_selection(request: web.Request) -> tuple[str, str, str, str | None]:
+    """The reach page's period, channel and section from the query, and what is wrong with them (or None)."""
+    period = request.query.get("since", REACH_DEFAULT_PERIOD)
+    channel = request.query.get("channel", "")
+    section = request.query.get("section", "").strip()[:200]
+    problem = None
+    if period not in REACH_PERIODS:
+        problem, period = f"since: {period[:40]!r} (1d, 7d, 30d)", REACH_DEFAULT_PERIOD
+    if channel and channel not in request.app[SETTINGS].channels:
+        problem, channel = f"channel: {channel[:80]!r}", ""
+    return period, channel, section, problem
+
+
+async def reach_page(request: web.Request) -> web.StreamResponse:
+    """Stories ranked by reach over a period, with the same figures per channel and per section."""
+    session = await _need_session(request)
+    lang = _lang(request)
+    now = request.app[CLOCK]()
+    period, channel, section, problem = _reach_selection(request)
+    report = await build_report(
+        request.app[ENGINE].store,
+        since=parse_time(period, now=now),
+        until=now,
+        channel=channel or None,
+        section=section or None,
+        limit=REACH_PAGE_LIMIT,
+    )
+    return _render(
+        request,
+        "reach.html.j2",
+        session=session,
+        metrics=[m.value for m in METRICS],
+        periods=REACH_PERIODS,
+        period=period,
+        channel=channel,
+        section=section,
+        channels=_channel_names(request),
+        problem=problem,
+        stories=ranking_rows(report),
+        by_channel=channel_rows(report),
+        by_section=section_rows(report, no_section=translate(lang, "reach_no_section")),
+        csv_url=_url("zh", "/dashboard/reach.csv", since=period, channel=channel, section=section),
+    )
+
+
+async def reach_csv(request: web.Request) -> web.StreamResponse:
+    """The reach page's ranking as CSV for the weekly report: one row per story × channel, every story."""
+    await _need_session(request)
+    now = request.app[CLOCK]()
+    period, channel, section, _ = _reach_selection(request)
+    report = await build_report(
+        request.app[ENGINE].store,
+        since=parse_time(period, now=now),
+        until=now,
+        channel=channel or None,
+        section=section or None,
+    )
+    return web.Response(
+        text=report.to_csv(),
+        content_type="text/csv",
+        charset="utf-8",
+        headers={**SECURITY_HEADERS, "Content-Disposition": f'attachment; filename="reach-{period}.csv"'},
+    )
 
 
 async def failures_page(request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
-from syndicate.delivery import Action, Payload, Receipt, StoredPayload
+from syndicate.delivery import Action, Payload, ReachMetric, ReachReading, Receipt, StoredPayload
 from syndicate.story import Story
 
 
@@ -247,6 +247,12 @@ class Completion:
     #: The claim's attempt number: fences the write, so an attempt that outlived its lease (the delivery was
     #: reclaimed and claimed again, even by the same worker) cannot overwrite the newer attempt's state.
     attempt_number: int | None = None
+    #: A delivered publish or update on a channel that reports reach: the post's sample plan, the ages (seconds
+    #: after ``finished_at``) at which to read its figures, written in the same transaction as the outcome so no
+    #: delivered post is left without its plan. Any earlier plan of the story on the channel stops there.
+    reach_ages: tuple[float, ...] = ()
+    #: A retract settled on a channel that reports reach: the story's samples not yet taken there stop.
+    stops_reach: bool = False
 
 
 @dataclass(frozen=True)
@@ -304,6 +310,137 @@ class StoreCounts:
     attempts: int
     by_state: dict[State, int]
     oldest_pending_due: float | None
+
+
+# --- reach (评) ----------------------------------------------------------------------------------------------------
+
+
+class SampleState(enum.StrEnum):
+    """A reach sample's life. A sample waiting for a retry is ``queued`` with a later ``due_at``: reading again
+    is harmless (it sends nothing), so unlike a delivery it needs no state that remembers an attempt."""
+
+    QUEUED = "queued"
+    IN_FLIGHT = "in_flight"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+#: Owned outputs (app API, page beacon) count their reads per story × channel in slices of this many seconds.
+REACH_BUCKET_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class ReachSampleRecord:
+    """One planned reading of one post's figures: the delivered delivery whose receipt names the post, and the
+    post's age at which it is read."""
+
+    id: int
+    delivery_id: int
+    story_id: str
+    channel: str
+    age_seconds: float
+    state: SampleState
+    due_at: float | None
+    attempts: int
+    retry_count: int
+    lease_owner: str | None
+    lease_expires: float | None
+    note: str | None
+    last_error: str | None
+    last_error_class: str | None
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class SampleClaim:
+    """A sample this worker now holds a lease on, with the delivery whose post it reads (its receipt)."""
+
+    sample: ReachSampleRecord
+    delivery: DeliveryRecord
+
+
+@dataclass(frozen=True)
+class SampleCompletion:
+    """The end of one sample attempt: done with its reading, back to the queue, failed or canceled. Fenced by the
+    lease owner and the attempt number like a delivery's Completion."""
+
+    sample_id: int
+    worker: str
+    attempt_number: int
+    state: SampleState
+    finished_at: float
+    #: What the attempt ended with, as the metrics count it: done, retry, rate_limited, failed, interrupted ...
+    outcome: str
+    due_at: float | None = None
+    reading: ReachReading | None = None
+    count_retry: bool = False
+    error_class: str | None = None
+    message: str | None = None
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class ReachPoint:
+    """One value of the time series: a story's figure on a channel at a moment (for counted outputs, the running
+    total including its bucket, stamped at the bucket's start)."""
+
+    story_id: str
+    channel: str
+    metric: ReachMetric
+    observed_at: float
+    value: int
+
+
+@dataclass(frozen=True)
+class ReachRawReading:
+    """A sampled reading's raw figures, under the platform's own names, as they came."""
+
+    story_id: str
+    channel: str
+    observed_at: float
+    raw: dict[str, int | float]
+
+
+@dataclass(frozen=True)
+class StoryReach:
+    """A story's reach as stored: the series of every channel, the raw readings and the sample plans."""
+
+    points: list[ReachPoint]
+    readings: list[ReachRawReading]
+    samples: list[ReachSampleRecord]
+
+
+@dataclass(frozen=True)
+class ReachTotal:
+    """How much a figure of a story on a channel grew over a period."""
+
+    story_id: str
+    channel: str
+    metric: ReachMetric
+    value: int
+
+
+def sample_from_row(row: Row) -> ReachSampleRecord:
+    return ReachSampleRecord(
+        id=row["id"],
+        delivery_id=row["delivery_id"],
+        story_id=row["story_id"],
+        channel=row["channel"],
+        age_seconds=row["age_seconds"],
+        state=SampleState(row["state"]),
+        due_at=row["due_at"],
+        attempts=row["attempts"],
+        retry_count=row["retry_count"],
+        lease_owner=row["lease_owner"],
+        lease_expires=row["lease_expires"],
+        note=row["note"],
+        last_error=row["last_error"],
+        last_error_class=row["last_error_class"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def dumps_json(value: Any) -> str:
@@ -543,8 +680,61 @@ class ReadModel(abc.ABC):
         and skipped ones left out; ordered by channel and start. Channel health: success rate and latency."""
 
 
-class Store(Outbox, ChannelControl, ReadModel):
-    """The outbox with its channel state and read model: what backends implement and the engine, server,
+class ReachLog(abc.ABC):
+    """Reach (评): the sample plans (leased like deliveries, claimed only from a channel's spare capacity), the
+    time series they write, and the counts owned outputs add."""
+
+    @abc.abstractmethod
+    async def claim_reach_samples(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> list[SampleClaim]:
+        """Lease due samples of channels that are not paused and have no due delivery (publishing goes first),
+        each counting against ``limits[channel]`` together with the channel's deliveries in flight (``finished``:
+        this worker's deliveries whose outcome is not written yet, as in ``claim``)."""
+
+    @abc.abstractmethod
+    async def heartbeat_reach_samples(self, worker: str, sample_ids: Sequence[int], *, lease_until: float) -> list[int]:
+        """Extend this worker's sample leases; the ids it still holds."""
+
+    @abc.abstractmethod
+    async def complete_reach_sample(self, completion: SampleCompletion) -> bool:
+        """Write a sample's outcome and, when done, its reading (the common metrics as points and the raw
+        figures), in one transaction; False, writing nothing, when the lease was lost."""
+
+    @abc.abstractmethod
+    async def next_reach_due(self, channels: Sequence[str], *, now: float) -> float | None:
+        """When the earliest queued sample of these channels becomes due (a paused channel's: when it resumes)."""
+
+    @abc.abstractmethod
+    async def count_reach_in_flight(self, channels: Sequence[str]) -> int: ...
+
+    @abc.abstractmethod
+    async def add_reach_count(self, story_id: str, channel: str, metric: ReachMetric, *, now: float) -> bool:
+        """Count one event (a read) of an owned output in its time bucket. Only for a story the channel delivered
+        and did not retract: anything else is counted nowhere (False)."""
+
+    @abc.abstractmethod
+    async def story_reach(self, story_id: str) -> StoryReach:
+        """The story's series on every channel (counted outputs as running totals per bucket), oldest first."""
+
+    @abc.abstractmethod
+    async def reach_totals(self, *, since: float, until: float) -> list[ReachTotal]:
+        """How much each figure grew in ``[since, until)``, per story × channel × metric: a sampled figure's
+        latest value before ``until`` less its latest before ``since``; a counted one's buckets starting inside."""
+
+    @abc.abstractmethod
+    async def reach_channel_totals(self) -> dict[tuple[str, ReachMetric], int]:
+        """Per channel and metric, the sum over stories of each figure's latest value (counted: every bucket)."""
+
+
+class Store(Outbox, ChannelControl, ReadModel, ReachLog):
+    """The outbox with its channel state, read model and reach log: what backends implement and the engine, server,
     dashboard and CLI use."""
 
     #: The schema version this code expects; ``migrate`` brings the database there.
@@ -615,14 +805,30 @@ class SharedKeys:
         await self._control.kv_set(key, value, expires_at=expires_at, now=now)
 
 
+class ReachCounter:
+    """One channel's reach counts, write-only and nothing else of the store: what an owned output that serves its
+    content (the app API) uses to count a read of a story it delivered."""
+
+    __slots__ = ("_channel", "_log")
+
+    def __init__(self, log: ReachLog, channel: str) -> None:
+        self._log = log
+        self._channel = channel
+
+    async def count(self, story_id: str, metric: ReachMetric, *, now: float) -> bool:
+        """Count one ``metric`` event of ``story_id`` on this channel (ReachLog.add_reach_count)."""
+        return await self._log.add_reach_count(story_id, self._channel, metric, now=now)
+
+
 @dataclass(frozen=True)
 class ChannelAccess:
-    """What a channel's web routes get of the store (``Adapter.web_routes``): its own deliveries read-only, and the
-    shared keys. Never the whole store."""
+    """What a channel's web routes get of the store (``Adapter.web_routes``): its own deliveries read-only, the
+    shared keys, and its own reach counts. Never the whole store."""
 
     deliveries: ChannelDeliveries
     keys: SharedKeys
+    reach: ReachCounter
 
     @classmethod
     def of(cls, store: Store, channel: str) -> ChannelAccess:
-        return cls(deliveries=store.channel_view(channel), keys=SharedKeys(store))
+        return cls(deliveries=store.channel_view(channel), keys=SharedKeys(store), reach=ReachCounter(store, channel))

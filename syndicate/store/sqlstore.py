@@ -17,14 +17,17 @@ import abc
 import asyncio
 import enum
 import functools
+import json
+import math
 from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, TypeVar
 
-from syndicate.delivery import Action, Receipt
+from syndicate.delivery import Action, ReachMetric, Receipt
 from syndicate.store.base import (
     LANDED_BY_OPERATOR,
     OPERATOR_WORKER,
+    REACH_BUCKET_SECONDS,
     REPLAYABLE_STATES,
     SUCCESS_OUTCOMES,
     AttemptBucket,
@@ -39,12 +42,19 @@ from syndicate.store.base import (
     FanOutResult,
     NotFound,
     Planner,
+    ReachPoint,
+    ReachRawReading,
+    ReachTotal,
     Row,
+    SampleClaim,
+    SampleCompletion,
+    SampleState,
     StaleVersion,
     State,
     Store,
     StoreCounts,
     StoreUnavailable,
+    StoryReach,
     StoryRecord,
     VersionConflict,
     attempt_from_row,
@@ -52,6 +62,7 @@ from syndicate.store.base import (
     dumps_json,
     live_receipt_from,
     refuse_newer_schema,
+    sample_from_row,
     split_by_lease,
 )
 from syndicate.store.queries import Migration, QuerySet
@@ -118,6 +129,27 @@ class Q(enum.StrEnum):
     OLDEST_PENDING_DUE = "oldest_pending_due"
     RECENT_STORY_IDS = "recent_story_ids"
     ATTEMPT_BUCKETS = "attempt_buckets"
+    INSERT_REACH_SAMPLE = "insert_reach_sample"
+    CANCEL_REACH_SAMPLES = "cancel_reach_samples"
+    CHANNELS_WITH_DUE_SAMPLES = "channels_with_due_samples"
+    CLAIM_REACH_SAMPLES = "claim_reach_samples"
+    EXTEND_REACH_LEASES = "extend_reach_leases"
+    FINISH_REACH_SAMPLE = "finish_reach_sample"
+    INSERT_REACH_READING = "insert_reach_reading"
+    INSERT_REACH_POINT = "insert_reach_point"
+    REQUEUE_EXPIRED_REACH_SAMPLES = "requeue_expired_reach_samples"
+    NEXT_REACH_DUE = "next_reach_due"
+    COUNT_REACH_IN_FLIGHT = "count_reach_in_flight"
+    LIVE_DELIVERY_OF_STORY = "live_delivery_of_story"
+    ADD_REACH_COUNT = "add_reach_count"
+    REACH_SAMPLES_OF_STORY = "reach_samples_of_story"
+    REACH_POINTS_OF_STORY = "reach_points_of_story"
+    REACH_READINGS_OF_STORY = "reach_readings_of_story"
+    REACH_COUNTS_OF_STORY = "reach_counts_of_story"
+    REACH_POINTS_FOR_PERIOD = "reach_points_for_period"
+    REACH_COUNTS_FOR_PERIOD = "reach_counts_for_period"
+    REACH_LATEST_BY_CHANNEL = "reach_latest_by_channel"
+    REACH_COUNTS_BY_CHANNEL = "reach_counts_by_channel"
 
 
 class Conn(Protocol):
@@ -427,9 +459,18 @@ class SQLStore(Store):
             existing = [delivery_from_row(r) for r in await conn.fetch(Q.DELIVERIES_OF_STORY, story_id=story.id)]
             first = await conn.fetchrow(Q.FIRST_ACCEPTED, story_id=story.id)
             first_accepted = now if first is None or first["first_accepted_at"] is None else first["first_accepted_at"]
-            transitions, new = plan_params(story, planner(existing, first_accepted), now)
+            plan = planner(existing, first_accepted)
+            transitions, new = plan_params(story, plan, now)
             if transitions:
                 await conn.executemany(Q.TRANSITION_DELIVERY, transitions)
+            for retract in (nd for nd in plan.new if nd.action is Action.RETRACT):
+                await conn.execute(
+                    Q.CANCEL_REACH_SAMPLES,
+                    story_id=story.id,
+                    channel=retract.channel,
+                    note=f"stopped: version {story.version} retracts the story",
+                    now=now,
+                )
             inserted = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
             rows = [r for r in inserted if r is not None]
             if new:
@@ -558,13 +599,13 @@ class SQLStore(Store):
         async def op(conn: Conn) -> list[int]:
             # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
             # batch inside the write transaction; then one batched statement per table.
-            holders = {
-                r["id"]: (r["lease_owner"], r["attempts"])
-                for r in await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
-            }
+            rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
+            holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
+            posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
             applied, lost = split_by_lease(items, holders)
             if applied:
                 await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
+                await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
             await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
             await conn.wake()  # slots are free again, and retries may be due at once
             return [items[position].delivery_id for position in sorted(lost)]
@@ -573,13 +614,14 @@ class SQLStore(Store):
 
     async def reclaim_expired(self, *, now: float) -> int:
         async def op(conn: Conn) -> int:
+            samples = await conn.execute(Q.REQUEUE_EXPIRED_REACH_SAMPLES, now=now)
             ids = [r["id"] for r in await conn.fetch(Q.EXPIRED_LEASES, now=now)]
-            if not ids:
-                return 0
-            await conn.execute(Q.EXPIRE_ATTEMPTS, now=now, ids=ids)
-            await conn.execute(Q.REQUEUE_EXPIRED, now=now, ids=ids)
-            await conn.wake()
-            return len(ids)
+            if ids:
+                await conn.execute(Q.EXPIRE_ATTEMPTS, now=now, ids=ids)
+                await conn.execute(Q.REQUEUE_EXPIRED, now=now, ids=ids)
+            if ids or samples:
+                await conn.wake()
+            return len(ids) + samples
 
         return await self._write(op)
 
@@ -633,6 +675,255 @@ class SQLStore(Store):
             return True
 
         return await self._write(op)
+
+    @staticmethod
+    async def _plan_reach(conn: Conn, completions: Sequence[Completion], posts: Mapping[int, tuple[str, str]]) -> None:
+        """Inside the outcome transaction, batched like the outcomes: a delivered post's sample plan replaces the
+        story's earlier plan on the channel (the newest post is the one people see); a settled retract stops it.
+        ``posts``: each delivery's story and channel, read with its lease."""
+        if not completions:
+            return
+        stops, plans = [], []
+        for c in completions:
+            story_id, channel = posts[c.delivery_id]
+            note = (
+                "stopped: the story was retracted on this channel"
+                if c.stops_reach
+                else f"stopped: delivery {c.delivery_id} replaced the sampled post"
+            )
+            stops.append({"story_id": story_id, "channel": channel, "note": note, "now": c.finished_at})
+            if c.reach_ages and not c.stops_reach:
+                plans += [
+                    {
+                        "delivery_id": c.delivery_id,
+                        "story_id": story_id,
+                        "channel": channel,
+                        "age_seconds": float(age),
+                        "due_at": c.finished_at + age,
+                        "now": c.finished_at,
+                    }
+                    for age in c.reach_ages
+                ]
+        await conn.executemany(Q.CANCEL_REACH_SAMPLES, stops)
+        if plans:
+            await conn.executemany(Q.INSERT_REACH_SAMPLE, plans)
+
+    # --- reach (评) ----------------------------------------------------------------------------------------
+
+    async def claim_reach_samples(
+        self,
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> list[SampleClaim]:
+        wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
+        if not wanted:
+            return []
+        due = await self._read(lambda conn: conn.fetch(Q.CHANNELS_WITH_DUE_SAMPLES, channels=list(wanted), now=now))
+        due_channels = {r["channel"] for r in due}
+        candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
+        if not candidates:
+            return []
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        if self.SINGLE_WRITER:
+            return await self._write(functools.partial(self._claim_samples_in, channels=candidates, lease=lease))
+        claims: list[SampleClaim] = []
+        for channel, limit in candidates:
+            # The channel's claim lock, as deliveries take: the slots counted are the slots claimed.
+            claims += await self._write(
+                functools.partial(self._claim_samples_in, channels=[(channel, limit)], lease=lease),
+                lock=Lock(LockScope.CLAIM, channel),
+            )
+        return claims
+
+    async def _claim_samples_in(
+        self, conn: Conn, *, channels: list[tuple[str, int]], lease: LeaseRequest
+    ) -> list[SampleClaim]:
+        """Inside one write transaction: samples only take what publishing leaves. A paused channel, or one with a
+        delivery due, gets none; the rest get their free slots (deliveries and samples in flight both count)."""
+        paused = {r["channel"] for r in await conn.fetch(Q.PAUSED_CHANNELS, now=lease.now)}
+        names = [channel for channel, _ in channels if channel not in paused]
+        if not names:
+            return []
+        # Deliveries a worker could claim now go first; one that waits behind an earlier open delivery of its
+        # story (an unknown outcome an operator must settle) holds nothing up, or the samples would starve.
+        publishing = {
+            channel for channel in names if await conn.fetchval(Q.COUNT_CLAIMABLE, channels=[channel], now=lease.now)
+        }
+        spare = [(channel, limit) for channel, limit in channels if channel in names and channel not in publishing]
+        if not spare:
+            return []
+        busy = {
+            r["channel"]: r["n"]
+            for r in await conn.fetch(
+                Q.COUNT_BUSY, channels=[channel for channel, _ in spare], worker=lease.worker, finished=lease.finished
+            )
+        }
+        claims: list[SampleClaim] = []
+        for channel, limit in spare:
+            free = limit - busy.get(channel, 0)
+            if free <= 0:
+                continue
+            for row in await conn.fetch(
+                Q.CLAIM_REACH_SAMPLES,
+                channel=channel,
+                now=lease.now,
+                free=free,
+                worker=lease.worker,
+                lease_expires=lease.lease_expires,
+            ):
+                sample = sample_from_row(row)
+                delivery = await conn.fetchrow(Q.GET_DELIVERY, id=sample.delivery_id)
+                assert delivery is not None  # a sample references its delivery (foreign key)
+                claims.append(SampleClaim(sample, delivery_from_row(delivery)))
+        return sorted(claims, key=lambda c: (c.sample.due_at or 0.0, c.sample.id))
+
+    async def heartbeat_reach_samples(self, worker: str, sample_ids: Sequence[int], *, lease_until: float) -> list[int]:
+        ids = list(sample_ids)
+        if not ids:
+            return []
+        rows = await self._write(
+            lambda conn: conn.fetch(Q.EXTEND_REACH_LEASES, ids=ids, worker=worker, lease_until=lease_until),
+            single_statement=True,
+        )
+        return sorted(r["id"] for r in rows)
+
+    async def complete_reach_sample(self, completion: SampleCompletion) -> bool:
+        c = completion
+        reading = c.reading if c.state is SampleState.DONE else None
+
+        async def op(conn: Conn) -> bool:
+            row = await conn.fetchrow(
+                Q.FINISH_REACH_SAMPLE,
+                state=c.state.value,
+                due_at=c.due_at,
+                retry_step=1 if c.count_retry else 0,
+                note=c.note,
+                last_error=c.message if c.error_class else None,
+                error_class=c.error_class,
+                now=c.finished_at,
+                id=c.sample_id,
+                worker=c.worker,
+                attempt=c.attempt_number,
+            )
+            if row is None:
+                return False
+            if reading is not None:
+                reading_id = await conn.fetchval(
+                    Q.INSERT_REACH_READING,
+                    sample_id=c.sample_id,
+                    story_id=row["story_id"],
+                    channel=row["channel"],
+                    observed_at=c.finished_at,
+                    raw=dumps_json(dict(reading.raw)),
+                )
+                await conn.executemany(
+                    Q.INSERT_REACH_POINT,
+                    [
+                        {
+                            "reading_id": reading_id,
+                            "story_id": row["story_id"],
+                            "channel": row["channel"],
+                            "metric": ReachMetric(metric).value,
+                            "observed_at": c.finished_at,
+                            "value": int(value),
+                        }
+                        for metric, value in sorted(reading.metrics.items())
+                    ],
+                )
+            if c.state is SampleState.QUEUED:
+                await conn.wake()
+            return True
+
+        return await self._write(op)
+
+    async def next_reach_due(self, channels: Sequence[str], *, now: float) -> float | None:
+        if not channels:
+            return None
+        rows = await self._read(lambda conn: conn.fetch(Q.NEXT_REACH_DUE, channels=list(channels), now=now))
+        dues = [max(r["due"], r["paused"] or 0.0) for r in rows if r["due"] is not None]
+        return min(dues) if dues else None
+
+    async def count_reach_in_flight(self, channels: Sequence[str]) -> int:
+        if not channels:
+            return 0
+        return await self._read(lambda conn: conn.fetchval(Q.COUNT_REACH_IN_FLIGHT, channels=list(channels)))
+
+    async def add_reach_count(self, story_id: str, channel: str, metric: ReachMetric, *, now: float) -> bool:
+        bucket = math.floor(now / REACH_BUCKET_SECONDS) * REACH_BUCKET_SECONDS
+
+        async def op(conn: Conn) -> bool:
+            live = await conn.fetchval(Q.LIVE_DELIVERY_OF_STORY, story_id=story_id, channel=channel)
+            if live is None or live == Action.RETRACT.value:
+                return False
+            await conn.execute(
+                Q.ADD_REACH_COUNT,
+                story_id=story_id,
+                channel=channel,
+                metric=ReachMetric(metric).value,
+                bucket_start=float(bucket),
+                amount=1,
+            )
+            return True
+
+        return await self._write(op)
+
+    async def story_reach(self, story_id: str) -> StoryReach:
+        async def op(conn: Conn) -> StoryReach:
+            points = [
+                ReachPoint(r["story_id"], r["channel"], ReachMetric(r["metric"]), r["observed_at"], r["value"])
+                for r in await conn.fetch(Q.REACH_POINTS_OF_STORY, story_id=story_id)
+            ]
+            running: dict[tuple[str, str], int] = {}
+            for r in await conn.fetch(Q.REACH_COUNTS_OF_STORY, story_id=story_id):
+                key = (r["channel"], r["metric"])
+                running[key] = running.get(key, 0) + r["value"]
+                # Stamped at the bucket's start: its end may lie ahead (the bucket is still counting), and a
+                # figure must not claim a time that has not come.
+                points.append(
+                    ReachPoint(story_id, r["channel"], ReachMetric(r["metric"]), r["bucket_start"], running[key])
+                )
+            readings = [
+                ReachRawReading(r["story_id"], r["channel"], r["observed_at"], json.loads(r["raw"]))
+                for r in await conn.fetch(Q.REACH_READINGS_OF_STORY, story_id=story_id)
+            ]
+            samples = [sample_from_row(r) for r in await conn.fetch(Q.REACH_SAMPLES_OF_STORY, story_id=story_id)]
+            points.sort(key=lambda p: (p.channel, p.metric, p.observed_at))
+            return StoryReach(points, readings, samples)
+
+        return await self._read(op)
+
+    async def reach_totals(self, *, since: float, until: float) -> list[ReachTotal]:
+        async def op(conn: Conn) -> list[ReachTotal]:
+            before: dict[tuple[str, str, str], int] = {}
+            latest: dict[tuple[str, str, str], int] = {}
+            for r in await conn.fetch(Q.REACH_POINTS_FOR_PERIOD, since=since, until=until):
+                key = (r["story_id"], r["channel"], r["metric"])
+                # Rows come oldest first: the last one seen before each end is the latest.
+                latest[key] = r["value"]
+                if r["observed_at"] < since:
+                    before[key] = r["value"]
+            grown = {key: max(value - before.get(key, 0), 0) for key, value in latest.items()}
+            for r in await conn.fetch(Q.REACH_COUNTS_FOR_PERIOD, since=since, until=until):
+                key = (r["story_id"], r["channel"], r["metric"])
+                grown[key] = grown.get(key, 0) + int(r["value"])
+            return [ReachTotal(s, ch, ReachMetric(m), v) for (s, ch, m), v in sorted(grown.items())]
+
+        return await self._read(op)
+
+    async def reach_channel_totals(self) -> dict[tuple[str, ReachMetric], int]:
+        async def op(conn: Conn) -> dict[tuple[str, ReachMetric], int]:
+            totals: dict[tuple[str, ReachMetric], int] = {}
+            for query in (Q.REACH_LATEST_BY_CHANNEL, Q.REACH_COUNTS_BY_CHANNEL):
+                for r in await conn.fetch(query):
+                    key = (r["channel"], ReachMetric(r["metric"]))
+                    totals[key] = totals.get(key, 0) + int(r["value"])
+            return totals
+
+        return await self._read(op)
 
     # --- channel state and key/value ------------------------------------------------------------------------
 

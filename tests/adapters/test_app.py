@@ -953,3 +953,26 @@ async def test_the_sendno_is_never_zero_and_the_cid_count_is_one_every_app_may_a
     assert receipt.raw["sendno"] == "1"
     [cid_request] = [r for r in sandbox.sandbox.received("jpush") if r.path == "/v3/push/cid"]
     assert cid_request.query["count"] == "1"
+
+
+async def test_each_story_the_app_reads_counts_once_for_its_reach(tmp_path: Path, sandbox: RunningSandbox) -> None:
+    settings = make_settings(tmp_path, {"app": app_channel(sandbox.url)})
+    store = await open_migrated(settings)
+    try:
+        async with Engine(settings, store) as engine:
+            for story in example_stories():
+                await engine.accept(story)
+            await engine.run(until_idle=True, idle_horizon=2)
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                status, _, _ = await get_json(client, "/app/v1/stories/sh-rmt-20190918-002")
+                assert status == 200
+                again = await get_json(client, "/app/v1/stories/sh-rmt-20190918-002", **{"If-None-Match": "*"})
+                assert again[0] == 304  # the app showed the copy it holds: a read all the same
+                assert (await get_json(client, "/app/v1/stories"))[0] == 200  # a list is no read of a story
+                assert (await get_json(client, "/app/v1/stories/no-such-story"))[0] == 404
+        reach = await store.story_reach("sh-rmt-20190918-002")
+        assert [(p.channel, p.metric.value, p.value) for p in reach.points] == [("app", "reads", 2)]
+        assert (await store.story_reach("sh-rmt-20190918-001")).points == []
+        assert (await store.story_reach("no-such-story")).points == []
+    finally:
+        await store.close()

@@ -18,7 +18,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from syndicate.config import ConfigError, Settings, parse_config
 from syndicate.dashboard.throttle import OVERALL, PER_CLIENT, WINDOW_SECONDS, LoginThrottle, Refusal
-from syndicate.delivery import OutcomeUnknown, Permanent
+from syndicate.delivery import OutcomeUnknown, Permanent, ReachMetric
 from syndicate.engine import Engine
 from syndicate.server import create_app
 from syndicate.store import open_store
@@ -156,7 +156,8 @@ async def test_story_text_is_escaped_on_every_page(dash: Dash) -> None:
     await dash.engine.accept(evil)
     await dash.settle()
     await dash.login()
-    pages = ["/", "/dashboard/stories/evil", "/dashboard/failures", "/dashboard/channels"]
+    await dash.engine.store.add_reach_count("evil", "web", ReachMetric.READS, now=dash.engine.clock.now())
+    pages = ["/", "/dashboard/stories/evil", "/dashboard/failures", "/dashboard/channels", "/dashboard/reach"]
     for path in pages:
         html = await (await dash.client.get(path)).text()
         assert "<script>alert" not in html, path
@@ -166,6 +167,33 @@ async def test_story_text_is_escaped_on_every_page(dash: Dash) -> None:
     assert "<script>" not in fragment and "&lt;script&gt;" in fragment
     story = await (await dash.client.get("/dashboard/stories/evil")).text()
     assert "&lt;b&gt;40001&lt;/b&gt;" in story  # the platform code, too
+    reach = await (await dash.client.get("/dashboard/reach")).text()
+    assert 'data-story="evil"' in reach and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;标题" in reach
+
+
+async def test_reach_page_filters_name_bad_input_and_export_needs_a_session(dash: Dash) -> None:
+    for path in ["/dashboard/reach", "/dashboard/reach.csv"]:
+        resp = await dash.client.get(path, allow_redirects=False)
+        assert resp.status == 303 and "/dashboard/login" in resp.headers["Location"], path
+    await dash.engine.accept(make_story(id="r1", section="时政"))
+    await dash.settle()
+    for _ in range(2):
+        assert await dash.engine.store.add_reach_count("r1", "web", ReachMetric.READS, now=dash.engine.clock.now())
+    await dash.login()
+    html = await (await dash.client.get("/dashboard/reach")).text()
+    assert 'data-story="r1"' in html and 'data-channel="web"' in html and 'data-section="时政"' in html
+    english = await (await dash.client.get("/dashboard/reach?lang=en")).text()
+    assert "Reach ranking" in english and 'href="/dashboard/reach.csv?since=7d"' in english
+    bad = await (await dash.client.get("/dashboard/reach?since=forever&channel=nope")).text()
+    assert "channel: &#39;nope&#39;" in bad and 'data-story="r1"' in bad  # defaults used, the mistake named
+    other = await (await dash.client.get("/dashboard/reach?section=体育")).text()
+    assert 'id="reach-empty"' in other
+    csv_resp = await dash.client.get("/dashboard/reach.csv?since=1d&channel=web")
+    assert csv_resp.status == 200 and csv_resp.content_type == "text/csv"
+    assert csv_resp.headers["Content-Disposition"] == 'attachment; filename="reach-1d.csv"'
+    assert (await csv_resp.text()).splitlines()[1].endswith(",时政,web,2,,,")
+    story = await (await dash.client.get("/dashboard/stories/r1")).text()
+    assert 'id="reach"' in story and '<tr data-channel="web">' in story and "自有计数" in story
 
 
 async def test_board_shows_each_channel_state_as_a_word_and_a_colour(dash: Dash) -> None:

@@ -200,3 +200,93 @@ async def test_pause_and_resume_a_channel(browser_page: Any, live_server: Server
     await page.click(f"{web} button.resume")
     await page.wait_for_selector(f"{web}[data-paused='no']")
     assert "渠道已恢复" in (await page.text_content("p.flash") or "")
+
+
+@pytest.fixture
+async def reach_server(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Server]:
+    """The real server with a reach-reading channel sampled a second and two seconds after delivery (so the
+    schedule runs for real within the test), beside a webhook channel that counts its page reads by beacon."""
+    from syndicate.config import parse_config
+    from tests.support import scripted
+
+    base = server_settings(tmp_path, sandbox.url)
+    raw = {
+        "store": {"url": f"sqlite:///{tmp_path / 'reach.db'}"},
+        "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0},
+        "server": {"hook_secret": base.server.hook_secret, "api_token": API_TOKEN},
+        "reach": {"ages": ["1s", "2s"]},
+        "channels": {
+            "social": scripted(kind="scripted-reach"),
+            "web": {
+                "kind": "webhook",
+                "url": f"{sandbox.url}/webhook/web",
+                "secret": "webhook-secret-value",
+                "timeout": 2,
+            },
+        },
+    }
+    settings = parse_config(raw, source="reach-browser.toml", env={})
+    stop = asyncio.Event()
+    ready: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(serve(settings, host="127.0.0.1", port=0, stop=stop, on_ready=ready.set_result))
+    url = await asyncio.wait_for(ready, timeout=10)
+    async with aiohttp.ClientSession() as session:
+        yield Server(url, session)
+    stop.set()
+    await asyncio.wait_for(task, timeout=20)
+
+
+async def test_reach_on_the_story_page_and_the_reach_page_with_its_csv(browser_page: Any, reach_server: Server) -> None:
+    from syndicate.delivery import ReachMetric, ReachReading
+    from tests.support import ScriptedReachAdapter
+
+    ScriptedReachAdapter.reach_scripts["social"] = [
+        ReachReading({ReachMetric.READS: 1200, ReachMetric.SHARES: 30}, raw={"views": 1200}),
+        ReachReading({ReachMetric.READS: 4800, ReachMetric.SHARES: 75}, raw={"views": 4800}),
+    ]
+    page = browser_page
+    story = {**example("01-district-media-centres.json"), "section": "时政"}
+    assert (await reach_server.hook(story))[0] == 202
+    await reach_server.wait_states(story["id"], "delivered")
+    for _ in range(3):
+        async with reach_server.session.get(f"{reach_server.url}/reach/b.gif?s={story['id']}&c=web") as resp:
+            assert resp.status == 200 and resp.content_type == "image/gif"
+    # The schedule reads the post at one and two seconds old.
+    for _ in range(200):
+        _, reach = await reach_server.api("GET", f"/v1/stories/{story['id']}/reach")
+        social = [c for c in reach["channels"] if c["channel"] == "social"]
+        if social and social[0]["samples"]["done"] == 2:
+            break
+        await asyncio.sleep(0.05)
+    else:
+        raise AssertionError(f"the samples never completed: {reach}")
+
+    await log_in(page, reach_server.url)
+    await page.goto(f"{reach_server.url}/dashboard/stories/{story['id']}")
+    row = "#reach tr[data-channel='social']"
+    await page.wait_for_selector(row)
+    cells = await page.locator(f"{row} td").all_inner_texts()
+    assert cells[:4] == ["4,800", "75", "—", "—"] and cells[-1] == "2/2"
+    assert (await page.locator("#reach tr[data-channel='web'] td").all_inner_texts())[0] == "3"
+    assert await page.locator("figure.reach-chart[data-channel='social'] circle").count() == 2
+    await shot(page, "story-reach")
+
+    await page.click("nav a[href='/dashboard/reach']")
+    await page.wait_for_selector("#reach-ranking")
+    first = "#reach-ranking tbody tr:first-child"
+    assert await page.get_attribute(first, "data-story") == story["id"]
+    assert (await page.locator(f"{first} td").all_inner_texts())[2:5] == ["时政", "4,803", "75"]
+    channels = await page.locator("#reach-by-channel tbody tr").evaluate_all("rows => rows.map(r => r.dataset.channel)")
+    assert channels == ["social", "web"]
+    await shot(page, "reach")
+    await page.select_option("select[name=channel]", "web")
+    await page.click("form.filters button[type=submit]")
+    await page.wait_for_url("**channel=web**")
+    assert (await page.locator(f"{first} td").all_inner_texts())[3] == "3"
+    async with page.expect_download() as download_info:
+        await page.click("#reach-csv")
+    download = await download_info.value
+    text = await asyncio.to_thread(Path(await download.path()).read_text, encoding="utf-8")
+    lines = text.splitlines()
+    assert lines[0] == "rank,story_id,headline,section,channel,reads,shares,likes,comments"
+    assert lines[1].startswith(f"1,{story['id']},") and lines[1].endswith(",时政,web,3,,,") and len(lines) == 2

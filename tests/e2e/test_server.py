@@ -325,6 +325,9 @@ async def test_operations_endpoints(server: Server) -> None:
     assert documented == {
         "/v1/stories",
         "/v1/stories/{story_id}",
+        "/v1/stories/{story_id}/reach",
+        "/v1/reach",
+        "/reach/b.gif",
         "/v1/deliveries",
         "/v1/deliveries/{delivery_id}/replay",
         "/v1/replay",

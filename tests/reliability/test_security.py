@@ -519,16 +519,19 @@ async def check_dashboard(dash: Dash, h: HostileStory) -> None:
         "story": f"/dashboard/stories/{quote(h.story.id, safe='')}",
         "failures": "/dashboard/failures",
         "channels": "/dashboard/channels",
+        "reach": "/dashboard/reach",
     }
     audits = {}
     for name, path in pages.items():
         resp = await dash.client.get(path)
         assert resp.status == 200, name
-        tags = frozenset({"svg"}) if name == "channels" else frozenset()  # the health chart is the page's own
+        # The health chart and the story's reach charts are the pages' own.
+        tags = frozenset({"svg"}) if name in ("channels", "story") else frozenset()
         audits[name] = assert_clean(await resp.text(), f"dashboard {name}", allowed_tags=tags, **own)
     rows = (await (await dash.client.get("/dashboard/board.json")).json())["rows"]
     assert_clean(rows, "dashboard board.json rows")
     assert audits["board"].shows(h.text(("headline",)))
+    assert audits["reach"].shows(h.text(("headline",)))  # the app read it (check_app): ranked, escaped
     story = audits["story"]
     for path in [("headline",), ("summary",), ("id",)]:
         assert story.shows(h.text(path)), f"the story page does not show {label(path)}"
@@ -875,6 +878,13 @@ async def sweep_api(rec: Recorder, rows: list[dict[str, Any]]) -> None:
     await rec.call("GET", "/v1/stories/sec-2", route="/v1/stories/{story_id}")
     await rec.call("GET", "/v1/stories/nope", route="/v1/stories/{story_id}", where="wrong id")
     await rec.call("GET", "/v1/stories/sec-1", route="/v1/stories/{story_id}", token=SECRETS["hook_secret"])
+    reach = "/v1/stories/{story_id}/reach"
+    await rec.call("GET", "/v1/stories/sec-1/reach", route=reach)
+    await rec.call("GET", "/v1/stories/nope/reach", route=reach, where="wrong id")
+    for token in (None, SECRETS["hook_secret"]):
+        assert (await rec.call("GET", "/v1/stories/sec-1/reach", route=reach, token=token)).status == 401
+    await rec.call("GET", f"/v1/reach?section={quote(SECRETS['api_token'])}", route="/v1/reach", where="section")
+    await rec.call("GET", f"/reach/b.gif?s=sec-1&c={quote(SECRETS['hook_secret'])}", route="/reach/b.gif")
     missed = documented - rec.routes
     assert not missed, f"routes the sweep did not call: {sorted(missed)}"
 

@@ -25,7 +25,7 @@ import pytest
 
 from syndicate.channel import Adapter, AdapterDeps, AdapterOptions, DeliveryContext, adapter_kinds, register
 from syndicate.config import Settings, parse_config
-from syndicate.delivery import Action, DeliveryError, JsonPayload, Payload, Receipt
+from syndicate.delivery import Action, DeliveryError, JsonPayload, Payload, ReachMetric, ReachReading, Receipt
 from syndicate.engine import Engine
 from syndicate.ninjs import read_document
 from syndicate.sandbox import Sandbox, standins
@@ -140,6 +140,40 @@ class ScriptedAdapter(Adapter):
 
 
 register(ScriptedAdapter)
+
+
+class ScriptedReachAdapter(ScriptedAdapter):
+    """A scripted channel that also reads reach back: each ``read_reach`` pops the channel's next reach outcome
+    (a DeliveryError raised, a ReachReading returned, or None: reads = 10 × the post's age in hours, likes a
+    tenth of that, deterministic and growing with age). Every read is logged in ``reach_calls``."""
+
+    kind: ClassVar[str] = "scripted-reach"
+    supports_reach: ClassVar[bool] = True  # type: ignore[misc]
+    reach_scripts: ClassVar[dict[str, list[DeliveryError | ReachReading | None]]] = {}
+    reach_calls: ClassVar[list[tuple[str, str, str | None]]] = []
+
+    @classmethod
+    def reset(cls) -> None:
+        super().reset()
+        cls.reach_scripts.clear()
+        cls.reach_calls.clear()
+
+    async def read_reach(self, ctx: DeliveryContext) -> ReachReading:
+        remote_id = ctx.receipt.remote_id if ctx.receipt else None
+        self.reach_calls.append((self.name, ctx.story_id, remote_id))
+        script = self.reach_scripts.get(self.name, [])
+        outcome = script.pop(0) if script else None
+        if isinstance(outcome, DeliveryError):
+            raise outcome
+        if outcome is not None:
+            return outcome
+        hours = int(max(self.clock() - (ctx.queued_at or 0.0), 0.0) // 3600)
+        return ReachReading(
+            {ReachMetric.READS: 10 * hours, ReachMetric.LIKES: hours}, raw={"views": 10 * hours, "hearts": hours}
+        )
+
+
+register(ScriptedReachAdapter)
 
 
 def make_story(**overrides: Any) -> Story:

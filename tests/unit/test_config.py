@@ -171,7 +171,7 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
     err = config_error(write(tmp_path, '[stroe]\nurl = "x"\n'))
     assert err.key == "stroe"
     assert "stroe" in str(err) and "unknown" in str(err)
-    assert "channels, engine, media, server, store" in str(err)
+    assert "channels, engine, media, reach, server, store" in str(err)
 
 
 def test_unknown_key_in_store(tmp_path: Path) -> None:

@@ -139,3 +139,88 @@ SELECT min(due_at) FROM deliveries WHERE state IN {PENDING_STATES};
 
 -- name: recent_story_ids
 SELECT story_id FROM stories GROUP BY story_id ORDER BY max(received_at) DESC, story_id LIMIT :limit;
+
+-- reach (评) ------------------------------------------------------------------------------------------------------
+
+-- A post's plan: one sample per age; a plan written twice (an outcome batch retried) stays one.
+-- name: insert_reach_sample
+INSERT INTO reach_samples (delivery_id, story_id, channel, age_seconds, state, due_at, created_at, updated_at)
+VALUES (:delivery_id, :story_id, :channel, :age_seconds, 'queued', :due_at, :now, :now)
+ON CONFLICT (delivery_id, age_seconds) DO NOTHING;
+
+-- The story's samples not yet taken on the channel stop (retracted, or a newer post replaced the sampled one).
+-- name: cancel_reach_samples
+UPDATE reach_samples SET state = 'canceled', due_at = NULL, note = :note, updated_at = :now
+WHERE story_id = :story_id AND channel = :channel AND state = 'queued';
+
+-- Fenced like record_outcome: only the attempt that still holds the lease writes.
+-- name: finish_reach_sample
+UPDATE reach_samples SET state = :state, due_at = :due_at, retry_count = retry_count + :retry_step,
+       lease_owner = NULL, lease_expires = NULL, note = :note, last_error = :last_error,
+       last_error_class = :error_class, updated_at = :now
+WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker AND attempts = :attempt
+RETURNING story_id, channel;
+
+-- name: insert_reach_reading
+INSERT INTO reach_readings (sample_id, story_id, channel, observed_at, raw)
+VALUES (:sample_id, :story_id, :channel, :observed_at, :raw)
+RETURNING id;
+
+-- name: insert_reach_point
+INSERT INTO reach_points (reading_id, story_id, channel, metric, observed_at, value)
+VALUES (:reading_id, :story_id, :channel, :metric, :observed_at, :value);
+
+-- Reading again sends nothing, so an expired sample simply goes back to the queue; it spends a retry step, so
+-- a sample that keeps killing its worker ends failed, not looping.
+-- name: requeue_expired_reach_samples
+UPDATE reach_samples SET state = 'queued', due_at = :now, retry_count = retry_count + 1, lease_owner = NULL,
+       lease_expires = NULL, note = 'lease expired; reading again', updated_at = :now
+WHERE state = 'in_flight' AND lease_expires < :now;
+
+-- An owned output counts only what it delivered and did not withdraw since.
+-- name: live_delivery_of_story
+SELECT action FROM deliveries WHERE story_id = :story_id AND channel = :channel AND state = 'delivered'
+ORDER BY id DESC LIMIT 1;
+
+-- name: add_reach_count
+INSERT INTO reach_counts (story_id, channel, metric, bucket_start, value)
+VALUES (:story_id, :channel, :metric, :bucket_start, :amount)
+ON CONFLICT (story_id, channel, metric, bucket_start) DO UPDATE SET value = reach_counts.value + excluded.value;
+
+-- name: reach_samples_of_story
+SELECT * FROM reach_samples WHERE story_id = :story_id ORDER BY channel, age_seconds, id;
+
+-- name: reach_points_of_story
+SELECT story_id, channel, metric, observed_at, value FROM reach_points WHERE story_id = :story_id
+ORDER BY channel, metric, observed_at;
+
+-- name: reach_readings_of_story
+SELECT story_id, channel, observed_at, raw FROM reach_readings WHERE story_id = :story_id
+ORDER BY channel, observed_at;
+
+-- name: reach_counts_of_story
+SELECT story_id, channel, metric, bucket_start, value FROM reach_counts WHERE story_id = :story_id
+ORDER BY channel, metric, bucket_start;
+
+-- Every point before the period's end of each story × channel that has one inside the period: the latest before
+-- each end is picked in Python.
+-- name: reach_points_for_period
+SELECT p.story_id, p.channel, p.metric, p.observed_at, p.value FROM reach_points p
+WHERE p.observed_at < :until AND EXISTS (
+    SELECT 1 FROM reach_points q WHERE q.story_id = p.story_id AND q.channel = p.channel
+    AND q.observed_at >= :since AND q.observed_at < :until)
+ORDER BY p.story_id, p.channel, p.metric, p.observed_at;
+
+-- name: reach_counts_for_period
+SELECT story_id, channel, metric, sum(value) AS value FROM reach_counts
+WHERE bucket_start >= :since AND bucket_start < :until
+GROUP BY story_id, channel, metric;
+
+-- name: reach_latest_by_channel
+SELECT p.channel, p.metric, sum(p.value) AS value FROM reach_points p
+WHERE p.observed_at = (SELECT max(l.observed_at) FROM reach_points l WHERE l.story_id = p.story_id
+                       AND l.channel = p.channel AND l.metric = p.metric)
+GROUP BY p.channel, p.metric;
+
+-- name: reach_counts_by_channel
+SELECT channel, metric, sum(value) AS value FROM reach_counts GROUP BY channel, metric;

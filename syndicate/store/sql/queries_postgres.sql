@@ -50,10 +50,15 @@ WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.channel AND d.state
 
 -- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request). Read under
 -- the channel's claim lock, so the count and the claim below are one atomic step across processes.
+-- Reach samples in flight take a slot too: a channel's concurrency bounds every request it has open.
 -- name: count_busy
-SELECT channel, count(*) AS n FROM deliveries
-WHERE state = 'in_flight' AND channel = ANY(:channels::text[])
-  AND NOT (lease_owner = :worker AND id = ANY(:finished::bigint[]))
+SELECT channel, count(*) AS n FROM (
+    SELECT channel FROM deliveries
+    WHERE state = 'in_flight' AND channel = ANY(:channels::text[])
+      AND NOT (lease_owner = :worker AND id = ANY(:finished::bigint[]))
+    UNION ALL
+    SELECT channel FROM reach_samples WHERE state = 'in_flight' AND channel = ANY(:channels::text[])
+) busy
 GROUP BY channel;
 
 -- SKIP LOCKED: rows a fan-out or another claimer holds are passed over, not waited for.
@@ -86,7 +91,7 @@ RETURNING d.id;
 
 -- Read once for the batch and locked until commit; then one statement per table.
 -- name: lease_holders
-SELECT id, lease_owner, attempts FROM deliveries
+SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id = ANY(:ids::bigint[]) ORDER BY id FOR UPDATE;
 
 -- SKIP LOCKED: two workers reclaiming at once each take different rows, and neither waits on a live outcome write.
@@ -179,3 +184,34 @@ SELECT d.channel, floor((a.finished_at - :since) / :bucket_seconds)::bigint AS s
 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
 WHERE a.finished_at >= :since AND a.worker <> :operator AND coalesce(a.outcome, '') <> 'skipped'
 GROUP BY d.channel, slot ORDER BY d.channel, slot;
+
+-- reach (评) ------------------------------------------------------------------------------------------------------
+
+-- Read before any lock or transaction, like channels_with_due_work.
+-- name: channels_with_due_samples
+SELECT c.channel FROM unnest(:channels::text[]) AS c(channel)
+WHERE EXISTS (SELECT 1 FROM reach_samples s WHERE s.channel = c.channel AND s.state = 'queued'
+              AND s.due_at <= :now);
+
+-- name: claim_reach_samples
+WITH picked AS (
+    SELECT s.id FROM reach_samples s WHERE s.channel = :channel AND s.state = 'queued' AND s.due_at <= :now
+    ORDER BY s.due_at, s.id LIMIT :free FOR UPDATE SKIP LOCKED)
+UPDATE reach_samples s SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
+       attempts = s.attempts + 1, updated_at = :now
+FROM picked WHERE s.id = picked.id
+RETURNING s.*;
+
+-- name: extend_reach_leases
+UPDATE reach_samples SET lease_expires = :lease_until
+WHERE state = 'in_flight' AND lease_owner = :worker AND id = ANY(:ids::bigint[])
+RETURNING id;
+
+-- name: next_reach_due
+SELECT c.channel,
+       (SELECT min(s.due_at) FROM reach_samples s WHERE s.channel = c.channel AND s.state = 'queued') AS due,
+       (SELECT p.paused_until FROM channel_state p WHERE p.channel = c.channel AND p.paused_until > :now) AS paused
+FROM unnest(:channels::text[]) AS c(channel);
+
+-- name: count_reach_in_flight
+SELECT count(*) FROM reach_samples WHERE state = 'in_flight' AND channel = ANY(:channels::text[]);

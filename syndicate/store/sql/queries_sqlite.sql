@@ -32,10 +32,16 @@ WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.value AND d.state I
               AND d.due_at <= :now);
 
 -- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request).
+-- Reach samples in flight take a slot too: a channel's concurrency bounds every request it has open.
 -- name: count_busy
-SELECT channel, count(*) AS n FROM deliveries
-WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
-  AND NOT (lease_owner = :worker AND id IN (SELECT value FROM json_each(:finished)))
+SELECT channel, count(*) AS n FROM (
+    SELECT channel FROM deliveries
+    WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
+      AND NOT (lease_owner = :worker AND id IN (SELECT value FROM json_each(:finished)))
+    UNION ALL
+    SELECT channel FROM reach_samples
+    WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
+) busy
 GROUP BY channel;
 
 -- Set-based: one UPDATE ... RETURNING per channel whatever the batch size, so the write lock other workers wait
@@ -65,7 +71,7 @@ RETURNING id;
 
 -- Read once for the batch; the write lock is held, so nothing changes between this read and the writes.
 -- name: lease_holders
-SELECT id, lease_owner, attempts FROM deliveries
+SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
 
 -- name: expired_leases
@@ -156,3 +162,32 @@ SELECT d.channel, CAST((a.finished_at - :since) / :bucket_seconds AS INTEGER) AS
 FROM attempts a JOIN deliveries d ON d.id = a.delivery_id
 WHERE a.finished_at >= :since AND a.worker != :operator AND coalesce(a.outcome, '') != 'skipped'
 GROUP BY d.channel, slot ORDER BY d.channel, slot;
+
+-- reach (评) ------------------------------------------------------------------------------------------------------
+
+-- Read before any write lock is taken, like channels_with_due_work.
+-- name: channels_with_due_samples
+SELECT c.value AS channel FROM json_each(:channels) c
+WHERE EXISTS (SELECT 1 FROM reach_samples s WHERE s.channel = c.value AND s.state = 'queued' AND s.due_at <= :now);
+
+-- name: claim_reach_samples
+UPDATE reach_samples SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
+       attempts = attempts + 1, updated_at = :now
+WHERE id IN (
+    SELECT s.id FROM reach_samples s WHERE s.channel = :channel AND s.state = 'queued' AND s.due_at <= :now
+    ORDER BY s.due_at, s.id LIMIT :free)
+RETURNING *;
+
+-- name: extend_reach_leases
+UPDATE reach_samples SET lease_expires = :lease_until
+WHERE state = 'in_flight' AND lease_owner = :worker AND id IN (SELECT value FROM json_each(:ids))
+RETURNING id;
+
+-- name: next_reach_due
+SELECT c.value AS channel,
+       (SELECT min(s.due_at) FROM reach_samples s WHERE s.channel = c.value AND s.state = 'queued') AS due,
+       (SELECT p.paused_until FROM channel_state p WHERE p.channel = c.value AND p.paused_until > :now) AS paused
+FROM json_each(:channels) c;
+
+-- name: count_reach_in_flight
+SELECT count(*) FROM reach_samples WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels));
