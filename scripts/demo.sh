@@ -15,6 +15,7 @@ export SYNDICATE_SANDBOX_URL="http://127.0.0.1:${SANDBOX_PORT}"
 export SYNDICATE_SANDBOX_HOST="127.0.0.1:${SANDBOX_PORT}"   # the one private host [media] may fetch images from
 export SYNDICATE_CONFIG="${SYNDICATE_CONFIG:-config/syndicate.toml}"
 SERVER="http://127.0.0.1:${SERVE_PORT}"
+export SYNDICATE_SERVER_URL="$SERVER"   # the website's pages load the reach beacon from here
 
 pids=()
 cleanup() {
@@ -112,16 +113,24 @@ PY
 
 echo "== reach (评): readers open the stories in the app and on the website; the platforms are read back"
 python - "$SERVER" <<'PY'
-import json, sys, urllib.parse, urllib.request
+import html, json, re, sys, urllib.parse, urllib.request
 base = sys.argv[1]
 stories = json.load(urllib.request.urlopen(base + "/app/v1/stories"))["stories"]
+# What a reader's browser does on the website: open an article page and load its images, the beacon among them.
+home_url = base + "/site/index.html"
+home = urllib.request.urlopen(home_url).read().decode()
+beacons = {}
+for href in sorted(set(re.findall(r'href="([^"#?]+\.html)"', home))):
+    page = urllib.request.urlopen(urllib.parse.urljoin(home_url, href)).read().decode()
+    for src in re.findall(r'<img class="reach-beacon" src="([^"]+)"', page):
+        src = html.unescape(src)
+        beacons[urllib.parse.parse_qs(urllib.parse.urlsplit(src).query)["s"][0]] = src
 for n, story in enumerate(stories):
     quoted = urllib.parse.quote(story["id"], safe="")
     for _ in range(n + 1):  # deterministic figures: the newest story is read once, the next twice ...
         urllib.request.urlopen(f"{base}/app/v1/stories/{quoted}").read()
-        beacon = urllib.parse.urlencode({"s": story["id"], "c": "website"})
-        urllib.request.urlopen(f"{base}/reach/b.gif?{beacon}").read()
-print(f"   {len(stories)} stories read in the app and on the website")
+        urllib.request.urlopen(beacons[story["id"]]).read()
+print(f"   {len(stories)} stories read in the app and on the website (each page's beacon loaded as a browser would)")
 PY
 python - <<'PY'
 import json, subprocess, sys, time

@@ -42,7 +42,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, Unpack
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urlencode, urlsplit
 from xml.sax.saxutils import escape as xml_escape
 
 import jinja2
@@ -138,6 +138,9 @@ class WebsiteOptions(AdapterOptions):
     site_name: str | None = Field(None, min_length=1, max_length=200)
     #: The home page's description (meta description, og:description); default: "the latest stories from <site>".
     description: str | None = Field(None, min_length=1, max_length=500)
+    #: The absolute URL of syndicate's page beacon (``<public_url>/reach/b.gif``): each article page then carries
+    #: a 1x1 image that counts one read of the story on this channel (reach, 评). No cookie, no referrer sent.
+    reach_beacon: str | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -148,6 +151,18 @@ class WebsiteOptions(AdapterOptions):
         if parts.query or parts.fragment:
             raise ValueError("must not carry a query or fragment (pages are addressed as base_url + path)")
         return value.rstrip("/")
+
+    @field_validator("reach_beacon")
+    @classmethod
+    def _reach_beacon(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be the absolute http(s) URL of syndicate's /reach/b.gif (the pages live elsewhere)")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment (the page adds ?s=<story>&c=<channel>)")
+        return value
 
     @field_validator("templates")
     @classmethod
@@ -993,6 +1008,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
             lead_image=Figure.of(lead) if lead is not None else None,
             body_html=Markup(body),
             gallery=[Figure.of(img) for img in gallery],
+            reach_beacon=self._beacon_src(story.id),
         )
         moved_html = self.templates.render("moved.html.j2", lang=lang, labels=labels, target_url=url)
         entry = PageEntry(
@@ -1011,6 +1027,11 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
         )
         data = WebsitePayload(story_id=story.id, entry=entry, html=html, moved_html=moved_html)
         return Payload(data=data, warnings=tuple(warnings))
+
+    def _beacon_src(self, story_id: str) -> str | None:
+        if self.options.reach_beacon is None:
+            return None
+        return f"{self.options.reach_beacon}?{urlencode({'s': story_id, 'c': self.name})}"
 
     def _render_withdrawal(self, story: Story) -> Payload[WebsitePayload]:
         """The tombstone says only that the story is gone: no headline (a withdrawal may be for legal reasons)."""

@@ -8,15 +8,18 @@ import contextlib
 import datetime as dt
 import fcntl
 import functools
+import html as html_module
 import json
 import os
 import posixpath
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
@@ -40,7 +43,7 @@ from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, State, Store
 from syndicate.story import Story
-from tests.support import REPO, make_settings, make_story
+from tests.support import REPO, closed_port, make_settings, make_story
 from tests.support import ctx_for as support_ctx
 
 ctx_for = functools.partial(support_ctx, channel="site")
@@ -782,6 +785,7 @@ def test_adapter_capabilities() -> None:
         "sitemap_urls_per_file",
         "site_name",
         "description",
+        "reach_beacon",
     }
 
 
@@ -879,3 +883,45 @@ def test_a_payload_mixing_a_page_and_a_withdrawal_is_refused_on_load(tmp_path: P
     for data in (mixed, half, {"story_id": "s"}):
         with pytest.raises(Permanent, match="website' payload model"):
             adapter.load_payload(Payload.from_json({"data": data}))
+
+
+# --- reach (评) ------------------------------------------------------------------------------------------------
+
+
+def test_the_reach_beacon_must_be_an_absolute_url_without_a_query(tmp_path: Path) -> None:
+    for wrong in ("/reach/b.gif", "https://sy.example.cn/reach/b.gif?x=1"):
+        with pytest.raises(ConfigError) as caught:
+            make_settings(tmp_path, {"site": website_channel(tmp_path, reach_beacon=wrong)})
+        assert "reach_beacon" in str(caught.value)
+
+
+def test_without_a_reach_beacon_the_page_carries_none(tmp_path: Path) -> None:
+    html = adapter_for(tmp_path).render(S1, Action.PUBLISH).data.html
+    assert "reach-beacon" not in (html or "")
+
+
+async def test_a_page_read_in_a_browser_counts_one_read_through_the_beacon(tmp_path: Path) -> None:
+    port = closed_port()
+    root = tmp_path / "www"
+    root.mkdir()
+    beacon = f"http://127.0.0.1:{port}/reach/b.gif"
+    settings = make_settings(tmp_path, {"site": website_channel(root, reach_beacon=beacon)})
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            await engine.accept(S1)
+            await engine.run(until_idle=True, idle_horizon=0)
+            [delivery] = await store.list_deliveries(DeliveryFilter(channels=["site"]))
+            page = (root / delivery.receipt.remote_id.lstrip("/")).read_text(encoding="utf-8")  # type: ignore[union-attr]
+            [src] = re.findall(r'<img class="reach-beacon" src="([^"]+)"', page)
+            src = html_module.unescape(src)
+            assert src == f"{beacon}?{urlencode({'s': S1.id, 'c': 'site'})}"
+            async with TestClient(TestServer(create_app(settings, engine), host="127.0.0.1", port=port)) as client:
+                answer = await client.get(src[len(f"http://127.0.0.1:{port}") :])  # what the reader's browser asks
+                assert answer.status == 200 and answer.content_type == "image/gif"
+            reach = await store.story_reach(S1.id)
+            reads = [p.value for p in reach.points if p.channel == "site" and p.metric.value == "reads"]
+            assert reads == [1]
+    finally:
+        await store.close()
