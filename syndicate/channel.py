@@ -169,6 +169,9 @@ class Adapter(abc.ABC, Generic[OptionsT, DataT]):
     #: Adapters that can read a live post's figures back from the platform (reads, shares, likes, comments) set
     #: this (per class or per instance) and implement ``read_reach``.
     supports_reach: bool = False
+    #: Owned outputs whose pages load syndicate's page beacon (``/reach/b.gif``) set this: only their reads are
+    #: counted there, so a beacon URL naming any other channel (the app, which counts its own) counts nothing.
+    counts_page_reads: bool = False
 
     def __init__(self, name: str, options: OptionsT, **deps: Unpack[AdapterDeps]) -> None:
         self.name = name

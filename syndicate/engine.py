@@ -908,7 +908,6 @@ class Engine:
     async def _read_sample(self, claim: SampleClaim, runtime: ChannelRuntime) -> SampleCompletion:
         sample, d = claim.sample, claim.delivery
         adapter = runtime.adapter
-        now = self.clock.now()
 
         def ended(state: SampleState, outcome: str, **kw: Any) -> SampleCompletion:
             return SampleCompletion(
@@ -958,10 +957,6 @@ class Engine:
                 raise Retryable(f"adapter error {type(exc).__name__}: {exc}") from exc
         except DeliveryError as exc:
             decision = decide_failure(exc, sample, runtime.policy.next_delay, now=self.clock.now())
-            if decision.pause_until is not None:
-                await self.store.pause_channel(
-                    sample.channel, until=decision.pause_until, reason=decision.pause_reason or "", now=now
-                )
             log.warning(
                 "reach sample failed: %s: %s",
                 type(exc).__name__,

@@ -18,9 +18,8 @@ import io
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from syndicate.delivery import AuthRevoked, DeliveryError, Permanent, RateLimited, ReachMetric
+from syndicate.delivery import AuthRevoked, DeliveryError, Permanent, RateLimited, ReachMetric, Retryable
 from syndicate.store.base import (
-    PAUSED_INDEFINITELY,
     NotFound,
     ReachPoint,
     ReachSampleRecord,
@@ -41,50 +40,52 @@ RANKING_METRIC = ReachMetric.READS
 
 @dataclass(frozen=True)
 class SampleDecision:
-    """What a failed read of a sample leads to: the sample's next state, and a channel pause when the platform
-    said to stop (a rate limit, rejected credentials)."""
+    """What a failed read of a sample leads to: the sample's next state and when it is read again. Never a channel
+    pause: a read must not hold the channel's publishing (a platform's statistics call may have limits and
+    permissions of its own); publishing pauses the channel when its own calls are refused."""
 
     state: SampleState
     outcome: str
     due_at: float | None = None
     count_retry: bool = False
     note: str | None = None
-    pause_until: float | None = None
-    pause_reason: str | None = None
+
+
+#: How long a sample waits after the platform refused the statistics call's credentials or permission: long
+#: enough not to hammer it, short enough to pick up once an operator fixes the account; each wait spends a retry.
+REFUSED_READ_WAIT = 24 * 3600.0
+#: A "not yet" from the platform (figures published later) without a time of its own: look again in an hour.
+PENDING_READ_WAIT = 3600.0
 
 
 def decide_failure(
     exc: DeliveryError, sample: ReachSampleRecord, next_delay: Callable[[int], float | None], *, now: float
 ) -> SampleDecision:
-    """A failed read, by the error's class: a rate limit pauses the channel (its publishing and its sampling) and
-    the sample waits for it without spending a retry; rejected credentials pause the channel for an operator;
-    Permanent ends the sample; anything else spends a step of the channel's retry schedule (``next_delay``: the
-    delay after that many failures, None once the budget is spent)."""
+    """A failed read, by the error's class: a rate limit makes the sample wait for its end, and a "not yet"
+    (``Retryable(pending=True)``: figures the platform publishes later) waits for them, neither spending a retry;
+    refused credentials or permission wait a day, spending one; Permanent ends the sample; anything else spends a
+    step of the channel's retry schedule (``next_delay``: the delay after that many failures, None once spent)."""
     if isinstance(exc, RateLimited):
-        until = exc.until.timestamp()
         return SampleDecision(
-            SampleState.QUEUED,
-            "rate_limited",
-            due_at=until,
-            note=f"rate limited: {exc.reason}",
-            pause_until=until,
-            pause_reason=f"rate limited: {exc.reason}",
+            SampleState.QUEUED, "rate_limited", due_at=exc.until.timestamp(), note=f"rate limited: {exc.reason}"
         )
-    if isinstance(exc, AuthRevoked):
-        return SampleDecision(
-            SampleState.QUEUED,
-            "auth_revoked",
-            due_at=now,
-            note=f"credentials rejected: {exc.reason}",
-            pause_until=PAUSED_INDEFINITELY,
-            pause_reason=f"credentials rejected: {exc.reason} (fix the config, then `syndicate resume`)",
-        )
+    if isinstance(exc, Retryable) and exc.pending:
+        wait = PENDING_READ_WAIT if exc.retry_after is None else max(float(exc.retry_after), 0.0)
+        return SampleDecision(SampleState.QUEUED, "pending", due_at=now + wait, note=exc.reason)
     if isinstance(exc, Permanent):
         return SampleDecision(SampleState.FAILED, "failed", note=exc.reason)
     failures = sample.retry_count + 1
     delay = next_delay(failures)
     if delay is None:
         return SampleDecision(SampleState.FAILED, "failed", note=f"gave up after {failures} attempts: {exc.reason}")
+    if isinstance(exc, AuthRevoked):
+        return SampleDecision(
+            SampleState.QUEUED,
+            "auth_revoked",
+            due_at=now + REFUSED_READ_WAIT,
+            count_retry=True,
+            note=f"the platform refused the statistics call: {exc.reason} (publishing is not paused for it)",
+        )
     retry_after = getattr(exc, "retry_after", None)
     if retry_after is not None:
         delay = max(float(retry_after), 0.0)
@@ -160,7 +161,9 @@ class StoryReachView:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(["story_id", "channel", *[m.value for m in METRICS], "observed_at"])
         for ch in self.channels:
-            writer.writerow([self.story_id, ch.channel, *[ch.latest.get(m, "") for m in METRICS], _iso(ch.observed_at)])
+            writer.writerow(
+                [_csv_text(self.story_id), ch.channel, *[ch.latest.get(m, "") for m in METRICS], _iso(ch.observed_at)]
+            )
         return out.getvalue()
 
 
@@ -237,12 +240,15 @@ class ReachReport:
 
     since: float
     until: float
+    #: The ranking shown: the top ``limit`` stories.
     stories: list[RankedStory]
+    #: Every story with figures in the period: what the channel and section totals add up (not only the top).
+    counted: list[RankedStory] = field(default_factory=list)
 
     @property
     def by_channel(self) -> dict[str, dict[ReachMetric, int]]:
         totals: dict[str, list[dict[ReachMetric, int]]] = {}
-        for story in self.stories:
+        for story in self.counted:
             for channel, figures in story.channels.items():
                 totals.setdefault(channel, []).append(figures)
         return {channel: _sum(figures) for channel, figures in sorted(totals.items())}
@@ -250,7 +256,7 @@ class ReachReport:
     @property
     def by_section(self) -> dict[str, dict[ReachMetric, int]]:
         totals: dict[str, list[dict[ReachMetric, int]]] = {}
-        for story in self.stories:
+        for story in self.counted:
             totals.setdefault(story.section or "", []).append(story.totals)
         return {section: _sum(figures) for section, figures in sorted(totals.items())}
 
@@ -284,7 +290,7 @@ class ReachReport:
                 writer.writerow(
                     [
                         rank,
-                        story.story_id,
+                        _csv_text(story.story_id),
                         _csv_text(story.headline),
                         _csv_text(story.section or ""),
                         channel,
@@ -316,7 +322,7 @@ def rank_stories(
         ranked = stories.setdefault(t.story_id, RankedStory(t.story_id, story_info.headline, story_info.section))
         ranked.channels.setdefault(t.channel, {})[t.metric] = t.value
     ordered = sorted(stories.values(), key=lambda s: (-s.reach, -sum(s.totals.values()), s.story_id))
-    return ReachReport(since, until, ordered[:limit] if limit is not None else ordered)
+    return ReachReport(since, until, ordered[:limit] if limit is not None else ordered, counted=ordered)
 
 
 def _sum(figures: Iterable[Mapping[ReachMetric, int]]) -> dict[ReachMetric, int]:

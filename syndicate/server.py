@@ -405,15 +405,15 @@ async def reach_report(request: web.Request) -> web.StreamResponse:
 async def reach_beacon(request: web.Request) -> web.StreamResponse:
     """A page read of an owned output: ``?s=<story id>&c=<channel>``. Counts only: no cookie is read or set, no
     address, agent or referrer is kept, and the answer is the same GIF whatever was counted, so it tells a caller
-    nothing. A story or channel syndicate does not know, or a channel that reads its reach from its platform, is
-    counted nowhere."""
+    nothing. A story or channel syndicate does not know, or a channel whose pages do not load the beacon (one that
+    reads its reach from its platform, the app that counts its own reads), is counted nowhere."""
     story_id = request.query.get("s", "")
     channel = request.query.get("c", "")
     engine = request.app[ENGINE]
     runtime = engine.channels.get(channel)
     if (
         runtime is not None
-        and not runtime.adapter.supports_reach
+        and runtime.adapter.counts_page_reads
         and 0 < len(story_id) <= BEACON_MAX_ID
         and story_id.isprintable()
     ):

@@ -946,6 +946,7 @@ class WebsiteAdapter(Adapter[WebsiteOptions, WebsitePayload]):
 
     def __init__(self, name: str, options: WebsiteOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
+        self.counts_page_reads = options.reach_beacon is not None
         self.templates = SiteTemplates(options.templates)
         layout = SiteLayout(
             page_size=options.page_size,

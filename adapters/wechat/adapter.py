@@ -1036,8 +1036,9 @@ class WeChatAdapter(HttpAdapter[WeChatOptions, WeChatPayload]):
             raise Permanent(f"the receipt of story {ctx.story_id!r} says not when the article was published")
         day = dt.datetime.fromtimestamp(published_at, BEIJING).date()
         now = dt.datetime.fromtimestamp(self.clock(), BEIJING)
-        if day >= now.date():
-            ready = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(STATS_READY_HOUR, 5), BEIJING)
+        # Not "day before today": between midnight and 08:00 the previous day's figures are not there yet either.
+        ready = dt.datetime.combine(day + dt.timedelta(days=1), dt.time(STATS_READY_HOUR, 5), BEIJING)
+        if now < ready:
             raise Retryable(
                 f"WeChat counts an article's figures by day, up to yesterday: those of {day} are ready after "
                 f"{ready:%Y-%m-%d %H:%M} Beijing time",

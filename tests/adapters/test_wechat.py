@@ -839,6 +839,22 @@ async def test_a_post_published_today_waits_for_tomorrows_figures(
     assert not [r for r in sandbox.sandbox.received("wechat") if r.receiver.startswith("datacube/")]
 
 
+async def test_before_eight_the_next_morning_the_figures_are_waited_for_too(
+    sandbox: RunningSandbox, store: Store, tmp_path: Path
+) -> None:
+    """Past midnight the article's day is "yesterday", but WeChat has its figures only from 08:00: no call yet."""
+    adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
+    day = beijing_day(article["published_at"])
+    now.at = beijing_time(day + dt.timedelta(days=1), 4)  # 04:00 the next day: a 6 h sample of a 22:00 article
+    try:
+        with pytest.raises(Retryable) as waiting:
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+    finally:
+        await adapter.close()
+    assert waiting.value.pending and waiting.value.retry_after == pytest.approx(4 * 3600 + 300)
+    assert not [r for r in sandbox.sandbox.received("wechat") if r.receiver.startswith("datacube/")]
+
+
 async def test_read_reach_adds_up_the_days_getarticletotaldetail_reports(
     sandbox: RunningSandbox, store: Store, tmp_path: Path
 ) -> None:

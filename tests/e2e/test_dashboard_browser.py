@@ -205,11 +205,13 @@ async def test_pause_and_resume_a_channel(browser_page: Any, live_server: Server
 @pytest.fixture
 async def reach_server(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator[Server]:
     """The real server with a reach-reading channel sampled a second and two seconds after delivery (so the
-    schedule runs for real within the test), beside a webhook channel that counts its page reads by beacon."""
+    schedule runs for real within the test), beside a website whose pages count their reads by beacon."""
     from syndicate.config import parse_config
     from tests.support import scripted
 
     base = server_settings(tmp_path, sandbox.url)
+    site_root = tmp_path / "www"
+    site_root.mkdir()
     raw = {
         "store": {"url": f"sqlite:///{tmp_path / 'reach.db'}"},
         "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0},
@@ -217,10 +219,11 @@ async def reach_server(tmp_path: Path, sandbox: RunningSandbox) -> AsyncIterator
         "reach": {"ages": ["1s", "2s"]},
         "channels": {
             "social": scripted(kind="scripted-reach"),
-            "web": {
-                "kind": "webhook",
-                "url": f"{sandbox.url}/webhook/web",
-                "secret": "webhook-secret-value",
+            "web": {  # the newsroom's website: its pages load the beacon
+                "kind": "website",
+                "root": str(site_root),
+                "base_url": "https://news.example.cn",
+                "reach_beacon": "http://127.0.0.1:8780/reach/b.gif",
                 "timeout": 2,
             },
         },

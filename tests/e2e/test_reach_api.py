@@ -48,7 +48,7 @@ async def app(tmp_path: Path) -> AsyncIterator[ReachApp]:
         "store": {"url": f"sqlite:///{tmp_path / 'reach.db'}"},
         "engine": {"lease_seconds": 5, "poll_interval": 0.05, "retry_jitter": 0},
         "server": {"api_token": API_TOKEN},
-        "channels": {"social": scripted(kind="scripted-reach"), "web": scripted()},
+        "channels": {"social": scripted(kind="scripted-reach"), "web": scripted(counts_page_reads=True)},
     }
     settings = parse_config(raw, source="reach-test.toml", env={})
     clock = FakeClock()

@@ -80,6 +80,8 @@ class FakeClock:
 class ScriptedOptions(AdapterOptions):
     idempotent: bool = False
     lookup: bool = False
+    #: An owned output whose pages load the reach beacon (as a website with reach_beacon).
+    counts_page_reads: bool = False
 
 
 class ScriptedAdapter(Adapter):
@@ -101,6 +103,7 @@ class ScriptedAdapter(Adapter):
         super().__init__(name, options, **deps)
         self.idempotent = options.idempotent  # type: ignore[misc]
         self.supports_lookup = options.lookup
+        self.counts_page_reads = options.counts_page_reads
 
     @classmethod
     def reset(cls) -> None:

@@ -4,7 +4,9 @@ age, the rate-limit pause, retries, retraction, and a worker that dies mid-sampl
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime as dt
+import io
 from pathlib import Path
 
 from syndicate.delivery import Permanent, RateLimited, ReachMetric, ReachReading, Retryable
@@ -67,7 +69,11 @@ async def test_configured_ages_and_reach_off(tmp_path: Path, sqlite_store: Store
     assert await samples(sqlite_store, "story-2") == []
 
 
-async def test_a_rate_limited_read_pauses_the_channel_and_its_publishing(tmp_path: Path, sqlite_store: Store) -> None:
+async def test_a_rate_limited_read_waits_for_the_limit_and_never_holds_publishing(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """A statistics call has limits of its own (X's are per endpoint): its 429 makes the sample wait for the reset,
+    spending no retry, and the channel keeps publishing (a post's own 429 pauses the channel when it comes)."""
     clock = FakeClock()
     t0 = clock.now()
     until = dt.datetime.fromtimestamp(t0 + HOUR + 600, dt.UTC)
@@ -79,20 +85,41 @@ async def test_a_rate_limited_read_pauses_the_channel_and_its_publishing(tmp_pat
         clock.t = t0 + HOUR
         await drain(engine)
         states = await sqlite_store.channel_states()
-        assert states["r"].paused_until == until.timestamp()
+        assert "r" not in states or not states["r"].paused_at(clock.now())
         [first, *_] = (await sqlite_store.story_reach("story-1")).samples
         assert (first.state, first.due_at, first.retry_count) == (SampleState.QUEUED, until.timestamp(), 0)
-        # The pause holds a new story's delivery as well as the sample.
+        # A new story goes out at once, while the sample waits for the platform's reset.
         await engine.accept(make_story(id="story-2"))
         clock.t = t0 + HOUR + 300
         await drain(engine)
         assert len(ScriptedReachAdapter.reach_calls) == 1
-        assert [c for c in ScriptedAdapter.calls if "story-2" in c[2]] == []
+        assert [c for c in ScriptedAdapter.calls if "story-2" in c[2]] != []
         clock.t = until.timestamp()
         await drain(engine)
     assert len(ScriptedReachAdapter.reach_calls) == 2
-    assert [c for c in ScriptedAdapter.calls if "story-2" in c[2]] != []
     assert (await samples(sqlite_store))[0] == ("r", HOUR, SampleState.DONE)
+
+
+async def test_figures_the_platform_publishes_later_are_waited_for_without_spending_retries(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """WeChat reports a day's figures the next morning: its "not yet" (Retryable pending) never uses up a sample."""
+    clock = FakeClock()
+    t0 = clock.now()
+    settings = make_settings(tmp_path, {"r": reach_channel(retry=[0, 5])})
+    not_yet = [Retryable("figures from 08:05 tomorrow", retry_after=600, pending=True) for _ in range(4)]
+    ScriptedReachAdapter.reach_scripts["r"] = not_yet
+    async with Engine(settings, sqlite_store, clock=clock) as engine:
+        await engine.accept(make_story())
+        await drain(engine)
+        clock.t = t0 + HOUR
+        for _ in range(5):  # four "not yet" answers, more than the channel's retry budget, then the figures
+            await drain(engine)
+            first = (await sqlite_store.story_reach("story-1")).samples[0]
+            clock.t = max(clock.t, first.due_at or clock.t)
+    first = (await sqlite_store.story_reach("story-1")).samples[0]
+    assert (first.state, first.retry_count) == (SampleState.DONE, 0)
+    assert len(ScriptedReachAdapter.reach_calls) == 5
 
 
 async def test_a_failing_read_retries_on_the_channel_schedule_and_a_permanent_one_ends(
@@ -187,3 +214,27 @@ async def test_a_stopping_worker_releases_its_sample_unspent(tmp_path: Path, sql
     first = (await sqlite_store.story_reach("story-1")).samples[0]
     assert (first.state, first.retry_count, first.lease_owner) == (SampleState.QUEUED, 0, None)
     assert State.DELIVERED is (await sqlite_store.list_deliveries(DeliveryFilter()))[0].state
+
+
+def test_channel_and_section_totals_count_every_story_not_only_the_ranking_shown() -> None:
+    from syndicate.reach import StoryInfo, rank_stories
+    from syndicate.store.base import ReachTotal
+
+    totals = [ReachTotal(f"s{i}", "x", ReachMetric.READS, 10 * i) for i in range(1, 6)]
+    info = {f"s{i}": StoryInfo(f"第{i}条", "时政") for i in range(1, 6)}
+    report = rank_stories(totals, info, since=0.0, until=1.0, limit=2)
+    assert [s.story_id for s in report.stories] == ["s5", "s4"]
+    assert report.by_channel == {"x": {ReachMetric.READS: 150}}
+    assert report.by_section == {"时政": {ReachMetric.READS: 150}}
+
+
+def test_a_story_id_a_spreadsheet_would_run_is_quoted_in_the_csv() -> None:
+    from syndicate.reach import StoryInfo, rank_stories
+    from syndicate.store.base import ReachTotal
+
+    hostile = '=HYPERLINK("//evil.example")'
+    report = rank_stories(
+        [ReachTotal(hostile, "x", ReachMetric.READS, 3)], {hostile: StoryInfo("标题", None)}, since=0.0, until=1.0
+    )
+    [_, row] = csv.reader(io.StringIO(report.to_csv()))
+    assert row[1] == "'" + hostile
