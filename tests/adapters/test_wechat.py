@@ -898,14 +898,18 @@ async def test_wechat_figures_grow_day_by_day_and_stop_after_thirty(
 
 
 async def test_before_eight_yesterday_is_not_counted_yet(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
+    """At 07:00 the publication day is yesterday but not counted yet: the sample waits (it used to store an empty
+    reading, using the sample up), and no datacube call is made."""
     adapter, receipt, _, article, now = await published(sandbox, store, tmp_path)
     day = beijing_day(article["published_at"])
-    now.at = beijing_time(day + dt.timedelta(days=1), 7)  # the publication day is yesterday, not counted before 08:00
+    now.at = beijing_time(day + dt.timedelta(days=1), 7)
     try:
-        reading = await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
+        with pytest.raises(Retryable) as waiting:
+            await adapter.read_reach(ctx_for(channel="wechat", receipt=receipt))
     finally:
         await adapter.close()
-    assert dict(reading.metrics) == {} and reading.raw["stat_days"] == 0
+    assert waiting.value.pending and waiting.value.retry_after == pytest.approx(3900)
+    assert not [r for r in sandbox.sandbox.received("wechat") if r.receiver.startswith("datacube/")]
 
 
 async def test_reach_of_a_deleted_article_is_permanent(sandbox: RunningSandbox, store: Store, tmp_path: Path) -> None:
