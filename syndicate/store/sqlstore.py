@@ -69,6 +69,7 @@ from syndicate.store.queries import Migration, QuerySet
 from syndicate.story import Story
 
 T = TypeVar("T")
+C = TypeVar("C")
 
 
 class Q(enum.StrEnum):
@@ -501,22 +502,34 @@ class SQLStore(Store):
         limits: dict[str, int],
         finished: Collection[int] = (),
     ) -> list[Claim]:
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        return await self._claim_due(Q.CHANNELS_WITH_DUE_WORK, self._claim_in, limits, lease)
+
+    async def _claim_due(
+        self,
+        due_query: Q,
+        claim_in: Callable[..., Coroutine[Any, Any, list[C]]],
+        limits: dict[str, int],
+        lease: LeaseRequest,
+    ) -> list[C]:
+        """Claims (of deliveries or reach samples) on the channels with free slots that have due work: the common
+        idle case costs one index probe per channel and no lock, no transaction. One write for all channels on a
+        single-writer store; else one per channel under the channel's claim lock, so the slots counted are the slots
+        claimed."""
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
         if not wanted:
             return []
-        # The common idle case costs one index probe per channel and no lock, no transaction.
-        due = await self._read(lambda conn: conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=list(wanted), now=now))
+        due = await self._read(lambda conn: conn.fetch(due_query, channels=list(wanted), now=lease.now))
         due_channels = {r["channel"] for r in due}
         candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
         if not candidates:
             return []
-        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
         if self.SINGLE_WRITER:
-            return await self._write(functools.partial(self._claim_in, channels=candidates, lease=lease))
-        claims: list[Claim] = []
+            return await self._write(functools.partial(claim_in, channels=candidates, lease=lease))
+        claims: list[C] = []
         for channel, limit in candidates:
             claims += await self._write(
-                functools.partial(self._claim_in, channels=[(channel, limit)], lease=lease),
+                functools.partial(claim_in, channels=[(channel, limit)], lease=lease),
                 lock=Lock(LockScope.CLAIM, channel),
             )
         return claims
@@ -719,25 +732,8 @@ class SQLStore(Store):
         limits: dict[str, int],
         finished: Collection[int] = (),
     ) -> list[SampleClaim]:
-        wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
-        if not wanted:
-            return []
-        due = await self._read(lambda conn: conn.fetch(Q.CHANNELS_WITH_DUE_SAMPLES, channels=list(wanted), now=now))
-        due_channels = {r["channel"] for r in due}
-        candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
-        if not candidates:
-            return []
         lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
-        if self.SINGLE_WRITER:
-            return await self._write(functools.partial(self._claim_samples_in, channels=candidates, lease=lease))
-        claims: list[SampleClaim] = []
-        for channel, limit in candidates:
-            # The channel's claim lock, as deliveries take: the slots counted are the slots claimed.
-            claims += await self._write(
-                functools.partial(self._claim_samples_in, channels=[(channel, limit)], lease=lease),
-                lock=Lock(LockScope.CLAIM, channel),
-            )
-        return claims
+        return await self._claim_due(Q.CHANNELS_WITH_DUE_SAMPLES, self._claim_samples_in, limits, lease)
 
     async def _claim_samples_in(
         self, conn: Conn, *, channels: list[tuple[str, int]], lease: LeaseRequest
