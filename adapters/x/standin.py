@@ -111,6 +111,31 @@ class ChunkedUpload:
 
 
 @dataclass
+class RateWindow:
+    """One of X's 15-minute windows (x-rate-limit-* headers): its limit and the calls counted in it."""
+
+    limit: int
+    start: float = 0.0
+    count: int = 0
+
+    def reset(self, limit: int) -> None:
+        self.limit, self.start, self.count = limit, 0.0, 0
+
+    def take(self) -> tuple[dict[str, str], bool]:
+        """Count one call: the headers X sends with it, and whether it is over the limit (429)."""
+        now = time.time()
+        if now - self.start >= RATE_WINDOW_SECONDS:
+            self.start, self.count = now, 0
+        self.count += 1
+        headers = {
+            "x-rate-limit-limit": str(self.limit),
+            "x-rate-limit-remaining": str(max(self.limit - self.count, 0)),
+            "x-rate-limit-reset": str(int(self.start + RATE_WINDOW_SECONDS)),
+        }
+        return headers, self.count > self.limit
+
+
+@dataclass
 class XState:
     consumer_key: str = DEFAULT_CONSUMER_KEY
     consumer_secret: str = DEFAULT_CONSUMER_SECRET
@@ -118,13 +143,9 @@ class XState:
     access_token_secret: str = DEFAULT_ACCESS_TOKEN_SECRET
     user_id: str = "1900000000000000001"
     username: str = "syndicate_sandbox"
-    rate_limit: int = DEFAULT_RATE_LIMIT
-    window_start: float = 0.0
-    window_count: int = 0
-    #: The lookup endpoint's own 15-minute window.
-    lookup_rate_limit: int = DEFAULT_LOOKUP_RATE_LIMIT
-    lookup_window_start: float = 0.0
-    lookup_window_count: int = 0
+    #: Posts and deletes share one 15-minute window; the lookup endpoint has its own.
+    window: RateWindow = field(default_factory=lambda: RateWindow(DEFAULT_RATE_LIMIT))
+    lookup_window: RateWindow = field(default_factory=lambda: RateWindow(DEFAULT_LOOKUP_RATE_LIMIT))
     #: Posts per 24 hours for the user (X's x-user-limit-24hour-* caps, per access tier), and that window.
     #: False: the app has Read permission only (or the token predates Read and Write): posts and deletes are 403.
     can_write: bool = True
@@ -147,14 +168,12 @@ def x_state(sandbox: Sandbox) -> XState:
 
 def set_rate_limit(sandbox: Sandbox, per_window: int) -> None:
     """Allow ``per_window`` post/delete calls per 15 minutes from now on (a fresh window starts)."""
-    state = x_state(sandbox)
-    state.rate_limit, state.window_start, state.window_count = per_window, 0.0, 0
+    x_state(sandbox).window.reset(per_window)
 
 
 def set_lookup_rate_limit(sandbox: Sandbox, per_window: int) -> None:
     """Allow ``per_window`` lookups (``GET /2/tweets``) per 15 minutes from now on (a fresh window starts)."""
-    state = x_state(sandbox)
-    state.lookup_rate_limit, state.lookup_window_start, state.lookup_window_count = per_window, 0.0, 0
+    x_state(sandbox).lookup_window.reset(per_window)
 
 
 CREDENTIALS = ("consumer_key", "consumer_secret", "access_token", "access_token_secret")
@@ -208,32 +227,6 @@ def _verify(request: web.Request, state: XState) -> web.Response | None:
     return None
 
 
-def _rate(state: XState) -> tuple[dict[str, str], bool]:
-    now = time.time()
-    if now - state.window_start >= RATE_WINDOW_SECONDS:
-        state.window_start, state.window_count = now, 0
-    state.window_count += 1
-    headers = {
-        "x-rate-limit-limit": str(state.rate_limit),
-        "x-rate-limit-remaining": str(max(state.rate_limit - state.window_count, 0)),
-        "x-rate-limit-reset": str(int(state.window_start + RATE_WINDOW_SECONDS)),
-    }
-    return headers, state.window_count > state.rate_limit
-
-
-def _lookup_rate(state: XState) -> tuple[dict[str, str], bool]:
-    now = time.time()
-    if now - state.lookup_window_start >= RATE_WINDOW_SECONDS:
-        state.lookup_window_start, state.lookup_window_count = now, 0
-    state.lookup_window_count += 1
-    headers = {
-        "x-rate-limit-limit": str(state.lookup_rate_limit),
-        "x-rate-limit-remaining": str(max(state.lookup_rate_limit - state.lookup_window_count, 0)),
-        "x-rate-limit-reset": str(int(state.lookup_window_start + RATE_WINDOW_SECONDS)),
-    }
-    return headers, state.lookup_window_count > state.lookup_rate_limit
-
-
 def _daily(state: XState) -> tuple[dict[str, str], bool]:
     """The user's 24-hour posting cap, counted and announced as X does on POST /2/tweets."""
     now = time.time()
@@ -274,7 +267,7 @@ async def create_tweet(request: web.Request, call: Call) -> web.Response:
         return refused
     body = await read_json(request)
     call.record(body)
-    headers, limited = _rate(state)
+    headers, limited = state.window.take()
     if limited:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
     if not state.can_write:
@@ -333,7 +326,7 @@ async def delete_tweet(request: web.Request, call: Call) -> web.Response:
     if refused is not None:
         return refused
     call.record(None)
-    headers, limited = _rate(state)
+    headers, limited = state.window.take()
     if limited:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
     post = state.posts.get(request.match_info["id"])
@@ -356,7 +349,7 @@ async def lookup_tweets(request: web.Request, call: Call) -> web.Response:
     if refused is not None:
         return refused
     call.record(dict(request.query))
-    headers, limited = _lookup_rate(state)
+    headers, limited = state.lookup_window.take()
     if limited:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
     ids = [part for part in request.query.get("ids", "").split(",") if part]

@@ -184,7 +184,7 @@ async def test_rate_limit_pauses_until_the_reset_header_then_resumes(
         await engine.run(until_idle=True, idle_horizon=0)
         limited = [d for d in await deliveries(store) if d.state is State.RETRY_WAIT]
         pause = (await store.channel_states())["x"]
-        reset = float(sandbox.sandbox.store("x")["state"].window_start + 900)
+        reset = float(sandbox.sandbox.store("x")["state"].window.start + 900)
         assert len(limited) == 1 and limited[0].last_error_class == "RateLimited"
         assert pause.paused_at(clock.now()) and not pause.paused_at(reset + 1)
         set_rate_limit(sandbox.sandbox, 100)  # the window passed
@@ -740,7 +740,7 @@ async def test_reach_rate_limit_pauses_until_the_lookup_windows_reset(sandbox: R
     finally:
         await x.close()
     assert limited.value.platform_code == "429"
-    window_end = x_state(sandbox.sandbox).lookup_window_start + 15 * 60
+    window_end = x_state(sandbox.sandbox).lookup_window.start + 15 * 60
     assert abs(limited.value.until.timestamp() - int(window_end)) < 1
 
 
