@@ -112,9 +112,12 @@ class ChunkedUpload:
 
 @dataclass
 class RateWindow:
-    """One of X's 15-minute windows (x-rate-limit-* headers): its limit and the calls counted in it."""
+    """One of X's counting windows and the headers that announce it: the 15-minute ones (``x-rate-limit-*``) and
+    the user's 24-hour posting cap (``x-user-limit-24hour-*``)."""
 
     limit: int
+    seconds: float = RATE_WINDOW_SECONDS
+    header: str = "x-rate-limit"
     start: float = 0.0
     count: int = 0
 
@@ -124,13 +127,13 @@ class RateWindow:
     def take(self) -> tuple[dict[str, str], bool]:
         """Count one call: the headers X sends with it, and whether it is over the limit (429)."""
         now = time.time()
-        if now - self.start >= RATE_WINDOW_SECONDS:
+        if now - self.start >= self.seconds:
             self.start, self.count = now, 0
         self.count += 1
         headers = {
-            "x-rate-limit-limit": str(self.limit),
-            "x-rate-limit-remaining": str(max(self.limit - self.count, 0)),
-            "x-rate-limit-reset": str(int(self.start + RATE_WINDOW_SECONDS)),
+            f"{self.header}-limit": str(self.limit),
+            f"{self.header}-remaining": str(max(self.limit - self.count, 0)),
+            f"{self.header}-reset": str(int(self.start + self.seconds)),
         }
         return headers, self.count > self.limit
 
@@ -149,9 +152,9 @@ class XState:
     #: Posts per 24 hours for the user (X's x-user-limit-24hour-* caps, per access tier), and that window.
     #: False: the app has Read permission only (or the token predates Read and Write): posts and deletes are 403.
     can_write: bool = True
-    daily_limit: int = DEFAULT_DAILY_LIMIT
-    day_start: float = 0.0
-    day_count: int = 0
+    daily: RateWindow = field(
+        default_factory=lambda: RateWindow(DEFAULT_DAILY_LIMIT, seconds=DAY_SECONDS, header="x-user-limit-24hour")
+    )
     posts: dict[str, dict[str, Any]] = field(default_factory=dict)  # by id, insertion order = oldest first
     #: Media a post may carry (uploaded, processed), by id: ``{"size", "type", "sha256"}``.
     media: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -227,20 +230,6 @@ def _verify(request: web.Request, state: XState) -> web.Response | None:
     return None
 
 
-def _daily(state: XState) -> tuple[dict[str, str], bool]:
-    """The user's 24-hour posting cap, counted and announced as X does on POST /2/tweets."""
-    now = time.time()
-    if now - state.day_start >= DAY_SECONDS:
-        state.day_start, state.day_count = now, 0
-    state.day_count += 1
-    headers = {
-        "x-user-limit-24hour-limit": str(state.daily_limit),
-        "x-user-limit-24hour-remaining": str(max(state.daily_limit - state.day_count, 0)),
-        "x-user-limit-24hour-reset": str(int(state.day_start + DAY_SECONDS)),
-    }
-    return headers, state.day_count > state.daily_limit
-
-
 def set_can_write(sandbox: Sandbox, can_write: bool) -> None:
     """Give the app Read and Write permission, or Read only (posting then answers 403, as X does)."""
     x_state(sandbox).can_write = can_write
@@ -249,7 +238,7 @@ def set_can_write(sandbox: Sandbox, can_write: bool) -> None:
 def set_daily_limit(sandbox: Sandbox, per_day: int) -> None:
     """Allow ``per_day`` posts per 24 hours from now on (a fresh day starts)."""
     state = x_state(sandbox)
-    state.daily_limit, state.day_start, state.day_count = per_day, 0.0, 0
+    state.daily.reset(per_day)
 
 
 def _shown(text: str) -> str:
@@ -272,7 +261,7 @@ async def create_tweet(request: web.Request, call: Call) -> web.Response:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)
     if not state.can_write:
         return problem(403, "Forbidden", "You are not permitted to perform this action.", headers=headers)
-    daily, capped = _daily(state)
+    daily, capped = state.daily.take()
     headers.update(daily)
     if capped:
         return problem(429, "Too Many Requests", "Too Many Requests", headers=headers)

@@ -444,7 +444,7 @@ async def test_a_spent_daily_cap_pauses_until_its_own_reset_not_the_15_minute_wi
     [limited] = [d for d in await deliveries(store) if d.state is State.RETRY_WAIT]
     assert "24hour posting cap" in (limited.last_error or "")
     pause = (await store.channel_states())["x"]
-    day_reset = float(sandbox.sandbox.store("x")["state"].day_start + 24 * 3600)
+    day_reset = float(sandbox.sandbox.store("x")["state"].daily.start + 24 * 3600)
     assert pause.paused_at(clock.now() + 3600) and not pause.paused_at(day_reset + 1)
 
 
