@@ -7,6 +7,7 @@ class of the error it raised, and decides from those alone.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -333,6 +334,8 @@ class Engine:
         }
         self._wake = asyncio.Event()
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: The channel of each delivery in ``_tasks``, to count the slots this worker holds without asking the store.
+        self._task_channels: dict[int, str] = {}
         self._completions: asyncio.Queue[Completion | None] = asyncio.Queue()
         #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
@@ -485,9 +488,7 @@ class Engine:
                         await self._purge_expired_keys(now)
                         last_purge = now
                     self._wake.clear()
-                    limits = {
-                        n: min(rt.settings.concurrency, engine_cfg.claim_batch) for n, rt in self.channels.items()
-                    }
+                    limits = self._free_limits(engine_cfg.claim_batch)
                     # Bounded, so a store that accepts claims but keeps failing writes cannot pile up outcomes.
                     finished = self._unwritten if len(self._unwritten) <= MAX_UNWRITTEN_OUTCOMES else ()
                     claims = await self.store.claim(
@@ -511,7 +512,10 @@ class Engine:
                     # wakes us. Otherwise sleep until the next retry, re-checking at the poll interval for work
                     # other processes enqueue.
                     timeout = engine_cfg.poll_interval
-                    next_due = await self.store.next_due_at(names, now=now)
+                    # A channel whose slots this worker holds all can start nothing before one of them ends,
+                    # which wakes us: when every channel is so, its next retry time does not matter.
+                    waiting = [name for name in names if limits[name] > 0]
+                    next_due = await self.store.next_due_at(waiting, now=now) if waiting else None
                     if next_due is not None and next_due > now:
                         timeout = min(timeout, next_due - self.clock.now())
                     next_sample = await self._next_sample_due(now)
@@ -541,6 +545,18 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
 
+    def _free_limits(self, claim_batch: int) -> dict[str, int]:
+        """Each channel's claim limit, 0 where this worker itself holds all the channel's slots: no claim there can
+        succeed (the limit is global), so the store is not asked. Other workers' slots the store counts."""
+        held = collections.Counter(
+            self._task_channels[i] for i, task in self._tasks.items() if not task.done() and i in self._task_channels
+        )
+        limits = {}
+        for name, runtime in self.channels.items():
+            limit = runtime.settings.concurrency
+            limits[name] = min(limit, claim_batch) if held[name] < limit else 0
+        return limits
+
     def _spawn(self, claim: Claim) -> None:
         previous = self._tasks.get(claim.delivery.id)
         if previous is not None and not previous.done():
@@ -549,6 +565,7 @@ class Engine:
             previous.cancel()
         # Its row is in flight for this new attempt, whatever an earlier attempt's unwritten outcome says.
         self._unwritten.pop(claim.delivery.id, None)
+        self._task_channels[claim.delivery.id] = claim.delivery.channel
         self._tasks[claim.delivery.id] = asyncio.create_task(
             self._deliver(claim, previous), name=f"delivery-{claim.delivery.id}"
         )
@@ -798,6 +815,7 @@ class Engine:
         current = asyncio.current_task()
         if self._tasks.get(claim.delivery.id) is current:
             del self._tasks[claim.delivery.id]
+            self._task_channels.pop(claim.delivery.id, None)
             # Only the delivery's current attempt frees its slot: a superseded one (re-claimed under it) does not.
             self._unwritten[claim.delivery.id] = claim.attempt_id
         self._completions.put_nowait(completion)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import random
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
-from syndicate.channel import DeliveryContext
+from syndicate.channel import DeliveryContext, register
 from syndicate.config import Settings
 from syndicate.delivery import (
     Action,
@@ -327,3 +329,54 @@ async def test_a_pending_wait_spends_no_retry_budget(tmp_path: Path, sqlite_stor
     d = await only(sqlite_store)
     assert d.state is State.DELIVERED and d.attempts == 6
     assert [a.outcome for a in await sqlite_store.attempts(d.id)][:5] == ["pending"] * 5
+
+
+@register
+class HeldAdapter(ScriptedAdapter):
+    """A scripted channel whose sends wait until the test lets them go."""
+
+    kind: ClassVar[str] = "held"
+    release: ClassVar[asyncio.Event | None] = None
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        assert HeldAdapter.release is not None
+        await HeldAdapter.release.wait()
+        return await super().publish(payload, ctx)
+
+
+async def test_a_worker_holding_every_slot_asks_the_store_nothing(
+    tmp_path: Path, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    HeldAdapter.release = asyncio.Event()
+    # A long lease: no heartbeat or lease check falls inside the measured window.
+    settings = make_settings(
+        tmp_path, {"c": {**scripted(), "kind": "held", "concurrency": 2}}, engine={"lease_seconds": 60}
+    )
+    asked: list[str] = []
+    for name in ("_read", "_write"):  # every store operation goes through one of these
+        method = getattr(sqlite_store, name)
+
+        def counted(*args: Any, _method: Any = method, _name: str = name, **kwargs: Any) -> Any:
+            asked.append(_name)
+            return _method(*args, **kwargs)
+
+        monkeypatch.setattr(sqlite_store, name, counted)
+    async with Engine(settings, sqlite_store) as engine:
+        for i in range(4):
+            await engine.accept(make_story(id=f"held-{i}"))
+        runner = asyncio.create_task(drain(engine))
+        try:
+            async with asyncio.timeout(10):
+                while len(engine._tasks) < 2:  # noqa: ASYNC110 (the engine has no event for "slots taken")
+                    await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)  # the dispatcher settles into waiting for a slot
+            before = len(asked)
+            for _ in range(5):
+                engine.wake()
+                await asyncio.sleep(0.02)
+            assert asked[before:] == []  # both slots are ours: no claim can succeed, and no retry time matters
+        finally:
+            HeldAdapter.release.set()
+        await asyncio.wait_for(runner, timeout=10)
+    counts = await sqlite_store.counts()
+    assert counts.by_state == {State.DELIVERED: 4}
