@@ -340,6 +340,10 @@ class Engine:
         #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
         #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
+        #: Outcomes written apart from claims (a store that does not combine them, or a claim carrying them that
+        #: failed), by one writer at a time that takes all queued at each turn.
+        self._apart: list[Completion] = []
+        self._apart_writer: asyncio.Task[None] | None = None
         self._unwritten: dict[int, int] = {}  # delivery id -> attempt id of the ended, unwritten attempt
         self._started = False
         self._render_pool: ThreadPoolExecutor | None = None
@@ -473,7 +477,6 @@ class Engine:
         await self.start()
         engine_cfg = self.settings.engine
         names = list(self.channels)
-        flusher = asyncio.create_task(self._flush_loop(), name="syndicate-flush")
         heart = asyncio.create_task(self._heartbeat_loop(), name="syndicate-heartbeat")
         last_reclaim = last_purge = -1e18
         try:
@@ -491,13 +494,28 @@ class Engine:
                     limits = self._free_limits(engine_cfg.claim_batch)
                     # Bounded, so a store that accepts claims but keeps failing writes cannot pile up outcomes.
                     finished = self._unwritten if len(self._unwritten) <= MAX_UNWRITTEN_OUTCOMES else ()
-                    claims = await self.store.claim(
-                        self.worker_id,
-                        now=now,
-                        lease_seconds=engine_cfg.lease_seconds,
-                        limits=limits,
-                        finished=list(finished),
-                    )
+                    # Ended attempts' outcomes go in the claim's own write where the store has one writer (one
+                    # commit for both); elsewhere they are written beside the claim, which counts them as free.
+                    outcomes = self._take_completions()
+                    if not self.store.combines_outcomes_with_claims:
+                        self._write_apart(outcomes)
+                        outcomes = []
+                    try:
+                        done = await self.store.complete_and_claim(
+                            outcomes,
+                            self.worker_id,
+                            now=now,
+                            lease_seconds=engine_cfg.lease_seconds,
+                            limits=limits,
+                            finished=list(finished),
+                        )
+                    except BaseException:
+                        # Receipts we hold are never dropped: they are written apart, retried with backoff,
+                        # while the dispatcher goes on (an outcome the store refuses cannot block claiming).
+                        self._write_apart(outcomes)
+                        raise
+                    self._written(outcomes, done.lost)
+                    claims = done.claims
                     for claim in claims:
                         self._spawn(claim)
                     if claims:
@@ -533,6 +551,8 @@ class Engine:
                 waiter.cancel()
                 stopper.cancel()
         finally:
+            # From here on the dispatcher writes no outcomes: the flusher writes those of the draining attempts.
+            flusher = asyncio.create_task(self._flush_loop(), name="syndicate-flush")
             await self._drain(engine_cfg.shutdown_grace if grace is None else grace)
             await self._release_interrupted_samples()
             heart.cancel()
@@ -542,6 +562,8 @@ class Engine:
             except (TimeoutError, asyncio.CancelledError):
                 flusher.cancel()
             await self._flush_remaining()
+            if self._apart_writer is not None:
+                await asyncio.wait([self._apart_writer])
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
 
@@ -622,18 +644,48 @@ class Engine:
                 delay = next_delay
                 log.exception("could not write %d delivery outcomes; retrying in %s s", len(batch), delay)
             else:
-                for delivery_id in lost:
-                    log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
+                self._log_lost(lost)
                 return
             await asyncio.sleep(delay)
+
+    @staticmethod
+    def _log_lost(lost: Sequence[int]) -> None:
+        for delivery_id in lost:
+            log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
+
+    def _take_completions(self) -> list[Completion]:
+        batch = []
+        while not self._completions.empty():
+            item = self._completions.get_nowait()
+            if item is not None:
+                batch.append(item)
+        return batch
+
+    def _written(self, batch: Sequence[Completion], lost: Sequence[int]) -> None:
+        """These outcomes are settled (written, or lost with their lease): their slots no longer wait on them."""
+        self._log_lost(lost)
+        for completion in batch:
+            if self._unwritten.get(completion.delivery_id) == completion.attempt_id:
+                del self._unwritten[completion.delivery_id]
+
+    def _write_apart(self, batch: list[Completion]) -> None:
+        if not batch:
+            return
+        self._apart += batch
+        if self._apart_writer is None or self._apart_writer.done():
+            self._apart_writer = asyncio.create_task(self._write_apart_queue(), name="syndicate-write-outcomes")
+
+    async def _write_apart_queue(self) -> None:
+        while self._apart:
+            batch, self._apart = self._apart, []
+            await self._write_batch(batch)
 
     async def _write_batch(self, batch: list[Completion]) -> None:
         try:
             await self._write(batch)
         finally:
-            for completion in batch:
-                if self._unwritten.get(completion.delivery_id) == completion.attempt_id:
-                    del self._unwritten[completion.delivery_id]
+            self._written(batch, ())
+        self.wake()
 
     async def _flush_loop(self) -> None:
         while True:
@@ -648,14 +700,9 @@ class Engine:
                     break
                 batch.append(more)
             await self._write_batch(batch)
-            self.wake()
 
     async def _flush_remaining(self) -> None:
-        batch = []
-        while not self._completions.empty():
-            item = self._completions.get_nowait()
-            if item is not None:
-                batch.append(item)
+        batch = self._take_completions()
         if batch:
             await self._write_batch(batch)
 

@@ -15,7 +15,7 @@ import functools
 import json
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from syndicate.delivery import Action, Payload, ReachMetric, ReachReading, Receipt, StoredPayload
 from syndicate.story import Story
@@ -218,6 +218,14 @@ class Claim:
     #: Receipt of the story's live post on this channel (latest delivered publish/update, not since retracted);
     #: looked up for updates and retracts only (None for a publish).
     live_receipt: Receipt | None
+
+
+@dataclass(frozen=True)
+class CompletedAndClaimed:
+    """What ``complete_and_claim`` did: the completions whose lease had been lost (not applied), and the claims."""
+
+    lost: list[int]
+    claims: list[Claim]
 
 
 @dataclass(frozen=True)
@@ -565,6 +573,26 @@ class Outbox(abc.ABC):
         the claim's transaction, so an outcome written meanwhile is never counted twice).
         Skips paused channels and deliveries whose earlier story × channel deliveries are still open.
         """
+
+    #: True where ``complete_and_claim`` writes outcomes and claims in one transaction (a single-writer store, where
+    #: the two would queue behind each other anyway): the engine hands outcomes to its claims. Elsewhere it writes
+    #: them beside the claims, concurrently, and claims count those ended attempts as free (``finished``).
+    combines_outcomes_with_claims: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    async def complete_and_claim(
+        self,
+        completions: Sequence[Completion],
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> CompletedAndClaimed:
+        """``complete`` then ``claim``, as one write where the store has a single writer (one commit and one sync
+        instead of two, and no second hand-over to its thread). The outcomes are applied first, so the slots they
+        free are claimable at once; the outcomes are written even when nothing is claimed."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:

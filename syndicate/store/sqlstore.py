@@ -34,6 +34,7 @@ from syndicate.store.base import (
     AttemptRecord,
     ChannelState,
     Claim,
+    CompletedAndClaimed,
     Completion,
     DeliveryFilter,
     DeliveryRecord,
@@ -608,20 +609,54 @@ class SQLStore(Store):
         items = list(completions)
         if not items:
             return []
+        return await self._write(functools.partial(self._complete_in, items=items))
 
-        async def op(conn: Conn) -> list[int]:
-            # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
-            # batch inside the write transaction; then one batched statement per table.
-            rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
-            holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
-            posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
-            applied, lost = split_by_lease(items, holders)
-            if applied:
-                await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
-                await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
-            await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
-            await conn.wake()  # slots are free again, and retries may be due at once
-            return [items[position].delivery_id for position in sorted(lost)]
+    async def _complete_in(self, conn: Conn, *, items: list[Completion]) -> list[int]:
+        # Which completions still hold their lease (in flight, same owner, same attempt), read once for the batch
+        # inside the write transaction; then one batched statement per table.
+        rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
+        holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
+        posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
+        applied, lost = split_by_lease(items, holders)
+        if applied:
+            await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
+            await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
+        await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
+        await conn.wake()  # slots are free again, and retries may be due at once
+        return [items[position].delivery_id for position in sorted(lost)]
+
+    async def complete_and_claim(
+        self,
+        completions: Sequence[Completion],
+        worker: str,
+        *,
+        now: float,
+        lease_seconds: float,
+        limits: dict[str, int],
+        finished: Collection[int] = (),
+    ) -> CompletedAndClaimed:
+        items = list(completions)
+        if not items:
+            claims = await self.claim(worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished)
+            return CompletedAndClaimed([], claims)
+        if not self.SINGLE_WRITER:
+            # Claims take one transaction per channel under its lock: the outcomes keep their own (the engine
+            # writes them beside its claims on such a store: combines_outcomes_with_claims).
+            lost = await self.complete(items)
+            claims = await self.claim(worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished)
+            return CompletedAndClaimed(lost, claims)
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
+
+        async def op(conn: Conn) -> CompletedAndClaimed:
+            lost = await self._complete_in(conn, items=items)
+            if not wanted:
+                return CompletedAndClaimed(lost, [])
+            # The due probe inside the write: it is one transaction either way.
+            due = {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=list(wanted), now=now)}
+            candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due]
+            claims = await self._claim_in(conn, channels=candidates, lease=lease) if candidates else []
+            return CompletedAndClaimed(lost, claims)
 
         return await self._write(op)
 

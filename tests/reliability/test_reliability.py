@@ -183,14 +183,17 @@ async def test_worker_killed_mid_delivery_then_restarted_delivers_each_exactly_o
 async def test_next_delivery_starts_before_the_outcome_is_written_yet_never_beyond_the_limit(
     tmp_path: Path, sandbox: RunningSandbox
 ) -> None:
-    """A finished attempt frees its slot before its outcome is stored (the engine counts it as finished-but-unwritten
-    when claiming); with slow outcome writes the channel must still never have more requests in flight than its
-    limit, and every story lands once."""
+    """On a store that writes outcomes beside the claims (PostgreSQL's way; here SQLite told to), a finished attempt
+    frees its slot before its outcome is stored (the engine counts it as finished-but-unwritten when claiming);
+    with slow outcome writes the channel must still never have more requests in flight than its limit, and every
+    story lands once."""
     from syndicate.store.sqlite import SQLiteStore
 
     writes: list[int] = []
 
     class SlowOutcomeWrites(SQLiteStore):
+        combines_outcomes_with_claims = False
+
         async def complete(self, completions):  # type: ignore[no-untyped-def]
             writes.append(len(completions))
             await asyncio.sleep(0.03)
@@ -212,3 +215,38 @@ async def test_next_delivery_starts_before_the_outcome_is_written_yet_never_beyo
     assert set(key_counts(sandbox).values()) == {1}
     # Requests (10 ms) outpace the writes (30 ms each): outcomes were written in batches while slots were reused.
     assert max(writes) > 3
+
+
+async def test_outcomes_written_with_the_claims_keep_the_limit_and_land_each_story_once(
+    tmp_path: Path, sandbox: RunningSandbox
+) -> None:
+    """SQLite writes ended attempts' outcomes in the claim's own transaction; a slow one (30 ms against 10 ms
+    requests) delays the next claims, never loses an outcome nor lets the channel exceed its limit."""
+    from syndicate.store.sqlite import SQLiteStore
+
+    carried: list[int] = []
+
+    class SlowCombinedWrites(SQLiteStore):
+        async def complete_and_claim(self, completions, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if completions:
+                carried.append(len(completions))
+                await asyncio.sleep(0.03)
+            return await super().complete_and_claim(completions, *args, **kwargs)
+
+    settings = make_settings(tmp_path, {"narrow": webhook(sandbox.url, "narrow", concurrency=3)})
+    sandbox.sandbox.set_faults("webhook", [{"fault": "slow:0.01", "probability": 1.0, "name": "narrow"}])
+    store = SlowCombinedWrites(settings.store.url[len("sqlite:///") :])
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            for i in range(60):
+                await engine.accept(make_story(id=f"q{i:03d}"))
+            await asyncio.wait_for(engine.run(until_idle=True), timeout=120)
+        assert (await store.counts()).by_state == {State.DELIVERED: 60}
+        for d in await store.list_deliveries(DeliveryFilter()):
+            assert [a.outcome for a in await store.attempts(d.id)] == ["delivered"]  # none left to reconciliation
+    finally:
+        await store.close()
+    assert sandbox.sandbox.stats("webhook")["narrow"].peak_concurrency == 3
+    assert set(key_counts(sandbox).values()) == {1}
+    assert sum(carried) == 60 and max(carried) > 1  # every outcome rode in a claim, several at a time

@@ -397,3 +397,25 @@ async def test_the_first_acceptance_is_kept_across_versions(store: Store) -> Non
     newest, first = await store.get_story("story-1"), await store.get_story("story-1", version=1)
     assert (newest.received_at, newest.first_accepted_at) == (NOW + 60, NOW)
     assert (first.received_at, first.first_accepted_at) == (NOW, NOW)
+
+
+async def test_complete_and_claim_writes_outcomes_and_claims_the_slots_they_free(store: Store) -> None:
+    for i in range(4):
+        await store.fan_out(make_story(id=f"cc{i}"), plan_for("a"), now=NOW)
+    first = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    intruder = done(first[1], worker="intruder")
+    result = await store.complete_and_claim(
+        [done(first[0], receipt=Receipt("r-0")), intruder], "w1", now=NOW, lease_seconds=30, limits={"a": 2}
+    )
+    assert result.lost == [first[1].delivery.id]  # refused as `complete` refuses it, and said so
+    assert (await store.get_delivery(first[0].delivery.id)).state is State.DELIVERED
+    # The written outcome freed its slot inside the same call: one new claim, the limit held.
+    assert len(result.claims) == 1 and result.claims[0].delivery.id not in {c.delivery.id for c in first}
+    assert await store.count_in_flight(["a"]) == 2
+    # Outcomes are written even when nothing is claimed (no free slot, or no channel asked for).
+    idle = await store.complete_and_claim([done(first[1])], "w1", now=NOW, lease_seconds=30, limits={"a": 0})
+    assert (idle.lost, idle.claims) == ([], [])
+    assert (await store.get_delivery(first[1].delivery.id)).state is State.DELIVERED
+    # With no outcomes it is a plain claim.
+    plain = await store.complete_and_claim([], "w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(plain.claims) == 1 and await store.count_in_flight(["a"]) == 2

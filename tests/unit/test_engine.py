@@ -380,3 +380,28 @@ async def test_a_worker_holding_every_slot_asks_the_store_nothing(
         await asyncio.wait_for(runner, timeout=10)
     counts = await sqlite_store.counts()
     assert counts.by_state == {State.DELIVERED: 4}
+
+
+async def test_outcomes_a_failed_claim_carried_are_written_apart_and_nothing_is_resent(
+    tmp_path: Path, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = make_settings(tmp_path, {"c": scripted(concurrency=4)})
+    real = sqlite_store.complete_and_claim
+    failed: list[int] = []
+
+    async def failing_once(completions: Any, *args: Any, **kwargs: Any) -> Any:
+        if completions and not failed:
+            failed.append(len(completions))
+            raise RuntimeError("the claim failed after the attempts ended")
+        return await real(completions, *args, **kwargs)
+
+    monkeypatch.setattr(sqlite_store, "complete_and_claim", failing_once)
+    async with Engine(settings, sqlite_store) as engine:
+        for i in range(6):
+            await engine.accept(make_story(id=f"apart-{i}"))
+        await drain(engine)
+    assert failed  # the outcomes of that claim took the other path
+    assert (await sqlite_store.counts()).by_state == {State.DELIVERED: 6}
+    assert len(ScriptedAdapter.calls) == 6  # each sent once: the receipts were kept, not left to reconciliation
+    for d in await sqlite_store.list_deliveries(DeliveryFilter()):
+        assert [a.outcome for a in await sqlite_store.attempts(d.id)] == ["delivered"]
