@@ -195,7 +195,8 @@ async def test_children_stop_when_the_supervisor_is_killed(tmp_path: Path, sandb
         try:
             await wait_for("two children", lambda: len(child_pids(supervisor.pid)) == 2, deadline, logs)
             children = child_pids(supervisor.pid)
-            # Give them time to be past start-up (the death signal is asked for before the store is opened).
+            # Past their start-up, so what stops them is the death signal they asked for (right after loading the
+            # config); a child still starting would stop anyway, on its own check that its parent is gone.
             await asyncio.sleep(2)
         finally:
             supervisor.kill()
