@@ -12,6 +12,8 @@ figure is the median of several runs. These are measurements, never assertions: 
 5. fan-out width: one story to 1, 8 and 32 channels.
 6. archive scale: website and rss deliveries/s, and bytes written per delivery, with 1,000, 10,000 and 100,000
    stories already published (``--archive``), through the Adapter contract (``render`` then ``publish``) only.
+7. processes: `syndicate work --processes P --until-idle` on PostgreSQL for P = 1, 2, 4: deliveries/s, the ratio
+   to one process, and the worker processes' CPU per delivery, labelled with the machine's core count.
 
 ``--sections`` picks which of them run (e.g. ``make bench BENCH_ARGS="--sections archive"``).
 """
@@ -804,10 +806,122 @@ async def archive_scale(kind: str, size: int, deliveries: int, seconds: float) -
     }
 
 
+# --- 7. worker processes ---------------------------------------------------------------------------------------
+
+PROCESS_COUNTS = (1, 2, 4)
+#: High enough that P processes are never capped by the channel's limit (it is global, across all of them).
+PROCESS_CONCURRENCY = 64
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's children that have exited and been waited for, including (through them) their
+    own waited-for children: for `syndicate work --processes P` the supervisor plus every worker it reaped; for
+    P = 1 the one worker. The sandbox is a child too, but it is only reaped at the end, after every figure."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def process_run(sandbox: str, n: int, processes: int) -> dict[str, float]:
+    """n deliveries fanned out in this process (not timed), then one timed `syndicate work --processes P
+    --until-idle` in a child process; with n = 0 what starting P workers (and the supervisor) and stopping them
+    costs."""
+    import asyncpg
+
+    from syndicate.store.postgres import split_url
+
+    async with store_url("postgres") as url:
+        settings = settings_for(url, sandbox, {"p0": {"concurrency": PROCESS_CONCURRENCY}})
+        store = open_store(url)
+        await store.migrate()
+        try:
+            async with Engine(settings, store) as engine:
+                for i in range(n):
+                    await engine.accept(story(i, f"proc-{uuid.uuid4().hex[:4]}-"))
+        finally:
+            await store.close()
+        with tempfile.TemporaryDirectory(prefix="bench-processes-") as folder:
+            config = Path(folder) / "processes.toml"
+            config.write_text(
+                f'[store]\nurl = "{url}"\n[engine]\npoll_interval = 0.5\nclaim_batch = 256\nretry_jitter = 0\n'
+                f'[channels.p0]\nkind = "webhook"\nurl = "{sandbox}/webhook/p0"\nsecret = "bench-secret"\n'
+                f"concurrency = {PROCESS_CONCURRENCY}\ntimeout = 10\nretry = [0, 0.05, 0.1, 0.2, 0.5, 1]\n"
+            )
+            cpu, started = children_cpu_seconds(), time.perf_counter()
+            worker = await asyncio.create_subprocess_exec(
+                str(Path(sys.executable).parent / "syndicate"),
+                "work",
+                "--processes",
+                str(processes),
+                "--until-idle",
+                "--config",
+                str(config),
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            _, errors = await worker.communicate()
+            wall, cpu_used = time.perf_counter() - started, children_cpu_seconds() - cpu
+        if worker.returncode != 0:
+            raise RuntimeError(f"syndicate work --processes {processes} exited {worker.returncode}: {errors[-2000:]!r}")
+        dsn, schema = split_url(url)
+        conn = await asyncpg.connect(dsn)
+        try:
+            row = await conn.fetchrow(
+                f"SELECT min(started_at) AS first, max(finished_at) AS last, count(DISTINCT worker) AS workers, "
+                f"count(*) FILTER (WHERE outcome = 'delivered') AS delivered FROM \"{schema}\".attempts"
+            )
+        finally:
+            await conn.close()
+    if row["delivered"] != n:
+        raise RuntimeError(f"{processes} processes delivered {row['delivered']} of {n}")
+    return {
+        "wall_s": wall,
+        "cpu_s": cpu_used,
+        "drain_s": (row["last"] - row["first"]) if n else 0.0,
+        "workers": float(row["workers"]),
+    }
+
+
+async def processes_section(sandbox: str, n: int, runs: int) -> dict[str, Any]:
+    if not await pg_available():
+        return {"skipped": f"PostgreSQL at {PG_DSN} is unreachable (set SYNDICATE_TEST_PG_DSN)"}
+    rows: dict[str, dict[str, float]] = {}
+    for processes in PROCESS_COUNTS:
+        idle = [await process_run(sandbox, 0, processes) for _ in range(runs)]
+        full = [await process_run(sandbox, n, processes) for _ in range(runs)]
+        startup_cpu = statistics.median(r["cpu_s"] for r in idle)
+        rows[str(processes)] = {
+            # From starting the command to its exit: interpreter start-up, imports and the store check included.
+            "deliveries_per_s": statistics.median(n / r["wall_s"] for r in full),
+            # From the first attempt's start to the last attempt's end, as the attempt rows record them.
+            "drain_per_s": statistics.median(n / r["drain_s"] for r in full),
+            "cpu_us_per_delivery": statistics.median(r["cpu_s"] / n * 1e6 for r in full),
+            "startup_cpu_ms": startup_cpu * 1000,
+            "cpu_us_per_delivery_less_startup": statistics.median((r["cpu_s"] - startup_cpu) / n * 1e6 for r in full),
+            "worker_ids": max(r["workers"] for r in full),
+        }
+    one = rows["1"]
+    for row in rows.values():
+        row["ratio_to_1"] = row["deliveries_per_s"] / one["deliveries_per_s"]
+        row["drain_ratio_to_1"] = row["drain_per_s"] / one["drain_per_s"]
+    return {
+        "cpus": os.cpu_count(),
+        "deliveries": n,
+        "channel_concurrency": PROCESS_CONCURRENCY,
+        "by_processes": rows,
+        "note": (
+            f"os.cpu_count() = {os.cpu_count()}, shared by the workers, the supervisor, the sandbox (its own process) "
+            "and the PostgreSQL server on this machine. CPU is the children's (RUSAGE_CHILDREN): every worker "
+            "process and, for P > 1, the supervisor; not the sandbox nor PostgreSQL. 'less start-up' subtracts "
+            "the median CPU of the same command on an empty queue (P interpreters starting, checking the store, "
+            "finding nothing, stopping)."
+        ),
+    }
+
+
 # --- main --------------------------------------------------------------------------------------------------------
 
 
-SECTIONS = ("throughput", "latency", "isolation", "fan_out_width", "backlog", "archive")
+SECTIONS = ("throughput", "latency", "isolation", "fan_out_width", "backlog", "archive", "processes")
 
 
 def median_or_none(values: list[float] | None) -> float | None:
@@ -881,6 +995,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
     if sections - {"archive"}:
         async with sandbox_process() as sandbox:
             await queue_sections(results, sandbox, args, sections)
+            if "processes" in sections:
+                results["processes"] = await processes_section(sandbox, args.deliveries, args.runs)
     if "archive" in sections:
         # Channels that write files: no sandbox, one adapter at a time, each figure from its own fresh root.
         results["archive"] = []
@@ -930,7 +1046,35 @@ def table(results: dict[str, Any]) -> str:
             )
             lines.append("  " + "".join(f"{v:>13s}" for v in values))
         lines.append("  (KB written: bytes handed to write() per delivery; KB to disk: /proc/self/io write_bytes)")
+    if "processes" in results:
+        lines += processes_table(results["processes"])
     return "\n".join(lines)
+
+
+def processes_table(section: dict[str, Any]) -> list[str]:
+    if "skipped" in section:
+        return [f"[processes] skipped: {section['skipped']}"]
+    lines = [
+        f"[processes] syndicate work --processes P --until-idle, PostgreSQL, {section['deliveries']:,} deliveries on "
+        f"one channel at concurrency {section['channel_concurrency']}, {section['cpus']} CPUs (os.cpu_count)"
+    ]
+    header = ("P", "deliv/s", "ratio", "drain/s", "ratio", "CPU µs/d", "less start", "start CPU ms", "worker ids")
+    lines.append("  " + "".join(f"{h:>13s}" for h in header))
+    for processes, row in section["by_processes"].items():
+        values = (
+            processes,
+            f"{row['deliveries_per_s']:,.1f}",
+            f"{row['ratio_to_1']:.2f}",
+            f"{row['drain_per_s']:,.1f}",
+            f"{row['drain_ratio_to_1']:.2f}",
+            f"{row['cpu_us_per_delivery']:,.0f}",
+            f"{row['cpu_us_per_delivery_less_startup']:,.0f}",
+            f"{row['startup_cpu_ms']:,.0f}",
+            f"{row['worker_ids']:.0f}",
+        )
+        lines.append("  " + "".join(f"{v:>13s}" for v in values))
+    lines.append("  (deliv/s: command start to exit; drain/s: first attempt to last; " + section["note"] + ")")
+    return lines
 
 
 def chart(results: dict[str, Any], path: Path) -> None:

@@ -27,10 +27,11 @@ from syndicate.cli.common import (
     run_async,
     styled_state,
 )
-from syndicate.config import ConfigError
+from syndicate.config import ConfigError, Settings
 from syndicate.engine import Engine
 from syndicate.operations import iso
 from syndicate.store.base import State
+from syndicate.supervisor import Outcome, Supervisor, child_command, stop_with_supervisor
 
 # --- serve -----------------------------------------------------------------------------------------------------
 
@@ -94,15 +95,34 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
     metavar="SECONDS",
     help="With --until-idle: also wait for retries due within SECONDS.",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    metavar="N",
+    help="Run N worker processes under one supervisor (PostgreSQL only): it restarts one that dies and stops "
+    "them all on SIGTERM.",
+)
 @click.pass_context
-def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_for_retries: float) -> None:
+def work(
+    ctx: click.Context, config_path: Path | None, until_idle: bool, wait_for_retries: float, processes: int
+) -> None:
     """Run delivery workers on the configured store.
 
     SIGTERM or Ctrl-C stops claiming, lets in-flight deliveries finish (or releases them) and exits 0.
+    With --processes N (PostgreSQL), a supervisor runs N such worker processes, passes SIGTERM or Ctrl-C on to
+    each, restarts one that dies (and gives up, exit 1, on one that keeps dying) and exits 0 once all stopped.
     """
     settings = load_settings(ctx, config_path)
     if not settings.enabled_channels:
         raise click.UsageError(f"{settings.source}: no enabled [channels.*] to deliver to")
+    if processes > 1:
+        supervise(ctx, settings, config_path, processes, until_idle, wait_for_retries)
+        return
+    problem = stop_with_supervisor()
+    if problem is not None:
+        raise RuntimeFailure(problem)
 
     async def _work() -> None:
         store = await connect_store(settings)
@@ -117,6 +137,67 @@ def work(ctx: click.Context, config_path: Path | None, until_idle: bool, wait_fo
             await store.close()
 
     run_async(_work())
+
+
+def supervise(
+    ctx: click.Context,
+    settings: Settings,
+    config_path: Path | None,
+    processes: int,
+    until_idle: bool,
+    wait_for_retries: float,
+) -> None:
+    """`work --processes N`: N children running `syndicate work` with this command's options, under a
+    supervisor (syndicate.supervisor)."""
+    if settings.store.url.startswith("sqlite:"):
+        # Correct but pointless: BEGIN IMMEDIATE serialises every claim and outcome write of every process on the
+        # database's one write lock (each with an fsync), and SQLite has no cross-process wake-up.
+        raise click.UsageError(
+            f"{settings.source}: [store] url: --processes {processes} needs PostgreSQL; "
+            f"{settings.store.url} is SQLite, which has one writer at a time: every claim and outcome of every "
+            "process waits for the database's single write lock, so more processes add contention, not "
+            "throughput. Run one `syndicate work`, or point [store] url (or SYNDICATE_DATABASE_URL) at "
+            "postgresql://…"
+        )
+
+    async def _check() -> None:
+        # The store is reached (and migrated) once here, so a wrong URL or a dead server is reported once, as
+        # with one process, instead of by every child in a restart loop.
+        store = await connect_store(settings)
+        await store.close()
+
+    run_async(_check())
+    root = ctx.find_root().params
+    global_args = ["--log-format", root["log_format"], *(["-v"] * root["verbose"])]
+    path = config_path or root.get("config_path")
+    work_args = [*(["--config", str(path)] if path is not None else []), "--wait-for-retries", repr(wait_for_retries)]
+    if until_idle:
+        work_args.append("--until-idle")
+    supervisor = Supervisor(
+        child_command(global_args, work_args),
+        processes,
+        until_idle=until_idle,
+        # A failing supervisor waits this long for the children's own graceful stop before killing them.
+        kill_after=settings.engine.shutdown_grace + 10,
+    )
+
+    async def _supervise() -> Outcome:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, supervisor.stop)
+        return await supervisor.run()
+
+    outcome = run_async(_supervise())
+    if outcome.code != 0:
+        raise WorkersFailed(outcome.message, outcome.code)
+
+
+class WorkersFailed(RuntimeFailure):
+    """The supervised workers ended badly: exit 1, or with --until-idle the first failing child's own code."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.exit_code = code  # type: ignore[misc]  # click reads it per instance
 
 
 # --- db --------------------------------------------------------------------------------------------------------

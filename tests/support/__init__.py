@@ -456,6 +456,24 @@ async def start_worker(config: Path, log: Path, *args: str) -> asyncio.subproces
         handle.close()
 
 
+def child_pids(pid: int) -> set[int]:
+    """The pids of ``pid``'s children now, from /proc (Linux): every thread's ``children`` list."""
+    found: set[int] = set()
+    for listing in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            found.update(int(p) for p in listing.read_text().split())
+    return found
+
+
+def process_gone(pid: int) -> bool:
+    """True once ``pid`` has ended: no such process, or a zombie waiting for whoever adopted it to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 # --- the `syndicate` script ----------------------------------------------------------------------------------------
 
 
