@@ -45,6 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from adapters.webhook.adapter import WebhookAdapter  # noqa: E402
 from syndicate.channel import DeliveryContext, get_adapter_class, register  # noqa: E402
+from syndicate.cli.common import settle_heap  # noqa: E402
 from syndicate.config import Settings, parse_config  # noqa: E402
 from syndicate.delivery import Payload, Receipt  # noqa: E402
 from syndicate.engine import Engine  # noqa: E402
@@ -260,6 +261,7 @@ async def syndicate_drain(
             async with Engine(settings, store) as engine:
                 for i in range(n):
                     await engine.accept(story(i, f"{kind}-{uuid.uuid4().hex[:4]}-"))
+                settle_heap()  # as `syndicate work` does once it has started
                 started, cpu = time.perf_counter(), cpu_seconds()
                 await engine.run(until_idle=True)
                 elapsed = time.perf_counter() - started

@@ -25,6 +25,7 @@ from syndicate.cli.common import (
     plural,
     print_json,
     run_async,
+    settle_heap,
     styled_state,
 )
 from syndicate.config import ConfigError, Settings
@@ -60,6 +61,7 @@ def serve(ctx: click.Context, config_path: Path | None, host: str | None, port: 
             raise click.UsageError(f"{settings.source}: [server] {key}: missing (required by serve; use ${{ENV_VAR}})")
 
     async def _serve() -> None:
+        settle_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -126,6 +128,7 @@ def work(
 
     async def _work() -> None:
         store = await connect_store(settings)
+        settle_heap()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

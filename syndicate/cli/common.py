@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import json
 import sys
 import time
@@ -108,6 +109,21 @@ async def connected_store(settings: Settings) -> AsyncIterator[Store]:
 
 def run_async(coro: Coroutine[Any, Any, R]) -> R:
     return asyncio.run(coro)
+
+
+#: The youngest generation's collection threshold for the long-running commands (Python's default is 700). A
+#: delivery allocates a few hundred container objects, nearly all freed by reference counting; collecting every
+#: 700 allocations walked the in-flight deliveries' objects again and again for no garbage.
+SERVICE_GC_THRESHOLD = 7000
+
+
+def settle_heap() -> None:
+    """Once a long-running process (`serve`, `work`) has loaded its modules and config: collect, then freeze what
+    is left (it lives as long as the process) so full collections stop walking it, and collect the young
+    generation less often. Measured with callgrind on a webhook drain: 1.53M -> 1.38M instructions per delivery."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(SERVICE_GC_THRESHOLD, 10, 10)
 
 
 # --- shared rendering: every command formats states, times and errors the same way ---------------------------------
