@@ -315,8 +315,13 @@ class Engine:
         worker_id: str | None = None,
         rng: random.Random | None = None,
         metrics: Metrics | None = None,
+        processes: int = 1,
     ) -> None:
         self.settings = settings
+        #: Worker processes sharing this machine's slots under one supervisor: each holds at most its share of a
+        #: channel's concurrency, or the first to start would keep every slot (it reclaims a slot the moment its
+        #: request ends, before another process hears the slot is free) and the others would idle.
+        self.processes = max(1, processes)
         self.metrics = metrics
         self.store = store
         self.clock: Clock = clock or SystemClock()
@@ -568,15 +573,17 @@ class Engine:
                 await heart
 
     def _free_limits(self, claim_batch: int) -> dict[str, int]:
-        """Each channel's claim limit, 0 where this worker itself holds all the channel's slots: no claim there can
-        succeed (the limit is global), so the store is not asked. Other workers' slots the store counts."""
+        """Each channel's claim limit, 0 where this worker itself holds all the channel's slots (no claim there can
+        succeed: the limit is global, so the store is not asked) or its share of them, with several processes.
+        Other workers' slots the store counts."""
         held = collections.Counter(
             self._task_channels[i] for i, task in self._tasks.items() if not task.done() and i in self._task_channels
         )
         limits = {}
         for name, runtime in self.channels.items():
             limit = runtime.settings.concurrency
-            limits[name] = min(limit, claim_batch) if held[name] < limit else 0
+            share = -(-limit // self.processes)
+            limits[name] = min(limit, claim_batch) if held[name] < share else 0
         return limits
 
     def _spawn(self, claim: Claim) -> None:

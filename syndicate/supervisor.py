@@ -32,6 +32,9 @@ log = logging.getLogger("syndicate.supervisor")
 
 #: Set in each child's environment to the supervisor's pid: the child arranges to stop when that process dies.
 SUPERVISOR_PID_ENV = "SYNDICATE_SUPERVISOR_PID"
+#: Set in each child's environment to the number of worker processes: each holds at most its share of a channel's
+#: slots (``Engine(processes=...)``), so they all get work.
+WORKER_PROCESSES_ENV = "SYNDICATE_WORKER_PROCESSES"
 #: The console script's entry point, run by this interpreter (the same code and environment as the supervisor,
 #: however it was started); ``-P`` keeps the working directory off the import path, as the console script does.
 CHILD_ENTRY = "import sys; from syndicate.cli import main; sys.argv[0] = 'syndicate'; main()"
@@ -226,7 +229,11 @@ class Supervisor:
         while not self._stopping.is_set():
             proc = await asyncio.create_subprocess_exec(
                 *self.command,
-                env={**os.environ, SUPERVISOR_PID_ENV: str(os.getpid())},
+                env={
+                    **os.environ,
+                    SUPERVISOR_PID_ENV: str(os.getpid()),
+                    WORKER_PROCESSES_ENV: str(len(self._slots)),
+                },
                 process_group=0,
             )
             slot.proc = proc
@@ -279,6 +286,12 @@ class Supervisor:
 # --- in the child ---------------------------------------------------------------------------------------------
 
 
+def supervised_processes() -> int:
+    """In a worker a supervisor started, how many worker processes it runs (1 otherwise)."""
+    raw = os.environ.pop(WORKER_PROCESSES_ENV, "1")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else 1
+
+
 def stop_with_supervisor() -> str | None:
     """In a worker a supervisor started: have the kernel send this process SIGTERM (a graceful stop) when the
     supervisor dies, however it dies. Returns a problem to report when the supervisor is already gone, else None.
@@ -301,6 +314,7 @@ def stop_with_supervisor() -> str | None:
 
 __all__ = [
     "SUPERVISOR_PID_ENV",
+    "WORKER_PROCESSES_ENV",
     "ChildExit",
     "ChildHistory",
     "GiveUp",
@@ -313,4 +327,5 @@ __all__ = [
     "decide_restart",
     "describe_exit",
     "stop_with_supervisor",
+    "supervised_processes",
 ]

@@ -32,7 +32,7 @@ from syndicate.config import ConfigError, Settings
 from syndicate.engine import Engine
 from syndicate.operations import iso
 from syndicate.store.base import State
-from syndicate.supervisor import Outcome, Supervisor, child_command, stop_with_supervisor
+from syndicate.supervisor import Outcome, Supervisor, child_command, stop_with_supervisor, supervised_processes
 
 # --- serve -----------------------------------------------------------------------------------------------------
 
@@ -123,6 +123,7 @@ def work(
         supervise(ctx, settings, config_path, processes, until_idle, wait_for_retries)
         return
     problem = stop_with_supervisor()
+    siblings = supervised_processes()  # 1 unless a supervisor started this worker among others
     if problem is not None:
         raise RuntimeFailure(problem)
 
@@ -134,7 +135,7 @@ def work(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         try:
-            async with Engine(settings, store) as engine:
+            async with Engine(settings, store, processes=siblings) as engine:
                 await engine.run(stop=stop, until_idle=until_idle, idle_horizon=wait_for_retries)
         finally:
             await store.close()

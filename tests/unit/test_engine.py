@@ -405,3 +405,21 @@ async def test_outcomes_a_failed_claim_carried_are_written_apart_and_nothing_is_
     assert len(ScriptedAdapter.calls) == 6  # each sent once: the receipts were kept, not left to reconciliation
     for d in await sqlite_store.list_deliveries(DeliveryFilter()):
         assert [a.outcome for a in await sqlite_store.attempts(d.id)] == ["delivered"]
+
+
+async def test_a_worker_among_several_processes_stops_claiming_at_its_share(
+    tmp_path: Path, sqlite_store: Store
+) -> None:
+    """With N processes under one supervisor each holds at most ceil(concurrency / N) of a channel's slots (else the
+    first would keep them all, reclaiming each the moment its request ends); alone it may hold them all."""
+    settings = make_settings(tmp_path, {"c": scripted(concurrency=5)})
+    for processes, share in ((1, 5), (2, 3), (3, 2), (8, 1)):
+        engine = Engine(settings, sqlite_store, processes=processes)
+        pending: list[asyncio.Future[None]] = []
+        for held in range(6):
+            assert engine._free_limits(claim_batch=256)["c"] == (5 if held < share else 0), (processes, held)
+            pending.append(asyncio.get_running_loop().create_future())
+            engine._tasks[held] = pending[-1]  # type: ignore[assignment]  # a running attempt, as far as counting goes
+            engine._task_channels[held] = "c"
+        for future in pending:
+            future.cancel()
