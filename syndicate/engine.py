@@ -341,6 +341,9 @@ class Engine:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         #: The channel of each delivery in ``_tasks``, to count the slots this worker holds without asking the store.
         self._task_channels: dict[int, str] = {}
+        #: Sends in progress and when their guard runs out (loop time), and those the watchdog cancelled for it.
+        self._send_deadlines: dict[asyncio.Task[Any], float] = {}
+        self._overdue: set[asyncio.Task[Any]] = set()
         self._completions: asyncio.Queue[Completion | None] = asyncio.Queue()
         #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
@@ -483,6 +486,7 @@ class Engine:
         engine_cfg = self.settings.engine
         names = list(self.channels)
         heart = asyncio.create_task(self._heartbeat_loop(), name="syndicate-heartbeat")
+        watchdog = asyncio.create_task(self._watchdog_loop(), name="syndicate-watchdog")
         last_reclaim = last_purge = -1e18
         try:
             while not stop.is_set():
@@ -561,6 +565,7 @@ class Engine:
             await self._drain(engine_cfg.shutdown_grace if grace is None else grace)
             await self._release_interrupted_samples()
             heart.cancel()
+            watchdog.cancel()
             self._completions.put_nowait(None)  # ask the flusher to write what is queued and stop
             try:
                 await asyncio.wait_for(asyncio.shield(flusher), timeout=30)
@@ -571,6 +576,8 @@ class Engine:
                 await asyncio.wait([self._apart_writer])
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
 
     def _free_limits(self, claim_batch: int) -> dict[str, int]:
         """Each channel's claim limit, 0 where this worker itself holds all the channel's slots (no claim there can
@@ -712,6 +719,21 @@ class Engine:
         batch = self._take_completions()
         if batch:
             await self._write_batch(batch)
+
+    async def _watchdog_loop(self) -> None:
+        """Cancel sends past their guard (``_attempt`` turns that into OutcomeUnknown). A tenth of the shortest
+        guard between scans, at most a second: the guard is ten times the channel's timeout, so this is early."""
+        shortest = min((rt.settings.timeout * 10 for rt in self.channels.values()), default=10.0)
+        interval = min(1.0, max(0.05, shortest / 10))
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval)
+            now = loop.time()
+            for task, deadline in list(self._send_deadlines.items()):
+                if deadline <= now and not task.done():
+                    del self._send_deadlines[task]
+                    self._overdue.add(task)
+                    task.cancel()
 
     async def _heartbeat_loop(self) -> None:
         lease = self.settings.engine.lease_seconds
@@ -1116,11 +1138,21 @@ class Engine:
                 )
 
         progress.sending = True
+        # The guard against an adapter that never returns (a drip-fed answer resets aiohttp's read timeout): the
+        # watchdog cancels a send past its deadline, one scan for all of them instead of a timer per attempt.
+        task = asyncio.current_task()
+        assert task is not None
+        self._send_deadlines[task] = asyncio.get_running_loop().time() + guard
         try:
-            async with asyncio.timeout(guard):
-                receipt = await _refreshing_auth(adapter, ctx, lambda: adapter.send(payload, ctx))
-        except TimeoutError as exc:
-            raise OutcomeUnknown(f"no answer within {guard:g} s") from exc
+            receipt = await _refreshing_auth(adapter, ctx, lambda: adapter.send(payload, ctx))
+        except asyncio.CancelledError:
+            if task not in self._overdue:
+                raise
+            task.uncancel()
+            raise OutcomeUnknown(f"no answer within {guard:g} s") from None
+        finally:
+            self._send_deadlines.pop(task, None)
+            self._overdue.discard(task)
         return _Outcome(
             State.DELIVERED,
             "delivered",

@@ -423,3 +423,38 @@ async def test_a_worker_among_several_processes_stops_claiming_at_its_share(
             engine._task_channels[held] = "c"
         for future in pending:
             future.cancel()
+
+
+@register
+class NeverAnswersAdapter(ScriptedAdapter):
+    """A scripted channel whose first send never returns (no HTTP timeout can end it: it is not HTTP)."""
+
+    kind: ClassVar[str] = "never-answers"
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        if ctx.attempt == 1:
+            await asyncio.Event().wait()
+        return await super().publish(payload, ctx)
+
+
+async def test_a_send_that_never_returns_ends_at_its_guard_as_unknown(tmp_path: Path, sqlite_store: Store) -> None:
+    # The guard is ten times the channel's timeout: 0.5 s here. Only the hanging channel's send is cut.
+    settings = make_settings(
+        tmp_path,
+        {
+            "hangs": {**scripted(timeout=0.05, retry=[0, 0]), "kind": "never-answers", "lookup": True},
+            "fine": scripted(),
+        },
+    )
+    async with Engine(settings, sqlite_store) as engine:
+        await engine.accept(make_story())
+        started = asyncio.get_running_loop().time()
+        await asyncio.wait_for(drain(engine), timeout=10)
+        took = asyncio.get_running_loop().time() - started
+    hangs, fine = await only(sqlite_store, "hangs"), await only(sqlite_store, "fine")
+    assert fine.state is State.DELIVERED
+    # Cut at the guard, then looked up (nothing landed) and sent again: delivered on the second attempt.
+    assert hangs.state is State.DELIVERED and hangs.attempts == 2
+    first = (await sqlite_store.attempts(hangs.id))[0]
+    assert first.error_class == "OutcomeUnknown" and first.message == "no answer within 0.5 s"
+    assert 0.5 <= took < 5
