@@ -500,7 +500,7 @@ class Engine:
                         await self._purge_expired_keys(now)
                         last_purge = now
                     self._wake.clear()
-                    limits = self._free_limits(engine_cfg.claim_batch)
+                    limits, most = self._free_limits(engine_cfg.claim_batch)
                     # Bounded, so a store that accepts claims but keeps failing writes cannot pile up outcomes.
                     finished = self._unwritten if len(self._unwritten) <= MAX_UNWRITTEN_OUTCOMES else ()
                     # Ended attempts' outcomes go in the claim's own write where the store has one writer (one
@@ -517,6 +517,7 @@ class Engine:
                             lease_seconds=engine_cfg.lease_seconds,
                             limits=limits,
                             finished=list(finished),
+                            most=most,
                         )
                     except BaseException:
                         # Receipts we hold are never dropped: they are written apart, retried with backoff,
@@ -579,19 +580,23 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await watchdog
 
-    def _free_limits(self, claim_batch: int) -> dict[str, int]:
+    def _free_limits(self, claim_batch: int) -> tuple[dict[str, int], dict[str, int] | None]:
         """Each channel's claim limit, 0 where this worker itself holds all the channel's slots (no claim there can
         succeed: the limit is global, so the store is not asked) or its share of them, with several processes.
-        Other workers' slots the store counts."""
+        Other workers' slots the store counts. With several processes, also how many more this one may take (its
+        share less what it holds), so that even its first claim stops at its share."""
         held = collections.Counter(
             self._task_channels[i] for i, task in self._tasks.items() if not task.done() and i in self._task_channels
         )
         limits = {}
+        most: dict[str, int] | None = {} if self.processes > 1 else None
         for name, runtime in self.channels.items():
             limit = runtime.settings.concurrency
             share = -(-limit // self.processes)
             limits[name] = min(limit, claim_batch) if held[name] < share else 0
-        return limits
+            if most is not None:
+                most[name] = max(0, share - held[name])
+        return limits, most
 
     def _spawn(self, claim: Claim) -> None:
         previous = self._tasks.get(claim.delivery.id)

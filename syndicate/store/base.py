@@ -565,8 +565,10 @@ class Outbox(abc.ABC):
         lease_seconds: float,
         limits: dict[str, int],
         finished: Collection[int] = (),
+        most: Mapping[str, int] | None = None,
     ) -> list[Claim]:
-        """Lease due deliveries, at most ``limits[channel]`` in flight per channel across all workers.
+        """Lease due deliveries, at most ``limits[channel]`` in flight per channel across all workers, and at most
+        ``most[channel]`` of them in this call where given (a worker's share of the slots among several).
 
         ``finished`` names deliveries of this worker whose attempt has ended but whose outcome is not written yet:
         their rows are still in flight but hold no request, so they do not count against the limit (read inside
@@ -589,6 +591,7 @@ class Outbox(abc.ABC):
         lease_seconds: float,
         limits: dict[str, int],
         finished: Collection[int] = (),
+        most: Mapping[str, int] | None = None,
     ) -> CompletedAndClaimed:
         """``complete`` then ``claim``, as one write where the store has a single writer (one commit and one sync
         instead of two, and no second hand-over to its thread). The outcomes are applied first, so the slots they

@@ -343,6 +343,8 @@ class LeaseRequest:
     now: float
     lease_expires: float
     finished: list[int]
+    #: At most this many new claims per channel in this call, where set.
+    most: Mapping[str, int] = field(default_factory=dict)
 
 
 #: The kv row readiness rewrites to prove the store takes writes (check_writable); it expires like any other.
@@ -502,8 +504,9 @@ class SQLStore(Store):
         lease_seconds: float,
         limits: dict[str, int],
         finished: Collection[int] = (),
+        most: Mapping[str, int] | None = None,
     ) -> list[Claim]:
-        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished), dict(most or {}))
         return await self._claim_due(Q.CHANNELS_WITH_DUE_WORK, self._claim_in, limits, lease)
 
     async def _claim_due(
@@ -554,7 +557,7 @@ class SQLStore(Store):
         }
         rows: list[Row] = []
         for channel, limit in open_channels:
-            free = limit - busy.get(channel, 0)
+            free = min(limit - busy.get(channel, 0), lease.most.get(channel, limit))
             if free <= 0:
                 continue
             rows += await conn.fetch(
@@ -634,18 +637,23 @@ class SQLStore(Store):
         lease_seconds: float,
         limits: dict[str, int],
         finished: Collection[int] = (),
+        most: Mapping[str, int] | None = None,
     ) -> CompletedAndClaimed:
         items = list(completions)
         if not items:
-            claims = await self.claim(worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished)
+            claims = await self.claim(
+                worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished, most=most
+            )
             return CompletedAndClaimed([], claims)
         if not self.SINGLE_WRITER:
             # Claims take one transaction per channel under its lock: the outcomes keep their own (the engine
             # writes them beside its claims on such a store: combines_outcomes_with_claims).
             lost = await self.complete(items)
-            claims = await self.claim(worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished)
+            claims = await self.claim(
+                worker, now=now, lease_seconds=lease_seconds, limits=limits, finished=finished, most=most
+            )
             return CompletedAndClaimed(lost, claims)
-        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished))
+        lease = LeaseRequest(worker, now, now + lease_seconds, list(finished), dict(most or {}))
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
 
         async def op(conn: Conn) -> CompletedAndClaimed:

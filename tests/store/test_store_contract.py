@@ -419,3 +419,19 @@ async def test_complete_and_claim_writes_outcomes_and_claims_the_slots_they_free
     # With no outcomes it is a plain claim.
     plain = await store.complete_and_claim([], "w1", now=NOW, lease_seconds=30, limits={"a": 2})
     assert len(plain.claims) == 1 and await store.count_in_flight(["a"]) == 2
+
+
+async def test_claim_takes_at_most_the_workers_share_in_one_call(store: Store) -> None:
+    for i in range(6):
+        await store.fan_out(make_story(id=f"m{i}"), plan_for("a", "b"), now=NOW)
+    # The limit is 4 across workers; this one asks for at most 2 on "a" (its share), any number on "b".
+    first = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS, most={"a": 2})
+    assert sorted(c.delivery.channel for c in first) == ["a", "a", "b", "b", "b", "b"]
+    # Another worker takes the rest of "a"'s limit, within its own share.
+    second = await store.claim("w2", now=NOW, lease_seconds=30, limits=LIMITS, most={"a": 2, "b": 2})
+    assert [c.delivery.channel for c in second] == ["a", "a"]
+    assert await store.count_in_flight(["a"]) == 4
+    merged = await store.complete_and_claim(
+        [done(first[0])], "w1", now=NOW, lease_seconds=30, limits=LIMITS, most={"a": 0}
+    )
+    assert merged.claims == [] and merged.lost == []  # the freed slot is not taken past a share of 0

@@ -417,7 +417,10 @@ async def test_a_worker_among_several_processes_stops_claiming_at_its_share(
         engine = Engine(settings, sqlite_store, processes=processes)
         pending: list[asyncio.Future[None]] = []
         for held in range(6):
-            assert engine._free_limits(claim_batch=256)["c"] == (5 if held < share else 0), (processes, held)
+            limits, most = engine._free_limits(claim_batch=256)
+            assert limits["c"] == (5 if held < share else 0), (processes, held)
+            # Even one claim takes no more than the rest of the share (none is asked for with one process).
+            assert most == (None if processes == 1 else {"c": max(0, share - held)}), (processes, held)
             pending.append(asyncio.get_running_loop().create_future())
             engine._tasks[held] = pending[-1]  # type: ignore[assignment]  # a running attempt, as far as counting goes
             engine._task_channels[held] = "c"
