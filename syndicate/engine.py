@@ -552,9 +552,13 @@ class Engine:
                 except StoreUnavailable as exc:
                     log.warning("the dispatcher waits for the store: %s", exc, extra={"worker": self.worker_id})
                     timeout = engine_cfg.poll_interval
+                    # Whatever failed (a lease check, a purge, a claim), the outcomes queued meanwhile do not
+                    # wait for the dispatcher to get past it: the retrying writer takes them.
+                    self._write_apart(self._take_completions())
                 except Exception:
                     log.exception("store error in the dispatcher; retrying", extra={"worker": self.worker_id})
                     timeout = engine_cfg.poll_interval
+                    self._write_apart(self._take_completions())
                 waiter = asyncio.create_task(self._wake.wait())
                 stopper = asyncio.create_task(stop.wait())
                 await asyncio.wait({waiter, stopper}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -574,7 +578,14 @@ class Engine:
                 flusher.cancel()
             await self._flush_remaining()
             if self._apart_writer is not None:
-                await asyncio.wait([self._apart_writer])
+                # Bounded as the flusher is: a store that stays down must not keep the process from stopping.
+                _, unfinished = await asyncio.wait([self._apart_writer], timeout=30)
+                if unfinished:
+                    log.error(
+                        "gave up writing %d outcomes at shutdown; their leases expire and they are reconciled",
+                        len(self._unwritten),
+                    )
+                    self._apart_writer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heart
             with contextlib.suppress(asyncio.CancelledError):
@@ -735,7 +746,8 @@ class Engine:
             await asyncio.sleep(interval)
             now = loop.time()
             for task, deadline in list(self._send_deadlines.items()):
-                if deadline <= now and not task.done():
+                # A send already being cancelled (shutdown, lost lease) is left to that cancellation.
+                if deadline <= now and not task.done() and not task.cancelling():
                     del self._send_deadlines[task]
                     self._overdue.add(task)
                     task.cancel()
@@ -1151,9 +1163,10 @@ class Engine:
         try:
             receipt = await _refreshing_auth(adapter, ctx, lambda: adapter.send(payload, ctx))
         except asyncio.CancelledError:
-            if task not in self._overdue:
+            # Only the watchdog's own cancellation becomes OutcomeUnknown: one from a shutdown or a lost lease,
+            # even if it came with the watchdog's, stays a cancellation (as asyncio.timeout decides it).
+            if task not in self._overdue or task.uncancel() > 0:
                 raise
-            task.uncancel()
             raise OutcomeUnknown(f"no answer within {guard:g} s") from None
         finally:
             self._send_deadlines.pop(task, None)

@@ -461,3 +461,65 @@ async def test_a_send_that_never_returns_ends_at_its_guard_as_unknown(tmp_path: 
     first = (await sqlite_store.attempts(hangs.id))[0]
     assert first.error_class == "OutcomeUnknown" and first.message == "no answer within 0.5 s"
     assert 0.5 <= took < 5
+
+
+@register
+class CancelsSlowlyAdapter(ScriptedAdapter):
+    """A send that hangs and, when cancelled, takes a moment to clean up (closing a connection, say)."""
+
+    kind: ClassVar[str] = "cancels-slowly"
+
+    async def publish(self, payload: Payload, ctx: DeliveryContext) -> Receipt:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # past the 0.5 s guard: the watchdog must leave this cancellation alone
+            raise
+        raise AssertionError("unreachable")
+
+
+async def test_a_shutdown_that_cancels_a_send_is_not_taken_for_the_guard(tmp_path: Path, sqlite_store: Store) -> None:
+    settings = make_settings(tmp_path, {"c": {**scripted(timeout=0.05), "kind": "cancels-slowly"}})
+    async with Engine(settings, sqlite_store) as engine:
+        await engine.accept(make_story())
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.3, stop.set)
+        await asyncio.wait_for(engine.run(stop=stop, grace=0), timeout=10)
+    d = await only(sqlite_store)
+    # Interrupted while sending: queued again to be looked up first, not parked as a guard timeout.
+    assert d.state is State.QUEUED and d.reconcile and d.last_error_class is None, d
+
+
+async def test_outcomes_are_written_while_another_store_step_keeps_failing(
+    tmp_path: Path, sqlite_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import syndicate.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "KEY_PURGE_SECONDS", 0.05)
+    real = sqlite_store.purge_expired_keys
+    calls: list[int] = []
+
+    async def purge(**kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("canceling statement due to lock timeout")
+        return await real(**kwargs)
+
+    monkeypatch.setattr(sqlite_store, "purge_expired_keys", purge)
+    settings = make_settings(tmp_path, {"c": {**scripted(), "kind": "held"}})
+    HeldAdapter.release = asyncio.Event()
+    async with Engine(settings, sqlite_store) as engine:
+        await engine.accept(make_story())
+        stop = asyncio.Event()
+        runner = asyncio.create_task(engine.run(stop=stop))
+        try:
+            await asyncio.sleep(0.3)  # the purge fails on every dispatcher turn from now on
+            HeldAdapter.release.set()
+            async with asyncio.timeout(5):
+                while (await only(sqlite_store)).state is not State.DELIVERED:  # noqa: ASYNC110 (polls the store)
+                    await asyncio.sleep(0.05)
+        finally:
+            HeldAdapter.release.set()
+            stop.set()
+            await runner
+    assert len(calls) > 2
