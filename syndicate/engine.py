@@ -344,12 +344,15 @@ class Engine:
         #: Sends in progress and when their guard runs out (loop time), and those the watchdog cancelled for it.
         self._send_deadlines: dict[asyncio.Task[Any], float] = {}
         self._overdue: set[asyncio.Task[Any]] = set()
-        self._completions: asyncio.Queue[Completion | None] = asyncio.Queue()
+        #: Ended attempts' outcomes waiting for the next claim to carry them (a store that combines the two).
+        self._completions: list[Completion] = []
+        #: Set once the dispatcher stops: from then on every outcome goes straight to the writer.
+        self._stopping = False
         #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
         #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
-        #: Outcomes written apart from claims (a store that does not combine them, or a claim carrying them that
-        #: failed), by one writer at a time that takes all queued at each turn.
+        #: Outcomes written apart from claims (a store that does not combine them, a claim carrying them that
+        #: failed, a stopping engine), by one writer at a time that takes all queued at each turn.
         self._apart: list[Completion] = []
         self._apart_writer: asyncio.Task[None] | None = None
         self._unwritten: dict[int, int] = {}  # delivery id -> attempt id of the ended, unwritten attempt
@@ -506,9 +509,6 @@ class Engine:
                     # Ended attempts' outcomes go in the claim's own write where the store has one writer (one
                     # commit for both); elsewhere they are written beside the claim, which counts them as free.
                     outcomes = self._take_completions()
-                    if not self.store.combines_outcomes_with_claims:
-                        self._write_apart(outcomes)
-                        outcomes = []
                     try:
                         done = await self.store.complete_and_claim(
                             outcomes,
@@ -565,20 +565,15 @@ class Engine:
                 waiter.cancel()
                 stopper.cancel()
         finally:
-            # From here on the dispatcher writes no outcomes: the flusher writes those of the draining attempts.
-            flusher = asyncio.create_task(self._flush_loop(), name="syndicate-flush")
+            # From here on no claim carries outcomes: the writer takes those queued and the draining attempts'.
+            self._stopping = True
+            self._write_apart(self._take_completions())
             await self._drain(engine_cfg.shutdown_grace if grace is None else grace)
             await self._release_interrupted_samples()
             heart.cancel()
             watchdog.cancel()
-            self._completions.put_nowait(None)  # ask the flusher to write what is queued and stop
-            try:
-                await asyncio.wait_for(asyncio.shield(flusher), timeout=30)
-            except (TimeoutError, asyncio.CancelledError):
-                flusher.cancel()
-            await self._flush_remaining()
             if self._apart_writer is not None:
-                # Bounded as the flusher is: a store that stays down must not keep the process from stopping.
+                # Bounded: a store that stays down must not keep the process from stopping.
                 _, unfinished = await asyncio.wait([self._apart_writer], timeout=30)
                 if unfinished:
                     log.error(
@@ -684,11 +679,7 @@ class Engine:
             log.warning("lease lost before the outcome was written", extra={"delivery_id": delivery_id})
 
     def _take_completions(self) -> list[Completion]:
-        batch = []
-        while not self._completions.empty():
-            item = self._completions.get_nowait()
-            if item is not None:
-                batch.append(item)
+        batch, self._completions = self._completions, []
         return batch
 
     def _written(self, batch: Sequence[Completion], lost: Sequence[int]) -> None:
@@ -716,25 +707,6 @@ class Engine:
         finally:
             self._written(batch, ())
         self.wake()
-
-    async def _flush_loop(self) -> None:
-        while True:
-            item = await self._completions.get()
-            if item is None:
-                return
-            batch = [item]
-            while not self._completions.empty():
-                more = self._completions.get_nowait()
-                if more is None:
-                    self._completions.put_nowait(None)
-                    break
-                batch.append(more)
-            await self._write_batch(batch)
-
-    async def _flush_remaining(self) -> None:
-        batch = self._take_completions()
-        if batch:
-            await self._write_batch(batch)
 
     async def _watchdog_loop(self) -> None:
         """Cancel sends past their guard (``_attempt`` turns that into OutcomeUnknown). A tenth of the shortest
@@ -911,7 +883,10 @@ class Engine:
             self._task_channels.pop(claim.delivery.id, None)
             # Only the delivery's current attempt frees its slot: a superseded one (re-claimed under it) does not.
             self._unwritten[claim.delivery.id] = claim.attempt_id
-        self._completions.put_nowait(completion)
+        if self.store.combines_outcomes_with_claims and not self._stopping:
+            self._completions.append(completion)  # the next claim writes it, in its own transaction
+        else:
+            self._write_apart([completion])
         self.wake()  # the slot is free: the dispatcher may start the next delivery before this outcome is written
         if self.metrics is not None:
             self.metrics.observe_attempt(claim.delivery.channel, outcome.outcome, finished - started)

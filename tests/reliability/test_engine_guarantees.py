@@ -376,7 +376,7 @@ async def test_F10_lost_cancel_decision_does_not_publish_a_withdrawn_story(tmp_p
         ScriptedAdapter.scripts["c"] = [Retryable("503")]
         engine._spawn(claim)
         await asyncio.sleep(0.05)
-        decided = engine._completions.get_nowait()
+        decided = engine._completions.pop()
         assert decided.state is State.CANCELED
         engine._unwritten.clear()  # the decision never reached the disk
         clock.advance(10)
