@@ -348,7 +348,7 @@ class Engine:
         self._completions: list[Completion] = []
         #: Set once the dispatcher stops: from then on every outcome goes straight to the writer.
         self._stopping = False
-        #: Deliveries whose attempt has ended but whose outcome the flusher has not written yet (the loop is not idle
+        #: Deliveries whose attempt has ended but whose outcome is not written yet (the loop is not idle
         #: while any remain). Their rows are still in flight in the store; claims pass them so they do not count
         #: against the channel's limit: the next delivery starts as soon as a request ends, not after the write.
         #: Outcomes written apart from claims (a store that does not combine them, a claim carrying them that
