@@ -341,7 +341,7 @@ class HttpAdapter(Adapter[OptionsT, DataT]):
             raise RuntimeError(f"channel {self.name!r} was not started")
         return self._session
 
-    async def request(self, method: str, url: str, *, doing: str, may_land: bool, **kwargs: Any) -> HttpAnswer:
+    async def request(self, method: str, url: str | URL, *, doing: str, may_land: bool, **kwargs: Any) -> HttpAnswer:
         """The transmitter: one request on the channel's session, read whole, transport failures mapped onto the
         taxonomy in one place (``map_transport_errors``). Redirects are never followed: aiohttp would turn a POST
         into a body-less GET and its 200 would look delivered; the answer is returned for the adapter to map."""
@@ -353,9 +353,10 @@ class HttpAdapter(Adapter[OptionsT, DataT]):
 
 
 @functools.lru_cache(maxsize=256)
-def _host_of(url: str) -> str:
+def _host_of(url: str | URL) -> str:
     """The host an error names; a channel calls the same few URLs over and over, so each is parsed once."""
-    return URL(url).host or url
+    parsed = url if isinstance(url, URL) else URL(url)
+    return parsed.host or str(url)
 
 
 def register(adapter_cls: type[AdapterT]) -> type[AdapterT]:

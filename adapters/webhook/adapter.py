@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 import pydantic_core
 from pydantic import Field, HttpUrl
+from yarl import URL
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
 from syndicate.delivery import Action, AuthRevoked, Payload, PayloadModel, Receipt, Retryable
@@ -53,6 +54,9 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
     def __init__(self, name: str, options: WebhookOptions, **deps: Unpack[AdapterDeps]) -> None:
         super().__init__(name, options, **deps)
         self.supports_lookup = options.lookup_url is not None
+        # Built once per channel, not per send: the receiver's URL parsed, and the headers every request carries.
+        self._url = URL(str(options.url), encoded=True)
+        self._headers = {**options.headers, "Content-Type": "application/json; charset=utf-8"}
 
     def format(self, story: ChannelStory, action: Action) -> Payload[WebhookPayload]:
         # Keys sorted once here, at render time: the stored payload keeps that order, so every send's body is the
@@ -74,13 +78,12 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
         # the canonical compact UTF-8 body in a fifth of json.dumps's time ("event" sorts before "story").
         body = pydantic_core.to_json({"event": payload.data.event.value, "story": payload.data.story})
         headers = {
-            **self.options.headers,
-            "Content-Type": "application/json; charset=utf-8",
+            **self._headers,
             "Idempotency-Key": ctx.idempotency_key,
             SIGNATURE_HEADER: sign(self.options.secret, body),
         }
         answer = await self.request(
-            "POST", str(self.options.url), doing=ctx.action.value, may_land=True, data=body, headers=headers
+            "POST", self._url, doing=ctx.action.value, may_land=True, data=body, headers=headers
         )
         return self._receipt(answer)
 

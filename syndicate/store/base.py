@@ -451,9 +451,13 @@ def sample_from_row(row: Row) -> ReachSampleRecord:
     )
 
 
+#: One encoder for every write: json.dumps with non-default options builds a new encoder on each call.
+_STORE_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def dumps_json(value: Any) -> str:
     """JSON as the stores keep it: compact, UTF-8 text (Chinese stays readable in the database)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _STORE_JSON.encode(value)
 
 
 class Row(Protocol):
@@ -463,17 +467,24 @@ class Row(Protocol):
     def __getitem__(self, key: str | int, /) -> Any: ...
 
 
+#: Column values to members by a dict lookup: calling the Enum class costs several times more, on every row.
+_ACTIONS: Mapping[str, Action] = {a.value: a for a in Action}
+_STATES: Mapping[str, State] = {s.value: s for s in State}
+
+
 def delivery_from_row(row: Row) -> DeliveryRecord:
     """A deliveries row (sqlite3.Row or asyncpg.Record) as a record; JSON columns decoded."""
+    checkpoint = row["checkpoint"]
     return DeliveryRecord(
         id=row["id"],
         story_id=row["story_id"],
         version=row["version"],
         channel=row["channel"],
-        action=Action(row["action"]),
-        state=State(row["state"]),
+        action=_ACTIONS.get(row["action"]) or Action(row["action"]),
+        state=_STATES.get(row["state"]) or State(row["state"]),
         payload=StoredPayload(row["payload"]) if row["payload"] else None,
-        checkpoint=json.loads(row["checkpoint"]),
+        # Most deliveries never save a checkpoint: the column default needs no decoding.
+        checkpoint={} if checkpoint == "{}" else json.loads(checkpoint),
         receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
         attempts=row["attempts"],
         retry_count=row["retry_count"],

@@ -9,7 +9,9 @@ read while we write; ``BEGIN IMMEDIATE`` plus a busy timeout serialises writers 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
@@ -31,9 +33,25 @@ MIGRATIONS = load_migrations("sqlite")
 MIN_SQLITE = (3, 35, 0)
 
 
-def _bind(params: Mapping[str, Any]) -> dict[str, Any]:
-    """A list parameter travels as one JSON array, read in SQL with json_each."""
-    return {k: dumps_json(v) if isinstance(v, list | tuple) else v for k, v in params.items()}
+_LIST_PARAM = re.compile(r"json_each\(:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+@functools.lru_cache(maxsize=512)
+def _list_params(sql: str) -> tuple[str, ...]:
+    """The parameters a statement reads as lists: those it opens with ``json_each(:name)``."""
+    return tuple(dict.fromkeys(m.group("name") for m in _LIST_PARAM.finditer(sql)))
+
+
+def _bind(sql: str, params: Mapping[str, Any]) -> Mapping[str, Any]:
+    """A list parameter travels as one JSON array, read in SQL with json_each; the rest bind as they are (so a
+    row of a batch with no list parameter is bound without being copied)."""
+    lists = _list_params(sql)
+    if not lists:
+        return params
+    return {
+        **params,
+        **{name: dumps_json(params[name]) for name in lists if isinstance(params.get(name), list | tuple)},
+    }
 
 
 def run_to_completion(coro: Coroutine[Any, Any, T]) -> T:
@@ -72,7 +90,8 @@ class _Conn:
         self._conn = conn
 
     def _cursor(self, query: str, params: Mapping[str, Any]) -> sqlite3.Cursor:
-        return self._conn.execute(QUERIES[query].statement.sql, _bind(params))
+        sql = QUERIES[query].statement.sql
+        return self._conn.execute(sql, _bind(sql, params))
 
     async def fetch(self, query: str, /, **params: Any) -> list[Row]:
         return self._cursor(query, params).fetchall()
@@ -90,10 +109,12 @@ class _Conn:
         return self._cursor(query, params).rowcount
 
     async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> None:
-        self._conn.executemany(QUERIES[query].statement.sql, [_bind(r) for r in rows])
+        sql = QUERIES[query].statement.sql
+        self._conn.executemany(sql, [_bind(sql, r) for r in rows])
 
     async def fetch_rendered(self, query: str, slots: Mapping[str, str], /, **params: Any) -> list[Row]:
-        return self._conn.execute(QUERIES[query].render(**slots).sql, _bind(params)).fetchall()
+        sql = QUERIES[query].render(**slots).sql
+        return self._conn.execute(sql, _bind(sql, params)).fetchall()
 
     async def run_script(self, sql: str, /) -> None:
         for statement in script_statements(sql):
