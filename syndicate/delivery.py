@@ -1,6 +1,7 @@
 """The wire types every side shares: the action, the rendered payload, the platform's receipt and the error
 taxonomy adapters map platform failures onto. The store, the engine and the adapters all import these; this module
-imports nothing of syndicate's, so it can never be part of an import cycle.
+imports nothing of syndicate's but ``syndicate.record`` (which imports none), so it can never be part of an import
+cycle.
 
 The engine decides what to do from an error's class alone (see ARCHITECTURE.md, "Error taxonomy") and never knows a
 platform by name.
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
+
+from syndicate.record import record
 
 
 class Action(enum.StrEnum):
@@ -35,7 +38,7 @@ class PayloadModel(BaseModel):
 DataT = TypeVar("DataT", bound="BaseModel | dict[str, Any]", covariant=True)
 
 
-@dataclass(frozen=True)
+@record
 class Payload(Generic[DataT]):
     """What a channel will send, rendered once at enqueue time and stored on the delivery.
 
@@ -67,7 +70,7 @@ class Payload(Generic[DataT]):
 JsonPayload = Payload[dict[str, Any]]
 
 
-@dataclass(frozen=True)
+@record
 class StoredPayload:
     """A payload as the store keeps it: its JSON text, decoded only when something reads it. The channel that sends
     it parses and validates it in one pass (``Adapter.load_payload``), so a claim costs no JSON decoding of its own
@@ -87,7 +90,7 @@ class StoredPayload:
         return self.decoded.to_json()
 
 
-@dataclass(frozen=True)
+@record
 class Receipt:
     """The platform's acknowledgement: its id for the post, the public URL, and the raw answer."""
 

@@ -40,6 +40,7 @@ from syndicate.delivery import (
 )
 from syndicate.media import MediaFetcher
 from syndicate.reach import decide_failure
+from syndicate.record import record
 from syndicate.store.base import (
     PAUSED_INDEFINITELY,
     PENDING_STATES,
@@ -274,7 +275,7 @@ RENDER_THREADS = 4
 # --- the engine ------------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@record
 class _Outcome:
     """What one attempt produced, before it becomes a Completion."""
 

@@ -8,12 +8,12 @@ import email.utils
 import json
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 
 from syndicate.delivery import AuthRevoked, OutcomeUnknown, Permanent, RateLimited, Retryable
+from syndicate.record import record
 
 #: How long a channel pauses on a 429 that does not say (no Retry-After, no reset header).
 DEFAULT_RATE_LIMIT_PAUSE = 60.0
@@ -117,7 +117,7 @@ def json_object(raw: bytes | str) -> dict[str, Any]:
     return value if isinstance(value, dict) else {"value": value}
 
 
-@dataclass(frozen=True)
+@record
 class HttpAnswer:
     """One answer, read whole: status, headers and body (``HttpAdapter.request``)."""
 

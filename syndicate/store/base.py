@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
 from syndicate.delivery import Action, Payload, ReachMetric, ReachReading, Receipt, StoredPayload
+from syndicate.record import record
 from syndicate.story import Story
 
 
@@ -110,7 +111,7 @@ class StoryRecord:
         return self.story.version
 
 
-@dataclass(frozen=True)
+@record
 class DeliveryRecord:
     id: int
     story_id: str
@@ -208,7 +209,7 @@ class FanOutResult:
     deliveries: list[DeliveryRecord]
 
 
-@dataclass(frozen=True)
+@record
 class Claim:
     """A delivery this worker now holds a lease on, with the attempt row written before any byte is sent."""
 
@@ -220,7 +221,7 @@ class Claim:
     live_receipt: Receipt | None
 
 
-@dataclass(frozen=True)
+@record
 class CompletedAndClaimed:
     """What ``complete_and_claim`` did: the completions whose lease had been lost (not applied), and the claims."""
 
@@ -228,7 +229,7 @@ class CompletedAndClaimed:
     claims: list[Claim]
 
 
-@dataclass(frozen=True)
+@record
 class Completion:
     """The end of one attempt: the delivery's next state and the attempt's outcome, written in one batch."""
 
