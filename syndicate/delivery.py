@@ -74,9 +74,10 @@ JsonPayload = Payload[dict[str, Any]]
 class StoredPayload:
     """A payload as the store keeps it: its JSON text, decoded only when something reads it. The channel that sends
     it parses and validates it in one pass (``Adapter.load_payload``), so a claim costs no JSON decoding of its own
-    and no second walk over the decoded objects; operators' views read ``decoded`` (or ``data``, ``to_json``)."""
+    and no second walk over the decoded objects; operators' views read ``decoded`` (or ``data``, ``to_json``).
+    A claim hands it over as the UTF-8 bytes the store holds, which the parser reads as they are."""
 
-    text: str
+    text: str | bytes
 
     @functools.cached_property
     def decoded(self) -> Payload[dict[str, Any]]:

@@ -62,6 +62,7 @@ SELECT channel, count(*) AS n FROM (
 GROUP BY channel;
 
 -- SKIP LOCKED: rows a fan-out or another claimer holds are passed over, not waited for.
+-- The payload as its UTF-8 bytes, as in SQLite's claim (the channel parses bytes); every column of deliveries.
 -- name: claim_deliveries
 WITH picked AS (
     SELECT d.id FROM deliveries d
@@ -72,7 +73,9 @@ WITH picked AS (
 UPDATE deliveries d SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
        attempts = d.attempts + 1, updated_at = :now
 FROM picked WHERE d.id = picked.id
-RETURNING d.*;
+RETURNING d.id, d.story_id, d.version, d.channel, d.action, d.state, convert_to(d.payload, 'UTF8') AS payload,
+          d.checkpoint, d.receipt, d.attempts, d.retry_count, d.due_at, d.reconcile, d.lease_owner, d.lease_expires,
+          d.note, d.last_error, d.last_error_class, d.last_platform_code, d.created_at, d.updated_at;
 
 -- name: insert_attempts
 INSERT INTO attempts (delivery_id, number, worker, started_at)

@@ -45,7 +45,9 @@ SELECT channel, count(*) AS n FROM (
 GROUP BY channel;
 
 -- Set-based: one UPDATE ... RETURNING per channel whatever the batch size, so the write lock other workers wait
--- for is held for less time (a statement per row before).
+-- for is held for less time (a statement per row before). The payload comes back as its UTF-8 bytes: the channel
+-- parses it from bytes (pydantic-core), so decoding it into a str here only for it to be encoded again cost two
+-- passes over every payload claimed. Every column of deliveries, in table order.
 -- name: claim_deliveries
 UPDATE deliveries SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
        attempts = attempts + 1, updated_at = :now
@@ -55,7 +57,9 @@ WHERE id IN (
       AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
                       AND p.id < d.id AND p.state IN {OPEN_STATES})
     ORDER BY d.due_at, d.id LIMIT :free)
-RETURNING *;
+RETURNING id, story_id, version, channel, action, state, CAST(payload AS BLOB) AS payload, checkpoint, receipt,
+          attempts, retry_count, due_at, reconcile, lease_owner, lease_expires, note, last_error, last_error_class,
+          last_platform_code, created_at, updated_at;
 
 -- name: insert_attempts
 INSERT INTO attempts (delivery_id, number, worker, started_at)
