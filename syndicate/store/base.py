@@ -13,7 +13,7 @@ import abc
 import enum
 import functools
 import json
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar, Protocol
 
@@ -467,38 +467,97 @@ class Row(Protocol):
 
     def __getitem__(self, key: str | int, /) -> Any: ...
 
+    def __iter__(self) -> Iterator[Any]: ...
+
 
 #: Column values to members by a dict lookup: calling the Enum class costs several times more, on every row.
 _ACTIONS: Mapping[str, Action] = {a.value: a for a in Action}
 _STATES: Mapping[str, State] = {s.value: s for s in State}
 
 
+#: The columns of deliveries, in the order the claim statements list them (a test holds both dialects to it).
+DELIVERY_COLUMNS = (
+    "id",
+    "story_id",
+    "version",
+    "channel",
+    "action",
+    "state",
+    "payload",
+    "checkpoint",
+    "receipt",
+    "attempts",
+    "retry_count",
+    "due_at",
+    "reconcile",
+    "lease_owner",
+    "lease_expires",
+    "note",
+    "last_error",
+    "last_error_class",
+    "last_platform_code",
+    "created_at",
+    "updated_at",
+)
+
+
 def delivery_from_row(row: Row) -> DeliveryRecord:
-    """A deliveries row (sqlite3.Row or asyncpg.Record) as a record; JSON columns decoded."""
-    checkpoint = row["checkpoint"]
+    """A deliveries row (sqlite3.Row or asyncpg.Record) as a record, read by column name; JSON columns decoded."""
+    return _delivery(*[row[name] for name in DELIVERY_COLUMNS])
+
+
+def delivery_from_claim_row(row: Row) -> DeliveryRecord:
+    """A row of the claim statements, which return DELIVERY_COLUMNS in order: read by position. sqlite3.Row finds
+    a name by comparing it with every column's, so the 21 lookups by name cost twenty times the unpacking."""
+    return _delivery(*row)
+
+
+def _delivery(
+    id: int,
+    story_id: str,
+    version: int,
+    channel: str,
+    action: str,
+    state: str,
+    payload: str | bytes | None,
+    checkpoint: str,
+    receipt: str | None,
+    attempts: int,
+    retry_count: int,
+    due_at: float | None,
+    reconcile: int,
+    lease_owner: str | None,
+    lease_expires: float | None,
+    note: str | None,
+    last_error: str | None,
+    last_error_class: str | None,
+    last_platform_code: str | None,
+    created_at: float,
+    updated_at: float,
+) -> DeliveryRecord:
     return DeliveryRecord(
-        id=row["id"],
-        story_id=row["story_id"],
-        version=row["version"],
-        channel=row["channel"],
-        action=_ACTIONS.get(row["action"]) or Action(row["action"]),
-        state=_STATES.get(row["state"]) or State(row["state"]),
-        payload=StoredPayload(row["payload"]) if row["payload"] else None,
+        id=id,
+        story_id=story_id,
+        version=version,
+        channel=channel,
+        action=_ACTIONS.get(action) or Action(action),
+        state=_STATES.get(state) or State(state),
+        payload=StoredPayload(payload) if payload else None,
         # Most deliveries never save a checkpoint: the column default needs no decoding.
         checkpoint={} if checkpoint == "{}" else json.loads(checkpoint),
-        receipt=Receipt.from_json(json.loads(row["receipt"])) if row["receipt"] else None,
-        attempts=row["attempts"],
-        retry_count=row["retry_count"],
-        due_at=row["due_at"],
-        reconcile=bool(row["reconcile"]),
-        lease_owner=row["lease_owner"],
-        lease_expires=row["lease_expires"],
-        note=row["note"],
-        last_error=row["last_error"],
-        last_error_class=row["last_error_class"],
-        last_platform_code=row["last_platform_code"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
+        receipt=Receipt.from_json(json.loads(receipt)) if receipt else None,
+        attempts=attempts,
+        retry_count=retry_count,
+        due_at=due_at,
+        reconcile=bool(reconcile),
+        lease_owner=lease_owner,
+        lease_expires=lease_expires,
+        note=note,
+        last_error=last_error,
+        last_error_class=last_error_class,
+        last_platform_code=last_platform_code,
+        created_at=created_at,
+        updated_at=updated_at,
     )
 
 

@@ -59,6 +59,7 @@ from syndicate.store.base import (
     StoryRecord,
     VersionConflict,
     attempt_from_row,
+    delivery_from_claim_row,
     delivery_from_row,
     dumps_json,
     live_receipt_from,
@@ -570,15 +571,15 @@ class SQLStore(Store):
             )
         if not rows:
             return []
+        claimed = sorted(map(delivery_from_claim_row, rows), key=lambda d: (d.due_at or 0, d.id))
         attempt_ids = {
             r["delivery_id"]: r["id"]
             for r in await conn.fetch(
-                Q.INSERT_ATTEMPTS, ids=[r["id"] for r in rows], worker=lease.worker, now=lease.now
+                Q.INSERT_ATTEMPTS, ids=[d.id for d in claimed], worker=lease.worker, now=lease.now
             )
         }
         claims = []
-        for row in sorted(rows, key=lambda r: (r["due_at"] or 0, r["id"])):
-            d = delivery_from_row(row)
+        for d in claimed:
             # Only updates and retracts act on the live post; a publish needs no receipt lookup.
             live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
             claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))

@@ -6,16 +6,18 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
 import pytest
 
-from syndicate.delivery import Payload, Receipt
+from syndicate.delivery import Payload, Receipt, StoredPayload
 from syndicate.store import open_store
 from syndicate.store import postgres as pg_store
 from syndicate.store import sqlite as sqlite_store
 from syndicate.store.base import (
+    DELIVERY_COLUMNS,
     OPEN_STATES,
     PENDING_STATES,
     ChannelDeliveries,
@@ -389,3 +391,44 @@ def test_the_roles_compose_into_the_store() -> None:
         "check_writable",
         "close",
     }
+
+
+# --- the claim's rows, read by position ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_the_claim_returns_the_delivery_columns_in_their_order(dialect: str) -> None:
+    """delivery_from_claim_row reads the claim's rows by position: the statement must list DELIVERY_COLUMNS."""
+    sql = DIALECTS[dialect].QUERIES[Q.CLAIM_DELIVERIES].statement.sql
+    returned = sql[sql.rindex("RETURNING") + len("RETURNING") :].strip().rstrip(";")
+    items = re.split(r",(?![^(]*\))", returned)  # commas outside a call's parentheses
+    names = [re.split(r"\s+AS\s+", item.strip())[-1].removeprefix("d.") for item in items]
+    assert tuple(names) == DELIVERY_COLUMNS
+
+
+async def test_the_delivery_columns_are_every_column_of_deliveries(store_url: str) -> None:
+    fresh = open_store(store_url)
+    try:
+        await fresh.migrate()
+    finally:
+        await fresh.close()
+    if _dialect(store_url) == "sqlite":
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        try:
+            columns = [row[1] for row in conn.execute("PRAGMA table_info(deliveries)")]
+        finally:
+            conn.close()
+    else:
+        columns = [row[2] for row in await _schema(store_url) if row[:2] == ("column", "deliveries")]
+    assert sorted(columns) == sorted(DELIVERY_COLUMNS)
+
+
+async def test_a_claimed_delivery_reads_as_the_same_row_read_by_name(store: Store) -> None:
+    await store.fan_out(make_story(id="pos"), plan_for("a"), now=NOW)
+    [claim] = await store.claim("w1", now=NOW + 1, lease_seconds=60, limits=LIMITS)
+    by_name = await store.get_delivery(claim.delivery.id)
+    assert isinstance(claim.delivery.payload, StoredPayload) and isinstance(by_name.payload, StoredPayload)
+    assert isinstance(claim.delivery.payload.text, bytes)  # handed over as the stored UTF-8
+    assert claim.delivery.payload.decoded == by_name.payload.decoded
+    assert replace(claim.delivery, payload=None) == replace(by_name, payload=None)
+    assert (claim.delivery.updated_at, claim.delivery.created_at) == (NOW + 1, NOW)
