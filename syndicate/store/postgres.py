@@ -179,12 +179,14 @@ class PostgresStore(SQLStore):
         # One notification channel per schema, so isolated test runs (or tenants) do not wake each other.
         return f"{NOTIFY_CHANNEL}_{self.schema}" if self.schema else NOTIFY_CHANNEL
 
-    async def _run_read(self, op: Op[T]) -> T:
+    async def _run_read(self, op: Op[T], *, scan: bool = False) -> T:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             return await op(_Conn(conn, self._notify_name))
 
-    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_write(
+        self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False, scan: bool = False
+    ) -> T:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
             pg = _Conn(conn, self._notify_name)

@@ -1,9 +1,11 @@
 """SQLite backend: the embedded default (one host, no server). A connector under syndicate.store.sqlstore.
 
-The connection lives in one dedicated thread and every store operation runs whole there, so a transaction is one
-hop from the event loop and transactions never interleave. WAL lets other processes (the CLI, a second worker)
-read while we write; ``BEGIN IMMEDIATE`` plus a busy timeout serialises writers across processes.
-``synchronous=FULL``: an accepted story survives a power cut, not only a crash.
+Every store operation runs whole, without suspending, so transactions never interleave. A brief one (a claim, an
+outcome, a fan-out: the hot path) runs on the event loop's own thread, on a connection that never waits for a
+lock; one that scans (a listing, a report, a migration), or finds the write lock held by another connection, runs
+on a second connection in a dedicated thread, which waits for the lock with the busy timeout. WAL lets other
+processes (the CLI, a second worker) read while we write; ``BEGIN IMMEDIATE`` serialises writers across
+connections and processes. ``synchronous=FULL``: an accepted story survives a power cut, not only a crash.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import functools
 import os
 import re
 import sqlite3
-import threading
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -124,6 +125,43 @@ class _Conn:
         """Nothing to send: other processes' workers poll (SQLite has no push channel)."""
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Another connection holds the lock (the primary code is in the low byte of an extended one)."""
+    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _commit(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("COMMIT")
+    except BaseException:
+        # A COMMIT that fails can leave the transaction open: never keep the connection inside a dead
+        # transaction, or every later BEGIN fails.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: BEGIN IMMEDIATE takes the database's write lock; rolled back on any failure."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    _commit(conn)
+
+
+def _run_op(op: Op[T], conn: sqlite3.Connection, *, write: bool) -> T:
+    """An operation run whole on one connection, in one write transaction when it writes."""
+    if not write:
+        return run_to_completion(op(_Conn(conn)))
+    with transaction(conn):
+        return run_to_completion(op(_Conn(conn)))
+
+
 class SQLiteStore(SQLStore):
     QUERIES = QUERIES
     MIGRATIONS = MIGRATIONS
@@ -154,7 +192,7 @@ class SQLiteStore(SQLStore):
         self._busy_timeout = busy_timeout
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-sqlite")
         self._conn: sqlite3.Connection | None = None
-        self._thread_id: int | None = None
+        self._inline: sqlite3.Connection | None = None
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -163,64 +201,86 @@ class SQLiteStore(SQLStore):
             raise ValueError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
         return cls(url[len("sqlite:///") :])
 
-    # --- the connection and its thread ----------------------------------------------------------------------
+    # --- the connections: one on the event loop's thread, one in a thread of its own ------------------------
+
+    def _open(self, *, busy_timeout: float) -> sqlite3.Connection:
+        try:
+            # Opened in the store thread with the full busy timeout (setting up may wait for another process);
+            # check_same_thread=False because the loop's connection is then used on the loop's thread. Each
+            # connection is used by one thread at a time.
+            conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")  # the first write: a directory we cannot write fails here
+        except sqlite3.OperationalError as exc:
+            raise StoreError(_open_failure(self.path, exc)) from None
+        conn.row_factory = sqlite3.Row
+        try:
+            # List parameters are JSON arrays read with json_each (built in since 3.38, and in every common build
+            # of older versions).
+            conn.execute("SELECT value FROM json_each('[]')")
+        except sqlite3.OperationalError:
+            conn.close()
+            raise RuntimeError(
+                f"SQLite {sqlite3.sqlite_version} lacks the JSON functions syndicate needs (json_each): "
+                "use a build with JSON1 (standard since 3.38), or PostgreSQL"
+            ) from None
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        # 64 MiB of page cache instead of the default 2 MiB: stored payloads make the hot rows large.
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+        return conn
 
     def _connect(self) -> sqlite3.Connection:
+        """The store thread's connection: it waits for another writer's lock up to the busy timeout."""
         if self._conn is None:
-            try:
-                conn = sqlite3.connect(self.path, timeout=self._busy_timeout, isolation_level=None)
-                conn.execute("PRAGMA journal_mode=WAL")  # the first write: a directory we cannot write fails here
-            except sqlite3.OperationalError as exc:
-                raise StoreError(_open_failure(self.path, exc)) from None
-            conn.row_factory = sqlite3.Row
-            try:
-                # List parameters are JSON arrays read with json_each (built in since 3.38, and in every
-                # common build of older versions).
-                conn.execute("SELECT value FROM json_each('[]')")
-            except sqlite3.OperationalError:
-                conn.close()
-                raise RuntimeError(
-                    f"SQLite {sqlite3.sqlite_version} lacks the JSON functions syndicate needs (json_each): "
-                    "use a build with JSON1 (standard since 3.38), or PostgreSQL"
-                ) from None
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            # 64 MiB of page cache instead of the default 2 MiB: stored payloads make the hot rows large.
-            conn.execute("PRAGMA cache_size=-65536")
-            conn.execute(f"PRAGMA busy_timeout={int(self._busy_timeout * 1000)}")
-            self._conn = conn
-            self._thread_id = threading.get_ident()
+            self._conn = self._open(busy_timeout=self._busy_timeout)
         return self._conn
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(self._connect()))
 
-    @staticmethod
-    @contextmanager
-    def _tx(conn: sqlite3.Connection, *, write: bool = True) -> Iterator[sqlite3.Connection]:
-        conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            # Also when COMMIT itself fails (it can leave the transaction open): never keep the connection inside
-            # a dead transaction, or every later BEGIN fails.
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+    async def _loop_connection(self) -> sqlite3.Connection | None:
+        """The event loop's connection, which never waits for a lock (busy timeout 0); None for ``:memory:``,
+        whose every connection would be a database of its own."""
+        if self._inline is None and self.path != ":memory:":
+            conn = await self._run(lambda _: self._open(busy_timeout=0))
+            if self._inline is None:
+                self._inline = conn
+            else:  # another operation opened it meanwhile
+                conn.close()
+        return self._inline
 
-    async def _run_read(self, op: Op[T]) -> T:
-        return await self._run(lambda conn: run_to_completion(op(_Conn(conn))))
+    async def _run_brief(self, op: Op[T], *, write: bool) -> T:
+        """Run a brief operation whole on the event loop's own thread: handing it to the store thread costs more
+        than it does (a wake-up each way, and the two threads trading the GIL at every SQLite step, which releases
+        it). Its COMMIT waits for the disk on the loop too: handing only the COMMIT to the thread was measured and
+        cost more than the fsync it moved. The loop's connection never waits for a lock (busy timeout 0): when
+        another connection holds the write lock (another process, or a scan or a wait in the store thread) SQLite
+        answers "busy" at once, the transaction is rolled back, and the operation runs again on the store
+        thread's connection, which waits for the lock off the loop."""
+        conn = self._inline or await self._loop_connection()
+        if conn is not None:
+            try:
+                return _run_op(op, conn, write=write)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+        return await self._run(functools.partial(_run_op, op, write=write))
 
-    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_read(self, op: Op[T], *, scan: bool = False) -> T:
+        if scan:
+            return await self._run(functools.partial(_run_op, op, write=False))
+        return await self._run_brief(op, write=False)
+
+    async def _run_write(
+        self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False, scan: bool = False
+    ) -> T:
         # BEGIN IMMEDIATE takes the database's one write lock: it covers every lock scope, and even a single
         # statement goes through it, so every write waits for the disk the same way (synchronous=FULL).
-        def work(conn: sqlite3.Connection) -> T:
-            with self._tx(conn):
-                return run_to_completion(op(_Conn(conn)))
-
-        return await self._run(work)
+        if scan:
+            return await self._run(functools.partial(_run_op, op, write=True))
+        return await self._run_brief(op, write=True)
 
     def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
         if not isinstance(exc, sqlite3.DatabaseError):
@@ -250,6 +310,10 @@ class SQLiteStore(SQLStore):
         return None
 
     async def close(self) -> None:
+        if self._inline is not None:
+            self._inline.close()
+            self._inline = None
+
         def _close(_: sqlite3.Connection) -> None:
             if self._conn is not None:
                 self._conn.close()

@@ -368,13 +368,18 @@ class SQLStore(Store):
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
 
     @abc.abstractmethod
-    async def _run_read(self, op: Op[T]) -> T:
-        """Run ``op`` outside any transaction (each statement sees committed data)."""
+    async def _run_read(self, op: Op[T], *, scan: bool = False) -> T:
+        """Run ``op`` outside any transaction (each statement sees committed data). ``scan``: ``op`` reads a share
+        of the database that grows with the archive (a listing, a report), so a connector that runs brief
+        operations on the event loop's own thread runs this one elsewhere."""
 
     @abc.abstractmethod
-    async def _run_write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _run_write(
+        self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False, scan: bool = False
+    ) -> T:
         """Run ``op`` in one write transaction holding ``lock``. ``single_statement``: ``op`` runs one statement,
-        atomic by itself, so a server-side database may skip the BEGIN/COMMIT round trips."""
+        atomic by itself, so a server-side database may skip the BEGIN/COMMIT round trips. ``scan`` as for
+        ``_run_read`` (a migration)."""
 
     @abc.abstractmethod
     def _unavailable(self, exc: Exception) -> StoreUnavailable | None:
@@ -382,16 +387,18 @@ class SQLStore(Store):
         (disk full, read-only, unreachable, locked past the timeout); None for anything else (a bug, a constraint).
         The one place a dialect's failures are read, as httpx's map_httpcore_exceptions."""
 
-    async def _read(self, op: Op[T]) -> T:
+    async def _read(self, op: Op[T], *, scan: bool = False) -> T:
         try:
-            return await self._run_read(op)
+            return await self._run_read(op, scan=scan)
         except Exception as exc:
             self._raise_unavailable(exc)
             raise
 
-    async def _write(self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False) -> T:
+    async def _write(
+        self, op: Op[T], *, lock: Lock | None = None, single_statement: bool = False, scan: bool = False
+    ) -> T:
         try:
-            return await self._run_write(op, lock=lock, single_statement=single_statement)
+            return await self._run_write(op, lock=lock, single_statement=single_statement, scan=scan)
         except Exception as exc:
             self._raise_unavailable(exc)
             raise
@@ -424,7 +431,7 @@ class SQLStore(Store):
                     await conn.execute(Q.RECORD_MIGRATION, version=migration.version)
             return max(done | {m.version for m in migrations})
 
-        return await self._write(op, lock=Lock(LockScope.MIGRATIONS))
+        return await self._write(op, lock=Lock(LockScope.MIGRATIONS), scan=True)
 
     async def schema_version(self) -> int:
         try:
@@ -693,7 +700,9 @@ class SQLStore(Store):
     async def count_claimable(self, channels: Sequence[str], *, now: float) -> int:
         if not channels:
             return 0
-        return await self._read(lambda conn: conn.fetchval(Q.COUNT_CLAIMABLE, channels=list(channels), now=now))
+        return await self._read(
+            lambda conn: conn.fetchval(Q.COUNT_CLAIMABLE, channels=list(channels), now=now), scan=True
+        )
 
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int:
         if channels is None:
@@ -952,7 +961,7 @@ class SQLStore(Store):
                 grown[key] = grown.get(key, 0) + int(r["value"])
             return [ReachTotal(s, ch, ReachMetric(m), v) for (s, ch, m), v in sorted(grown.items())]
 
-        return await self._read(op)
+        return await self._read(op, scan=True)
 
     async def reach_channel_totals(self) -> dict[tuple[str, ReachMetric], int]:
         async def op(conn: Conn) -> dict[tuple[str, ReachMetric], int]:
@@ -963,7 +972,7 @@ class SQLStore(Store):
                     totals[key] = totals.get(key, 0) + int(r["value"])
             return totals
 
-        return await self._read(op)
+        return await self._read(op, scan=True)
 
     # --- channel state and key/value ------------------------------------------------------------------------
 
@@ -1022,7 +1031,8 @@ class SQLStore(Store):
     async def list_deliveries(self, flt: DeliveryFilter) -> list[DeliveryRecord]:
         where = delivery_where(flt, self.IN_LIST)
         rows = await self._read(
-            lambda conn: conn.fetch_rendered(Q.LIST_DELIVERIES, {"where": where.sql}, limit=flt.limit, **where.params)
+            lambda conn: conn.fetch_rendered(Q.LIST_DELIVERIES, {"where": where.sql}, limit=flt.limit, **where.params),
+            scan=True,
         )
         return [delivery_from_row(r) for r in rows]
 
@@ -1046,7 +1056,7 @@ class SQLStore(Store):
         return [delivery_from_row(r) for r in rows]
 
     async def queue_depth(self) -> dict[tuple[str, State], int]:
-        rows = await self._read(lambda conn: conn.fetch(Q.QUEUE_DEPTH))
+        rows = await self._read(lambda conn: conn.fetch(Q.QUEUE_DEPTH), scan=True)
         return {(r["channel"], State(r["state"])): r["n"] for r in rows}
 
     async def counts(self) -> StoreCounts:
@@ -1061,7 +1071,7 @@ class SQLStore(Store):
                 oldest_pending_due=await conn.fetchval(Q.OLDEST_PENDING_DUE),
             )
 
-        return await self._read(op)
+        return await self._read(op, scan=True)
 
     async def recent_story_ids(self, limit: int) -> list[str]:
         rows = await self._read(lambda conn: conn.fetch(Q.RECENT_STORY_IDS, limit=limit))
@@ -1075,7 +1085,8 @@ class SQLStore(Store):
                 bucket_seconds=float(bucket_seconds),
                 success=list(SUCCESS_OUTCOMES),
                 operator=OPERATOR_WORKER,
-            )
+            ),
+            scan=True,
         )
         return [
             AttemptBucket(r["channel"], since + r["slot"] * bucket_seconds, r["n"], r["ok"], r["mean_ms"], r["max_ms"])

@@ -25,7 +25,7 @@ from syndicate.signing import SIGNATURE_HEADER, sign
 from syndicate.store.base import DeliveryFilter, FanOutPlan, StoreUnavailable
 from syndicate.store.postgres import PostgresStore
 from syndicate.store.sqlite import SQLiteStore
-from tests.support import closed_port, make_story
+from tests.support import closed_port, make_story, on_each_sqlite_connection
 
 HOOK_SECRET = "hook-secret-0123456789abcdef"
 
@@ -56,7 +56,7 @@ async def set_page_cap(store: SQLiteStore, pages: int | None) -> None:
         limit = conn.execute("PRAGMA page_count").fetchone()[0] if pages is None else pages
         conn.execute(f"PRAGMA max_page_count = {int(limit)}")
 
-    await store._run(cap)
+    await on_each_sqlite_connection(store, cap)
 
 
 def signed(story: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -140,7 +140,7 @@ async def test_a_read_only_store_names_the_file_and_the_fix(tmp_path: Path) -> N
     store = SQLiteStore(tmp_path / "ro.db")
     await store.migrate()
     try:
-        await store._run(lambda conn: conn.execute("PRAGMA query_only = 1"))
+        await on_each_sqlite_connection(store, lambda conn: conn.execute("PRAGMA query_only = 1"))
         with pytest.raises(StoreUnavailable) as refused:
             await store.check_writable(now=1_000.0)
         assert "read-only" in refused.value.reason and str((tmp_path / "ro.db").resolve()) in refused.value.reason

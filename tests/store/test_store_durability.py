@@ -10,25 +10,27 @@ from pathlib import Path
 import pytest
 
 from syndicate.delivery import Action, Payload
+from syndicate.store import sqlite as sqlite_store
 from syndicate.store.base import Completion, FanOutPlan, NewDelivery, State
 from syndicate.store.sqlite import SQLiteStore
+from syndicate.store.sqlstore import Conn
 from tests.support import make_story
 
 NOW = 1_700_000_000.0
 FULL = 2
 
 
-async def test_sqlite_every_write_waits_for_the_disk(tmp_path: Path) -> None:
+async def test_sqlite_every_write_waits_for_the_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = SQLiteStore(tmp_path / "durability.db")
     await store.migrate()
     seen: list[int] = []
-    original = store._tx
+    original = sqlite_store._commit
 
-    def spying_tx(conn, **kw):  # type: ignore[no-untyped-def]
+    def spying_commit(conn: sqlite3.Connection) -> None:
         seen.append(conn.execute("PRAGMA synchronous").fetchone()[0])
-        return original(conn, **kw)
+        original(conn)
 
-    store._tx = spying_tx  # type: ignore[method-assign]
+    monkeypatch.setattr(sqlite_store, "_commit", spying_commit)
     try:
         plan = FanOutPlan(new=[NewDelivery("a", Action.PUBLISH, State.QUEUED, Payload({"n": 1}), NOW)])
         await store.fan_out(make_story(), lambda existing, first_accepted: plan, now=NOW)
@@ -40,22 +42,27 @@ async def test_sqlite_every_write_waits_for_the_disk(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_sqlite_a_failed_commit_leaves_no_transaction_open(tmp_path: Path) -> None:
+def _violated_at_commit(conn: sqlite3.Connection) -> None:
+    conn.execute("INSERT INTO kv (key, value, expires_at, updated_at) VALUES ('k', 'v', NULL, 0)")
+    # A deferred foreign key violated at COMMIT: the COMMIT fails and SQLite keeps the transaction open.
+    conn.execute("PRAGMA defer_foreign_keys = ON")
+    conn.execute("INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (424242, 1, 'w', 0)")
+
+
+@pytest.mark.parametrize("where", ["loop", "store thread"])
+async def test_sqlite_a_failed_commit_leaves_no_transaction_open(tmp_path: Path, where: str) -> None:
     store = SQLiteStore(tmp_path / "commit.db")
     await store.migrate()
 
-    def failing_commit(conn: sqlite3.Connection) -> None:
-        with store._tx(conn):
-            conn.execute("INSERT INTO kv (key, value, expires_at, updated_at) VALUES ('k', 'v', NULL, 0)")
-            # A deferred foreign key violated at COMMIT: the COMMIT fails and SQLite keeps the transaction open.
-            conn.execute("PRAGMA defer_foreign_keys = ON")
-            conn.execute("INSERT INTO attempts (delivery_id, number, worker, started_at) VALUES (424242, 1, 'w', 0)")
+    async def op(conn: Conn) -> None:
+        _violated_at_commit(conn._conn)  # type: ignore[attr-defined]  # the sqlite3 connection under the Conn
 
     try:
         with pytest.raises(sqlite3.IntegrityError):
-            await store._run(failing_commit)
+            await store._write(op, scan=where == "store thread")
+        assert store._inline is None or not store._inline.in_transaction
         assert not await store._run(lambda conn: conn.in_transaction)
-        await store.kv_set("after", "works", expires_at=None, now=NOW)  # the connection is usable again
+        await store.kv_set("after", "works", expires_at=None, now=NOW)  # the connections are usable again
         assert await store.kv_get("after", now=NOW) == "works"
         assert await store.kv_get("k", now=NOW) is None  # the failed transaction's write is gone
     finally:

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import socket
+import sqlite3
 import sys
 import tomllib
 import uuid
@@ -31,6 +32,7 @@ from syndicate.ninjs import read_document
 from syndicate.sandbox import Sandbox, standins
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, DeliveryRecord, Store
+from syndicate.store.sqlite import SQLiteStore
 from syndicate.story import ChannelStory, Story
 
 REPO = Path(__file__).resolve().parents[2]
@@ -398,6 +400,15 @@ async def started(adapter: AdapterT) -> AdapterT:
     """``adapter`` with its long-lived resources open (whoever made it closes it)."""
     await adapter.start()
     return adapter
+
+
+async def on_each_sqlite_connection(store: SQLiteStore, fn: Callable[[sqlite3.Connection], object]) -> None:
+    """Apply a per-connection setting (a PRAGMA) to both of the SQLite store's connections: the store thread's and
+    the event loop's (opened here by a brief read if it is not open yet)."""
+    await store.schema_version()
+    await store._run(fn)
+    if store._inline is not None:
+        fn(store._inline)
 
 
 def closed_port() -> int:
