@@ -939,28 +939,43 @@ async def queue_sections(results: dict[str, Any], sandbox: str, args: argparse.N
     """Sections 1-5, against the sandbox's webhook stand-in."""
     n, c, runs = args.deliveries, args.concurrency, args.runs
     if "throughput" in sections:
-        raw = await median_of(runs, lambda: raw_loop(sandbox, n, c))
-        sqlite_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c))
         pg_available_now = await pg_available()
-        pg_rate = (
-            await median_of(runs, lambda: syndicate_drain("postgres", sandbox, n, c)) if pg_available_now else None
-        )
-        arq_rate = await median_of(runs, lambda: arq_drain(sandbox, n, c))
-        results["throughput"] = {
-            "raw_aiohttp_per_s": raw,
-            "syndicate_sqlite_per_s": sqlite_rate,
-            "syndicate_postgres_per_s": pg_rate,
-            "arq_redis_per_s": arq_rate,
-            "ratio_sqlite_vs_raw": (sqlite_rate or 0) / raw if raw else None,
-            "ratio_postgres_vs_raw": (pg_rate or 0) / raw if raw and pg_rate else None,
+        # Alternated round by round (raw, then each queue, then the parts), so that a machine whose speed drifts
+        # during the run shifts every figure of a round alike; each ratio is the median of its rounds' ratios.
+        kinds: dict[str, Callable[[], Awaitable[float | None]]] = {
+            "raw": lambda: raw_loop(sandbox, n, c),
+            "sqlite": lambda: syndicate_drain("sqlite", sandbox, n, c),
+            "adapter": lambda: adapter_loop(sandbox, n, c),
+            "queue": lambda: syndicate_drain("sqlite", sandbox, n, c, adapter="bench-no-network"),
+            "arq": lambda: arq_drain(sandbox, n, c),
         }
-        # Where a delivery's CPU goes, in one process: the request itself (raw), the adapter's own work on top of
-        # it, and the queue's work measured with the request taken out. Their sum against the full drain shows
-        # whether the queue or the request bounds throughput.
-        adapter_rate = await median_of(runs, lambda: adapter_loop(sandbox, n, c))
-        queue_rate = await median_of(runs, lambda: syndicate_drain("sqlite", sandbox, n, c, adapter="bench-no-network"))
-        results["throughput"]["webhook_adapter_alone_per_s"] = adapter_rate
-        results["throughput"]["queue_alone_no_network_per_s"] = queue_rate
+        if pg_available_now:
+            kinds["postgres"] = lambda: syndicate_drain("postgres", sandbox, n, c)
+        rounds: dict[str, list[float | None]] = {kind: [] for kind in kinds}
+        for _ in range(runs):
+            for kind, measure in kinds.items():
+                rounds[kind].append(await measure())
+
+        def rate(kind: str) -> float | None:
+            return median_or_none([v for v in rounds.get(kind, []) if v is not None])
+
+        def ratio(kind: str) -> float | None:
+            pairs = [(q, r) for q, r in zip(rounds.get(kind, []), rounds["raw"], strict=False) if q and r]
+            return statistics.median(q / r for q, r in pairs) if pairs else None
+
+        results["throughput"] = {
+            "raw_aiohttp_per_s": rate("raw"),
+            "syndicate_sqlite_per_s": rate("sqlite"),
+            "syndicate_postgres_per_s": rate("postgres"),
+            "arq_redis_per_s": rate("arq"),
+            "ratio_sqlite_vs_raw": ratio("sqlite"),
+            "ratio_postgres_vs_raw": ratio("postgres"),
+            # Where a delivery's CPU goes, in one process: the request itself (raw), the adapter's own work on top
+            # of it, and the queue's work measured with the request taken out. Their sum against the full drain
+            # shows whether the queue or the request bounds throughput.
+            "webhook_adapter_alone_per_s": rate("adapter"),
+            "queue_alone_no_network_per_s": rate("queue"),
+        }
         results["cpu_us_per_delivery"] = {
             "raw_aiohttp": median_or_none(CPU_US.get("raw")),
             "webhook_adapter_alone": median_or_none(CPU_US.get("adapter")),
@@ -1022,7 +1037,8 @@ def table(results: dict[str, Any]) -> str:
             continue
         lines.append(f"[{section}]")
         for key, value in results[section].items():
-            lines.append(f"  {key:32s} {fmt(value)}")
+            shown = f"{value:.2f}" if key.startswith("ratio") and isinstance(value, float) else fmt(value)
+            lines.append(f"  {key:32s} {shown}")
     if "fan_out_width" in results:
         lines.append("[fan_out_width] deliveries/s")
         for width, value in results["fan_out_width"].items():
