@@ -430,8 +430,8 @@ class Engine:
         """Record a story version and its deliveries in one transaction (the transactional outbox).
 
         Rendering happens before the transaction, in the render threads: the transaction only checks the version,
-        plans from what it reads and writes, so no store connection (nor SQLite's one store thread) waits on a
-        renderer, and other stories' intake goes on while a large one renders."""
+        plans from what it reads and writes, so no store connection (nor the event loop, where SQLite's brief
+        transactions run) waits on a renderer, and other stories' intake goes on while a large one renders."""
         self.check_targets(story)
         now = self.clock.now()
         for _ in range(FAN_OUT_PASSES):

@@ -644,7 +644,7 @@ class Outbox(abc.ABC):
         most: Mapping[str, int] | None = None,
     ) -> CompletedAndClaimed:
         """``complete`` then ``claim``, as one write where the store has a single writer (one commit and one sync
-        instead of two, and no second hand-over to its thread). The outcomes are applied first, so the slots they
+        instead of two). The outcomes are applied first, so the slots they
         free are claimable at once; the outcomes are written even when nothing is claimed."""
 
     @abc.abstractmethod

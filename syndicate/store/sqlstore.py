@@ -5,10 +5,10 @@ queries (``syndicate/store/sql/queries_<dialect>.sql``) and decides in Python: t
 claim's free slots, lease splitting, requeue selection, fan-out plan application, row mapping. A dialect is a thin
 connector that says how an operation runs: which connection, inside which transaction, under which lock.
 
-SQLite runs an operation whole in its store thread (its awaits reach only the blocking sqlite3 connection, so it
-never suspends: one hop from the event loop per transaction, as before); PostgreSQL awaits it on a pooled asyncpg
-connection. The SQL differs where the databases do (FOR UPDATE SKIP LOCKED, arrays against json_each, upserts);
-the decisions do not.
+SQLite runs an operation whole without suspending (its awaits reach only the blocking sqlite3 connection): a brief
+one on the event loop's thread, a scan (``scan=True``) or one that must wait for a lock in its store thread;
+PostgreSQL awaits it on a pooled asyncpg connection. The SQL differs where the databases do (FOR UPDATE SKIP
+LOCKED, arrays against json_each, upserts); the decisions do not.
 """
 
 from __future__ import annotations
