@@ -443,7 +443,7 @@ class Engine:
                 continue
         else:
             log.warning("story %s: its deliveries kept changing; rendering inside the transaction", story.id)
-            result = await self.store.fan_out(story, self._planner(story, now, None), now=now)
+            result = await self.store.fan_out(story, self._planner(story, now, None), now=now, planner_renders=True)
         if result.created:
             self.wake()
         return result

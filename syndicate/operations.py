@@ -5,6 +5,7 @@ story's full status, and the JSON views both print. One implementation, so `synd
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import math
 import re
@@ -189,6 +190,9 @@ async def requeue(
         done.extend(await store.requeue(chunk, now=now, force=force))
         if progress is not None:
             progress(len(chunk))
+        # A brief store operation can finish without suspending (SQLite's run on the loop): let the loop's other
+        # work (the dispatcher, heartbeats, requests) run between batches.
+        await asyncio.sleep(0)
     return done
 
 

@@ -599,8 +599,11 @@ class Outbox(abc.ABC):
         """The story's newest version, deliveries and first acceptance, read outside any transaction."""
 
     @abc.abstractmethod
-    async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
-        """Record ``story`` and the deliveries ``planner`` returns, atomically.
+    async def fan_out(
+        self, story: Story, planner: Planner, *, now: float, planner_renders: bool = False
+    ) -> FanOutResult:
+        """Record ``story`` and the deliveries ``planner`` returns, atomically. ``planner_renders``: the planner
+        renders inside the transaction (the fallback when a story's deliveries kept changing), so it is slow.
 
         The same version with the same content returns the existing deliveries with ``created=False``; an older
         version raises StaleVersion; the same version with other content raises VersionConflict.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import re
 import sqlite3
@@ -26,6 +27,8 @@ from syndicate.store.queries import ParamStyle, load_migrations, load_queries
 from syndicate.store.sqlstore import Lock, Op, Q, SQLStore
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 QUERIES = load_queries("sqlite", ParamStyle.NAMED).require(Q)
 MIGRATIONS = load_migrations("sqlite")
@@ -125,9 +128,12 @@ class _Conn:
         """Nothing to send: other processes' workers poll (SQLite has no push channel)."""
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    """Another connection holds the lock (the primary code is in the low byte of an extended one)."""
-    return getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+def _is_busy(exc: BaseException) -> bool:
+    """Another connection holds the lock (the primary code is in the low byte of an extended one). Not
+    SQLITE_LOCKED: without a shared cache that is a conflict inside one connection, the same when run again."""
+    return (
+        isinstance(exc, sqlite3.OperationalError) and getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+    )
 
 
 def _commit(conn: sqlite3.Connection) -> None:
@@ -193,6 +199,8 @@ class SQLiteStore(SQLStore):
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="syndicate-sqlite")
         self._conn: sqlite3.Connection | None = None
         self._inline: sqlite3.Connection | None = None
+        self._loop_usable = self.path not in (":memory:", "")
+        self._closed = False
 
     @classmethod
     def from_url(cls, url: str) -> SQLiteStore:
@@ -241,14 +249,20 @@ class SQLiteStore(SQLStore):
         return await loop.run_in_executor(self._executor, lambda: fn(self._connect()))
 
     async def _loop_connection(self) -> sqlite3.Connection | None:
-        """The event loop's connection, which never waits for a lock (busy timeout 0); None for ``:memory:``,
-        whose every connection would be a database of its own."""
-        if self._inline is None and self.path != ":memory:":
+        """The event loop's connection, which never waits for a lock (busy timeout 0). None when everything keeps
+        to the store thread: for ``:memory:`` and ``""``, whose every connection is a database of its own, and
+        when the file is not in WAL mode (a filesystem without shared memory), where readers and writers block
+        each other and "busy" would be the rule."""
+        if self._inline is None and self._loop_usable:
             conn = await self._run(lambda _: self._open(busy_timeout=0))
-            if self._inline is None:
-                self._inline = conn
-            else:  # another operation opened it meanwhile
+            if self._closed or self._inline is not None:  # closed, or opened by another operation, meanwhile
                 conn.close()
+            elif conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                conn.close()
+                self._loop_usable = False
+                log.warning("%s is not in WAL mode: every store operation runs in the store thread", self.path)
+            else:
+                self._inline = conn
         return self._inline
 
     async def _run_brief(self, op: Op[T], *, write: bool) -> T:
@@ -259,11 +273,16 @@ class SQLiteStore(SQLStore):
         another connection holds the write lock (another process, or a scan or a wait in the store thread) SQLite
         answers "busy" at once, the transaction is rolled back, and the operation runs again on the store
         thread's connection, which waits for the lock off the loop."""
+        if self._closed:
+            raise StoreError(f"the store {self.path} is closed")
         conn = self._inline or await self._loop_connection()
         if conn is not None:
             try:
                 return _run_op(op, conn, write=write)
-            except sqlite3.OperationalError as exc:
+            except BaseException as exc:
+                if conn.in_transaction:  # its ROLLBACK failed too: the next operation starts on a new connection
+                    self._inline = None
+                    conn.close()
                 if not _is_busy(exc):
                     raise
         return await self._run(functools.partial(_run_op, op, write=write))
@@ -310,6 +329,7 @@ class SQLiteStore(SQLStore):
         return None
 
     async def close(self) -> None:
+        self._closed = True
         if self._inline is not None:
             self._inline.close()
             self._inline = None

@@ -74,6 +74,11 @@ T = TypeVar("T")
 C = TypeVar("C")
 
 
+#: A story whose JSON is larger than this is fanned out as a scan (``_write(scan=True)``), not a brief operation:
+#: its transaction also writes a rendering per channel.
+LARGE_STORY_JSON = 256 * 1024
+
+
 class Q(enum.StrEnum):
     """Every query the decisions run; each dialect's file defines all of them (checked at import)."""
 
@@ -451,7 +456,9 @@ class SQLStore(Store):
 
         return await self._read(op)
 
-    async def fan_out(self, story: Story, planner: Planner, *, now: float) -> FanOutResult:
+    async def fan_out(
+        self, story: Story, planner: Planner, *, now: float, planner_renders: bool = False
+    ) -> FanOutResult:
         content_hash = story.content_hash
         body = story.to_json()
 
@@ -489,7 +496,10 @@ class SQLStore(Store):
                 await conn.wake()
             return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows])
 
-        return await self._write(op, lock=Lock(LockScope.STORY, story.id))
+        # A very large story (its renderings are as large, tens of MB in all) or rendering inside the transaction
+        # is no brief operation.
+        scan = planner_renders or len(body) > LARGE_STORY_JSON
+        return await self._write(op, lock=Lock(LockScope.STORY, story.id), scan=scan)
 
     async def get_story(self, story_id: str, version: int | None = None) -> StoryRecord:
         if version is None:
@@ -943,7 +953,7 @@ class SQLStore(Store):
             points.sort(key=lambda p: (p.channel, p.metric, p.observed_at))
             return StoryReach(points, readings, samples)
 
-        return await self._read(op)
+        return await self._read(op, scan=True)  # a story's readings grow with every sample taken
 
     async def reach_totals(self, *, since: float, until: float) -> list[ReachTotal]:
         async def op(conn: Conn) -> list[ReachTotal]:
@@ -1005,8 +1015,9 @@ class SQLStore(Store):
     async def purge_expired_keys(self, *, now: float, batch: int = 500) -> int:
         purged = 0
         while True:
+            # scan: finding expired keys reads the whole kv table.
             gone = await self._write(
-                lambda conn: conn.execute(Q.PURGE_EXPIRED_KV, now=now, batch=batch), single_statement=True
+                lambda conn: conn.execute(Q.PURGE_EXPIRED_KV, now=now, batch=batch), single_statement=True, scan=True
             )
             purged += gone
             if gone < batch:
@@ -1045,13 +1056,15 @@ class SQLStore(Store):
     ) -> list[DeliveryRecord]:
         if story_id is None:
             rows = await self._read(
-                lambda conn: conn.fetch(Q.LATEST_DELIVERED, channel=channel, before_id=before_id, limit=limit)
+                lambda conn: conn.fetch(Q.LATEST_DELIVERED, channel=channel, before_id=before_id, limit=limit),
+                scan=True,
             )
         else:
             rows = await self._read(
                 lambda conn: conn.fetch(
                     Q.LATEST_DELIVERED_STORY, channel=channel, story_id=story_id, before_id=before_id, limit=limit
-                )
+                ),
+                scan=True,
             )
         return [delivery_from_row(r) for r in rows]
 
@@ -1074,7 +1087,7 @@ class SQLStore(Store):
         return await self._read(op, scan=True)
 
     async def recent_story_ids(self, limit: int) -> list[str]:
-        rows = await self._read(lambda conn: conn.fetch(Q.RECENT_STORY_IDS, limit=limit))
+        rows = await self._read(lambda conn: conn.fetch(Q.RECENT_STORY_IDS, limit=limit), scan=True)
         return [r["story_id"] for r in rows]
 
     async def attempt_buckets(self, *, since: float, bucket_seconds: float) -> list[AttemptBucket]:
