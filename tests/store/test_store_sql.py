@@ -432,3 +432,38 @@ async def test_a_claimed_delivery_reads_as_the_same_row_read_by_name(store: Stor
     assert claim.delivery.payload.decoded == by_name.payload.decoded
     assert replace(claim.delivery, payload=None) == replace(by_name, payload=None)
     assert (claim.delivery.updated_at, claim.delivery.created_at) == (NOW + 1, NOW)
+
+
+@pytest.mark.parametrize(
+    ("query", "params", "index"),
+    [
+        (Q.REACH_READINGS_OF_STORY, {"story_id": "s1"}, "reach_readings_story"),
+        (Q.PURGE_EXPIRED_KV, {"now": NOW, "batch": 500}, "kv_expires"),
+    ],
+)
+async def test_a_storys_readings_and_the_expired_keys_are_found_by_index(
+    store_url: str, query: Q, params: dict[str, object], index: str
+) -> None:
+    fresh = open_store(store_url)
+    try:
+        await fresh.migrate()
+    finally:
+        await fresh.close()
+    dialect = _dialect(store_url)
+    statement = DIALECTS[dialect].QUERIES[query].statement
+    if dialect == "sqlite":
+        conn = sqlite3.connect(store_url[len("sqlite:///") :])
+        try:
+            plan = " ".join(row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + statement.sql, params))
+        finally:
+            conn.close()
+    else:
+        dsn, schema = pg_store.split_url(store_url)
+        conn = await asyncpg.connect(dsn, server_settings={"search_path": schema or "public"})
+        try:
+            await conn.execute("SET enable_seqscan = off")  # an empty table: ask whether the index can serve
+            rows = await conn.fetch("EXPLAIN " + statement.sql, *statement.args(params))
+            plan = " ".join(r[0] for r in rows)
+        finally:
+            await conn.close()
+    assert index in plan, plan
