@@ -452,7 +452,7 @@ async def hook_latency(sandbox: str, rate: float, seconds: float, *, heavy: bool
                     with contextlib.suppress(asyncio.CancelledError):
                         await heavy_task
                 deadline = time.time() + (0 if heavy else 30)
-                while await store.count_claimable(["lat"], now=time.time()) or await store.count_in_flight():
+                while await store.any_claimable(["lat"], now=time.time()) or await store.count_in_flight():
                     if time.time() > deadline:
                         break
                     await asyncio.sleep(0.1)

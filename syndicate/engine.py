@@ -623,7 +623,7 @@ class Engine:
             return False
         now = self.clock.now()
         await self.store.reclaim_expired(now=now)
-        if await self.store.count_in_flight(names) or await self.store.count_claimable(names, now=now):
+        if await self.store.count_in_flight(names) or await self.store.any_claimable(names, now=now):
             return False
         if self._reach_channels and await self.store.count_reach_in_flight(self._reach_channels):
             return False

@@ -672,8 +672,9 @@ class Outbox(abc.ABC):
         """When the earliest pending delivery of these channels becomes due (paused channels: when they resume)."""
 
     @abc.abstractmethod
-    async def count_claimable(self, channels: Sequence[str], *, now: float) -> int:
-        """Deliveries a worker could claim right now (due, channel not paused, not blocked by earlier ones)."""
+    async def any_claimable(self, channels: Sequence[str], *, now: float) -> bool:
+        """Whether a worker could claim a delivery right now (due, channel not paused, not blocked by earlier
+        ones)."""
 
     @abc.abstractmethod
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int: ...

@@ -111,7 +111,7 @@ class Q(enum.StrEnum):
     EXPIRE_ATTEMPTS = "expire_attempts"
     REQUEUE_EXPIRED = "requeue_expired"
     NEXT_DUE = "next_due"
-    COUNT_CLAIMABLE = "count_claimable"
+    ANY_CLAIMABLE = "any_claimable"
     COUNT_IN_FLIGHT_ALL = "count_in_flight_all"
     COUNT_IN_FLIGHT = "count_in_flight"
     REQUEUE = "requeue"
@@ -707,12 +707,10 @@ class SQLStore(Store):
         dues = [max(r["due"], r["paused"] or 0.0) for r in rows if r["due"] is not None]
         return min(dues) if dues else None
 
-    async def count_claimable(self, channels: Sequence[str], *, now: float) -> int:
+    async def any_claimable(self, channels: Sequence[str], *, now: float) -> bool:
         if not channels:
-            return 0
-        return await self._read(
-            lambda conn: conn.fetchval(Q.COUNT_CLAIMABLE, channels=list(channels), now=now), scan=True
-        )
+            return False
+        return bool(await self._read(lambda conn: conn.fetchval(Q.ANY_CLAIMABLE, channels=list(channels), now=now)))
 
     async def count_in_flight(self, channels: Sequence[str] | None = None) -> int:
         if channels is None:
@@ -810,7 +808,7 @@ class SQLStore(Store):
         # Deliveries a worker could claim now go first; one that waits behind an earlier open delivery of its
         # story (an unknown outcome an operator must settle) holds nothing up, or the samples would starve.
         publishing = {
-            channel for channel in names if await conn.fetchval(Q.COUNT_CLAIMABLE, channels=[channel], now=lease.now)
+            channel for channel in names if await conn.fetchval(Q.ANY_CLAIMABLE, channels=[channel], now=lease.now)
         }
         spare = [(channel, limit) for channel, limit in channels if channel in names and channel not in publishing]
         if not spare:

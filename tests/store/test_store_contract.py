@@ -145,11 +145,14 @@ async def test_claim_respects_channel_limits_across_workers(store: Store) -> Non
 async def test_claim_orders_story_channel_actions(store: Store) -> None:
     await store.fan_out(make_story(), plan_for("a"), now=NOW)
     await store.fan_out(make_story(version=2, headline="更新"), plan_for("a", action=Action.UPDATE), now=NOW)
+    assert await store.any_claimable(["a"], now=NOW)
+    assert not await store.any_claimable(["a"], now=NOW - 1)  # not due yet
+    assert not await store.any_claimable([], now=NOW)
     [publish] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
     assert publish.delivery.action is Action.PUBLISH
     # The update waits while the publish is open, even with free slots.
     assert await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS) == []
-    assert await store.count_claimable(["a"], now=NOW) == 0
+    assert not await store.any_claimable(["a"], now=NOW)
     await store.complete([done(publish, receipt=Receipt("remote-1", "https://p/1"))])
     [update] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
     assert update.delivery.action is Action.UPDATE

@@ -143,7 +143,6 @@ async def test_the_public_operations_that_grow_with_the_archive_run_in_the_store
             lambda: store.reach_totals(since=0, until=NOW),
             lambda: store.reach_channel_totals(),
             lambda: store.attempt_buckets(since=0, bucket_seconds=60),
-            lambda: store.count_claimable(["a"], now=NOW),
             lambda: store.purge_expired_keys(now=NOW),
             lambda: store.migrate(),
             lambda: store.fan_out(

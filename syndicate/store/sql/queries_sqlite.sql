@@ -99,12 +99,13 @@ SELECT c.value AS channel,
        (SELECT s.paused_until FROM channel_state s WHERE s.channel = c.value AND s.paused_until > :now) AS paused
 FROM json_each(:channels) c;
 
--- name: count_claimable
-SELECT count(*) FROM deliveries d
+-- Whether any delivery is claimable: EXISTS stops at the first (a count walked a whole backlog).
+-- name: any_claimable
+SELECT EXISTS (SELECT 1 FROM deliveries d
 WHERE d.channel IN (SELECT value FROM json_each(:channels)) AND d.state IN {PENDING_STATES} AND d.due_at <= :now
   AND d.channel NOT IN (SELECT channel FROM channel_state WHERE paused_until > :now)
   AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
-                  AND p.id < d.id AND p.state IN {OPEN_STATES});
+                  AND p.id < d.id AND p.state IN {OPEN_STATES}));
 
 -- name: count_in_flight
 SELECT count(*) FROM deliveries WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels));
