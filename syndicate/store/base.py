@@ -647,8 +647,8 @@ class Outbox(abc.ABC):
         most: Mapping[str, int] | None = None,
     ) -> CompletedAndClaimed:
         """``complete`` then ``claim``, as one write where the store has a single writer (one commit and one sync
-        instead of two). The outcomes are applied first, so the slots they
-        free are claimable at once; the outcomes are written even when nothing is claimed."""
+        instead of two). The outcomes are applied first, so the slots they free are claimable at once; the outcomes
+        are written even when nothing is claimed."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker: str, delivery_ids: Sequence[int], *, lease_until: float) -> list[int]:

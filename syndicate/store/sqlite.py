@@ -137,34 +137,30 @@ def _is_busy(exc: BaseException) -> bool:
 
 
 def _commit(conn: sqlite3.Connection) -> None:
-    try:
-        conn.execute("COMMIT")
-    except BaseException:
-        # A COMMIT that fails can leave the transaction open: never keep the connection inside a dead
-        # transaction, or every later BEGIN fails.
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    """The step that waits for the disk (synchronous=FULL)."""
+    conn.execute("COMMIT")
 
 
 @contextmanager
-def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+def _transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
     """One write transaction: BEGIN IMMEDIATE takes the database's write lock; rolled back on any failure."""
     conn.execute("BEGIN IMMEDIATE")
     try:
         yield conn
+        _commit(conn)
     except BaseException:
+        # Also when COMMIT itself fails (it can leave the transaction open): never keep the connection inside a
+        # dead transaction, or every later BEGIN fails.
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-    _commit(conn)
 
 
 def _run_op(op: Op[T], conn: sqlite3.Connection, *, write: bool) -> T:
     """An operation run whole on one connection, in one write transaction when it writes."""
     if not write:
         return run_to_completion(op(_Conn(conn)))
-    with transaction(conn):
+    with _transaction(conn):
         return run_to_completion(op(_Conn(conn)))
 
 

@@ -1013,7 +1013,7 @@ class SQLStore(Store):
     async def purge_expired_keys(self, *, now: float, batch: int = 500) -> int:
         purged = 0
         while True:
-            # scan: finding expired keys reads the whole kv table.
+            # scan: a batch deletes up to `batch` keys, more than a brief operation writes.
             gone = await self._write(
                 lambda conn: conn.execute(Q.PURGE_EXPIRED_KV, now=now, batch=batch), single_statement=True, scan=True
             )
