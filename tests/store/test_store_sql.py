@@ -467,3 +467,29 @@ async def test_a_storys_readings_and_the_expired_keys_are_found_by_index(
         finally:
             await conn.close()
     assert index in plan, plan
+
+
+async def test_a_pooled_postgres_connection_goes_back_without_a_reset_round_trip() -> None:
+    """Releasing a connection sends nothing (the store leaves no session state to undo), and a transaction left
+    open on a released connection is still rolled back."""
+    async with pg_schema_url() as url:
+        dsn, schema = pg_store.split_url(url)
+        store = pg_store.PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
+        try:
+            await store.migrate()
+            pool = await store._get_pool()
+            sent: list[str] = []
+            async with pool.acquire() as conn:
+                conn.add_query_logger(lambda record: sent.append(record.query))
+            await store.kv_set("k", "v", expires_at=None, now=NOW)
+            assert await store.kv_get("k", now=NOW) == "v"
+            assert sent, "the query logger saw nothing: the test would pass whatever release sent"
+            assert not [q for q in sent if "RESET" in q or "UNLISTEN" in q or "unlock_all" in q]
+            async with pool.acquire() as conn:
+                await conn.execute("BEGIN")
+                await conn.execute("CREATE TABLE left_open (x int)")
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()
+                assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+        finally:
+            await store.close()
