@@ -465,7 +465,7 @@ class Row(Protocol):
     """A result row read by column name or position: sqlite3.Row and asyncpg.Record both are one (neither is a
     Mapping)."""
 
-    def __getitem__(self, key: str | int, /) -> Any: ...
+    def __getitem__(self, key: str | int | slice, /) -> Any: ...
 
     def __iter__(self) -> Iterator[Any]: ...
 
@@ -478,6 +478,7 @@ _STATES: Mapping[str, State] = {s.value: s for s in State}
 #: The columns of deliveries, named and ordered as DeliveryRecord's fields: the claim statements list them in this
 #: order (a test holds both dialects to it, and to the table having no other column).
 DELIVERY_COLUMNS = tuple(f.name for f in fields(DeliveryRecord))
+_DELIVERY_WIDTH = len(DELIVERY_COLUMNS)
 
 
 def delivery_from_row(row: Row) -> DeliveryRecord:
@@ -486,9 +487,10 @@ def delivery_from_row(row: Row) -> DeliveryRecord:
 
 
 def delivery_from_claim_row(row: Row) -> DeliveryRecord:
-    """A row of the claim statements, which return DELIVERY_COLUMNS in order: read by position. sqlite3.Row finds
-    a name by comparing it with every column's, so the 21 lookups by name cost twenty times the unpacking."""
-    return _delivery(*row)
+    """A row of the claim statements, which return DELIVERY_COLUMNS in order (PostgreSQL's then its attempt's
+    id): read by position. sqlite3.Row finds a name by comparing it with every column's, so the 21 lookups by name
+    cost twenty times the unpacking."""
+    return _delivery(*row[:_DELIVERY_WIDTH])
 
 
 def _delivery(

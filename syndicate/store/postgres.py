@@ -21,7 +21,7 @@ import asyncpg
 
 from syndicate.store.base import Row, StoreUnavailable
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Lock, LockScope, Op, Q, SQLStore
+from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, LockScope, Op, Q, SQLStore
 
 T = TypeVar("T")
 
@@ -125,6 +125,10 @@ class PostgresStore(SQLStore):
     def from_url(cls, url: str) -> PostgresStore:
         dsn, schema = split_url(url)
         return cls(dsn, schema=schema)
+
+    async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
+        # The claim statement wrote them: each row ends with its attempt's id.
+        return {row[0]: row[-1] for row in claimed}
 
     async def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:

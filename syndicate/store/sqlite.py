@@ -24,13 +24,15 @@ from typing import Any, ClassVar, TypeVar
 
 from syndicate.store.base import Row, StoreError, StoreUnavailable, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Lock, Op, Q, SQLStore
+from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, Op, Q, SQLStore
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-QUERIES = load_queries("sqlite", ParamStyle.NAMED).require(Q)
+#: This dialect's own queries: the claim's attempt rows, which PostgreSQL's claim statement writes itself.
+OWN_QUERIES = ("insert_attempts",)
+QUERIES = load_queries("sqlite", ParamStyle.NAMED).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("sqlite")
 
 #: Claims use UPDATE ... RETURNING; without it every claim would fail while stories are still accepted.
@@ -204,6 +206,11 @@ class SQLiteStore(SQLStore):
         if not url.startswith("sqlite:///"):
             raise ValueError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
         return cls(url[len("sqlite:///") :])
+
+    async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
+        ids = [row[0] for row in claimed]
+        rows = await conn.fetch("insert_attempts", ids=ids, worker=lease.worker, now=lease.now)
+        return {r["delivery_id"]: r["id"] for r in rows}
 
     # --- the connections: one on the event loop's thread, one in a thread of its own ------------------------
 

@@ -97,10 +97,8 @@ class Q(enum.StrEnum):
     STORY_VERSION = "story_version"
     FIRST_ACCEPTED = "first_accepted"
     CHANNELS_WITH_DUE_WORK = "channels_with_due_work"
-    PAUSED_CHANNELS = "paused_channels"
-    COUNT_BUSY = "count_busy"
+    CLAIM_GATE = "claim_gate"
     CLAIM_DELIVERIES = "claim_deliveries"
-    INSERT_ATTEMPTS = "insert_attempts"
     LIVE_RECEIPT = "live_receipt"
     EXTEND_LEASES = "extend_leases"
     SAVE_CHECKPOINT = "save_checkpoint"
@@ -560,22 +558,12 @@ class SQLStore(Store):
         """Inside one write transaction: lease up to each channel's free slots and write each attempt row before
         anything is sent. Paused channels and the in-flight counts are read here, under the lock, so they cannot
         change between the read and the claim."""
-        paused = {r["channel"] for r in await conn.fetch(Q.PAUSED_CHANNELS, now=lease.now)}
-        open_channels = [(channel, limit) for channel, limit in channels if channel not in paused]
-        if not open_channels:
-            return []
-        busy = {
-            r["channel"]: r["n"]
-            for r in await conn.fetch(
-                Q.COUNT_BUSY,
-                channels=[channel for channel, _ in open_channels],
-                worker=lease.worker,
-                finished=lease.finished,
-            )
-        }
+        busy = await self._gate(conn, [channel for channel, _ in channels], lease)
         rows: list[Row] = []
-        for channel, limit in open_channels:
-            free = min(limit - busy.get(channel, 0), lease.most.get(channel, limit))
+        for channel, limit in channels:
+            if channel not in busy:  # paused
+                continue
+            free = min(limit - busy[channel], lease.most.get(channel, limit))
             if free <= 0:
                 continue
             rows += await conn.fetch(
@@ -589,18 +577,27 @@ class SQLStore(Store):
         if not rows:
             return []
         claimed = sorted(map(delivery_from_claim_row, rows), key=lambda d: (d.due_at or 0, d.id))
-        attempt_ids = {
-            r["delivery_id"]: r["id"]
-            for r in await conn.fetch(
-                Q.INSERT_ATTEMPTS, ids=[d.id for d in claimed], worker=lease.worker, now=lease.now
-            )
-        }
+        attempt_ids = await self._write_attempts(conn, rows, lease)
         claims = []
         for d in claimed:
             # Only updates and retracts act on the live post; a publish needs no receipt lookup.
             live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
             claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))
         return claims
+
+    @abc.abstractmethod
+    async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
+        """The attempt rows of the deliveries ``claimed`` (the claim statement's rows): each delivery's attempt id.
+        A dialect whose claim statement writes them reads the ids from its rows; another inserts them now, in the
+        same transaction, before anything is sent."""
+
+    @staticmethod
+    async def _gate(conn: Conn, channels: list[str], lease: LeaseRequest) -> dict[str, int]:
+        """Of ``channels``, those not paused, each with its requests in flight (``claim_gate``)."""
+        rows = await conn.fetch(
+            Q.CLAIM_GATE, channels=channels, now=lease.now, worker=lease.worker, finished=lease.finished
+        )
+        return {r["channel"]: r["busy"] for r in rows if not r["paused"]}
 
     @staticmethod
     async def _live_receipt(conn: Conn, d: DeliveryRecord) -> Receipt | None:
@@ -801,27 +798,20 @@ class SQLStore(Store):
     ) -> list[SampleClaim]:
         """Inside one write transaction: samples only take what publishing leaves. A paused channel, or one with a
         delivery due, gets none; the rest get their free slots (deliveries and samples in flight both count)."""
-        paused = {r["channel"] for r in await conn.fetch(Q.PAUSED_CHANNELS, now=lease.now)}
-        names = [channel for channel, _ in channels if channel not in paused]
-        if not names:
+        busy = await self._gate(conn, [channel for channel, _ in channels], lease)
+        if not busy:
             return []
         # Deliveries a worker could claim now go first; one that waits behind an earlier open delivery of its
         # story (an unknown outcome an operator must settle) holds nothing up, or the samples would starve.
         publishing = {
-            channel for channel in names if await conn.fetchval(Q.ANY_CLAIMABLE, channels=[channel], now=lease.now)
+            channel for channel in busy if await conn.fetchval(Q.ANY_CLAIMABLE, channels=[channel], now=lease.now)
         }
-        spare = [(channel, limit) for channel, limit in channels if channel in names and channel not in publishing]
+        spare = [(channel, limit) for channel, limit in channels if channel in busy and channel not in publishing]
         if not spare:
             return []
-        busy = {
-            r["channel"]: r["n"]
-            for r in await conn.fetch(
-                Q.COUNT_BUSY, channels=[channel for channel, _ in spare], worker=lease.worker, finished=lease.finished
-            )
-        }
         claims: list[SampleClaim] = []
         for channel, limit in spare:
-            free = limit - busy.get(channel, 0)
+            free = limit - busy[channel]
             if free <= 0:
                 continue
             for row in await conn.fetch(

@@ -92,9 +92,11 @@ def test_every_shared_query_name_is_used_by_the_decisions() -> None:
     assert unused == []
 
 
-def test_own_queries_are_used_by_their_dialect() -> None:
-    source = Path(pg_store.__file__).read_text()
-    assert all(f'"{name}"' in source for name in pg_store.OWN_QUERIES)
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_own_queries_are_used_by_their_dialect(dialect: str) -> None:
+    module = DIALECTS[dialect]
+    source = Path(module.__file__ or "").read_text()
+    assert module.OWN_QUERIES and all(f'"{name}"' in source for name in module.OWN_QUERIES)
 
 
 def test_parameters_by_name_become_the_dialects_placeholders() -> None:
@@ -400,10 +402,13 @@ def test_the_roles_compose_into_the_store() -> None:
 def test_the_claim_returns_the_delivery_columns_in_their_order(dialect: str) -> None:
     """delivery_from_claim_row reads the claim's rows by position: the statement must list DELIVERY_COLUMNS."""
     sql = DIALECTS[dialect].QUERIES[Q.CLAIM_DELIVERIES].statement.sql
-    returned = sql[sql.rindex("RETURNING") + len("RETURNING") :].strip().rstrip(";")
-    items = re.split(r",(?![^(]*\))", returned)  # commas outside a call's parentheses
+    # The UPDATE's RETURNING list, up to the parenthesis closing PostgreSQL's WITH item (or the statement's end).
+    returned = re.split(r"\)\s*,\s*attempt AS", sql[sql.index("RETURNING") + len("RETURNING") :])[0]
+    items = re.split(r",(?![^(]*\))", returned.strip().rstrip(";"))  # commas outside a call's parentheses
     names = [re.split(r"\s+AS\s+", item.strip())[-1].removeprefix("d.") for item in items]
     assert tuple(names) == DELIVERY_COLUMNS
+    if dialect == "postgres":  # then the attempt's id, which _write_attempts reads as the last column
+        assert sql.rstrip().rstrip(";").split("SELECT claimed.*, attempt.id AS attempt_id")[1].startswith(" FROM")
 
 
 async def test_the_delivery_columns_are_every_column_of_deliveries(store_url: str) -> None:

@@ -45,9 +45,6 @@ SELECT min(received_at) AS first_accepted_at FROM stories WHERE story_id = :stor
 
 -- claiming ------------------------------------------------------------------------------------------------------
 
--- name: paused_channels
-SELECT channel FROM channel_state WHERE paused_until > :now;
-
 -- name: live_receipt
 SELECT action, receipt FROM deliveries
 WHERE story_id = :story_id AND channel = :channel AND id < :id AND state = 'delivered'

@@ -48,39 +48,43 @@ SELECT c.channel FROM unnest(:channels::text[]) AS c(channel)
 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.channel AND d.state IN {PENDING_STATES}
               AND d.due_at <= :now);
 
--- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request). Read under
--- the channel's claim lock, so the count and the claim below are one atomic step across processes.
--- Reach samples in flight take a slot too: a channel's concurrency bounds every request it has open.
--- name: count_busy
-SELECT channel, count(*) AS n FROM (
-    SELECT channel FROM deliveries
-    WHERE state = 'in_flight' AND channel = ANY(:channels::text[])
-      AND NOT (lease_owner = :worker AND id = ANY(:finished::bigint[]))
-    UNION ALL
-    SELECT channel FROM reach_samples WHERE state = 'in_flight' AND channel = ANY(:channels::text[])
-) busy
-GROUP BY channel;
+-- Per channel asked for: whether a pause is in force, and its requests in flight, leaving out this worker's
+-- finished-but-unwritten deliveries (they hold no request). Read under the channel's claim lock, so the count and
+-- the claim below are one atomic step across processes. Reach samples in flight take a slot too: a channel's
+-- concurrency bounds every request it has open. One statement for both: one round trip.
+-- name: claim_gate
+SELECT c.channel,
+       EXISTS (SELECT 1 FROM channel_state s WHERE s.channel = c.channel AND s.paused_until > :now) AS paused,
+       (SELECT count(*) FROM deliveries d
+        WHERE d.state = 'in_flight' AND d.channel = c.channel
+          AND NOT (d.lease_owner = :worker AND d.id = ANY(:finished::bigint[])))
+       + (SELECT count(*) FROM reach_samples r WHERE r.state = 'in_flight' AND r.channel = c.channel) AS busy
+FROM unnest(:channels::text[]) AS c(channel);
 
--- SKIP LOCKED: rows a fan-out or another claimer holds are passed over, not waited for.
--- The payload as its UTF-8 bytes, as in SQLite's claim (the channel parses bytes); every column of deliveries.
+-- SKIP LOCKED: rows a fan-out or another claimer holds are passed over, not waited for. The attempt rows are
+-- written by the same statement (a data-modifying WITH), so a claim is one round trip; each row is every column of
+-- deliveries, in table order, then its attempt's id. The payload as its UTF-8 bytes, as in SQLite's claim (the
+-- channel parses bytes).
 -- name: claim_deliveries
 WITH picked AS (
     SELECT d.id FROM deliveries d
     WHERE d.channel = :channel AND d.state IN {PENDING_STATES} AND d.due_at <= :now
       AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
                       AND p.id < d.id AND p.state IN {OPEN_STATES})
-    ORDER BY d.due_at, d.id LIMIT :free FOR UPDATE SKIP LOCKED)
-UPDATE deliveries d SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
-       attempts = d.attempts + 1, updated_at = :now
-FROM picked WHERE d.id = picked.id
-RETURNING d.id, d.story_id, d.version, d.channel, d.action, d.state, convert_to(d.payload, 'UTF8') AS payload,
-          d.checkpoint, d.receipt, d.attempts, d.retry_count, d.due_at, d.reconcile, d.lease_owner, d.lease_expires,
-          d.note, d.last_error, d.last_error_class, d.last_platform_code, d.created_at, d.updated_at;
-
--- name: insert_attempts
-INSERT INTO attempts (delivery_id, number, worker, started_at)
-SELECT id, attempts, :worker, :now FROM deliveries WHERE id = ANY(:ids::bigint[])
-RETURNING delivery_id, id;
+    ORDER BY d.due_at, d.id LIMIT :free FOR UPDATE SKIP LOCKED),
+claimed AS (
+    UPDATE deliveries d SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
+           attempts = d.attempts + 1, updated_at = :now
+    FROM picked WHERE d.id = picked.id
+    RETURNING d.id, d.story_id, d.version, d.channel, d.action, d.state, convert_to(d.payload, 'UTF8') AS payload,
+              d.checkpoint, d.receipt, d.attempts, d.retry_count, d.due_at, d.reconcile, d.lease_owner,
+              d.lease_expires, d.note, d.last_error, d.last_error_class, d.last_platform_code, d.created_at,
+              d.updated_at),
+attempt AS (
+    INSERT INTO attempts (delivery_id, number, worker, started_at)
+    SELECT id, attempts, :worker, :now FROM claimed
+    RETURNING delivery_id, id)
+SELECT claimed.*, attempt.id AS attempt_id FROM claimed JOIN attempt ON attempt.delivery_id = claimed.id;
 
 -- leases and outcomes -------------------------------------------------------------------------------------------
 

@@ -31,18 +31,17 @@ SELECT c.value AS channel FROM json_each(:channels) c
 WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.channel = c.value AND d.state IN {PENDING_STATES}
               AND d.due_at <= :now);
 
--- In flight per channel, leaving out this worker's finished-but-unwritten ones (they hold no request).
--- Reach samples in flight take a slot too: a channel's concurrency bounds every request it has open.
--- name: count_busy
-SELECT channel, count(*) AS n FROM (
-    SELECT channel FROM deliveries
-    WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
-      AND NOT (lease_owner = :worker AND id IN (SELECT value FROM json_each(:finished)))
-    UNION ALL
-    SELECT channel FROM reach_samples
-    WHERE state = 'in_flight' AND channel IN (SELECT value FROM json_each(:channels))
-) busy
-GROUP BY channel;
+-- Per channel asked for: whether a pause is in force, and its requests in flight, leaving out this worker's
+-- finished-but-unwritten deliveries (they hold no request). Reach samples in flight take a slot too: a channel's
+-- concurrency bounds every request it has open. One statement for both, read under the write lock.
+-- name: claim_gate
+SELECT c.value AS channel,
+       EXISTS (SELECT 1 FROM channel_state s WHERE s.channel = c.value AND s.paused_until > :now) AS paused,
+       (SELECT count(*) FROM deliveries d
+        WHERE d.state = 'in_flight' AND d.channel = c.value
+          AND NOT (d.lease_owner = :worker AND d.id IN (SELECT value FROM json_each(:finished))))
+       + (SELECT count(*) FROM reach_samples r WHERE r.state = 'in_flight' AND r.channel = c.value) AS busy
+FROM json_each(:channels) c;
 
 -- Set-based: one UPDATE ... RETURNING per channel whatever the batch size, so the write lock other workers wait
 -- for is held for less time (a statement per row before). The payload comes back as its UTF-8 bytes: the channel
@@ -61,6 +60,7 @@ RETURNING id, story_id, version, channel, action, state, CAST(payload AS BLOB) A
           attempts, retry_count, due_at, reconcile, lease_owner, lease_expires, note, last_error, last_error_class,
           last_platform_code, created_at, updated_at;
 
+-- The claim's attempt rows (SQLite's UPDATE ... RETURNING cannot feed an INSERT in one statement).
 -- name: insert_attempts
 INSERT INTO attempts (delivery_id, number, worker, started_at)
 SELECT id, attempts, :worker, :now FROM deliveries WHERE id IN (SELECT value FROM json_each(:ids))
