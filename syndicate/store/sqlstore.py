@@ -370,6 +370,11 @@ class SQLStore(Store):
     #: What reading schema_migrations raises before the first migration created it.
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
 
+    def __init__(self) -> None:
+        #: Channels whose last claim filled every slot it asked for: their next claim skips the due probe (there
+        #: was more due work than slots; at worst one claim comes back empty, and the probe returns).
+        self._saturated: set[str] = set()
+
     @abc.abstractmethod
     async def _run_read(self, op: Op[T], *, scan: bool = False) -> T:
         """Run ``op`` outside any transaction (each statement sees committed data). ``scan``: ``op`` reads a share
@@ -539,8 +544,10 @@ class SQLStore(Store):
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
         if not wanted:
             return []
-        due = await self._read(lambda conn: conn.fetch(due_query, channels=list(wanted), now=lease.now))
-        due_channels = {r["channel"] for r in due}
+        skip = self._saturated if due_query is Q.CHANNELS_WITH_DUE_WORK else set()
+        probe = [channel for channel in wanted if channel not in skip]
+        due = await self._read(lambda conn: conn.fetch(due_query, channels=probe, now=lease.now)) if probe else []
+        due_channels = {r["channel"] for r in due} | (skip & wanted.keys())
         candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
         if not candidates:
             return []
@@ -566,7 +573,7 @@ class SQLStore(Store):
             free = min(limit - busy[channel], lease.most.get(channel, limit))
             if free <= 0:
                 continue
-            rows += await conn.fetch(
+            taken = await conn.fetch(
                 Q.CLAIM_DELIVERIES,
                 channel=channel,
                 now=lease.now,
@@ -574,6 +581,11 @@ class SQLStore(Store):
                 worker=lease.worker,
                 lease_expires=lease.lease_expires,
             )
+            if len(taken) == free:
+                self._saturated.add(channel)
+            else:
+                self._saturated.discard(channel)
+            rows += taken
         if not rows:
             return []
         claimed = sorted(map(delivery_from_claim_row, rows), key=lambda d: (d.due_at or 0, d.id))
@@ -676,7 +688,13 @@ class SQLStore(Store):
             if not wanted:
                 return CompletedAndClaimed(lost, [])
             # The due probe inside the write: it is one transaction either way.
-            due = {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=list(wanted), now=now)}
+            probe = [channel for channel in wanted if channel not in self._saturated]
+            due = (
+                {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=probe, now=now)}
+                if probe
+                else set()
+            )
+            due |= self._saturated & wanted.keys()
             candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due]
             claims = await self._claim_in(conn, channels=candidates, lease=lease) if candidates else []
             return CompletedAndClaimed(lost, claims)

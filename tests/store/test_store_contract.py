@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -422,6 +423,34 @@ async def test_complete_and_claim_writes_outcomes_and_claims_the_slots_they_free
     # With no outcomes it is a plain claim.
     plain = await store.complete_and_claim([], "w1", now=NOW, lease_seconds=30, limits={"a": 2})
     assert len(plain.claims) == 1 and await store.count_in_flight(["a"]) == 2
+
+
+async def test_a_channel_that_filled_its_slots_is_claimed_again_without_the_due_probe(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe (a read before any transaction) only saves work when nothing is due: after a claim that took every
+    slot it asked for, the next claim goes straight to the write; once a claim comes back short, it probes again."""
+    for i in range(3):
+        await store.fan_out(make_story(id=f"sat{i}"), plan_for("a"), now=NOW)
+    calls: list[str] = []
+    for kind in ("_read", "_write"):
+        original = getattr(store, kind)
+
+        def spy(*args: Any, _kind: str = kind, _original: Any = original, **kwargs: Any) -> Any:
+            calls.append(_kind)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(store, kind, spy)
+    first = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(first) == 2 and calls == ["_read", "_write"]
+    await store.complete([done(c) for c in first])
+    calls.clear()
+    second = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2})
+    assert len(second) == 1 and calls == ["_write"]  # no probe: the last claim filled its slots
+    calls.clear()
+    assert await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 2}) == []
+    assert calls == ["_read"]  # the short claim brought the probe back: nothing due, no transaction
+    assert await store.count_in_flight(["a"]) == 1
 
 
 async def test_claim_takes_at_most_the_workers_share_in_one_call(store: Store) -> None:
