@@ -13,6 +13,7 @@ Concurrency rules, all enforced in the database so they hold across processes an
 
 from __future__ import annotations
 
+import functools
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -26,8 +27,8 @@ from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, LockScope, Op, Q,
 T = TypeVar("T")
 
 NOTIFY_CHANNEL = "syndicate_work"
-#: This dialect's own queries: the locks and the wake-up.
-OWN_QUERIES = ("advisory_lock", "migration_lock", "notify")
+#: This dialect's own queries: the transactions with their locks, and the wake-up.
+OWN_QUERIES = ("begin_locked", "begin_migrations", "begin", "commit", "rollback", "notify_and_commit", "notify")
 QUERIES = load_queries("postgres", ParamStyle.NUMERIC).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("postgres")
 
@@ -48,14 +49,33 @@ def _changed(status: str) -> int:
     return int(last) if last.isdigit() else 0
 
 
+def _literal(text: str) -> str:
+    """``text`` as a string literal for a simple query (which takes no parameters): an escape string, so it reads
+    the same whatever the server's standard_conforming_strings."""
+    return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+@functools.lru_cache(maxsize=1024)
+def _begin(lock: Lock | None) -> str:
+    """The SQL that opens a write transaction holding ``lock``: one round trip for both."""
+    if lock is None:
+        return QUERIES["begin"].statement.sql
+    if lock.scope is LockScope.MIGRATIONS:
+        return QUERIES["begin_migrations"].statement.sql
+    return QUERIES["begin_locked"].render(key=_literal(f"{lock.scope.value}:{lock.key}")).sql
+
+
 class _Conn:
-    """The Conn an operation sees: an acquired asyncpg connection; ``:name`` parameters sent as ``$n``."""
+    """The Conn an operation sees: an acquired asyncpg connection; ``:name`` parameters sent as ``$n``. Inside a
+    write transaction (``in_transaction``) a wake-up waits for the COMMIT, to go in its round trip."""
 
-    __slots__ = ("_conn", "_notify_name")
+    __slots__ = ("_conn", "_notify_name", "in_transaction", "wake_at_commit")
 
-    def __init__(self, conn: asyncpg.Connection, notify_name: str) -> None:
+    def __init__(self, conn: asyncpg.Connection, notify_name: str, *, in_transaction: bool = False) -> None:
         self._conn = conn
         self._notify_name = notify_name
+        self.in_transaction = in_transaction
+        self.wake_at_commit = False
 
     async def fetch(self, query: str, /, **params: Any) -> list[Row]:
         statement = QUERIES[query].statement
@@ -88,13 +108,14 @@ class _Conn:
         await self._conn.execute(sql)  # without arguments asyncpg runs several statements in one go
 
     async def wake(self) -> None:
-        await self.execute("notify", channel=self._notify_name)
-
-    async def lock(self, lock: Lock) -> None:
-        if lock.scope is LockScope.MIGRATIONS:
-            await self.execute("migration_lock")
+        if self.in_transaction:
+            self.wake_at_commit = True
         else:
-            await self.execute("advisory_lock", key=f"{lock.scope.value}:{lock.key}")
+            await self.execute("notify", channel=self._notify_name)
+
+
+_COMMIT = QUERIES["commit"].statement.sql
+_ROLLBACK = QUERIES["rollback"].statement.sql
 
 
 async def _keep_session(conn: asyncpg.Connection) -> None:
@@ -205,10 +226,22 @@ class PostgresStore(SQLStore):
     ) -> T:
         pool = await self._get_pool()
         async with pool.acquire() as conn:
-            pg = _Conn(conn, self._notify_name)
             if single_statement and lock is None:
-                return await op(pg)  # one statement is its own transaction: no BEGIN/COMMIT round trips
-            async with conn.transaction():
-                if lock is not None:
-                    await pg.lock(lock)
-                return await op(pg)
+                return await op(_Conn(conn, self._notify_name))  # its own transaction: no BEGIN/COMMIT round trips
+            # BEGIN with the lock, and a wake-up with the COMMIT: each pair one round trip (asyncpg's transaction()
+            # sends BEGIN alone). A failure rolls back; if even that fails, the pool's release rolls back again or
+            # drops the connection.
+            pg = _Conn(conn, self._notify_name, in_transaction=True)
+            try:
+                await conn.execute(_begin(lock))
+                result = await op(pg)
+                await conn.execute(self._notify_and_commit if pg.wake_at_commit else _COMMIT)
+            except BaseException:
+                if conn.is_in_transaction():
+                    await conn.execute(_ROLLBACK)
+                raise
+            return result
+
+    @functools.cached_property
+    def _notify_and_commit(self) -> str:
+        return QUERIES["notify_and_commit"].render(channel=_literal(self._notify_name)).sql

@@ -3,6 +3,7 @@ and upgrades in order) and the read-only channel view. Database tests run per ba
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -496,5 +497,48 @@ async def test_a_pooled_postgres_connection_goes_back_without_a_reset_round_trip
             async with pool.acquire() as conn:
                 assert not conn.is_in_transaction()
                 assert await conn.fetchval("SELECT to_regclass('left_open')") is None
+        finally:
+            await store.close()
+
+
+async def test_a_postgres_write_opens_with_its_lock_and_sends_its_wake_up_with_the_commit() -> None:
+    """BEGIN and the advisory lock go in one round trip, the wake-up in the COMMIT's; the quoted key is the key a
+    parameter would give (whatever it holds); a failing operation rolls back and leaves the connection usable."""
+    async with pg_schema_url() as url:
+        dsn, schema = pg_store.split_url(url)
+        store = pg_store.PostgresStore(dsn, schema=schema, min_size=1, max_size=1)
+        woken: list[int] = []
+        try:
+            await store.migrate()
+            await store.subscribe(lambda: woken.append(1))
+            pool = await store._get_pool()
+            sent: list[str] = []
+            async with pool.acquire() as conn:
+                conn.add_query_logger(lambda record: sent.append(" ".join(record.query.split())))
+                for key in ("claim:c0", 'story:it\'s \\ a "story" 故事'):
+                    quoted = pg_store._literal(key)
+                    assert await conn.fetchval(f"SELECT hashtextextended({quoted}, 0) = hashtextextended($1, 0)", key)
+            await store.fan_out(make_story(id="rt"), plan_for("a"), now=NOW)
+            [claim] = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1})
+            assert await store.complete([done(claim)]) == []
+            begins = [q for q in sent if q.startswith("BEGIN")]
+            assert "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(E'story:rt', 0))" in begins
+            assert "BEGIN; SELECT pg_advisory_xact_lock(hashtextextended(E'claim:a', 0))" in begins
+            assert any(q.startswith("SELECT pg_notify(") and q.endswith("COMMIT") for q in sent)
+            for _ in range(50):  # the NOTIFY reached the listener, at commit
+                if woken:
+                    break
+                await asyncio.sleep(0.02)
+            assert woken
+
+            async def fails(conn: object) -> None:
+                await conn.execute(Q.KV_SET, key="k", value="v", expires_at=None, now=NOW)  # type: ignore[attr-defined]
+                raise RuntimeError("boom")
+
+            with pytest.raises(RuntimeError, match="boom"):
+                await store._write(fails)
+            assert await store.kv_get("k", now=NOW) is None
+            async with pool.acquire() as conn:
+                assert not conn.is_in_transaction()
         finally:
             await store.close()

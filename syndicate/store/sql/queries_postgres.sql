@@ -5,19 +5,34 @@
 -- Rows another process may be writing are locked in id order everywhere (FOR UPDATE ... ORDER BY id), so two
 -- transactions overlapping on several rows cannot deadlock.
 
--- locks and wake-ups (this dialect's own) -----------------------------------------------------------------------
+-- transactions, locks and wake-ups (this dialect's own) ----------------------------------------------------------
 
--- Transaction-level: released at commit or rollback. Keys as before the SQL moved here ('story:' || id,
--- 'claim:' || channel), so processes of the old and the new code exclude each other during a rolling upgrade.
-
--- name: advisory_lock
-SELECT pg_advisory_xact_lock(hashtextextended(:key, 0));
+-- A write transaction starts with its lock in the same round trip: a simple query may hold several statements,
+-- but takes no parameters, so {key} is filled in as a string literal (postgres.py quotes it). Transaction-level:
+-- released at commit or rollback. Keys as before the SQL moved here ('story:' || id, 'claim:' || channel), so
+-- processes of the old and the new code exclude each other during a rolling upgrade.
+-- name: begin_locked
+BEGIN; SELECT pg_advisory_xact_lock(hashtextextended({key}, 0));
 
 -- The migration lock keeps the number it has always had ("SYND").
--- name: migration_lock
-SELECT pg_advisory_xact_lock(1398361668::bigint);
+-- name: begin_migrations
+BEGIN; SELECT pg_advisory_xact_lock(1398361668::bigint);
 
--- Delivered at commit, to every process listening on this schema's channel.
+-- name: begin
+BEGIN;
+
+-- name: commit
+COMMIT;
+
+-- name: rollback
+ROLLBACK;
+
+-- A wake-up asked for inside a transaction goes in its COMMIT's round trip ({channel} a literal, as above): it is
+-- delivered at commit either way, to every process listening on this schema's channel.
+-- name: notify_and_commit
+SELECT pg_notify({channel}, ''); COMMIT;
+
+-- Outside a transaction.
 -- name: notify
 SELECT pg_notify(:channel, '');
 
