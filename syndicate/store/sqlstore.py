@@ -93,6 +93,7 @@ class Q(enum.StrEnum):
     DELIVERIES_OF_STORY = "deliveries_of_story"
     TRANSITION_DELIVERY = "transition_delivery"
     INSERT_DELIVERY = "insert_delivery"
+    SAVE_PAYLOAD = "save_payload"
     NEWEST_STORY = "newest_story"
     STORY_VERSION = "story_version"
     FIRST_ACCEPTED = "first_accepted"
@@ -296,7 +297,6 @@ def outcome_params(c: Completion) -> dict[str, Any]:
         "platform_code": c.platform_code,
         "now": c.finished_at,
         "action": c.action.value if c.action else None,
-        "payload": dumps_json(c.payload.to_json()) if c.payload else None,
         "id": c.delivery_id,
         "worker": c.worker,
     }
@@ -329,7 +329,6 @@ def plan_params(story: Story, plan: FanOutPlan, now: float) -> tuple[list[dict[s
             "channel": nd.channel,
             "action": nd.action.value,
             "state": nd.state.value,
-            "payload": nd.payload_text,
             "due_at": nd.due_at,
             "note": nd.note,
             "now": now,
@@ -493,10 +492,17 @@ class SQLStore(Store):
                     note=f"stopped: version {story.version} retracts the story",
                     now=now,
                 )
-            inserted = [await conn.fetchrow(Q.INSERT_DELIVERY, **params) for params in new]
-            rows = [r for r in inserted if r is not None]
-            if new:
-                await conn.wake()
+            payloads = []
+            for params, nd in zip(new, plan.new, strict=True):
+                delivery_id = await conn.fetchval(Q.INSERT_DELIVERY, **params)
+                if nd.payload_text is not None:
+                    payloads.append({"id": delivery_id, "body": nd.payload_text})
+            if payloads:
+                await conn.executemany(Q.SAVE_PAYLOAD, payloads)
+            if not new:
+                return FanOutResult(story.id, story.version, True, [])
+            await conn.wake()
+            rows = await conn.fetch(Q.DELIVERIES_OF_VERSION, story_id=story.id, version=story.version)
             return FanOutResult(story.id, story.version, True, [delivery_from_row(r) for r in rows])
 
         # A very large story (its renderings are as large, tens of MB in all) or rendering inside the transaction
@@ -650,6 +656,9 @@ class SQLStore(Store):
         applied, lost = split_by_lease(items, holders)
         if applied:
             await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
+            rendered = [{"id": c.delivery_id, "body": dumps_json(c.payload.to_json())} for c in applied if c.payload]
+            if rendered:
+                await conn.executemany(Q.SAVE_PAYLOAD, rendered)
             await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
         await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
         await conn.wake()  # slots are free again, and retries may be due at once

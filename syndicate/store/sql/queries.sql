@@ -20,16 +20,21 @@ SELECT version, content_hash FROM stories WHERE story_id = :story_id ORDER BY ve
 SELECT content_hash FROM stories WHERE story_id = :story_id AND version = :version;
 
 -- name: deliveries_of_version
-SELECT * FROM deliveries WHERE story_id = :story_id AND version = :version ORDER BY id;
+SELECT * FROM delivery_rows WHERE story_id = :story_id AND version = :version ORDER BY id;
 
 -- name: insert_story
 INSERT INTO stories (story_id, version, content_hash, pubstatus, body, received_at)
 VALUES (:story_id, :version, :content_hash, :pubstatus, :body, :now);
 
 -- name: insert_delivery
-INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, note, created_at, updated_at)
-VALUES (:story_id, :version, :channel, :action, :state, :payload, :due_at, :note, :now, :now)
-RETURNING *;
+INSERT INTO deliveries (story_id, version, channel, action, state, due_at, note, created_at, updated_at)
+VALUES (:story_id, :version, :channel, :action, :state, :due_at, :note, :now, :now)
+RETURNING id;
+
+-- Written with the delivery; again only when the engine re-renders it (an update whose publish never landed).
+-- name: save_payload
+INSERT INTO payloads (delivery_id, body) VALUES (:id, :body)
+ON CONFLICT (delivery_id) DO UPDATE SET body = excluded.body;
 
 -- A story's first acceptance is the received_at of its oldest version row (versions are never deleted).
 -- name: newest_story
@@ -59,8 +64,7 @@ UPDATE deliveries SET checkpoint = :checkpoint WHERE id = :id AND state = 'in_fl
 UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
        retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
        note = :note, last_error = :last_error, last_error_class = :error_class,
-       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action),
-       payload = coalesce(:payload, payload)
+       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action)
 WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
 
 -- name: finish_attempt
@@ -111,7 +115,7 @@ DELETE FROM kv WHERE key IN (
 -- reading -------------------------------------------------------------------------------------------------------
 
 -- name: get_delivery
-SELECT * FROM deliveries WHERE id = :id;
+SELECT * FROM delivery_rows WHERE id = :id;
 
 -- name: attempts
 SELECT * FROM attempts WHERE delivery_id = :delivery_id ORDER BY number;

@@ -46,9 +46,14 @@ INSERT INTO schema_migrations (version, applied_at) VALUES (:version, now());
 
 -- stories and fan-out -------------------------------------------------------------------------------------------
 
--- Locked: a claim or an outcome write cannot change what the planner decides on until this commits.
+-- Locked: a claim or an outcome write cannot change what the planner decides on until this commits. The payload
+-- joined in as delivery_rows joins it (a view over an outer join cannot be locked).
 -- name: deliveries_of_story
-SELECT * FROM deliveries WHERE story_id = :story_id ORDER BY id FOR UPDATE;
+SELECT d.id, d.story_id, d.version, d.channel, d.action, d.state, b.body AS payload, d.checkpoint, d.receipt,
+       d.attempts, d.retry_count, d.due_at, d.reconcile, d.lease_owner, d.lease_expires, d.note, d.last_error,
+       d.last_error_class, d.last_platform_code, d.created_at, d.updated_at
+FROM deliveries d LEFT JOIN payloads b ON b.delivery_id = d.id
+WHERE d.story_id = :story_id ORDER BY d.id FOR UPDATE OF d;
 
 -- Only a delivery that has not started (and is not waiting to reconcile an earlier attempt) changes.
 -- name: transition_delivery
@@ -91,7 +96,8 @@ claimed AS (
     UPDATE deliveries d SET state = 'in_flight', lease_owner = :worker, lease_expires = :lease_expires,
            attempts = d.attempts + 1, updated_at = :now
     FROM picked WHERE d.id = picked.id
-    RETURNING d.id, d.story_id, d.version, d.channel, d.action, d.state, convert_to(d.payload, 'UTF8') AS payload,
+    RETURNING d.id, d.story_id, d.version, d.channel, d.action, d.state,
+              (SELECT convert_to(b.body, 'UTF8') FROM payloads b WHERE b.delivery_id = d.id) AS payload,
               d.checkpoint, d.receipt, d.attempts, d.retry_count, d.due_at, d.reconcile, d.lease_owner,
               d.lease_expires, d.note, d.last_error, d.last_error_class, d.last_platform_code, d.created_at,
               d.updated_at),
@@ -181,11 +187,11 @@ ON CONFLICT (channel) DO UPDATE SET
 
 -- {where} comes from the DeliveryFilter builder; LIMIT NULL is no limit.
 -- name: list_deliveries
-SELECT * FROM deliveries WHERE {where} ORDER BY id LIMIT :limit;
+SELECT * FROM delivery_rows WHERE {where} ORDER BY id LIMIT :limit;
 
 -- Per story, the newest delivered delivery on the channel; no before_id pages from the top.
 -- name: latest_delivered
-SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered'
+SELECT * FROM delivery_rows d WHERE d.channel = :channel AND d.state = 'delivered'
   AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id::bigint, 9223372036854775807)
@@ -193,7 +199,7 @@ ORDER BY d.id DESC LIMIT :limit;
 
 -- The same for one story: a separate statement so it walks that story's index entries, not the channel's.
 -- name: latest_delivered_story
-SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered' AND d.story_id = :story_id
+SELECT * FROM delivery_rows d WHERE d.channel = :channel AND d.state = 'delivered' AND d.story_id = :story_id
   AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id::bigint, 9223372036854775807)

@@ -16,7 +16,7 @@ INSERT INTO schema_migrations (version, applied_at) VALUES (:version, strftime('
 
 -- The planner reads these; the write lock BEGIN IMMEDIATE took keeps them as read until commit.
 -- name: deliveries_of_story
-SELECT * FROM deliveries WHERE story_id = :story_id ORDER BY id;
+SELECT * FROM delivery_rows WHERE story_id = :story_id ORDER BY id;
 
 -- Only a delivery that has not started (and is not waiting to reconcile an earlier attempt) changes.
 -- name: transition_delivery
@@ -56,7 +56,8 @@ WHERE id IN (
       AND NOT EXISTS (SELECT 1 FROM deliveries p WHERE p.story_id = d.story_id AND p.channel = d.channel
                       AND p.id < d.id AND p.state IN {OPEN_STATES})
     ORDER BY d.due_at, d.id LIMIT :free)
-RETURNING id, story_id, version, channel, action, state, CAST(payload AS BLOB) AS payload, checkpoint, receipt,
+RETURNING id, story_id, version, channel, action, state,
+          (SELECT CAST(p.body AS BLOB) FROM payloads p WHERE p.delivery_id = deliveries.id) AS payload, checkpoint, receipt,
           attempts, retry_count, due_at, reconcile, lease_owner, lease_expires, note, last_error, last_error_class,
           last_platform_code, created_at, updated_at;
 
@@ -141,11 +142,11 @@ ON CONFLICT (channel) DO UPDATE SET
 
 -- {where} comes from the DeliveryFilter builder; no limit is LIMIT -1 in SQLite.
 -- name: list_deliveries
-SELECT * FROM deliveries WHERE {where} ORDER BY id LIMIT coalesce(:limit, -1);
+SELECT * FROM delivery_rows WHERE {where} ORDER BY id LIMIT coalesce(:limit, -1);
 
 -- Per story, the newest delivered delivery on the channel; no before_id pages from the top.
 -- name: latest_delivered
-SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered'
+SELECT * FROM delivery_rows d WHERE d.channel = :channel AND d.state = 'delivered'
   AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id, 9223372036854775807)
@@ -153,7 +154,7 @@ ORDER BY d.id DESC LIMIT :limit;
 
 -- The same for one story: a separate statement so it walks that story's index entries, not the channel's.
 -- name: latest_delivered_story
-SELECT * FROM deliveries d WHERE d.channel = :channel AND d.state = 'delivered' AND d.story_id = :story_id
+SELECT * FROM delivery_rows d WHERE d.channel = :channel AND d.state = 'delivered' AND d.story_id = :story_id
   AND d.id = (SELECT max(l.id) FROM deliveries l WHERE l.story_id = d.story_id AND l.channel = d.channel
               AND l.state = 'delivered')
   AND d.id < coalesce(:before_id, 9223372036854775807)
