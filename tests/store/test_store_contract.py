@@ -453,6 +453,31 @@ async def test_a_channel_that_filled_its_slots_is_claimed_again_without_the_due_
     assert await store.count_in_flight(["a"]) == 1
 
 
+async def test_a_re_rendered_payload_replaces_the_stored_one_and_a_settled_delivery_keeps_none(store: Store) -> None:
+    """The payload lives beside the delivery (written at fan-out); an outcome that re-rendered it (an update sent
+    as a publish) replaces it, and a delivery settled at once (skipped) has none."""
+    plan = FanOutPlan(
+        new=[
+            NewDelivery("a", Action.UPDATE, State.QUEUED, Payload({"v": 1}), NOW),
+            NewDelivery("b", Action.UPDATE, State.SKIPPED, None, None, note="not supported"),
+        ]
+    )
+    result = await store.fan_out(make_story(id="rr"), lambda existing, first: plan, now=NOW)
+    queued, skipped = result.deliveries
+    assert queued.payload is not None and queued.payload.decoded == Payload({"v": 1})
+    assert skipped.payload is None and (await store.get_delivery(skipped.id)).payload is None
+    [claim] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert claim.delivery.payload is not None and claim.delivery.payload.decoded == Payload({"v": 1})
+    await store.complete([done(claim, action=Action.PUBLISH, payload=Payload({"v": 2}))])
+    stored = await store.get_delivery(claim.delivery.id)
+    assert stored.action is Action.PUBLISH and stored.payload is not None
+    assert stored.payload.decoded == Payload({"v": 2})
+    assert [d.payload.decoded if d.payload else None for d in await store.list_deliveries(DeliveryFilter())] == [
+        Payload({"v": 2}),
+        None,
+    ]
+
+
 async def test_claim_takes_at_most_the_workers_share_in_one_call(store: Store) -> None:
     for i in range(6):
         await store.fan_out(make_story(id=f"m{i}"), plan_for("a", "b"), now=NOW)
