@@ -20,15 +20,34 @@ from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 
-from syndicate.store.base import Row, StoreUnavailable
+from syndicate.store.base import Completion, Row, StoreUnavailable
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, LockScope, Op, Q, SQLStore
+from syndicate.store.sqlstore import (
+    Conn,
+    LeaseRequest,
+    Lock,
+    LockScope,
+    Op,
+    Q,
+    SQLStore,
+    attempt_params,
+    outcome_params,
+)
 
 T = TypeVar("T")
 
 NOTIFY_CHANNEL = "syndicate_work"
 #: This dialect's own queries: the transactions with their locks, and the wake-up.
-OWN_QUERIES = ("begin_locked", "begin_migrations", "begin", "commit", "rollback", "notify_and_commit", "notify")
+OWN_QUERIES = (
+    "begin_locked",
+    "begin_migrations",
+    "begin",
+    "commit",
+    "rollback",
+    "notify_and_commit",
+    "notify",
+    "record_outcome_and_finish_attempt",
+)
 QUERIES = load_queries("postgres", ParamStyle.NUMERIC).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("postgres")
 
@@ -146,6 +165,20 @@ class PostgresStore(SQLStore):
     def from_url(cls, url: str) -> PostgresStore:
         dsn, schema = split_url(url)
         return cls(dsn, schema=schema)
+
+    async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
+        # One statement per completion writes both tables: the batch is one round trip, not two.
+        rows = [
+            {
+                **outcome_params(c),
+                **attempt,
+                "attempt_id": attempt["id"],
+                "id": c.delivery_id,
+                "applied": position not in lost,
+            }
+            for position, (c, attempt) in enumerate(zip(items, attempt_params(items, lost), strict=True))
+        ]
+        await conn.executemany("record_outcome_and_finish_attempt", rows)
 
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
         # The claim statement wrote them: each row ends with its attempt's id.

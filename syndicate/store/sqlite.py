@@ -22,16 +22,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from syndicate.store.base import Row, StoreError, StoreUnavailable, dumps_json
+from syndicate.store.base import Completion, Row, StoreError, StoreUnavailable, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
-from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, Op, Q, SQLStore
+from syndicate.store.sqlstore import Conn, LeaseRequest, Lock, Op, Q, SQLStore, attempt_params, outcome_params
 
 T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
-#: This dialect's own queries: the claim's attempt rows, which PostgreSQL's claim statement writes itself.
-OWN_QUERIES = ("insert_attempts",)
+#: This dialect's own queries: the claim's attempt rows, which PostgreSQL's claim statement writes itself, and the
+#: outcome's two writes, which it makes in one statement.
+OWN_QUERIES = ("insert_attempts", "record_outcome", "finish_attempt")
 QUERIES = load_queries("sqlite", ParamStyle.NAMED).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("sqlite")
 
@@ -206,6 +207,12 @@ class SQLiteStore(SQLStore):
         if not url.startswith("sqlite:///"):
             raise ValueError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
         return cls(url[len("sqlite:///") :])
+
+    async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
+        applied = [outcome_params(c) for position, c in enumerate(items) if position not in lost]
+        if applied:
+            await conn.executemany("record_outcome", applied)
+        await conn.executemany("finish_attempt", attempt_params(items, lost))
 
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
         ids = [row[0] for row in claimed]

@@ -104,8 +104,6 @@ class Q(enum.StrEnum):
     EXTEND_LEASES = "extend_leases"
     SAVE_CHECKPOINT = "save_checkpoint"
     LEASE_HOLDERS = "lease_holders"
-    RECORD_OUTCOME = "record_outcome"
-    FINISH_ATTEMPT = "finish_attempt"
     EXPIRED_LEASES = "expired_leases"
     EXPIRE_ATTEMPTS = "expire_attempts"
     REQUEUE_EXPIRED = "requeue_expired"
@@ -604,6 +602,12 @@ class SQLStore(Store):
         return claims
 
     @abc.abstractmethod
+    async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
+        """Inside the outcome write, after the lease check: the outcome of each completion that still holds its
+        lease on its delivery (``outcome_params``), and every completion's attempt closed (``attempt_params``;
+        ``lost`` holds the batch positions that lost their lease)."""
+
+    @abc.abstractmethod
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
         """The attempt rows of the deliveries ``claimed`` (the claim statement's rows): each delivery's attempt id.
         A dialect whose claim statement writes them reads the ids from its rows; another inserts them now, in the
@@ -654,13 +658,12 @@ class SQLStore(Store):
         holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
         posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
         applied, lost = split_by_lease(items, holders)
+        await self._write_outcomes(conn, items, lost)
         if applied:
-            await conn.executemany(Q.RECORD_OUTCOME, [outcome_params(c) for c in applied])
             rendered = [{"id": c.delivery_id, "body": dumps_json(c.payload.to_json())} for c in applied if c.payload]
             if rendered:
                 await conn.executemany(Q.SAVE_PAYLOAD, rendered)
             await self._plan_reach(conn, [c for c in applied if c.reach_ages or c.stops_reach], posts)
-        await conn.executemany(Q.FINISH_ATTEMPT, attempt_params(items, lost))
         await conn.wake()  # slots are free again, and retries may be due at once
         return [items[position].delivery_id for position in sorted(lost)]
 

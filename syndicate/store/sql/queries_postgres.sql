@@ -122,6 +122,20 @@ RETURNING d.id;
 SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id = ANY(:ids::bigint[]) ORDER BY id FOR UPDATE;
 
+-- Both writes of one completion in one statement (a data-modifying WITH), so the batch is one round trip: the
+-- delivery's outcome where it still holds its lease (:applied, decided on lease_holders' rows), and its attempt
+-- closed either way.
+-- name: record_outcome_and_finish_attempt
+WITH outcome AS (
+    UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
+           retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
+           note = :note, last_error = :last_error, last_error_class = :error_class,
+           last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action)
+    WHERE :applied AND id = :id AND state = 'in_flight' AND lease_owner = :worker)
+UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
+       platform_code = :platform_code, duration_ms = :duration_ms
+WHERE id = :attempt_id AND finished_at IS NULL;
+
 -- SKIP LOCKED: two workers reclaiming at once each take different rows, and neither waits on a live outcome write.
 -- name: expired_leases
 SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_expires < :now FOR UPDATE SKIP LOCKED;

@@ -79,6 +79,18 @@ RETURNING id;
 SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
 
+-- name: record_outcome
+UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
+       retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
+       note = :note, last_error = :last_error, last_error_class = :error_class,
+       last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action)
+WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+
+-- name: finish_attempt
+UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,
+       platform_code = :platform_code, duration_ms = :duration_ms
+WHERE id = :id AND finished_at IS NULL;
+
 -- name: expired_leases
 SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_expires < :now;
 
