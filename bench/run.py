@@ -544,10 +544,12 @@ async def backlog(sandbox: str, size: int, drain: int) -> dict[str, float]:
         conn = sqlite3.connect(path)
         with conn:
             conn.executemany(
-                "INSERT INTO deliveries (story_id, version, channel, action, state, payload, due_at, created_at,"
-                " updated_at) VALUES (?, 1, 'bk', ?, 'queued', ?, ?, ?, ?)",
-                ((f"bk{i}", Action.PUBLISH.value, payload, now + i * 1e-6, now, now) for i in range(size)),
+                "INSERT INTO deliveries (story_id, version, channel, action, state, due_at, created_at, updated_at)"
+                " VALUES (?, 1, 'bk', ?, 'queued', ?, ?, ?)",
+                ((f"bk{i}", Action.PUBLISH.value, now + i * 1e-6, now, now) for i in range(size)),
             )
+            # Each payload beside its delivery, as a fan-out writes it (migration 4).
+            conn.execute("INSERT INTO payloads (delivery_id, body) SELECT id, ? FROM deliveries", (payload,))
         claims = []
         for _ in range(20):
             t0 = time.perf_counter()

@@ -475,8 +475,9 @@ _ACTIONS: Mapping[str, Action] = {a.value: a for a in Action}
 _STATES: Mapping[str, State] = {s.value: s for s in State}
 
 
-#: The columns of deliveries, named and ordered as DeliveryRecord's fields: the claim statements list them in this
-#: order (a test holds both dialects to it, and to the table having no other column).
+#: The columns of a delivery as every read returns it (the view delivery_rows: the table deliveries, its payload
+#: joined in from payloads), named and ordered as DeliveryRecord's fields: the claim statements list them in this
+#: order (a test holds both dialects to it, and the view and the tables to having no other column).
 DELIVERY_COLUMNS = tuple(f.name for f in fields(DeliveryRecord))
 _DELIVERY_WIDTH = len(DELIVERY_COLUMNS)
 

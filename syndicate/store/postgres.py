@@ -14,6 +14,7 @@ Concurrency rules, all enforced in the database so they hold across processes an
 from __future__ import annotations
 
 import functools
+import logging
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
@@ -35,6 +36,8 @@ from syndicate.store.sqlstore import (
 )
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 NOTIFY_CHANNEL = "syndicate_work"
 #: This dialect's own queries: the transactions with their locks, and the wake-up.
@@ -167,7 +170,8 @@ class PostgresStore(SQLStore):
         return cls(dsn, schema=schema)
 
     async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
-        # One statement per completion writes both tables: the batch is one round trip, not two.
+        # One statement per completion writes both tables: the batch is one round trip, not two (error_class and
+        # platform_code are the completion's own in both parameter sets).
         rows = [
             {
                 **outcome_params(c),
@@ -270,8 +274,13 @@ class PostgresStore(SQLStore):
                 result = await op(pg)
                 await conn.execute(self._notify_and_commit if pg.wake_at_commit else _COMMIT)
             except BaseException:
-                if conn.is_in_transaction():
+                # Always: the status asyncpg reports lags a query still running (BEGIN waiting for its lock), and
+                # ROLLBACK outside a transaction is only a warning. A ROLLBACK that fails (the connection is gone)
+                # must not replace the error, or a cancellation would surface as "store unavailable".
+                try:
                     await conn.execute(_ROLLBACK)
+                except Exception:
+                    log.debug("rollback failed; the pool's release rolls back or drops the connection", exc_info=True)
                 raise
             return result
 

@@ -36,8 +36,9 @@ OWN_QUERIES = ("insert_attempts", "record_outcome", "finish_attempt")
 QUERIES = load_queries("sqlite", ParamStyle.NAMED).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("sqlite")
 
-#: Claims use UPDATE ... RETURNING; without it every claim would fail while stories are still accepted.
-MIN_SQLITE = (3, 35, 0)
+#: Claims use UPDATE ... RETURNING (3.35); migration 4 drops a column, which 3.35.0 to 3.35.4 could do wrongly
+#: (fixed in 3.35.5). Without them every claim, or the upgrade, would fail while stories are still accepted.
+MIN_SQLITE = (3, 35, 5)
 
 
 _LIST_PARAM = re.compile(r"json_each\(:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
@@ -243,7 +244,7 @@ class SQLiteStore(SQLStore):
             ) from None
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
-        # 64 MiB of page cache instead of the default 2 MiB: stored payloads make the hot rows large.
+        # 64 MiB of page cache instead of the default 2 MiB: the stored payloads, read at every claim, are large.
         conn.execute("PRAGMA cache_size=-65536")
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
         return conn

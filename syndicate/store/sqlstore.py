@@ -282,7 +282,8 @@ def requeue_states(force: bool) -> list[str]:
 
 
 def outcome_params(c: Completion) -> dict[str, Any]:
-    """A completion as the parameters of ``record_outcome``."""
+    """A completion as the parameters of its delivery's outcome write (``record_outcome`` on SQLite,
+    ``record_outcome_and_finish_attempt`` on PostgreSQL, with ``attempt_params``)."""
     return {
         "state": c.state.value,
         "due_at": c.due_at,
@@ -548,7 +549,7 @@ class SQLStore(Store):
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
         if not wanted:
             return []
-        skip = self._saturated if due_query is Q.CHANNELS_WITH_DUE_WORK else set()
+        skip = set(self._saturated) if due_query is Q.CHANNELS_WITH_DUE_WORK else set()
         probe = [channel for channel in wanted if channel not in skip]
         due = await self._read(lambda conn: conn.fetch(due_query, channels=probe, now=lease.now)) if probe else []
         due_channels = {r["channel"] for r in due} | (skip & wanted.keys())
@@ -700,13 +701,14 @@ class SQLStore(Store):
             if not wanted:
                 return CompletedAndClaimed(lost, [])
             # The due probe inside the write: it is one transaction either way.
-            probe = [channel for channel in wanted if channel not in self._saturated]
+            saturated = set(self._saturated)
+            probe = [channel for channel in wanted if channel not in saturated]
             due = (
                 {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=probe, now=now)}
                 if probe
                 else set()
             )
-            due |= self._saturated & wanted.keys()
+            due |= saturated & wanted.keys()
             candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due]
             claims = await self._claim_in(conn, channels=candidates, lease=lease) if candidates else []
             return CompletedAndClaimed(lost, claims)

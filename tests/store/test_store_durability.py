@@ -4,6 +4,7 @@ guarantees; a COMMIT that fails leaves no transaction open behind it."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -70,8 +71,14 @@ async def test_sqlite_a_failed_commit_leaves_no_transaction_open(tmp_path: Path,
         await store.close()
 
 
-def test_sqlite_older_than_3_35_is_refused_with_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 34, 1))
-    monkeypatch.setattr(sqlite3, "sqlite_version", "3.34.1")
-    with pytest.raises(RuntimeError, match=r"SQLite 3\.34\.1 is too old: syndicate needs SQLite 3\.35\.0 or newer"):
+@pytest.mark.parametrize("version", [(3, 34, 1), (3, 35, 4)])
+def test_sqlite_older_than_3_35_5_is_refused_with_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: tuple[int, int, int]
+) -> None:
+    text = ".".join(map(str, version))
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", version)
+    monkeypatch.setattr(sqlite3, "sqlite_version", text)
+    with pytest.raises(
+        RuntimeError, match=rf"SQLite {re.escape(text)} is too old: syndicate needs SQLite 3\.35\.5 or newer"
+    ):
         SQLiteStore(tmp_path / "old.db")

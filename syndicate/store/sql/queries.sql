@@ -142,7 +142,7 @@ ON CONFLICT (delivery_id, age_seconds) DO NOTHING;
 UPDATE reach_samples SET state = 'canceled', due_at = NULL, note = :note, updated_at = :now
 WHERE story_id = :story_id AND channel = :channel AND state = 'queued';
 
--- Fenced like record_outcome: only the attempt that still holds the lease writes.
+-- Fenced like a delivery's outcome: only the attempt that still holds the lease writes.
 -- name: finish_reach_sample
 UPDATE reach_samples SET state = :state, due_at = :due_at, retry_count = retry_count + :retry_step,
        lease_owner = NULL, lease_expires = NULL, note = :note, last_error = :last_error,

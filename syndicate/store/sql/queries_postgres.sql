@@ -117,7 +117,7 @@ WITH held AS (SELECT id FROM deliveries WHERE state = 'in_flight' AND lease_owne
 UPDATE deliveries d SET lease_expires = :lease_until FROM held WHERE d.id = held.id
 RETURNING d.id;
 
--- Read once for the batch and locked until commit; then one statement per table.
+-- Read once for the batch and locked until commit; then one statement per completion for both tables.
 -- name: lease_holders
 SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id = ANY(:ids::bigint[]) ORDER BY id FOR UPDATE;
