@@ -549,10 +549,9 @@ class SQLStore(Store):
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
         if not wanted:
             return []
-        skip = set(self._saturated) if due_query is Q.CHANNELS_WITH_DUE_WORK else set()
-        probe = [channel for channel in wanted if channel not in skip]
+        probe, assumed = self._due_probe(wanted) if due_query is Q.CHANNELS_WITH_DUE_WORK else (list(wanted), set())
         due = await self._read(lambda conn: conn.fetch(due_query, channels=probe, now=lease.now)) if probe else []
-        due_channels = {r["channel"] for r in due} | (skip & wanted.keys())
+        due_channels = {r["channel"] for r in due} | assumed
         candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due_channels]
         if not candidates:
             return []
@@ -601,6 +600,12 @@ class SQLStore(Store):
             live = None if d.action is Action.PUBLISH else await self._live_receipt(conn, d)
             claims.append(Claim(d, attempt_ids[d.id], d.attempts, live))
         return claims
+
+    def _due_probe(self, wanted: Mapping[str, int]) -> tuple[list[str], set[str]]:
+        """Of the channels ``wanted``, those the due probe must ask about, and those taken as due without asking
+        (their last claim filled its slots). A copy of the hint: it may change while the probe awaits."""
+        saturated = self._saturated & wanted.keys()
+        return [channel for channel in wanted if channel not in saturated], saturated
 
     @abc.abstractmethod
     async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
@@ -701,14 +706,9 @@ class SQLStore(Store):
             if not wanted:
                 return CompletedAndClaimed(lost, [])
             # The due probe inside the write: it is one transaction either way.
-            saturated = set(self._saturated)
-            probe = [channel for channel in wanted if channel not in saturated]
-            due = (
-                {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=probe, now=now)}
-                if probe
-                else set()
-            )
-            due |= saturated & wanted.keys()
+            probe, due = self._due_probe(wanted)
+            if probe:
+                due |= {r["channel"] for r in await conn.fetch(Q.CHANNELS_WITH_DUE_WORK, channels=probe, now=now)}
             candidates = [(channel, limit) for channel, limit in wanted.items() if channel in due]
             claims = await self._claim_in(conn, channels=candidates, lease=lease) if candidates else []
             return CompletedAndClaimed(lost, claims)

@@ -57,9 +57,9 @@ WHERE id IN (
                       AND p.id < d.id AND p.state IN {OPEN_STATES})
     ORDER BY d.due_at, d.id LIMIT :free)
 RETURNING id, story_id, version, channel, action, state,
-          (SELECT CAST(p.body AS BLOB) FROM payloads p WHERE p.delivery_id = deliveries.id) AS payload, checkpoint, receipt,
-          attempts, retry_count, due_at, reconcile, lease_owner, lease_expires, note, last_error, last_error_class,
-          last_platform_code, created_at, updated_at;
+          (SELECT CAST(p.body AS BLOB) FROM payloads p WHERE p.delivery_id = deliveries.id) AS payload,
+          checkpoint, receipt, attempts, retry_count, due_at, reconcile, lease_owner, lease_expires, note,
+          last_error, last_error_class, last_platform_code, created_at, updated_at;
 
 -- The claim's attempt rows (SQLite's UPDATE ... RETURNING cannot feed an INSERT in one statement).
 -- name: insert_attempts
