@@ -184,7 +184,7 @@ async def raw_loop(sandbox: str, n: int, concurrency: int) -> float:
     from syndicate.delivery import Action
 
     adapter = WebhookAdapter("raw", WebhookOptions(url=f"{sandbox}/webhook/raw", secret="bench-secret"), timeout=10)
-    bodies = [json.dumps(adapter.render(story(i, "raw"), Action.PUBLISH).to_json()["data"]).encode() for i in range(n)]
+    bodies = [adapter.render(story(i, "raw"), Action.PUBLISH).data.request_body() for i in range(n)]
     queue: asyncio.Queue[bytes] = asyncio.Queue()
     for body in bodies:
         queue.put_nowait(body)

@@ -34,6 +34,11 @@ class PayloadModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    def readable_json(self) -> Any:
+        """The payload as an operator reads it (``syndicate preview``): its JSON, or, for a model that keeps a form
+        made for the wire (a pre-encoded request body), what that form says."""
+        return self.model_dump(mode="json")
+
 
 DataT = TypeVar("DataT", bound="BaseModel | dict[str, Any]", covariant=True)
 
@@ -55,6 +60,10 @@ class Payload(Generic[DataT]):
     def to_json(self) -> dict[str, Any]:
         data = self.data.model_dump(mode="json") if isinstance(self.data, BaseModel) else self.data
         return {"data": data, "text_length": self.text_length, "warnings": list(self.warnings)}
+
+    def readable_data(self) -> Any:
+        """``data`` as JSON an operator reads (``PayloadModel.readable_json``)."""
+        return self.data.readable_json() if isinstance(self.data, PayloadModel) else self.to_json()["data"]
 
     @staticmethod
     def from_json(raw: Mapping[str, Any]) -> Payload[dict[str, Any]]:

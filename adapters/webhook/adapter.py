@@ -12,7 +12,7 @@ import json
 from typing import TYPE_CHECKING, Any, ClassVar, Unpack
 
 import pydantic_core
-from pydantic import Field, HttpUrl
+from pydantic import ConfigDict, Field, HttpUrl, model_validator
 from yarl import URL
 
 from syndicate.channel import AdapterDeps, AdapterOptions, DeliveryContext, HttpAdapter
@@ -36,11 +36,42 @@ class WebhookOptions(AdapterOptions):
 
 
 class WebhookPayload(PayloadModel):
-    """The JSON body the receiver gets: what happened and the story exactly as the CMS sent it (canonical JSON)."""
+    """What the receiver gets: the event and the story exactly as the CMS sent it (canonical JSON).
+
+    ``body`` is the request body itself, ``{"event": ..., "story": ...}`` with keys sorted, compact, UTF-8, made
+    once at render time: every send (and every retry) posts it as it is, so a send neither rebuilds the story
+    from its stored JSON nor encodes it again. Payloads rendered before it existed carry ``story`` instead, and
+    are encoded at send time as they always were.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, ser_json_bytes="utf8", val_json_bytes="utf8")
 
     event: Action
-    # Kept as the JSON object, not re-validated as a Story on every send: it was validated at intake.
-    story: dict[str, Any]
+    body: bytes | None = None
+    # Kept as the JSON object, not re-validated as a Story: it was validated at intake.
+    story: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> WebhookPayload:
+        if (self.body is None) == (self.story is None):
+            raise ValueError("a webhook payload carries either body or story, and exactly one of them")
+        return self
+
+    def request_body(self) -> bytes:
+        """The exact bytes to POST (and sign)."""
+        if self.body is not None:
+            return self.body
+        return pydantic_core.to_json({"event": self.event.value, "story": self.story})
+
+    def readable_json(self) -> Any:
+        return json.loads(self.request_body())
+
+    def story_json(self) -> dict[str, Any]:
+        """The story as a JSON object, whichever form the payload has."""
+        if self.story is not None:
+            return self.story
+        story: dict[str, Any] = json.loads(self.request_body())["story"]
+        return story
 
 
 class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
@@ -59,10 +90,14 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
         self._headers = {**options.headers, "Content-Type": "application/json; charset=utf-8"}
 
     def format(self, story: ChannelStory, action: Action) -> Payload[WebhookPayload]:
-        # Keys sorted once here, at render time: the stored payload keeps that order, so every send's body is the
-        # canonical (sorted, compact) JSON without sorting again.
-        canonical = json.loads(json.dumps(story.canonical.to_dict(), ensure_ascii=False, sort_keys=True))
-        return Payload(data=WebhookPayload(event=action, story=canonical))
+        # The body is made here, once: canonical JSON (keys sorted, compact, UTF-8) that every send posts as it is.
+        body = json.dumps(
+            {"event": action.value, "story": story.canonical.to_dict()},
+            ensure_ascii=False,
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+        return Payload(data=WebhookPayload(event=action, body=body))
 
     async def publish(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
         return await self._post(payload, ctx)
@@ -74,9 +109,7 @@ class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):
         return await self._post(payload, ctx)
 
     async def _post(self, payload: Payload[WebhookPayload], ctx: DeliveryContext) -> Receipt:
-        # The story is JSON-native already, its keys sorted when it was rendered: pydantic-core's encoder writes
-        # the canonical compact UTF-8 body in a fifth of json.dumps's time ("event" sorts before "story").
-        body = pydantic_core.to_json({"event": payload.data.event.value, "story": payload.data.story})
+        body = payload.data.request_body()
         headers = {
             **self._headers,
             "Idempotency-Key": ctx.idempotency_key,

@@ -76,7 +76,7 @@ def preview(
                 "skipped": None,
                 "text_length": payload.text_length,
                 "warnings": list(payload.warnings),
-                "payload": payload.to_json()["data"],
+                "payload": payload.readable_data(),
             }
         )
 

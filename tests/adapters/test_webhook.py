@@ -20,7 +20,7 @@ from syndicate.delivery import Action, AuthRevoked, OutcomeUnknown, Payload, Per
 from syndicate.httputil import DEFAULT_RATE_LIMIT_PAUSE, HttpAnswer, retry_after_seconds
 from syndicate.sandbox import RunningSandbox
 from syndicate.signing import SIGNATURE_HEADER, verify
-from syndicate.store.base import State
+from syndicate.store.base import State, StoredPayload
 from tests.support import closed_port, make_settings, make_story, run_engine, started
 from tests.support import ctx_for as support_ctx
 
@@ -76,12 +76,35 @@ def test_render_is_deterministic_and_json_ready() -> None:
     assert a == b
     assert wire_body(a.to_json()["data"]) == wire_body(b.to_json()["data"])
     assert a.data.event == "publish"
-    assert a.data.story["id"] == "story-1" and a.data.story["headline"] == make_story().headline
+    story = a.data.story_json()
+    assert story["id"] == "story-1" and story["headline"] == make_story().headline
+    # The body is made once, at render time: what every send posts, canonical (sorted, compact, UTF-8).
+    assert a.data.request_body() == wire_body({"event": "publish", "story": story})
+    assert a.data.story is None
     assert adapter.render(make_story(), Action.RETRACT).data.event == "retract"
     assert adapter.render(make_story(headline="Another"), Action.PUBLISH) != a
     # The payload survives the store's JSON round trip unchanged, so every retry sends the same bytes.
     stored = adapter.load_payload(Payload.from_json(json.loads(json.dumps(a.to_json()))))
     assert stored == a
+
+
+def test_a_payload_stored_before_the_body_was_rendered_still_sends_the_same_bytes() -> None:
+    """Deliveries queued by an older version carry the story as a JSON object, not the body: they load and post
+    the canonical body they always did, so an upgrade with a backlog neither fails nor changes what is signed."""
+    adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    story = adapter.render(make_story(), Action.UPDATE).data.story_json()
+    older = StoredPayload(json.dumps({"data": {"event": "update", "story": story}, "text_length": None}))
+    loaded = adapter.load_payload(older)
+    assert loaded.data.body is None and loaded.data.story == story
+    assert loaded.data.request_body() == wire_body({"event": "update", "story": story})
+    assert loaded.data.request_body() == adapter.render(make_story(), Action.UPDATE).data.request_body()
+
+
+@pytest.mark.parametrize("data", [{"event": "publish"}, {"event": "publish", "body": "{}", "story": {}}])
+def test_a_stored_payload_with_neither_or_both_forms_is_refused_on_load(data: dict[str, Any]) -> None:
+    adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
+    with pytest.raises(Permanent, match="either body or story"):
+        adapter.load_payload(StoredPayload(json.dumps({"data": data})))
 
 
 def test_adapter_capabilities() -> None:
@@ -111,7 +134,7 @@ async def test_2xx_gives_a_receipt_with_the_remote_id(sandbox: RunningSandbox, m
     assert rec.header("Idempotency-Key") == "story-1:1:x:publish"
     assert rec.header("Content-Type") == "application/json; charset=utf-8"
     assert rec.header("X-Newsroom") == "baoshan"
-    assert rec.body == payload.to_json()["data"]
+    assert rec.body == json.loads(payload.data.request_body())
     # The signature covers exactly the bytes sent, with the shared secret, and is fresh.
     t = verify(SECRET, wire_body(rec.body), rec.header(SIGNATURE_HEADER))
     assert abs(t - time.time()) < 5
@@ -170,7 +193,7 @@ async def test_raw_bytes_are_signed_and_deterministic(make_adapter: AdapterFacto
     bodies = {raw for raw, _ in seen}
     assert len(bodies) == 1
     raw = seen[0][0]
-    assert json.loads(raw) == payload.to_json()["data"]
+    assert raw == payload.data.request_body()  # the very bytes rendered and stored
     assert make_story().headline.encode() in raw  # UTF-8, not \\u escapes
     for body, headers in seen:
         verify(SECRET, body, headers[SIGNATURE_HEADER])

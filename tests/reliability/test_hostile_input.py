@@ -572,8 +572,9 @@ def test_a_story_without_published_at_carries_its_first_acceptance_on_every_vers
     time.sleep(0.01)
     assert live.hook(json.dumps({"id": "undated-1", "version": 2, "headline": "第二版"}).encode()).status == 202
     status = live.api("GET", "/v1/stories/undated-1").body
+    # A webhook payload keeps the exact request body it posts: the story is inside it.
     dates = {
-        d["payload"]["data"]["story"]["published_at"]
+        json.loads(d["payload"]["data"]["body"])["story"]["published_at"]
         for deliveries in status["channels"].values()
         for d in deliveries
         if d["payload"] is not None
