@@ -45,7 +45,7 @@ sys.path.insert(0, str(REPO))
 
 from adapters.webhook.adapter import WebhookAdapter  # noqa: E402
 from syndicate.channel import DeliveryContext, get_adapter_class, register  # noqa: E402
-from syndicate.cli.common import settle_heap  # noqa: E402
+from syndicate.cli.common import run_async, settle_heap  # noqa: E402
 from syndicate.config import Settings, parse_config  # noqa: E402
 from syndicate.delivery import Payload, Receipt  # noqa: E402
 from syndicate.engine import Engine  # noqa: E402
@@ -1006,6 +1006,8 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            # The loop `syndicate work` runs on (SYNDICATE_EVENT_LOOP); every section, the raw loop too, runs on it.
+            "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
             "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         },
         "params": vars(args),
@@ -1173,7 +1175,7 @@ if __name__ == "__main__":
         "--archive-seconds", type=float, default=30.0, help="stop publishing after this (at least 3 deliveries)"
     )
     arguments = parser.parse_args()
-    outcome = asyncio.run(main(arguments))
+    outcome = run_async(main(arguments))
     RESULTS.mkdir(parents=True, exist_ok=True)
     saved = RESULTS / "bench.json"
     if set(arguments.sections) != set(SECTIONS) and saved.exists():

@@ -191,7 +191,9 @@ def supervise(
             loop.add_signal_handler(sig, supervisor.stop)
         return await supervisor.run()
 
-    outcome = run_async(_supervise())
+    # asyncio's own loop: the supervisor delivers nothing, and starts each child in a process group of its own
+    # (create_subprocess_exec's process_group, which uvloop does not take); the children run on the service loop.
+    outcome = run_async(_supervise(), stdlib_loop=True)
     if outcome.code != 0:
         raise WorkersFailed(outcome.message, outcome.code)
 

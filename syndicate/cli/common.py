@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import gc
 import json
+import os
 import sys
 import time
 from collections import Counter
@@ -107,8 +108,43 @@ async def connected_store(settings: Settings) -> AsyncIterator[Store]:
         await store.close()
 
 
-def run_async(coro: Coroutine[Any, Any, R]) -> R:
-    return asyncio.run(coro)
+#: Which event loop the commands run on: ``uvloop`` (libuv's loop, written in C; the default where it is
+#: installed) or ``asyncio`` (the standard library's, e.g. for its debug mode). Measured with callgrind on a webhook
+#: drain (2026-12-07): uvloop cut the instructions per delivery by 9 % on SQLite and 13 % on PostgreSQL.
+EVENT_LOOP_ENV = "SYNDICATE_EVENT_LOOP"
+EVENT_LOOPS = ("uvloop", "asyncio")
+
+
+def loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The factory of the loop ``SYNDICATE_EVENT_LOOP`` asks for (None: asyncio's own). Without the variable,
+    uvloop where it can be imported (it is a dependency everywhere it builds), else asyncio."""
+    asked = os.environ.get(EVENT_LOOP_ENV, "").strip().lower()
+    if asked not in ("", *EVENT_LOOPS):
+        raise click.UsageError(
+            f"{EVENT_LOOP_ENV}={asked!r} is not an event loop syndicate knows: use uvloop or asyncio"
+        )
+    if asked == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if asked:
+            raise click.UsageError(
+                f"{EVENT_LOOP_ENV}=uvloop, but uvloop is not installed here: pip install uvloop, or unset it"
+            ) from None
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(coro: Coroutine[Any, Any, R], *, stdlib_loop: bool = False) -> R:
+    """Run a command's coroutine on the loop ``loop_factory`` picks, or on asyncio's own with ``stdlib_loop``."""
+    try:
+        factory = None if stdlib_loop else loop_factory()
+    except click.UsageError:
+        coro.close()  # never started: no "was never awaited" warning beside the error
+        raise
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 #: The youngest generation's collection threshold for the long-running commands (Python's default is 700). A

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
-from syndicate.cli.common import SERVICE_GC_THRESHOLD
+import click
+import pytest
+
+from syndicate.cli.common import EVENT_LOOP_ENV, SERVICE_GC_THRESHOLD, run_async
 
 
 def test_settle_heap_freezes_the_started_heap_and_collects_the_young_less_often() -> None:
@@ -20,3 +24,24 @@ def test_settle_heap_freezes_the_started_heap_and_collects_the_young_less_often(
     frozen, threshold = (int(v) for v in done.stdout.split())
     assert frozen > 10_000  # the modules and models loaded so far
     assert threshold == SERVICE_GC_THRESHOLD
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__
+
+
+def test_the_commands_run_on_uvloop_unless_asked_for_asyncio(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(EVENT_LOOP_ENV, raising=False)
+    assert run_async(_loop_module()).startswith("uvloop")
+    monkeypatch.setenv(EVENT_LOOP_ENV, "asyncio")
+    assert run_async(_loop_module()).startswith("asyncio")
+    monkeypatch.setenv(EVENT_LOOP_ENV, " UVLOOP ")
+    assert run_async(_loop_module()).startswith("uvloop")
+
+
+def test_an_unknown_event_loop_is_refused_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(EVENT_LOOP_ENV, "trio")
+    coro = _loop_module()
+    with pytest.raises(click.UsageError, match=r"SYNDICATE_EVENT_LOOP='trio'.*uvloop or asyncio"):
+        run_async(coro)
+    assert coro.cr_frame is None  # closed, not left to warn that it was never awaited
