@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 from syndicate.store.base import Completion, Row, StoreError, StoreUnavailable, dumps_json
 from syndicate.store.queries import ParamStyle, load_migrations, load_queries
@@ -40,6 +40,14 @@ MIGRATIONS = load_migrations("sqlite")
 #: (fixed in 3.35.5). Without them every claim, or the upgrade, would fail while stories are still accepted.
 MIN_SQLITE = (3, 35, 5)
 
+
+# sqlite3 binds an exact int, float or str as it is, but "adapts" anything else, None and bool included: a lookup
+# in its registry, then two attribute lookups that fail (the protocol's __adapt__, the value's __conform__), about
+# 1,800 instructions each, and an outcome write binds eight such values per delivery. Registered, each is found at
+# the first lookup and binds exactly as before: None as NULL ({}.get(None) is None, a C call without a Python
+# frame), a bool as its int. Measured with callgrind: 14.8K fewer instructions per outcome written.
+sqlite3.register_adapter(type(None), cast("Callable[[None], None]", {}.get))
+sqlite3.register_adapter(bool, int)
 
 _LIST_PARAM = re.compile(r"json_each\(:(?P<name>[A-Za-z_][A-Za-z0-9_]*)\)")
 

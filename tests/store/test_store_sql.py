@@ -559,3 +559,14 @@ async def test_a_postgres_write_opens_with_its_lock_and_sends_its_wake_up_with_t
                 assert not conn.is_in_transaction()
         finally:
             await store.close()
+
+
+def test_sqlite_binds_none_as_null_and_bools_as_integers_through_its_registered_adapters() -> None:
+    """syndicate.store.sqlite registers adapters for None and bool (they skip sqlite3's failing adapt lookups):
+    what is stored must be exactly what sqlite3 binds without them."""
+    for kind in (type(None), bool):
+        assert sqlite3.adapters.get((kind, sqlite3.PrepareProtocol)) is not None, kind  # registered at import
+    conn = sqlite3.connect(":memory:")
+    row = conn.execute("SELECT typeof(?), ?, typeof(?), ?, ?", (None, None, True, True, False)).fetchone()
+    assert row == ("null", None, "integer", 1, 0)
+    assert conn.execute("SELECT typeof(:v)", {"v": None}).fetchone() == ("null",)
