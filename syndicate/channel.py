@@ -21,7 +21,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypedDict, TypeVar, Unpack, cast
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, RootModel, ValidationError, create_model
 from yarl import URL
 
 from syndicate.delivery import (
@@ -29,6 +29,7 @@ from syndicate.delivery import (
     AuthRevoked,
     OutcomeUnknown,
     Payload,
+    PayloadModel,
     Permanent,
     ReachReading,
     Receipt,
@@ -357,6 +358,24 @@ def _host_of(url: str | URL) -> str:
     """The host an error names; a channel calls the same few URLs over and over, so each is parsed once."""
     parsed = url if isinstance(url, URL) else URL(url)
     return parsed.host or str(url)
+
+
+def readable_payload(kind: str, data: Any) -> Any:
+    """A stored payload's ``data`` as an operator reads it (the dashboard's story page), through its channel's
+    payload model (``PayloadModel.readable_json``: a webhook's request body shown as the JSON it is, not as an
+    escaped string). As stored when the kind is not known here or the data does not match its model."""
+    try:
+        model = get_adapter_class(kind).payload_model
+    except KeyError:
+        return data
+    if model is None or not isinstance(data, dict):
+        return data
+    try:
+        loaded = model.model_validate(data)
+    except ValidationError:
+        return data
+    shown = loaded.root if isinstance(loaded, RootModel) else loaded  # a union of payload models
+    return shown.readable_json() if isinstance(shown, PayloadModel) else data
 
 
 def register(adapter_cls: type[AdapterT]) -> type[AdapterT]:

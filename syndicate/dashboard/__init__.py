@@ -330,7 +330,8 @@ async def story_page(request: web.Request) -> web.StreamResponse:
             message_params={"id": story_id},
         )
     deliveries = {d.id: d for d in await store.list_deliveries(DeliveryFilter(story_id=story_id))}
-    view = story_view(status, lang=lang, now=request.app[CLOCK](), deliveries=deliveries)
+    kinds = {name: ch.kind for name, ch in request.app[SETTINGS].channels.items()}
+    view = story_view(status, lang=lang, now=request.app[CLOCK](), deliveries=deliveries, kinds=kinds)
     reach = story_reach_view(story_id, await store.story_reach(story_id))
     return _render(
         request,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from syndicate.channel import readable_payload
 from syndicate.logs import redact
 from syndicate.operations import channel_state_json
 from syndicate.sanitize import plain_text
@@ -184,8 +185,16 @@ class StoryView:
     channels: dict[str, list[DeliveryView]] = field(default_factory=dict)
 
 
-def story_view(status: dict[str, Any], *, lang: str, now: float, deliveries: dict[int, DeliveryRecord]) -> StoryView:
-    """The story page from ``operations.story_status`` (the same view the API answers with)."""
+def story_view(
+    status: dict[str, Any],
+    *,
+    lang: str,
+    now: float,
+    deliveries: dict[int, DeliveryRecord],
+    kinds: Mapping[str, str],
+) -> StoryView:
+    """The story page from ``operations.story_status`` (the same view the API answers with); ``kinds`` names each
+    configured channel's kind, whose payload model says how its payloads read (``readable_payload``)."""
     story = status["story"]
     channels: dict[str, list[DeliveryView]] = {}
     for channel, items in status["channels"].items():
@@ -199,7 +208,9 @@ def story_view(status: dict[str, Any], *, lang: str, now: float, deliveries: dic
                     version=item["version"],
                     action=item["action"],
                     cell=cell_for(record, lang=lang, now=now),
-                    payload_json=json.dumps(payload.get("data"), ensure_ascii=False, indent=2),
+                    payload_json=json.dumps(
+                        readable_payload(kinds.get(channel, ""), payload.get("data")), ensure_ascii=False, indent=2
+                    ),
                     warnings=list(payload.get("warnings") or []),
                     text_length=payload.get("text_length"),
                     remote_id=receipt.get("remote_id"),

@@ -23,7 +23,7 @@ from syndicate.engine import Engine
 from syndicate.server import create_app
 from syndicate.store import open_store
 from syndicate.store.base import DeliveryFilter, State
-from tests.support import FakeClock, ScriptedAdapter, make_story, run_cli, scripted
+from tests.support import FakeClock, ScriptedAdapter, closed_port, make_story, run_cli, scripted
 
 API_TOKEN = "dash-token-0123456789abcdef"
 EVIL = "<script>alert('x')</script>"
@@ -223,6 +223,35 @@ async def test_story_page_shows_payload_receipt_and_attempts(dash: Dash) -> None
     assert "/dashboard/deliveries/" in html and "确认已发布" in html  # the unknown one offers its actions
     missing = await dash.client.get("/dashboard/stories/nope")
     assert missing.status == 404 and "没有这篇稿件" in await missing.text()
+
+
+async def test_story_page_shows_a_webhook_body_as_the_json_it_is(tmp_path: Path) -> None:
+    """A webhook payload keeps its request body as text: the page shows that body as JSON, not as one escaped line."""
+    hook = {"kind": "webhook", "url": f"http://127.0.0.1:{closed_port()}/hook", "secret": "s"}
+    settings = dashboard_settings(tmp_path)
+    settings = parse_config(
+        {
+            "store": {"url": settings.store.url},
+            "server": {"api_token": API_TOKEN},
+            "channels": {"hook": hook},
+        },
+        source="dashboard-test.toml",
+        env={},
+    )
+    store = open_store(settings.store.url)
+    await store.migrate()
+    try:
+        async with Engine(settings, store) as engine:
+            await engine.accept(make_story(id="w1", headline="宝山汇APP上线"))  # queued: nothing is sent
+            async with TestClient(TestServer(create_app(settings, engine))) as client:
+                dash = Dash(client, engine)
+                await dash.login()
+                html = await (await client.get("/dashboard/stories/w1")).text()
+    finally:
+        await store.close()
+    assert "&#34;event&#34;: &#34;publish&#34;" in html and "&#34;story&#34;: {" in html
+    assert "&#34;headline&#34;: &#34;宝山汇APP上线&#34;" in html
+    assert "&#34;body&#34;" not in html and "\\&#34;" not in html  # no escaped body string
 
 
 async def test_failures_filter_confirm_and_replay(dash: Dash) -> None:
