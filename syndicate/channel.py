@@ -362,8 +362,8 @@ def _host_of(url: str | URL) -> str:
 
 def readable_payload(kind: str, data: Any) -> Any:
     """A stored payload's ``data`` as an operator reads it (the dashboard's story page), through its channel's
-    payload model (``PayloadModel.readable_json``: a webhook's request body shown as the JSON it is, not as an
-    escaped string). As stored when the kind is not known here or the data does not match its model."""
+    payload model (``PayloadModel.readable_json``: a request body kept pre-encoded is shown as the JSON it is, not
+    as an escaped string). As stored when the kind is not known here or the data does not match its model."""
     try:
         model = get_adapter_class(kind).payload_model
     except KeyError:

@@ -64,14 +64,8 @@ class WebhookPayload(PayloadModel):
         return pydantic_core.to_json({"event": self.event.value, "story": self.story})
 
     def readable_json(self) -> Any:
+        """The body as the JSON object it is, whichever form the payload has."""
         return json.loads(self.request_body())
-
-    def story_json(self) -> dict[str, Any]:
-        """The story as a JSON object, whichever form the payload has."""
-        if self.story is not None:
-            return self.story
-        story: dict[str, Any] = json.loads(self.request_body())["story"]
-        return story
 
 
 class WebhookAdapter(HttpAdapter[WebhookOptions, WebhookPayload]):

@@ -76,7 +76,7 @@ def test_render_is_deterministic_and_json_ready() -> None:
     assert a == b
     assert wire_body(a.to_json()["data"]) == wire_body(b.to_json()["data"])
     assert a.data.event == "publish"
-    story = a.data.story_json()
+    story = a.data.readable_json()["story"]
     assert story["id"] == "story-1" and story["headline"] == make_story().headline
     # The body is made once, at render time: what every send posts, canonical (sorted, compact, UTF-8).
     assert a.data.request_body() == wire_body({"event": "publish", "story": story})
@@ -92,7 +92,7 @@ def test_a_payload_stored_before_the_body_was_rendered_still_sends_the_same_byte
     """Deliveries queued by an older version carry the story as a JSON object, not the body: they load and post
     the canonical body they always did, so an upgrade with a backlog neither fails nor changes what is signed."""
     adapter = WebhookAdapter("x", WebhookOptions(url="http://127.0.0.1:9/x", secret=SECRET), timeout=1)
-    story = adapter.render(make_story(), Action.UPDATE).data.story_json()
+    story = adapter.render(make_story(), Action.UPDATE).data.readable_json()["story"]
     older = StoredPayload(json.dumps({"data": {"event": "update", "story": story}, "text_length": None}))
     loaded = adapter.load_payload(older)
     assert loaded.data.body is None and loaded.data.story == story
