@@ -53,6 +53,13 @@ def test_answers_read_as_json_objects() -> None:
     assert json_object(b"<html>502</html>") == {}
     assert json_object(b"[1, 2]") == {"value": [1, 2]}
     assert json_object(b"\xff") == {}
+    # What the fast parser refuses, the standard one still reads: a platform's byte-order mark, a lone surrogate.
+    assert json_object(b'\xef\xbb\xbf{"id": "bom"}') == {"id": "bom"}
+    assert json_object(b'{"name": "\\ud800"}') == {"name": "\ud800"}
+    assert json_object('{"id": 12345678901234567890123, "title": "中文"}') == {
+        "id": 12345678901234567890123,
+        "title": "中文",
+    }
     answer = HttpAnswer(201, {}, b'{"id": "a"}')
     assert answer.ok and answer.json() == {"id": "a"}
     assert not HttpAnswer(302, {}, b"").ok
