@@ -876,6 +876,8 @@ class Engine:
             action=outcome.action,
             payload=outcome.payload,
             attempt_number=claim.attempt_number,
+            story_id=claim.delivery.story_id,
+            channel=claim.delivery.channel,
             **self._reach_plan(claim, outcome),
         )
         current = asyncio.current_task()

@@ -262,6 +262,10 @@ class Completion:
     reach_ages: tuple[float, ...] = ()
     #: A retract settled on a channel that reports reach: the story's samples not yet taken there stop.
     stops_reach: bool = False
+    #: The delivery's story and channel, which its reach plan is filed under; a completion without them has them
+    #: read with its lease.
+    story_id: str | None = None
+    channel: str | None = None
 
 
 @dataclass(frozen=True)

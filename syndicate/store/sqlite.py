@@ -124,9 +124,9 @@ class _Conn:
     async def execute(self, query: str, /, **params: Any) -> int:
         return self._cursor(query, params).rowcount
 
-    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> None:
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> int:
         sql = QUERIES[query].statement.sql
-        self._conn.executemany(sql, [_bind(sql, r) for r in rows])
+        return self._conn.executemany(sql, [_bind(sql, r) for r in rows]).rowcount
 
     async def fetch_rendered(self, query: str, slots: Mapping[str, str], /, **params: Any) -> list[Row]:
         sql = QUERIES[query].render(**slots).sql
@@ -182,6 +182,7 @@ class SQLiteStore(SQLStore):
     SCHEMA_VERSION = MIGRATIONS[-1].version
     SINGLE_WRITER = True
     combines_outcomes_with_claims = True
+    FENCED_OUTCOMES = True
     IN_LIST = "{column} IN (SELECT value FROM json_each(:{param}))"
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]] = (sqlite3.OperationalError,)
 
@@ -222,6 +223,15 @@ class SQLiteStore(SQLStore):
         if applied:
             await conn.executemany("record_outcome", applied)
         await conn.executemany("finish_attempt", attempt_params(items, lost))
+
+    async def _write_fenced_outcomes(self, conn: Conn, items: list[Completion]) -> bool:
+        # record_outcome changes only a row still leased by the completion's attempt: all of them changed, none
+        # was lost. The lease read this skips cost 14K instructions per outcome (callgrind).
+        changed = await conn.executemany("record_outcome", [outcome_params(c) for c in items])
+        if changed != len(items):
+            return False
+        await conn.executemany("finish_attempt", attempt_params(items, set()))
+        return True
 
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
         ids = [row[0] for row in claimed]

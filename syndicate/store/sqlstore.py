@@ -173,7 +173,9 @@ class Conn(Protocol):
         """Run a statement; the number of rows it changed."""
         ...
 
-    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> None: ...
+    async def executemany(self, query: str, rows: Sequence[Mapping[str, Any]], /) -> int | None:
+        """Run a statement once per row; the rows changed in all, where the driver tells (None where not)."""
+        ...
 
     async def fetch_rendered(self, query: str, slots: Mapping[str, str], /, **params: Any) -> list[Row]:
         """A query with ``{slot}`` tokens (a built WHERE clause) filled in first."""
@@ -298,6 +300,7 @@ def outcome_params(c: Completion) -> dict[str, Any]:
         "action": c.action.value if c.action else None,
         "id": c.delivery_id,
         "worker": c.worker,
+        "attempt": c.attempt_number,
     }
 
 
@@ -337,6 +340,11 @@ def plan_params(story: Story, plan: FanOutPlan, now: float) -> tuple[list[dict[s
     return transitions, new
 
 
+class _LeaseLost(Exception):
+    """A fenced outcome write found a completion that no longer held its lease: its transaction rolls back and the
+    batch is written again, the leases read first (``SQLStore._write_outcome_op``)."""
+
+
 @dataclass(frozen=True)
 class LeaseRequest:
     """One claim call: who leases, when, until when, and which of its own rows no longer hold a request."""
@@ -367,6 +375,10 @@ class SQLStore(Store):
     IN_LIST: ClassVar[str]
     #: What reading schema_migrations raises before the first migration created it.
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
+    #: The dialect's outcome statement checks the lease itself (owner and attempt number) and says how many rows
+    #: it changed (``_write_fenced_outcomes``): a batch whose completions all still hold their leases, the rule,
+    #: is written without reading the leases first.
+    FENCED_OUTCOMES: ClassVar[bool] = False
 
     def __init__(self) -> None:
         #: Channels whose last claim filled every slot it asked for: their next claim skips the due probe (there
@@ -613,6 +625,12 @@ class SQLStore(Store):
         lease on its delivery (``outcome_params``), and every completion's attempt closed (``attempt_params``;
         ``lost`` holds the batch positions that lost their lease)."""
 
+    async def _write_fenced_outcomes(self, conn: Conn, items: list[Completion]) -> bool:
+        """Inside the outcome write, with no lease read first (``FENCED_OUTCOMES``): every completion's outcome
+        and attempt, when every one still held its lease; False when some did not (the caller rolls back and
+        writes the batch again, the leases read first, to learn which)."""
+        raise NotImplementedError(f"{type(self).__name__} sets FENCED_OUTCOMES without _write_fenced_outcomes")
+
     @abc.abstractmethod
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
         """The attempt rows of the deliveries ``claimed`` (the claim statement's rows): each delivery's attempt id.
@@ -655,16 +673,34 @@ class SQLStore(Store):
         items = list(completions)
         if not items:
             return []
-        return await self._write(functools.partial(self._complete_in, items=items))
+        return await self._write_outcome_op(functools.partial(self._complete_in, items=items))
 
-    async def _complete_in(self, conn: Conn, *, items: list[Completion]) -> list[int]:
-        # Which completions still hold their lease (in flight, same owner, same attempt), read once for the batch
-        # inside the write transaction; then one batched statement per table.
-        rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
-        holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
-        posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
-        applied, lost = split_by_lease(items, holders)
-        await self._write_outcomes(conn, items, lost)
+    async def _write_outcome_op(self, op: Callable[..., Coroutine[Any, Any, T]]) -> T:
+        """Run an operation that writes outcomes (``op(conn, fenced=...)``): fenced first where the dialect can,
+        and again with the leases read first when the fence found a lost lease (rare: the first run rolled back)."""
+        if self.FENCED_OUTCOMES:
+            try:
+                return await self._write(functools.partial(op, fenced=True))
+            except _LeaseLost:
+                pass
+        return await self._write(functools.partial(op, fenced=False))
+
+    async def _complete_in(self, conn: Conn, *, items: list[Completion], fenced: bool = False) -> list[int]:
+        posts: dict[int, tuple[str, str]]
+        if fenced and all(c.story_id is not None and c.channel is not None for c in items):
+            # The lease checked by the outcome statement itself: nothing read first.
+            if not await self._write_fenced_outcomes(conn, items):
+                raise _LeaseLost
+            applied, lost = items, set[int]()
+            posts = {c.delivery_id: (c.story_id, c.channel) for c in items if c.story_id and c.channel}
+        else:
+            # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
+            # batch inside the write transaction; then one batched statement per table.
+            rows = await conn.fetch(Q.LEASE_HOLDERS, ids=[c.delivery_id for c in items])
+            holders = {r["id"]: (r["lease_owner"], r["attempts"]) for r in rows}
+            posts = {r["id"]: (r["story_id"], r["channel"]) for r in rows}
+            applied, lost = split_by_lease(items, holders)
+            await self._write_outcomes(conn, items, lost)
         if applied:
             rendered = [{"id": c.delivery_id, "body": dumps_json(c.payload.to_json())} for c in applied if c.payload]
             if rendered:
@@ -701,8 +737,8 @@ class SQLStore(Store):
         lease = LeaseRequest(worker, now, now + lease_seconds, list(finished), dict(most or {}))
         wanted = {channel: limit for channel, limit in limits.items() if limit > 0}
 
-        async def op(conn: Conn) -> CompletedAndClaimed:
-            lost = await self._complete_in(conn, items=items)
+        async def op(conn: Conn, *, fenced: bool) -> CompletedAndClaimed:
+            lost = await self._complete_in(conn, items=items, fenced=fenced)
             if not wanted:
                 return CompletedAndClaimed(lost, [])
             # The due probe inside the write: it is one transaction either way.
@@ -713,7 +749,7 @@ class SQLStore(Store):
             claims = await self._claim_in(conn, channels=candidates, lease=lease) if candidates else []
             return CompletedAndClaimed(lost, claims)
 
-        return await self._write(op)
+        return await self._write_outcome_op(op)
 
     async def reclaim_expired(self, *, now: float) -> int:
         async def op(conn: Conn) -> int:

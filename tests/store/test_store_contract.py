@@ -37,7 +37,9 @@ def plan_for(*channels: str, action: Action = Action.PUBLISH, due: float = NOW):
     return planner
 
 
-def done(claim, state: State = State.DELIVERED, **kw) -> Completion:
+def done(claim, state: State = State.DELIVERED, *, posts: bool = True, **kw) -> Completion:
+    """The completion the engine makes of ``claim``; ``posts=False`` leaves out its story and channel (the store
+    then reads them with the lease)."""
     return Completion(
         delivery_id=claim.delivery.id,
         attempt_id=claim.attempt_id,
@@ -46,6 +48,9 @@ def done(claim, state: State = State.DELIVERED, **kw) -> Completion:
         outcome=kw.pop("outcome", state.value),
         finished_at=kw.pop("finished_at", NOW + 1),
         duration_ms=5.0,
+        attempt_number=kw.pop("attempt_number", claim.attempt_number),
+        story_id=claim.delivery.story_id if posts else None,
+        channel=claim.delivery.channel if posts else None,
         **kw,
     )
 
@@ -196,12 +201,13 @@ async def test_resume_clears_an_indefinite_pause(store: Store) -> None:
     assert (await store.channel_states())["a"].paused_until is None
 
 
-async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store) -> None:
+@pytest.mark.parametrize("posts", [True, False], ids=["with-posts", "posts-read-with-the-lease"])
+async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store, posts: bool) -> None:
     await store.fan_out(make_story(), plan_for("a", "b"), now=NOW)
     ca, cb = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
     lost = await store.complete(
         [
-            done(ca, receipt=Receipt("r-a", "https://a/1", {"ok": True})),
+            done(ca, receipt=Receipt("r-a", "https://a/1", {"ok": True}), posts=posts),
             done(
                 cb,
                 State.RETRY_WAIT,
@@ -211,8 +217,9 @@ async def test_complete_applies_outcomes_and_refuses_a_lost_lease(store: Store) 
                 message="HTTP 503",
                 platform_code="503",
                 count_retry=True,
+                posts=posts,
             ),
-            done(cb, worker="intruder"),
+            done(cb, worker="intruder", posts=posts),
         ]
     )
     assert lost == [cb.delivery.id]  # the third completion: the intruder holds no lease
@@ -265,6 +272,28 @@ async def test_expired_lease_is_reclaimed_for_reconciliation(store: Store) -> No
     assert await store.complete([done(c)]) == [d.id]
     [again] = await store.claim("w2", now=NOW + 31, lease_seconds=30, limits=LIMITS)
     assert again.delivery.reconcile and again.attempt_number == 2
+
+
+async def test_an_attempt_that_outlived_its_lease_cannot_overwrite_the_next_one_even_of_the_same_worker(
+    store: Store,
+) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [first] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert await store.reclaim_expired(now=NOW + 31) == 1
+    [second] = await store.claim("w1", now=NOW + 31, lease_seconds=30, limits=LIMITS)
+    assert second.attempt_number == first.attempt_number + 1
+    # In one batch, the late first attempt's "delivered" must not land over the second attempt's outcome.
+    lost = await store.complete(
+        [
+            done(first, receipt=Receipt("stale")),
+            done(second, State.RETRY_WAIT, outcome="retry", due_at=NOW + 40, count_retry=True),
+        ]
+    )
+    assert lost == [first.delivery.id]
+    d = await store.get_delivery(first.delivery.id)
+    assert d.state is State.RETRY_WAIT and d.receipt is None and d.lease_owner is None
+    outcomes = {a.number: a.outcome for a in await store.attempts(d.id)}
+    assert outcomes == {1: "lease_expired", 2: "retry"}
 
 
 async def test_checkpoint_needs_the_lease(store: Store) -> None:

@@ -74,17 +74,20 @@ UPDATE deliveries SET lease_expires = :lease_until
 WHERE state = 'in_flight' AND lease_owner = :worker AND id IN (SELECT value FROM json_each(:ids))
 RETURNING id;
 
--- Read once for the batch; the write lock is held, so nothing changes between this read and the writes.
+-- Read once for the batch when the fenced write below found a lost lease (or a batch lacks its posts); the write
+-- lock is held, so nothing changes between this read and the writes.
 -- name: lease_holders
 SELECT id, lease_owner, attempts, story_id, channel FROM deliveries
 WHERE state = 'in_flight' AND id IN (SELECT value FROM json_each(:ids));
 
+-- Changes only a row that the completion's attempt still leases (owner and attempt number): the rows changed by
+-- the batch, against its size, say whether every lease held.
 -- name: record_outcome
 UPDATE deliveries SET state = :state, due_at = :due_at, receipt = coalesce(:receipt, receipt),
        retry_count = retry_count + :retry_step, reconcile = :reconcile, lease_owner = NULL, lease_expires = NULL,
        note = :note, last_error = :last_error, last_error_class = :error_class,
        last_platform_code = :platform_code, updated_at = :now, action = coalesce(:action, action)
-WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker;
+WHERE id = :id AND state = 'in_flight' AND lease_owner = :worker AND (:attempt IS NULL OR attempts = :attempt);
 
 -- name: finish_attempt
 UPDATE attempts SET finished_at = :finished_at, outcome = :outcome, error_class = :error_class, message = :message,

@@ -1,0 +1,61 @@
+"""SQLite's fenced outcome write: its outcome statement checks the lease itself, so a batch whose completions all
+hold their leases (the rule) is written without reading them first; a lost lease rolls that write back and the
+batch is written again with the leases read, so the one that lost it is told apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from syndicate.delivery import Receipt
+from syndicate.store.base import Claim, Completion, State
+from syndicate.store.sqlite import SQLiteStore
+from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
+from tests.support import make_story
+
+
+async def _claimed(store: SQLiteStore, n: int) -> list[Claim]:
+    for i in range(n):
+        await store.fan_out(make_story(id=f"s{i}"), plan_for("a"), now=NOW)
+    return await store.claim("w1", now=NOW, lease_seconds=30, limits={**LIMITS, "a": n})
+
+
+def _statements(store: SQLiteStore) -> list[str]:
+    seen: list[str] = []
+    assert store._inline is not None
+    store._inline.set_trace_callback(seen.append)
+    return seen
+
+
+async def test_outcomes_whose_leases_all_hold_are_written_without_reading_the_leases(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "fenced.db")
+    await store.migrate()
+    try:
+        claims = await _claimed(store, 3)
+        seen = _statements(store)
+        assert await store.complete([done(c, receipt=Receipt(f"r{c.delivery.id}")) for c in claims]) == []
+        assert not [s for s in seen if "lease_owner, attempts, story_id" in s], "the leases were read first"
+        for c in claims:
+            d = await store.get_delivery(c.delivery.id)
+            assert d.state is State.DELIVERED and d.receipt == Receipt(f"r{c.delivery.id}")
+            assert [a.outcome for a in await store.attempts(c.delivery.id)] == ["delivered"]
+    finally:
+        await store.close()
+
+
+async def test_one_lost_lease_rolls_the_fenced_write_back_and_the_rest_still_land(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "lost.db")
+    await store.migrate()
+    try:
+        first, second, third = await _claimed(store, 3)
+        batch: list[Completion] = [done(first), done(second, worker="intruder"), done(third)]
+        seen = _statements(store)
+        assert await store.complete(batch) == [second.delivery.id]
+        assert [s for s in seen if "lease_owner, attempts, story_id" in s], "the second write read no leases"
+        assert (await store.get_delivery(second.delivery.id)).state is State.IN_FLIGHT
+        assert [a.outcome for a in await store.attempts(second.delivery.id)] == ["delivered (lease lost)"]
+        for c in (first, third):
+            assert (await store.get_delivery(c.delivery.id)).state is State.DELIVERED
+            # written once: the fenced write's rows went with its rollback
+            assert [a.outcome for a in await store.attempts(c.delivery.id)] == ["delivered"]
+    finally:
+        await store.close()
