@@ -570,3 +570,21 @@ def test_sqlite_binds_none_as_null_and_bools_as_integers_through_its_registered_
     row = conn.execute("SELECT typeof(?), ?, typeof(?), ?, ?", (None, None, True, True, False)).fetchone()
     assert row == ("null", None, "integer", 1, 0)
     assert conn.execute("SELECT typeof(:v)", {"v": None}).fetchone() == ("null",)
+
+
+async def test_a_claim_that_takes_every_free_slot_marks_its_channel_for_a_claim_without_the_due_probe(
+    store: Store,
+) -> None:
+    """When a claim fills every slot it found free (not every slot it asked for), more work may be due: the next
+    claim goes straight to the claim statement, the due probe skipped. One that fills fewer clears the hint."""
+    assert isinstance(store, SQLStore)
+    for i in range(6):
+        await store.fan_out(make_story(id=f"sat{i}"), plan_for("a"), now=NOW)
+    # Another worker holds 2 of the channel's 4 slots: this claim's free slots are 2, not the 4 it asks for.
+    held = await store.claim("w2", now=NOW, lease_seconds=30, limits={"a": 2})
+    taken = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 4})
+    assert len(held) == 2 and len(taken) == 2 and store._saturated == {"a"}
+    # Two left due and all four slots free again: it takes both, fewer than it found, and the hint goes.
+    await store.complete([done(c) for c in taken] + [done(c, worker="w2") for c in held])
+    others = await store.claim("w2", now=NOW, lease_seconds=30, limits={"a": 4})
+    assert len(others) == 2 and store._saturated == set()
