@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: This dialect's own queries: the claim's attempt rows, which PostgreSQL's claim statement writes itself, and the
 #: outcome's two writes, which it makes in one statement.
-OWN_QUERIES = ("insert_attempts", "record_outcome", "finish_attempt")
+OWN_QUERIES = ("insert_attempts", "record_outcome", "record_converted_outcome", "finish_attempt")
 QUERIES = load_queries("sqlite", ParamStyle.NAMED).require([*Q, *OWN_QUERIES])
 MIGRATIONS = load_migrations("sqlite")
 
@@ -140,6 +140,18 @@ class _Conn:
         """Nothing to send: other processes' workers poll (SQLite has no push channel)."""
 
 
+async def _record_outcomes(conn: Conn, completions: Sequence[Completion]) -> int:
+    """The deliveries' outcomes; the rows changed. SQLite rewrites every index on a column an UPDATE sets, whatever
+    the value: an outcome that keeps its action (all but an update re-rendered as a publish) leaves ``action`` out,
+    or each would also rewrite its entry in the (story, version, channel, action) unique index."""
+    kept = [outcome_params(c) for c in completions if c.action is None]
+    converted = [outcome_params(c) for c in completions if c.action is not None]
+    changed = await conn.executemany("record_outcome", kept) if kept else 0
+    if converted:
+        changed = (changed or 0) + (await conn.executemany("record_converted_outcome", converted) or 0)
+    return changed or 0
+
+
 def _is_busy(exc: BaseException) -> bool:
     """Another connection holds the lock (the primary code is in the low byte of an extended one). Not
     SQLITE_LOCKED: without a shared cache that is a conflict inside one connection, the same when run again."""
@@ -219,16 +231,13 @@ class SQLiteStore(SQLStore):
         return cls(url[len("sqlite:///") :])
 
     async def _write_outcomes(self, conn: Conn, items: list[Completion], lost: set[int]) -> None:
-        applied = [outcome_params(c) for position, c in enumerate(items) if position not in lost]
-        if applied:
-            await conn.executemany("record_outcome", applied)
+        await _record_outcomes(conn, [c for position, c in enumerate(items) if position not in lost])
         await conn.executemany("finish_attempt", attempt_params(items, lost))
 
     async def _write_fenced_outcomes(self, conn: Conn, items: list[Completion]) -> bool:
         # record_outcome changes only a row still leased by the completion's attempt: all of them changed, none
         # was lost. The lease read this skips cost 14K instructions per outcome (callgrind).
-        changed = await conn.executemany("record_outcome", [outcome_params(c) for c in items])
-        if changed != len(items):
+        if await _record_outcomes(conn, items) != len(items):
             return False
         await conn.executemany("finish_attempt", attempt_params(items, set()))
         return True

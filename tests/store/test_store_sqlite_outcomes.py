@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from syndicate.delivery import Receipt
-from syndicate.store.base import Claim, Completion, State
+from syndicate.delivery import Action, Payload, Receipt
+from syndicate.store.base import Claim, Completion, FanOutPlan, NewDelivery, State
 from syndicate.store.sqlite import SQLiteStore
 from tests.store.test_store_contract import LIMITS, NOW, done, plan_for
 from tests.support import make_story
@@ -57,5 +57,29 @@ async def test_one_lost_lease_rolls_the_fenced_write_back_and_the_rest_still_lan
             assert (await store.get_delivery(c.delivery.id)).state is State.DELIVERED
             # written once: the fenced write's rows went with its rollback
             assert [a.outcome for a in await store.attempts(c.delivery.id)] == ["delivered"]
+    finally:
+        await store.close()
+
+
+async def test_a_batch_mixing_kept_and_converted_actions_is_counted_whole_and_only_conversions_set_the_action(
+    tmp_path: Path,
+) -> None:
+    store = SQLiteStore(tmp_path / "mixed.db")
+    await store.migrate()
+    try:
+        for i in range(2):
+            plan = FanOutPlan(new=[NewDelivery("a", Action.UPDATE, State.QUEUED, Payload({"v": i}), NOW)])
+            await store.fan_out(make_story(id=f"m{i}"), lambda existing, first, plan=plan: plan, now=NOW)
+        kept, converted = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+        seen = _statements(store)
+        batch = [done(kept), done(converted, action=Action.PUBLISH, payload=Payload({"v": 9}))]
+        assert await store.complete(batch) == []
+        assert not [s for s in seen if "lease_owner, attempts, story_id" in s], "the leases were read first"
+        # One outcome statement each: only the conversion's sets the action (the kept one's would rewrite its
+        # entry in the unique index).
+        outcomes = [s for s in seen if s.lstrip().startswith("UPDATE deliveries SET state")]
+        assert len(outcomes) == 2 and ["action = " in s for s in outcomes] == [False, True]
+        assert (await store.get_delivery(kept.delivery.id)).action is Action.UPDATE
+        assert (await store.get_delivery(converted.delivery.id)).action is Action.PUBLISH
     finally:
         await store.close()
