@@ -777,7 +777,6 @@ class Engine:
                 key, value, expires_at=expires_at, now=self.clock.now()
             ),
         )
-        extra = {"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value}
         outcome: _Outcome | None = None
         try:
             try:
@@ -798,7 +797,7 @@ class Engine:
             except _Park as exc:
                 outcome = _Outcome(State.UNKNOWN, "unknown", note=str(exc))
             except Exception as exc:  # an adapter bug: once it began sending, it may have landed
-                log.exception("adapter raised an unexpected error", extra=extra)
+                log.exception("adapter raised an unexpected error", extra=_log_fields(d))
                 reason = f"adapter error {type(exc).__name__}: {exc}"
                 error = OutcomeUnknown(reason) if progress.sending else Retryable(reason)
                 outcome = await self._decide(claim, runtime, error, sent=progress.sending)
@@ -806,7 +805,7 @@ class Engine:
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("could not settle the attempt; releasing the delivery", extra=extra)
+            log.exception("could not settle the attempt; releasing the delivery", extra=_log_fields(d))
             outcome = None
         finally:
             if outcome is None:
@@ -823,7 +822,7 @@ class Engine:
                     type(outcome.error).__name__,
                     outcome.error.reason,
                     extra={
-                        **extra,
+                        **_log_fields(d),
                         "error_class": type(outcome.error).__name__,
                         "platform_code": outcome.error.platform_code,
                     },
@@ -1238,6 +1237,11 @@ async def _refreshing_auth(adapter: Adapter[Any, Any], ctx: DeliveryContext, cal
     except AuthExpired:
         await adapter.refresh_auth(ctx)
         return await call()
+
+
+def _log_fields(d: DeliveryRecord) -> dict[str, Any]:
+    """What a log record of a delivery's attempt names (made only when one is logged: most attempts log nothing)."""
+    return {"delivery_id": d.id, "story_id": d.story_id, "channel": d.channel, "action": d.action.value}
 
 
 class _ReachPlan(TypedDict, total=False):
