@@ -128,7 +128,7 @@ def json_object(raw: bytes | str) -> dict[str, Any]:
         # pydantic-core parses an answer six times faster than json; what it refuses (a byte-order mark, a lone
         # surrogate escape, text that is not JSON) json decides, so every answer reads exactly as json reads it.
         value = pydantic_core.from_json(raw)
-    except ValueError:
+    except (ValueError, TypeError):  # TypeError: a str holding a lone surrogate (text decoded with errors=replace)
         try:
             value = json.loads(raw)
         except (ValueError, UnicodeDecodeError):

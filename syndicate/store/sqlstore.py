@@ -692,7 +692,10 @@ class SQLStore(Store):
             if not await self._write_fenced_outcomes(conn, items):
                 raise _LeaseLost
             applied, lost = items, set[int]()
-            posts = {c.delivery_id: (c.story_id, c.channel) for c in items if c.story_id and c.channel}
+            posts = {}
+            for c in items:
+                if c.story_id is not None and c.channel is not None:  # all of them, the guard above says
+                    posts[c.delivery_id] = (c.story_id, c.channel)
         else:
             # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
             # batch inside the write transaction; then one batched statement per table.

@@ -296,6 +296,19 @@ async def test_an_attempt_that_outlived_its_lease_cannot_overwrite_the_next_one_
     assert outcomes == {1: "lease_expired", 2: "retry"}
 
 
+async def test_an_attempt_that_outlived_its_lease_is_refused_alone_while_the_next_one_runs(store: Store) -> None:
+    await store.fan_out(make_story(), plan_for("a"), now=NOW)
+    [first] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)
+    assert await store.reclaim_expired(now=NOW + 31) == 1
+    [second] = await store.claim("w1", now=NOW + 31, lease_seconds=30, limits=LIMITS)
+    # Same worker, same delivery, still in flight: only the attempt number tells the late outcome from the live one.
+    assert await store.complete([done(first, receipt=Receipt("stale"))]) == [first.delivery.id]
+    d = await store.get_delivery(first.delivery.id)
+    assert d.state is State.IN_FLIGHT and d.receipt is None and d.lease_owner == "w1"
+    assert await store.complete([done(second, receipt=Receipt("fresh"))]) == []
+    assert (await store.get_delivery(first.delivery.id)).receipt == Receipt("fresh")
+
+
 async def test_checkpoint_needs_the_lease(store: Store) -> None:
     await store.fan_out(make_story(), plan_for("a"), now=NOW)
     [c] = await store.claim("w1", now=NOW, lease_seconds=30, limits=LIMITS)

@@ -83,3 +83,29 @@ async def test_a_batch_mixing_kept_and_converted_actions_is_counted_whole_and_on
         assert (await store.get_delivery(converted.delivery.id)).action is Action.PUBLISH
     finally:
         await store.close()
+
+
+async def test_a_lost_lease_in_a_claiming_write_claims_once_and_leaves_no_transaction_open(tmp_path: Path) -> None:
+    store = SQLiteStore(tmp_path / "claiming.db")
+    await store.migrate()
+    try:
+        await store.fan_out(make_story(id="s1"), plan_for("a", "b"), now=NOW)
+        ca, cb = await store.claim("w1", now=NOW, lease_seconds=30, limits={"a": 1, "b": 1})
+        await store.fan_out(make_story(id="s2"), plan_for("a"), now=NOW)
+        done_and_claimed = await store.complete_and_claim(
+            [done(ca), done(cb, worker="intruder")],
+            "w1",
+            now=NOW + 1,
+            lease_seconds=30,
+            limits={"a": 1, "b": 1},
+            finished=[ca.delivery.id, cb.delivery.id],
+        )
+        assert done_and_claimed.lost == [cb.delivery.id]
+        [claimed] = done_and_claimed.claims
+        assert claimed.delivery.story_id == "s2" and claimed.attempt_number == 1
+        # The rolled-back first run's claim and attempt row left nothing behind.
+        assert len(await store.attempts(claimed.delivery.id)) == 1
+        assert store._inline is not None and not store._inline.in_transaction
+        assert [a.outcome for a in await store.attempts(ca.delivery.id)] == ["delivered"]
+    finally:
+        await store.close()

@@ -56,6 +56,7 @@ def test_answers_read_as_json_objects() -> None:
     # What the fast parser refuses, the standard one still reads: a platform's byte-order mark, a lone surrogate.
     assert json_object(b'\xef\xbb\xbf{"id": "bom"}') == {"id": "bom"}
     assert json_object(b'{"name": "\\ud800"}') == {"name": "\ud800"}
+    assert json_object('{"error": "\ud800"}') == {"error": "\ud800"}  # text decoded from an odd charset
     assert json_object('{"id": 12345678901234567890123, "title": "中文"}') == {
         "id": 12345678901234567890123,
         "title": "中文",
