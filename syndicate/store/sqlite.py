@@ -194,7 +194,6 @@ class SQLiteStore(SQLStore):
     SCHEMA_VERSION = MIGRATIONS[-1].version
     SINGLE_WRITER = True
     combines_outcomes_with_claims = True
-    FENCED_OUTCOMES = True
     IN_LIST = "{column} IN (SELECT value FROM json_each(:{param}))"
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]] = (sqlite3.OperationalError,)
 

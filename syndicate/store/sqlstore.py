@@ -340,6 +340,16 @@ def plan_params(story: Story, plan: FanOutPlan, now: float) -> tuple[list[dict[s
     return transitions, new
 
 
+def _posts_of(items: Sequence[Completion]) -> dict[int, tuple[str, str]] | None:
+    """Each completion's story and channel by delivery; None when one does not carry them."""
+    posts: dict[int, tuple[str, str]] = {}
+    for c in items:
+        if c.story_id is None or c.channel is None:
+            return None
+        posts[c.delivery_id] = (c.story_id, c.channel)
+    return posts
+
+
 class _LeaseLost(Exception):
     """A fenced outcome write found a completion that no longer held its lease: its transaction rolls back and the
     batch is written again, the leases read first (``SQLStore._write_outcome_op``)."""
@@ -375,10 +385,6 @@ class SQLStore(Store):
     IN_LIST: ClassVar[str]
     #: What reading schema_migrations raises before the first migration created it.
     MISSING_TABLE: ClassVar[tuple[type[Exception], ...]]
-    #: The dialect's outcome statement checks the lease itself (owner and attempt number) and says how many rows
-    #: it changed (``_write_fenced_outcomes``): a batch whose completions all still hold their leases, the rule,
-    #: is written without reading the leases first.
-    FENCED_OUTCOMES: ClassVar[bool] = False
 
     def __init__(self) -> None:
         #: Channels whose last claim filled every slot it asked for: their next claim skips the due probe (there
@@ -625,11 +631,13 @@ class SQLStore(Store):
         lease on its delivery (``outcome_params``), and every completion's attempt closed (``attempt_params``;
         ``lost`` holds the batch positions that lost their lease)."""
 
-    async def _write_fenced_outcomes(self, conn: Conn, items: list[Completion]) -> bool:
-        """Inside the outcome write, with no lease read first (``FENCED_OUTCOMES``): every completion's outcome
-        and attempt, when every one still held its lease; False when some did not (the caller rolls back and
-        writes the batch again, the leases read first, to learn which)."""
-        raise NotImplementedError(f"{type(self).__name__} sets FENCED_OUTCOMES without _write_fenced_outcomes")
+    async def _write_fenced_outcomes(self, conn: Conn, items: list[Completion]) -> bool | None:
+        """Inside the outcome write, with no lease read first, where the dialect's outcome statement checks the
+        lease itself (owner and attempt number) and says how many rows it changed: True when every completion
+        still held its lease and all are written; False when some did not (the caller rolls back and writes the
+        batch again, the leases read first, to learn which). None, here: this dialect writes nothing unread (the
+        leases are read first, in the same transaction)."""
+        return None
 
     @abc.abstractmethod
     async def _write_attempts(self, conn: Conn, claimed: list[Row], lease: LeaseRequest) -> dict[int, int]:
@@ -676,26 +684,22 @@ class SQLStore(Store):
         return await self._write_outcome_op(functools.partial(self._complete_in, items=items))
 
     async def _write_outcome_op(self, op: Callable[..., Coroutine[Any, Any, T]]) -> T:
-        """Run an operation that writes outcomes (``op(conn, fenced=...)``): fenced first where the dialect can,
-        and again with the leases read first when the fence found a lost lease (rare: the first run rolled back)."""
-        if self.FENCED_OUTCOMES:
-            try:
-                return await self._write(functools.partial(op, fenced=True))
-            except _LeaseLost:
-                pass
-        return await self._write(functools.partial(op, fenced=False))
+        """Run an operation that writes outcomes (``op(conn, fenced=...)``): fenced first, and again with the
+        leases read first when the fence found a lost lease (rare: the first run rolled back)."""
+        try:
+            return await self._write(functools.partial(op, fenced=True))
+        except _LeaseLost:
+            return await self._write(functools.partial(op, fenced=False))
 
     async def _complete_in(self, conn: Conn, *, items: list[Completion], fenced: bool = False) -> list[int]:
-        posts: dict[int, tuple[str, str]]
-        if fenced and all(c.story_id is not None and c.channel is not None for c in items):
-            # The lease checked by the outcome statement itself: nothing read first.
-            if not await self._write_fenced_outcomes(conn, items):
-                raise _LeaseLost
-            applied, lost = items, set[int]()
-            posts = {}
-            for c in items:
-                if c.story_id is not None and c.channel is not None:  # all of them, the guard above says
-                    posts[c.delivery_id] = (c.story_id, c.channel)
+        # Fenced where the dialect can, and every completion names its post: the lease checked by the outcome
+        # statement itself, nothing read first.
+        known = _posts_of(items) if fenced else None
+        written = await self._write_fenced_outcomes(conn, items) if known is not None else None
+        if written is False:
+            raise _LeaseLost
+        if known is not None and written:
+            applied, lost, posts = items, set[int](), known
         else:
             # Which completions still hold their lease (in flight, same owner, same attempt), read once for the
             # batch inside the write transaction; then one batched statement per table.
